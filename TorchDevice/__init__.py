@@ -1,0 +1,153 @@
+"""TorchDevice: PyTorch code written for one accelerator runs unmodified on
+whatever hardware is present.
+
+Importing the package enables it::
+
+    import TorchDevice          # before or after `import torch`
+    x = torch.zeros(3, device="cuda")   # lands on mps / cpu when no CUDA
+
+Public API: enable(), disable(), is_enabled(), configure(), config(),
+cpu_override(), report(), hardware_profile(), and the TorchDevice device
+class (``from TorchDevice import TorchDevice``).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch  # noqa: F401  (TorchDevice patches torch; import it first)
+
+from . import _config, _log, _patches, _tdcore
+from ._config import Config
+from ._device import TorchDevice
+
+__all__ = [
+    "TorchDevice", "Config", "enable", "disable", "is_enabled", "configure",
+    "config", "cpu_override", "report", "clear_report", "hardware_profile",
+    "policy",
+]
+__version__ = "0.1.0"
+
+_lock = threading.RLock()
+_config_now: Config = Config()
+
+
+def _effective_profile(cfg: Config) -> str:
+    detected = _patches.detect_profile()
+    if cfg.target is None:
+        return detected
+    if cfg.target not in _patches.available_profiles():
+        raise ValueError(
+            f"target {cfg.target!r} is not available on this machine "
+            f"(detected hardware: {detected}; usable targets: "
+            f"{', '.join(_patches.available_profiles())})")
+    return cfg.target
+
+
+def _push_config(cfg: Config) -> None:
+    profile = _effective_profile(cfg)
+    _tdcore.configure(profile, cfg.mode, cfg.float64)
+    _log.logger.setLevel(cfg.log_level)
+    recording = cfg.log_level <= logging.INFO
+    if recording:
+        _log.ensure_handler()
+    _tdcore.set_report(recording)
+
+
+def configure(**changes: Any) -> Config:
+    """Changes settings at run time: target, mode, float64, log_level.
+
+    Unknown or invalid values raise ValueError and change nothing.
+    """
+    global _config_now
+    with _lock:
+        unknown = set(changes) - {"target", "mode", "float64", "log_level"}
+        if unknown:
+            raise TypeError(f"configure() got unknown settings {sorted(unknown)}")
+        new = _config_now.with_changes(**changes)
+        _effective_profile(new)
+        _config_now = new
+        _push_config(new)
+        return new
+
+
+def config() -> Config:
+    """The settings in force."""
+    return _config_now
+
+
+def hardware_profile() -> str:
+    """The profile in force: "cuda", "mps" or "cpu"."""
+    return _tdcore.settings()["profile"]
+
+
+def policy() -> Dict[str, Any]:
+    """The policy in force (profile, mode, float64, cpu_override)."""
+    return _tdcore.settings()
+
+
+def enable() -> None:
+    """Installs every replacement.  Calling it again changes nothing."""
+    with _lock:
+        _push_config(_config_now)
+        _patches.apply()
+
+
+def disable() -> None:
+    """Restores every replaced attribute and slot to torch's original."""
+    with _lock:
+        _patches.restore()
+
+
+def is_enabled() -> bool:
+    return _patches.is_applied()
+
+
+@contextlib.contextmanager
+def cpu_override(on: bool = True) -> Iterator[None]:
+    """Scoped CPU override: inside, None and "cpu" stay on the CPU (accelerator
+    requests are still honoured); the previous state returns on exit, also
+    when the body raises."""
+    previous = _tdcore.set_cpu_override(on)
+    try:
+        yield
+    finally:
+        _tdcore.set_cpu_override(previous)
+
+
+def report() -> List[Dict[str, Any]]:
+    """Every recorded call site, sorted by file and line.
+
+    Recording is on while the log level is INFO or lower."""
+    rows = []
+    for (filename, line, api, what, src, dst), count in _tdcore.records().items():
+        rows.append({"file": filename, "line": line, "api": api, "what": what,
+                     "from": src, "to": dst, "count": count})
+    rows.sort(key=lambda r: (r["file"], r["line"], r["api"]))
+    return rows
+
+
+def clear_report() -> None:
+    _tdcore.clear_records()
+
+
+def _initial_config() -> Config:
+    try:
+        return _config.from_environment()
+    except ValueError as exc:
+        warnings.warn(f"TorchDevice: {exc}; using defaults", RuntimeWarning,
+                      stacklevel=3)
+        return Config()
+
+
+_config_now = _initial_config()
+try:
+    _effective_profile(_config_now)
+except ValueError as exc:
+    warnings.warn(f"TorchDevice: {exc}; using the detected hardware",
+                  RuntimeWarning, stacklevel=2)
+    _config_now = _config_now.with_changes(target=None)
+enable()

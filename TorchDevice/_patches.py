@@ -1,0 +1,300 @@
+"""The patch table: the single list of everything TorchDevice replaces.
+
+Each entry names an owner, an attribute and how its replacement is built
+from the original.  `apply()` installs them all and `restore()` puts back
+the identical original objects (or removes attributes torch never had).
+Replacements are built once and reused, so enable/disable cycles allocate
+nothing new.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from . import _log, _tdcore
+
+_MISSING = object()
+
+# Factories that take device= without being "device constructors" in
+# torch's sense: with no device they follow their input, so only an
+# explicit device is rewritten.
+_EXPLICIT_ONLY = (
+    "empty_like", "zeros_like", "ones_like", "full_like", "rand_like",
+    "randn_like", "randint_like", "normal", "from_file", "eye",
+)
+_TENSOR_NEW = ("new_empty", "new_zeros", "new_ones", "new_full",
+               "new_tensor", "new_empty_strided")
+# Where torch keeps public callables that may be device constructors.
+_NAMESPACES = ("torch", "torch.fft", "torch.nested", "torch.sparse")
+
+
+@dataclass(frozen=True)
+class Patch:
+    owner: Any
+    name: str
+    build: Callable[[Any], Any]   # original (or None) -> replacement
+    static: bool = False          # wrap in staticmethod (a class __new__)
+
+    @property
+    def key(self) -> Tuple[int, str]:
+        return (id(self.owner), self.name)
+
+
+@dataclass
+class _Applied:
+    patch: Patch
+    had_own: bool
+    original: Any          # value in owner.__dict__ (or module attribute)
+    replacement: Any
+
+
+_built: Dict[Tuple[int, str], Any] = {}
+_applied: List[_Applied] = []
+_enabled = False
+
+
+def _wrapper(original: Any, kind: int, api: str, **kw: Any) -> Any:
+    return _tdcore.Wrapper(original, kind, api, **kw)
+
+
+def factory(api: str, none_policy: bool, device_pos: int = -1):
+    return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api,
+                                 none_policy=none_policy,
+                                 device_pos=device_pos)
+
+
+def to_method(api: str):
+    return lambda orig: _wrapper(orig, _tdcore.KIND_TO, api)
+
+
+def move(api: str, request: str, fallback: Callable[[], Any]):
+    return lambda orig: _wrapper(orig, _tdcore.KIND_MOVE, api,
+                                 request=request, fallback=fallback())
+
+
+def simple(api: str, kind: int):
+    return lambda orig: _wrapper(orig, kind, api)
+
+
+def _owner_value(owner: Any, name: str) -> Tuple[bool, Any]:
+    """(defined on owner itself?, the value to restore)."""
+    if isinstance(owner, type):
+        if name in owner.__dict__:
+            return True, owner.__dict__[name]
+        return False, getattr(owner, name, None)
+    return True, getattr(owner, name, _MISSING)
+
+
+def _import(name: str) -> Any:
+    import importlib
+    return importlib.import_module(name)
+
+
+def _device_constructor_patches() -> List[Patch]:
+    """Every callable torch treats as a device constructor (so that
+    `with torch.device(...)` fills its device), found by identity in the
+    public namespaces, plus the explicit-device-only factories."""
+    from torch.utils._device import _device_constructors
+
+    # Priming: the set is cached by identity of what is at torch.<name> on
+    # first use; it must hold torch's originals, not our wrappers.
+    constructors = _device_constructors()
+    patches: List[Patch] = []
+    seen = set()
+    for ns_name in _NAMESPACES:
+        ns = _import(ns_name)
+        for attr in dir(ns):
+            if attr.startswith("_"):
+                continue
+            value = getattr(ns, attr, None)
+            if isinstance(value, _tdcore.Wrapper):
+                value = value.__wrapped__
+            try:
+                is_ctor = value in constructors
+            except TypeError:
+                continue
+            if is_ctor and (ns_name, attr) not in seen:
+                seen.add((ns_name, attr))
+                patches.append(Patch(ns, attr,
+                                     factory(f"{ns_name}.{attr}", True)))
+    for attr in _EXPLICIT_ONLY:
+        if hasattr(torch, attr) and ("torch", attr) not in seen:
+            patches.append(Patch(torch, attr, factory(f"torch.{attr}", False)))
+    return patches
+
+
+def _storage_patches() -> List[Patch]:
+    patches = []
+    for cls in (torch.UntypedStorage, torch.TypedStorage):
+        def build(orig: Any, cls: type = cls) -> Any:
+            func = orig.__func__ if isinstance(orig, staticmethod) else orig
+            return _wrapper(func, _tdcore.KIND_FACTORY,
+                            f"torch.{cls.__name__}", none_policy=False)
+        patches.append(Patch(cls, "__new__", build, static=True))
+    return patches
+
+
+def patch_table() -> List[Patch]:
+    T = torch.Tensor
+    M = torch.nn.Module
+    tensor_to = lambda: torch._C.TensorBase.to  # noqa: E731
+    module_to = lambda: _originals["module_to"]  # noqa: E731
+    table: List[Patch] = []
+    table += _device_constructor_patches()
+    table += _storage_patches()
+    table += [
+        Patch(T, "to", to_method("Tensor.to")),
+        Patch(T, "cuda", move("Tensor.cuda", "cuda", tensor_to)),
+        Patch(T, "cpu", move("Tensor.cpu", "cpu", tensor_to)),
+        Patch(T, "mps", move("Tensor.mps", "mps", tensor_to)),
+        Patch(T, "numpy", simple("Tensor.numpy", _tdcore.KIND_NUMPY)),
+        Patch(T, "pin_memory",
+              simple("Tensor.pin_memory", _tdcore.KIND_PIN_MEMORY)),
+        Patch(T, "is_pinned",
+              simple("Tensor.is_pinned", _tdcore.KIND_IS_PINNED)),
+    ]
+    table += [Patch(T, n, factory(f"Tensor.{n}", False)) for n in _TENSOR_NEW]
+    table += [
+        Patch(M, "to", to_method("Module.to")),
+        Patch(M, "cuda", move("Module.cuda", "cuda", module_to)),
+        Patch(M, "cpu", move("Module.cpu", "cpu", module_to)),
+        Patch(M, "mps", move("Module.mps", "mps", module_to)),
+        Patch(M, "to_empty", factory("Module.to_empty", False)),
+    ]
+    return table
+
+
+_originals: Dict[str, Any] = {}
+_profile_detected: Optional[str] = None
+
+
+def detect_profile() -> str:
+    """The hardware profile, asked of torch's original functions once."""
+    global _profile_detected
+    if _profile_detected is None:
+        if torch.cuda.is_available():
+            _profile_detected = "cuda"
+        elif torch.backends.mps.is_available():
+            _profile_detected = "mps"
+        else:
+            _profile_detected = "cpu"
+    return _profile_detected
+
+
+def available_profiles() -> Tuple[str, ...]:
+    found = detect_profile()
+    return {"cuda": ("cuda", "cpu"), "mps": ("mps", "cpu"),
+            "cpu": ("cpu",)}[found]
+
+
+def _skip_prefixes() -> Tuple[str, ...]:
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+    return (here, torch_dir, "<frozen importlib", "<string>")
+
+
+def _lazy_allowed_methods() -> List[Any]:
+    from torch.nn.parameter import UninitializedTensorMixin
+    return UninitializedTensorMixin._allowed_methods
+
+
+def _install_core() -> None:
+    _originals.setdefault("module_to", torch.nn.Module.__dict__["to"])
+    _tdcore.install(
+        device_type=torch.device,
+        dtype_type=torch.dtype,
+        dev_cpu=torch.device("cpu"),
+        dev_cuda=torch.device("cuda"),
+        dev_mps=torch.device("mps", 0),
+        float64=torch.float64,
+        float32=torch.float32,
+        tensor_to=torch._C.TensorBase.to,
+        tensor_cpu=torch._C.TensorBase.cpu,
+        module_to=_originals["module_to"],
+        mode_stack_len=torch._C._len_torch_function_stack,
+        generator_type=torch._C.Generator,
+        skip_prefixes=_skip_prefixes(),
+        report_sink=_log.sink,
+    )
+
+
+def apply() -> None:
+    """Installs the hooks and every patch.  Idempotent."""
+    global _enabled
+    if _enabled:
+        return
+    detect_profile()
+    _install_core()
+    try:
+        for patch in patch_table():
+            had_own, original = _owner_value(patch.owner, patch.name)
+            if original is _MISSING:
+                continue
+            replacement = _built.get(patch.key)
+            if replacement is None:
+                source = original
+                if isinstance(source, staticmethod):
+                    source = source.__func__
+                replacement = patch.build(source)
+                if patch.static:
+                    replacement = staticmethod(replacement)
+                _built[patch.key] = replacement
+            setattr(patch.owner, patch.name, replacement)
+            _applied.append(_Applied(patch, had_own, original, replacement))
+        allowed = _lazy_allowed_methods()
+        for entry in _applied:
+            if (entry.patch.owner is torch.Tensor
+                    and entry.original in allowed
+                    and entry.replacement not in allowed):
+                allowed.append(entry.replacement)
+    except BaseException:
+        restore()
+        raise
+    _enabled = True
+
+
+def restore() -> None:
+    """Puts every original back, in reverse order, and unhooks the core."""
+    global _enabled
+    allowed = _lazy_allowed_methods()
+    while _applied:
+        entry = _applied.pop()
+        if entry.replacement in allowed:
+            allowed.remove(entry.replacement)
+        owner, name = entry.patch.owner, entry.patch.name
+        if entry.had_own:
+            setattr(owner, name, entry.original)
+        else:
+            try:
+                delattr(owner, name)
+            except AttributeError:
+                pass
+    _tdcore.uninstall()
+    _enabled = False
+
+
+def is_applied() -> bool:
+    return _enabled
+
+
+def replaced() -> List[Tuple[Any, str, Any, Any]]:
+    """(owner, name, original, replacement) of every applied patch."""
+    return [(e.patch.owner, e.patch.name, e.original, e.replacement)
+            for e in _applied]
+
+
+def resolve_device(device: Any = None, index: Optional[int] = None
+                   ) -> torch.device:
+    """What a request resolves to under the policy in force."""
+    if device is None and index is None:
+        if _enabled:
+            return torch.empty(0).device
+        return torch.get_default_device()
+    if isinstance(device, str) and type(device) is not str:
+        device = str(device)          # a TorchDevice: already resolved
+    if index is None:
+        return torch.device(device)
+    return torch.device(device, index)

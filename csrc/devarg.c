@@ -1,0 +1,199 @@
+/* Turning the device arguments users pass (str, int, torch.device, None) into
+ * policy requests, and targets back into torch.device objects. */
+#include "tdcore.h"
+
+#include <string.h>
+
+/* torch.device is `struct { PyObject_HEAD; at::Device device; }` and
+ * at::Device is two int8 fields (type, index).  Reading them directly avoids
+ * the string that the Python `.type` getter builds on every access; the
+ * layout is verified against live objects at install time. */
+typedef struct {
+    PyObject_HEAD
+    signed char type;
+    signed char index;
+} td_device_view;
+
+static int
+device_fields(PyObject *dev, int *type, int *index)
+{
+    const td_device_view *v = (const td_device_view *)dev;
+    *type = v->type;
+    *index = v->index;
+    return 0;
+}
+
+int
+td_device_check_layout(td_state *st)
+{
+    struct {
+        PyObject *dev;
+        int type;
+        int index;
+    } expect[] = {
+        {st->dev_cpu, TD_C10_CPU, -1},
+        {st->dev_cuda, TD_C10_CUDA, -1},
+        {st->dev_mps, TD_C10_MPS, 0},
+    };
+    for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++) {
+        int type, index;
+        if (Py_TYPE(expect[i].dev) != st->device_type) {
+            PyErr_SetString(PyExc_TypeError,
+                            "install(): target devices must be torch.device");
+            return -1;
+        }
+        device_fields(expect[i].dev, &type, &index);
+        if (type != expect[i].type || index != expect[i].index) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "this torch build lays out torch.device differently "
+                         "than TorchDevice expects (entry %zu read as %d:%d)",
+                         i, type, index);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+td_request
+td_request_from_device(PyObject *dev)
+{
+    td_request r = {TD_REQ_OTHER, -1};
+    int type, index;
+    device_fields(dev, &type, &index);
+    switch (type) {
+    case TD_C10_CPU:
+        r.kind = TD_REQ_CPU;
+        break;
+    case TD_C10_CUDA:
+        r.kind = TD_REQ_CUDA;
+        break;
+    case TD_C10_MPS:
+        r.kind = TD_REQ_MPS;
+        break;
+    case TD_C10_META:
+        r.kind = TD_REQ_META;
+        break;
+    default:
+        return r;
+    }
+    r.index = index;
+    return r;
+}
+
+td_request
+td_request_from_object(td_state *st, PyObject *obj)
+{
+    td_request r = {TD_REQ_OTHER, -1};
+    if (obj == NULL || obj == Py_None) {
+        r.kind = TD_REQ_NONE;
+        return r;
+    }
+    if (Py_TYPE(obj) == st->device_type) {
+        return td_request_from_device(obj);
+    }
+    if (PyUnicode_Check(obj)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(obj, &n);
+        if (s == NULL) {
+            /* Lone surrogates: not a device torch accepts either. */
+            PyErr_Clear();
+            return r;
+        }
+        return td_parse_device_string(s, (size_t)n);
+    }
+    if (PyLong_CheckExact(obj)) {
+        int overflow = 0;
+        long v = PyLong_AsLongAndOverflow(obj, &overflow);
+        if (overflow || v < 0 || v > 2147483647L) {
+            if (v == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+            }
+            return r;   /* torch reports it */
+        }
+        /* A bare int is an accelerator ordinal: CUDA code means cuda:N. */
+        r.kind = TD_REQ_CUDA;
+        r.index = v;
+        return r;
+    }
+    return r;
+}
+
+int
+td_is_device_arg(td_state *st, PyObject *obj)
+{
+    return Py_TYPE(obj) == st->device_type || PyUnicode_Check(obj)
+           || PyLong_CheckExact(obj);
+}
+
+PyObject *
+td_target_device(td_state *st, td_target t)
+{
+    switch (t) {
+    case TD_TARGET_CPU:
+        return st->dev_cpu;
+    case TD_TARGET_CUDA:
+        return st->dev_cuda;
+    case TD_TARGET_MPS:
+        return st->dev_mps;
+    case TD_TARGET_KEEP:
+        break;
+    }
+    return NULL;
+}
+
+/* Torch's own host-side code (optimizers, data loading, serialization)
+ * asks for "cpu" or no device when it means the host; promoting those would
+ * break it.  torch.nn is not exempt: layers built without device= must land
+ * beside the user's tensors, and torch.utils._device is the default-device
+ * context the user asked for. */
+static int
+starts_with(const char *s, Py_ssize_t n, const char *prefix)
+{
+    size_t k = strlen(prefix);
+    return (size_t)n >= k && memcmp(s, prefix, k) == 0;
+}
+
+int
+td_called_from_torch(td_state *st)
+{
+    PyObject *globals = PyEval_GetGlobals();   /* borrowed */
+    if (globals == NULL || !PyDict_CheckExact(globals)) {
+        return 0;
+    }
+    /* borrowed; a lookup error reads as "not torch" */
+    PyObject *name = PyDict_GetItemWithError(globals, st->str_name);
+    if (name == NULL || !PyUnicode_Check(name)) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(name, &n);
+    if (s == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return starts_with(s, n, "torch.")
+           && !starts_with(s, n, "torch.nn.")
+           && !starts_with(s, n, "torch.utils._device");
+}
+
+td_resolution
+td_resolve_now(td_state *st, td_request req)
+{
+    td_profile profile = td_get_profile();
+    td_mode mode = td_get_mode();
+    int from_torch = 0;
+    if (mode == TD_MODE_ACCELERATE
+        && (req.kind == TD_REQ_CPU_TOGGLE
+            || (profile != TD_PROFILE_CPU
+                && (req.kind == TD_REQ_NONE || req.kind == TD_REQ_CPU))))
+    {
+        from_torch = td_called_from_torch(st);
+    }
+    td_resolution res = td_resolve(req, profile, mode, td_get_cpu_override(),
+                                   from_torch);
+    if (res.toggle_override) {
+        td_toggle_cpu_override();
+    }
+    return res;
+}

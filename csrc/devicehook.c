@@ -1,0 +1,215 @@
+/* Redirecting the construction of torch.device and torch.Generator.
+ *
+ * Both are static C types of torch: they cannot be subclassed or replaced
+ * without breaking isinstance, pickling, TorchScript annotations and the
+ * exact-type checks in torch's C++ argument parser.  So the real type stays
+ * at torch.device and only its tp_new slot is swapped: the hook lets torch
+ * build (and validate) the device, then hands back the redirected one.
+ * Every device that reaches the user is a genuine torch.device.
+ */
+#include "tdcore.h"
+
+static PyTypeObject *hooked_device_type;
+static newfunc orig_device_new;
+static PyTypeObject *hooked_generator_type;
+static newfunc orig_generator_new;
+
+static int
+is_int_value(PyObject *obj, long value)
+{
+    if (!PyLong_CheckExact(obj)) {
+        return 0;
+    }
+    int overflow = 0;
+    long v = PyLong_AsLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return !overflow && v == value;
+}
+
+/* "cpu:-1" and torch.device("cpu", -1) are not valid torch syntax (torch
+ * rejects negative indexes), so they are recognised before torch parses. */
+static int
+is_toggle_request(td_state *st, PyObject *args, PyObject *kwargs)
+{
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        return 0;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (n == 1) {
+        td_request r = td_request_from_object(st, PyTuple_GET_ITEM(args, 0));
+        return r.kind == TD_REQ_CPU_TOGGLE;
+    }
+    if (n == 2) {
+        PyObject *t = PyTuple_GET_ITEM(args, 0);
+        return PyUnicode_Check(t)
+               && PyUnicode_CompareWithASCIIString(t, "cpu") == 0
+               && is_int_value(PyTuple_GET_ITEM(args, 1), -1);
+    }
+    return 0;
+}
+
+static PyObject *
+device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    td_state *st = td_installed_state();
+    if (st == NULL || type != hooked_device_type) {
+        return orig_device_new(type, args, kwargs);
+    }
+    if (is_toggle_request(st, args, kwargs)) {
+        td_request req = {TD_REQ_CPU_TOGGLE, -1};
+        td_resolution res = td_resolve_now(st, req);
+        if (td_get_report()
+            && td_report(st, st->api_device, req, res,
+                         PyTuple_GET_ITEM(args, 0)) < 0)
+        {
+            return NULL;
+        }
+        return Py_NewRef(st->dev_cpu);
+    }
+    /* A bare int is an accelerator ordinal; torch would ask the build's
+     * accelerator, which a CPU-only build lacks, so resolve it first. */
+    if (PyTuple_GET_SIZE(args) == 1 && (kwargs == NULL
+                                        || PyDict_GET_SIZE(kwargs) == 0)
+        && PyLong_CheckExact(PyTuple_GET_ITEM(args, 0)))
+    {
+        PyObject *arg = PyTuple_GET_ITEM(args, 0);
+        td_request req = td_request_from_object(st, arg);
+        if (req.kind == TD_REQ_CUDA) {
+            td_resolution res = td_resolve_now(st, req);
+            if (res.target != TD_TARGET_KEEP) {
+                if (td_get_report()
+                    && td_report(st, st->api_device, req, res, arg) < 0)
+                {
+                    return NULL;
+                }
+                return Py_NewRef(td_target_device(st, res.target));
+            }
+        }
+    }
+    PyObject *dev = orig_device_new(type, args, kwargs);
+    /* A TorchFunctionMode may hand back something else: leave it alone. */
+    if (dev == NULL || Py_TYPE(dev) != st->device_type) {
+        return dev;
+    }
+    td_request req = td_request_from_device(dev);
+    td_resolution res = td_resolve_now(st, req);
+    if (res.target == TD_TARGET_KEEP) {
+        return dev;
+    }
+    if (td_get_report() && td_report(st, st->api_device, req, res, dev) < 0) {
+        Py_DECREF(dev);
+        return NULL;
+    }
+    Py_DECREF(dev);
+    return Py_NewRef(td_target_device(st, res.target));
+}
+
+/* torch.Generator(device=None): the device is parsed in C++, not through
+ * torch.device, so the argument is rewritten before torch sees it. */
+static PyObject *
+generator_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    td_state *st = td_installed_state();
+    if (st == NULL || type != hooked_generator_type) {
+        return orig_generator_new(type, args, kwargs);
+    }
+    PyObject *new_args = NULL, *new_kwargs = NULL, *result = NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    PyObject *arg = NULL;   /* borrowed */
+    if (n >= 1) {
+        arg = PyTuple_GET_ITEM(args, 0);
+    }
+    else if (kwargs != NULL) {
+        arg = PyDict_GetItemWithError(kwargs, st->str_device);
+        if (arg == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    td_request req = td_request_from_object(st, arg);
+    td_resolution res = td_resolve_now(st, req);
+    if (res.target == TD_TARGET_KEEP) {
+        return orig_generator_new(type, args, kwargs);
+    }
+    if (td_get_report()
+        && td_report(st, st->api_generator, req, res, arg) < 0)
+    {
+        return NULL;
+    }
+    PyObject *target = td_target_device(st, res.target);   /* borrowed */
+    if (n >= 1) {
+        /* A fresh tuple: args may be shared with the caller. */
+        new_args = PyTuple_New(n);
+        if (new_args == NULL) {
+            goto error;
+        }
+        PyTuple_SET_ITEM(new_args, 0, Py_NewRef(target));
+        for (Py_ssize_t i = 1; i < n; i++) {
+            PyTuple_SET_ITEM(new_args, i, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+        }
+        result = orig_generator_new(type, new_args, kwargs);
+    }
+    else {
+        new_kwargs = kwargs ? PyDict_Copy(kwargs) : PyDict_New();
+        if (new_kwargs == NULL
+            || PyDict_SetItem(new_kwargs, st->str_device, target) < 0)
+        {
+            goto error;
+        }
+        result = orig_generator_new(type, args, new_kwargs);
+    }
+error:
+    Py_XDECREF(new_args);
+    Py_XDECREF(new_kwargs);
+    return result;
+}
+
+int
+td_hooks_install(td_state *st, PyObject *gen_type)
+{
+    if (hooked_device_type == NULL) {
+        hooked_device_type = st->device_type;
+        orig_device_new = st->device_type->tp_new;
+        st->device_type->tp_new = device_new_hook;
+    }
+    if (gen_type != NULL && gen_type != Py_None) {
+        if (!PyType_Check(gen_type)) {
+            PyErr_SetString(PyExc_TypeError, "generator type expected");
+            return -1;
+        }
+        if (hooked_generator_type == NULL) {
+            hooked_generator_type = (PyTypeObject *)gen_type;
+            orig_generator_new = hooked_generator_type->tp_new;
+            hooked_generator_type->tp_new = generator_new_hook;
+        }
+    }
+    return 0;
+}
+
+void
+td_hooks_uninstall(void)
+{
+    if (hooked_device_type != NULL) {
+        hooked_device_type->tp_new = orig_device_new;
+        hooked_device_type = NULL;
+    }
+    if (hooked_generator_type != NULL) {
+        hooked_generator_type->tp_new = orig_generator_new;
+        hooked_generator_type = NULL;
+    }
+}
+
+static PyObject *
+hooks_installed(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(hooked_device_type != NULL
+                           && hooked_device_type->tp_new == device_new_hook);
+}
+
+PyMethodDef td_hook_methods[] = {
+    {"hooks_installed", hooks_installed, METH_NOARGS,
+     "hooks_installed() -> bool\n\nWhether torch.device's tp_new is hooked."},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,120 @@
+/* Process-wide settings read on every intercepted call.
+ *
+ * They are atomics rather than module state because the torch.device hook
+ * runs inside torch's static type, which every thread and interpreter shares;
+ * relaxed ordering is enough since each flag is independent and readers only
+ * need a value that some writer stored.
+ */
+#include "tdcore.h"
+
+#include <stdatomic.h>
+
+static atomic_int td_profile_v = TD_PROFILE_CPU;
+static atomic_int td_mode_v = TD_MODE_ACCELERATE;
+static atomic_int td_float64_v = TD_FLOAT64_DOWNCAST;
+static atomic_int td_override_v = 0;
+static atomic_int td_report_v = 0;
+
+td_profile
+td_get_profile(void)
+{
+    return (td_profile)atomic_load_explicit(&td_profile_v,
+                                            memory_order_relaxed);
+}
+
+td_mode
+td_get_mode(void)
+{
+    return (td_mode)atomic_load_explicit(&td_mode_v, memory_order_relaxed);
+}
+
+td_float64_policy
+td_get_float64(void)
+{
+    return (td_float64_policy)atomic_load_explicit(&td_float64_v,
+                                                   memory_order_relaxed);
+}
+
+int
+td_get_cpu_override(void)
+{
+    return atomic_load_explicit(&td_override_v, memory_order_relaxed);
+}
+
+int
+td_exchange_cpu_override(int value)
+{
+    return atomic_exchange(&td_override_v, value ? 1 : 0);
+}
+
+void
+td_toggle_cpu_override(void)
+{
+    atomic_fetch_xor(&td_override_v, 1);
+}
+
+int
+td_get_report(void)
+{
+    return atomic_load_explicit(&td_report_v, memory_order_relaxed);
+}
+
+void
+td_set_config(td_profile profile, td_mode mode, td_float64_policy f64)
+{
+    atomic_store(&td_profile_v, (int)profile);
+    atomic_store(&td_mode_v, (int)mode);
+    atomic_store(&td_float64_v, (int)f64);
+}
+
+void
+td_set_report(int on)
+{
+    atomic_store(&td_report_v, on ? 1 : 0);
+}
+
+static PyObject *
+flags_get_cpu_override(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(td_get_cpu_override());
+}
+
+static PyObject *
+flags_set_cpu_override(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(td_exchange_cpu_override(on));
+}
+
+static PyObject *
+flags_set_report(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    td_set_report(on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+flags_get_report(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(td_get_report());
+}
+
+PyMethodDef td_flags_methods[] = {
+    {"get_cpu_override", flags_get_cpu_override, METH_NOARGS,
+     "get_cpu_override() -> bool\n\nWhether the CPU override is on."},
+    {"set_cpu_override", flags_set_cpu_override, METH_O,
+     "set_cpu_override(on) -> bool\n\nSets the CPU override; returns the "
+     "previous value (atomically, for scoped use)."},
+    {"set_report", flags_set_report, METH_O,
+     "set_report(on)\n\nTurns call-site recording on or off."},
+    {"get_report", flags_get_report, METH_NOARGS,
+     "get_report() -> bool"},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,82 @@
+/* The redirection policy as a pure function: no Python objects, no globals.
+ *
+ * Everything that decides *where* a tensor goes lives here so that it can be
+ * tested for every hardware profile on any machine (design.md section 3).
+ */
+#ifndef TD_POLICY_H
+#define TD_POLICY_H
+
+#include <stddef.h>
+
+typedef enum {
+    TD_PROFILE_CPU = 0,
+    TD_PROFILE_CUDA = 1,
+    TD_PROFILE_MPS = 2,
+} td_profile;
+
+typedef enum {
+    /* The seed's default: None and "cpu" go to the accelerator too. */
+    TD_MODE_ACCELERATE = 0,
+    /* Only accelerator requests are redirected; None and "cpu" stay put. */
+    TD_MODE_CPU_STAYS_CPU = 1,
+} td_mode;
+
+typedef enum {
+    TD_FLOAT64_DOWNCAST = 0,
+    TD_FLOAT64_ERROR = 1,
+} td_float64_policy;
+
+typedef enum {
+    TD_REQ_NONE = 0,       /* no device given */
+    TD_REQ_CPU = 1,
+    TD_REQ_CUDA = 2,
+    TD_REQ_MPS = 3,
+    TD_REQ_META = 4,
+    TD_REQ_CPU_TOGGLE = 5, /* "cpu:-1" / torch.device("cpu", -1) */
+    TD_REQ_OTHER = 6,      /* anything else: left to torch, errors included */
+} td_req_kind;
+
+typedef struct {
+    td_req_kind kind;
+    long index;            /* -1 when no index was given */
+} td_request;
+
+typedef enum {
+    TD_TARGET_KEEP = 0,    /* pass the request to torch unchanged */
+    TD_TARGET_CPU = 1,
+    TD_TARGET_CUDA = 2,    /* "cuda" without index: the current CUDA device */
+    TD_TARGET_MPS = 3,     /* mps:0; MPS has one device */
+} td_target;
+
+typedef struct {
+    td_target target;
+    int toggle_override;   /* caller flips the CPU override */
+    int redirected;        /* the device torch sees differs from the request */
+} td_resolution;
+
+typedef enum {
+    TD_DTYPE_KEEP = 0,
+    TD_DTYPE_TO_FLOAT32 = 1,
+    TD_DTYPE_ERROR = 2,
+} td_dtype_action;
+
+/* Parses a device string with torch's grammar: "type" or "type:N", N a
+ * non-negative decimal without leading zeros.  Only the types the policy
+ * cares about are classified; everything else, malformed strings included,
+ * becomes TD_REQ_OTHER so that torch raises its own error for it. */
+td_request td_parse_device_string(const char *s, size_t n);
+
+/* The policy table.  `from_torch` is true when the request was made by
+ * torch's own Python code: a host-side "cpu" or None there is never promoted
+ * to the accelerator. */
+td_resolution td_resolve(td_request req, td_profile profile, td_mode mode,
+                         int cpu_override, int from_torch);
+
+/* What a float64 request becomes on the device a resolution lands on. */
+td_dtype_action td_float64_action(td_profile profile, td_request req,
+                                  td_resolution res, td_float64_policy p);
+
+const char *td_profile_name(td_profile p);
+const char *td_target_name(td_target t);
+
+#endif /* TD_POLICY_H */

@@ -1,0 +1,675 @@
+/* One callable type that stands in for a torch function or method and
+ * rewrites its device argument before forwarding to the saved original.
+ *
+ * Python equivalent:
+ *
+ *     class Wrapper:
+ *         def __init__(self, wrapped, kind, api, device_pos=-1,
+ *                      none_policy=False, fallback=None, request=None): ...
+ *         def __call__(self, *args, **kwargs):
+ *             device = find_device(args, kwargs)
+ *             target = resolve(device)
+ *             return self.wrapped(*replace(args, kwargs, target))
+ *         def __get__(self, obj, cls):   # binds like a function
+ *             return self if obj is None else MethodType(self, obj)
+ *
+ * Calls arrive through vectorcall and leave through vectorcall; arguments are
+ * copied only when one of them is rewritten.
+ */
+#include "tdcore.h"
+
+#include <structmember.h>
+#include <stddef.h>
+#include <string.h>
+
+typedef enum {
+    TD_KIND_FACTORY = 0,    /* device= keyword (or a fixed position) */
+    TD_KIND_TO = 1,         /* Tensor.to / Module.to call forms */
+    TD_KIND_MOVE = 2,       /* .cuda() / .cpu() / .mps(): fixed request */
+    TD_KIND_NUMPY = 3,      /* Tensor.numpy: always reaches the host */
+    TD_KIND_PIN_MEMORY = 4, /* Tensor.pin_memory */
+    TD_KIND_IS_PINNED = 5,  /* Tensor.is_pinned */
+    TD_KIND_COUNT = 6,
+} td_kind;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *wrapped;      /* the original; None where torch has none */
+    PyObject *fallback;     /* MOVE: the `to` used when the target moves */
+    PyObject *api;          /* "torch.zeros", for the report */
+    PyObject *dict;
+    PyObject *weakreflist;
+    int kind;
+    int none_policy;        /* apply the policy when no device is given */
+    td_req_kind request;    /* MOVE: what the method asks for */
+    Py_ssize_t device_pos;  /* position of the device argument, or -1 */
+} td_wrapper;
+
+#define TD_SMALL_STACK 12
+
+typedef struct {
+    Py_ssize_t index;
+    PyObject *value;        /* borrowed for the duration of the call */
+} td_subst;
+
+static td_state *
+wrapper_state(td_wrapper *w)
+{
+    return (td_state *)PyType_GetModuleState(Py_TYPE(w));
+}
+
+static int
+kw_is(PyObject *name, PyObject *interned)
+{
+    return name == interned
+           || (PyUnicode_GET_LENGTH(name) == PyUnicode_GET_LENGTH(interned)
+               && PyUnicode_Compare(name, interned) == 0);
+}
+
+static Py_ssize_t
+find_kw(PyObject *kwnames, Py_ssize_t nargs, PyObject *interned)
+{
+    if (kwnames == NULL) {
+        return -1;
+    }
+    Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (kw_is(PyTuple_GET_ITEM(kwnames, i), interned)) {
+            return nargs + i;
+        }
+    }
+    return -1;
+}
+
+/* Calls fn with args where the listed slots are substituted and, when
+ * add_device is set, a device= keyword is appended. */
+static PyObject *
+forward(td_state *st, PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
+        PyObject *kwnames, const td_subst *subst, int nsubst,
+        PyObject *add_device)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t total = nargs + nkw + (add_device != NULL);
+    PyObject *small[TD_SMALL_STACK];
+    PyObject **buf = small;
+    PyObject *names = kwnames;   /* owned only when add_device is set */
+    PyObject *result = NULL;
+
+    if (total > TD_SMALL_STACK) {
+        buf = PyMem_Malloc((size_t)total * sizeof(PyObject *));
+        if (buf == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    if (nargs + nkw > 0) {
+        memcpy(buf, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
+    }
+    for (int i = 0; i < nsubst; i++) {
+        buf[subst[i].index] = subst[i].value;
+    }
+    if (add_device != NULL) {
+        buf[nargs + nkw] = add_device;
+        if (nkw == 0) {
+            names = Py_NewRef(st->kw_device);
+        }
+        else {
+            names = PyTuple_New(nkw + 1);
+            if (names == NULL) {
+                goto done;
+            }
+            for (Py_ssize_t i = 0; i < nkw; i++) {
+                PyTuple_SET_ITEM(names, i,
+                                 Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
+            }
+            PyTuple_SET_ITEM(names, nkw, Py_NewRef(st->str_device));
+        }
+    }
+    result = PyObject_Vectorcall(fn, buf, nargs, names);
+    if (add_device != NULL) {
+        Py_DECREF(names);
+    }
+done:
+    if (buf != small) {
+        PyMem_Free(buf);
+    }
+    return result;
+}
+
+/* MPS has no float64: a float64 request that lands there becomes float32
+ * (reported) or an error, by configuration.  Returns 0, or -1 with an error
+ * set; on 0, *subst is filled when the dtype slot must be replaced. */
+static int
+float64_check(td_state *st, td_wrapper *w, td_request req, td_resolution res,
+              PyObject *const *args, Py_ssize_t dslot, td_subst *subst,
+              int *nsubst)
+{
+    if (dslot < 0 || args[dslot] != st->float64) {
+        return 0;
+    }
+    switch (td_float64_action(td_get_profile(), req, res, td_get_float64())) {
+    case TD_DTYPE_KEEP:
+        return 0;
+    case TD_DTYPE_ERROR:
+        PyErr_Format(PyExc_TypeError,
+                     "%U: MPS does not support float64; set "
+                     "TORCHDEVICE_FLOAT64=downcast to use float32 instead",
+                     w->api);
+        return -1;
+    case TD_DTYPE_TO_FLOAT32:
+        break;
+    }
+    subst[*nsubst].index = dslot;
+    subst[*nsubst].value = st->float32;
+    (*nsubst)++;
+    return 0;
+}
+
+static int
+maybe_report(td_state *st, td_wrapper *w, td_request req, td_resolution res,
+             PyObject *arg)
+{
+    if ((res.redirected || res.toggle_override) && td_get_report()) {
+        return td_report(st, w->api, req, res, arg);
+    }
+    return 0;
+}
+
+/* A factory called without device= follows an active default-device
+ * context (`with torch.device(...)`, set_default_device) instead of the
+ * policy; both live on torch's function-mode stack. */
+static int
+default_device_context_active(td_state *st)
+{
+    PyObject *n = PyObject_CallNoArgs(st->mode_stack_len);
+    if (n == NULL) {
+        return -1;
+    }
+    int active = PyObject_IsTrue(n);
+    Py_DECREF(n);
+    return active;
+}
+
+static PyObject *
+call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
+             Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
+{
+    PyObject *arg = slot >= 0 ? args[slot] : NULL;
+    td_subst subst[2];
+    int nsubst = 0;
+    td_request req = td_request_from_object(st, arg);
+    if (req.kind == TD_REQ_NONE && !w->none_policy) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    td_resolution res = td_resolve_now(st, req);
+    if (req.kind == TD_REQ_NONE && res.target != TD_TARGET_KEEP) {
+        int active = default_device_context_active(st);
+        if (active < 0) {
+            return NULL;
+        }
+        if (active) {
+            res.target = TD_TARGET_KEEP;
+            res.redirected = 0;
+        }
+    }
+    if (td_get_profile() == TD_PROFILE_MPS
+        && float64_check(st, w, req, res, args,
+                         find_kw(kwnames, nargs, st->str_dtype), subst,
+                         &nsubst) < 0)
+    {
+        return NULL;
+    }
+    if (res.target == TD_TARGET_KEEP && nsubst == 0) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    if (maybe_report(st, w, req, res, arg) < 0) {
+        return NULL;
+    }
+    PyObject *add = NULL;
+    if (res.target != TD_TARGET_KEEP) {
+        PyObject *target = td_target_device(st, res.target);
+        if (slot >= 0) {
+            subst[nsubst].index = slot;
+            subst[nsubst].value = target;
+            nsubst++;
+        }
+        else {
+            add = target;
+        }
+    }
+    return forward(st, w->wrapped, args, nargs, kwnames, subst, nsubst, add);
+}
+
+static PyObject *
+wrapper_factory(td_wrapper *w, td_state *st, PyObject *const *args,
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t slot = find_kw(kwnames, nargs, st->str_device);
+    if (slot < 0 && w->device_pos >= 0 && w->device_pos < nargs) {
+        slot = w->device_pos;
+    }
+    return call_factory(w, st, args, nargs, kwnames, slot);
+}
+
+/* Tensor.to(device, dtype, ...), .to(dtype, ...), .to(other, ...) and
+ * .to(device=..., dtype=...); Module.to takes the same forms.  args[0] is
+ * the instance. */
+static PyObject *
+wrapper_to(td_wrapper *w, td_state *st, PyObject *const *args,
+           Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t slot = find_kw(kwnames, nargs, st->str_device);
+    Py_ssize_t dslot = -1;
+    if (slot < 0 && nargs >= 2 && args[1] != Py_None
+        && td_is_device_arg(st, args[1]))
+    {
+        slot = 1;
+        if (nargs >= 3 && Py_TYPE(args[2]) == st->dtype_type) {
+            dslot = 2;
+        }
+    }
+    if (slot < 0 || args[slot] == Py_None) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    if (dslot < 0) {
+        dslot = find_kw(kwnames, nargs, st->str_dtype);
+    }
+    td_subst subst[2];
+    int nsubst = 0;
+    td_request req = td_request_from_object(st, args[slot]);
+    td_resolution res = td_resolve_now(st, req);
+    if (td_get_profile() == TD_PROFILE_MPS
+        && float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0)
+    {
+        return NULL;
+    }
+    if (res.target == TD_TARGET_KEEP && nsubst == 0) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    if (maybe_report(st, w, req, res, args[slot]) < 0) {
+        return NULL;
+    }
+    if (res.target != TD_TARGET_KEEP) {
+        subst[nsubst].index = slot;
+        subst[nsubst].value = td_target_device(st, res.target);
+        nsubst++;
+    }
+    return forward(st, w->wrapped, args, nargs, kwnames, subst, nsubst, NULL);
+}
+
+/* .cuda(device=None, non_blocking=False, memory_format=...), .cpu(...),
+ * .mps(...): when the policy keeps the request, the original runs; when it
+ * moves it, the move becomes fallback(self, target, **keywords). */
+static PyObject *
+wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
+             Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 1) {
+        PyErr_Format(PyExc_TypeError, "%U() needs an instance", w->api);
+        return NULL;
+    }
+    Py_ssize_t slot = find_kw(kwnames, nargs, st->str_device);
+    if (slot < 0 && w->request == TD_REQ_CUDA && nargs >= 2) {
+        slot = 1;
+    }
+    PyObject *arg = slot >= 0 ? args[slot] : NULL;
+    td_request req = {w->request, -1};
+    if (arg != NULL && arg != Py_None) {
+        req = td_request_from_object(st, arg);
+        if (PyLong_CheckExact(arg)) {
+            req.kind = w->request;   /* .cuda(1) means cuda:1 */
+        }
+        if (req.kind == TD_REQ_OTHER || req.kind == TD_REQ_META) {
+            /* Torch validates what it does not recognise. */
+            if (w->wrapped != Py_None) {
+                return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+            }
+            req.kind = w->request;
+        }
+    }
+    td_resolution res = td_resolve_now(st, req);
+    if (res.target == TD_TARGET_KEEP && w->wrapped != Py_None) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    if (maybe_report(st, w, req, res, arg) < 0) {
+        return NULL;
+    }
+    PyObject *target = td_target_device(st, res.target);
+    if (target == NULL) {
+        /* Kept, but torch has no such method (Tensor.mps): move there. */
+        target = req.kind == TD_REQ_MPS ? st->dev_mps
+                 : req.kind == TD_REQ_CUDA ? st->dev_cuda : st->dev_cpu;
+    }
+    /* Rebuild as fallback(self, target, non_blocking=..., **kw). */
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[TD_SMALL_STACK];
+    PyObject *names = NULL, *result = NULL;
+    Py_ssize_t extra_pos = (w->request == TD_REQ_CUDA && nargs >= 3) ? 1 : 0;
+    Py_ssize_t n = 2 + nkw + extra_pos;
+    if (n > TD_SMALL_STACK || nargs > 3
+        || (w->request != TD_REQ_CUDA && nargs > 1))
+    {
+        PyErr_Format(PyExc_TypeError, "%U() got too many arguments", w->api);
+        return NULL;
+    }
+    names = PyTuple_New(n - 2);
+    if (names == NULL) {
+        return NULL;
+    }
+    small[0] = args[0];
+    small[1] = target;
+    Py_ssize_t k = 0;
+    if (extra_pos) {
+        small[2] = args[2];
+        PyTuple_SET_ITEM(names, k++, Py_NewRef(st->str_non_blocking));
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (kw_is(name, st->str_device)) {
+            continue;
+        }
+        small[2 + k] = args[nargs + i];
+        PyTuple_SET_ITEM(names, k++, Py_NewRef(name));
+    }
+    if (k != n - 2) {
+        /* device= was among the keywords: shrink the names tuple. */
+        PyObject *shrunk = PyTuple_GetSlice(names, 0, k);
+        Py_SETREF(names, shrunk);
+        if (names == NULL) {
+            return NULL;
+        }
+    }
+    result = PyObject_Vectorcall(w->fallback, small, 2,
+                                 k ? names : NULL);
+    Py_DECREF(names);
+    return result;
+}
+
+static PyObject *
+wrapper_numpy(td_wrapper *w, td_state *st, PyObject *const *args,
+              Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (td_get_profile() == TD_PROFILE_CPU || nargs < 1) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    PyObject *is_cpu = PyObject_GetAttr(args[0], st->str_is_cpu);
+    if (is_cpu == NULL) {
+        return NULL;
+    }
+    int on_host = PyObject_IsTrue(is_cpu);
+    Py_DECREF(is_cpu);
+    if (on_host < 0) {
+        return NULL;
+    }
+    if (on_host) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    /* The original .cpu(): the redirected one may stay on the device. */
+    PyObject *host = PyObject_CallOneArg(st->tensor_cpu, args[0]);
+    if (host == NULL) {
+        return NULL;
+    }
+    td_subst s = {0, host};
+    PyObject *result = forward(st, w->wrapped, args, nargs, kwnames, &s, 1,
+                               NULL);
+    Py_DECREF(host);
+    return result;
+}
+
+/* Without an accelerator there is no pinned memory: pinning is the
+ * identity and nothing is pinned.  With one, torch decides. */
+static PyObject *
+wrapper_pin(td_wrapper *w, td_state *Py_UNUSED(st), PyObject *const *args,
+            Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (td_get_profile() != TD_PROFILE_CPU || nargs < 1) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    if (w->kind == TD_KIND_IS_PINNED) {
+        Py_RETURN_FALSE;
+    }
+    return Py_NewRef(args[0]);
+}
+
+static PyObject *
+wrapper_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    td_wrapper *w = (td_wrapper *)self;
+    td_state *st = wrapper_state(w);
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (st->device_type == NULL) {
+        /* Not installed (a wrapper kept past disable()): be the original. */
+        if (w->wrapped == Py_None) {
+            PyErr_Format(PyExc_AttributeError, "%U is not available while "
+                         "TorchDevice is disabled", w->api);
+            return NULL;
+        }
+        return PyObject_Vectorcall(w->wrapped, args, nargsf, kwnames);
+    }
+    switch ((td_kind)w->kind) {
+    case TD_KIND_FACTORY:
+        return wrapper_factory(w, st, args, nargs, kwnames);
+    case TD_KIND_TO:
+        return wrapper_to(w, st, args, nargs, kwnames);
+    case TD_KIND_MOVE:
+        return wrapper_move(w, st, args, nargs, kwnames);
+    case TD_KIND_NUMPY:
+        return wrapper_numpy(w, st, args, nargs, kwnames);
+    case TD_KIND_PIN_MEMORY:
+    case TD_KIND_IS_PINNED:
+        return wrapper_pin(w, st, args, nargs, kwnames);
+    case TD_KIND_COUNT:
+        break;
+    }
+    PyErr_SetString(PyExc_SystemError, "corrupt TorchDevice wrapper kind");
+    return NULL;
+}
+
+static int
+copy_attr(PyObject *dict, PyObject *src, const char *name)
+{
+    PyObject *v = PyObject_GetAttrString(src, name);
+    if (v == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    int rc = PyDict_SetItemString(dict, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static PyObject *
+wrapper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"wrapped", "kind", "api", "device_pos",
+                             "none_policy", "fallback", "request", NULL};
+    PyObject *wrapped, *api, *fallback = Py_None;
+    const char *request = NULL;
+    int kind, none_policy = 0;
+    Py_ssize_t device_pos = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiU|npOz:Wrapper", kwlist,
+                                     &wrapped, &kind, &api, &device_pos,
+                                     &none_policy, &fallback, &request))
+    {
+        return NULL;
+    }
+    if (kind < 0 || kind >= TD_KIND_COUNT) {
+        PyErr_Format(PyExc_ValueError, "unknown wrapper kind %d", kind);
+        return NULL;
+    }
+    if (wrapped != Py_None && !PyCallable_Check(wrapped)) {
+        PyErr_SetString(PyExc_TypeError, "wrapped must be callable or None");
+        return NULL;
+    }
+    if (kind == TD_KIND_MOVE && !PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "a move wrapper needs a fallback");
+        return NULL;
+    }
+    td_req_kind req = TD_REQ_OTHER;
+    if (request != NULL) {
+        req = td_parse_device_string(request, strlen(request)).kind;
+    }
+    if (kind == TD_KIND_MOVE && req != TD_REQ_CUDA && req != TD_REQ_CPU
+        && req != TD_REQ_MPS)
+    {
+        PyErr_SetString(PyExc_ValueError,
+                        "request must be 'cuda', 'cpu' or 'mps'");
+        return NULL;
+    }
+    if (kind != TD_KIND_MOVE && wrapped == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "only a move wrapper may wrap None");
+        return NULL;
+    }
+
+    td_wrapper *w = (td_wrapper *)type->tp_alloc(type, 0);
+    if (w == NULL) {
+        return NULL;
+    }
+    w->vectorcall = wrapper_vectorcall;
+    w->wrapped = Py_NewRef(wrapped);
+    w->fallback = Py_NewRef(fallback);
+    w->api = Py_NewRef(api);
+    w->kind = kind;
+    w->none_policy = none_policy;
+    w->request = req;
+    w->device_pos = device_pos;
+    w->dict = PyDict_New();
+    if (w->dict == NULL
+        || PyDict_SetItemString(w->dict, "__wrapped__", wrapped) < 0)
+    {
+        goto error;
+    }
+    if (wrapped != Py_None) {
+        static const char *names[] = {"__name__", "__qualname__",
+                                      "__module__", "__doc__"};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            if (copy_attr(w->dict, wrapped, names[i]) < 0) {
+                goto error;
+            }
+        }
+    }
+    return (PyObject *)w;
+error:
+    Py_DECREF(w);
+    return NULL;
+}
+
+static PyObject *
+wrapper_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static int
+wrapper_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    td_wrapper *w = (td_wrapper *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(w->wrapped);
+    Py_VISIT(w->fallback);
+    Py_VISIT(w->api);
+    Py_VISIT(w->dict);
+    return 0;
+}
+
+static int
+wrapper_clear(PyObject *self)
+{
+    td_wrapper *w = (td_wrapper *)self;
+    Py_CLEAR(w->wrapped);
+    Py_CLEAR(w->fallback);
+    Py_CLEAR(w->api);
+    Py_CLEAR(w->dict);
+    return 0;
+}
+
+static void
+wrapper_dealloc(PyObject *self)
+{
+    td_wrapper *w = (td_wrapper *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (w->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(self);
+    }
+    (void)wrapper_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+wrapper_repr(PyObject *self)
+{
+    td_wrapper *w = (td_wrapper *)self;
+    return PyUnicode_FromFormat("<TorchDevice wrapper of %R>", w->wrapped);
+}
+
+static PyObject *
+wrapper_reduce(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    /* Pickled by name, like the function it stands in for. */
+    return PyObject_GetAttrString(self, "__qualname__");
+}
+
+static PyObject *
+wrapper_get_kind(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLong(((td_wrapper *)self)->kind);
+}
+
+static PyObject *
+wrapper_get_api(PyObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((td_wrapper *)self)->api);
+}
+
+static PyMethodDef wrapper_methods[] = {
+    {"__reduce__", wrapper_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef wrapper_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {"td_kind", wrapper_get_kind, NULL, "wrapper kind (int)", NULL},
+    {"td_api", wrapper_get_api, NULL, "API name used in the report", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef wrapper_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(td_wrapper, vectorcall),
+     READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(td_wrapper, dict), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(td_wrapper, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot wrapper_slots[] = {
+    {Py_tp_new, wrapper_new},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, wrapper_descr_get},
+    {Py_tp_traverse, wrapper_traverse},
+    {Py_tp_clear, wrapper_clear},
+    {Py_tp_dealloc, wrapper_dealloc},
+    {Py_tp_repr, wrapper_repr},
+    {Py_tp_methods, wrapper_methods},
+    {Py_tp_getset, wrapper_getset},
+    {Py_tp_members, wrapper_members},
+    {0, NULL},
+};
+
+PyType_Spec td_wrapper_spec = {
+    .name = "TorchDevice._tdcore.Wrapper",
+    .basicsize = sizeof(td_wrapper),
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+              | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR
+              | Py_TPFLAGS_IMMUTABLETYPE),
+    .slots = wrapper_slots,
+};
