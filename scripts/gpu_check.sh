@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test that needs a real NVIDIA GPU, in under five minutes.
+# Usage (on the lent GPU machine, from the repository root):
+#     bash scripts/gpu_check.sh
+# It builds _tdcore in place with the machine's own Python and torch (no
+# network needed: _tdcore has no build dependency but a C compiler), then
+# runs the tests marked `cuda` plus the policy tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+$PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+echo "== build"
+TORCHDEVICE_STRICT_BUILD=1 $PY setup.py -q build_ext --inplace
+echo "== tests that need CUDA"
+start=$(date +%s)
+timeout 280 env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \
+    $PY -m pytest -q -m cuda -p no:cacheprovider tests "$@"
+rc=$?
+echo "== gpu_check finished in $(( $(date +%s) - start )) s with exit code $rc"
+exit $rc
