@@ -57,5 +57,5 @@ def restore_config():
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (scripts/gpu_check.sh)")
     for item in items:
-        if "cuda" in item.keywords and not HAS_CUDA:
+        if item.get_closest_marker("cuda") is not None and not HAS_CUDA:
             item.add_marker(skip)

@@ -1,0 +1,192 @@
+"""enable/disable, configuration, the TorchDevice object and the override."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import TorchDevice
+from TorchDevice import TorchDevice as TD
+from TorchDevice import _patches, _tdcore
+from conftest import HAS_CUDA, run_python
+
+CPU = torch.device("cpu")
+cpu_profile = pytest.mark.skipif(HAS_CUDA, reason="profile cpu expectations")
+
+
+def test_disable_restores_identical_originals(restore_config):
+    applied = _patches.replaced()
+    assert applied, "nothing was patched"
+    TorchDevice.disable()
+    for owner, name, orig, repl in applied:
+        now = (owner.__dict__.get(name) if isinstance(owner, type)
+               else getattr(owner, name))
+        if isinstance(owner, type) and orig is not None \
+                and name not in owner.__dict__:
+            now = getattr(owner, name)
+        assert now is orig or (orig is None and not hasattr(owner, name)), \
+            (owner, name)
+    assert torch.zeros is torch._C._VariableFunctions.zeros
+    assert torch.Tensor.to is torch._C.TensorBase.to
+    assert "to" not in torch.Tensor.__dict__
+    assert not hasattr(torch.Tensor, "mps")
+    assert not hasattr(torch.nn.Module, "mps")
+    assert not _tdcore.hooks_installed()
+    if not HAS_CUDA:
+        # Native again: a CPU-only torch cannot allocate on CUDA.
+        with pytest.raises((RuntimeError, AssertionError)):
+            torch.zeros(1, device="cuda")
+    assert torch.device("cuda").type == "cuda"
+    TorchDevice.enable()
+    assert _tdcore.hooks_installed()
+    assert torch.device("cuda").type != "cuda" or HAS_CUDA
+    # Re-enabling reuses the same replacement objects.
+    assert [r for *_, r in _patches.replaced()] == [r for *_, r in applied]
+
+
+def test_enable_twice_and_import_twice_change_nothing():
+    before = [(o, n, r) for o, n, _, r in _patches.replaced()]
+    TorchDevice.enable()
+    import importlib
+    import TorchDevice as again
+    importlib.import_module("TorchDevice")
+    assert again is TorchDevice
+    assert [(o, n, r) for o, n, _, r in _patches.replaced()] == before
+
+
+def test_import_order_and_silence():
+    proc = run_python("""
+        import TorchDevice
+        import torch
+        print(torch.zeros(1, device='cuda').device.type)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.strip() in ("cpu", "mps", "cuda")
+
+
+@cpu_profile
+def test_cpu_override_scoped(restore_config):
+    assert TorchDevice.policy()["cpu_override"] is False
+    with TorchDevice.cpu_override():
+        assert TorchDevice.policy()["cpu_override"] is True
+        assert torch.zeros(1).device == CPU
+        with pytest.raises(ZeroDivisionError):
+            with TorchDevice.cpu_override(False):
+                assert TorchDevice.policy()["cpu_override"] is False
+                1 / 0
+        assert TorchDevice.policy()["cpu_override"] is True
+    assert TorchDevice.policy()["cpu_override"] is False
+
+
+def test_bad_input_leaves_override_untouched(restore_config):
+    for state in (False, True):
+        _tdcore.set_cpu_override(state)
+        for bad in (lambda: torch.device("cuda:x"),
+                    lambda: torch.device("nonsense"),
+                    lambda: torch.device("cuda", -2),
+                    lambda: torch.zeros(2, device=3.5),
+                    lambda: torch.ones(1).to("cud"),
+                    lambda: torch.device("cpu:-1x")):
+            with pytest.raises((RuntimeError, TypeError)):
+                bad()
+            assert _tdcore.get_cpu_override() is state
+
+
+class TestConfiguration:
+    def test_api_validates_and_applies(self, restore_config):
+        cfg = TorchDevice.configure(mode="cpu-stays-cpu")
+        assert cfg.mode == "cpu-stays-cpu"
+        assert TorchDevice.policy()["mode"] == "cpu-stays-cpu"
+        with pytest.raises(ValueError, match="mode"):
+            TorchDevice.configure(mode="fast")
+        assert TorchDevice.config().mode == "cpu-stays-cpu"
+        with pytest.raises(ValueError, match="float64"):
+            TorchDevice.configure(float64="maybe")
+        with pytest.raises(TypeError, match="unknown"):
+            TorchDevice.configure(colour="blue")
+        with pytest.raises(ValueError, match="log level"):
+            TorchDevice.configure(log_level="LOUD")
+
+    @cpu_profile
+    def test_target_must_exist(self, restore_config):
+        with pytest.raises(ValueError, match="not available"):
+            TorchDevice.configure(target="cuda")
+        with pytest.raises(ValueError, match="not available"):
+            TorchDevice.configure(target="mps")
+        assert TorchDevice.configure(target="cpu").target == "cpu"
+
+    def test_environment_variables(self):
+        proc = run_python("""
+            import TorchDevice
+            print(TorchDevice.config())
+            print(TorchDevice.policy())
+        """, env={"TORCHDEVICE_MODE": "cpu-stays-cpu",
+                  "TORCHDEVICE_FLOAT64": "error",
+                  "TORCHDEVICE_LOG_LEVEL": "debug",
+                  "TORCHDEVICE_TARGET": "cpu"})
+        assert proc.returncode == 0, proc.stderr
+        assert "mode='cpu-stays-cpu'" in proc.stdout
+        assert "'float64': 'error'" in proc.stdout
+        assert "log_level=10" in proc.stdout
+        assert "target='cpu'" in proc.stdout
+
+    def test_bad_environment_warns_and_uses_defaults(self):
+        proc = run_python("""
+            import TorchDevice
+            print(TorchDevice.config().mode)
+        """, env={"TORCHDEVICE_MODE": "sideways"})
+        assert proc.returncode == 0, proc.stderr
+        assert "TORCHDEVICE" in proc.stderr and "sideways" in proc.stderr
+        assert proc.stdout.strip() == "accelerate"
+
+
+@cpu_profile
+class TestTorchDeviceObject:
+    def test_default_and_requests(self):
+        d = TD()
+        assert isinstance(d.device, torch.device)
+        assert d.device == CPU and d.type == "cpu" and d.index is None
+        assert str(d) == "cpu"
+        assert repr(d) == "TorchDevice(device(type='cpu'))"
+        c = TD("cuda")
+        assert c.device == CPU
+        assert TD("cuda", 1).device == CPU
+        assert TD(torch.device("mps")).device == CPU
+        assert TD("meta").device == torch.device("meta")
+
+    def test_accepted_wherever_a_device_is(self):
+        d = TD("cuda")
+        assert torch.zeros(2, device=d).device == CPU
+        m = torch.nn.Linear(2, 2).to(TD())
+        assert m.weight.device == CPU
+        assert torch.ones(1).to(d).device == CPU
+        assert torch.device(d) == CPU
+
+    def test_control_through_the_class(self, restore_config):
+        TD.disable()
+        assert not TD.is_enabled()
+        TD.enable()
+        assert TD.is_enabled()
+
+    def test_bad_request_raises_like_torch(self):
+        with pytest.raises(RuntimeError, match="Invalid device string"):
+            TD("cuda:x")
+
+
+@cpu_profile
+def test_logging_names_the_call_site(restore_config, caplog, tmp_path):
+    TorchDevice.clear_report()
+    TorchDevice.configure(log_level="INFO")
+    with caplog.at_level(logging.INFO, logger="TorchDevice"):
+        for _ in range(3):
+            torch.zeros(2, device="cuda")      # one record, count 3
+    rows = [r for r in TorchDevice.report() if r["api"].endswith("zeros")]
+    assert len(rows) == 1
+    assert rows[0]["count"] == 3
+    assert rows[0]["file"] == __file__
+    assert rows[0]["from"] == "cuda" and rows[0]["to"] == "cpu"
+    messages = [r.getMessage() for r in caplog.records]
+    hits = [m for m in messages if "torch.zeros" in m]
+    assert len(hits) == 1 and f"{__file__}:" in hits[0]

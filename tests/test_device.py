@@ -1,0 +1,142 @@
+"""torch.device redirection on this machine (profile cpu): the real type
+stays in place, only construction is redirected."""
+from __future__ import annotations
+
+import io
+import pickle
+import typing
+
+import pytest
+import torch
+
+import TorchDevice
+from conftest import HAS_CUDA, run_python
+
+pytestmark = pytest.mark.skipif(HAS_CUDA, reason="profile cpu expectations")
+
+
+@pytest.mark.parametrize("args", [("cuda",), ("cuda", 1), ("cuda:3",),
+                                  ("mps",), ("mps:0",), (0,), (2,)])
+def test_accelerator_requests_become_cpu(args):
+    d = torch.device(*args)
+    assert d == torch.device("cpu")
+    assert type(d) is torch.device
+    assert repr(d) == "device(type='cpu')"
+
+
+def test_real_type_is_kept():
+    d = torch.device("cuda")
+    assert isinstance(d, torch.device)
+    assert torch.device is torch._C.device
+    assert (torch.device | None) == typing.Optional[torch.device]
+    assert typing.get_args(typing.Optional[torch.device])[0] is torch.device
+    from torch import device as aliased
+    assert aliased("cuda").type == "cpu"
+    assert torch.device.__new__(torch.device, "cuda").type == "cpu"
+
+
+def test_meta_and_cpu_are_untouched():
+    assert torch.device("meta").type == "meta"
+    assert torch.device("cpu", 0) == torch.device("cpu:0")
+    assert torch.device("xpu").type == "xpu"
+
+
+def test_device_context_and_default_device():
+    with torch.device("cuda"):
+        assert torch.zeros(1).device.type == "cpu"
+    with torch.device("meta"):
+        assert torch.zeros(1).device.type == "meta"
+        assert torch.nn.Linear(2, 2).weight.device.type == "meta"
+    torch.set_default_device("cuda")
+    try:
+        assert torch.get_default_device().type == "cpu"
+        assert torch.ones(2).device.type == "cpu"
+    finally:
+        torch.set_default_device(None)
+
+
+def test_pickle_names_torch_device_and_loads_without_torchdevice(tmp_path):
+    d = torch.device("cuda")
+    data = pickle.dumps(d)
+    assert b"torch" in data and b"device" in data and b"TorchDevice" not in data
+    path = tmp_path / "dev.pkl"
+    path.write_bytes(pickle.dumps({"d": d, "m": torch.device("mps")}))
+    proc = run_python(f"""
+        import pickle, sys, torch
+        obj = pickle.loads(open({str(path)!r}, 'rb').read())
+        assert 'TorchDevice' not in sys.modules
+        print(obj['d'], obj['m'])
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cpu", "cpu"]
+
+
+def test_weights_only_load_of_devices(tmp_path):
+    path = tmp_path / "devs.pt"
+    torch.save({"d": torch.device("cuda"), "t": torch.ones(2, device="cuda")},
+               path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["d"] == torch.device("cpu")
+    assert torch.equal(loaded["t"], torch.ones(2))
+    proc = run_python(f"""
+        import torch, sys
+        obj = torch.load({str(path)!r}, weights_only=True)
+        assert 'TorchDevice' not in sys.modules
+        print(obj['d'], obj['t'].sum().item())
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cpu", "2.0"]
+
+
+def test_torchscript_device_annotation(tmp_path):
+    # TorchScript needs source on disk.
+    src = tmp_path / "scripted.py"
+    src.write_text(
+        "import torch\n"
+        "import TorchDevice\n"
+        "@torch.jit.script\n"
+        "def move(x: torch.Tensor, device: torch.device) -> torch.Tensor:\n"
+        "    return x.to(device) * 2\n"
+        "print(move(torch.ones(2), torch.device('cuda')).device)\n")
+    proc = run_python(script=src)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cpu"
+
+
+def test_cpu_minus_one_toggles_override(restore_config):
+    TorchDevice._tdcore.set_cpu_override(False)
+    assert torch.device("cpu:-1") == torch.device("cpu")
+    assert TorchDevice.policy()["cpu_override"] is True
+    assert torch.device("cpu", -1) == torch.device("cpu")
+    assert TorchDevice.policy()["cpu_override"] is False
+
+
+@pytest.mark.parametrize("args, exc, words", [
+    (("cuda:x",), RuntimeError, "Invalid device string: 'cuda:x'"),
+    (("nonsense",), RuntimeError, "device type at start of device string"),
+    (("cuda", -2), RuntimeError, "must not be negative"),
+    (("cuda:01",), RuntimeError, "Invalid device string"),
+    ((" cuda",), RuntimeError, "Invalid device string"),
+    ((1.5,), TypeError, "received an invalid combination of arguments"),
+    ((True,), TypeError, "received an invalid combination of arguments"),
+    ((), TypeError, "received an invalid combination of arguments"),
+])
+def test_bad_devices_raise_like_torch(args, exc, words, restore_config):
+    before = TorchDevice.policy()["cpu_override"]
+    with pytest.raises(exc) as info:
+        torch.device(*args)
+    assert words in str(info.value)
+    assert TorchDevice.policy()["cpu_override"] == before
+    # Same type and message as torch itself.
+    TorchDevice.disable()
+    try:
+        with pytest.raises(exc) as native:
+            torch.device(*args)
+    finally:
+        TorchDevice.enable()
+    assert str(native.value) == str(info.value)
+
+
+def test_keyword_forms():
+    assert torch.device(type="cuda", index=1).type == "cpu"
+    assert torch.device(type="cuda").type == "cpu"

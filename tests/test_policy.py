@@ -1,0 +1,186 @@
+"""The pure policy, table-driven, for all three hardware profiles.
+
+`_tdcore.resolve` is the C policy itself: it reads no state and changes
+none, so the mps and cuda profiles are tested here on a CPU-only machine
+without simulating any torch object.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from TorchDevice import _tdcore
+
+ACC = "accelerate"
+CSC = "cpu-stays-cpu"
+PROFILES = ("mps", "cuda", "cpu")
+
+# request -> {profile: target} for the default mode, override off.
+# Rows of design.md section 3.
+DEFAULT_TABLE = {
+    None: {"mps": "mps", "cuda": "cuda", "cpu": "keep"},
+    "cpu": {"mps": "mps", "cuda": "cuda", "cpu": "keep"},
+    "cpu:0": {"mps": "mps", "cuda": "cuda", "cpu": "keep"},
+    "cpu:3": {"mps": "mps", "cuda": "cuda", "cpu": "keep"},
+    "cuda": {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
+    "cuda:0": {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
+    "cuda:1": {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
+    "cuda:15": {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
+    0: {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
+    3: {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
+    "mps": {"mps": "keep", "cuda": "cuda", "cpu": "cpu"},
+    "mps:0": {"mps": "keep", "cuda": "cuda", "cpu": "cpu"},
+    "meta": {"mps": "keep", "cuda": "keep", "cpu": "keep"},
+    "meta:1": {"mps": "keep", "cuda": "keep", "cpu": "keep"},
+    "xpu": {"mps": "keep", "cuda": "keep", "cpu": "keep"},
+    "hpu:2": {"mps": "keep", "cuda": "keep", "cpu": "keep"},
+    "cpu:-1": {"mps": "cpu", "cuda": "cpu", "cpu": "cpu"},
+}
+
+HOST_REQUESTS = [None, "cpu", "cpu:0", "cpu:3"]
+ACCEL_REQUESTS = ["cuda", "cuda:0", "cuda:1", "cuda:15", 0, 3, "mps",
+                  "mps:0"]
+
+
+def rows():
+    for request, by_profile in DEFAULT_TABLE.items():
+        for profile, target in by_profile.items():
+            yield request, profile, target
+
+
+@pytest.mark.parametrize("request_, profile, target", list(rows()))
+def test_default_mode_table(request_, profile, target):
+    res = _tdcore.resolve(request_, profile, ACC)
+    assert res["target"] == target
+    assert res["toggle"] == (request_ == "cpu:-1")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("request_", HOST_REQUESTS)
+def test_cpu_override_keeps_host_requests_on_cpu(request_, profile):
+    res = _tdcore.resolve(request_, profile, ACC, cpu_override=True)
+    assert res["target"] == "keep"        # None/"cpu" left on the host
+    assert not res["redirected"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("request_", ACCEL_REQUESTS)
+def test_cpu_override_honours_accelerator_requests(request_, profile):
+    with_override = _tdcore.resolve(request_, profile, ACC, cpu_override=True)
+    without = _tdcore.resolve(request_, profile, ACC)
+    assert with_override == without
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("request_", HOST_REQUESTS)
+def test_cpu_stays_cpu_mode_leaves_host_requests(request_, profile):
+    assert _tdcore.resolve(request_, profile, CSC)["target"] == "keep"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("request_", ACCEL_REQUESTS + ["meta", "xpu"])
+def test_cpu_stays_cpu_mode_still_redirects_accelerators(request_, profile):
+    assert (_tdcore.resolve(request_, profile, CSC)["target"]
+            == DEFAULT_TABLE[request_][profile])
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_cpu_minus_one_toggles_only_in_default_mode(profile):
+    assert _tdcore.resolve("cpu:-1", profile, ACC)["toggle"] is True
+    assert _tdcore.resolve("cpu:-1", profile, ACC,
+                           cpu_override=True)["toggle"] is True
+    csc = _tdcore.resolve("cpu:-1", profile, CSC)
+    assert csc["target"] == "cpu" and csc["toggle"] is False
+
+
+@pytest.mark.parametrize("profile", ("mps", "cuda"))
+@pytest.mark.parametrize("request_", HOST_REQUESTS)
+def test_requests_from_torch_internals_stay_on_host(request_, profile):
+    res = _tdcore.resolve(request_, profile, ACC, from_torch=True)
+    assert res["target"] == "keep"
+
+
+def test_redirected_flag():
+    assert _tdcore.resolve("cuda", "cpu", ACC)["redirected"] is True
+    assert _tdcore.resolve("cuda", "cuda", ACC)["redirected"] is False
+    assert _tdcore.resolve(None, "mps", ACC)["redirected"] is True
+    assert _tdcore.resolve("cpu", "cpu", ACC)["redirected"] is False
+    assert _tdcore.resolve("cpu:-1", "cpu", ACC)["redirected"] is False
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_device_objects_resolve_like_strings(profile):
+    for text in ["cpu", "cuda", "cuda:2", "mps", "mps:0", "meta"]:
+        as_str = _tdcore.resolve(text, profile, ACC)
+        as_dev = _tdcore.resolve(_native_device(text), profile, ACC)
+        assert as_str == as_dev, text
+
+
+def _native_device(text):
+    import TorchDevice
+    TorchDevice.disable()
+    try:
+        return torch.device(text)
+    finally:
+        TorchDevice.enable()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("cpu", ("cpu", -1)), ("cuda", ("cuda", -1)), ("cuda:7", ("cuda", 7)),
+    ("mps:0", ("mps", 0)), ("meta", ("meta", -1)),
+    ("cpu:-1", ("cpu-toggle", -1)),
+    ("cuda:2147483647", ("cuda", 2147483647)),
+    ("cuda:2147483648", ("other", -1)), ("cuda:99999999999", ("other", -1)),
+    ("cuda:01", ("other", -1)), ("cuda:", ("other", -1)),
+    ("cuda:-2", ("other", -1)), ("cuda:x", ("other", -1)),
+    (" cuda", ("other", -1)), ("cuda ", ("other", -1)),
+    ("CUDA", ("other", -1)), ("cuda:1:2", ("other", -1)),
+    ("cpu:-1 ", ("other", -1)), ("", ("other", -1)),
+    ("nonsense", ("other", -1)), ("cüda", ("other", -1)),
+    (5, ("cuda", 5)), (-1, ("other", -1)), (2 ** 40, ("other", -1)),
+    (None, ("none", -1)),
+])
+def test_parse(text, expected):
+    assert _tdcore.parse(text) == expected
+
+
+@pytest.mark.parametrize("bad", [1.5, b"cuda", object(), True, [0]])
+def test_pure_policy_rejects_non_requests(bad):
+    with pytest.raises(TypeError):
+        _tdcore.resolve(bad, "cpu")
+
+
+def test_pure_policy_rejects_unknown_profile_and_mode():
+    with pytest.raises(ValueError, match="profile"):
+        _tdcore.resolve("cuda", "tpu")
+    with pytest.raises(ValueError, match="mode"):
+        _tdcore.resolve("cuda", "cpu", "fast")
+
+
+# float64: MPS has none.  What a float64 request becomes depends on where
+# the request lands.
+@pytest.mark.parametrize("request_, profile, mode, override, expected", [
+    ("cuda", "mps", ACC, False, "float32"),
+    ("mps", "mps", ACC, False, "float32"),
+    (None, "mps", ACC, False, "float32"),
+    ("cpu", "mps", ACC, False, "float32"),
+    ("cpu", "mps", ACC, True, "keep"),        # override: stays on the CPU
+    (None, "mps", CSC, False, "keep"),        # cpu-stays-cpu
+    ("cuda", "mps", CSC, False, "float32"),
+    ("meta", "mps", ACC, False, "keep"),
+    ("cpu:-1", "mps", ACC, False, "keep"),
+    ("cuda", "cpu", ACC, False, "keep"),
+    ("mps", "cpu", ACC, False, "keep"),
+    ("mps", "cuda", ACC, False, "keep"),
+    (None, "cuda", ACC, False, "keep"),
+])
+def test_float64_downcast(request_, profile, mode, override, expected):
+    assert _tdcore.float64_action(request_, profile, mode,
+                                  cpu_override=override) == expected
+
+
+def test_float64_error_policy():
+    assert _tdcore.float64_action("cuda", "mps", float64="error") == "error"
+    assert _tdcore.float64_action("cuda", "cpu", float64="error") == "keep"
+    with pytest.raises(ValueError, match="float64"):
+        _tdcore.float64_action("cuda", "mps", float64="sometimes")
