@@ -201,14 +201,16 @@ def _lazy_allowed_methods() -> List[Any]:
     return UninitializedTensorMixin._allowed_methods
 
 
-def _install_core() -> None:
+def _install_core(mps_device: Optional[torch.device] = None) -> None:
+    """Hands _tdcore the torch objects it needs.  `mps_device` replaces the
+    MPS target only in tests that simulate the mps profile."""
     _originals.setdefault("module_to", torch.nn.Module.__dict__["to"])
     _tdcore.install(
         device_type=torch.device,
         dtype_type=torch.dtype,
         dev_cpu=torch.device("cpu"),
         dev_cuda=torch.device("cuda"),
-        dev_mps=torch.device("mps", 0),
+        dev_mps=mps_device if mps_device is not None else torch.device("mps", 0),
         float64=torch.float64,
         float32=torch.float32,
         tensor_to=torch._C.TensorBase.to,
@@ -218,16 +220,17 @@ def _install_core() -> None:
         generator_type=torch._C.Generator,
         skip_prefixes=_skip_prefixes(),
         report_sink=_log.sink,
+        probe_mps=torch.device("mps", 0),
     )
 
 
-def apply() -> None:
+def apply(mps_device: Optional[torch.device] = None) -> None:
     """Installs the hooks and every patch.  Idempotent."""
     global _enabled
     if _enabled:
         return
     detect_profile()
-    _install_core()
+    _install_core(mps_device)
     try:
         for patch in patch_table():
             had_own, original = _owner_value(patch.owner, patch.name)

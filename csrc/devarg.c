@@ -23,8 +23,10 @@ device_fields(PyObject *dev, int *type, int *index)
     return 0;
 }
 
+/* probe_mps is torch.device("mps", 0); the target devices themselves may
+ * differ from their names in a simulated profile (tests). */
 int
-td_device_check_layout(td_state *st)
+td_device_check_layout(td_state *st, PyObject *probe_mps)
 {
     struct {
         PyObject *dev;
@@ -33,7 +35,7 @@ td_device_check_layout(td_state *st)
     } expect[] = {
         {st->dev_cpu, TD_C10_CPU, -1},
         {st->dev_cuda, TD_C10_CUDA, -1},
-        {st->dev_mps, TD_C10_MPS, 0},
+        {probe_mps, TD_C10_MPS, 0},
     };
     for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++) {
         int type, index;

@@ -246,18 +246,18 @@ tdcore_install(PyObject *module, PyObject *args, PyObject *kwargs)
         "device_type", "dtype_type", "dev_cpu", "dev_cuda", "dev_mps",
         "float64", "float32", "tensor_to", "tensor_cpu", "module_to",
         "mode_stack_len", "generator_type", "skip_prefixes", "report_sink",
-        NULL};
+        "probe_mps", NULL};
     td_state *st = get_state(module);
-    PyObject *o[14];
+    PyObject *o[15];
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "|$OOOOOOOOOOOOOO:install", kwlist, &o[0], &o[1],
+            args, kwargs, "|$OOOOOOOOOOOOOOO:install", kwlist, &o[0], &o[1],
             &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10],
-            &o[11], &o[12], &o[13]))
+            &o[11], &o[12], &o[13], &o[14]))
     {
         return NULL;
     }
     if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL
-        || PyDict_GET_SIZE(kwargs) != 14)
+        || PyDict_GET_SIZE(kwargs) != 15)
     {
         PyErr_SetString(PyExc_TypeError, "install() needs every keyword");
         return NULL;
@@ -285,7 +285,7 @@ tdcore_install(PyObject *module, PyObject *args, PyObject *kwargs)
     st->mode_stack_len = Py_NewRef(o[10]);
     st->skip_prefixes = Py_NewRef(o[12]);
     st->report_sink = Py_NewRef(o[13]);
-    if (td_device_check_layout(st) < 0) {
+    if (td_device_check_layout(st, o[14]) < 0) {
         goto error;
     }
     td_set_installed_state(st, module);

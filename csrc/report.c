@@ -1,12 +1,62 @@
 /* Call-site records: which line of the user's code asked for what.
  *
- * Only reached when recording is on (td_get_report()), so the cost of frame
- * walking and the dict update is paid by people who asked for the report.
+ * Only reached when recording is on (td_get_report()), so people who did not
+ * ask for the report pay one relaxed atomic load per intercepted call.
+ *
+ * Those who did ask pay for a frame walk and one probe of an open-addressing
+ * table keyed by (code object, instruction offset, api, what, request,
+ * target).  Every part of the key is a pointer or a small integer, so a
+ * repeated hit builds no string and no tuple: a loop that calls
+ * torch.zeros(device="cuda") a million times costs a million probes and one
+ * log line.  Line numbers, function names and texts are computed once, when
+ * a key is first seen, and the table is turned into Python objects only when
+ * records() is asked for.
+ *
  * The frame is read in C: no inspect, no traceback objects.
  */
 #include "tdcore.h"
 
 #include <frameobject.h>
+#include <stdint.h>
+
+/* A key that carries its request and target as text (records made from
+ * Python, and requests that only str() can describe) has no spec. */
+#define TD_NO_SPEC (-1)
+
+typedef struct {
+    PyObject *code;         /* strong; NULL marks a free slot */
+    PyObject *api;          /* strong */
+    PyObject *what;         /* strong */
+    PyObject *from;         /* strong: text of the request */
+    PyObject *to;           /* strong: text of the target */
+    Py_hash_t hash;
+    Py_ssize_t count;
+    long from_index;        /* spec part of the key */
+    int from_kind;          /* td_req_kind, or TD_NO_SPEC */
+    int to_target;          /* td_target, or TD_NO_SPEC */
+    int offset;             /* instruction offset (line before 3.11) */
+    int line;
+} td_site;
+
+typedef struct {
+    PyObject_HEAD
+    td_site *slots;
+    Py_ssize_t capacity;    /* a power of two, or 0 */
+    Py_ssize_t used;
+    PyObject *what_redirected;
+    PyObject *what_toggled;
+} td_sites;
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define TD_LOCK(obj) Py_BEGIN_CRITICAL_SECTION(obj)
+#define TD_UNLOCK() Py_END_CRITICAL_SECTION()
+#else
+/* The GIL serialises every caller. */
+#define TD_LOCK(obj) {
+#define TD_UNLOCK() }
+#endif
+
+/* ---- the site of a call -------------------------------------------------- */
 
 static int
 skipped(td_state *st, PyObject *filename)
@@ -30,37 +80,74 @@ skipped(td_state *st, PyObject *filename)
     return 0;
 }
 
-/* New reference to (filename, lineno, function) of the first frame outside
- * torch and TorchDevice, or ("<unknown>", 0, "") when there is none. */
-static PyObject *
-user_site(td_state *st)
+/* The first frame outside torch and TorchDevice: *code gets a new reference
+ * (NULL when there is no such frame) and *offset its instruction offset. */
+static void
+user_frame(td_state *st, PyObject **code, int *offset)
 {
     PyFrameObject *frame = PyEval_GetFrame();   /* borrowed */
     Py_XINCREF(frame);
+    *code = NULL;
+    *offset = 0;
     while (frame != NULL) {
-        PyCodeObject *code = PyFrame_GetCode(frame);
-        PyObject *filename = code->co_filename;
-        if (!skipped(st, filename)) {
-            PyObject *site = Py_BuildValue("(OiO)", filename,
-                                           PyFrame_GetLineNumber(frame),
-                                           code->co_name);
-            Py_DECREF(code);
+        PyCodeObject *c = PyFrame_GetCode(frame);
+        if (!skipped(st, c->co_filename)) {
+#if PY_VERSION_HEX >= 0x030B0000
+            *offset = PyFrame_GetLasti(frame);
+#else
+            *offset = PyFrame_GetLineNumber(frame);
+#endif
+            *code = (PyObject *)c;
             Py_DECREF(frame);
-            return site;
+            return;
         }
-        Py_DECREF(code);
+        Py_DECREF(c);
         PyFrameObject *back = PyFrame_GetBack(frame);
         Py_DECREF(frame);
         frame = back;
     }
-    return Py_BuildValue("(sis)", "<unknown>", 0, "");
 }
+
+static int
+line_of(PyObject *code, int offset)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyCode_Addr2Line((PyCodeObject *)code, offset);
+#else
+    (void)code;
+    return offset;
+#endif
+}
+
+static PyObject *
+function_of(PyObject *code)
+{
+    if (code == NULL) {
+        return PyUnicode_FromString("");
+    }
+#if PY_VERSION_HEX >= 0x030B0000
+    return Py_NewRef(((PyCodeObject *)code)->co_qualname);
+#else
+    return Py_NewRef(((PyCodeObject *)code)->co_name);
+#endif
+}
+
+static PyObject *
+filename_of(PyObject *code)
+{
+    if (code == NULL) {
+        return PyUnicode_FromString("<unknown>");
+    }
+    return Py_NewRef(((PyCodeObject *)code)->co_filename);
+}
+
+/* ---- texts of requests and targets ------------------------------------- */
 
 static PyObject *
 request_text(td_request req, PyObject *orig)
 {
-    static const char *names[] = {"default", "cpu", "cuda", "mps", "meta",
-                                  "cpu:-1", "other"};
+    static const char *const names[] = {"default", "cpu", "cuda", "mps",
+                                        "meta", "cpu:-1", "other"};
     if (req.kind == TD_REQ_OTHER && orig != NULL) {
         return PyObject_Str(orig);
     }
@@ -71,79 +158,427 @@ request_text(td_request req, PyObject *orig)
 }
 
 static PyObject *
-target_text(td_state *st, td_resolution res)
+target_text(td_state *st, td_target target)
 {
-    PyObject *dev = td_target_device(st, res.target);
+    PyObject *dev = td_target_device(st, target);
     if (dev == NULL) {
         return PyUnicode_FromString("unchanged");
     }
     return PyObject_Str(dev);
 }
 
-/* Adds one hit for (site, api, what, from, to); hands the first hit of each
- * key to the Python sink, which logs it. */
-static int
-record(td_state *st, PyObject *api, const char *what, PyObject *from,
-       PyObject *to)
+/* ---- the table ----------------------------------------------------------- */
+
+static Py_hash_t
+mix(Py_hash_t h, uint64_t v)
 {
-    int rc = -1;
-    PyObject *site = NULL, *key = NULL, *count = NULL;
-    if (st->records == NULL) {
+    uint64_t x = (uint64_t)h ^ (v + 0x9e3779b97f4a7c15ULL + ((uint64_t)h << 6)
+                                + ((uint64_t)h >> 2));
+    return (Py_hash_t)x;
+}
+
+static int
+same_text(PyObject *a, PyObject *b)
+{
+    return a == b || (a != NULL && b != NULL && PyUnicode_Check(a)
+                      && PyUnicode_Check(b) && PyUnicode_Compare(a, b) == 0);
+}
+
+/* What a probe looks for; texts are borrowed and only set for TD_NO_SPEC. */
+typedef struct {
+    PyObject *code;
+    PyObject *api;
+    PyObject *what;
+    PyObject *from;
+    PyObject *to;
+    long from_index;
+    int from_kind;
+    int to_target;
+    int offset;
+    Py_hash_t hash;
+} td_key;
+
+static int
+key_hash(td_key *k)
+{
+    Py_hash_t h = (Py_hash_t)(uintptr_t)k->code;
+    Py_hash_t a = PyObject_Hash(k->api);
+    Py_hash_t w = PyObject_Hash(k->what);
+    if (a == -1 || w == -1) {
+        return -1;
+    }
+    h = mix(h, (uint64_t)k->offset);
+    h = mix(h, (uint64_t)a);
+    h = mix(h, (uint64_t)w);
+    h = mix(h, (uint64_t)k->from_kind);
+    h = mix(h, (uint64_t)k->from_index);
+    h = mix(h, (uint64_t)k->to_target);
+    if (k->from_kind == TD_NO_SPEC) {
+        Py_hash_t f = PyObject_Hash(k->from);
+        Py_hash_t t = PyObject_Hash(k->to);
+        if (f == -1 || t == -1) {
+            return -1;
+        }
+        h = mix(h, (uint64_t)f);
+        h = mix(h, (uint64_t)t);
+    }
+    k->hash = h;
+    return 0;
+}
+
+static int
+key_matches(const td_site *s, const td_key *k)
+{
+    if (s->hash != k->hash || s->code != k->code || s->offset != k->offset
+        || s->from_kind != k->from_kind || s->from_index != k->from_index
+        || s->to_target != k->to_target || !same_text(s->api, k->api)
+        || !same_text(s->what, k->what))
+    {
         return 0;
     }
-    site = user_site(st);
-    if (site == NULL) {
-        goto done;
-    }
-    key = Py_BuildValue("(OOOsOO)", PyTuple_GET_ITEM(site, 0),
-                        PyTuple_GET_ITEM(site, 1), api, what, from, to);
-    if (key == NULL) {
-        goto done;
-    }
-    PyObject *old = PyDict_GetItemWithError(st->records, key);  /* borrowed */
-    if (old == NULL && PyErr_Occurred()) {
-        goto done;
-    }
-    Py_ssize_t n = old == NULL ? 1 : PyLong_AsSsize_t(old) + 1;
-    count = PyLong_FromSsize_t(n);
-    if (count == NULL || PyDict_SetItem(st->records, key, count) < 0) {
-        goto done;
-    }
-    if (old == NULL && st->report_sink != NULL
-        && st->report_sink != Py_None)
-    {
-        PyObject *r = PyObject_CallFunction(
-            st->report_sink, "OOOsOO", PyTuple_GET_ITEM(site, 0),
-            PyTuple_GET_ITEM(site, 1), api, what, from, to);
-        if (r == NULL) {
-            /* A broken log handler must not break the user's computation. */
-            PyErr_WriteUnraisable(st->report_sink);
+    return k->from_kind != TD_NO_SPEC
+           || (same_text(s->from, k->from) && same_text(s->to, k->to));
+}
+
+static td_site *
+probe(td_sites *t, const td_key *k)
+{
+    size_t mask = (size_t)t->capacity - 1;
+    size_t i = (size_t)k->hash & mask;
+    for (;;) {
+        td_site *s = &t->slots[i];
+        if (s->code == NULL || key_matches(s, k)) {
+            return s;
         }
-        Py_XDECREF(r);
+        i = (i + 1) & mask;
+    }
+}
+
+static int
+grow(td_sites *t)
+{
+    Py_ssize_t cap = t->capacity ? t->capacity * 2 : 64;
+    td_site *fresh = PyMem_Calloc((size_t)cap, sizeof(td_site));
+    if (fresh == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t mask = (size_t)cap - 1;
+    for (Py_ssize_t j = 0; j < t->capacity; j++) {
+        td_site *s = &t->slots[j];
+        if (s->code == NULL) {
+            continue;
+        }
+        size_t i = (size_t)s->hash & mask;
+        while (fresh[i].code != NULL) {
+            i = (i + 1) & mask;
+        }
+        fresh[i] = *s;
+    }
+    PyMem_Free(t->slots);
+    t->slots = fresh;
+    t->capacity = cap;
+    return 0;
+}
+
+static void
+site_clear(td_site *s)
+{
+    Py_CLEAR(s->code);
+    Py_CLEAR(s->api);
+    Py_CLEAR(s->what);
+    Py_CLEAR(s->from);
+    Py_CLEAR(s->to);
+}
+
+/* True when another entry already stands for the same line of the report
+ * (same file, line and texts): the log shows each such line once. */
+static int
+line_seen(td_sites *t, const td_site *fresh)
+{
+    PyObject *file = ((PyCodeObject *)fresh->code)->co_filename;
+    for (Py_ssize_t j = 0; j < t->capacity; j++) {
+        const td_site *s = &t->slots[j];
+        if (s == fresh || s->code == NULL || s->line != fresh->line) {
+            continue;
+        }
+        if (same_text(((PyCodeObject *)s->code)->co_filename, file)
+            && same_text(s->api, fresh->api) && same_text(s->what, fresh->what)
+            && same_text(s->from, fresh->from) && same_text(s->to, fresh->to))
+        {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- recording ----------------------------------------------------------- */
+
+typedef struct {
+    PyObject *filename;
+    PyObject *function;
+    PyObject *api;
+    PyObject *what;
+    PyObject *from;
+    PyObject *to;
+    int line;
+} td_first_hit;
+
+static void
+first_hit_clear(td_first_hit *h)
+{
+    Py_CLEAR(h->filename);
+    Py_CLEAR(h->function);
+    Py_CLEAR(h->api);
+    Py_CLEAR(h->what);
+    Py_CLEAR(h->from);
+    Py_CLEAR(h->to);
+}
+
+/* Adds one hit for the key.  make_texts fills from/to when the key is new
+ * and carries a spec.  On a first hit, *hit owns what the sink needs. */
+typedef PyObject *(*td_text_fn)(td_state *st, const td_key *k, int which);
+
+static int
+add_hit(td_state *st, td_sites *t, td_key *k, td_text_fn make_text,
+        td_first_hit *hit)
+{
+    int rc = -1;
+    PyObject *from = NULL, *to = NULL;
+    if (key_hash(k) < 0) {
+        return -1;
+    }
+    TD_LOCK(t);
+    if (t->capacity == 0 || (t->used + 1) * 2 > t->capacity) {
+        if (grow(t) < 0) {
+            goto done;
+        }
+    }
+    td_site *s = probe(t, k);
+    if (s->code != NULL) {
+        s->count++;
+        rc = 0;
+        goto done;
+    }
+    if (k->from_kind == TD_NO_SPEC) {
+        from = Py_NewRef(k->from);
+        to = Py_NewRef(k->to);
+    }
+    else {
+        from = make_text(st, k, 0);
+        to = from ? make_text(st, k, 1) : NULL;
+        if (to == NULL) {
+            goto done;
+        }
+    }
+    int line = k->code ? line_of(k->code, k->offset) : 0;
+    /* Nothing below fails: the slot is filled in one go. */
+    s->code = k->code ? Py_NewRef(k->code) : Py_NewRef(Py_None);
+    s->api = Py_NewRef(k->api);
+    s->what = Py_NewRef(k->what);
+    s->from = from;
+    s->to = to;
+    from = to = NULL;
+    s->hash = k->hash;
+    s->count = 1;
+    s->from_index = k->from_index;
+    s->from_kind = k->from_kind;
+    s->to_target = k->to_target;
+    s->offset = k->offset;
+    s->line = line;
+    t->used++;
+    if (k->code == NULL || !line_seen(t, s)) {
+        hit->filename = filename_of(k->code);
+        hit->function = function_of(k->code);
+        hit->api = Py_NewRef(s->api);
+        hit->what = Py_NewRef(s->what);
+        hit->from = Py_NewRef(s->from);
+        hit->to = Py_NewRef(s->to);
+        hit->line = line;
     }
     rc = 0;
 done:
-    Py_XDECREF(site);
-    Py_XDECREF(key);
-    Py_XDECREF(count);
+    TD_UNLOCK();
+    Py_XDECREF(from);
+    Py_XDECREF(to);
     return rc;
+}
+
+/* Hands a first hit to the Python sink (which logs it), outside the lock. */
+static void
+call_sink(td_state *st, td_first_hit *hit)
+{
+    if (hit->api == NULL || st->report_sink == NULL
+        || st->report_sink == Py_None || hit->filename == NULL
+        || hit->function == NULL)
+    {
+        first_hit_clear(hit);
+        return;
+    }
+    PyObject *sink = Py_NewRef(st->report_sink);
+    PyObject *r = PyObject_CallFunction(
+        sink, "OiOOOOO", hit->filename, hit->line, hit->function, hit->api,
+        hit->what, hit->from, hit->to);
+    if (r == NULL) {
+        /* A broken log handler must not break the user's computation. */
+        PyErr_WriteUnraisable(sink);
+    }
+    Py_XDECREF(r);
+    Py_DECREF(sink);
+    first_hit_clear(hit);
+}
+
+static td_sites *
+table_of(td_state *st)
+{
+    return (td_sites *)st->records;
+}
+
+static int
+record(td_state *st, td_key *k, td_text_fn make_text)
+{
+    td_sites *t = table_of(st);
+    td_first_hit hit = {NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    if (t == NULL) {
+        return 0;
+    }
+    user_frame(st, &k->code, &k->offset);
+    int rc = add_hit(st, t, k, make_text, &hit);
+    Py_XDECREF(k->code);
+    k->code = NULL;
+    if (rc < 0) {
+        first_hit_clear(&hit);
+        return -1;
+    }
+    call_sink(st, &hit);
+    return 0;
+}
+
+static PyObject *
+spec_text(td_state *st, const td_key *k, int which)
+{
+    if (which == 0) {
+        td_request req = {(td_req_kind)k->from_kind, k->from_index};
+        return request_text(req, NULL);
+    }
+    return target_text(st, (td_target)k->to_target);
 }
 
 int
 td_report(td_state *st, PyObject *api, td_request req, td_resolution res,
           PyObject *orig)
 {
-    PyObject *from = request_text(req, orig);
-    PyObject *to = from ? target_text(st, res) : NULL;
-    int rc = -1;
-    if (to != NULL) {
-        rc = record(st, api, res.toggle_override ? "toggled" : "redirected",
-                    from, to);
+    td_sites *t = table_of(st);
+    if (t == NULL) {
+        return 0;
     }
-    Py_XDECREF(from);
-    Py_XDECREF(to);
+    td_key k = {NULL, api,
+                res.toggle_override ? t->what_toggled : t->what_redirected,
+                NULL, NULL, req.index, (int)req.kind, (int)res.target, 0, 0};
+    if (req.kind != TD_REQ_OTHER) {
+        return record(st, &k, spec_text);
+    }
+    /* Only str() describes it: key on the texts. */
+    int rc = -1;
+    k.from = request_text(req, orig);
+    k.to = k.from ? target_text(st, res.target) : NULL;
+    if (k.to != NULL) {
+        k.from_kind = k.to_target = TD_NO_SPEC;
+        k.from_index = 0;
+        rc = record(st, &k, spec_text);
+    }
+    Py_XDECREF(k.from);
+    Py_XDECREF(k.to);
     return rc;
 }
+
+int
+td_record(td_state *st, PyObject *api, PyObject *what, PyObject *from,
+          PyObject *to)
+{
+    if (!PyUnicode_Check(api) || !PyUnicode_Check(what)
+        || !PyUnicode_Check(from) || !PyUnicode_Check(to))
+    {
+        PyErr_SetString(PyExc_TypeError,
+                        "record(api, what, from, to) takes four str");
+        return -1;
+    }
+    td_key k = {NULL, api, what, from, to, 0, TD_NO_SPEC, TD_NO_SPEC, 0, 0};
+    return record(st, &k, spec_text);
+}
+
+/* ---- the table type ------------------------------------------------------ */
+
+static void
+sites_clear_all(td_sites *t)
+{
+    td_site *slots;
+    Py_ssize_t cap;
+    TD_LOCK(t);
+    slots = t->slots;
+    cap = t->capacity;
+    t->slots = NULL;
+    t->capacity = 0;
+    t->used = 0;
+    TD_UNLOCK();
+    /* Decrefs may run arbitrary code: only after the table is consistent. */
+    for (Py_ssize_t j = 0; j < cap; j++) {
+        site_clear(&slots[j]);
+    }
+    PyMem_Free(slots);
+}
+
+static void
+sites_dealloc(PyObject *self)
+{
+    td_sites *t = (td_sites *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    sites_clear_all(t);
+    Py_CLEAR(t->what_redirected);
+    Py_CLEAR(t->what_toggled);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot sites_slots[] = {
+    {Py_tp_dealloc, sites_dealloc},
+    {Py_tp_doc, "TorchDevice's call-site table (internal)."},
+    {0, NULL},
+};
+
+static PyType_Spec sites_spec = {
+    .name = "TorchDevice._tdcore._Sites",
+    .basicsize = sizeof(td_sites),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = sites_slots,
+};
+
+PyObject *
+td_sites_new(PyObject *module)
+{
+    PyTypeObject *tp = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &sites_spec, NULL);
+    if (tp == NULL) {
+        return NULL;
+    }
+    td_sites *t = PyObject_New(td_sites, tp);
+    Py_DECREF(tp);   /* the instance holds its type */
+    if (t == NULL) {
+        return NULL;
+    }
+    t->slots = NULL;
+    t->capacity = 0;
+    t->used = 0;
+    t->what_redirected = PyUnicode_InternFromString("redirected");
+    t->what_toggled = PyUnicode_InternFromString("toggled");
+    if (t->what_redirected == NULL || t->what_toggled == NULL) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return (PyObject *)t;
+}
+
+/* ---- Python API ---------------------------------------------------------- */
 
 static PyObject *
 report_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -155,43 +590,97 @@ report_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!td_get_report()) {
         Py_RETURN_NONE;
     }
-    const char *what = PyUnicode_AsUTF8(args[1]);
-    if (what == NULL) {
-        return NULL;
-    }
     td_state *st = (td_state *)PyModule_GetState(module);
-    if (record(st, args[0], what, args[2], args[3]) < 0) {
+    if (td_record(st, args[0], args[1], args[2], args[3]) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* Adds count to result[key], merging entries that differ only in code
+ * object or offset (two statements on one line, the same source exec'd
+ * twice). */
+static int
+merge_into(PyObject *result, PyObject *key, Py_ssize_t count)
+{
+    PyObject *old = PyDict_GetItemWithError(result, key);   /* borrowed */
+    if (old == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (old != NULL) {
+        Py_ssize_t prev = PyLong_AsSsize_t(old);
+        if (prev == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        count += prev;
+    }
+    PyObject *n = PyLong_FromSsize_t(count);
+    if (n == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItem(result, key, n);
+    Py_DECREF(n);
+    return rc;
 }
 
 static PyObject *
 report_records(PyObject *module, PyObject *Py_UNUSED(a))
 {
     td_state *st = (td_state *)PyModule_GetState(module);
-    if (st->records == NULL) {
-        return PyDict_New();
+    td_sites *t = table_of(st);
+    PyObject *result = PyDict_New();
+    if (result == NULL || t == NULL) {
+        return result;
     }
-    return PyDict_Copy(st->records);
+    /* Building str/int/tuple objects and inserting them into a fresh dict
+     * runs no Python code, so the table cannot change underneath. */
+    int ok = 1;
+    TD_LOCK(t);
+    for (Py_ssize_t j = 0; ok && j < t->capacity; j++) {
+        const td_site *s = &t->slots[j];
+        if (s->code == NULL) {
+            continue;
+        }
+        PyObject *code = s->code == Py_None ? NULL : s->code;
+        PyObject *file = filename_of(code);
+        PyObject *func = function_of(code);
+        PyObject *key = NULL;
+        if (file != NULL && func != NULL) {
+            key = Py_BuildValue("(OiOOOOO)", file, s->line, func, s->api,
+                                s->what, s->from, s->to);
+        }
+        ok = key != NULL && merge_into(result, key, s->count) == 0;
+        Py_XDECREF(file);
+        Py_XDECREF(func);
+        Py_XDECREF(key);
+    }
+    TD_UNLOCK();
+    if (!ok) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
 }
 
 static PyObject *
 report_clear(PyObject *module, PyObject *Py_UNUSED(a))
 {
     td_state *st = (td_state *)PyModule_GetState(module);
-    if (st->records != NULL) {
-        PyDict_Clear(st->records);
+    if (table_of(st) != NULL) {
+        sites_clear_all(table_of(st));
     }
     Py_RETURN_NONE;
 }
 
 PyMethodDef td_report_methods[] = {
     {"record", (PyCFunction)(void (*)(void))report_record, METH_FASTCALL,
-     "record(api, what, from, to)\n\nAdds a hit at the caller's site when "
-     "recording is on."},
+     "record(api, what, from, to)\n\nAdds a hit at the caller's site (the "
+     "first frame outside torch and TorchDevice) when recording is on.  "
+     "what is 'redirected', 'emulated', 'unsupported' or another short "
+     "word; from and to are texts."},
     {"records", report_records, METH_NOARGS,
-     "records() -> dict\n\n{(file, line, api, what, from, to): count}"},
+     "records() -> dict\n\n{(file, line, function, api, what, from, to): "
+     "count}"},
     {"clear_records", report_clear, METH_NOARGS, "Forgets all records."},
     {NULL, NULL, 0, NULL},
 };

@@ -68,7 +68,7 @@ td_state *td_installed_state(void);
 void td_set_installed_state(td_state *st, PyObject *module);
 
 /* devarg.c: Python device arguments <-> policy requests. */
-int td_device_check_layout(td_state *st);
+int td_device_check_layout(td_state *st, PyObject *probe_mps);
 td_request td_request_from_device(PyObject *dev);
 /* 0 on success; a value that is not a device request gives TD_REQ_OTHER. */
 td_request td_request_from_object(td_state *st, PyObject *obj);

@@ -59,3 +59,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None and not HAS_CUDA:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def simulated_mps():
+    """SimulatedMPS: the mps profile on a machine without Apple hardware.
+
+    Everything runs for real (policy, wrappers, torch) except that the MPS
+    target device is torch's `meta` device, so "where did it land" and
+    "which dtype" are observable without Metal.  Yields the stand-in device.
+    """
+    from TorchDevice import _patches, _tdcore
+    saved = TorchDevice.config()
+    TorchDevice.disable()
+    stand_in = torch.device("meta")
+    _patches.apply(mps_device=stand_in)
+    _tdcore.configure("mps", "accelerate", saved.float64)
+    try:
+        yield stand_in
+    finally:
+        TorchDevice.disable()
+        TorchDevice.enable()
+        TorchDevice.configure(target=saved.target, mode=saved.mode,
+                              float64=saved.float64)
