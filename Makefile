@@ -1,0 +1,31 @@
+# TorchDevice: two commands on a fresh machine.
+#   make demo   set up .venv, build _tdcore, run a CUDA-written demo here
+#   make test   set up .venv, build _tdcore, run the test suite
+# The local CPU wheel is pinned (torch==2.13.0); the package itself accepts
+# any torch >= 2.5.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+setup: $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	TORCHDEVICE_STRICT_BUILD=1 $(BIN)/python -m pip install -q \
+	    --disable-pip-version-check -e ".[test]"
+
+demo: setup
+	$(BIN)/python examples/demo_neural_network.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf build $(VENV) TorchDevice/*.so *.egg-info

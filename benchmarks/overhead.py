@@ -1,0 +1,134 @@
+"""Per-call overhead of TorchDevice's intercepted APIs, as ratios.
+
+Each intercepted call (TorchDevice enabled, CUDA-style request) is compared
+with the native torch call that produces the same result on this machine
+(TorchDevice disabled, request for the device the redirect lands on), in the
+same process, with interleaved repetitions; the median of the repetitions is
+reported.  Not a test: timings are printed, never asserted.
+
+    python benchmarks/overhead.py [--reps 15] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import timeit
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+import TorchDevice
+
+TARGET = TorchDevice.hardware_profile()            # where "cuda" lands
+NATIVE = {"cpu": "cpu", "mps": "mps", "cuda": "cuda"}[TARGET]
+
+
+def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
+                          Optional[float]]]:
+    """(name, intercepted call, native call, target ratio or None for rows
+    shown for information)."""
+    t = torch.ones(4, device=NATIVE)
+    lin = torch.nn.Linear(256, 256, device=NATIVE)
+    # Device objects built by native torch: a real cuda device for the
+    # intercepted call, the landing device for the native one.  Strings make
+    # torch parse on every call; objects show the wrapper's own cost.
+    was = TorchDevice.is_enabled()
+    TorchDevice.disable()
+    cuda_obj, native_obj = torch.device("cuda"), torch.device(NATIVE)
+    if was:
+        TorchDevice.enable()
+    return [
+        ("torch.device('cuda')", lambda: torch.device("cuda"),
+         lambda: torch.device(NATIVE), 1.5),
+        ("torch.zeros(4, device='cuda')", lambda: torch.zeros(4, device="cuda"),
+         lambda: torch.zeros(4, device=NATIVE), 1.05),
+        ("torch.zeros(4, device=<obj>)",
+         lambda: torch.zeros(4, device=cuda_obj),
+         lambda: torch.zeros(4, device=native_obj), None),
+        ("t.to('cuda')", lambda: t.to("cuda"), lambda: t.to(NATIVE), 1.05),
+        ("t.to(<obj>)", lambda: t.to(cuda_obj), lambda: t.to(native_obj),
+         None),
+        ("nn.Linear(256,256).to('cuda')", lambda: lin.to("cuda"),
+         lambda: lin.to(NATIVE), 1.05),
+    ]
+
+
+def per_call_ns(fn: Callable[[], object], number: int) -> float:
+    return timeit.timeit(fn, number=number) / number * 1e9
+
+
+def calibrate(fn: Callable[[], object]) -> int:
+    number = 100
+    while per_call_ns(fn, number) * number < 20e6:     # ~20 ms per block
+        number *= 2
+    return number
+
+
+def measure(reps: int) -> List[Dict[str, object]]:
+    results = []
+    for name, intercepted, native, target in cases():
+        TorchDevice.disable()
+        number = calibrate(native)
+        native_ns, td_ns = [], []
+        for _ in range(reps):
+            TorchDevice.disable()
+            native_ns.append(per_call_ns(native, number))
+            TorchDevice.enable()
+            td_ns.append(per_call_ns(intercepted, number))
+        ratios = [a / b for a, b in zip(td_ns, native_ns)]
+        results.append({
+            "api": name, "native_ns": statistics.median(native_ns),
+            "torchdevice_ns": statistics.median(td_ns),
+            "ratio": statistics.median(ratios), "target": target,
+        })
+    TorchDevice.enable()
+    return results
+
+
+def import_cost(runs: int = 7) -> float:
+    """Milliseconds `import TorchDevice` adds on top of `import torch`."""
+    code = ("import time, torch; t = time.perf_counter(); import TorchDevice;"
+            " print(time.perf_counter() - t)")
+    samples = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", code], check=True,
+                             capture_output=True, text=True).stdout
+        samples.append(float(out.strip()) * 1e3)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    print(f"machine: {platform.processor() or platform.machine()}, "
+          f"{platform.system()} {platform.release()}; python "
+          f"{platform.python_version()}; torch {torch.__version__}; "
+          f"profile {TARGET}")
+    results = measure(args.reps)
+    print(f"{'intercepted call':<32}{'native ns':>11}{'TD ns':>9}"
+          f"{'ratio':>8}{'target':>8}")
+    for r in results:
+        if r["target"] is None:
+            verdict, target = "", "-"
+        else:
+            verdict = "ok" if r["ratio"] <= r["target"] else "MISS"
+            target = f"<={r['target']}"
+        print(f"{r['api']:<32}{r['native_ns']:>11.0f}{r['torchdevice_ns']:>9.0f}"
+              f"{r['ratio']:>8.3f}{target:>8} {verdict}")
+    ms = import_cost()
+    print(f"{'import TorchDevice after torch':<32}{ms:>11.1f} ms  "
+          f"(target <= 30 ms) {'ok' if ms <= 30 else 'MISS'}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"calls": results, "import_ms": ms}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
