@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch  # noqa: F401  (TorchDevice patches torch; import it first)
 
-from . import _config, _log, _patches, _tdcore
+from . import _config, _log, _masquerade, _patches, _report, _tdcore
 from ._config import Config
 from ._device import TorchDevice
 
@@ -54,24 +55,44 @@ def _push_config(cfg: Config) -> None:
     recording = cfg.log_level <= logging.INFO
     if recording:
         _log.ensure_handler()
-    _tdcore.set_report(recording)
+    _tdcore.set_report(_report.activate(cfg.report) or recording)
+    _masquerade.configure(cfg.cuda_truthful, cfg.truth_for)
 
 
 def configure(**changes: Any) -> Config:
-    """Changes settings at run time: target, mode, float64, log_level.
+    """Changes settings at run time: target, mode, float64, log_level,
+    report (False, True, or a JSON path).
 
     Unknown or invalid values raise ValueError and change nothing.
     """
     global _config_now
     with _lock:
-        unknown = set(changes) - {"target", "mode", "float64", "log_level"}
+        unknown = set(changes) - {"target", "mode", "float64", "log_level",
+                                  "report", "cuda_truthful", "truth_for"}
         if unknown:
             raise TypeError(f"configure() got unknown settings {sorted(unknown)}")
         new = _config_now.with_changes(**changes)
-        _effective_profile(new)
+        profile_changes = _effective_profile(new) != _effective_profile(
+            _config_now)
         _config_now = new
-        _push_config(new)
+        if profile_changes and _patches.is_applied():
+            # Which torch.cuda / torch.mps names are replaced depends on the
+            # profile: re-apply the whole table for the new one.
+            _patches.restore()
+            _push_config(new)
+            _patches.apply()
+        else:
+            _push_config(new)
+        _forget_compiled_code()
         return new
+
+
+def _forget_compiled_code() -> None:
+    """Code compiled by torch.compile baked in the policy it was traced
+    under; after a change it must be traced again."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        dynamo.reset()
 
 
 def config() -> Config:
@@ -110,24 +131,22 @@ def is_enabled() -> bool:
 def cpu_override(on: bool = True) -> Iterator[None]:
     """Scoped CPU override: inside, None and "cpu" stay on the CPU (accelerator
     requests are still honoured); the previous state returns on exit, also
-    when the body raises."""
-    previous = _tdcore.set_cpu_override(on)
+    when the body raises.  The scope belongs to the calling thread (like
+    torch.no_grad): other threads keep the process-wide setting."""
+    previous = _tdcore.swap_scoped_cpu_override(1 if on else 0)
     try:
         yield
     finally:
-        _tdcore.set_cpu_override(previous)
+        _tdcore.swap_scoped_cpu_override(previous)
 
 
 def report() -> List[Dict[str, Any]]:
-    """Every recorded call site, sorted by file and line.
+    """Every recorded call site, sorted by file and line: dicts with file,
+    line, function, api, what, from, to, count (docs/report.md).
 
-    Recording is on while the log level is INFO or lower."""
-    rows = []
-    for (filename, line, api, what, src, dst), count in _tdcore.records().items():
-        rows.append({"file": filename, "line": line, "api": api, "what": what,
-                     "from": src, "to": dst, "count": count})
-    rows.sort(key=lambda r: (r["file"], r["line"], r["api"]))
-    return rows
+    Recording is on while the report is on (TORCHDEVICE_REPORT,
+    configure(report=...)) or the log level is INFO or lower."""
+    return _report.rows()
 
 
 def clear_report() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 PROFILES = ("cuda", "mps", "cpu")
 MODES = ("accelerate", "cpu-stays-cpu")
@@ -14,6 +14,9 @@ ENV_TARGET = "TORCHDEVICE_TARGET"
 ENV_MODE = "TORCHDEVICE_MODE"
 ENV_FLOAT64 = "TORCHDEVICE_FLOAT64"
 ENV_LOG_LEVEL = "TORCHDEVICE_LOG_LEVEL"
+ENV_REPORT = "TORCHDEVICE_REPORT"
+ENV_CUDA_TRUTHFUL = "TORCHDEVICE_CUDA_TRUTHFUL"
+ENV_TRUTH_FOR = "TORCHDEVICE_TRUTH_FOR"
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,23 @@ class Config:
         raise an "error".
     log_level: level of the "TorchDevice" logger; INFO or lower logs each
         new redirected call site.
+    report: False (off), True (a table of call sites on stderr at exit) or
+        a path: the table plus a JSON file there ("{pid}" in it is replaced
+        by the process id).  See docs/report.md.
+    cuda_truthful: torch.cuda.is_available() tells everyone the truth
+        (docs/masquerade.md); by default it is True under the masquerade
+        except for torch's own modules and the truth_for packages.
+    truth_for: package names (e.g. "accelerate") whose modules are always
+        told the truth by torch.cuda.is_available().
     """
 
     target: Optional[str] = None
     mode: str = "accelerate"
     float64: str = "downcast"
     log_level: int = logging.WARNING
+    report: Union[bool, str] = False
+    cuda_truthful: bool = False
+    truth_for: Tuple[str, ...] = ()
 
     def validated(self) -> "Config":
         if self.target is not None and self.target not in PROFILES:
@@ -43,11 +57,27 @@ class Config:
         if self.float64 not in FLOAT64:
             raise ValueError(
                 f"float64 must be one of {FLOAT64}, not {self.float64!r}")
+        if not isinstance(self.report, (bool, str)) or self.report == "":
+            raise ValueError(
+                f"report must be True, False or a file path, not "
+                f"{self.report!r}")
+        if not isinstance(self.cuda_truthful, bool):
+            raise ValueError(
+                f"cuda_truthful must be True or False, not "
+                f"{self.cuda_truthful!r}")
+        if not (isinstance(self.truth_for, tuple)
+                and all(isinstance(p, str) and p for p in self.truth_for)):
+            raise ValueError(
+                f"truth_for must be package names, not {self.truth_for!r}")
         return self
 
     def with_changes(self, **changes: object) -> "Config":
         if "log_level" in changes:
             changes["log_level"] = parse_level(changes["log_level"])
+        if isinstance(changes.get("truth_for"), (str, list, set)):
+            changes["truth_for"] = parse_names(changes["truth_for"])
+        if isinstance(changes.get("report"), os.PathLike):
+            changes["report"] = os.fspath(changes["report"])  # type: ignore
         return replace(self, **changes).validated()  # type: ignore[arg-type]
 
 
@@ -64,6 +94,24 @@ def parse_level(value: object) -> int:
     raise ValueError(f"unknown log level {value!r}")
 
 
+def parse_report(raw: str) -> Union[bool, str]:
+    """TORCHDEVICE_REPORT: empty/0/false/off/no, 1/true/on/yes, or a path
+    for the JSON file."""
+    text = raw.strip()
+    if text.lower() in ("", "0", "false", "off", "no"):
+        return False
+    if text.lower() in ("1", "true", "on", "yes"):
+        return True
+    return text
+
+
+def parse_names(value: object) -> Tuple[str, ...]:
+    """"a, b" or ["a", "b"] -> ("a", "b")."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(str(p).strip() for p in items  # type: ignore[union-attr]
+                 if str(p).strip())
+
+
 def from_environment(env: Optional[dict] = None) -> Config:
     """Reads TORCHDEVICE_* variables; an invalid value is a ValueError that
     names the variable."""
@@ -78,6 +126,15 @@ def from_environment(env: Optional[dict] = None) -> Config:
     try:
         if raw_level:
             values["log_level"] = parse_level(raw_level)
+        values["report"] = parse_report(env.get(ENV_REPORT, ""))
+        truthful = env.get(ENV_CUDA_TRUTHFUL, "").strip().lower()
+        if truthful:
+            if truthful not in ("0", "1", "true", "false", "on", "off",
+                                "yes", "no"):
+                raise ValueError(
+                    f"{ENV_CUDA_TRUTHFUL} must be 1 or 0, not {truthful!r}")
+            values["cuda_truthful"] = truthful in ("1", "true", "on", "yes")
+        values["truth_for"] = parse_names(env.get(ENV_TRUTH_FOR, ""))
         return Config(**values).validated()
     except ValueError as exc:
         raise ValueError(f"invalid TORCHDEVICE_* environment: {exc}") from None

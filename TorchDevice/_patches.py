@@ -164,6 +164,11 @@ def patch_table() -> List[Patch]:
         Patch(M, "mps", move("Module.mps", "mps", module_to)),
         Patch(M, "to_empty", factory("Module.to_empty", False)),
     ]
+    table += _import("TorchDevice._streams").patches()  # issue 4
+    table += _import("TorchDevice._masquerade").patches()  # issue 3
+    table += _import("TorchDevice._dataloader").patches()  # issue 6
+    table += _import("TorchDevice._jit").patches()  # issue 6
+    table += _import("TorchDevice._distributed").patches()  # issue 6
     return table
 
 
@@ -193,7 +198,7 @@ def available_profiles() -> Tuple[str, ...]:
 def _skip_prefixes() -> Tuple[str, ...]:
     here = os.path.dirname(os.path.abspath(__file__)) + os.sep
     torch_dir = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-    return (here, torch_dir, "<frozen importlib", "<string>")
+    return (here, torch_dir, "<frozen importlib")
 
 
 def _lazy_allowed_methods() -> List[Any]:
@@ -257,6 +262,15 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
         restore()
         raise
     _enabled = True
+    _issue6_hooks("on_apply")
+
+
+def _issue6_hooks(event: str) -> None:
+    """What is not an attribute patch: the torch.compile polyfills (_compile)
+    and the checkpoint deserializer (_checkpoint)."""
+    from . import _checkpoint, _compile
+    for module in (_checkpoint, _compile):
+        getattr(module, event)()
 
 
 def restore() -> None:
@@ -275,6 +289,7 @@ def restore() -> None:
                 delattr(owner, name)
             except AttributeError:
                 pass
+    _issue6_hooks("on_restore")
     _tdcore.uninstall()
     _enabled = False
 

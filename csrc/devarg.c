@@ -103,6 +103,12 @@ td_request_from_object(td_state *st, PyObject *obj)
         }
         return td_parse_device_string(s, (size_t)n);
     }
+    if (PyBytes_Check(obj)) {
+        /* torch reads b"cuda:1" as "cuda:1" (torch.device, factories,
+         * .to), so it is the same request. */
+        return td_parse_device_string(PyBytes_AS_STRING(obj),
+                                      (size_t)PyBytes_GET_SIZE(obj));
+    }
     if (PyLong_CheckExact(obj)) {
         int overflow = 0;
         long v = PyLong_AsLongAndOverflow(obj, &overflow);
@@ -124,7 +130,7 @@ int
 td_is_device_arg(td_state *st, PyObject *obj)
 {
     return Py_TYPE(obj) == st->device_type || PyUnicode_Check(obj)
-           || PyLong_CheckExact(obj);
+           || PyBytes_Check(obj) || PyLong_CheckExact(obj);
 }
 
 PyObject *

@@ -15,6 +15,19 @@ static atomic_int td_float64_v = TD_FLOAT64_DOWNCAST;
 static atomic_int td_override_v = 0;
 static atomic_int td_report_v = 0;
 
+/* The scoped form (TorchDevice.cpu_override) belongs to the thread that
+ * opened it, like torch's own context managers (no_grad, the default
+ * device): with one process-wide value, scopes of concurrent threads end
+ * out of order and the last exit can leave the override on after every
+ * scope closed.  -1: no scope open in this thread; else the value of the
+ * innermost one, which hides the process-wide value. */
+#if defined(_MSC_VER)
+#define TD_THREAD_LOCAL __declspec(thread)
+#else
+#define TD_THREAD_LOCAL _Thread_local
+#endif
+static TD_THREAD_LOCAL int td_scope_v = -1;
+
 td_profile
 td_get_profile(void)
 {
@@ -38,6 +51,10 @@ td_get_float64(void)
 int
 td_get_cpu_override(void)
 {
+    int scoped = td_scope_v;
+    if (scoped >= 0) {
+        return scoped;
+    }
     return atomic_load_explicit(&td_override_v, memory_order_relaxed);
 }
 
@@ -47,9 +64,15 @@ td_exchange_cpu_override(int value)
     return atomic_exchange(&td_override_v, value ? 1 : 0);
 }
 
+/* "cpu:-1" flips what the calling thread sees: its innermost scope, or
+ * the process-wide value outside any scope. */
 void
 td_toggle_cpu_override(void)
 {
+    if (td_scope_v >= 0) {
+        td_scope_v ^= 1;
+        return;
+    }
     atomic_fetch_xor(&td_override_v, 1);
 }
 
@@ -90,6 +113,23 @@ flags_set_cpu_override(PyObject *Py_UNUSED(m), PyObject *arg)
 }
 
 static PyObject *
+flags_swap_scoped_cpu_override(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    int overflow = 0;
+    long value = PyLong_AsLongAndOverflow(arg, &overflow);
+    if (value == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (overflow || value < -1 || value > 1) {
+        PyErr_SetString(PyExc_ValueError, "scope value must be -1, 0 or 1");
+        return NULL;
+    }
+    int previous = td_scope_v;
+    td_scope_v = (int)value;
+    return PyLong_FromLong(previous);
+}
+
+static PyObject *
 flags_set_report(PyObject *Py_UNUSED(m), PyObject *arg)
 {
     int on = PyObject_IsTrue(arg);
@@ -108,10 +148,15 @@ flags_get_report(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
 
 PyMethodDef td_flags_methods[] = {
     {"get_cpu_override", flags_get_cpu_override, METH_NOARGS,
-     "get_cpu_override() -> bool\n\nWhether the CPU override is on."},
+     "get_cpu_override() -> bool\n\nWhether the CPU override is on for the "
+     "calling thread."},
     {"set_cpu_override", flags_set_cpu_override, METH_O,
-     "set_cpu_override(on) -> bool\n\nSets the CPU override; returns the "
-     "previous value (atomically, for scoped use)."},
+     "set_cpu_override(on) -> bool\n\nSets the process-wide CPU override; "
+     "returns the previous value."},
+    {"swap_scoped_cpu_override", flags_swap_scoped_cpu_override, METH_O,
+     "swap_scoped_cpu_override(value) -> previous\n\nOpens (0 or 1) or "
+     "closes (the previous value; -1: none) the calling thread's scoped "
+     "CPU override."},
     {"set_report", flags_set_report, METH_O,
      "set_report(on)\n\nTurns call-site recording on or off."},
     {"get_report", flags_get_report, METH_NOARGS,

@@ -307,6 +307,7 @@ tdcore_uninstall(PyObject *module, PyObject *Py_UNUSED(a))
         td_hooks_uninstall();
         td_set_installed_state(NULL, NULL);
     }
+    td_streams_uninstall(st);
     clear_torch_refs(st);
     Py_RETURN_NONE;
 }
@@ -380,13 +381,17 @@ tdcore_exec(PyObject *module)
     INTERN(api_generator, "torch.Generator");
 #undef INTERN
     st->kw_device = PyTuple_Pack(1, st->str_device);
-    st->records = PyDict_New();
+    st->records = td_sites_new(module);
     if (st->kw_device == NULL || st->records == NULL) {
         return -1;
     }
     if (add_functions(module, td_flags_methods) < 0
         || add_functions(module, td_hook_methods) < 0
-        || add_functions(module, td_report_methods) < 0)
+        || add_functions(module, td_report_methods) < 0
+        || add_functions(module, td_trace_methods) < 0
+        || add_functions(module, td_streams_methods) < 0
+        || td_streams_exec(module, st) < 0
+        || td_masq_init(module, st) < 0)
     {
         return -1;
     }
@@ -420,6 +425,8 @@ tdcore_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->skip_prefixes);
     Py_VISIT(st->report_sink);
     Py_VISIT(st->records);
+    Py_VISIT(st->streams);
+    Py_VISIT(st->masq);
     return 0;
 }
 
@@ -433,6 +440,8 @@ tdcore_clear(PyObject *module)
     }
     clear_torch_refs(st);
     Py_CLEAR(st->wrapper_type);
+    Py_CLEAR(st->streams);
+    Py_CLEAR(st->masq);
     Py_CLEAR(st->records);
     Py_CLEAR(st->str_device);
     Py_CLEAR(st->str_dtype);

@@ -43,6 +43,7 @@ typedef struct {
     td_site *slots;
     Py_ssize_t capacity;    /* a power of two, or 0 */
     Py_ssize_t used;
+    PyObject *lines;        /* set (dict) of report lines already logged */
     PyObject *what_redirected;
     PyObject *what_toggled;
 } td_sites;
@@ -81,13 +82,14 @@ skipped(td_state *st, PyObject *filename)
 }
 
 /* The first frame outside torch and TorchDevice: *code gets a new reference
- * (NULL when there is no such frame) and *offset its instruction offset. */
+ * to its code object (None when there is no such frame) and *offset its
+ * instruction offset. */
 static void
 user_frame(td_state *st, PyObject **code, int *offset)
 {
     PyFrameObject *frame = PyEval_GetFrame();   /* borrowed */
     Py_XINCREF(frame);
-    *code = NULL;
+    *code = Py_NewRef(Py_None);
     *offset = 0;
     while (frame != NULL) {
         PyCodeObject *c = PyFrame_GetCode(frame);
@@ -97,7 +99,7 @@ user_frame(td_state *st, PyObject **code, int *offset)
 #else
             *offset = PyFrame_GetLineNumber(frame);
 #endif
-            *code = (PyObject *)c;
+            Py_SETREF(*code, (PyObject *)c);
             Py_DECREF(frame);
             return;
         }
@@ -111,6 +113,9 @@ user_frame(td_state *st, PyObject **code, int *offset)
 static int
 line_of(PyObject *code, int offset)
 {
+    if (code == Py_None) {
+        return 0;
+    }
 #if PY_VERSION_HEX >= 0x030B0000
     return PyCode_Addr2Line((PyCodeObject *)code, offset);
 #else
@@ -122,7 +127,7 @@ line_of(PyObject *code, int offset)
 static PyObject *
 function_of(PyObject *code)
 {
-    if (code == NULL) {
+    if (code == Py_None) {
         return PyUnicode_FromString("");
     }
 #if PY_VERSION_HEX >= 0x030B0000
@@ -135,7 +140,7 @@ function_of(PyObject *code)
 static PyObject *
 filename_of(PyObject *code)
 {
-    if (code == NULL) {
+    if (code == Py_None) {
         return PyUnicode_FromString("<unknown>");
     }
     return Py_NewRef(((PyCodeObject *)code)->co_filename);
@@ -291,25 +296,26 @@ site_clear(td_site *s)
     Py_CLEAR(s->to);
 }
 
-/* True when another entry already stands for the same line of the report
- * (same file, line and texts): the log shows each such line once. */
+/* Whether this (file, line, api, what, from, to) is new: the log shows each
+ * line of the report once, however many code objects or offsets feed it.
+ * 1 new, 0 seen, -1 error.  Runs on a key's first hit only. */
 static int
-line_seen(td_sites *t, const td_site *fresh)
+line_is_new(td_sites *t, PyObject *code, int line, PyObject *api,
+            PyObject *what, PyObject *from, PyObject *to)
 {
-    PyObject *file = ((PyCodeObject *)fresh->code)->co_filename;
-    for (Py_ssize_t j = 0; j < t->capacity; j++) {
-        const td_site *s = &t->slots[j];
-        if (s == fresh || s->code == NULL || s->line != fresh->line) {
-            continue;
-        }
-        if (same_text(((PyCodeObject *)s->code)->co_filename, file)
-            && same_text(s->api, fresh->api) && same_text(s->what, fresh->what)
-            && same_text(s->from, fresh->from) && same_text(s->to, fresh->to))
-        {
-            return 1;
-        }
+    PyObject *file = code == Py_None ? Py_None
+                                     : ((PyCodeObject *)code)->co_filename;
+    PyObject *key = Py_BuildValue("(OiOOOO)", file, line, api, what, from,
+                                  to);
+    if (key == NULL) {
+        return -1;
     }
-    return 0;
+    int seen = PyDict_Contains(t->lines, key);
+    if (seen == 0 && PyDict_SetItem(t->lines, key, Py_None) < 0) {
+        seen = -1;
+    }
+    Py_DECREF(key);
+    return seen < 0 ? -1 : !seen;
 }
 
 /* ---- recording ----------------------------------------------------------- */
@@ -371,9 +377,13 @@ add_hit(td_state *st, td_sites *t, td_key *k, td_text_fn make_text,
             goto done;
         }
     }
-    int line = k->code ? line_of(k->code, k->offset) : 0;
+    int line = line_of(k->code, k->offset);
+    int first = line_is_new(t, k->code, line, k->api, k->what, from, to);
+    if (first < 0) {
+        goto done;
+    }
     /* Nothing below fails: the slot is filled in one go. */
-    s->code = k->code ? Py_NewRef(k->code) : Py_NewRef(Py_None);
+    s->code = Py_NewRef(k->code);
     s->api = Py_NewRef(k->api);
     s->what = Py_NewRef(k->what);
     s->from = from;
@@ -387,7 +397,7 @@ add_hit(td_state *st, td_sites *t, td_key *k, td_text_fn make_text,
     s->offset = k->offset;
     s->line = line;
     t->used++;
-    if (k->code == NULL || !line_seen(t, s)) {
+    if (first) {
         hit->filename = filename_of(k->code);
         hit->function = function_of(k->code);
         hit->api = Py_NewRef(s->api);
@@ -444,8 +454,7 @@ record(td_state *st, td_key *k, td_text_fn make_text)
     }
     user_frame(st, &k->code, &k->offset);
     int rc = add_hit(st, t, k, make_text, &hit);
-    Py_XDECREF(k->code);
-    k->code = NULL;
+    Py_CLEAR(k->code);
     if (rc < 0) {
         first_hit_clear(&hit);
         return -1;
@@ -496,15 +505,23 @@ int
 td_record(td_state *st, PyObject *api, PyObject *what, PyObject *from,
           PyObject *to)
 {
-    if (!PyUnicode_Check(api) || !PyUnicode_Check(what)
-        || !PyUnicode_Check(from) || !PyUnicode_Check(to))
-    {
+    if (!PyUnicode_Check(api) || !PyUnicode_Check(what)) {
         PyErr_SetString(PyExc_TypeError,
-                        "record(api, what, from, to) takes four str");
+                        "record(api, what, from, to): api and what are str");
         return -1;
     }
-    td_key k = {NULL, api, what, from, to, 0, TD_NO_SPEC, TD_NO_SPEC, 0, 0};
-    return record(st, &k, spec_text);
+    /* from/to may be devices or None: the report keeps their text. */
+    PyObject *from_text = PyObject_Str(from);
+    PyObject *to_text = from_text ? PyObject_Str(to) : NULL;
+    int rc = -1;
+    if (to_text != NULL) {
+        td_key k = {NULL, api, what, from_text, to_text, 0, TD_NO_SPEC,
+                    TD_NO_SPEC, 0, 0};
+        rc = record(st, &k, spec_text);
+    }
+    Py_XDECREF(from_text);
+    Py_XDECREF(to_text);
+    return rc;
 }
 
 /* ---- the table type ------------------------------------------------------ */
@@ -520,6 +537,9 @@ sites_clear_all(td_sites *t)
     t->slots = NULL;
     t->capacity = 0;
     t->used = 0;
+    if (t->lines != NULL) {
+        PyDict_Clear(t->lines);   /* tuples of str and int: no user code */
+    }
     TD_UNLOCK();
     /* Decrefs may run arbitrary code: only after the table is consistent. */
     for (Py_ssize_t j = 0; j < cap; j++) {
@@ -534,6 +554,7 @@ sites_dealloc(PyObject *self)
     td_sites *t = (td_sites *)self;
     PyTypeObject *tp = Py_TYPE(self);
     sites_clear_all(t);
+    Py_CLEAR(t->lines);
     Py_CLEAR(t->what_redirected);
     Py_CLEAR(t->what_toggled);
     tp->tp_free(self);
@@ -569,9 +590,12 @@ td_sites_new(PyObject *module)
     t->slots = NULL;
     t->capacity = 0;
     t->used = 0;
+    t->lines = PyDict_New();
     t->what_redirected = PyUnicode_InternFromString("redirected");
     t->what_toggled = PyUnicode_InternFromString("toggled");
-    if (t->what_redirected == NULL || t->what_toggled == NULL) {
+    if (t->lines == NULL || t->what_redirected == NULL
+        || t->what_toggled == NULL)
+    {
         Py_DECREF(t);
         return NULL;
     }
@@ -641,9 +665,8 @@ report_records(PyObject *module, PyObject *Py_UNUSED(a))
         if (s->code == NULL) {
             continue;
         }
-        PyObject *code = s->code == Py_None ? NULL : s->code;
-        PyObject *file = filename_of(code);
-        PyObject *func = function_of(code);
+        PyObject *file = filename_of(s->code);
+        PyObject *func = function_of(s->code);
         PyObject *key = NULL;
         if (file != NULL && func != NULL) {
             key = Py_BuildValue("(OiOOOOO)", file, s->line, func, s->api,

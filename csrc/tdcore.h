@@ -37,7 +37,9 @@ typedef struct {
     PyObject *mode_stack_len;      /* torch._C._len_torch_function_stack */
     PyObject *skip_prefixes;       /* tuple of path prefixes not reported */
     PyObject *report_sink;         /* callable(record) for the first hit */
-    PyObject *records;             /* dict: key tuple -> [count] list */
+    PyObject *records;             /* report.c's call-site table */
+    PyObject *streams;             /* streams.h: td_streams (issue 4) */
+    PyObject *masq;                /* masquerade.h: td_masq (issue 3) */
 
     /* Interned names. */
     PyObject *str_device;
@@ -91,6 +93,24 @@ extern PyType_Spec td_wrapper_spec;
 /* report.c */
 int td_report(td_state *st, PyObject *api, td_request req,
               td_resolution res, PyObject *orig);
+/* A hit classified by the caller ("emulated", "unsupported", ...); the four
+ * are str.  Callers check td_get_report() first. */
+int td_record(td_state *st, PyObject *api, PyObject *what, PyObject *from,
+              PyObject *to);
+PyObject *td_sites_new(PyObject *module);
 extern PyMethodDef td_report_methods[];
+
+/* trace.c: the policy for torch.compile polyfills (TorchDevice/_compile.py) */
+extern PyMethodDef td_trace_methods[];
+
+/* stream_api.c, stream.c, event.c, backend_*.c (streams.h): streams and
+ * events of torch.cuda / torch.mps */
+int td_streams_exec(PyObject *module, td_state *st);
+void td_streams_uninstall(td_state *st);
+extern PyMethodDef td_streams_methods[];
+
+/* masquerade.c, cuda_*.c, mps_reverse.c (masquerade.h): torch.cuda answered
+ * for the device really used, and torch.mps answered from CUDA */
+int td_masq_init(PyObject *module, td_state *st);
 
 #endif /* TD_TDCORE_H */

@@ -175,6 +175,18 @@ maybe_report(td_state *st, td_wrapper *w, td_request req, td_resolution res,
     return 0;
 }
 
+/* A call that raises leaves the CPU override as it found it: the flip a
+ * "cpu:-1" request made while resolving is undone (errors keep state
+ * whole, design.md section 6.8). */
+static PyObject *
+undo_toggle_on_error(PyObject *result, td_resolution res)
+{
+    if (result == NULL && res.toggle_override) {
+        td_toggle_cpu_override();
+    }
+    return result;
+}
+
 /* A factory called without device= follows an active default-device
  * context (`with torch.device(...)`, set_default_device) instead of the
  * policy; both live on torch's function-mode stack. */
@@ -217,13 +229,13 @@ call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
                          find_kw(kwnames, nargs, st->str_dtype), subst,
                          &nsubst) < 0)
     {
-        return NULL;
+        return undo_toggle_on_error(NULL, res);
     }
     if (res.target == TD_TARGET_KEEP && nsubst == 0) {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
     if (maybe_report(st, w, req, res, arg) < 0) {
-        return NULL;
+        return undo_toggle_on_error(NULL, res);
     }
     PyObject *add = NULL;
     if (res.target != TD_TARGET_KEEP) {
@@ -237,7 +249,9 @@ call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
             add = target;
         }
     }
-    return forward(st, w->wrapped, args, nargs, kwnames, subst, nsubst, add);
+    return undo_toggle_on_error(
+        forward(st, w->wrapped, args, nargs, kwnames, subst, nsubst, add),
+        res);
 }
 
 static PyObject *
@@ -281,20 +295,22 @@ wrapper_to(td_wrapper *w, td_state *st, PyObject *const *args,
     if (td_get_profile() == TD_PROFILE_MPS
         && float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0)
     {
-        return NULL;
+        return undo_toggle_on_error(NULL, res);
     }
     if (res.target == TD_TARGET_KEEP && nsubst == 0) {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
     if (maybe_report(st, w, req, res, args[slot]) < 0) {
-        return NULL;
+        return undo_toggle_on_error(NULL, res);
     }
     if (res.target != TD_TARGET_KEEP) {
         subst[nsubst].index = slot;
         subst[nsubst].value = td_target_device(st, res.target);
         nsubst++;
     }
-    return forward(st, w->wrapped, args, nargs, kwnames, subst, nsubst, NULL);
+    return undo_toggle_on_error(
+        forward(st, w->wrapped, args, nargs, kwnames, subst, nsubst, NULL),
+        res);
 }
 
 /* .cuda(device=None, non_blocking=False, memory_format=...), .cpu(...),
@@ -332,7 +348,7 @@ wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
     if (maybe_report(st, w, req, res, arg) < 0) {
-        return NULL;
+        return undo_toggle_on_error(NULL, res);
     }
     PyObject *target = td_target_device(st, res.target);
     if (target == NULL) {
@@ -350,11 +366,11 @@ wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
         || (w->request != TD_REQ_CUDA && nargs > 1))
     {
         PyErr_Format(PyExc_TypeError, "%U() got too many arguments", w->api);
-        return NULL;
+        return undo_toggle_on_error(NULL, res);
     }
     names = PyTuple_New(n - 2);
     if (names == NULL) {
-        return NULL;
+        return undo_toggle_on_error(NULL, res);
     }
     small[0] = args[0];
     small[1] = target;
@@ -376,13 +392,13 @@ wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
         PyObject *shrunk = PyTuple_GetSlice(names, 0, k);
         Py_SETREF(names, shrunk);
         if (names == NULL) {
-            return NULL;
+            return undo_toggle_on_error(NULL, res);
         }
     }
     result = PyObject_Vectorcall(w->fallback, small, 2,
                                  k ? names : NULL);
     Py_DECREF(names);
-    return result;
+    return undo_toggle_on_error(result, res);
 }
 
 static PyObject *
@@ -630,6 +646,26 @@ wrapper_get_api(PyObject *self, void *Py_UNUSED(c))
     return Py_NewRef(((td_wrapper *)self)->api);
 }
 
+/* The torch.compile polyfills (TorchDevice/_compile.py) rebuild a wrapper's
+ * behaviour in Python from these. */
+static PyObject *
+wrapper_get_none_policy(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(((td_wrapper *)self)->none_policy);
+}
+
+static PyObject *
+wrapper_get_device_pos(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(((td_wrapper *)self)->device_pos);
+}
+
+static PyObject *
+wrapper_get_fallback(PyObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((td_wrapper *)self)->fallback);
+}
+
 static PyMethodDef wrapper_methods[] = {
     {"__reduce__", wrapper_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -639,6 +675,12 @@ static PyGetSetDef wrapper_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {"td_kind", wrapper_get_kind, NULL, "wrapper kind (int)", NULL},
     {"td_api", wrapper_get_api, NULL, "API name used in the report", NULL},
+    {"td_none_policy", wrapper_get_none_policy, NULL,
+     "whether a call without a device follows the policy", NULL},
+    {"td_device_pos", wrapper_get_device_pos, NULL,
+     "position of the device argument, or -1", NULL},
+    {"td_fallback", wrapper_get_fallback, NULL,
+     "MOVE: the `to` used when the target moves", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

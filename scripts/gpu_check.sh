@@ -13,6 +13,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 echo "== build"
 TORCHDEVICE_STRICT_BUILD=1 $PY setup.py -q build_ext --inplace
+echo "== torch.mps answered from CUDA (issue 3, docs/masquerade.md)"
+env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" $PY -c "
+import torch, TorchDevice
+assert torch.cuda.memory_allocated is torch.cuda.memory.memory_allocated
+x = torch.ones(1 << 20, device='mps'); torch.mps.synchronize()
+print('mps.is_available', torch.backends.mps.is_available(), 'on', x.device,
+      'allocated', torch.mps.current_allocated_memory(),
+      'recommended_max', torch.mps.recommended_max_memory())"
 echo "== tests that need CUDA"
 start=$(date +%s)
 timeout 280 env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \

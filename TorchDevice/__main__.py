@@ -1,0 +1,45 @@
+"""The command line: `python -m TorchDevice …` and the `torchdevice` script.
+
+    python -m TorchDevice run [options] script.py [args ...]
+    python -m TorchDevice run [options] -m module [args ...]
+    python -m TorchDevice info [--json]
+    python -m TorchDevice doctor [--only-cannot] [--json] PATH ...
+"""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+USAGE = """\
+usage: python -m TorchDevice {run,info,doctor} ...
+
+  run [options] script.py [args ...]   run a program with TorchDevice enabled
+  run [options] -m module [args ...]   (options: run --help)
+  info [--json]                        hardware, policy, configuration and
+                                       what torch.cuda answers
+  doctor [--only-cannot] [--json] PATH ...
+                                       scan code for CUDA-specific calls
+"""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        (sys.stdout if args else sys.stderr).write(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "run":
+        from . import _launcher
+        return _launcher.run(rest)
+    if command == "info":
+        from . import _info
+        return _info.main(rest)
+    if command == "doctor":
+        from . import _doctor
+        return _doctor.main(rest)
+    sys.stderr.write(USAGE + f"error: unknown command {command!r}\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

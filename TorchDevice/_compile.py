@@ -1,0 +1,525 @@
+"""torch.compile support: teaches dynamo what TorchDevice's replacements do.
+
+Dynamo cannot look inside the C wrappers at ``torch.zeros``, ``Tensor.to``
+and friends: to it they are opaque objects, and calling one inside a
+``fullgraph=True`` region fails.  This module gives each replacement a Python
+polyfill that does what the wrapper does (ask the policy where the request
+goes, then call torch's original with the answer), so dynamo inlines it and
+the graph holds torch's own ops on the redirected device.
+
+The policy question itself, ``_tdcore.trace_plan``, is constant-folded:
+dynamo calls it once at trace time and bakes the device into the graph.
+
+Nothing here imports ``torch._dynamo``.  When TorchDevice is enabled before
+dynamo is imported, an import hook registers the polyfills the moment
+``torch/_dynamo/__init__.py`` has finished; when dynamo is already there,
+they are registered at once.  Either way the result is the same.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import logging
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+
+import torch
+
+from . import _patches, _tdcore
+
+_log = logging.getLogger("TorchDevice")
+
+_DYNAMO = "torch._dynamo"
+
+# Queries whose answer is a constant for the life of the process: inside a
+# compiled region they are answered once, at trace time, as the user's code
+# would see them (not as torch's own code, which the masquerade tells the
+# truth).  Only replacements installed by TorchDevice are affected.
+QUERIES = frozenset({
+    "torch.cuda.is_available", "torch.cuda.device_count",
+    "torch.cuda.current_device", "torch.cuda.is_initialized",
+    "torch.cuda.get_device_name", "torch.cuda.get_device_capability",
+    "torch.cuda.get_device_properties", "torch.cuda.is_bf16_supported",
+    "torch.cuda.get_arch_list", "torch.backends.cuda.is_built",
+    "torch.backends.mps.is_available", "torch.backends.mps.is_built",
+    "torch.mps.is_available", "torch.mps.device_count",
+    "torch.accelerator.is_available", "torch.accelerator.device_count",
+    "torch.accelerator.current_accelerator",
+    "torch.accelerator.current_device_index",
+})
+
+_lock = threading.RLock()
+_registered: Set[int] = set()      # ids of objects dynamo now knows
+_keep: List[Any] = []              # keeps those objects (and their ids) alive
+_hook: Optional["_DynamoImportHook"] = None
+
+
+# ---- polyfills ---------------------------------------------------------------
+#
+# Each builder takes a replacement and returns the Python function dynamo
+# inlines in its place.  They only use what dynamo traces: argument
+# shuffling, isinstance on constants, and calls of torch's originals.
+
+def _plan(request: Any, dtype: Any = None, none_policy: bool = False,
+          api: Optional[str] = None) -> Any:
+    return _tdcore.trace_plan(request, dtype, none_policy, api)
+
+
+def _factory_polyfill(w: Any) -> Callable[..., Any]:
+    original = w.__wrapped__
+    none_policy = bool(w.td_none_policy)
+    pos = int(w.td_device_pos)
+    api = str(w.td_api)
+
+    def polyfill(*args: Any, **kwargs: Any) -> Any:
+        if "device" in kwargs:
+            request = kwargs["device"]
+        elif 0 <= pos < len(args):
+            request = args[pos]
+        else:
+            request = None
+        if request is None and not none_policy:
+            return original(*args, **kwargs)
+        if request is None and torch.utils._device.CURRENT_DEVICE is not None:
+            # set_default_device() is in force: torch fills the device.
+            return original(*args, **kwargs)
+        target, dtype = _plan(request, kwargs.get("dtype"), none_policy, api)
+        if target is not None:
+            if "device" not in kwargs and 0 <= pos < len(args):
+                args = args[:pos] + (target,) + args[pos + 1:]
+            else:
+                kwargs["device"] = target
+        if "dtype" in kwargs:
+            kwargs["dtype"] = dtype
+        return original(*args, **kwargs)
+
+    return polyfill
+
+
+def _to_polyfill(w: Any) -> Callable[..., Any]:
+    """Module.to (Tensor.to is a method of the tensor: see _TensorHandlers)."""
+    original = w.__wrapped__
+    api = str(w.td_api)
+
+    def polyfill(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if "device" in kwargs and kwargs["device"] is not None:
+            target, _ = _plan(kwargs["device"], None, False, api)
+            if target is not None:
+                kwargs["device"] = target
+        elif args and args[0] is not None and _is_device_arg(args[0]):
+            target, _ = _plan(args[0], None, False, api)
+            if target is not None:
+                args = (target,) + args[1:]
+        return original(self, *args, **kwargs)
+
+    return polyfill
+
+
+def _move_polyfill(w: Any) -> Callable[..., Any]:
+    """Module.cuda/cpu/mps: the module's `to` with the planned device."""
+    original = w.__wrapped__
+    fallback = w.td_fallback
+    api = str(w.td_api)
+    kind = api.rsplit(".", 1)[-1]
+
+    def polyfill(self: Any, *args: Any, **kwargs: Any) -> Any:
+        device = kwargs.pop("device", None)
+        if kind == "cuda" and args:
+            device, args = args[0], args[1:]
+        if device is None:
+            request: Any = kind
+        elif type(device) is int:
+            request = kind + ":" + str(device)
+        else:
+            request = device
+        target, _ = _plan(request, None, False, api)
+        if target is None and original is not None:
+            return original(self, *args, **kwargs)
+        return fallback(self, target if target is not None else request)
+
+    return polyfill
+
+
+def _method_polyfill(w: Any) -> Callable[..., Any]:
+    """A Tensor method met as a value (``torch.Tensor.to(x, "cuda")``):
+    becomes the method call, which _TensorHandlers rewrites."""
+    name = str(w.td_api).rsplit(".", 1)[-1]
+
+    def polyfill(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, name)(*args, **kwargs)
+
+    return polyfill
+
+
+_BUILDERS: Dict[int, Callable[[Any], Callable[..., Any]]] = {
+    _tdcore.KIND_FACTORY: _factory_polyfill,
+    _tdcore.KIND_TO: _to_polyfill,
+    _tdcore.KIND_MOVE: _move_polyfill,
+}
+
+
+def _polyfill_for(owner: Any, w: Any) -> Optional[Callable[..., Any]]:
+    if isinstance(owner, type) and issubclass(owner, torch._C.TensorBase):
+        return _method_polyfill(w)
+    build = _BUILDERS.get(w.td_kind)
+    return build(w) if build is not None else None
+
+
+# ---- tensor methods ---------------------------------------------------------------
+#
+# ``x.to("cuda")`` on a traced tensor never looks at torch.Tensor.to: dynamo
+# records a call_method node that AOTAutograd later replays on its own
+# tensor subclasses (whose .cuda() asks torch.cuda.current_device()).  So the
+# device is rewritten where dynamo handles the call, through the
+# ``method_<name>`` handlers of its TensorVariable: a handler that returns a
+# variable replaces the generic path, one that returns None keeps it.
+
+def _is_device_arg(value: Any) -> bool:
+    return isinstance(value, (str, torch.device)) or type(value) is int
+
+
+def _rewrite_to(args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
+    """New (args, kwargs) for Tensor.to, or None when nothing changes."""
+    if kwargs.get("device") is not None:
+        dtype = kwargs.get("dtype")
+        target, new_dtype = _plan(kwargs["device"], dtype, False, "Tensor.to")
+        if target is None and new_dtype is dtype:
+            return None
+        kwargs = dict(kwargs)
+        if target is not None:
+            kwargs["device"] = target
+        if "dtype" in kwargs:
+            kwargs["dtype"] = new_dtype
+        return tuple(args), kwargs
+    if args and _is_device_arg(args[0]):
+        has_dtype = len(args) > 1 and isinstance(args[1], torch.dtype)
+        dtype = args[1] if has_dtype else kwargs.get("dtype")
+        target, new_dtype = _plan(args[0], dtype, False, "Tensor.to")
+        if target is None and new_dtype is dtype:
+            return None
+        head = (target if target is not None else args[0],)
+        if has_dtype:
+            return head + (new_dtype,) + tuple(args[2:]), kwargs
+        kwargs = dict(kwargs)
+        if "dtype" in kwargs:
+            kwargs["dtype"] = new_dtype
+        return head + tuple(args[1:]), kwargs
+    return None
+
+
+def _rewrite_move(kind: str, args: Sequence[Any],
+                  kwargs: Dict[str, Any]) -> Any:
+    """x.cuda()/.cpu()/.mps() as (args, kwargs) of x.to, or None to keep."""
+    kwargs = dict(kwargs)
+    device = kwargs.pop("device", None)
+    if kind == "cuda" and args:
+        device = args[0]
+        if len(args) > 1:
+            kwargs["non_blocking"] = args[1]
+    elif args:
+        return None                      # torch reports the bad call
+    if device is None:
+        request: Any = kind
+    elif type(device) is int:
+        request = f"{kind}:{device}"
+    else:
+        request = device
+    target, _ = _plan(request, None, False, f"Tensor.{kind}")
+    if target is None:
+        return None
+    return (target,), kwargs
+
+
+def _tensor_handler(name: str) -> Callable[..., Any]:
+    def handler(self: Any, tx: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _patches.is_applied():
+            return None
+        values = list(args) + list(kwargs.values())
+        if not all(v.is_python_constant() for v in values):
+            return None                  # x.to(other_tensor): nothing to plan
+        py_args = [v.as_python_constant() for v in args]
+        py_kwargs = {k: v.as_python_constant() for k, v in kwargs.items()}
+        if name == "to":
+            new = _rewrite_to(py_args, py_kwargs)
+        else:
+            new = _rewrite_move(name, py_args, py_kwargs)
+        if new is None:
+            return None
+        from torch._dynamo.variables.base import VariableTracker
+        new_args, new_kwargs = new
+        # The planned device plans to itself, so this call takes the
+        # generic path.
+        return self.call_method(
+            tx, "to", [VariableTracker.build(tx, a) for a in new_args],
+            {k: VariableTracker.build(tx, v) for k, v in new_kwargs.items()})
+    handler.__name__ = f"method_{name}"
+    return handler
+
+
+_TENSOR_METHODS = ("to", "cuda", "cpu", "mps")
+
+
+def _install_tensor_handlers() -> None:
+    from torch._dynamo.variables.tensor import TensorVariable
+    for name in _TENSOR_METHODS:
+        attr = f"method_{name}"
+        current = getattr(TensorVariable, attr, None)
+        if current is None:
+            setattr(TensorVariable, attr, _tensor_handler(name))
+        elif not getattr(current, "__module__", "").startswith(__name__):
+            _log.warning("TorchDevice: torch %s handles Tensor.%s in "
+                         "torch.compile itself; leaving it", torch.__version__,
+                         name)
+
+
+def _as_user(fn: Any) -> Callable[..., Any]:
+    """A Python function that calls fn from this module, so a replacement
+    that answers torch's own callers differently (the masquerade) gives the
+    answer the user's code gets."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    call.__name__ = getattr(fn, "__name__", "query")
+    call.__qualname__ = f"as_user.{call.__name__}"
+    return call
+
+
+# ---- registration with dynamo -------------------------------------------------
+
+def _substitute(obj: Any, traceable: Callable[..., Any],
+                fold: bool = False) -> None:
+    """Makes dynamo inline `traceable` wherever it meets `obj` (or, with
+    `fold`, call `obj` at trace time when every argument is a constant).
+
+    `torch.compiler.substitute_in_graph` does this for functions dynamo does
+    not know yet.  It refuses objects that are not functions (our Wrapper
+    instances) and ones dynamo already has a rule for (a replacement
+    installed before dynamo was imported, which dynamo filed under the
+    original's name); those get the same registration directly, through
+    the handler table PolyfilledFunctionVariable reads."""
+    if id(obj) in _registered:
+        return
+    try:
+        torch.compiler.substitute_in_graph(
+            obj, can_constant_fold_through=fold,
+            skip_signature_check=True)(traceable)
+    except (TypeError, ValueError):
+        from torch._dynamo import trace_rules
+        from torch._dynamo.variables.functions import (
+            PolyfilledFunctionVariable,
+        )
+
+        @functools.wraps(traceable)
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            return obj(*args, **kwargs)
+
+        handler.__torch_dynamo_original__ = obj  # type: ignore[attr-defined]
+        handler.__torch_dynamo_polyfill__ = traceable  # type: ignore[attr-defined]
+        handler.__torch_dynamo_can_constant_fold_through__ = fold  # type: ignore[attr-defined]
+        PolyfilledFunctionVariable._get_polyfill_handlers()[obj] = handler
+        trace_rules._polyfilled_function_ids.add(id(obj))
+        _keep.append(handler)
+    _registered.add(id(obj))
+    _keep.append(obj)
+
+
+def _share_rules(original: Any, replacement: Any) -> None:
+    """Dynamo files torch's callables by identity, under whatever object was
+    at the public name when it built its table.  Whichever of the pair it
+    saw, the other gets the same rule: the polyfills call the originals,
+    and code that captured either (``from torch import zeros``) traces."""
+    from torch._dynamo.trace_rules import get_torch_obj_rule_map
+    rules = get_torch_obj_rule_map()
+    try:
+        known_o = original in rules
+        known_r = replacement in rules
+    except TypeError:          # unhashable
+        return
+    if known_o and not known_r:
+        rules[replacement] = rules[original]
+    elif known_r and not known_o:
+        rules[original] = rules[replacement]
+
+
+def _cache_key(fn: Any) -> Any:
+    """Dynamo files a functools.cache-wrapped function under the function
+    inside (torch.get_device_module)."""
+    inner = getattr(fn, "__wrapped__", None)
+    if inner is not None and hasattr(fn, "cache_info"):
+        return inner
+    return fn
+
+
+def _share_handlers(entries: Sequence[Any]) -> None:
+    """TorchInGraphFunctionVariable's table of special handlers is built
+    on first use by reading ``torch.<name>`` (``torch.full``,
+    ``torch.get_device_module.__wrapped__``, ...).  It is built here with
+    torch's originals in place, then every replacement gets its original's
+    handler, so that both import orders end with the same table."""
+    from torch._dynamo.variables.torch import TorchInGraphFunctionVariable
+    build = TorchInGraphFunctionVariable._get_handlers
+    swapped = []
+    if build.cache_info().currsize == 0:
+        for owner, name, original, replacement in entries:
+            if (not isinstance(owner, type) and original is not None
+                    and owner.__dict__.get(name) is replacement):
+                setattr(owner, name, original)
+                swapped.append((owner, name, replacement))
+    try:
+        handlers = build()
+    finally:
+        for owner, name, replacement in swapped:
+            setattr(owner, name, replacement)
+    for _owner, _name, original, replacement in entries:
+        key = _cache_key(_unwrap(original))
+        try:
+            if key in handlers and replacement not in handlers:
+                handlers[replacement] = handlers[key]
+        except TypeError:
+            continue
+
+
+def _qualname(owner: Any, name: str) -> str:
+    base = getattr(owner, "__name__", "")
+    if isinstance(owner, type):
+        base = f"{owner.__module__}.{owner.__qualname__}"
+    return f"{base}.{name}"
+
+
+def _unwrap(value: Any) -> Any:
+    return value.__func__ if isinstance(value, staticmethod) else value
+
+
+def register(entries: Optional[Sequence[Any]] = None) -> None:
+    """Registers a polyfill for every applied replacement (or for the
+    given (owner, name, original, replacement) entries).  Needs
+    torch._dynamo imported; idempotent."""
+    with _lock:
+        if entries is None:
+            entries = _patches.replaced()
+        _substitute(_tdcore.trace_plan, _trace_plan_traced, fold=True)
+        _install_tensor_handlers()
+        _share_handlers(entries)
+        for owner, name, original, replacement in entries:
+            original, replacement = _unwrap(original), _unwrap(replacement)
+            if not callable(replacement) or replacement is original:
+                continue
+            if original is not None and callable(original):
+                _share_rules(original, replacement)
+            if isinstance(replacement, _tdcore.Wrapper):
+                polyfill = _polyfill_for(owner, replacement)
+                if polyfill is not None:
+                    _substitute(replacement, polyfill)
+            elif _qualname(owner, name) in QUERIES:
+                as_user = _as_user(replacement)
+                _substitute(as_user, _constant_only(as_user), fold=True)
+                _substitute(replacement, _forward_to(as_user))
+
+
+def _trace_plan_traced(*args: Any, **kwargs: Any) -> Any:
+    raise NotImplementedError(
+        "TorchDevice: a device request inside torch.compile must be a "
+        "constant (a str, int or torch.device known at trace time)")
+
+
+def _constant_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"TorchDevice: {fn.__name__}() inside torch.compile needs "
+            f"constant arguments")
+    return traced
+
+
+def _forward_to(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    return traced
+
+
+def _register_quietly() -> None:
+    try:
+        register()
+    except Exception as exc:  # never break the user's import of dynamo
+        _log.warning("TorchDevice: could not register torch.compile "
+                     "polyfills (%s: %s); compiled code that calls "
+                     "redirected APIs will graph-break",
+                     type(exc).__name__, exc)
+
+
+# ---- the import hook -----------------------------------------------------------
+
+class _Loader(importlib.abc.Loader):
+    """Runs torch._dynamo's own loader, then registers the polyfills."""
+
+    def __init__(self, inner: importlib.abc.Loader) -> None:
+        self._inner = inner
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._inner.exec_module(module)   # type: ignore[attr-defined]
+        _remove_hook()
+        if _patches.is_applied():
+            _register_quietly()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _DynamoImportHook(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != _DYNAMO:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader,
+                                                       "exec_module"):
+                    spec.loader = _Loader(spec.loader)
+                return spec
+        return None
+
+
+def _remove_hook() -> None:
+    global _hook
+    with _lock:
+        if _hook is not None:
+            try:
+                sys.meta_path.remove(_hook)
+            except ValueError:
+                pass
+            _hook = None
+
+
+def _reset_dynamo() -> None:
+    """Code compiled before a change of patches has the old devices baked
+    in (and guards only on what it called), so it is thrown away."""
+    dynamo = sys.modules.get(_DYNAMO)
+    reset = getattr(dynamo, "reset", None)
+    if reset is not None:
+        reset()
+
+
+def on_apply() -> None:
+    """Called at the end of _patches.apply()."""
+    global _hook
+    with _lock:
+        if _DYNAMO in sys.modules:
+            _reset_dynamo()
+            _register_quietly()
+        elif _hook is None:
+            _hook = _DynamoImportHook()
+            sys.meta_path.insert(0, _hook)
+
+
+def on_restore() -> None:
+    """Called by _patches.restore().  Registered polyfills stay: they are
+    keyed by the replacement objects, which are no longer installed, and the
+    same objects come back on the next enable().  Compiled code is thrown
+    away: it has the redirected devices baked in."""
+    _remove_hook()
+    _reset_dynamo()

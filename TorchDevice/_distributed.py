@@ -1,0 +1,155 @@
+"""torch.distributed for scripts written for NCCL, where there is no NCCL.
+
+Only on the cpu and mps profiles; on NVIDIA machines everything is native.
+
+* ``init_process_group`` / ``new_group``: the backend "nccl" becomes "gloo";
+  in the per-device form ("cuda:nccl,cpu:gloo") every NCCL entry becomes
+  gloo and the "cuda" entry is folded into "cpu" (tensors that CUDA code
+  puts on "cuda" are on the host here), which leaves plain "gloo".  ``device_id=`` (a CUDA ordinal or
+  device) is dropped: gloo binds no device.
+* ``dist.get_backend()`` answers "gloo", the truth: code that branches on
+  the backend (which collectives, which tensor device) must see the one
+  that runs.  Code that *asserts* "nccl" has to be edited; see
+  docs/compile-checkpoints-distributed.md.
+* ``DistributedDataParallel(model, device_ids=[rank], output_device=rank)``:
+  the device arguments are dropped (torch rejects them for a CPU module; a
+  single-device module needs none).
+* ``dist.barrier(device_ids=[...])``: the ids are dropped (they name CUDA
+  devices to run NCCL's barrier on).
+* ``nn.DataParallel`` is a pass-through: it finds no device to scatter to.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from . import _tdcore
+
+_NCCL = "nccl"
+_GLOO = "gloo"
+
+
+def _native() -> bool:
+    return _tdcore.settings()["profile"] == "cuda"
+
+
+def _record(api: str, src: Any, dst: Any) -> None:
+    _tdcore.record(api, "redirected", str(src), str(dst))
+
+
+def rewrite_backend(backend: Any) -> Any:
+    """The backend string a CUDA script asked for, as it runs here."""
+    if backend is None or not isinstance(backend, str) or _native():
+        return backend
+    text = backend.strip().lower()
+    if ":" not in text:
+        return _GLOO if text == _NCCL else backend
+    entries: List[str] = []
+    for item in text.split(","):
+        device, _, name = item.strip().partition(":")
+        if name == _NCCL:
+            name = _GLOO
+        if device == "cuda":
+            device = "cpu"
+        entry = f"{device}:{name}"
+        if not any(e.split(":")[0] == device for e in entries):
+            entries.append(entry)
+    if entries == [f"cpu:{_GLOO}"]:
+        return _GLOO                # the same thing, as get_backend() says it
+    return ",".join(entries)
+
+
+def _init_builder(api: str) -> Callable[[Any], Any]:
+    def build(original: Any) -> Any:
+        @functools.wraps(original)
+        def init_process_group(backend: Optional[str] = None,
+                               *args: Any, **kwargs: Any) -> Any:
+            if "backend" in kwargs:
+                backend = kwargs.pop("backend")
+            new = rewrite_backend(backend)
+            if new != backend:
+                _record(api, backend, new)
+            if (not _native() and kwargs.get("device_id") is not None):
+                _record(api, kwargs["device_id"], "no device_id")
+                kwargs["device_id"] = None
+            return original(new, *args, **kwargs)
+        return init_process_group
+    return build
+
+
+def _new_group_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def new_group(*args: Any, **kwargs: Any) -> Any:
+        if "backend" in kwargs:
+            old = kwargs["backend"]
+            kwargs["backend"] = rewrite_backend(old)
+            if kwargs["backend"] != old:
+                _record("torch.distributed.new_group", old, kwargs["backend"])
+        elif len(args) >= 3:
+            old = args[2]
+            args = args[:2] + (rewrite_backend(old),) + args[3:]
+        if not _native() and kwargs.get("device_id") is not None:
+            kwargs["device_id"] = None
+        return original(*args, **kwargs)
+    return new_group
+
+
+def _barrier_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def barrier(group: Any = dist.GroupMember.WORLD, async_op: bool = False,
+                device_ids: Any = None, timeout: Any = None) -> Any:
+        if device_ids is not None and not _native():
+            _record("torch.distributed.barrier", device_ids, "no device_ids")
+            device_ids = None
+        return original(group, async_op, device_ids, timeout)
+    return barrier
+
+
+def _ddp_init_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def __init__(self: Any, module: Any, device_ids: Any = None,
+                 output_device: Any = None, *args: Any, **kwargs: Any) -> None:
+        if (device_ids is not None or output_device is not None) \
+                and not _native():
+            _record("DistributedDataParallel", device_ids, "no device_ids")
+            device_ids = output_device = None
+        original(self, module, device_ids, output_device, *args, **kwargs)
+    return __init__
+
+
+def _dp_device_type_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def _get_available_device_type() -> Optional[str]:
+        # DataParallel scatters over CUDA devices; with none it is the
+        # module itself (torch's own behaviour without a GPU).
+        if _tdcore.settings()["profile"] == "cpu":
+            return None
+        return original()
+    return _get_available_device_type
+
+
+def patches() -> List[Any]:
+    from ._patches import Patch
+    import torch.distributed.distributed_c10d as c10d
+    import torch.nn.parallel.data_parallel as data_parallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    table: List[Any] = []
+    if not dist.is_available():
+        return table
+    for owner in (dist, c10d):
+        table += [
+            Patch(owner, "init_process_group",
+                  _init_builder("torch.distributed.init_process_group")),
+            Patch(owner, "new_group", _new_group_builder),
+            Patch(owner, "barrier", _barrier_builder),
+        ]
+    table += [
+        Patch(DistributedDataParallel, "__init__", _ddp_init_builder),
+        Patch(data_parallel, "_get_available_device_type",
+              _dp_device_type_builder),
+    ]
+    return table

@@ -1,0 +1,373 @@
+"""`python -m TorchDevice doctor path/…`: a static scan for CUDA-specific
+code.
+
+Each finding is one of two kinds:
+
+* ``handled``: TorchDevice takes care of it at run time (a ``"cuda"`` device
+  string, ``.cuda()``, ``torch.cuda.*`` queries, ``map_location``, cuDNN
+  flags, an optional import guarded by ``try/except ImportError``);
+* ``cannot``: nothing at run time can make it work without an NVIDIA GPU
+  (CUDA-only packages, NCCL, CUDA graph capture, custom CUDA kernels).
+
+The exit status is 1 when there is a finding of the second kind, so the scan
+can gate CI; a line ending in ``# torchdevice: ignore`` is not reported.
+The scan reads source with ``ast``: nothing is imported or run.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+HANDLED = "handled"
+CANNOT = "cannot"
+
+# Packages whose code needs an NVIDIA GPU, and what to use instead.
+CUDA_ONLY_PACKAGES: Dict[str, str] = {
+    "apex": "NVIDIA Apex is CUDA-only (fused kernels, amp): use torch.amp "
+            "and torch.optim's fused/foreach optimizers",
+    "flash_attn": "FlashAttention's kernels are CUDA-only: use "
+                  "torch.nn.functional.scaled_dot_product_attention",
+    "bitsandbytes": "bitsandbytes' 8-bit/4-bit kernels need CUDA",
+    "xformers": "xformers' attention kernels need CUDA: use "
+                "torch.nn.functional.scaled_dot_product_attention",
+    "triton": "Triton kernels are compiled for GPUs (not MPS or CPU)",
+    "cupy": "CuPy arrays live on NVIDIA GPUs",
+    "pycuda": "PyCUDA drives the CUDA runtime directly",
+    "numba.cuda": "numba.cuda kernels need an NVIDIA GPU",
+    "pynvml": "NVML queries NVIDIA drivers",
+    "nvidia_smi": "NVML queries NVIDIA drivers",
+    "GPUtil": "GPUtil queries nvidia-smi",
+    "tensorrt": "TensorRT runs on NVIDIA GPUs only",
+    "torch_tensorrt": "Torch-TensorRT runs on NVIDIA GPUs only",
+    "transformer_engine": "Transformer Engine's kernels need NVIDIA GPUs",
+    "cudf": "RAPIDS cuDF needs an NVIDIA GPU",
+    "cuml": "RAPIDS cuML needs an NVIDIA GPU",
+    "cugraph": "RAPIDS cuGraph needs an NVIDIA GPU",
+    "nvidia.dali": "DALI's GPU pipelines need an NVIDIA GPU",
+    "mamba_ssm": "mamba_ssm's selective-scan kernels are CUDA-only",
+    "causal_conv1d": "causal_conv1d's kernels are CUDA-only",
+    "flashinfer": "FlashInfer's kernels are CUDA-only",
+}
+
+# Dotted torch APIs, matched by longest prefix.
+TORCH_APIS: Dict[str, Tuple[str, str]] = {
+    "torch.cuda": (HANDLED, "torch.cuda is answered from the device that "
+                            "is present (emulated)"),
+    "torch.cuda.amp": (HANDLED, "autocast/GradScaler use the target's "
+                                "supported dtype"),
+    "torch.cuda.make_graphed_callables": (
+        HANDLED, "returns the callables, run eagerly"),
+    "torch.cuda.graphs.make_graphed_callables": (
+        HANDLED, "returns the callables, run eagerly"),
+    "torch.cuda.CUDAGraph": (CANNOT, "CUDA graph capture has no equivalent "
+                                     "off NVIDIA GPUs: run eagerly"),
+    "torch.cuda.graph": (CANNOT, "CUDA graph capture has no equivalent off "
+                                 "NVIDIA GPUs: run eagerly"),
+    "torch.cuda.graphs": (CANNOT, "CUDA graph capture has no equivalent off "
+                                  "NVIDIA GPUs: run eagerly"),
+    "torch.cuda.jiterator": (CANNOT, "jiterator compiles CUDA C++ at run "
+                                     "time"),
+    "torch.cuda.nccl": (CANNOT, "NCCL needs NVIDIA GPUs"),
+    "torch.cuda.cudart": (CANNOT, "the CUDA runtime API has no equivalent"),
+    "torch.backends.cudnn": (HANDLED, "cuDNN flags are accepted and "
+                                      "harmless"),
+    "torch.backends.cuda": (HANDLED, "CUDA backend flags are accepted and "
+                                     "harmless"),
+    "torch.utils.cpp_extension.CUDAExtension": (
+        CANNOT, "builds CUDA kernels (.cu): they need nvcc and an NVIDIA "
+                "GPU"),
+    "torch.distributed.Backend.NCCL": (
+        CANNOT, "NCCL needs NVIDIA GPUs: use the 'gloo' backend"),
+}
+
+_CUDA_STRING = re.compile(r"cuda(:\d+)?")
+_IGNORE = re.compile(r"#\s*torchdevice:\s*ignore\b")
+_SKIP_DIRS = {"__pycache__", "site-packages", "node_modules", "build", "dist",
+              "venv", "env"}
+_IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception",
+                  "BaseException"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    line: int
+    col: int
+    kind: str        # HANDLED or CANNOT
+    what: str        # the code construct, short
+    why: str         # what TorchDevice does, or why it cannot
+
+    def text(self) -> str:
+        return (f"{self.file}:{self.line}:{self.col}: {self.kind}: "
+                f"{self.what} -- {self.why}")
+
+
+def _lookup_api(dotted: str) -> Optional[Tuple[str, str]]:
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        hit = TORCH_APIS.get(".".join(parts[:n]))
+        if hit is not None:
+            return hit
+    return None
+
+
+def _package_of(module: str) -> Optional[str]:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        name = ".".join(parts[:n])
+        if name in CUDA_ONLY_PACKAGES:
+            return name
+    return None
+
+
+def _handles_import_error(handler: ast.ExceptHandler) -> bool:
+    if handler.type is None:
+        return True
+    types = handler.type.elts if isinstance(handler.type, ast.Tuple) \
+        else [handler.type]
+    return any(isinstance(t, ast.Name) and t.id in _IMPORT_ERRORS
+               for t in types)
+
+
+class _Scanner(ast.NodeVisitor):
+    def __init__(self, filename: str, lines: List[str]) -> None:
+        self.filename = filename
+        self.lines = lines
+        self.aliases: Dict[str, str] = {}
+        self.findings: List[Finding] = []
+        self.guarded = 0    # depth of try blocks that catch ImportError
+
+    # -- helpers ---------------------------------------------------------
+    def add(self, node: ast.AST, kind: str, what: str, why: str) -> None:
+        line = getattr(node, "lineno", 0)
+        if 0 < line <= len(self.lines) and _IGNORE.search(
+                self.lines[line - 1]):
+            return
+        col = getattr(node, "col_offset", 0) + 1   # editors count from 1
+        self.findings.append(Finding(self.filename, line, col, kind, what,
+                                     why))
+
+    def dotted(self, node: ast.AST) -> Optional[str]:
+        if isinstance(node, ast.Name):
+            return self.aliases.get(node.id)
+        if isinstance(node, ast.Attribute):
+            base = self.dotted(node.value)
+            return f"{base}.{node.attr}" if base else None
+        return None
+
+    # -- imports ---------------------------------------------------------
+    def visit_Try(self, node: ast.Try) -> None:
+        guarded = any(_handles_import_error(h) for h in node.handlers)
+        self.guarded += guarded
+        for stmt in node.body:
+            self.visit(stmt)
+        self.guarded -= guarded
+        for part in (node.handlers, node.orelse, node.finalbody):
+            for stmt in part:
+                self.visit(stmt)
+
+    visit_TryStar = visit_Try
+
+    def _package(self, node: ast.AST, module: str) -> None:
+        pkg = _package_of(module)
+        if pkg is None:
+            return
+        if self.guarded:
+            self.add(node, HANDLED, f"import {module}",
+                     f"optional import (try/except ImportError): the "
+                     f"fallback runs; {CUDA_ONLY_PACKAGES[pkg]}")
+        else:
+            self.add(node, CANNOT, f"import {module}",
+                     CUDA_ONLY_PACKAGES[pkg])
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for a in node.names:
+            if a.asname:
+                self.aliases[a.asname] = a.name
+            else:
+                top = a.name.split(".")[0]
+                self.aliases[top] = top
+            self._package(node, a.name)
+            if a.name.startswith("torch."):
+                self._api(node, a.name)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level or not node.module:
+            return
+        seen_pkg = _package_of(node.module) is not None
+        if seen_pkg:
+            self._package(node, node.module)
+        for a in node.names:
+            if a.name == "*":
+                continue
+            full = f"{node.module}.{a.name}"
+            self.aliases[a.asname or a.name] = full
+            if not seen_pkg:
+                self._package(node, full)
+            if full.startswith("torch.cuda.") or full in TORCH_APIS:
+                self._api(node, full)
+
+    # -- torch APIs ------------------------------------------------------
+    def _api(self, node: ast.AST, dotted: str) -> bool:
+        hit = _lookup_api(dotted)
+        if hit is None:
+            return False
+        self.add(node, hit[0], dotted, hit[1])
+        return True
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        dotted = self.dotted(node)
+        if dotted is not None and self._api(node, dotted):
+            return   # the outermost chain speaks for its parts
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "cuda" \
+                and self.dotted(func) is None:
+            self.add(node, HANDLED, ".cuda()",
+                     "moves to the device that is present")
+        for kw in node.keywords:
+            if kw.arg == "map_location":
+                self.add(kw.value, HANDLED, "map_location=",
+                         "not needed under TorchDevice: CUDA checkpoints "
+                         "load onto the device that is present")
+            elif kw.arg == "cuda_sources":
+                self.add(kw.value, CANNOT, "load_inline(cuda_sources=...)",
+                         "custom CUDA kernels need nvcc and an NVIDIA GPU")
+        self.generic_visit(node)
+
+    # -- strings ---------------------------------------------------------
+    def visit_Constant(self, node: ast.Constant) -> None:
+        value = node.value
+        if not isinstance(value, str):
+            return
+        if _CUDA_STRING.fullmatch(value):
+            self.add(node, HANDLED, repr(value),
+                     "device string: redirected to the device that is "
+                     "present")
+        elif value == "nccl":
+            self.add(node, CANNOT, "'nccl'",
+                     "NCCL needs NVIDIA GPUs: use the 'gloo' backend")
+        elif value == "CUDA_VISIBLE_DEVICES":
+            self.add(node, HANDLED, "'CUDA_VISIBLE_DEVICES'",
+                     "harmless without NVIDIA GPUs")
+        elif value.endswith(".cu") and "\n" not in value:
+            self.add(node, CANNOT, repr(value),
+                     "CUDA source file: needs nvcc and an NVIDIA GPU")
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
+        first = node.values[0] if node.values else None
+        if isinstance(first, ast.Constant) and isinstance(first.value, str) \
+                and first.value.startswith("cuda:"):
+            self.add(node, HANDLED, "f'cuda:{...}'",
+                     "device string: redirected to the device that is "
+                     "present")
+            return
+        self.generic_visit(node)
+
+
+def scan_source(source: str, filename: str) -> List[Finding]:
+    """Findings in one file's text; a SyntaxError propagates."""
+    tree = ast.parse(source, filename=filename)
+    scanner = _Scanner(filename, source.splitlines())
+    scanner.visit(tree)
+    unique = {(f.line, f.col, f.what): f for f in scanner.findings}
+    return sorted(unique.values(), key=lambda f: (f.line, f.col))
+
+
+def python_files(paths: Sequence[str]) -> Iterator[str]:
+    for path in paths:
+        if os.path.isfile(path):
+            yield path
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                             and d not in _SKIP_DIRS)
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    yield os.path.join(root, name)
+
+
+@dataclass
+class Result:
+    files: int
+    findings: List[Finding]
+    skipped: List[Tuple[str, str]]    # (file, why)
+
+    @property
+    def cannot(self) -> List[Finding]:
+        return [f for f in self.findings if f.kind == CANNOT]
+
+    @property
+    def handled(self) -> List[Finding]:
+        return [f for f in self.findings if f.kind == HANDLED]
+
+
+def scan(paths: Sequence[str]) -> Result:
+    result = Result(0, [], [])
+    for path in python_files(paths):
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            result.findings += scan_source(data.decode("utf-8", "replace"),
+                                           path)
+            result.files += 1
+        except SyntaxError as exc:
+            result.skipped.append((path, f"syntax error, line {exc.lineno}"))
+        except (OSError, ValueError) as exc:
+            result.skipped.append((path, str(exc)))
+    return result
+
+
+USAGE = """\
+usage: python -m TorchDevice doctor [--only-cannot] [--json] PATH [PATH ...]
+
+Scans Python files for CUDA-specific code and says what TorchDevice handles
+at run time and what it cannot.  Exit status: 0 when everything found is
+handled, 1 when something cannot be, 2 on a usage error.
+"""
+
+
+def main(argv: Sequence[str]) -> int:
+    opts = {a for a in argv if a.startswith("-")}
+    paths = [a for a in argv if not a.startswith("-")]
+    if opts & {"-h", "--help"}:
+        sys.stdout.write(USAGE)
+        return 0
+    bad = opts - {"--json", "--only-cannot"}
+    if bad or not paths:
+        sys.stderr.write(USAGE)
+        if bad:
+            sys.stderr.write(f"error: unknown option {sorted(bad)[0]}\n")
+        return 2
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        sys.stderr.write(f"doctor: no such file or directory: {missing[0]}\n")
+        return 2
+    result = scan(paths)
+    shown = result.cannot if "--only-cannot" in opts else result.findings
+    if "--json" in opts:
+        import json
+        sys.stdout.write(json.dumps({
+            "files": result.files,
+            "handled": len(result.handled),
+            "cannot": len(result.cannot),
+            "findings": [asdict(f) for f in shown],
+            "skipped": [{"file": f, "why": w} for f, w in result.skipped],
+        }, indent=2) + "\n")
+    else:
+        out = sys.stdout
+        for f in shown:
+            out.write(f.text() + "\n")
+        for path, why in result.skipped:
+            out.write(f"{path}: skipped ({why})\n")
+        out.write(f"TorchDevice doctor: {result.files} file"
+                  f"{'s' if result.files != 1 else ''} scanned, "
+                  f"{len(result.handled)} handled at run time, "
+                  f"{len(result.cannot)} cannot be handled\n")
+    return 1 if result.cannot else 0

@@ -1,0 +1,474 @@
+"""The CUDA masquerade: which torch.cuda / torch.mps names are replaced by
+_tdcore's callables on each profile, and the facts about the real device
+that those callables answer from (docs/masquerade.md).
+
+On profiles "mps" and "cpu", torch.cuda answers as if one CUDA device were
+present, with the truth of the real device behind it.  On profile "cuda",
+torch.cuda is left exactly as it is and torch.mps / torch.backends.mps
+answer from CUDA instead.
+
+Everything here runs at enable time; the calls themselves are C.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import os
+import platform
+import subprocess
+import sys
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from . import _log, _tdcore
+
+# torch.cuda names answered by _tdcore on profiles mps and cpu, grouped as
+# in docs/masquerade.md.  Streams and events are issue 4's (_streams.py).
+QUERY = (
+    "is_available", "is_initialized", "init", "device_count",
+    "current_device", "set_device", "_get_device_index", "_exchange_device",
+    "_maybe_exchange_device", "get_device_name", "get_device_capability",
+    "get_device_properties", "can_device_access_peer", "is_bf16_supported",
+    "is_tf32_supported",
+)
+MEMORY = (
+    "memory_allocated", "max_memory_allocated", "memory_reserved",
+    "max_memory_reserved", "memory_cached", "max_memory_cached",
+    "reset_peak_memory_stats", "reset_max_memory_allocated",
+    "reset_max_memory_cached", "reset_accumulated_memory_stats",
+    "memory_stats", "memory_summary", "mem_get_info", "empty_cache",
+    "set_per_process_memory_fraction", "get_per_process_memory_fraction",
+    "memory_snapshot", "list_gpu_processes", "utilization",
+    "caching_allocator_enable",
+)
+RNG = (
+    "manual_seed", "manual_seed_all", "seed", "seed_all", "initial_seed",
+    "get_rng_state", "set_rng_state", "get_rng_state_all",
+    "set_rng_state_all",
+)
+MISC = (
+    "ipc_collect", "set_sync_debug_mode", "get_sync_debug_mode",
+    "make_graphed_callables", "is_current_stream_capturing",
+    "graph_pool_handle",
+)
+NVTX = ("range_push", "range_pop", "range_start", "range_end", "mark")
+MEMORY_PRIVATE = ("_record_memory_history",)
+ACCELERATOR = (
+    "is_available", "current_accelerator", "device_count",
+    "current_device_index", "set_device_index", "memory_allocated",
+    "max_memory_allocated", "memory_reserved", "max_memory_reserved",
+    "memory_stats", "reset_peak_memory_stats",
+    "reset_accumulated_memory_stats", "empty_cache", "get_memory_info",
+    "synchronize",
+)
+# Profile cuda: torch.mps / torch.backends.mps answered from CUDA.
+MPS_REVERSE = (
+    "is_available", "synchronize", "empty_cache", "current_allocated_memory",
+    "driver_allocated_memory", "recommended_max_memory", "manual_seed",
+    "seed", "get_rng_state", "set_rng_state",
+    "set_per_process_memory_fraction", "device_count",
+)
+MPS_BACKENDS_REVERSE = ("is_available", "is_built")
+
+ENV_CUDA_VERSION = "TORCHDEVICE_CUDA_VERSION"
+
+# torch's own objects, read once before anything is patched.
+_originals: Dict[str, Any] = {}
+_functions: Dict[Tuple[str, str], Any] = {}
+
+
+# ---- facts about the real device ---------------------------------------
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _sysctl(name: str) -> str:
+    try:
+        out = subprocess.run(["sysctl", "-n", name], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _cache_bytes(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+    try:
+        if text and text[-1] in scale:
+            return int(text[:-1]) * scale[text[-1]]
+        return int(text) if text else 0
+    except ValueError:
+        return 0
+
+
+def cpu_name() -> str:
+    """The CPU model, as the OS names it."""
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.lower().startswith(("model name", "hardware")):
+            return line.split(":", 1)[1].strip()
+    if sys.platform == "darwin":
+        brand = _sysctl("machdep.cpu.brand_string")
+        if brand:
+            return brand
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def _cpu_cache(level_index: int) -> int:
+    base = f"/sys/devices/system/cpu/cpu0/cache/index{level_index}/size"
+    size = _cache_bytes(_read(base))
+    if size == 0 and sys.platform == "darwin":
+        name = {0: "hw.l1dcachesize", 2: "hw.l2cachesize"}.get(level_index)
+        size = _cache_bytes(_sysctl(name)) if name else 0
+    return size
+
+
+def cpu_fields() -> Dict[str, Any]:
+    """CUDA's property fields, filled from this machine's CPU and RAM."""
+    import psutil
+    name = cpu_name()
+    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
+    physical = psutil.cpu_count(logical=False) or logical
+    try:
+        freq = psutil.cpu_freq()
+    except (OSError, RuntimeError, NotImplementedError):
+        freq = None
+    l1 = _cpu_cache(0)
+    return _complete({
+        "name": name,
+        "total_memory": psutil.virtual_memory().total,
+        "multi_processor_count": physical,
+        "max_threads_per_multi_processor": max(1, logical // physical),
+        "max_threads_per_block": logical,
+        "L2_cache_size": _cpu_cache(2),
+        "clock_rate": int(freq.max * 1000) if freq and freq.max else 0,
+        "shared_memory_per_block": l1,
+        "shared_memory_per_block_optin": l1,
+        "shared_memory_per_multiprocessor": l1,
+        "warp_size": 1,
+        "device_type": "cpu",
+    })
+
+
+def mps_fields(get_name: Callable[[], str], core_count: Callable[[], int],
+               recommended: Callable[[], int]) -> Dict[str, Any]:
+    """CUDA's property fields for an Apple GPU, from torch's own queries
+    (torch.backends.mps.get_name/get_core_count,
+    torch.mps.recommended_max_memory)."""
+    return _complete({
+        "name": get_name(),
+        "total_memory": int(recommended()),
+        "multi_processor_count": int(core_count()),
+        "max_threads_per_block": 1024,   # Metal's threadgroup limit
+        "warp_size": 32,                 # Apple's SIMD-group width
+        "device_type": "mps",
+    })
+
+
+def _complete(fields: Dict[str, Any]) -> Dict[str, Any]:
+    """Fills what the device does not tell with CUDA's neutral values."""
+    base: Dict[str, Any] = {
+        "major": 0, "minor": 0, "is_integrated": 1, "is_multi_gpu_board": 0,
+        "max_threads_per_multi_processor": 1, "max_threads_per_block": 1,
+        "gcnArchName": "", "warp_size": 1, "clock_rate": 0,
+        "memory_clock_rate": 0, "memory_bus_width": 0,
+        "shared_memory_per_block": 0, "shared_memory_per_block_optin": 0,
+        "shared_memory_per_multiprocessor": 0, "regs_per_multiprocessor": 0,
+        "pci_bus_id": 0, "pci_device_id": 0, "L2_cache_size": 0,
+    }
+    base.update(fields)
+    base.setdefault("uuid", str(uuid.uuid5(uuid.NAMESPACE_OID,
+                                           f"TorchDevice:{base['name']}")))
+    return base
+
+
+def device_properties(profile: str) -> Any:
+    """The DeviceProperties object of the one device (profile mps or cpu)."""
+    if profile == "mps":
+        fields = mps_fields(torch.backends.mps.get_name,
+                            torch.backends.mps.get_core_count,
+                            torch.mps.recommended_max_memory)
+    else:
+        fields = cpu_fields()
+    return _tdcore.DeviceProperties(**fields)
+
+
+def _amp_dtypes(profile: str) -> Tuple[Tuple[torch.dtype, ...], torch.dtype]:
+    """(dtypes autocast supports on the target, the one it picks by
+    default)."""
+    if profile == "mps":
+        macos14 = torch.backends.mps.is_macos_or_newer(14, 0)
+        dtypes = (torch.float16,) + ((torch.bfloat16,) if macos14 else ())
+        return dtypes, torch.float16
+    return (torch.bfloat16, torch.float16), torch.get_autocast_dtype("cpu")
+
+
+def _mem_info_cpu() -> Tuple[int, int]:
+    import psutil
+    vm = psutil.virtual_memory()
+    return vm.available, vm.total
+
+
+def _mem_info_mps() -> Tuple[int, int]:
+    total = int(torch.mps.recommended_max_memory())
+    return max(0, total - int(torch.mps.driver_allocated_memory())), total
+
+
+def _cpu_utilization() -> int:
+    import psutil
+    return int(round(psutil.cpu_percent(interval=None)))
+
+
+def _rss_reader() -> Callable[[], int]:
+    import psutil
+    process = psutil.Process()
+    return lambda: process.memory_info().rss
+
+
+def _target_generator(profile: str) -> torch.Generator:
+    if profile == "mps":
+        return torch.mps._get_default_mps_generator()
+    return torch.default_generator
+
+
+def _capture_originals() -> None:
+    if _originals:
+        return
+    _originals.update({
+        "cuda.is_available": torch.cuda.is_available,
+        "cuda.memory_summary": torch.cuda.memory.memory_summary,
+        "current_accelerator": torch.accelerator.current_accelerator,
+        "get_device_module": torch.get_device_module,
+        "mps.is_available": torch.backends.mps.is_available,
+        "OrderedDict": collections.OrderedDict,
+    })
+
+
+# ---- installation -------------------------------------------------------
+
+
+def _log_at(level: int) -> Optional[Callable[[str], None]]:
+    if not _log.logger.isEnabledFor(level):
+        return None
+    return functools.partial(_log.logger.log, level)
+
+
+def push_logging() -> None:
+    """Hands C the log functions for the levels now enabled (None for the
+    others, so that a disabled level costs nothing)."""
+    _tdcore.masq_install(log_debug=_log_at(logging.DEBUG),
+                         log_info=_log_at(logging.INFO))
+
+
+def configure(truthful: Optional[bool] = None,
+              truth_for: Optional[Tuple[str, ...]] = None) -> None:
+    """Who sees the truth from torch.cuda.is_available() (and
+    torch.accelerator.is_available, torch.backends.mps.is_available on
+    profile cuda): everyone when `truthful`, else torch's own modules and
+    the packages named in `truth_for`."""
+    kwargs: Dict[str, Any] = {}
+    if truthful is not None:
+        kwargs["truthful"] = bool(truthful)
+    if truth_for is not None:
+        kwargs["truth_for"] = tuple(str(p) for p in truth_for)
+    _tdcore.masq_configure(**kwargs)
+    push_logging()
+
+
+def install(profile: str) -> None:
+    """Hands _tdcore the facts and objects its callables answer from."""
+    _capture_originals()
+    originals = {
+        "current_accelerator": _originals["current_accelerator"],
+        "get_device_module": _originals["get_device_module"],
+        "mps.is_available": _originals["mps.is_available"],
+        "OrderedDict": _originals["OrderedDict"],
+    }
+    common: Dict[str, Any] = dict(
+        orig_is_available=_originals["cuda.is_available"],
+        orig_summary=_originals["cuda.memory_summary"],
+        cuda_module=torch.cuda,
+        record=_tdcore.record,
+        float16=torch.float16,
+        originals=originals,
+    )
+    if profile == "cuda":
+        _tdcore.masq_install(target_type="cuda", **common)
+        push_logging()
+        return
+    props = device_properties(profile)
+    amp_dtypes, amp_default = _amp_dtypes(profile)
+    is_mps = profile == "mps"
+    if not is_mps:
+        originals["utilization"] = _cpu_utilization
+    _tdcore.masq_install(
+        props=props,
+        capability=(props.major, props.minor),
+        target_device=torch.device("mps", 0) if is_mps
+        else torch.device("cpu"),
+        target_type=profile,
+        generator=_target_generator(profile),
+        is_mps=is_mps,
+        bf16=(torch.backends.mps.is_macos_or_newer(14, 0) if is_mps
+              else True),
+        total_memory=props.total_memory,
+        mps_allocated=torch.mps.current_allocated_memory if is_mps else None,
+        mps_driver=torch.mps.driver_allocated_memory if is_mps else None,
+        mps_empty_cache=torch.mps.empty_cache if is_mps else None,
+        mps_set_fraction=(torch.mps.set_per_process_memory_fraction
+                          if is_mps else None),
+        rss=_rss_reader(),
+        mem_info=_mem_info_mps if is_mps else _mem_info_cpu,
+        amp_dtypes=amp_dtypes,
+        amp_default=amp_default,
+        **common,
+    )
+    push_logging()
+
+
+# ---- the patch list -----------------------------------------------------
+
+
+def _function(name: str, module_name: str) -> Any:
+    key = (name, module_name)
+    fn = _functions.get(key)
+    if fn is None:
+        fn = _functions[key] = _tdcore.masq_function(name, module_name)
+    return fn
+
+
+def _fn_patches(owner: Any, names: Tuple[str, ...], module_name: str,
+                lookup_prefix: str = "", aliases: bool = True) -> List[Any]:
+    """Patches owner.<name> for each name, and the same name in the
+    submodule that defines it (torch.cuda.memory, torch.cuda.random, ...),
+    where torch's own functions look it up as a global."""
+    from ._patches import Patch
+    patches = []
+    for name in names:
+        value = getattr(owner, name, None)
+        if value is None:
+            continue
+        defined_in = getattr(value, "__module__", None)
+        own_module = (defined_in if isinstance(defined_in, str)
+                      and defined_in.startswith(module_name) else module_name)
+        fn = _function(lookup_prefix + name, own_module)
+        patches.append(Patch(owner, name, lambda orig, fn=fn: fn))
+        sub = sys.modules.get(defined_in or "")
+        if (aliases and sub is not None and sub is not owner
+                and defined_in.startswith(owner.__name__ + ".")
+                and getattr(sub, name, None) is value):
+            patches.append(Patch(sub, name, lambda orig, fn=fn: fn))
+    return patches
+
+
+def _value_patch(owner: Any, name: str, value: Any) -> Any:
+    from ._patches import Patch
+    return Patch(owner, name, lambda orig: value)
+
+
+def _amp_patches() -> List[Any]:
+    from ._patches import Patch
+    from torch.amp import autocast_mode, grad_scaler
+    DTA = _tdcore.DeviceTypeArg
+
+    def init_of(cls: type, api: str, argname: str, **kw: Any) -> Any:
+        return Patch(cls, "__init__",
+                     lambda orig: DTA(orig, api, argname, 1, **kw))
+
+    patches = [
+        init_of(autocast_mode.autocast, "torch.autocast", "device_type",
+                autocast=True),
+        init_of(grad_scaler.GradScaler, "torch.amp.GradScaler", "device",
+                default_cuda=True),
+    ]
+    for name, default_cuda in (("is_autocast_enabled", True),
+                               ("get_autocast_dtype", False),
+                               ("set_autocast_dtype", False),
+                               ("set_autocast_enabled", False)):
+        patches.append(Patch(
+            torch, name,
+            lambda orig, n=name, d=default_cuda: DTA(
+                orig, f"torch.{n}", "device_type", 0, default_cuda=d)))
+    return patches
+
+
+def _version_patches() -> List[Any]:
+    """torch.version.cuda / torch.backends.cuda.is_built() stay truthful
+    unless TORCHDEVICE_CUDA_VERSION names a version to report."""
+    version = os.environ.get(ENV_CUDA_VERSION, "").strip()
+    if not version:
+        return []
+    return [_value_patch(torch.version, "cuda", version),
+            *_fn_patches(torch.backends.cuda, ("is_built",),
+                         "torch.backends.cuda", aliases=False)]
+
+
+def _masquerade_patches(profile: str) -> List[Any]:
+    import torch.cuda.graphs
+    import torch.cuda.memory
+    import torch.cuda.nvtx
+    cuda = torch.cuda
+    table: List[Any] = []
+    table += _fn_patches(cuda, QUERY + MEMORY + RNG + MISC, "torch.cuda")
+    table += _fn_patches(torch.cuda.memory, MEMORY_PRIVATE,
+                         "torch.cuda.memory")
+    table += _fn_patches(torch.cuda.nvtx, NVTX, "torch.cuda.nvtx")
+    table.append(_value_patch(cuda, "default_generators",
+                              (_target_generator(profile),)))
+    table.append(_value_patch(cuda, "CUDAGraph", _tdcore.CUDAGraph))
+    table.append(_value_patch(torch.cuda.graphs, "CUDAGraph",
+                              _tdcore.CUDAGraph))
+    table += _fn_patches(torch.accelerator, ACCELERATOR, "torch.accelerator")
+    table += _fn_patches(torch, ("get_device_module",), "torch",
+                         aliases=False)
+    table += _amp_patches()
+    table += _version_patches()
+    return table
+
+
+def _reverse_patches() -> List[Any]:
+    import torch.backends.mps
+    table: List[Any] = []
+    table += _fn_patches(torch.mps, MPS_REVERSE, "torch.mps",
+                         lookup_prefix="mps.", aliases=False)
+    table += _fn_patches(torch.backends.mps, MPS_BACKENDS_REVERSE,
+                         "torch.backends.mps", lookup_prefix="mps.",
+                         aliases=False)
+    return table
+
+
+def patches() -> List[Any]:
+    """The patch-table entries for the profile in force (called by
+    _patches.patch_table() at enable time)."""
+    profile = _tdcore.settings()["profile"]
+    install(profile)
+    if profile == "cuda":
+        return _reverse_patches()
+    return _masquerade_patches(profile)
+
+
+def replaced_names() -> Dict[str, Tuple[str, ...]]:
+    """Every name the masquerade can replace, by namespace (for the docs
+    and the coverage test)."""
+    return {
+        "torch.cuda": QUERY + MEMORY + RNG + MISC
+        + ("default_generators", "CUDAGraph"),
+        "torch.cuda.memory": MEMORY_PRIVATE,
+        "torch.cuda.nvtx": NVTX,
+        "torch.accelerator": ACCELERATOR,
+        "torch": ("get_device_module", "is_autocast_enabled",
+                  "get_autocast_dtype", "set_autocast_dtype",
+                  "set_autocast_enabled"),
+        "torch.autocast / torch.amp.GradScaler": ("__init__",),
+        "torch.mps (profile cuda)": MPS_REVERSE,
+        "torch.backends.mps (profile cuda)": MPS_BACKENDS_REVERSE,
+    }

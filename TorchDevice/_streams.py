@@ -1,0 +1,135 @@
+"""Streams and events: which torch attributes get the C types of
+``csrc/stream.c`` / ``csrc/event.c``, and the torch objects their backends
+are handed.
+
+* profile cpu or mps: ``torch.cuda.Stream``, ``ExternalStream``, ``Event``,
+  ``StreamContext``, ``stream``, ``current_stream``, ``default_stream``,
+  ``set_stream``, ``synchronize``, ``get_stream_from_external`` and
+  ``Tensor.record_stream`` are replaced; the backend is CPU (host clock) or
+  Metal (``torch.mps.Event`` / ``torch.mps.synchronize``).
+* profile cuda: ``torch.mps.Event`` becomes the same C type with the CUDA
+  backend (native ``torch.cuda.Event`` underneath), and ``torch.mps``'s
+  stream functions, where the installed torch has them, are torch.cuda's.
+* every profile: ``torch.Stream("cuda")`` / ``torch.Event("cuda")`` give our
+  objects where CUDA is emulated, and ``"mps"`` means the GPU on profile cuda
+  (tp_new hooks in ``csrc/stream_generic.c``).
+
+Which set of attributes is replaced follows the profile in force when
+``enable()`` runs; the backend of each new stream or event follows the
+profile in force when it is made.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple
+
+import torch
+
+from . import _tdcore
+
+# torch's own objects, captured before anything is patched.
+_CUDA_STREAM = torch.cuda.streams.Stream
+_CUDA_EXTERNAL = torch.cuda.streams.ExternalStream
+_CUDA_EVENT = torch.cuda.streams.Event
+_CUDA_SYNCHRONIZE = torch.cuda.synchronize
+_MPS_EVENT = torch.mps.Event
+_MPS_SYNCHRONIZE = torch.mps.synchronize
+
+# torch.mps stream API of newer torch releases (absent from 2.13).
+_MPS_STREAM_NAMES = ("Stream", "StreamContext", "stream", "current_stream",
+                     "default_stream", "set_stream")
+
+Ops = Tuple[Callable[..., Any], ...]
+
+
+def ops_of(event_cls: Any, synchronize: Callable[[], Any]) -> Ops:
+    """The ops tuple a backend is handed: the event class, the device-wide
+    synchronize, and the class's methods taken unbound (order fixed by
+    TD_OPS_* in csrc/streams.h)."""
+    return (event_cls, synchronize, event_cls.record, event_cls.wait,
+            event_cls.query, event_cls.synchronize, event_cls.elapsed_time)
+
+
+def setup(metal: Optional[Any] = None, cuda: Optional[Any] = None) -> None:
+    """Hands the backends their torch objects (needs the core installed).
+
+    `metal` is a torch.mps-like module with ``Event`` and ``synchronize``;
+    by default the real torch.mps where MPS hardware is present.  `cuda` is
+    the same for torch.cuda (default: the real one where CUDA is present).
+    Tests pass simulated ones: no Apple hardware is available to this
+    project, and CI has no GPU.
+    """
+    from . import _patches
+    hardware = _patches.detect_profile()
+    metal_ops = None
+    if metal is not None:
+        metal_ops = ops_of(metal.Event, metal.synchronize)
+    elif hardware == "mps":
+        metal_ops = ops_of(_MPS_EVENT, _MPS_SYNCHRONIZE)
+    cuda_ops = None
+    if cuda is not None:
+        cuda_ops = ops_of(cuda.Event, cuda.synchronize)
+    elif hardware == "cuda":
+        cuda_ops = ops_of(_CUDA_EVENT, _CUDA_SYNCHRONIZE)
+    _tdcore.streams_setup(
+        metal_ops=metal_ops,
+        cuda_ops=cuda_ops,
+        record_stream=torch._C.TensorBase.record_stream,
+        generic_stream=getattr(torch, "Stream", None),
+        generic_event=getattr(torch, "Event", None),
+    )
+
+
+def _const(value: Any) -> Callable[[Any], Any]:
+    return lambda original: value
+
+
+def _construct_as(ours: type) -> Callable[[Any], Any]:
+    """__new__ for torch's own classes, reached by code that captured them
+    before TorchDevice was enabled: builds our object instead."""
+    def build(original: Any) -> Any:
+        def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+            return ours(*args, **kwargs)
+        __new__.__qualname__ = original.__qualname__
+        return __new__
+    return build
+
+
+def _record_stream(original: Any) -> Any:
+    return _tdcore.record_stream_method(torch._C.TensorBase)
+
+
+def _cuda_patches() -> List[Any]:
+    from ._patches import Patch
+    C, S, T = torch.cuda, torch.cuda.streams, _tdcore
+    table = [Patch(C, name, _const(getattr(T, name))) for name in (
+        "Stream", "ExternalStream", "Event", "StreamContext", "stream",
+        "current_stream", "default_stream", "set_stream", "synchronize",
+        "get_stream_from_external")]
+    table += [Patch(S, name, _const(getattr(T, name)))
+              for name in ("Stream", "ExternalStream", "Event")]
+    table += [
+        Patch(_CUDA_STREAM, "__new__", _construct_as(T.Stream), static=True),
+        Patch(_CUDA_EXTERNAL, "__new__", _construct_as(T.ExternalStream),
+              static=True),
+        Patch(_CUDA_EVENT, "__new__", _construct_as(T.Event), static=True),
+        Patch(torch.Tensor, "record_stream", _record_stream),
+    ]
+    return table
+
+
+def _mps_patches() -> List[Any]:
+    from ._patches import Patch
+    table = [Patch(torch.mps, "Event", _const(_tdcore.Event)),
+             Patch(torch.mps.event, "Event", _const(_tdcore.Event))]
+    table += [Patch(torch.mps, name, _const(getattr(torch.cuda, name)))
+              for name in _MPS_STREAM_NAMES if hasattr(torch.mps, name)]
+    return table
+
+
+def patches() -> List[Any]:
+    """Sets the backends up and returns the patch-table entries for the
+    profile in force (called by _patches.patch_table() during apply())."""
+    setup()
+    if _tdcore.settings()["profile"] == "cuda":
+        return _mps_patches()
+    return _cuda_patches()

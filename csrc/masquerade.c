@@ -1,0 +1,412 @@
+/* The state of the CUDA masquerade and the entry points the Python layer
+ * uses to set it up.
+ *
+ * Python equivalent:
+ *
+ *     state = MasqState()
+ *     def masq_install(**torch_objects): state.__dict__.update(...)
+ *     def masq_function(name, module_name):   # a builtin named `name`
+ *         return builtin(TABLES[name], self=_tdcore, __module__=module_name)
+ *     def masq_configure(truthful=None, truth_for=None): ...
+ *
+ * The replacements are builtins whose __name__ and __module__ are those of
+ * the torch function they replace, so pickling them by reference and
+ * reading their names give what torch's own would.
+ */
+#include "masquerade.h"
+
+#include <stddef.h>
+#include <string.h>
+#include <structmember.h>
+
+/* ---- the state object --------------------------------------------------- */
+
+#define OBJ_FIELD(name) {#name, offsetof(td_masq, name)}
+
+static const struct {
+    const char *name;
+    size_t offset;
+} obj_fields[] = {
+    OBJ_FIELD(props),
+    OBJ_FIELD(capability),
+    OBJ_FIELD(target_device),
+    OBJ_FIELD(orig_is_available),
+    OBJ_FIELD(truth_for),
+    OBJ_FIELD(generator),
+    OBJ_FIELD(mps_allocated),
+    OBJ_FIELD(mps_driver),
+    OBJ_FIELD(mps_empty_cache),
+    OBJ_FIELD(mps_set_fraction),
+    OBJ_FIELD(rss),
+    OBJ_FIELD(mem_info),
+    OBJ_FIELD(orig_summary),
+    OBJ_FIELD(log_debug),
+    OBJ_FIELD(log_info),
+    OBJ_FIELD(amp_dtypes),
+    OBJ_FIELD(amp_default),
+    OBJ_FIELD(float16),
+    OBJ_FIELD(cuda_module),
+    OBJ_FIELD(target_type),
+    OBJ_FIELD(record),
+    OBJ_FIELD(originals),
+    OBJ_FIELD(str_manual_seed),
+    OBJ_FIELD(str_seed),
+    OBJ_FIELD(str_initial_seed),
+    OBJ_FIELD(str_get_state),
+    OBJ_FIELD(str_set_state),
+    OBJ_FIELD(str_optional),
+    OBJ_FIELD(str_abbreviated),
+    OBJ_FIELD(str_is_cuda),
+    OBJ_FIELD(str_type),
+    OBJ_FIELD(str_pname),
+    OBJ_FIELD(api_prefix),
+};
+
+#define N_OBJ_FIELDS (sizeof(obj_fields) / sizeof(obj_fields[0]))
+/* Fields before this index are handed over by masq_install(). */
+#define N_INSTALLED 22
+
+static PyObject **
+field_at(td_masq *m, size_t i)
+{
+    return (PyObject **)((char *)m + obj_fields[i].offset);
+}
+
+static int
+MasqState_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    td_masq *m = (td_masq *)self;
+    Py_VISIT(Py_TYPE(self));
+    for (size_t i = 0; i < N_OBJ_FIELDS; i++) {
+        Py_VISIT(*field_at(m, i));
+    }
+    return 0;
+}
+
+static int
+MasqState_clear(PyObject *self)
+{
+    td_masq *m = (td_masq *)self;
+    for (size_t i = 0; i < N_OBJ_FIELDS; i++) {
+        Py_CLEAR(*field_at(m, i));
+    }
+    return 0;
+}
+
+static void
+MasqState_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    (void)MasqState_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot masq_state_slots[] = {
+    {Py_tp_traverse, MasqState_traverse},
+    {Py_tp_clear, MasqState_clear},
+    {Py_tp_dealloc, MasqState_dealloc},
+    {Py_tp_doc, "State of the CUDA masquerade (internal)."},
+    {0, NULL},
+};
+
+static PyType_Spec masq_state_spec = {
+    .name = "TorchDevice._tdcore._MasqState",
+    .basicsize = sizeof(td_masq),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = masq_state_slots,
+};
+
+/* ---- entry points ------------------------------------------------------- */
+
+static td_state *
+module_state(PyObject *module)
+{
+    return (td_state *)PyModule_GetState(module);
+}
+
+static PyObject *
+masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    td_masq *m = TD_MASQ(module_state(module));
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL) {
+        PyErr_SetString(PyExc_TypeError, "masq_install() takes keywords");
+        return NULL;
+    }
+    /* Validate every key first, so that an error changes nothing. */
+    while (PyDict_Next(kwargs, &pos, &key, &value)) {
+        const char *k = PyUnicode_AsUTF8(key);
+        if (k == NULL) {
+            return NULL;
+        }
+        int known = strcmp(k, "total_memory") == 0 || strcmp(k, "is_mps") == 0
+                    || strcmp(k, "bf16") == 0;
+        for (size_t i = 0; i < N_INSTALLED && !known; i++) {
+            known = strcmp(k, obj_fields[i].name) == 0;
+        }
+        if (!known) {
+            PyErr_Format(PyExc_TypeError,
+                         "masq_install() got an unexpected keyword %R", key);
+            return NULL;
+        }
+    }
+    PyObject *total = PyDict_GetItemString(kwargs, "total_memory");
+    long long total_memory = m->total_memory;
+    if (total != NULL) {
+        total_memory = PyLong_AsLongLong(total);
+        if (total_memory == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    int flags[2] = {m->is_mps, m->bf16};
+    const char *flag_names[2] = {"is_mps", "bf16"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *v = PyDict_GetItemString(kwargs, flag_names[i]);
+        if (v != NULL && (flags[i] = PyObject_IsTrue(v)) < 0) {
+            return NULL;
+        }
+    }
+    pos = 0;
+    while (PyDict_Next(kwargs, &pos, &key, &value)) {
+        for (size_t i = 0; i < N_INSTALLED; i++) {
+            if (PyUnicode_CompareWithASCIIString(key, obj_fields[i].name)
+                == 0)
+            {
+                Py_XSETREF(*field_at(m, i),
+                           value == Py_None ? NULL : Py_NewRef(value));
+            }
+        }
+    }
+    m->total_memory = total_memory;
+    m->is_mps = flags[0];
+    m->bf16 = flags[1];
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef *const function_tables[] = {
+    td_cuda_query_methods, td_cuda_memory_methods, td_cuda_rng_methods,
+    td_cuda_misc_methods,
+};
+
+static PyObject *
+find_function(PyObject *module, PyMethodDef *const *tables, size_t ntables,
+              const char *name, PyObject *module_name)
+{
+    for (size_t t = 0; t < ntables; t++) {
+        for (PyMethodDef *def = tables[t]; def->ml_name; def++) {
+            if (strcmp(name, def->ml_name) == 0) {
+                return PyCFunction_NewEx(def, module, module_name);
+            }
+        }
+    }
+    PyErr_Format(PyExc_KeyError, "no masquerade function named '%s'", name);
+    return NULL;
+}
+
+/* "mps.<name>" names the reverse direction's functions. */
+static PyObject *
+masq_function(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_Check(args[0])
+        || !PyUnicode_Check(args[1]))
+    {
+        PyErr_SetString(PyExc_TypeError,
+                        "masq_function(name: str, module_name: str)");
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8(args[0]);
+    if (name == NULL) {
+        return NULL;
+    }
+    if (strncmp(name, "mps.", 4) == 0) {
+        PyMethodDef *const reverse[] = {td_mps_reverse_methods};
+        return find_function(module, reverse, 1, name + 4, args[1]);
+    }
+    return find_function(module, function_tables,
+                         sizeof(function_tables) / sizeof(function_tables[0]),
+                         name, args[1]);
+}
+
+static int
+append_names(PyObject *names, PyMethodDef *defs, const char *prefix)
+{
+    for (PyMethodDef *def = defs; def->ml_name; def++) {
+        PyObject *s = PyUnicode_FromFormat("%s%s", prefix, def->ml_name);
+        if (s == NULL || PyList_Append(names, s) < 0) {
+            Py_XDECREF(s);
+            return -1;
+        }
+        Py_DECREF(s);
+    }
+    return 0;
+}
+
+static PyObject *
+masq_names(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    PyObject *names = PyList_New(0);
+    if (names == NULL) {
+        return NULL;
+    }
+    size_t ntables = sizeof(function_tables) / sizeof(function_tables[0]);
+    for (size_t t = 0; t < ntables; t++) {
+        if (append_names(names, function_tables[t], "") < 0) {
+            Py_DECREF(names);
+            return NULL;
+        }
+    }
+    if (append_names(names, td_mps_reverse_methods, "mps.") < 0) {
+        Py_DECREF(names);
+        return NULL;
+    }
+    return names;
+}
+
+static PyObject *
+masq_configure(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"truthful", "truth_for", NULL};
+    td_masq *m = TD_MASQ(module_state(module));
+    PyObject *truthful = NULL, *truth_for = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OO:masq_configure",
+                                     kwlist, &truthful, &truth_for))
+    {
+        return NULL;
+    }
+    int on = -1;
+    if (truthful != NULL && (on = PyObject_IsTrue(truthful)) < 0) {
+        return NULL;
+    }
+    if (truth_for != NULL) {
+        if (!PyTuple_CheckExact(truth_for)) {
+            PyErr_SetString(PyExc_TypeError, "truth_for must be a tuple");
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(truth_for); i++) {
+            if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(truth_for, i))) {
+                PyErr_SetString(PyExc_TypeError,
+                                "truth_for must hold package names (str)");
+                return NULL;
+            }
+        }
+        Py_XSETREF(m->truth_for, Py_NewRef(truth_for));
+    }
+    if (on >= 0) {
+        atomic_store(&m->truthful, on);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+masq_settings(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    td_masq *m = TD_MASQ(module_state(module));
+    PyObject *truth_for = m->truth_for ? m->truth_for : Py_None;
+    return Py_BuildValue("{sOsOsL}", "truthful",
+                         atomic_load(&m->truthful) ? Py_True : Py_False,
+                         "truth_for", truth_for, "total_memory",
+                         m->total_memory);
+}
+
+static PyMethodDef masq_methods[] = {
+    {"masq_install", (PyCFunction)(void (*)(void))masq_install,
+     METH_VARARGS | METH_KEYWORDS,
+     "masq_install(**objects)\n\nHands the masquerade the objects it answers "
+     "from (device properties, generator, memory sources)."},
+    {"masq_function", (PyCFunction)(void (*)(void))masq_function,
+     METH_FASTCALL,
+     "masq_function(name, module_name) -> builtin\n\nThe replacement for "
+     "torch's `name`, reporting `module_name` as its __module__."},
+    {"masq_names", masq_names, METH_NOARGS,
+     "masq_names() -> list\n\nEvery name masq_function() knows."},
+    {"masq_configure", (PyCFunction)(void (*)(void))masq_configure,
+     METH_VARARGS | METH_KEYWORDS,
+     "masq_configure(*, truthful=None, truth_for=None)\n\nWho sees the "
+     "truth from torch.cuda.is_available()."},
+    {"masq_settings", masq_settings, METH_NOARGS,
+     "masq_settings() -> dict"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+add_type(PyObject *module, PyType_Spec *spec)
+{
+    PyObject *tp = PyType_FromModuleAndSpec(module, spec, NULL);
+    if (tp == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddType(module, (PyTypeObject *)tp);
+    Py_DECREF(tp);
+    return rc;
+}
+
+int
+td_masq_init(PyObject *module, td_state *st)
+{
+    PyTypeObject *tp = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &masq_state_spec, NULL);
+    if (tp == NULL) {
+        return -1;
+    }
+    td_masq *m = PyObject_GC_New(td_masq, tp);
+    Py_DECREF(tp);   /* the instance holds its type */
+    if (m == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i < N_OBJ_FIELDS; i++) {
+        *field_at(m, i) = NULL;
+    }
+    m->total_memory = 0;
+    m->is_mps = 0;
+    m->bf16 = 0;
+    atomic_init(&m->truthful, 0);
+    atomic_init(&m->initialized, 0);
+    atomic_init(&m->hwm_trusted, 1);
+    atomic_init(&m->fraction_ppm, 1000000);
+    atomic_init(&m->peak_allocated, 0);
+    atomic_init(&m->peak_reserved, 0);
+    atomic_init(&m->last_sample, -1);
+    atomic_init(&m->total_allocated, 0);
+    atomic_init(&m->total_freed, 0);
+    atomic_init(&m->num_samples, 0);
+    atomic_init(&m->rss_cache, 0);
+    atomic_init(&m->rss_cache_ns, 0);
+    PyObject_GC_Track((PyObject *)m);
+    st->masq = (PyObject *)m;
+
+#define INTERN(field, text)                                 \
+    do {                                                    \
+        m->field = PyUnicode_InternFromString(text);        \
+        if (m->field == NULL) {                             \
+            return -1;                                      \
+        }                                                   \
+    } while (0)
+    INTERN(str_manual_seed, "manual_seed");
+    INTERN(str_seed, "seed");
+    INTERN(str_initial_seed, "initial_seed");
+    INTERN(str_get_state, "get_state");
+    INTERN(str_set_state, "set_state");
+    INTERN(str_optional, "optional");
+    INTERN(str_abbreviated, "abbreviated");
+    INTERN(str_is_cuda, "is_cuda");
+    INTERN(str_type, "type");
+    INTERN(str_pname, "name");
+    INTERN(api_prefix, "torch.cuda.");
+#undef INTERN
+    m->truth_for = PyTuple_New(0);
+    if (m->truth_for == NULL) {
+        return -1;
+    }
+    if (add_type(module, &td_props_spec) < 0
+        || add_type(module, &td_devtype_arg_spec) < 0
+        || add_type(module, &td_cuda_graph_spec) < 0
+        || PyModule_AddFunctions(module, masq_methods) < 0)
+    {
+        return -1;
+    }
+    return 0;
+}

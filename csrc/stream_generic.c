@@ -1,0 +1,195 @@
+/* The generic torch.Stream(device=...) and torch.Event(device=...).
+ *
+ * Both are static C types of torch, so (as for torch.device in
+ * devicehook.c) the real types stay in place and only their tp_new slots are
+ * swapped.  The hooks change two requests and pass everything else on:
+ *
+ *   - "cuda" on profile cpu or mps: torch has no CUDA stream to give, so the
+ *     answer is the stream or event torch.cuda.Stream()/Event() gives there
+ *     (ours), which works with torch.cuda.current_stream() and friends;
+ *   - "mps" on profile cuda: torch is asked for device "cuda" instead, so
+ *     the answer is a genuine torch.Stream / torch.Event on the GPU.
+ *
+ * A torch.device object has already been redirected when it was built, so
+ * only strings and ordinals can still say "cuda" here.
+ */
+#include "streams.h"
+
+static PyTypeObject *hooked_stream;
+static newfunc orig_stream_new;
+static PyTypeObject *hooked_event;
+static newfunc orig_event_new;
+
+/* Borrowed device argument: first positional or device=; NULL if absent. */
+static PyObject *
+device_arg(td_state *st, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) >= 1) {
+        return PyTuple_GET_ITEM(args, 0);
+    }
+    if (kwargs != NULL) {
+        return PyDict_GetItemWithError(kwargs, st->str_device);
+    }
+    return NULL;
+}
+
+typedef enum {
+    ROUTE_TORCH,        /* torch's own constructor, unchanged */
+    ROUTE_OURS,         /* our emulated stream/event */
+    ROUTE_TO_CUDA,      /* torch's constructor with device "cuda" */
+} route;
+
+static route
+route_of(td_state *st, PyObject *dev)
+{
+    if (dev == NULL || Py_TYPE(dev) == st->device_type
+        || !(PyUnicode_Check(dev) || PyLong_CheckExact(dev)))
+    {
+        return ROUTE_TORCH;
+    }
+    td_request req = td_request_from_object(st, dev);
+    td_profile profile = td_get_profile();
+    if (profile != TD_PROFILE_CUDA && req.kind == TD_REQ_CUDA) {
+        return ROUTE_OURS;
+    }
+    if (profile == TD_PROFILE_CUDA && req.kind == TD_REQ_MPS) {
+        return ROUTE_TO_CUDA;
+    }
+    return ROUTE_TORCH;
+}
+
+/* Calls `orig` with the device argument replaced by torch.device("cuda"). */
+static PyObject *
+call_on_cuda(td_state *st, newfunc orig, PyTypeObject *type, PyObject *args,
+             PyObject *kwargs)
+{
+    PyObject *new_args = NULL, *new_kwargs = NULL, *result = NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (n >= 1) {
+        new_args = PyTuple_New(n);
+        if (new_args == NULL) {
+            return NULL;
+        }
+        PyTuple_SET_ITEM(new_args, 0, Py_NewRef(st->dev_cuda));
+        for (Py_ssize_t i = 1; i < n; i++) {
+            PyTuple_SET_ITEM(new_args, i, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+        }
+        result = orig(type, new_args, kwargs);
+    }
+    else {
+        new_kwargs = PyDict_Copy(kwargs);
+        if (new_kwargs != NULL
+            && PyDict_SetItem(new_kwargs, st->str_device, st->dev_cuda) == 0)
+        {
+            result = orig(type, args, new_kwargs);
+        }
+    }
+    Py_XDECREF(new_args);
+    Py_XDECREF(new_kwargs);
+    return result;
+}
+
+static PyObject *
+generic_stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    td_state *st = td_installed_state();
+    if (st == NULL || st->streams == NULL || type != hooked_stream) {
+        return orig_stream_new(type, args, kwargs);
+    }
+    PyObject *dev = device_arg(st, args, kwargs);
+    if (dev == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    switch (route_of(st, dev)) {
+    case ROUTE_OURS:
+        /* Same parameters: (device=None, priority=0). */
+        return PyObject_Call((PyObject *)TD_STREAMS(st)->stream_type, args,
+                             kwargs);
+    case ROUTE_TO_CUDA:
+        return call_on_cuda(st, orig_stream_new, type, args, kwargs);
+    default:
+        return orig_stream_new(type, args, kwargs);
+    }
+}
+
+static PyObject *
+generic_event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    td_state *st = td_installed_state();
+    if (st == NULL || st->streams == NULL || type != hooked_event
+        || PyTuple_GET_SIZE(args) > 1)
+    {
+        return orig_event_new(type, args, kwargs);
+    }
+    PyObject *dev = device_arg(st, args, kwargs);
+    if (dev == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    switch (route_of(st, dev)) {
+    case ROUTE_OURS: {
+        /* torch.Event(device, *, enable_timing, blocking, interprocess):
+         * everything but the device is a keyword of ours too. */
+        PyObject *rest = kwargs ? PyDict_Copy(kwargs) : PyDict_New();
+        PyObject *empty = rest ? PyTuple_New(0) : NULL;
+        PyObject *result = NULL;
+        if (empty != NULL
+            && (PyTuple_GET_SIZE(args) == 1
+                || PyDict_DelItem(rest, st->str_device) == 0))
+        {
+            result = PyObject_Call((PyObject *)TD_STREAMS(st)->event_type,
+                                   empty, rest);
+        }
+        Py_XDECREF(empty);
+        Py_XDECREF(rest);
+        return result;
+    }
+    case ROUTE_TO_CUDA:
+        return call_on_cuda(st, orig_event_new, type, args, kwargs);
+    default:
+        return orig_event_new(type, args, kwargs);
+    }
+}
+
+int
+td_generic_hooks_install(PyObject *stream_type, PyObject *event_type)
+{
+    if ((stream_type != Py_None && !PyType_Check(stream_type))
+        || (event_type != Py_None && !PyType_Check(event_type)))
+    {
+        PyErr_SetString(PyExc_TypeError,
+                        "generic_stream / generic_event must be types");
+        return -1;
+    }
+    if (stream_type != Py_None && hooked_stream == NULL) {
+        hooked_stream = (PyTypeObject *)stream_type;
+        orig_stream_new = hooked_stream->tp_new;
+        hooked_stream->tp_new = generic_stream_new;
+    }
+    if (event_type != Py_None && hooked_event == NULL) {
+        hooked_event = (PyTypeObject *)event_type;
+        orig_event_new = hooked_event->tp_new;
+        hooked_event->tp_new = generic_event_new;
+    }
+    return 0;
+}
+
+void
+td_generic_hooks_uninstall(void)
+{
+    if (hooked_stream != NULL) {
+        hooked_stream->tp_new = orig_stream_new;
+        hooked_stream = NULL;
+    }
+    if (hooked_event != NULL) {
+        hooked_event->tp_new = orig_event_new;
+        hooked_event = NULL;
+    }
+}
+
+int
+td_generic_hooks_installed(void)
+{
+    return (hooked_stream != NULL && hooked_stream->tp_new == generic_stream_new)
+           || (hooked_event != NULL
+               && hooked_event->tp_new == generic_event_new);
+}

@@ -1,0 +1,69 @@
+/* The policy as torch.compile sees it.
+ *
+ * Dynamo cannot look inside the C wrappers, so TorchDevice/_compile.py gives
+ * it Python polyfills that ask this function where a request goes and then
+ * call torch's original with the answer.  Dynamo calls it once per call site
+ * at trace time, with constant arguments, and bakes the answer into the
+ * graph.  It is the wrappers' decision without their side effects: no report
+ * record, no CPU-override toggle, and no "called from torch" exemption
+ * (at trace time the caller is always dynamo, never the user's code).
+ */
+#include "tdcore.h"
+
+static PyObject *
+plan_result(PyObject *device, PyObject *dtype)
+{
+    return PyTuple_Pack(2, device, dtype);
+}
+
+static PyObject *
+trace_plan(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"request", "dtype", "none_policy", "api", NULL};
+    PyObject *request, *dtype = Py_None, *api = Py_None;
+    int none_policy = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OpO:trace_plan", kwlist,
+                                     &request, &dtype, &none_policy, &api))
+    {
+        return NULL;
+    }
+    td_state *st = td_installed_state();
+    if (st == NULL) {
+        return plan_result(Py_None, dtype);
+    }
+    td_request req = td_request_from_object(st, request);
+    if (req.kind == TD_REQ_NONE && !none_policy) {
+        return plan_result(Py_None, dtype);
+    }
+    td_profile profile = td_get_profile();
+    td_resolution res = td_resolve(req, profile, td_get_mode(),
+                                   td_get_cpu_override(), 0);
+    PyObject *new_dtype = dtype;
+    if (profile == TD_PROFILE_MPS && dtype == st->float64) {
+        switch (td_float64_action(profile, req, res, td_get_float64())) {
+        case TD_DTYPE_KEEP:
+            break;
+        case TD_DTYPE_ERROR:
+            PyErr_Format(PyExc_TypeError,
+                         "%U: MPS does not support float64; set "
+                         "TORCHDEVICE_FLOAT64=downcast to use float32 instead",
+                         PyUnicode_Check(api) ? api : st->api_device);
+            return NULL;
+        case TD_DTYPE_TO_FLOAT32:
+            new_dtype = st->float32;
+            break;
+        }
+    }
+    PyObject *target = td_target_device(st, res.target);   /* borrowed */
+    return plan_result(target != NULL ? target : Py_None, new_dtype);
+}
+
+PyMethodDef td_trace_methods[] = {
+    {"trace_plan", (PyCFunction)(void (*)(void))trace_plan,
+     METH_VARARGS | METH_KEYWORDS,
+     "trace_plan(request, dtype=None, none_policy=False, api=None)\n--\n\n"
+     "(device or None, dtype): where a call with this device request goes\n"
+     "under the settings in force, None meaning 'leave the request as it\n"
+     "is'.  Pure: used by the torch.compile polyfills at trace time."},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,62 @@
+"""CUDA-only calls that have no meaning elsewhere, in a typical CUDA script.
+
+Under TorchDevice they become no-ops, honest eager fallbacks, or a clear
+error naming the call (docs/masquerade.md).  AMP runs on the device really
+used with a dtype it supports.
+"""
+import TorchDevice  # noqa: F401
+
+import torch
+
+torch.backends.cudnn.benchmark = True
+torch.backends.cudnn.deterministic = False
+torch.backends.cuda.matmul.allow_tf32 = True
+print("cudnn / tf32 flags set (no effect off NVIDIA)")
+
+model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                            torch.nn.Linear(32, 1)).cuda()
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+scaler = torch.amp.GradScaler("cuda")
+x = torch.randn(128, 16, device="cuda")
+y = x[:, :1] * 2 + 1
+
+for step in range(40):
+    torch.cuda.nvtx.range_push(f"step {step}")
+    opt.zero_grad()
+    with torch.autocast("cuda"):
+        out = model(x)
+        loss = torch.nn.functional.mse_loss(out.float(), y)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    torch.cuda.nvtx.range_pop()
+    if step in (0, 39):
+        print(f"step {step:2}: loss {loss.item():.4f} (autocast output "
+              f"{out.dtype} on {out.device}, grad scale {scaler.get_scale()})")
+
+with torch.cuda.nvtx.range("eval"):
+    torch.cuda.nvtx.mark("evaluating")
+print("nvtx range_push/range_pop/mark/range: no-ops")
+
+graphed = torch.cuda.make_graphed_callables(model, (x,))
+print(f"make_graphed_callables returned the model itself: {graphed is model} "
+      f"(runs eagerly)")
+print(f"is_current_stream_capturing(): "
+      f"{torch.cuda.is_current_stream_capturing()}")
+try:
+    g = torch.cuda.CUDAGraph()
+except RuntimeError as exc:
+    print(f"torch.cuda.CUDAGraph() -> RuntimeError: {exc}")
+
+torch.cuda.ipc_collect()
+torch.cuda.set_sync_debug_mode(0)
+print("ipc_collect(), set_sync_debug_mode(0): no-ops")
+
+try:
+    raise torch.cuda.OutOfMemoryError("simulated out of memory")
+except torch.cuda.OutOfMemoryError as exc:
+    print(f"caught torch.cuda.OutOfMemoryError: {exc}")
+
+with torch.random.fork_rng(device_type="cuda"):
+    torch.randn(3, device="cuda")
+print("torch.random.fork_rng(device_type='cuda'): state restored")

@@ -1,0 +1,130 @@
+"""Checkpoints written on CUDA load under TorchDevice; checkpoints written
+under TorchDevice load without it (issue 6, point 2)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import TorchDevice
+from conftest import HAS_CUDA, HAS_MPS, run_python
+
+pytestmark = pytest.mark.skipif(
+    HAS_CUDA or HAS_MPS, reason="expectations of the cpu profile")
+
+# Writes a checkpoint exactly as torch.save does on an NVIDIA machine: a
+# tagger ahead of torch's own names every storage "cuda:0" (the tag is all
+# that differs; the bytes are written from the host either way).
+WRITE_CUDA_CHECKPOINT = '''
+import sys, torch
+torch.serialization.register_package(1, lambda storage: "cuda:0",
+                                     lambda storage, location: None)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+torch.save({"model": model.state_dict(), "step": 7,
+            "extra": torch.arange(6.).reshape(2, 3)}, sys.argv[1])
+torch.save(model, sys.argv[2])            # a whole module (weights_only=False)
+'''
+
+
+@pytest.fixture(scope="module")
+def cuda_checkpoint(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    state, whole = d / "cuda_state.pt", d / "cuda_module.pt"
+    proc = run_python(WRITE_CUDA_CHECKPOINT, str(state), str(whole))
+    assert proc.returncode == 0, proc.stderr
+    return state, whole
+
+
+def _expected():
+    torch.manual_seed(0)
+    with TorchDevice.cpu_override():
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4),
+                                    torch.nn.BatchNorm1d(4))
+    return model.state_dict()
+
+
+def test_the_file_is_cuda_tagged(cuda_checkpoint):
+    """Without TorchDevice, torch itself refuses it on this machine."""
+    state, _ = cuda_checkpoint
+    proc = run_python("import sys, torch; torch.load(sys.argv[1])", str(state))
+    assert proc.returncode != 0
+    assert "CUDA" in proc.stderr
+
+
+MAP_LOCATIONS = {
+    "none": None,
+    "str cuda": "cuda",
+    "str cuda:0": "cuda:0",
+    "device cuda": torch.device("cuda"),
+    "dict": {"cuda:0": "cuda:1"},
+    "callable storage.cuda()": lambda storage, loc: storage.cuda(),
+    "callable keep": lambda storage, loc: storage,
+}
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+@pytest.mark.parametrize("where", list(MAP_LOCATIONS))
+def test_cuda_checkpoint_loads(cuda_checkpoint, where, weights_only):
+    state, _ = cuda_checkpoint
+    kwargs = {"weights_only": weights_only}
+    if MAP_LOCATIONS[where] is not None:
+        kwargs["map_location"] = MAP_LOCATIONS[where]
+    ckpt = torch.load(state, **kwargs)
+    expected = _expected()
+    assert ckpt["step"] == 7
+    assert torch.equal(ckpt["extra"], torch.arange(6.).reshape(2, 3))
+    assert ckpt["extra"].device == torch.device("cuda")   # redirected
+    assert ckpt["extra"].device.type == "cpu"
+    for name, value in expected.items():
+        assert torch.equal(ckpt["model"][name], value), name
+        assert ckpt["model"][name].device.type == "cpu"
+
+
+def test_default_is_weights_only(cuda_checkpoint):
+    _, whole = cuda_checkpoint
+    with pytest.raises(Exception, match="weights_only"):
+        torch.load(whole)
+    module = torch.load(whole, weights_only=False)
+    assert module[0].weight.device.type == "cpu"
+
+
+def test_load_state_dict_into_a_cuda_model(cuda_checkpoint):
+    state, _ = cuda_checkpoint
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4),
+                                torch.nn.BatchNorm1d(4)).cuda()
+    model.load_state_dict(torch.load(state)["model"])
+    for name, value in _expected().items():
+        assert torch.equal(model.state_dict()[name], value)
+
+
+def test_written_here_loads_without_torchdevice(tmp_path):
+    path = tmp_path / "here.pt"
+    torch.manual_seed(3)
+    model = torch.nn.Linear(3, 2).cuda()
+    torch.save({"model": model.state_dict(), "device": torch.device("cuda"),
+                "x": torch.ones(2, device="cuda")}, path)
+    proc = run_python('''
+import json, sys, torch
+ckpt = torch.load(sys.argv[1], weights_only=True)
+print(json.dumps({"weight": ckpt["model"]["weight"].tolist(),
+                  "device": str(ckpt["device"]), "x": ckpt["x"].tolist(),
+                  "td": "TorchDevice" in sys.modules}))
+''', str(path))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["td"] is False
+    assert out["weight"] == model.weight.tolist()
+    assert out["x"] == [1.0, 1.0]
+    assert out["device"] == "cpu"       # where it really was
+
+
+def test_disabled_torchdevice_leaves_loading_to_torch(cuda_checkpoint,
+                                                      restore_config):
+    state, _ = cuda_checkpoint
+    TorchDevice.disable()
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(state)
+    TorchDevice.enable()
+    assert torch.load(state)["step"] == 7

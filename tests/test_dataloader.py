@@ -1,0 +1,93 @@
+"""DataLoader with pin_memory=True and workers (issue 6, point 4)."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+
+import pytest
+
+from conftest import run_python
+
+LOADER = '''
+import json, os, sys, warnings
+import torch
+import TorchDevice
+from TorchDevice import _tdcore
+from torch.utils.data import DataLoader, Dataset
+
+class CudaStyleDataset(Dataset):
+    """What a CUDA script's dataset does: builds tensors with no device."""
+    def __len__(self):
+        return 8
+    def __getitem__(self, i):
+        t = torch.full((3,), float(i))
+        return (t, torch.tensor(os.getpid()), str(t.device),
+                _tdcore.get_cpu_override())
+
+def main(stand_in):
+    if stand_in:
+        # SimulatedMPS (see conftest): the mps profile with `meta` standing
+        # in for the MPS device, so "where did it land" is observable.
+        from TorchDevice import _patches
+        TorchDevice.disable()
+        _patches.apply(mps_device=torch.device("meta"))
+        _tdcore.configure("mps", "accelerate", "downcast")
+    warnings.simplefilter("ignore")
+    ctx = sys.argv[1]
+    loader = DataLoader(CudaStyleDataset(), batch_size=4, pin_memory=True,
+                        num_workers=2, multiprocessing_context=ctx)
+    rows = []
+    for x, pids, devices, overrides in loader:
+        y = x.cuda(non_blocking=True)
+        rows.append({"values": x.tolist(), "moved": str(y.device),
+                     "worker_pids": sorted(set(pids.tolist())),
+                     "worker_devices": sorted(set(devices)),
+                     "worker_override": all(overrides)})
+    main_device = str(torch.zeros(1).device)
+    print("RESULT" + json.dumps({"rows": rows, "main_pid": os.getpid(),
+                                 "main_device": main_device,
+                                 "main_override": _tdcore.get_cpu_override()}))
+
+if __name__ == "__main__":
+    main(STAND_IN)
+'''
+
+
+def _run(tmp_path, ctx: str, stand_in: bool) -> dict:
+    script = tmp_path / "loader.py"
+    script.write_text(LOADER.replace("STAND_IN", repr(stand_in)))
+    proc = run_python(None, ctx, script=script, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    return json.loads(line[0][len("RESULT"):])
+
+
+CONTEXTS = [c for c in ("fork", "spawn")
+            if c in multiprocessing.get_all_start_methods()]
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_workers_pinning_and_non_blocking_cuda(tmp_path, ctx):
+    out = _run(tmp_path, ctx, stand_in=False)
+    rows = out["rows"]
+    assert [r["values"] for r in rows] == [
+        [[float(i)] * 3 for i in range(4)],
+        [[float(i)] * 3 for i in range(4, 8)]]
+    for r in rows:
+        assert r["moved"] == "cpu"            # the cpu profile's target
+        assert out["main_pid"] not in r["worker_pids"]
+        assert r["worker_devices"] == ["cpu"]
+        assert r["worker_override"] is True
+    assert out["main_override"] is False      # only the workers
+
+
+def test_workers_stay_on_cpu_on_an_accelerator_profile(tmp_path):
+    """SimulatedMPS: in the main process a device-less factory lands on the
+    accelerator (meta stands in for it); in the workers it stays on the
+    CPU, and the batches reach the main process as host tensors."""
+    out = _run(tmp_path, CONTEXTS[0], stand_in=True)
+    assert out["main_device"] == "meta"
+    for r in out["rows"]:
+        assert r["worker_devices"] == ["cpu"]
+        assert r["worker_override"] is True
+        assert r["moved"] == "meta"

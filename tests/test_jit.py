@@ -1,0 +1,93 @@
+"""torch.jit.script of code written for CUDA (issue 6, point 5)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import TorchDevice
+from conftest import HAS_CUDA, HAS_MPS, run_python
+
+pytestmark = pytest.mark.skipif(
+    HAS_CUDA or HAS_MPS, reason="expectations of the cpu profile")
+
+
+def cuda_function(x: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros(3, device="cuda")
+    d = torch.device("cuda")
+    y = x.to("cuda") + z + torch.ones(3, device=d) + x.cuda()
+    return y + x.to(torch.device("cuda:0")) + torch.arange(3, device="cuda:0")
+
+
+def helper(x: torch.Tensor) -> torch.Tensor:
+    return x.cuda() * torch.full((3,), 2.0, device="cuda")
+
+
+class CudaModule(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(helper(x)) + torch.zeros(3, device="cuda")
+
+
+def _device_constants(graph) -> set:
+    device = torch._C.DeviceObjType.get()
+    return {n.s("value") for n in graph.findAllNodes("prim::Constant")
+            if n.output().type() == device and n.hasAttribute("value")}
+
+
+def test_scripted_function_runs_on_the_redirected_device():
+    scripted = torch.jit.script(cuda_function)
+    x = torch.tensor([1.0, 2.0, 3.0])
+    out = scripted(x)
+    assert out.device.type == "cpu"
+    assert torch.equal(out, torch.tensor([4.0, 8.0, 12.0]))
+    assert _device_constants(scripted.graph) == {"cpu"}
+    assert not scripted.graph.findAllNodes("aten::cuda")
+
+
+def test_decorator_form():
+    @torch.jit.script
+    def f(n: int) -> torch.Tensor:
+        return torch.ones(n, device="cuda") * 2
+
+    assert torch.equal(f(2), torch.tensor([2.0, 2.0]))
+
+
+def test_scripted_module_with_helper(tmp_path):
+    torch.manual_seed(0)
+    module = CudaModule().cuda()
+    scripted = torch.jit.script(module)
+    x = torch.randn(3)
+    assert torch.allclose(scripted(x), module(x))
+    # Saved, it loads (and runs) in a process without TorchDevice.
+    path = tmp_path / "scripted.pt"
+    scripted.save(str(path))
+    proc = run_python('''
+import json, sys, torch
+m = torch.jit.load(sys.argv[1])
+print(json.dumps({"out": m(torch.tensor(json.loads(sys.argv[2]))).tolist(),
+                  "td": "TorchDevice" in sys.modules}))
+''', str(path), json.dumps(x.tolist()))
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["td"] is False
+    assert torch.allclose(torch.tensor(got["out"]), module(x))
+
+
+def test_without_torchdevice_the_script_names_cuda(restore_config):
+    """With TorchDevice off, scripting keeps "cuda" and running it fails
+    on this machine: the rewrite above is what makes it work."""
+    TorchDevice.disable()
+
+    # A fresh function: TorchScript caches what it compiled per function.
+    def fresh(x: torch.Tensor) -> torch.Tensor:
+        return x + torch.zeros(3, device="cuda")
+
+    scripted = torch.jit.script(fresh)
+    assert "cuda" in _device_constants(scripted.graph)
+    with pytest.raises(Exception):
+        scripted(torch.ones(3))

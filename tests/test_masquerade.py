@@ -1,0 +1,512 @@
+"""The CUDA masquerade on this machine's profile (cpu, or mps on a Mac):
+torch.cuda answers for the device really used (docs/masquerade.md)."""
+from __future__ import annotations
+
+import gc
+import logging
+import pickle
+import warnings
+
+import pytest
+import torch
+
+import TorchDevice
+from TorchDevice import _masquerade, _tdcore
+from conftest import HAS_CUDA, run_python
+
+pytestmark = pytest.mark.skipif(
+    HAS_CUDA, reason="the masquerade is off on profile cuda "
+                     "(see test_masquerade_cuda.py)")
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def masq_config():
+    saved = TorchDevice.config()
+    yield
+    TorchDevice.configure(cuda_truthful=saved.cuda_truthful,
+                          truth_for=saved.truth_for,
+                          log_level=saved.log_level)
+
+
+# ---- 1. device queries ----------------------------------------------------
+
+
+def test_device_queries_answer_for_the_real_device():
+    profile = TorchDevice.hardware_profile()
+    c = torch.cuda
+    assert c.is_available() is True
+    assert c.device_count() == 1
+    assert c.current_device() == 0
+    props = c.get_device_properties(0)
+    assert props.device_type == profile
+    if profile == "cpu":
+        import psutil
+        assert props.total_memory == psutil.virtual_memory().total
+        assert props.multi_processor_count == (
+            psutil.cpu_count(logical=False) or psutil.cpu_count())
+        assert props.name == _masquerade.cpu_name()
+    assert c.get_device_name() == props.name == c.get_device_name("cuda:0")
+    assert c.get_device_capability() == (props.major, props.minor)
+    for field in ("name", "major", "minor", "total_memory",
+                  "multi_processor_count", "is_integrated",
+                  "is_multi_gpu_board", "max_threads_per_multi_processor",
+                  "warp_size", "L2_cache_size", "uuid"):
+        assert hasattr(props, field)
+    assert "_CudaDeviceProperties(name=" in repr(props)
+    with pytest.raises(AttributeError):
+        props.name = "x"
+
+
+def test_set_device_accepts_int_str_and_device():
+    c = torch.cuda
+    for arg in (0, "cuda", "cuda:0", "cuda:3", torch.device("cuda"),
+                torch.device("cuda", 1), 3, -1):
+        assert c.set_device(arg) is None
+        assert c.current_device() == 0
+    for bad in ("meta", torch.device("meta"), "nonsense", 1.5):
+        with pytest.raises(ValueError):
+            c.set_device(bad)
+    with pytest.raises(TypeError):
+        c.set_device()
+
+
+def test_device_context_managers_and_negative_index():
+    c = torch.cuda
+    with c.device(0):
+        assert c.current_device() == 0
+    with c.device("cuda:1"):
+        assert c.current_device() == 0
+    with c.device(None):
+        pass
+    x = torch.ones(2, device="cuda")
+    with c.device_of(x):
+        assert c.current_device() == 0
+    with pytest.raises(AssertionError):
+        c.get_device_properties(-1)
+
+
+def test_other_queries():
+    c = torch.cuda
+    assert c.can_device_access_peer(0, 0) is False
+    assert isinstance(c.is_bf16_supported(), bool)
+    assert c.is_bf16_supported(including_emulation=False) in (True, False)
+    assert c.get_arch_list() == []          # truthful: nothing compiled
+    assert torch.backends.cuda.is_built() is False
+    assert torch.version.cuda is None
+    c.init()
+    assert c.is_initialized() is True
+
+
+def test_names_and_pickling_match_torch():
+    fn = torch.cuda.memory_allocated
+    assert fn.__name__ == "memory_allocated"
+    assert fn.__module__ == "torch.cuda.memory"
+    assert torch.cuda.memory.memory_allocated is fn
+    assert pickle.loads(pickle.dumps(fn)) is fn
+    assert torch.cuda.is_available.__module__ == "torch.cuda"
+
+
+# ---- 2. is_available policy ----------------------------------------------
+
+
+def test_torch_internals_see_the_truth(masq_config):
+    truth = _masquerade._originals["cuda.is_available"]()
+    assert torch.cuda.is_available() is True
+    # Code whose module is torch's own: exec with torch's module name.
+    probe = {"__name__": "torch.utils.data.dataloader", "torch": torch}
+    assert eval("torch.cuda.is_available()", probe) is truth
+    assert eval("torch.accelerator.is_available()", probe) is truth
+    user = {"__name__": "mytrainer", "torch": torch}
+    assert eval("torch.cuda.is_available()", user) is True
+    assert eval("torch.accelerator.is_available()", user) is True
+
+
+def test_carve_out_and_truthful_switch(masq_config):
+    truth = _masquerade._originals["cuda.is_available"]()
+    accel = {"__name__": "accelerate.state", "torch": torch}
+    other = {"__name__": "accelerated.x", "torch": torch}
+    TorchDevice.configure(truth_for="accelerate, transformers")
+    assert TorchDevice.config().truth_for == ("accelerate", "transformers")
+    assert eval("torch.cuda.is_available()", accel) is truth
+    assert eval("torch.cuda.is_available()", other) is True
+    TorchDevice.configure(truth_for=())
+    assert eval("torch.cuda.is_available()", accel) is True
+    TorchDevice.configure(cuda_truthful=True)
+    assert torch.cuda.is_available() is truth
+    TorchDevice.configure(cuda_truthful=False)
+    assert torch.cuda.is_available() is True
+    with pytest.raises(ValueError):
+        TorchDevice.configure(cuda_truthful="yes")
+    with pytest.raises(TypeError):
+        TorchDevice.configure(bogus=1)
+
+
+def test_truth_switches_from_environment():
+    proc = run_python("""
+        import torch, TorchDevice
+        user = {"__name__": "accelerate.utils", "torch": torch}
+        print(torch.cuda.is_available(),
+              eval("torch.cuda.is_available()", user))
+    """, env={"TORCHDEVICE_TRUTH_FOR": "accelerate"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False"]
+    proc = run_python("import torch, TorchDevice; "
+                      "print(torch.cuda.is_available())",
+                      env={"TORCHDEVICE_CUDA_TRUTHFUL": "1"})
+    assert proc.stdout.split() == ["False"], proc.stderr
+
+
+# ---- 3. memory -----------------------------------------------------------
+
+
+def test_64mb_tensor_raises_allocated_and_peak_survives_free():
+    c = torch.cuda
+    gc.collect()
+    c.reset_peak_memory_stats()
+    before = c.memory_allocated()
+    x = torch.ones(16 * MB, device="cuda")       # 64 MB of float32
+    during = c.memory_allocated()
+    assert 60 * MB <= during - before <= 72 * MB, (during - before) / MB
+    del x
+    gc.collect()
+    after = c.memory_allocated()
+    peak = c.max_memory_allocated()
+    assert after - before < 8 * MB
+    assert peak - before >= 60 * MB
+    c.reset_peak_memory_stats()
+    assert c.max_memory_allocated() - before < 16 * MB
+
+
+def test_peak_seen_without_a_sample_in_between():
+    c = torch.cuda
+    gc.collect()
+    c.reset_peak_memory_stats()
+    before = c.memory_allocated()
+    torch.ones(16 * MB, device="cuda").sum()     # allocated and freed
+    if TorchDevice.hardware_profile() == "cpu":
+        # The kernel's high-water mark saw it.
+        assert c.max_memory_allocated() - before >= 60 * MB
+
+
+def test_memory_stats_have_cuda_keys_and_summary_formats():
+    c = torch.cuda
+    stats = c.memory_stats()
+    for key in ("allocated_bytes.all.current", "allocated_bytes.all.peak",
+                "reserved_bytes.all.current", "active_bytes.all.current",
+                "num_ooms", "num_alloc_retries", "allocation.all.current"):
+        assert key in stats
+    assert stats["allocated_bytes.all.current"] > 0
+    assert stats["allocated_bytes.all.peak"] >= \
+        stats["allocated_bytes.all.current"]
+    assert list(stats) == sorted(stats)
+    summary = c.memory_summary()
+    assert "PyTorch CUDA memory summary, device ID 0" in summary
+    assert "Allocated memory" in summary
+    assert "from large pool" not in c.memory_summary(abbreviated=True)
+    free, total = c.mem_get_info()
+    assert 0 < free <= total
+    assert c.memory_reserved() >= 0 and c.max_memory_reserved() > 0
+    c.reset_accumulated_memory_stats()
+    assert c.memory_stats()["allocated_bytes.all.freed"] == 0
+
+
+def test_memory_fraction_and_other_memory_calls():
+    c = torch.cuda
+    try:
+        c.set_per_process_memory_fraction(0.25)
+        assert c.get_per_process_memory_fraction() == pytest.approx(0.25)
+        with pytest.raises(ValueError):
+            c.set_per_process_memory_fraction(1.5)
+        with pytest.raises(TypeError):
+            c.set_per_process_memory_fraction(1)
+        assert c.get_per_process_memory_fraction() == pytest.approx(0.25)
+    finally:
+        c.set_per_process_memory_fraction(1.0)
+    assert c.empty_cache() is None
+    assert c.memory_snapshot() == []
+    text = c.list_gpu_processes()
+    assert text.startswith("GPU:0") and "MB GPU memory" in text
+    assert isinstance(c.utilization(), int)
+    with pytest.raises(ValueError):
+        c.memory_allocated("meta")
+
+
+def test_memory_call_cost_and_not_recording_by_default():
+    TorchDevice.clear_report()
+    torch.cuda.memory_allocated()
+    assert not any(r["api"] == "torch.cuda.memory_allocated"
+                   for r in TorchDevice.report())
+
+
+def test_emulated_calls_recorded_when_recording(restore_config):
+    TorchDevice.configure(log_level="INFO")
+    TorchDevice.clear_report()
+    torch.cuda.memory_allocated()
+    rows = [r for r in TorchDevice.report()
+            if r["api"] == "torch.cuda.memory_allocated"]
+    assert rows and rows[0]["what"] == "emulated"
+    assert rows[0]["file"] == __file__
+
+
+# ---- 4. RNG --------------------------------------------------------------
+
+
+def test_seeding_cuda_reproduces_results():
+    c = torch.cuda
+    c.manual_seed(1234)
+    a = torch.randn(8, device="cuda")
+    c.manual_seed_all(1234)
+    b = torch.randn(8, device="cuda")
+    assert torch.equal(a, b)
+    assert c.initial_seed() == 1234
+    state = c.get_rng_state()
+    assert isinstance(state, torch.Tensor) and state.dtype == torch.uint8
+    x = torch.rand(4, device="cuda")
+    c.set_rng_state(state)
+    assert torch.equal(x, torch.rand(4, device="cuda"))
+    states = c.get_rng_state_all()
+    assert isinstance(states, list) and len(states) == c.device_count()
+    y = torch.rand(4, device="cuda")
+    c.set_rng_state_all(states)
+    assert torch.equal(y, torch.rand(4, device="cuda"))
+    c.seed()
+    c.seed_all()
+    assert c.default_generators[0].device.type == \
+        TorchDevice.hardware_profile()
+
+
+def test_fork_rng_and_generator_on_cuda():
+    torch.cuda.manual_seed(7)
+    with torch.random.fork_rng(device_type="cuda"):
+        inside = torch.randn(4, device="cuda")
+    outside = torch.randn(4, device="cuda")
+    assert torch.equal(inside, outside)
+    g = torch.Generator(device="cuda")
+    g.manual_seed(3)
+    a = torch.randn(4, generator=g, device="cuda")
+    g.manual_seed(3)
+    assert torch.equal(a, torch.randn(4, generator=g, device="cuda"))
+
+
+def test_two_runs_of_a_seeded_cuda_script_match():
+    code = """
+        import torch, TorchDevice
+        torch.cuda.manual_seed(42)
+        x = torch.randn(5, device="cuda")
+        print(x.tolist())
+    """
+    first, second = run_python(code), run_python(code)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+
+
+# ---- 5. AMP --------------------------------------------------------------
+
+
+def test_autocast_cuda_runs_on_target():
+    profile = TorchDevice.hardware_profile()
+    a = torch.randn(4, 4, device="cuda")
+    with warnings.catch_warnings():
+        # "CUDA is not available ... Disabling" is a UserWarning; torch's
+        # own deprecation notices (FutureWarning) are not ours to silence.
+        warnings.simplefilter("error", UserWarning)
+        with torch.autocast("cuda"):
+            assert (a @ a).dtype == torch.float16
+            assert torch.is_autocast_enabled("cuda")
+            assert torch.is_autocast_enabled()
+            assert torch.get_autocast_dtype("cuda") == torch.float16
+        with torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16):
+            if profile == "cpu":
+                assert (a @ a).dtype == torch.bfloat16
+        with torch.cuda.amp.autocast() if hasattr(torch.cuda, "amp") \
+                else torch.autocast("cuda"):
+            assert (a @ a).dtype == torch.float16
+    assert not torch.is_autocast_enabled("cuda")
+
+
+def test_autocast_unsupported_dtype_is_replaced_and_logged(restore_config,
+                                                           caplog):
+    TorchDevice.configure(log_level="INFO")
+    # float64 is not an autocast dtype anywhere: the target's default is
+    # used instead, and the change is logged.
+    with caplog.at_level(logging.INFO, logger="TorchDevice"):
+        with torch.autocast("cuda", dtype=torch.float64):
+            dtype = torch.get_autocast_dtype("cuda")
+    assert dtype in _masquerade._amp_dtypes(
+        TorchDevice.hardware_profile())[0]
+    assert any("float64 is not supported by autocast" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_amp_training_loop_trains():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cuda")
+    legacy = torch.cuda.amp.GradScaler()
+    assert scaler.is_enabled() and legacy.is_enabled()
+    x = torch.randn(64, 8, device="cuda")
+    y = x.sum(dim=1, keepdim=True)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        with torch.autocast("cuda"):
+            loss = torch.nn.functional.mse_loss(model(x).float(), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert scaler.get_scale() > 0
+
+
+# ---- 6. flags and tools --------------------------------------------------
+
+
+def test_flags_are_settable():
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = False
+
+
+def test_nvtx_is_a_no_op():
+    nvtx = torch.cuda.nvtx
+    assert nvtx.range_push("step") == 0
+    assert nvtx.range_pop() == 0
+    assert nvtx.mark("here") is None
+    with nvtx.range("epoch {}", 1):
+        pass
+
+
+def test_graphs_eager_fallback_or_clear_error():
+    model = torch.nn.Linear(2, 2)
+    x = torch.randn(3, 2)
+    assert torch.cuda.make_graphed_callables(model, (x,)) is model
+    pair = (model, model)
+    assert torch.cuda.make_graphed_callables(pair, ((x,), (x,))) is pair
+    assert torch.cuda.is_current_stream_capturing() is False
+    with pytest.raises(RuntimeError, match=r"torch\.cuda\.CUDAGraph: .*"
+                                           r"NVIDIA GPU"):
+        torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="graph_pool_handle"):
+        torch.cuda.graph_pool_handle()
+
+
+def test_oom_error_catchable_and_no_op_calls(restore_config, caplog):
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        raise torch.cuda.OutOfMemoryError("simulated")
+    TorchDevice.configure(log_level="DEBUG")
+    with caplog.at_level(logging.DEBUG, logger="TorchDevice"):
+        assert torch.cuda.ipc_collect() is None
+    assert any("ipc_collect(): no effect" in r.getMessage()
+               for r in caplog.records)
+    assert torch.cuda.get_sync_debug_mode() == 0
+    assert torch.cuda.set_sync_debug_mode(0) is None
+
+
+# ---- 8. torch.accelerator / get_device_module ----------------------------
+
+
+def test_accelerator_and_device_module_agree():
+    assert torch.get_device_module("cuda") is torch.cuda
+    # A torch.device("cuda") object is already the device really used.
+    assert torch.get_device_module(torch.device("cuda", 0)) is \
+        torch.get_device_module(TorchDevice.hardware_profile())
+    assert torch.get_device_module("cpu") is torch.cpu
+    acc = torch.accelerator
+    assert acc.is_available() is torch.cuda.is_available()
+    assert acc.device_count() == torch.cuda.device_count()
+    assert acc.current_device_index() == torch.cuda.current_device()
+    assert acc.current_accelerator() == torch.device("cuda")
+    assert acc.current_accelerator().type == TorchDevice.hardware_profile()
+    assert acc.memory_allocated() == torch.cuda.memory_allocated()
+    acc.set_device_index(0)
+    acc.synchronize()
+    acc.empty_cache()
+    free, total = acc.get_memory_info()
+    assert (free, total)[1] == torch.cuda.mem_get_info()[1] and free > 0
+
+
+# ---- 7 (simulated here, real in test_masquerade_cuda.py) ----------------
+
+
+def test_disable_restores_identical_originals():
+    orig = _masquerade._originals["cuda.is_available"]
+    replaced = torch.cuda.is_available
+    TorchDevice.disable()
+    try:
+        assert torch.cuda.is_available is orig
+        assert torch.cuda.is_available() is orig()
+        assert torch.cuda.memory.memory_stats.__module__ == \
+            "torch.cuda.memory"
+        assert type(torch.cuda.memory.memory_stats).__name__ == "function"
+    finally:
+        TorchDevice.enable()
+    assert torch.cuda.is_available is replaced
+
+
+def test_simulated_mps_fields():
+    """SimulatedMPS: the MPS property filler fed with fake queries (no
+    Apple GPU here)."""
+    fields = _masquerade.mps_fields(lambda: "Apple M2 Pro",
+                                    lambda: 19, lambda: 21 * 1024 ** 3)
+    props = _tdcore.DeviceProperties(**fields)
+    assert props.name == "Apple M2 Pro"
+    assert props.multi_processor_count == 19
+    assert props.total_memory == 21 * 1024 ** 3
+    assert props.device_type == "mps" and props.warp_size == 32
+
+
+def test_reverse_direction_forwarders_simulated():
+    """SimulatedCUDA: the profile-cuda forwarders of torch.mps called
+    against a stand-in torch.cuda namespace, in a fresh process."""
+    proc = run_python("""
+        import types, torch, TorchDevice
+        from TorchDevice import _tdcore
+        calls = []
+        def rec(name, result=None):
+            def f(*a):
+                calls.append((name, a))
+                return result
+            return f
+        SimulatedCUDA = types.SimpleNamespace(
+            synchronize=rec("synchronize"), empty_cache=rec("empty_cache"),
+            memory_allocated=rec("memory_allocated", 11),
+            memory_reserved=rec("memory_reserved", 22),
+            mem_get_info=rec("mem_get_info", (1, 99)),
+            manual_seed=rec("manual_seed"), seed=rec("seed"),
+            get_rng_state=rec("get_rng_state", "state"),
+            set_rng_state=rec("set_rng_state"),
+            set_per_process_memory_fraction=rec("fraction"),
+            device_count=rec("device_count", 2))
+        _tdcore.masq_install(cuda_module=SimulatedCUDA)
+        f = lambda n: _tdcore.masq_function("mps." + n, "torch.mps")
+        f("synchronize")(); f("empty_cache")()
+        assert f("current_allocated_memory")() == 11
+        assert f("driver_allocated_memory")() == 22
+        assert f("recommended_max_memory")() == 99
+        f("manual_seed")(5); f("seed")()
+        assert f("get_rng_state")("mps") == "state"
+        f("set_rng_state")("S", device="mps")
+        f("set_per_process_memory_fraction")(1.5)
+        assert f("device_count")() == 2
+        assert f("is_built")() is True
+        assert f("synchronize").__module__ == "torch.mps"
+        print(calls)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    calls = eval(proc.stdout)
+    assert ("manual_seed", (5,)) in calls
+    assert ("set_rng_state", ("S",)) in calls
+    assert ("fraction", (1.0,)) in calls
+    assert ("get_rng_state", ()) in calls

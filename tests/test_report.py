@@ -1,0 +1,359 @@
+"""The migration report: call sites recorded in C, de-duplicated, counted,
+printed at exit and written as JSON (issue 5, points 1-3)."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import TorchDevice
+from TorchDevice import _config, _log, _report, _tdcore
+
+from conftest import run_python
+
+cpu_profile = pytest.mark.skipif(
+    TorchDevice.hardware_profile() != "cpu",
+    reason="expected targets are written for the cpu profile")
+
+
+@pytest.fixture
+def recording():
+    """Recording on for the test, everything put back afterwards."""
+    saved = TorchDevice.config()
+    TorchDevice.clear_report()
+    TorchDevice.configure(report=True)
+    yield
+    TorchDevice.configure(report=saved.report, log_level=saved.log_level)
+    TorchDevice.clear_report()
+
+
+def marker_lines(path: Path) -> dict:
+    """{marker: line number} of `# site:NAME` comments in a file."""
+    found = {}
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        m = re.search(r"# site:(\w+)", text)
+        if m:
+            found[m.group(1)] = number
+    return found
+
+
+SAMPLE = '''\
+import torch
+import helper
+
+
+def make(n):
+    return torch.zeros(n, device="cuda")           # site:zeros
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2, device="cuda")   # site:linear
+
+
+for _ in range(1000):
+    make(2)
+t = torch.ones(3).cuda()                           # site:cuda
+dev = torch.device("cuda:0")                       # site:device
+net = Net()
+helper.move(t)
+'''
+
+HELPER = '''\
+def move(t):
+    return t.to("cuda")                             # site:to
+'''
+
+
+@pytest.fixture
+def sample(tmp_path):
+    (tmp_path / "sample.py").write_text(SAMPLE)
+    (tmp_path / "helper.py").write_text(HELPER)
+    return tmp_path
+
+
+@cpu_profile
+def test_sample_script_records_the_users_real_lines(sample):
+    out = sample / "report.json"
+    code = f"import TorchDevice, runpy; runpy.run_path({str(sample / 'sample.py')!r}, run_name='__main__')"
+    proc = run_python(code, env={"TORCHDEVICE_REPORT": str(out),
+                                 "PYTHONPATH": str(sample)}, cwd=sample)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    main = str(sample / "sample.py")
+    helper = str(sample / "helper.py")
+    lines = marker_lines(sample / "sample.py")
+    helper_lines = marker_lines(sample / "helper.py")
+    got = {(r["file"], r["line"], r["function"], r["api"], r["from"], r["to"],
+            r["count"]) for r in doc["records"]}
+    assert got == {
+        (main, lines["zeros"], "make", "torch.zeros", "cuda", "cpu", 1000),
+        # weight and bias: two calls inside torch.nn, reported at the
+        # user's line that asked for them
+        (main, lines["linear"], "Net.__init__", "torch.empty", "cuda", "cpu",
+         2),
+        (main, lines["cuda"], "<module>", "Tensor.cuda", "cuda", "cpu", 1),
+        (main, lines["device"], "<module>", "torch.device", "cuda:0", "cpu",
+         1),
+        (helper, helper_lines["to"], "move", "Tensor.to", "cuda", "cpu", 1),
+    }
+    assert all(r["what"] == "redirected" for r in doc["records"])
+    # Sorted by file, then line.
+    keys = [(r["file"], r["line"]) for r in doc["records"]]
+    assert keys == sorted(keys)
+
+
+@cpu_profile
+def test_table_at_exit_on_stderr(sample):
+    proc = run_python(
+        f"import TorchDevice, runpy; runpy.run_path('sample.py', run_name='__main__')",
+        env={"TORCHDEVICE_REPORT": "1", "PYTHONPATH": str(sample)},
+        cwd=sample)
+    assert proc.returncode == 0, proc.stderr
+    lines = marker_lines(sample / "sample.py")
+    table = proc.stderr.splitlines()
+    assert table[0] == ("TorchDevice report (profile cpu): 5 call sites, "
+                        "1005 calls")
+    assert table[1].split() == ["site", "api", "what", "from", "->", "to",
+                                "count"]
+    rows = [line.split() for line in table[2:]]
+    assert rows[0][:2] == ["helper.py:2", "(move)"]
+    assert rows[1][:3] == [f"sample.py:{lines['zeros']}", "(make)",
+                           "torch.zeros"]
+    assert rows[1][-1] == "1000"
+    assert [r[0] for r in rows[2:]] == [
+        f"sample.py:{lines['linear']}", f"sample.py:{lines['cuda']}",
+        f"sample.py:{lines['device']}"]
+    assert proc.stdout == ""
+
+
+def test_import_prints_nothing_and_records_nothing_by_default():
+    proc = run_python("""
+        import torch, TorchDevice
+        from TorchDevice import _tdcore
+        torch.zeros(2, device="cuda") if TorchDevice.hardware_profile() != "cuda" else None
+        torch.device("cuda")
+        assert not _tdcore.get_report()
+        assert TorchDevice.report() == [], TorchDevice.report()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""
+
+
+@cpu_profile
+def test_loop_logs_once_and_counts_every_call(tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text(textwrap.dedent("""\
+        import torch, TorchDevice
+        for i in range(100000):
+            torch.zeros(1, device="cuda")
+        print(TorchDevice.report()[0]["count"])
+    """))
+    proc = run_python(script=script,
+                      env={"TORCHDEVICE_LOG_LEVEL": "INFO"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "100000"
+    logged = [l for l in proc.stderr.splitlines() if "torch.zeros" in l]
+    assert logged == [f"[TorchDevice] {script}:3 in <module>: "
+                      f"torch.zeros: cuda -> cpu"]
+
+
+@cpu_profile
+def test_records_in_process(recording):
+    def site():
+        return torch.zeros(1, device="cuda"), torch.device("cuda")
+    for _ in range(5):
+        site()
+    line = site.__code__.co_firstlineno + 1
+    rows = [r for r in TorchDevice.report() if r["file"] == __file__]
+    assert [(r["line"], r["function"], r["api"], r["count"]) for r in rows] \
+        == [(line, "test_records_in_process.<locals>.site", "torch.device", 5),
+            (line, "test_records_in_process.<locals>.site", "torch.zeros", 5)]
+
+
+@cpu_profile
+def test_two_calls_on_one_line_share_a_row(recording):
+    for _ in range(3):
+        torch.zeros(1, device="cuda"); torch.zeros(2, device="cuda")  # noqa
+    rows = [r for r in TorchDevice.report() if r["api"] == "torch.zeros"]
+    assert len(rows) == 1 and rows[0]["count"] == 6
+
+
+@cpu_profile
+def test_off_records_nothing(restore_config):
+    TorchDevice.configure(report=False, log_level="WARNING")
+    TorchDevice.clear_report()
+    assert not _tdcore.get_report()
+    torch.zeros(1, device="cuda")
+    assert TorchDevice.report() == []
+
+
+@cpu_profile
+def test_log_level_info_turns_recording_on(restore_config, recording):
+    TorchDevice.configure(report=False, log_level="INFO")
+    assert _tdcore.get_report()
+    TorchDevice.configure(log_level="WARNING")
+    assert not _tdcore.get_report()
+
+
+def test_classified_records_from_python(recording, caplog):
+    with caplog.at_level(logging.INFO, logger="TorchDevice"):
+        for _ in range(2):
+            _tdcore.record("torch.cuda.memory_allocated", "emulated", "cuda",
+                           "cpu")
+        _tdcore.record("torch.cuda.CUDAGraph", "unsupported", "cuda", "cpu")
+    rows = {r["api"]: r for r in TorchDevice.report()}
+    assert rows["torch.cuda.memory_allocated"]["what"] == "emulated"
+    assert rows["torch.cuda.memory_allocated"]["count"] == 2
+    assert rows["torch.cuda.memory_allocated"]["file"] == __file__
+    assert rows["torch.cuda.CUDAGraph"]["what"] == "unsupported"
+    prefix = f"{__file__}:"
+    assert all(r.getMessage().startswith(prefix) for r in caplog.records)
+    levels = {r.getMessage().split(": ", 1)[1]: r.levelno
+              for r in caplog.records}
+    assert levels == {
+        "torch.cuda.memory_allocated: emulated (cuda -> cpu)": logging.INFO,
+        "torch.cuda.CUDAGraph: unsupported (cuda -> cpu)": logging.WARNING}
+
+
+def test_record_arguments(recording):
+    with pytest.raises(TypeError):
+        _tdcore.record(1, "emulated", "cuda", "cpu")
+    with pytest.raises(TypeError):
+        _tdcore.record("api", None, "cuda", "cpu")
+    with pytest.raises(TypeError):
+        _tdcore.record("api", "emulated", "cuda")
+    # Devices (or anything else) as from/to are kept as their text.
+    _tdcore.record("x.api", "emulated", "cuda", torch.device("meta"))
+    (row,) = [r for r in TorchDevice.report() if r["api"] == "x.api"]
+    assert (row["from"], row["to"]) == ("cuda", "meta")
+
+
+def test_record_is_a_no_op_when_off(restore_config):
+    TorchDevice.configure(report=False, log_level="WARNING")
+    TorchDevice.clear_report()
+    _tdcore.record("torch.cuda.x", "emulated", "cuda", "cpu")
+    assert TorchDevice.report() == []
+
+
+@cpu_profile
+def test_clear_report(recording):
+    torch.zeros(1, device="cuda")
+    assert TorchDevice.report()
+    TorchDevice.clear_report()
+    assert TorchDevice.report() == []
+
+
+@cpu_profile
+def test_records_survive_disable(recording, restore_config):
+    torch.zeros(1, device="cuda")
+    TorchDevice.disable()
+    rows = TorchDevice.report()
+    assert rows and rows[0]["to"] == "cpu"
+
+
+@cpu_profile
+def test_threads_count_every_hit(recording):
+    def work():
+        for _ in range(2000):
+            torch.device("cuda")
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = [r for r in TorchDevice.report() if r["function"].endswith("work")]
+    assert len(rows) == 1 and rows[0]["count"] == 8000
+
+
+@cpu_profile
+def test_broken_log_handler_does_not_break_the_call(recording, monkeypatch):
+    class Broken(logging.Handler):
+        def emit(self, record):
+            raise RuntimeError("handler broke")
+
+        def handleError(self, record):
+            raise RuntimeError("handler broke")
+    handler = Broken()
+    _log.logger.addHandler(handler)
+    _log.logger.setLevel(logging.INFO)   # the fixture puts it back
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    try:
+        x = torch.zeros(1, device="cuda")
+    finally:
+        _log.logger.removeHandler(handler)
+    assert x.device.type == "cpu"
+    assert len(unraisable) == 1
+    assert "handler broke" in str(unraisable[0].exc_value)
+
+
+def test_report_setting_validation(restore_config):
+    with pytest.raises(ValueError):
+        TorchDevice.configure(report="")
+    with pytest.raises(ValueError):
+        TorchDevice.configure(report=3)
+    assert TorchDevice.config().report is False
+    assert _config.parse_report("0") is False
+    assert _config.parse_report("on") is True
+    assert _config.parse_report(" out.json ") == "out.json"
+    env = {"TORCHDEVICE_REPORT": "yes"}
+    assert _config.from_environment(env).report is True
+
+
+def test_json_document_schema(recording, tmp_path):
+    _tdcore.record("torch.cuda.synchronize", "emulated", "cuda", "cpu")
+    path = tmp_path / "r-{pid}.json"
+    with open(tmp_path / "table.txt", "w") as table:
+        _report.emit(str(path), stream=table)
+    import os
+    written = tmp_path / f"r-{os.getpid()}.json"
+    doc = json.loads(written.read_text())
+    assert doc["schema"] == "torchdevice-report/1"
+    assert doc["torch"] == torch.__version__
+    assert doc["torchdevice"] == TorchDevice.__version__
+    assert doc["pid"] == os.getpid()
+    assert doc["profile"] == TorchDevice.hardware_profile()
+    assert set(doc) == {"schema", "torchdevice", "torch", "python",
+                        "platform", "pid", "argv", "profile", "mode",
+                        "records"}
+    (row,) = doc["records"]
+    assert set(row) == {"file", "line", "function", "api", "what", "from",
+                        "to", "count"}
+    assert row["file"] == __file__ and isinstance(row["line"], int)
+    assert "written to" in (tmp_path / "table.txt").read_text()
+
+
+def test_empty_report_says_so():
+    assert "no call site needed a change" in _report.format_table([], "cpu")
+
+
+@cpu_profile
+def test_spawned_worker_leaves_the_report_to_its_parent(tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(textwrap.dedent("""\
+        import multiprocessing as mp
+        import torch, TorchDevice
+
+        def child():
+            import torch, TorchDevice
+            torch.zeros(1, device="cuda")
+
+        if __name__ == "__main__":
+            p = mp.get_context("spawn").Process(target=child)
+            p.start(); p.join()
+            torch.zeros(1, device="cuda")
+    """))
+    proc = run_python(script=script, env={"TORCHDEVICE_REPORT": "1"},
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("TorchDevice report") == 1
+    assert "1 call site, 1 call" in proc.stderr

@@ -1,0 +1,228 @@
+"""The Metal backend (csrc/backend_metal.c) against SimulatedMetal.
+
+No Apple hardware is available to this project, so the backend is handed a
+simulated torch.mps instead of the real one: SimulatedMetal has one command
+queue that a worker thread drains (as Metal's GPU does, asynchronously to
+Python) and events that are markers stamped with the queue's clock when the
+worker reaches them.  Everything on our side of the seam is the code that
+runs on a Mac: the C types, the backend, the ops tuple built by
+TorchDevice._streams.setup().  What the real torch.mps does with those calls
+was not run (see docs/streams.md).
+"""
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+
+import pytest
+import torch
+
+from TorchDevice import _streams, _tdcore
+from conftest import HAS_CUDA
+
+pytestmark = pytest.mark.skipif(
+    HAS_CUDA, reason="torch.cuda is native on profile cuda")
+
+
+class SimulatedMetalEvent:
+    """torch.mps.Event's interface: Event(enable_timing), record(), wait(),
+    query(), synchronize(), elapsed_time(end) in milliseconds."""
+    sim: "SimulatedMetal"
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        self.enable_timing = enable_timing
+        self.done = threading.Event()
+        self.stamp = None
+        self.sim.calls["Event"] += 1
+
+    def record(self) -> None:
+        self.sim.calls["record"] += 1
+        self.done.clear()
+        self.sim.queue.put(("mark", self))
+
+    def wait(self) -> None:
+        self.sim.calls["wait"] += 1
+        self.sim.queue.put(("wait", self))
+
+    def query(self) -> bool:
+        self.sim.calls["query"] += 1
+        return self.done.is_set()
+
+    def synchronize(self) -> None:
+        self.sim.calls["event.synchronize"] += 1
+        self.done.wait(30)
+
+    def elapsed_time(self, end: "SimulatedMetalEvent") -> float:
+        self.sim.calls["elapsed_time"] += 1
+        if not (self.done.is_set() and end.done.is_set()):
+            raise RuntimeError("SimulatedMetal: events not completed")
+        return (end.stamp - self.stamp) * 1e3
+
+
+class SimulatedMetal:
+    """A torch.mps stand-in with an asynchronous command queue."""
+
+    def __init__(self) -> None:
+        self.queue: "queue.Queue" = queue.Queue()
+        self.calls: collections.Counter = collections.Counter()
+        self.Event = type("Event", (SimulatedMetalEvent,), {"sim": self})
+        self._worker = threading.Thread(target=self._run, daemon=True)
+        self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            kind, item = self.queue.get()
+            if kind == "stop":
+                self.queue.task_done()
+                return
+            if kind == "kernel":
+                time.sleep(item)
+            elif kind == "mark":
+                item.stamp = time.perf_counter()
+                item.done.set()
+            elif kind == "wait":
+                # One queue: everything before this point already ran.
+                assert item.done.is_set()
+            self.queue.task_done()
+
+    def submit(self, seconds: float) -> None:
+        """Enqueues a kernel that keeps the simulated GPU busy."""
+        self.queue.put(("kernel", seconds))
+
+    def synchronize(self) -> None:
+        self.calls["synchronize"] += 1
+        self.queue.join()
+
+    def close(self) -> None:
+        self.queue.put(("stop", None))
+        self._worker.join(10)
+
+
+def _eventually(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.001)
+    return False
+
+
+@pytest.fixture
+def metal():
+    sim = SimulatedMetal()
+    _streams.setup(metal=sim)
+    previous = _tdcore.streams_force_backend("metal")
+    try:
+        yield sim
+    finally:
+        _tdcore.streams_force_backend(previous)
+        _streams.setup()
+        sim.close()
+
+
+def test_backend_and_device(metal):
+    e, s = torch.cuda.Event(), torch.cuda.Stream()
+    assert e._td_backend == s._td_backend == "metal"
+    assert isinstance(e._td_native, metal.Event)
+    # (torch.device("mps") itself is redirected to cpu on this profile.)
+    assert str(s.device) == "mps:0" == str(torch.cuda.current_stream().device)
+    assert _tdcore.streams_info()["active"] == "metal"
+    assert metal.calls["Event"] == 1
+
+
+def test_timing_comes_from_the_queue_not_the_host(metal):
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    start.record()
+    metal.submit(0.05)
+    end.record()
+    host_ms = (time.perf_counter() - t0) * 1e3
+    # elapsed_time waits for `end` itself (no synchronize before it).
+    ms = start.elapsed_time(end)
+    assert host_ms < 25.0, host_ms           # records returned at once
+    assert abs(ms - 50.0) <= 5.0, ms         # the queue spent 50 ms
+    assert metal.calls["event.synchronize"] >= 1
+
+
+def test_query_and_synchronize_follow_the_queue(metal):
+    e = torch.cuda.Event()
+    assert e.query() is True                 # never recorded: done
+    metal.submit(0.2)
+    e.record()
+    s = torch.cuda.current_stream()
+    assert e.query() is False and s.query() is False
+    torch.cuda.synchronize()
+    assert metal.calls["synchronize"] == 1
+    assert e.query() is True
+    # A stream is asked with a marker that has to pass through the queue
+    # itself, so an idle stream answers True once the marker went through.
+    assert _eventually(s.query)
+    metal.submit(0.05)
+    s.synchronize()
+    assert _eventually(s.query)
+    metal.submit(0.05)
+    e.record()
+    e.synchronize()
+    assert e.query() is True
+
+
+def test_waits_record_markers_on_the_one_queue(metal):
+    a, b = torch.cuda.Stream(), torch.cuda.Stream()
+    never = torch.cuda.Event()
+    never.wait(a)                            # unrecorded: nothing to wait for
+    assert metal.calls["wait"] == 0
+    a.wait_stream(b)
+    assert metal.calls["record"] == 1 and metal.calls["wait"] == 1
+    ev = b.record_event()
+    a.wait_event(ev)
+    assert metal.calls["record"] == 2 and metal.calls["wait"] == 2
+    torch.cuda.synchronize()
+
+
+def test_streams_and_contexts_on_metal(metal):
+    s = torch.cuda.Stream(priority=-2)
+    with torch.cuda.stream(s):
+        assert torch.cuda.current_stream() == s
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    f = torch.cuda.Event(enable_timing=True)
+    f.record(s)
+    assert e.elapsed_time(f) >= 0.0
+
+
+def test_backends_do_not_mix(metal):
+    metal_event = torch.cuda.Event()
+    _tdcore.streams_force_backend("cpu")
+    cpu_stream = torch.cuda.Stream()
+    cpu_event = torch.cuda.Event(enable_timing=True)
+    _tdcore.streams_force_backend("metal")
+    with pytest.raises(RuntimeError, match="backend"):
+        metal_event.record(cpu_stream)
+    timed = torch.cuda.Event(enable_timing=True)
+    timed.record()
+    cpu_event.record(cpu_stream)
+    with pytest.raises(RuntimeError, match="different backends"):
+        timed.elapsed_time(cpu_event)
+
+
+def test_misuse_is_checked_before_the_backend(metal):
+    a = torch.cuda.Event()
+    b = torch.cuda.Event(enable_timing=True)
+    a.record()
+    b.record()
+    with pytest.raises(RuntimeError, match="enable_timing=True"):
+        a.elapsed_time(b)
+    assert metal.calls["elapsed_time"] == 0
+
+
+def test_setup_without_metal_refuses_clearly():
+    previous = _tdcore.streams_force_backend("metal")
+    try:
+        with pytest.raises(RuntimeError, match="metal backend is not set up"):
+            torch.cuda.Event()
+    finally:
+        _tdcore.streams_force_backend(previous)
