@@ -453,6 +453,10 @@ def patches() -> List[Any]:
     install(profile)
     if profile == "cuda":
         return _reverse_patches()
+    if profile == "cpu":
+        # MPS-written code on a machine with neither accelerator: torch.mps
+        # answers through the torch.cuda masquerade, i.e. from the CPU.
+        return _masquerade_patches(profile) + _reverse_patches()
     return _masquerade_patches(profile)
 
 

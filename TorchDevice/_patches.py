@@ -9,6 +9,7 @@ nothing new.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -198,7 +199,12 @@ def available_profiles() -> Tuple[str, ...]:
 def _skip_prefixes() -> Tuple[str, ...]:
     here = os.path.dirname(os.path.abspath(__file__)) + os.sep
     torch_dir = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-    return (here, torch_dir, "<frozen importlib")
+    # typing_extensions' @deprecated wraps torch.cuda.amp.* callables: its
+    # frame is not the user's.
+    shims = tuple(os.path.abspath(m.__file__) for m in
+                  (sys.modules.get("typing_extensions"),)
+                  if m is not None and getattr(m, "__file__", None))
+    return (here, torch_dir, "<frozen importlib") + shims
 
 
 def _lazy_allowed_methods() -> List[Any]:

@@ -149,17 +149,24 @@ td_target_device(td_state *st, td_target t)
     return NULL;
 }
 
-/* Torch's own host-side code (optimizers, data loading, serialization)
- * asks for "cpu" or no device when it means the host; promoting those would
- * break it.  torch.nn is not exempt: layers built without device= must land
- * beside the user's tensors, and torch.utils._device is the default-device
- * context the user asked for. */
+/* Torch's own code (optimizers, data loading, serialization, GradScaler)
+ * means the devices it names: a host-side "cpu" or None is never promoted to
+ * the accelerator, and a device it constructs is the truth.  Not exempt:
+ * torch.nn (layers built without device= land beside the user's tensors),
+ * torch.utils._device (the default device the user asked for), and the
+ * compilers, which run the user's own code on the user's behalf. */
 static int
 starts_with(const char *s, Py_ssize_t n, const char *prefix)
 {
     size_t k = strlen(prefix);
     return (size_t)n >= k && memcmp(s, prefix, k) == 0;
 }
+
+static const char *const td_not_torch_internal[] = {
+    "torch.nn.", "torch.utils._device", "torch._dynamo", "torch._inductor",
+    "torch.fx", "torch.jit", "torch._functorch", "torch.export",
+    "torch._export", "torch._higher_order_ops",
+};
 
 int
 td_called_from_torch(td_state *st)
@@ -180,9 +187,17 @@ td_called_from_torch(td_state *st)
         PyErr_Clear();
         return 0;
     }
-    return starts_with(s, n, "torch.")
-           && !starts_with(s, n, "torch.nn.")
-           && !starts_with(s, n, "torch.utils._device");
+    if (!starts_with(s, n, "torch.")) {
+        return 0;
+    }
+    size_t count = sizeof(td_not_torch_internal)
+                   / sizeof(td_not_torch_internal[0]);
+    for (size_t i = 0; i < count; i++) {
+        if (starts_with(s, n, td_not_torch_internal[i])) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 td_resolution

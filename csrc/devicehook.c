@@ -99,6 +99,14 @@ device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (res.target == TD_TARGET_KEEP) {
         return dev;
     }
+    /* Torch's own code compares against the devices it names (GradScaler's
+     * `device == torch.device("mps:0")`): it gets the truth.  Whatever it
+     * allocates still goes through the factory wrappers. */
+    if ((req.kind == TD_REQ_CUDA || req.kind == TD_REQ_MPS)
+        && td_called_from_torch(st))
+    {
+        return dev;
+    }
     if (td_get_report() && td_report(st, st->api_device, req, res, dev) < 0) {
         Py_DECREF(dev);
         return NULL;

@@ -190,3 +190,22 @@ def test_logging_names_the_call_site(restore_config, caplog, tmp_path):
     messages = [r.getMessage() for r in caplog.records]
     hits = [m for m in messages if "torch.zeros" in m]
     assert len(hits) == 1 and f"{__file__}:" in hits[0]
+
+
+def test_deprecated_cuda_amp_alias_is_reported_at_the_users_line(tmp_path):
+    # torch.cuda.amp.GradScaler is wrapped by typing_extensions' @deprecated:
+    # that shim's frame must not be taken for the user's.
+    script = tmp_path / "amp_user.py"
+    script.write_text(
+        "import warnings\n"
+        "import TorchDevice, torch\n"
+        "TorchDevice.configure(report=True)\n"
+        "warnings.simplefilter('ignore')\n"
+        "scaler = torch.cuda.amp.GradScaler()\n"
+        "for r in TorchDevice.report():\n"
+        "    print(r['file'], r['line'], r['api'])\n")
+    proc = run_python(script=script)
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln for ln in proc.stdout.splitlines() if "GradScaler" in ln]
+    assert rows and all(ln.startswith(f"{script} 5 ") for ln in rows), \
+        proc.stdout

@@ -140,3 +140,28 @@ def test_bad_devices_raise_like_torch(args, exc, words, restore_config):
 def test_keyword_forms():
     assert torch.device(type="cuda", index=1).type == "cpu"
     assert torch.device(type="cuda").type == "cpu"
+
+
+def _construct_as(module_name: str, *args):
+    """torch.device(*args) called from code whose module is `module_name`."""
+    scope = {"__name__": module_name, "torch": torch}
+    exec("def make(*a):\n    return torch.device(*a)\n", scope)
+    return scope["make"](*args)
+
+
+@pytest.mark.parametrize("args", [("mps:0",), ("cuda",), ("cuda", 1)])
+def test_torch_internal_devices_are_the_truth(args):
+    # e.g. torch/amp/grad_scaler.py compares against torch.device("mps:0").
+    truth = _construct_as("torch.amp.grad_scaler", *args)
+    assert truth.type == args[0].split(":")[0]
+    assert _construct_as("user_module", *args).type == "cpu"
+
+
+@pytest.mark.parametrize("module_name", [
+    "torch.nn.modules.linear", "torch.utils._device",
+    "torch._dynamo.variables.torch", "torch.fx.graph_module",
+    "torch._inductor.lowering", "torch.jit._script",
+])
+def test_code_run_for_the_user_is_redirected(module_name):
+    # Layers, the default-device context and the compilers act for the user.
+    assert _construct_as(module_name, "cuda").type == "cpu"
