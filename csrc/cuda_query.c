@@ -36,6 +36,11 @@ td_masq_record(td_state *st, const char *api)
     if (!td_get_report() || m->record == NULL) {
         return 0;
     }
+    /* torch calling torch.cuda itself (torch.manual_seed seeding every
+     * device) is not something the user's code needs to port. */
+    if (td_called_from_torch(st)) {
+        return 0;
+    }
     PyObject *to = m->target_type ? m->target_type : Py_None;
     PyObject *r = PyObject_CallFunction(m->record, "sssO", api, "emulated",
                                         "cuda", to);

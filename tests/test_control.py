@@ -209,3 +209,19 @@ def test_deprecated_cuda_amp_alias_is_reported_at_the_users_line(tmp_path):
     rows = [ln for ln in proc.stdout.splitlines() if "GradScaler" in ln]
     assert rows and all(ln.startswith(f"{script} 5 ") for ln in rows), \
         proc.stdout
+
+
+def test_torch_calling_torch_cuda_is_not_reported(tmp_path):
+    # torch.manual_seed seeds CUDA through torch.cuda.manual_seed_all: that
+    # is torch's business, not a line the user has to port.
+    script = tmp_path / "seeds.py"
+    script.write_text(
+        "import TorchDevice, torch\n"
+        "TorchDevice.configure(report=True)\n"
+        "torch.manual_seed(0)\n"
+        "torch.cuda.manual_seed(1)\n"
+        "for r in TorchDevice.report():\n"
+        "    print(r['line'], r['api'], r['what'])\n")
+    proc = run_python(script=script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["4 torch.cuda.manual_seed emulated"]
