@@ -170,19 +170,9 @@ name_in_package(const char *s, Py_ssize_t n, const char *pkg, Py_ssize_t k)
 static int
 caller_sees_truth(td_masq *m, td_state *st)
 {
-    PyObject *globals = PyEval_GetGlobals();   /* borrowed */
-    if (globals == NULL || !PyDict_CheckExact(globals)) {
-        return 0;
-    }
-    PyObject *name = PyDict_GetItemWithError(globals, st->str_name);
-    if (name == NULL || !PyUnicode_Check(name)) {
-        PyErr_Clear();
-        return 0;
-    }
     Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(name, &n);
+    const char *s = td_caller_module(st, &n);
     if (s == NULL) {
-        PyErr_Clear();
         return 0;
     }
     if (name_in_package(s, n, "torch", 5)) {

@@ -168,23 +168,32 @@ static const char *const td_not_torch_internal[] = {
     "torch._export", "torch._higher_order_ops",
 };
 
-int
-td_called_from_torch(td_state *st)
+const char *
+td_caller_module(td_state *st, Py_ssize_t *size)
 {
     PyObject *globals = PyEval_GetGlobals();   /* borrowed */
     if (globals == NULL || !PyDict_CheckExact(globals)) {
-        return 0;
+        return NULL;
     }
-    /* borrowed; a lookup error reads as "not torch" */
+    /* borrowed; a lookup error reads as "unknown caller" */
     PyObject *name = PyDict_GetItemWithError(globals, st->str_name);
     if (name == NULL || !PyUnicode_Check(name)) {
         PyErr_Clear();
-        return 0;
+        return NULL;
     }
-    Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(name, &n);
+    const char *s = PyUnicode_AsUTF8AndSize(name, size);
     if (s == NULL) {
         PyErr_Clear();
+    }
+    return s;
+}
+
+int
+td_called_from_torch(td_state *st)
+{
+    Py_ssize_t n;
+    const char *s = td_caller_module(st, &n);
+    if (s == NULL) {
         return 0;
     }
     if (!starts_with(s, n, "torch.")) {

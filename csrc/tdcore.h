@@ -79,6 +79,9 @@ int td_is_device_arg(td_state *st, PyObject *obj);
 PyObject *td_target_device(td_state *st, td_target t);
 /* True when the innermost Python frame belongs to torch's own code. */
 int td_called_from_torch(td_state *st);
+/* The calling Python code's module __name__ (UTF-8, borrowed from the
+ * frame's globals), or NULL when there is none. */
+const char *td_caller_module(td_state *st, Py_ssize_t *size);
 /* Resolves with the current settings and applies an override toggle. */
 td_resolution td_resolve_now(td_state *st, td_request req);
 

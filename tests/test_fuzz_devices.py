@@ -156,7 +156,8 @@ DEVICE_SPECS = st.builds(
     st.sampled_from([None, 0, 1, 5, 127]),
 )
 OTHERS = st.sampled_from([
-    Opaque(), [], {}, (0,), ["cuda"], torch.float32, 1j, b"", bytearray(b"cpu"),
+    Opaque(), [], {}, (0,), ["cuda"], torch.float32, 1j, b"",
+    bytearray(b"cpu"),
 ])
 REQUESTS = st.one_of(
     st.none(),
