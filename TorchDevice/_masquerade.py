@@ -229,9 +229,25 @@ def _cpu_utilization() -> int:
 
 
 def _rss_reader() -> Callable[[], int]:
-    import psutil
-    process = psutil.Process()
-    return lambda: process.memory_info().rss
+    """Resident memory where /proc is not there (C reads it on Linux)."""
+    process: List[Any] = []
+
+    def read() -> int:
+        if not process:
+            import psutil
+            process.append(psutil.Process())
+        return int(process[0].memory_info().rss)
+    return read
+
+
+def _total_memory() -> int:
+    """Physical memory in bytes: the same number psutil reports, without
+    importing it where the OS tells directly."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        import psutil
+        return int(psutil.virtual_memory().total)
 
 
 def _target_generator(profile: str) -> torch.Generator:
@@ -305,14 +321,24 @@ def install(profile: str) -> None:
         _tdcore.masq_install(target_type="cuda", **common)
         push_logging()
         return
-    props = device_properties(profile)
-    amp_dtypes, amp_default = _amp_dtypes(profile)
     is_mps = profile == "mps"
+    if is_mps:
+        props = device_properties(profile)
+        lazy_props = None
+        capability, total_memory = (props.major, props.minor), props.total_memory
+    else:
+        # Built at first use: psutil's import costs more than the rest of
+        # enabling TorchDevice.
+        props = None
+        lazy_props = functools.partial(device_properties, profile)
+        capability, total_memory = (0, 0), _total_memory()
+    amp_dtypes, amp_default = _amp_dtypes(profile)
     if not is_mps:
         originals["utilization"] = _cpu_utilization
     _tdcore.masq_install(
         props=props,
-        capability=(props.major, props.minor),
+        props_factory=lazy_props,
+        capability=capability,
         target_device=torch.device("mps", 0) if is_mps
         else torch.device("cpu"),
         target_type=profile,
@@ -320,7 +346,7 @@ def install(profile: str) -> None:
         is_mps=is_mps,
         bf16=(torch.backends.mps.is_macos_or_newer(14, 0) if is_mps
               else True),
-        total_memory=props.total_memory,
+        total_memory=total_memory,
         mps_allocated=torch.mps.current_allocated_memory if is_mps else None,
         mps_driver=torch.mps.driver_allocated_memory if is_mps else None,
         mps_empty_cache=torch.mps.empty_cache if is_mps else None,

@@ -662,8 +662,11 @@ DEVICE_FN(mem_list_processes, "list_gpu_processes")
         return NULL;
     }
     long long milli_mb = a * 1000 / (1024 * 1024);
-    PyObject *name = m->props ? PyObject_GetAttr(m->props, m->str_pname)
-                              : PyUnicode_FromString("?");
+    PyObject *props = td_masq_props(m);   /* borrowed */
+    if (props == NULL) {
+        return NULL;
+    }
+    PyObject *name = PyObject_GetAttr(props, m->str_pname);
     if (name == NULL) {
         return NULL;
     }

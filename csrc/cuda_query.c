@@ -360,13 +360,12 @@ props_for(td_state *st, PyObject *device)
         PyErr_SetString(PyExc_AssertionError, "Invalid device id");
         return NULL;
     }
-    if (m->props == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "TorchDevice: the CUDA masquerade is not installed");
+    PyObject *props = td_masq_props(m);   /* borrowed */
+    if (props == NULL) {
         return NULL;
     }
     mark_initialized(m);
-    return m->props;   /* borrowed */
+    return props;
 }
 
 static PyObject *

@@ -28,6 +28,7 @@ static const struct {
     size_t offset;
 } obj_fields[] = {
     OBJ_FIELD(props),
+    OBJ_FIELD(props_factory),
     OBJ_FIELD(capability),
     OBJ_FIELD(target_device),
     OBJ_FIELD(orig_is_available),
@@ -64,7 +65,7 @@ static const struct {
 
 #define N_OBJ_FIELDS (sizeof(obj_fields) / sizeof(obj_fields[0]))
 /* Fields before this index are handed over by masq_install(). */
-#define N_INSTALLED 22
+#define N_INSTALLED 23
 
 static PyObject **
 field_at(td_masq *m, size_t i)
@@ -185,6 +186,24 @@ masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
     m->is_mps = flags[0];
     m->bf16 = flags[1];
     Py_RETURN_NONE;
+}
+
+PyObject *
+td_masq_props(td_masq *m)
+{
+    if (m->props == NULL && m->props_factory != NULL) {
+        /* Two threads may both build it; either result is the same. */
+        PyObject *props = PyObject_CallNoArgs(m->props_factory);
+        if (props == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(m->props, props);
+    }
+    if (m->props == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "TorchDevice: the CUDA masquerade is not installed");
+    }
+    return m->props;
 }
 
 static PyMethodDef *const function_tables[] = {

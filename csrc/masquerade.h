@@ -20,6 +20,9 @@ typedef struct {
     PyObject_HEAD
     /* Handed over by masq_install(); NULL until then (all strong). */
     PyObject *props;            /* DeviceProperties of the one device */
+    PyObject *props_factory;    /* () -> props, called at first use: on
+                                   the CPU it reads psutil, whose import
+                                   alone would double TorchDevice's */
     PyObject *capability;       /* (major, minor) */
     PyObject *target_device;    /* torch.device a "cuda" request becomes */
     PyObject *orig_is_available; /* torch.cuda.is_available, unpatched */
@@ -88,6 +91,10 @@ int td_masq_record(td_state *st, const char *api);
 /* Logs through the logger "TorchDevice" at debug level, when enabled. */
 int td_masq_debug(td_state *st, const char *fmt, ...);
 extern PyMethodDef td_cuda_query_methods[];
+
+/* The DeviceProperties object (borrowed), built by props_factory on first
+ * use; NULL with an exception set when it cannot be had. */
+PyObject *td_masq_props(td_masq *m);
 
 /* cuda_props.c */
 extern PyType_Spec td_props_spec;

@@ -225,3 +225,19 @@ def test_torch_calling_torch_cuda_is_not_reported(tmp_path):
     proc = run_python(script=script)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["4 torch.cuda.manual_seed emulated"]
+
+
+@cpu_profile
+def test_enabling_does_not_import_psutil_until_it_is_needed():
+    # psutil's import alone costs more than enabling TorchDevice: the CUDA
+    # properties that need it are built at first use.
+    proc = run_python("""
+        import sys, torch, TorchDevice
+        print('psutil' in sys.modules)
+        props = torch.cuda.get_device_properties(0)
+        import psutil
+        print(props.total_memory == psutil.virtual_memory().total,
+              props.multi_processor_count == psutil.cpu_count(logical=False))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True", "True"]
