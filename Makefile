@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The C hygiene checks CI runs after the tests (docs/reliability.md).
+check: setup
+	bash scripts/lint_c.sh
+	bash scripts/sanitize.sh
+	bash scripts/valgrind_smoke.sh
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py

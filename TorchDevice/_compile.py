@@ -274,14 +274,24 @@ def _install_tensor_handlers() -> None:
                          name)
 
 
+_as_user_made: Dict[int, Callable[..., Any]] = {}
+
+
 def _as_user(fn: Any) -> Callable[..., Any]:
     """A Python function that calls fn from this module, so a replacement
     that answers torch's own callers differently (the masquerade) gives the
-    answer the user's code gets."""
+    answer the user's code gets.  One per replacement: enable() runs many
+    times, and each new one would be registered with dynamo for good."""
+    made = _as_user_made.get(id(fn))
+    if made is not None:
+        return made
+
     def call(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     call.__name__ = getattr(fn, "__name__", "query")
     call.__qualname__ = f"as_user.{call.__name__}"
+    _as_user_made[id(fn)] = call
+    _keep.append(fn)     # the id stays valid while the entry does
     return call
 
 

@@ -21,6 +21,8 @@
  */
 #include "masquerade.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -90,10 +92,19 @@ static long long
 linux_rss(void)
 {
     char buf[128];
-    long long pages_total, pages_rss;
-    if (read_proc("/proc/self/statm", buf, sizeof(buf)) < 0
-        || sscanf(buf, "%lld %lld", &pages_total, &pages_rss) != 2)
-    {
+    if (read_proc("/proc/self/statm", buf, sizeof(buf)) < 0) {
+        return -1;
+    }
+    /* statm: "size resident shared ..." in pages. */
+    char *end;
+    errno = 0;
+    (void)strtoll(buf, &end, 10);
+    if (errno != 0 || end == buf) {
+        return -1;
+    }
+    char *rss_text = end;
+    long long pages_rss = strtoll(rss_text, &end, 10);
+    if (errno != 0 || end == rss_text || pages_rss < 0) {
         return -1;
     }
     return pages_rss * (long long)sysconf(_SC_PAGESIZE);
@@ -661,7 +672,7 @@ DEVICE_FN(mem_list_processes, "list_gpu_processes")
     if (sample(m, &a, &r) < 0) {
         return NULL;
     }
-    long long milli_mb = a * 1000 / (1024 * 1024);
+    long long milli_mb = a * 1000 / (1024LL * 1024);
     PyObject *props = td_masq_props(m);   /* borrowed */
     if (props == NULL) {
         return NULL;

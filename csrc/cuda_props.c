@@ -133,7 +133,7 @@ megabytes(PyObject *v)
         PyErr_Clear();
         return 0;
     }
-    return b / (1024 * 1024);
+    return b / (1024LL * 1024);
 }
 
 /* CUDA's own repr, with the device type appended so the truth shows. */

@@ -379,7 +379,7 @@ Event_repr(PyObject *self)
 }
 
 #define METHOD_FAST(name, func, doc)                                        \
-    {name, (PyCFunction)(void (*)(void))func,                               \
+    {name, (PyCFunction)(void (*)(void))(func),                             \
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS, doc}
 
 static PyMethodDef Event_methods[] = {

@@ -407,7 +407,7 @@ add_hit(td_state *st, td_sites *t, td_key *k, td_text_fn make_text,
         hit->line = line;
     }
     rc = 0;
-done:
+done:;   /* a label needs a statement: TD_UNLOCK() may be a bare brace */
     TD_UNLOCK();
     Py_XDECREF(from);
     Py_XDECREF(to);

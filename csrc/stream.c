@@ -37,6 +37,10 @@ static void StreamContext_dealloc(PyObject *self);
 td_state *
 td_state_of_type(PyTypeObject *type, destructor dealloc)
 {
+    if (type == NULL) {
+        PyErr_SetString(PyExc_SystemError, "td_state_of_type(NULL)");
+        return NULL;
+    }
     for (PyTypeObject *t = type; t != NULL; t = t->tp_base) {
         if (t->tp_dealloc == dealloc) {
             return (td_state *)PyType_GetModuleState(t);
@@ -562,7 +566,7 @@ Stream_repr(PyObject *self)
 }
 
 #define METHOD_FAST(name, func, doc)                                        \
-    {name, (PyCFunction)(void (*)(void))func,                               \
+    {name, (PyCFunction)(void (*)(void))(func),                             \
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS, doc}
 
 static PyMethodDef Stream_methods[] = {

@@ -194,8 +194,8 @@ def ours(frames):
 
 in_ours = [b for b, f in zip(errors, frames_of) if ours(f)]
 passing = sum(1 for f in frames_of if any(frame.search(x) for x in f))
-print(f"valgrind_smoke.sh: {len(errors)} memcheck error contexts in "
-      f"CPython/torch, {passing} of them called through _tdcore, "
+print(f"valgrind_smoke.sh: {len(errors)} memcheck error contexts, "
+      f"{passing} of them called through _tdcore, "
       f"{len(in_ours)} raised in _tdcore")
 for b in in_ours:
     print("\n".join(b), file=sys.stderr)

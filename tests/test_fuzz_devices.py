@@ -6,11 +6,11 @@ whitespace, huge indexes, "cpu:-1", ints, bools, floats, bytes, None,
 torch.device objects, str subclasses, arbitrary objects) and a state
 (profile, mode, CPU override, float64 policy, report on or off), then:
 
-* the oracle disables TorchDevice, asks native torch how it reads the
-  request (`torch.device(request)`), asks the pure C policy
+* the oracle removes the torch.device hook, asks native torch how it reads
+  the request (`torch.device(request)`), asks the pure C policy
   (`_tdcore.resolve`, `_tdcore.float64_action`: no state, no torch) where it
-  goes, and calls the *native* torch function with that device;
-* TorchDevice is re-enabled and the same call is made through it.
+  goes, and calls torch's *original* function with that device;
+* with the hook back, the same call is made through TorchDevice.
 
 Both must give the same device and dtype, or the same exception type, and
 the CPU override must flip exactly when the policy says so.
@@ -49,6 +49,7 @@ from hypothesis.database import (DirectoryBasedExampleDatabase,
 
 import TorchDevice
 from TorchDevice import _patches, _tdcore
+
 
 class KeepSeeds(ExampleDatabase):
     """The repository's example database, append-only: Hypothesis drops an
