@@ -76,17 +76,7 @@ cuda_event_elapsed_ms(td_event *start, td_event *end, double *ms)
 {
     /* torch.mps.Event.elapsed_time waits for the end event; CUDA's raises
      * "device not ready" instead.  MPS code expects the former. */
-    if (cuda_event_synchronize(end) < 0) {
-        return -1;
-    }
-    PyObject *r = td_ops_call(start->ops, TD_OPS_ELAPSED, start->handle,
-                              end->handle);
-    if (r == NULL) {
-        return -1;
-    }
-    *ms = PyFloat_AsDouble(r);
-    Py_DECREF(r);
-    return (*ms == -1.0 && PyErr_Occurred()) ? -1 : 0;
+    return td_ops_elapsed_ms(start, end, ms);
 }
 
 static int

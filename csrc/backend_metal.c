@@ -92,8 +92,8 @@ metal_event_synchronize(td_event *ev)
     return td_ops_do(ev->ops, TD_OPS_EV_SYNCHRONIZE, ev->handle, NULL);
 }
 
-static int
-metal_event_elapsed_ms(td_event *start, td_event *end, double *ms)
+int
+td_ops_elapsed_ms(td_event *start, td_event *end, double *ms)
 {
     /* CUDA raises while `end` is pending; MPS-era code and CUDA code alike
      * expect a number here, so wait for it instead. */
@@ -108,6 +108,12 @@ metal_event_elapsed_ms(td_event *start, td_event *end, double *ms)
     *ms = PyFloat_AsDouble(r);
     Py_DECREF(r);
     return (*ms == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+metal_event_elapsed_ms(td_event *start, td_event *end, double *ms)
+{
+    return td_ops_elapsed_ms(start, end, ms);
 }
 
 /* Sleeps without the GIL, so that whatever completes events (a Python

@@ -183,6 +183,9 @@ int td_generic_hooks_installed(void);
 PyObject *td_ops_call(PyObject *ops, int index, PyObject *a, PyObject *b);
 /* The same, dropping the result: 0 or -1. */
 int td_ops_do(PyObject *ops, int index, PyObject *a, PyObject *b);
+/* Milliseconds between two events of an ops-backed backend (Metal, CUDA),
+ * waiting for `end` rather than raising while it is pending: 0 or -1. */
+int td_ops_elapsed_ms(td_event *start, td_event *end, double *ms);
 /* Whether a marker event recorded now (ops[EVENT](event_arg), recorded on
  * the current stream) completes within a short grace: 1, 0 or -1. */
 int td_marker_idle(PyObject *ops, PyObject *event_arg);
