@@ -23,8 +23,8 @@ print('mps.is_available', torch.backends.mps.is_available(), 'on', x.device,
       'recommended_max', torch.mps.recommended_max_memory())"
 echo "== tests that need CUDA"
 start=$(date +%s)
+rc=0
 timeout 280 env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \
-    $PY -m pytest -q -m cuda -p no:cacheprovider tests "$@"
-rc=$?
+    $PY -m pytest -q -m cuda -p no:cacheprovider tests "$@" || rc=$?
 echo "== gpu_check finished in $(( $(date +%s) - start )) s with exit code $rc"
 exit $rc
