@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List
 
 import torch  # noqa: F401  (TorchDevice patches torch; import it first)
 

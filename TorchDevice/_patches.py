@@ -24,7 +24,7 @@ _MISSING = object()
 # explicit device is rewritten.
 _EXPLICIT_ONLY = (
     "empty_like", "zeros_like", "ones_like", "full_like", "rand_like",
-    "randn_like", "randint_like", "normal", "from_file", "eye",
+    "randn_like", "randint_like", "normal", "from_file",
 )
 _TENSOR_NEW = ("new_empty", "new_zeros", "new_ones", "new_full",
                "new_tensor", "new_empty_strided")
@@ -268,10 +268,10 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
         restore()
         raise
     _enabled = True
-    _issue6_hooks("on_apply")
+    _lifecycle_hooks("on_apply")
 
 
-def _issue6_hooks(event: str) -> None:
+def _lifecycle_hooks(event: str) -> None:
     """What is not an attribute patch: the torch.compile polyfills (_compile)
     and the checkpoint deserializer (_checkpoint)."""
     from . import _checkpoint, _compile
@@ -295,7 +295,7 @@ def restore() -> None:
                 delattr(owner, name)
             except AttributeError:
                 pass
-    _issue6_hooks("on_restore")
+    _lifecycle_hooks("on_restore")
     _tdcore.uninstall()
     _enabled = False
 
