@@ -22,8 +22,8 @@ setup(
     ext_modules=[
         Extension(
             "TorchDevice._tdcore",
-            sources=sorted(glob("csrc/*.c")),
-            depends=sorted(glob("csrc/*.h")),
+            sources=sorted(glob("csrc/*/*.c")),
+            depends=sorted(glob("csrc/*/*.h")),
             include_dirs=["csrc"],
             extra_compile_args=flags + extra,
             extra_link_args=link_extra,

@@ -1,6 +1,6 @@
 """The migration report: every call site that needed TorchDevice's help.
 
-_tdcore counts the hits (csrc/report.c); this module turns them into rows,
+_tdcore counts the hits (csrc/core/report.c); this module turns them into rows,
 the table printed to stderr at exit and the JSON file described in
 docs/report.md.  It imports nothing heavy: json and torch's version are read
 only when a report is written.

@@ -1,5 +1,5 @@
 """Streams and events: which torch attributes get the C types of
-``csrc/stream.c`` / ``csrc/event.c``, and the torch objects their backends
+``csrc/streams/stream.c`` / ``csrc/streams/event.c``, and the torch objects their backends
 are handed.
 
 * profile cpu or mps: ``torch.cuda.Stream``, ``ExternalStream``, ``Event``,
@@ -12,7 +12,7 @@ are handed.
   stream functions, where the installed torch has them, are torch.cuda's.
 * every profile: ``torch.Stream("cuda")`` / ``torch.Event("cuda")`` give our
   objects where CUDA is emulated, and ``"mps"`` means the GPU on profile cuda
-  (tp_new hooks in ``csrc/stream_generic.c``).
+  (tp_new hooks in ``csrc/streams/stream_generic.c``).
 
 Which set of attributes is replaced follows the profile in force when
 ``enable()`` runs; the backend of each new stream or event follows the
@@ -44,7 +44,7 @@ Ops = Tuple[Callable[..., Any], ...]
 def ops_of(event_cls: Any, synchronize: Callable[[], Any]) -> Ops:
     """The ops tuple a backend is handed: the event class, the device-wide
     synchronize, and the class's methods taken unbound (order fixed by
-    TD_OPS_* in csrc/streams.h)."""
+    TD_OPS_* in csrc/streams/streams.h)."""
     return (event_cls, synchronize, event_cls.record, event_cls.wait,
             event_cls.query, event_cls.synchronize, event_cls.elapsed_time)
 

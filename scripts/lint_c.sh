@@ -18,7 +18,7 @@ fi
 PYINC="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
 FLAGS=(-std=c11 -O2 -Wall -Wextra -Wshadow -Wstrict-prototypes -Werror
        -fPIC -Icsrc "-I$PYINC")
-SOURCES=(csrc/*.c)
+SOURCES=(csrc/*/*.c)
 failed=0
 
 need() {

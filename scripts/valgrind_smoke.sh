@@ -162,7 +162,8 @@ import re
 import sys
 
 log, csrc = sys.argv[1], sys.argv[2]
-ours = [f for f in os.listdir(csrc) if f.endswith((".c", ".h"))]
+ours = [f for _d, _s, fs in os.walk(csrc) for f in fs
+        if f.endswith((".c", ".h"))]
 frame = re.compile(r"_tdcore|\((%s):\d+\)" % "|".join(map(re.escape, ours)))
 kinds = re.compile(r"Invalid (read|write|free)|uninitialised|overlap|"
                    r"Mismatched free|Syscall param")

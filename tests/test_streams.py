@@ -1,5 +1,5 @@
 """torch.cuda streams and events on this machine's profile (cpu): the CPU
-backend of csrc/stream.c, csrc/event.c and csrc/backend_cpu.c, reached the
+backend of csrc/streams/stream.c, csrc/streams/event.c and csrc/streams/backend_cpu.c, reached the
 way user code reaches it, through torch.cuda.*."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The CUDA backend (csrc/backend_cuda.c): torch.mps events for MPS-written
+"""The CUDA backend (csrc/streams/backend_cuda.c): torch.mps events for MPS-written
 code on NVIDIA, wrapping native torch.cuda events.
 
 Tests marked `cuda` need an NVIDIA GPU and run in scripts/gpu_check.sh.

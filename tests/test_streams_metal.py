@@ -1,4 +1,4 @@
-"""The Metal backend (csrc/backend_metal.c) against SimulatedMetal.
+"""The Metal backend (csrc/streams/backend_metal.c) against SimulatedMetal.
 
 No Apple hardware is available to this project, so the backend is handed a
 simulated torch.mps instead of the real one: SimulatedMetal has one command

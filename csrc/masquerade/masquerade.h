@@ -12,7 +12,7 @@
 #ifndef TD_MASQUERADE_H
 #define TD_MASQUERADE_H
 
-#include "tdcore.h"
+#include "core/tdcore.h"
 
 #include <stdatomic.h>
 

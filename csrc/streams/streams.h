@@ -11,7 +11,7 @@
 #ifndef TD_STREAMS_H
 #define TD_STREAMS_H
 
-#include "tdcore.h"
+#include "core/tdcore.h"
 
 #include <stdatomic.h>
 #include <stdint.h>
