@@ -26,7 +26,7 @@ import torch
 from . import _log, _tdcore
 
 # torch.cuda names answered by _tdcore on profiles mps and cpu, grouped as
-# in docs/masquerade.md.  Streams and events are issue 4's (_streams.py).
+# in docs/masquerade.md.  Streams and events are in _streams.py.
 QUERY = (
     "is_available", "is_initialized", "init", "device_count",
     "current_device", "set_device", "_get_device_index", "_exchange_device",

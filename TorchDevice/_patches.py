@@ -165,11 +165,11 @@ def patch_table() -> List[Patch]:
         Patch(M, "mps", move("Module.mps", "mps", module_to)),
         Patch(M, "to_empty", factory("Module.to_empty", False)),
     ]
-    table += _import("TorchDevice._streams").patches()  # issue 4
-    table += _import("TorchDevice._masquerade").patches()  # issue 3
-    table += _import("TorchDevice._dataloader").patches()  # issue 6
-    table += _import("TorchDevice._jit").patches()  # issue 6
-    table += _import("TorchDevice._distributed").patches()  # issue 6
+    table += _import("TorchDevice._streams").patches()
+    table += _import("TorchDevice._masquerade").patches()
+    table += _import("TorchDevice._dataloader").patches()
+    table += _import("TorchDevice._jit").patches()
+    table += _import("TorchDevice._distributed").patches()
     return table
 
 

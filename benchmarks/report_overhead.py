@@ -7,7 +7,7 @@ off and on, against native torch, all in the same run.
 policy would pick, so that the three columns do the same work; "off" is
 TorchDevice enabled with logging and the report off (the default); "on"
 records every call (TORCHDEVICE_REPORT).  The "on - off" column is the
-price of recording; issue 5 asks for at most 300 ns.
+price of recording; the target is at most 300 ns (docs/performance.md).
 """
 from __future__ import annotations
 

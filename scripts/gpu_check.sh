@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 echo "== build"
 TORCHDEVICE_STRICT_BUILD=1 $PY setup.py -q build_ext --inplace
-echo "== torch.mps answered from CUDA (issue 3, docs/masquerade.md)"
+echo "== torch.mps answered from CUDA (docs/masquerade.md)"
 env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" $PY -c "
 import torch, TorchDevice
 assert torch.cuda.memory_allocated is torch.cuda.memory.memory_allocated

@@ -108,7 +108,7 @@ with TorchDevice.cpu_override():
     calls()
 
 c = torch.cuda
-if c.is_available():      # the masquerade (issue 3) and events (issue 4)
+if c.is_available():      # the masquerade and events
     for _ in range(N):
         c.device_count(); c.current_device(); c.get_device_name(0)
         c.get_device_properties(0); c.memory_allocated()

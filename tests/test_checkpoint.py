@@ -1,5 +1,5 @@
 """Checkpoints written on CUDA load under TorchDevice; checkpoints written
-under TorchDevice load without it (issue 6, point 2)."""
+under TorchDevice load without it (docs/compile-checkpoints-distributed.md)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""torch.compile of code that calls redirected APIs (issue 6, point 1).
+"""torch.compile of code that calls redirected APIs (docs/compile-checkpoints-distributed.md).
 
 Each import order runs in a fresh process: which of TorchDevice and
 torch._dynamo comes first decides how dynamo files the replacements.

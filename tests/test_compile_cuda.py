@@ -1,4 +1,4 @@
-"""A model written for MPS, compiled on an NVIDIA GPU (issue 6, point 7).
+"""A model written for MPS, compiled on an NVIDIA GPU (docs/compile-checkpoints-distributed.md).
 
 Needs a real CUDA device: run by scripts/gpu_check.sh (``pytest -m cuda``).
 Not run on the CPU machines this project is developed on.

@@ -1,4 +1,4 @@
-"""DataLoader with pin_memory=True and workers (issue 6, point 4)."""
+"""DataLoader with pin_memory=True and workers (docs/compile-checkpoints-distributed.md)."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
 """A training script written for NCCL runs under torchrun on gloo
-(issue 6, point 3).  Each torchrun launch takes a few seconds; the whole
+(docs/compile-checkpoints-distributed.md).  Each torchrun launch takes a few seconds; the whole
 file stays well under the two minutes CI allows."""
 from __future__ import annotations
 

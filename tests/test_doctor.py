@@ -1,4 +1,4 @@
-"""`python -m TorchDevice doctor`: the static scan (issue 5, point 7)."""
+"""`python -m TorchDevice doctor`: the static scan (docs/report.md)."""
 from __future__ import annotations
 
 import json

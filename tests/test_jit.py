@@ -1,4 +1,4 @@
-"""torch.jit.script of code written for CUDA (issue 6, point 5)."""
+"""torch.jit.script of code written for CUDA (docs/compile-checkpoints-distributed.md)."""
 from __future__ import annotations
 
 import json

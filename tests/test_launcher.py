@@ -1,5 +1,5 @@
 """The launcher (`python -m TorchDevice run`, the `torchdevice` script) and
-zero-edit activation with TORCHDEVICE=1 (issue 5, points 4, 5 and 8)."""
+zero-edit activation with TORCHDEVICE=1 (docs/report.md)."""
 from __future__ import annotations
 
 import json

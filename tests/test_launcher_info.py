@@ -1,4 +1,4 @@
-"""`python -m TorchDevice info` (issue 5, point 6)."""
+"""`python -m TorchDevice info` (docs/report.md)."""
 from __future__ import annotations
 
 import json

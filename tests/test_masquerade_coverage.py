@@ -1,7 +1,7 @@
 """Coverage: the torch.cuda names CUDA code commonly calls, each called with
 typical arguments under TorchDevice on this machine.  None may raise unless
 docs/masquerade.md lists it as unsupported, and each returns the type CUDA
-returns.  Streams and events (issue 4) are in the list too."""
+returns.  Streams and events (docs/streams.md) are in the list too."""
 from __future__ import annotations
 
 import contextlib
@@ -167,7 +167,7 @@ CASES: List[Tuple[str, Callable[[], Any], Any]] = [
      bool),
     ("accelerator.current_accelerator",
      lambda: torch.accelerator.current_accelerator(), torch.device),
-    # streams and events (issue 4)
+    # streams and events
     ("synchronize", lambda: c.synchronize(), type(None)),
     ("current_stream", lambda: c.current_stream(), c.Stream),
     ("default_stream", lambda: c.default_stream(), c.Stream),

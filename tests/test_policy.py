@@ -16,7 +16,7 @@ CSC = "cpu-stays-cpu"
 PROFILES = ("mps", "cuda", "cpu")
 
 # request -> {profile: target} for the default mode, override off.
-# Rows of design.md section 3.
+# Rows of the table in docs/policy.md.
 DEFAULT_TABLE = {
     None: {"mps": "mps", "cuda": "cuda", "cpu": "keep"},
     "cpu": {"mps": "mps", "cuda": "cuda", "cpu": "keep"},

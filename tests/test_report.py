@@ -1,5 +1,5 @@
 """The migration report: call sites recorded in C, de-duplicated, counted,
-printed at exit and written as JSON (issue 5, points 1-3)."""
+printed at exit and written as JSON (docs/report.md)."""
 from __future__ import annotations
 
 import json

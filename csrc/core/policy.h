@@ -1,7 +1,7 @@
 /* The redirection policy as a pure function: no Python objects, no globals.
  *
  * Everything that decides *where* a tensor goes lives here so that it can be
- * tested for every hardware profile on any machine (design.md section 3).
+ * tested for every hardware profile on any machine (docs/policy.md).
  */
 #ifndef TD_POLICY_H
 #define TD_POLICY_H

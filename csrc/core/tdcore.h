@@ -38,8 +38,8 @@ typedef struct {
     PyObject *skip_prefixes;       /* tuple of path prefixes not reported */
     PyObject *report_sink;         /* callable(record) for the first hit */
     PyObject *records;             /* report.c's call-site table */
-    PyObject *streams;             /* streams.h: td_streams (issue 4) */
-    PyObject *masq;                /* masquerade.h: td_masq (issue 3) */
+    PyObject *streams;             /* streams.h: td_streams */
+    PyObject *masq;                /* masquerade.h: td_masq */
 
     /* Interned names. */
     PyObject *str_device;

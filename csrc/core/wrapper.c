@@ -177,7 +177,7 @@ maybe_report(td_state *st, td_wrapper *w, td_request req, td_resolution res,
 
 /* A call that raises leaves the CPU override as it found it: the flip a
  * "cpu:-1" request made while resolving is undone (errors keep state
- * whole, design.md section 6.8). */
+ * whole, docs/policy.md). */
 static PyObject *
 undo_toggle_on_error(PyObject *result, td_resolution res)
 {

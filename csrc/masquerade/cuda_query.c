@@ -539,7 +539,7 @@ q_get_device_module(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
 }
 
 /* torch.accelerator.synchronize(device=None): whatever torch.cuda's
- * synchronize is (issue 4 makes it wait for the target), so that the two
+ * synchronize is (docs/streams.md: it waits for the target), so that the two
  * agree; torch's own needs a compiled-in accelerator. */
 static PyObject *
 q_accel_synchronize(PyObject *module, PyObject *const *args,
