@@ -1,6 +1,8 @@
 # TorchDevice: two commands on a fresh machine.
 #   make demo   set up .venv, build _tdcore, run a CUDA-written demo here
 #   make test   set up .venv, build _tdcore, run the test suite
+#   make simaccel  build the simulated accelerator the tests use
+#                  (tests/simaccel/README.md)
 # The local CPU wheel is pinned (torch==2.13.0); the package itself accepts
 # any torch >= 2.5.
 PYTHON ?= python3
@@ -8,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test check bench clean
+.PHONY: setup demo test check bench simaccel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,12 @@ check: setup
 	bash scripts/lint_c.sh
 	bash scripts/sanitize.sh
 	bash scripts/valgrind_smoke.sh
+
+# The simulated accelerator (tests/simaccel/README.md): builds
+# build/simaccel/ against the venv's torch and installs its start-up hook
+# into the venv, inert unless SIMACCEL_AUTOLOAD=1.
+simaccel: setup
+	$(BIN)/python tests/simaccel/_build.py --install-autoload
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py

@@ -1,0 +1,254 @@
+"""The simulated accelerator, "simaccel": a real second device on any CPU machine.
+
+Test infrastructure, never installed with TorchDevice.  torch's PrivateUse1
+backend, renamed "simaccel", whose memory is host memory and whose operators
+run torch's CPU kernels; see tests/simaccel/README.md.
+
+    import simaccel                       # tests/ is on sys.path under pytest
+    reason = simaccel.try_load(build=True)  # None once the device exists
+    x = torch.ones(3, device="simaccel")
+
+Loading is idempotent and process-wide: it loads the built library, renames
+PrivateUse1 to "simaccel", registers `torch.simaccel` and the generated
+`Tensor.simaccel()`, `Module.simaccel()`, `Tensor.is_simaccel` methods, and
+applies the SIMACCEL_* environment settings.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+
+from . import _build
+
+NAME = "simaccel"
+
+# Operators MPS lacked in recent releases (reported as NotImplementedError
+# on the MPS operator coverage tracker for torch 2.6 to 2.8), named as they
+# reach a backend.  A name without an overload means every overload.
+DEFAULT_UNSUPPORTED_OPS = (
+    "aten::linalg_qr.out",
+    "aten::logspace.out",
+    "aten::max_pool3d_with_indices",
+    "aten::grid_sampler_3d",
+)
+# Operators MPS always runs on the CPU with its warning (its MPSFallback list).
+DEFAULT_CPU_ONLY_OPS = (
+    "aten::linalg_svd",
+    "aten::linalg_svd.U",
+    "aten::embedding_renorm_",
+    "aten::col2im",
+    "aten::upsample_nearest3d.vec",
+)
+
+_ON = ("1", "true", "yes", "on")
+_lock = threading.Lock()
+_loaded = False
+_failure: str | None = None
+_mps_rules = False
+_unsupported: tuple[str, ...] = DEFAULT_UNSUPPORTED_OPS
+_cpu_only: tuple[str, ...] = DEFAULT_CPU_ONLY_OPS
+
+
+class Unavailable(RuntimeError):
+    """The simulated accelerator cannot be loaded here; str() says why."""
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _ON
+
+
+def _env_ops(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def is_loaded() -> bool:
+    return _loaded
+
+
+def load(*, build: bool = False) -> None:
+    """Makes the "simaccel" device exist in this process (idempotent).
+
+    build=True first builds or refreshes the library (minutes, once);
+    otherwise a missing or stale build is an error.  Raises Unavailable
+    with the reason when the device cannot be had.
+    """
+    global _loaded, _failure
+    with _lock:
+        if _loaded:
+            return
+        try:
+            _load(build)
+        except Unavailable as exc:
+            _failure = str(exc)
+            raise
+        _loaded = True
+        _failure = None
+
+
+def try_load(*, build: bool = False) -> str | None:
+    """load(), returning None on success or the reason it failed."""
+    try:
+        load(build=build)
+    except Unavailable as exc:
+        return str(exc)
+    return None
+
+
+def _load(build: bool) -> None:
+    import torch
+
+    taken = torch._C._get_privateuse1_backend_name()
+    if taken not in ("privateuseone", NAME):
+        raise Unavailable(f"torch's PrivateUse1 backend is already taken by {taken!r}")
+    if build:
+        try:
+            _build.build()
+        except RuntimeError as exc:
+            raise Unavailable(f"the simulated accelerator could not be built: {exc}") from exc
+    stale = _build.stale_reason()
+    if stale is not None:
+        raise Unavailable(stale)
+    try:
+        torch.ops.load_library(str(_build.library_path()))
+    except (OSError, RuntimeError) as exc:
+        raise Unavailable(f"the simulated accelerator's library did not load: {exc}") from exc
+
+    from . import _device
+
+    if taken != NAME:
+        torch.utils.rename_privateuse1_backend(NAME)
+    if not hasattr(torch, NAME):
+        torch._register_device_module(NAME, _device)
+    if not hasattr(torch.Tensor, NAME):
+        torch.utils.generate_methods_for_privateuse1_backend(
+            for_tensor=True, for_module=True, for_packed_sequence=True, for_storage=True)
+
+    global _unsupported, _cpu_only
+    _unsupported = _normalise(_env_ops("SIMACCEL_UNSUPPORTED_OPS", DEFAULT_UNSUPPORTED_OPS))
+    _cpu_only = _normalise(_env_ops("SIMACCEL_CPU_ONLY_OPS", DEFAULT_CPU_ONLY_OPS))
+    torch.ops.simaccel.set_fallback_enabled(_env_flag("SIMACCEL_ENABLE_FALLBACK"))
+    _apply_mps_rules(_env_flag("SIMACCEL_MPS_RULES"))
+
+
+def _require() -> None:
+    if not _loaded:
+        raise Unavailable(_failure or "the simulated accelerator is not loaded (simaccel.load())")
+
+
+# ------------------------------------------------------- "behave like MPS"
+
+def _normalise(names: Iterable[str]) -> tuple[str, ...]:
+    """'aten::op.overload' or 'op' -> 'op.overload' / every overload of 'op'."""
+    import torch
+
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip().removeprefix("aten::")
+        base, _, overload = name.partition(".")
+        packet = getattr(torch.ops.aten, base, None)
+        if packet is None or not hasattr(packet, "overloads"):
+            raise ValueError(f"simaccel: no operator aten::{name}")
+        if overload:
+            if overload not in packet.overloads():
+                raise ValueError(f"simaccel: no operator aten::{name}")
+            candidates = [base if overload == "default" else name]
+        else:
+            candidates = [base if o == "default" else f"{base}.{o}" for o in packet.overloads()]
+        out.extend(c for c in candidates if c not in out)
+    return tuple(out)
+
+
+def _apply_mps_rules(enabled: bool) -> None:
+    import torch
+
+    global _mps_rules
+    torch.ops.simaccel.set_mps_rules(enabled)
+    if enabled:
+        torch.ops.simaccel.set_op_lists(list(_unsupported), list(_cpu_only))
+    else:
+        torch.ops.simaccel.set_op_lists([], [])
+    _mps_rules = enabled
+
+
+def set_mps_rules(enabled: bool) -> None:
+    """The "behave like MPS" switch (SIMACCEL_MPS_RULES=1 at load time).
+
+    On: float64 tensors are refused on the device with MPS's TypeError;
+    unsupported_ops() raise NotImplementedError as on MPS unless
+    set_fallback_enabled(True); cpu_only_ops() run on the host with MPS's
+    fallback warning.
+    """
+    _require()
+    with _lock:
+        _apply_mps_rules(bool(enabled))
+
+
+def mps_rules() -> bool:
+    return _mps_rules
+
+
+def set_unsupported_ops(names: Iterable[str]) -> None:
+    """Operators that behave as missing on MPS (SIMACCEL_UNSUPPORTED_OPS,
+    comma-separated, at load time).  "aten::op.overload", or "aten::op" for
+    every overload; "aten::" may be left out.  ValueError for unknown ones."""
+    _require()
+    global _unsupported
+    with _lock:
+        _unsupported = _normalise(names)
+        _apply_mps_rules(_mps_rules)
+
+
+def unsupported_ops() -> tuple[str, ...]:
+    return tuple(f"aten::{n}" for n in _unsupported)
+
+
+def set_cpu_only_ops(names: Iterable[str]) -> None:
+    """Operators MPS always runs on the CPU with a warning
+    (SIMACCEL_CPU_ONLY_OPS at load time); names as for set_unsupported_ops."""
+    _require()
+    global _cpu_only
+    with _lock:
+        _cpu_only = _normalise(names)
+        _apply_mps_rules(_mps_rules)
+
+
+def cpu_only_ops() -> tuple[str, ...]:
+    return tuple(f"aten::{n}" for n in _cpu_only)
+
+
+def set_fallback_enabled(enabled: bool) -> None:
+    """Our PYTORCH_ENABLE_MPS_FALLBACK (SIMACCEL_ENABLE_FALLBACK=1 at load
+    time): unsupported operators run on the host with a UserWarning."""
+    _require()
+    import torch
+
+    torch.ops.simaccel.set_fallback_enabled(bool(enabled))
+
+
+def fallback_enabled() -> bool:
+    _require()
+    import torch
+
+    return bool(torch.ops.simaccel.fallback_enabled())
+
+
+# The fallback warning, for whoever counts fallbacks per operator: group 1
+# is the operator ("aten::name" or "aten::name.overload").
+FALLBACK_WARNING_PATTERN = (r"The operator '([^']+)' is not currently supported on the "
+                            r"simaccel backend and will fall back to run on the CPU\.")
+
+
+def memory_stats(device: int = 0) -> dict[str, int]:
+    """Bytes and blocks the device allocator counts: current, peak, total
+    allocated and total freed."""
+    _require()
+    import torch
+
+    values = list(torch.ops.simaccel.memory_stats(device))
+    keys = [f"{kind}.{field}" for kind in ("bytes", "blocks")
+            for field in ("current", "peak", "allocated", "freed")]
+    return dict(zip(keys, values))
