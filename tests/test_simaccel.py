@@ -334,6 +334,45 @@ def test_autograd_and_optimizer_step_match_the_cpu(optimizer_cls):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", [torch.nn.LSTM, torch.nn.GRU])
+def test_recurrent_layers_match_the_cpu(cell):
+    # torch runs them on fused cells for CUDA and PrivateUse1 devices.
+    results = []
+    for device in ("cpu", DEV):
+        torch.manual_seed(0)
+        layer = cell(3, 4, num_layers=2).to(device)
+        x = torch.randn(5, 2, 3).to(device).requires_grad_()
+        out, _ = layer(x)
+        out.pow(2).sum().backward()
+        results.append([out.detach().cpu(), x.grad.cpu()] +
+                       [p.grad.cpu() for p in layer.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_module_to_keeps_parameters_and_tied_weights():
+    embed = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight
+    model = torch.nn.ModuleList([embed, head])
+    param = embed.weight
+    model.to(DEV)
+    assert embed.weight is param and head.weight is embed.weight
+    assert param.device == DEV
+    param.data = torch.zeros(10, 4)                       # and back, as on CUDA
+    assert param.device == torch.device("cpu")
+
+
+def test_conjugate_and_zero_tensors():
+    z = torch.randn(3, dtype=torch.complex64)
+    on = z.to(DEV)
+    assert torch.equal(on.conj().clone().cpu(), z.conj())
+    assert torch.equal((on.conj() * 2).cpu(), z.conj() * 2)
+    x = torch.randn(3, device=DEV, requires_grad=True)
+    torch.sgn(x).sum().backward()                         # a ZeroTensor gradient
+    assert x.grad.tolist() == [0.0, 0.0, 0.0]
+
+
 def test_autocast_uses_torchs_policy():
     a = torch.randn(4, 4, device=DEV)
     with torch.autocast("simaccel", dtype=torch.float16):

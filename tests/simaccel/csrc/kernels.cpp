@@ -8,14 +8,18 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/native/Resize.h>
+#include <ATen/native/TensorFactories.h>
 #include <ATen/ops/_local_scalar_dense_native.h>
 #include <ATen/ops/_reshape_alias_native.h>
 #include <ATen/ops/as_strided_native.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/copy_native.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/ones_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/resize_native.h>
 #include <ATen/ops/set_native.h>
 #include <ATen/ops/unfold_native.h>
@@ -106,8 +110,11 @@ at::Tensor host_view(AliasTable& aliases, const at::Tensor& t) {
 
 // A device tensor over `storage` with the shape and flags of `like`.
 at::Tensor device_tensor(c10::Storage storage, const at::Tensor& like) {
-  auto out = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), kDeviceKeys,
-                                                      like.dtype());
+  auto keys = kDeviceKeys;
+  if (like.key_set().has(c10::DispatchKey::ZeroTensor)) {
+    keys = keys | c10::DispatchKeySet(c10::DispatchKey::ZeroTensor);
+  }
+  auto out = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), keys, like.dtype());
   auto* impl = out.unsafeGetTensorImpl();
   impl->set_sizes_and_strides(like.sizes(), like.strides(), like.storage_offset());
   impl->_set_conj(like.is_conj());
@@ -301,6 +308,9 @@ void host_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     if (value.isTensor()) {
       at::Tensor t = value.toTensor();
       check.see(t, arguments[i].name());
+      if (on_device(t) && C10_UNLIKELY(t.key_set().has(c10::DispatchKey::ZeroTensor))) {
+        t = at::zeros(t.sizes(), t.options());  // no memory behind it to view
+      }
       if (on_device(t)) {
         at::Tensor host = host_view(call.aliases, t);
         value = host;
@@ -531,6 +541,22 @@ at::Tensor empty_strided(c10::IntArrayRef size, c10::IntArrayRef stride,
                                            scalar_type);
 }
 
+// The all-zero tensors autograd uses for known-zero gradients: no memory,
+// and torch's ZeroTensor key resolves operations on them.
+at::Tensor efficient_zero_tensor(c10::IntArrayRef size, std::optional<c10::ScalarType> dtype,
+                                 std::optional<c10::Layout> /*layout*/,
+                                 std::optional<c10::Device> device,
+                                 std::optional<bool> /*pin_memory*/) {
+  c10::Device where = c10::device_or_default(device);
+  if (!where.has_index()) {
+    where.set_index(current_device());
+  }
+  at::native::ZeroTensorAllocator allocator(where);
+  const auto keys = kDeviceKeys | c10::DispatchKeySet(c10::DispatchKey::ZeroTensor);
+  return at::detail::empty_generic(size, &allocator, keys, c10::dtype_or_default(dtype),
+                                   std::nullopt);
+}
+
 at::Tensor copy_from(const at::Tensor& self, const at::Tensor& dst, bool non_blocking) {
   // Device memory is host memory: every direction is a host copy.
   AliasTable aliases;
@@ -635,6 +661,133 @@ std::tuple<at::Tensor, at::Tensor> native_dropout(const at::Tensor& input, doubl
   return {output, mask};
 }
 
+// Recurrent cells: torch's LSTM and GRU call these fused cells on CUDA and
+// PrivateUse1 devices; here they are the CUDA kernels' formulas, computed
+// on the host.  The workspace layouts are CUDA's: the activated LSTM gates
+// [i, f, g, o]; for the GRU [r, z, n, hx, hn].
+at::Tensor one_minus(const at::Tensor& t) { return t.neg().add_(1); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell(
+    const at::Tensor& input_gates, const at::Tensor& hidden_gates, const at::Tensor& cx,
+    const std::optional<at::Tensor>& input_bias, const std::optional<at::Tensor>& hidden_bias) {
+  static const c10::OperatorName name("aten::_thnn_fused_lstm_cell", "");
+  HostScope scope(name, {{input_gates, "input_gates"}, {hidden_gates, "hidden_gates"},
+                         {cx, "cx"}});
+  at::Tensor gates = scope.host(input_gates).add(scope.host(hidden_gates));
+  for (const auto* bias : {&input_bias, &hidden_bias}) {
+    if (bias->has_value() && (*bias)->defined()) {
+      gates.add_(scope.host(**bias));
+    }
+  }
+  auto chunks = gates.chunk(4, 1);
+  const at::Tensor i = chunks[0].sigmoid();
+  const at::Tensor f = chunks[1].sigmoid();
+  const at::Tensor g = chunks[2].tanh();
+  const at::Tensor o = chunks[3].sigmoid();
+  const at::Tensor cy = f.mul(scope.host(cx)).add_(i.mul(g));
+  const at::Tensor hy = o.mul(cy.tanh());
+  return {scope.device(hy), scope.device(cy), scope.device(at::cat({i, f, g, o}, 1))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_backward(
+    const std::optional<at::Tensor>& grad_hy, const std::optional<at::Tensor>& grad_cy,
+    const at::Tensor& cx, const at::Tensor& cy, const at::Tensor& workspace, bool has_bias) {
+  const bool have_hy = grad_hy.has_value() && grad_hy->defined();
+  const bool have_cy = grad_cy.has_value() && grad_cy->defined();
+  if (!have_hy && !have_cy) {
+    return {};
+  }
+  static const c10::OperatorName name("aten::_thnn_fused_lstm_cell_backward_impl", "");
+  HostScope scope(name, {{cx, "cx"}, {cy, "cy"}, {workspace, "workspace"}});
+  auto gates = scope.host(workspace).chunk(4, 1);
+  const at::Tensor &i = gates[0], &f = gates[1], &g = gates[2], &o = gates[3];
+  const at::Tensor tanh_cy = scope.host(cy).tanh();
+  at::Tensor grad_o;
+  at::Tensor grad_c;
+  if (have_hy) {
+    const at::Tensor ghy = scope.host(*grad_hy);
+    grad_o = ghy.mul(tanh_cy);
+    grad_c = ghy.mul(o).mul_(one_minus(tanh_cy.mul(tanh_cy)));
+  } else {
+    grad_o = at::zeros_like(o);
+    grad_c = at::zeros_like(tanh_cy);
+  }
+  if (have_cy) {
+    grad_c = grad_c.add(scope.host(*grad_cy));
+  }
+  const at::Tensor grad_i = grad_c.mul(g).mul_(i.mul(one_minus(i)));
+  const at::Tensor grad_f = grad_c.mul(scope.host(cx)).mul_(f.mul(one_minus(f)));
+  const at::Tensor grad_g = grad_c.mul(i).mul_(one_minus(g.mul(g)));
+  grad_o.mul_(o.mul(one_minus(o)));
+  const at::Tensor grad_gates = at::cat({grad_i, grad_f, grad_g, grad_o}, 1);
+  const at::Tensor grad_cx = grad_c.mul(f);
+  const at::Tensor grad_bias = has_bias ? grad_gates.sum(0) : at::Tensor();
+  return {scope.device(grad_gates), scope.device(grad_cx), scope.device(grad_bias)};
+}
+
+std::tuple<at::Tensor, at::Tensor> gru_cell(
+    const at::Tensor& input_gates, const at::Tensor& hidden_gates, const at::Tensor& hx,
+    const std::optional<at::Tensor>& input_bias, const std::optional<at::Tensor>& hidden_bias) {
+  static const c10::OperatorName name("aten::_thnn_fused_gru_cell", "");
+  HostScope scope(name, {{input_gates, "input_gates"}, {hidden_gates, "hidden_gates"},
+                         {hx, "hx"}});
+  at::Tensor in = scope.host(input_gates);
+  at::Tensor hid = scope.host(hidden_gates);
+  if (input_bias.has_value() && input_bias->defined()) {
+    in = in.add(scope.host(*input_bias));
+  }
+  if (hidden_bias.has_value() && hidden_bias->defined()) {
+    hid = hid.add(scope.host(*hidden_bias));
+  }
+  auto ic = in.chunk(3, 1);
+  auto hc = hid.chunk(3, 1);
+  const at::Tensor r = ic[0].add(hc[0]).sigmoid_();
+  const at::Tensor z = ic[1].add(hc[1]).sigmoid_();
+  const at::Tensor n = ic[2].add(r.mul(hc[2])).tanh_();
+  const at::Tensor h = scope.host(hx);
+  const at::Tensor hy = n.add(z.mul(h.sub(n)));
+  return {scope.device(hy), scope.device(at::cat({r, z, n, h, hc[2]}, 1))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_cell_backward(
+    const at::Tensor& grad_hy, const at::Tensor& workspace, bool has_bias) {
+  static const c10::OperatorName name("aten::_thnn_fused_gru_cell_backward", "");
+  HostScope scope(name, {{grad_hy, "grad_hy"}, {workspace, "workspace"}});
+  auto ws = scope.host(workspace).chunk(5, 1);
+  const at::Tensor &r = ws[0], &z = ws[1], &n = ws[2], &h = ws[3], &hn = ws[4];
+  const at::Tensor g = scope.host(grad_hy);
+  const at::Tensor grad_z = g.mul(h.sub(n)).mul_(one_minus(z)).mul_(z);
+  const at::Tensor grad_hx = g.mul(z);
+  const at::Tensor grad_n = g.mul(one_minus(z)).mul_(one_minus(n.mul(n)));
+  const at::Tensor grad_hn = grad_n.mul(r);
+  const at::Tensor grad_r = grad_n.mul(hn).mul_(one_minus(r)).mul_(r);
+  const at::Tensor grad_input = at::cat({grad_r, grad_z, grad_n}, 1);
+  const at::Tensor grad_hidden = at::cat({grad_r, grad_z, grad_hn}, 1);
+  at::Tensor grad_input_bias;
+  at::Tensor grad_hidden_bias;
+  if (has_bias) {
+    grad_input_bias = grad_input.sum(0);
+    grad_hidden_bias = grad_hidden.sum(0);
+  }
+  return {scope.device(grad_input), scope.device(grad_hidden), scope.device(grad_hx),
+          scope.device(grad_input_bias), scope.device(grad_hidden_bias)};
+}
+
+// `param.data = tensor` and Module.to() keep a Parameter (and so weights
+// tied between modules) when the new tensor's kind is compatible; torch
+// counts dense CPU and CUDA tensors compatible, not PrivateUse1 ones, unless
+// the backend says so, as here.
+bool has_compatible_shallow_copy_type(const at::Tensor& self, const at::Tensor& from) {
+  auto dense = [](const at::Tensor& t) {
+    return t.layout() == c10::kStrided && (t.is_cpu() || on_device(t)) &&
+           !t.unsafeGetTensorImpl()->is_python_dispatch();
+  };
+  if (dense(self) && dense(from)) {
+    return true;
+  }
+  return self.unsafeGetTensorImpl()->has_compatible_shallow_copy_type(from.key_set());
+}
+
 at::Tensor as_strided(const at::Tensor& self, c10::SymIntArrayRef size,
                       c10::SymIntArrayRef stride, std::optional<c10::SymInt> offset) {
   std::optional<int64_t> plain_offset;
@@ -664,6 +817,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("_copy_from", &simaccel::copy_from);
   m.impl("_copy_from_and_resize", &simaccel::copy_from_and_resize);
   m.impl("_local_scalar_dense", &simaccel::local_scalar_dense);
+  m.impl("_efficientzerotensor", &simaccel::efficient_zero_tensor);
   m.impl("resize_", &simaccel::resize_);
   m.impl("set_.source_Storage_storage_offset", &simaccel::set_storage_offset);
   m.impl("set_.source_Storage", &simaccel::set_storage);
@@ -672,6 +826,11 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("convolution_overrideable", &simaccel::convolution);
   m.impl("convolution_backward_overrideable", &simaccel::convolution_backward);
   m.impl("native_dropout", &simaccel::native_dropout);
+  m.impl("_thnn_fused_lstm_cell", &simaccel::lstm_cell);
+  m.impl("_thnn_fused_lstm_cell_backward_impl", &simaccel::lstm_cell_backward);
+  m.impl("_thnn_fused_gru_cell", &simaccel::gru_cell);
+  m.impl("_thnn_fused_gru_cell_backward", &simaccel::gru_cell_backward);
+  m.impl("_has_compatible_shallow_copy_type", &simaccel::has_compatible_shallow_copy_type);
   // Views share the device storage.  The fallback would also map a CPU
   // view back onto the device storage; these are just the frequent ones.
   m.impl("as_strided", &simaccel::as_strided);
@@ -680,6 +839,20 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("unfold", &at::native::unfold);
   m.impl("view_as_real", &at::native::view_as_real);
   m.impl("view_as_complex", &at::native::view_as_complex);
+}
+
+// Conjugate and negative views: torch resolves them, for an operator without
+// its own handling, by cloning the input, and a clone copies through
+// _copy_from, which would come back here without end.  The device's
+// _copy_from handles both bits itself (the CPU copy does), as CUDA's does.
+TORCH_LIBRARY_IMPL(aten, Conjugate, m) {
+  m.impl("_copy_from", torch::CppFunction::makeFallthrough());
+  m.impl("_copy_from_and_resize", torch::CppFunction::makeFallthrough());
+}
+
+TORCH_LIBRARY_IMPL(aten, Negative, m) {
+  m.impl("_copy_from", torch::CppFunction::makeFallthrough());
+  m.impl("_copy_from_and_resize", torch::CppFunction::makeFallthrough());
 }
 
 // Operators with both a CPU kernel and a generic (composite) one: a backend
