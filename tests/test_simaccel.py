@@ -519,8 +519,10 @@ def _site_dir(tmp_path: Path) -> Path:
 def test_activation_variable_gives_every_process_the_device(tmp_path):
     site = _site_dir(tmp_path)
     probe = f"""
-        import site, sys
+        import importlib.util, site, sys
         site.addsitedir({str(site)!r})
+        site.addsitedir({str(site)!r})                  # a second time: one hook
+        assert importlib.util.find_spec("torch")         # asking is not importing
         import torch
         print(torch._C._get_privateuse1_backend_name(), torch.probe_saw,
               torch.accelerator.current_accelerator())

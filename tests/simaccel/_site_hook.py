@@ -40,13 +40,16 @@ def _load_simaccel(torch) -> None:
 
 
 class _TorchLoader(importlib.abc.Loader):
-    def __init__(self, real: importlib.abc.Loader):
+    def __init__(self, real: importlib.abc.Loader, finder: "_TorchFinder"):
         self._real = real
+        self._finder = finder
 
     def create_module(self, spec):
         return self._real.create_module(spec)
 
     def exec_module(self, module) -> None:
+        if self._finder in sys.meta_path:  # torch is being imported: once only
+            sys.meta_path.remove(self._finder)
         saved = os.environ.get(_AUTOLOAD)
         os.environ[_AUTOLOAD] = "0"  # torch's own switch for its entry points
         try:
@@ -68,15 +71,28 @@ class _TorchLoader(importlib.abc.Loader):
 
 
 class _TorchFinder(importlib.abc.MetaPathFinder):
+    """Wraps the loader of torch's spec.  It stays in sys.meta_path until
+    torch is actually imported: a find_spec("torch") that only asks whether
+    torch is installed (transformers does) must not use it up."""
+
+    simaccel_hook = True
+
     def find_spec(self, name, path, target=None):
         if name != "torch":
             return None
-        sys.meta_path.remove(self)  # once: the real search, then step aside
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _TorchLoader(spec.loader)
-        return spec
+        for finder in sys.meta_path:
+            if getattr(finder, "simaccel_hook", False) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _TorchLoader(spec.loader, self)
+                return spec
+        return None
 
 
-if "torch" not in sys.modules and not any(isinstance(f, _TorchFinder) for f in sys.meta_path):
+# The .pth line may run twice (site.addsitedir of the same directory); each
+# run defines a new class, hence the marker attribute.
+if "torch" not in sys.modules and not any(getattr(f, "simaccel_hook", False)
+                                          for f in sys.meta_path):
     sys.meta_path.insert(0, _TorchFinder())

@@ -197,8 +197,8 @@ bool is_generator_argument(const c10::Argument& arg) {
          optional->getElementType()->kind() == c10::TypeKind::GeneratorType;
 }
 
-// The device storage for the storage of a CPU result.
-c10::Storage device_storage(FallbackCall& call, const at::Tensor& host) {
+// The device storage on `target` for the storage of a CPU result.
+c10::Storage device_storage(FallbackCall& call, const at::Tensor& host, c10::Device target) {
   const c10::Storage& storage = host.storage();
   const c10::StorageImpl* impl = storage.unsafeGetStorageImpl();
   if (const c10::Storage* device = call.aliases.device_of(impl)) {
@@ -218,7 +218,7 @@ c10::Storage device_storage(FallbackCall& call, const at::Tensor& host) {
   if (is_input) {
     // A CPU argument handed back: the device result must not share it.
     const size_t nbytes = storage.nbytes();
-    const c10::DeviceGuard guard(*call.target);
+    const c10::DeviceGuard guard(target);
     out = c10::Storage(c10::Storage::use_byte_size_t(), nbytes,
                        device_allocator()->allocate(nbytes), device_allocator(), true);
     if (nbytes != 0) {
@@ -226,7 +226,7 @@ c10::Storage device_storage(FallbackCall& call, const at::Tensor& host) {
     }
   } else {
     // Memory the kernel just allocated becomes device memory, uncopied.
-    out = adopt_host_storage(storage, call.target->index());
+    out = adopt_host_storage(storage, target.index());
   }
   call.adopted.emplace_back(impl, out);
   return out;
@@ -236,7 +236,7 @@ at::Tensor to_device(FallbackCall& call, const at::Tensor& host) {
   if (!host.defined() || !call.target || host.device().type() == kDeviceType) {
     return host;
   }
-  return device_tensor(device_storage(call, host), host);
+  return device_tensor(device_storage(call, host, *call.target), host);
 }
 
 // Carries what an in-place CPU kernel did to a view's shape or storage
@@ -246,7 +246,7 @@ void sync_back(FallbackCall& call, const at::Tensor& device, const at::Tensor& h
   const auto* h = host.unsafeGetTensorImpl();
   const c10::Storage* mapped = call.aliases.device_of(h->unsafe_storage().unsafeGetStorageImpl());
   if (mapped == nullptr) {
-    d->set_storage_keep_dtype(device_storage(call, host));
+    d->set_storage_keep_dtype(device_storage(call, host, device.device()));
   } else if (mapped->unsafeGetStorageImpl() != d->unsafe_storage().unsafeGetStorageImpl()) {
     d->set_storage_keep_dtype(*mapped);
   }
@@ -302,6 +302,7 @@ void host_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   std::optional<c10::Device> generator_device;
   bool host_generator_given = false;
   c10::SmallVector<size_t, 1> default_generators;
+  bool device_argument = false;
 
   for (size_t i = 0; i < nargs; ++i) {
     c10::IValue& value = (*stack)[begin + i];
@@ -357,7 +358,9 @@ void host_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
         value = std::move(replaced);
       }
     } else if (value.isDevice()) {
+      // An explicit device argument says where the results go.
       const c10::Device d = value.toDevice();
+      device_argument = true;
       if (d.type() == kDeviceType) {
         call.target = c10::Device(kDeviceType, d.has_index() ? d.index() : current_device());
         value = c10::Device(c10::kCPU);
@@ -375,15 +378,16 @@ void host_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     }
   }
   check.finish();
-  if (check.device) {
+  if (!device_argument) {
     call.target = check.device;
   }
-  if (call.target) {
+  const std::optional<c10::Device> random_device = call.target ? call.target : check.device;
+  if (random_device) {
     // As torch's check_generator says it for CUDA.
-    TORCH_CHECK(!host_generator_given, "Expected a '", call.target->type(),
+    TORCH_CHECK(!host_generator_given, "Expected a '", random_device->type(),
                 "' device type for generator but found 'cpu'");
     for (const size_t i : default_generators) {
-      (*stack)[begin + i] = host_generator(default_generator(call.target->index()));
+      (*stack)[begin + i] = host_generator(default_generator(random_device->index()));
     }
   } else {
     TORCH_CHECK(!generator_device, "Expected a 'cpu' device type for generator but found '",
