@@ -536,6 +536,19 @@ def test_activation_variable_gives_every_process_the_device(tmp_path):
     assert off.stdout.split() == ["privateuseone", "privateuseone", "None"]
 
 
+def test_activation_through_the_venv_install():
+    import sysconfig
+    installed = Path(sysconfig.get_paths()["purelib"]) / _build.AUTOLOAD_PTH
+    if not installed.is_file():
+        pytest.skip("the start-up hook is not installed here (`make simaccel` installs it)")
+    probe = "import torch; print(torch.accelerator.current_accelerator())"
+    on = run_child(probe, env={"SIMACCEL_AUTOLOAD": "1"})
+    assert on.returncode == 0, on.stderr[-3000:]
+    assert on.stdout.strip() == "simaccel"
+    off = run_child(probe)
+    assert off.stdout.strip() == "None", off.stderr[-3000:]
+
+
 def test_activation_reaches_spawned_workers(tmp_path):
     site = _site_dir(tmp_path)
     # A spawned worker starts a new interpreter: it finds the hook through

@@ -28,7 +28,7 @@ ROOT = HERE.parent.parent
 SOURCES = (HERE / "csrc" / "runtime.cpp", HERE / "csrc" / "kernels.cpp")
 HEADERS = (HERE / "csrc" / "simaccel.h",)
 LIBRARY_NAME = "simaccel_backend"
-EXTRA_CFLAGS = ["-O1", "-Wall", "-Wno-unused-parameter"]
+EXTRA_CFLAGS = ["-O1", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 AUTOLOAD_PTH = "simaccel_autoload.pth"
 
 
@@ -41,10 +41,10 @@ def library_path() -> Path:
 
 
 def fingerprint() -> dict:
-    """What the built library depends on: the sources and the torch build."""
+    """What the built library depends on: sources, flags and the torch build."""
     import torch
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(" ".join(EXTRA_CFLAGS).encode())
     for path in (*SOURCES, *HEADERS):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())

@@ -322,7 +322,7 @@ void host_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     } else if (value.isTensorList()) {
       const auto list = value.toTensorList();
       bool any = false;
-      for (const at::Tensor t : list) {
+      for (const at::Tensor& t : list) {
         check.see(t, arguments[i].name());
         any = any || on_device(t);
       }
@@ -331,7 +331,7 @@ void host_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
         host.reserve(list.size());
         c10::List<at::Tensor> replaced;
         replaced.reserve(list.size());
-        for (const at::Tensor t : list) {
+        for (const at::Tensor& t : list) {
           host.push_back(on_device(t) ? host_view(call.aliases, t) : at::Tensor());
           replaced.push_back(on_device(t) ? host.back() : t);
         }
