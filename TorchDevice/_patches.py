@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import _log, _tdcore
+from . import _log, _tdcore, _torch_compat
 
 _MISSING = object()
 
@@ -94,15 +94,39 @@ def _import(name: str) -> Any:
     return importlib.import_module(name)
 
 
+# torch's device constructors, for a torch without the private list.
+_KNOWN_CONSTRUCTORS = (
+    "empty", "empty_permuted", "empty_strided", "empty_quantized", "ones",
+    "arange", "bartlett_window", "blackman_window", "eye", "full",
+    "hamming_window", "hann_window", "kaiser_window", "linspace", "logspace",
+    "rand", "randn", "randint", "randperm", "range", "sparse_coo_tensor",
+    "sparse_compressed_tensor", "sparse_csr_tensor", "sparse_csc_tensor",
+    "sparse_bsr_tensor", "sparse_bsc_tensor", "tril_indices", "triu_indices",
+    "zeros", "asarray", "tensor", "as_tensor", "scalar_tensor",
+)
+
+
+def _constructors() -> Any:
+    listed = _torch_compat.get("device_constructors")
+    if listed is not None:
+        # Priming: the set is cached by identity of what is at torch.<name>
+        # on first use; it must hold torch's originals, not our wrappers.
+        return listed()
+    found = set()
+    for name in _KNOWN_CONSTRUCTORS:
+        value = getattr(torch, name, None)
+        if isinstance(value, _tdcore.Wrapper):
+            value = value.__wrapped__
+        if value is not None:
+            found.add(value)
+    return found
+
+
 def _device_constructor_patches() -> List[Patch]:
     """Every callable torch treats as a device constructor (so that
     `with torch.device(...)` fills its device), found by identity in the
     public namespaces, plus the explicit-device-only factories."""
-    from torch.utils._device import _device_constructors
-
-    # Priming: the set is cached by identity of what is at torch.<name> on
-    # first use; it must hold torch's originals, not our wrappers.
-    constructors = _device_constructors()
+    constructors = _constructors()
     patches: List[Patch] = []
     seen = set()
     for ns_name in _NAMESPACES:
@@ -141,7 +165,7 @@ def _storage_patches() -> List[Patch]:
 def patch_table() -> List[Patch]:
     T = torch.Tensor
     M = torch.nn.Module
-    tensor_to = lambda: torch._C.TensorBase.to  # noqa: E731
+    tensor_to = lambda: _originals["tensor_to"]  # noqa: E731
     module_to = lambda: _originals["module_to"]  # noqa: E731
     table: List[Patch] = []
     table += _device_constructor_patches()
@@ -208,31 +232,66 @@ def _skip_prefixes() -> Tuple[str, ...]:
 
 
 def _lazy_allowed_methods() -> List[Any]:
-    from torch.nn.parameter import UninitializedTensorMixin
-    return UninitializedTensorMixin._allowed_methods
+    allowed = _torch_compat.get("lazy_allowed_methods")
+    return allowed if allowed is not None else []
+
+
+def _default_device_probes() -> Tuple[Any, Any, Any]:
+    """What the core needs to see torch's default-device context: the mode
+    stack's length and items, and the DeviceContext type (None each when
+    this torch lacks them)."""
+    if not _torch_compat.has("len_torch_function_stack",
+                             "get_function_stack_at", "DeviceContext"):
+        return None, None, None
+    return (_torch_compat.get("len_torch_function_stack"),
+            _torch_compat.get("get_function_stack_at"),
+            _torch_compat.get("DeviceContext"))
+
+
+def _capture_originals() -> None:
+    """torch's own methods, read before anything is replaced."""
+    if not _originals:
+        _originals.update(
+            module_to=torch.nn.Module.__dict__["to"],
+            tensor_to=torch.Tensor.to,
+            tensor_cpu=torch.Tensor.cpu,
+        )
+
+
+def core_objects(mps_device: Optional[torch.device] = None
+                 ) -> Dict[str, Any]:
+    """The torch objects _tdcore.install() takes (docs/architecture.md).
+    `mps_device` replaces the MPS target only in tests that simulate the
+    mps profile."""
+    _capture_originals()
+    mode_stack_len, mode_stack_at, device_context = _default_device_probes()
+    return dict(
+        device_type=torch.device,
+        dtype_type=torch.dtype,
+        targets={
+            "cpu": torch.device("cpu"),
+            "cuda": torch.device("cuda"),
+            "mps": (mps_device if mps_device is not None
+                    else torch.device("mps", 0)),
+        },
+        layout_probes=(torch.device("cpu"), torch.device("cuda"),
+                       torch.device("mps", 0)),
+        float64=torch.float64,
+        float32=torch.float32,
+        tensor_to=_originals["tensor_to"],
+        tensor_cpu=_originals["tensor_cpu"],
+        module_to=_originals["module_to"],
+        mode_stack_len=mode_stack_len,
+        mode_stack_at=mode_stack_at,
+        device_context=device_context,
+        generator_type=torch.Generator,
+        skip_prefixes=_skip_prefixes(),
+        report_sink=_log.sink,
+    )
 
 
 def _install_core(mps_device: Optional[torch.device] = None) -> None:
-    """Hands _tdcore the torch objects it needs.  `mps_device` replaces the
-    MPS target only in tests that simulate the mps profile."""
-    _originals.setdefault("module_to", torch.nn.Module.__dict__["to"])
-    _tdcore.install(
-        device_type=torch.device,
-        dtype_type=torch.dtype,
-        dev_cpu=torch.device("cpu"),
-        dev_cuda=torch.device("cuda"),
-        dev_mps=mps_device if mps_device is not None else torch.device("mps", 0),
-        float64=torch.float64,
-        float32=torch.float32,
-        tensor_to=torch._C.TensorBase.to,
-        tensor_cpu=torch._C.TensorBase.cpu,
-        module_to=_originals["module_to"],
-        mode_stack_len=torch._C._len_torch_function_stack,
-        generator_type=torch._C.Generator,
-        skip_prefixes=_skip_prefixes(),
-        report_sink=_log.sink,
-        probe_mps=torch.device("mps", 0),
-    )
+    _tdcore.install(**core_objects(mps_device))
 
 
 def apply(mps_device: Optional[torch.device] = None) -> None:

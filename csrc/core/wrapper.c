@@ -53,12 +53,6 @@ typedef struct {
     PyObject *value;        /* borrowed for the duration of the call */
 } td_subst;
 
-static td_state *
-wrapper_state(td_wrapper *w)
-{
-    return (td_state *)PyType_GetModuleState(Py_TYPE(w));
-}
-
 static int
 kw_is(PyObject *name, PyObject *interned)
 {
@@ -85,7 +79,7 @@ find_kw(PyObject *kwnames, Py_ssize_t nargs, PyObject *interned)
 /* Calls fn with args where the listed slots are substituted and, when
  * add_device is set, a device= keyword is appended. */
 static PyObject *
-forward(td_state *st, PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
+forward(td_install *st, PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
         PyObject *kwnames, const td_subst *subst, int nsubst,
         PyObject *add_device)
 {
@@ -140,7 +134,7 @@ done:
  * (reported) or an error, by configuration.  Returns 0, or -1 with an error
  * set; on 0, *subst is filled when the dtype slot must be replaced. */
 static int
-float64_check(td_state *st, td_wrapper *w, td_request req, td_resolution res,
+float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
               PyObject *const *args, Py_ssize_t dslot, td_subst *subst,
               int *nsubst)
 {
@@ -166,7 +160,7 @@ float64_check(td_state *st, td_wrapper *w, td_request req, td_resolution res,
 }
 
 static int
-maybe_report(td_state *st, td_wrapper *w, td_request req, td_resolution res,
+maybe_report(td_install *st, td_wrapper *w, td_request req, td_resolution res,
              PyObject *arg)
 {
     if ((res.redirected || res.toggle_override) && td_get_report()) {
@@ -187,23 +181,8 @@ undo_toggle_on_error(PyObject *result, td_resolution res)
     return result;
 }
 
-/* A factory called without device= follows an active default-device
- * context (`with torch.device(...)`, set_default_device) instead of the
- * policy; both live on torch's function-mode stack. */
-static int
-default_device_context_active(td_state *st)
-{
-    PyObject *n = PyObject_CallNoArgs(st->mode_stack_len);
-    if (n == NULL) {
-        return -1;
-    }
-    int active = PyObject_IsTrue(n);
-    Py_DECREF(n);
-    return active;
-}
-
 static PyObject *
-call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
+call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
              Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
 {
     PyObject *arg = slot >= 0 ? args[slot] : NULL;
@@ -215,7 +194,8 @@ call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
     }
     td_resolution res = td_resolve_now(st, req);
     if (req.kind == TD_REQ_NONE && res.target != TD_TARGET_KEEP) {
-        int active = default_device_context_active(st);
+        /* torch's default-device context decides instead (devarg.c). */
+        int active = td_default_device_active(st);
         if (active < 0) {
             return NULL;
         }
@@ -255,7 +235,7 @@ call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
 }
 
 static PyObject *
-wrapper_factory(td_wrapper *w, td_state *st, PyObject *const *args,
+wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_ssize_t slot = find_kw(kwnames, nargs, st->str_device);
@@ -269,7 +249,7 @@ wrapper_factory(td_wrapper *w, td_state *st, PyObject *const *args,
  * .to(device=..., dtype=...); Module.to takes the same forms.  args[0] is
  * the instance. */
 static PyObject *
-wrapper_to(td_wrapper *w, td_state *st, PyObject *const *args,
+wrapper_to(td_wrapper *w, td_install *st, PyObject *const *args,
            Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_ssize_t slot = find_kw(kwnames, nargs, st->str_device);
@@ -317,7 +297,7 @@ wrapper_to(td_wrapper *w, td_state *st, PyObject *const *args,
  * .mps(...): when the policy keeps the request, the original runs; when it
  * moves it, the move becomes fallback(self, target, **keywords). */
 static PyObject *
-wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
+wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
              Py_ssize_t nargs, PyObject *kwnames)
 {
     if (nargs < 1) {
@@ -353,8 +333,9 @@ wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
     PyObject *target = td_target_device(st, res.target);
     if (target == NULL) {
         /* Kept, but torch has no such method (Tensor.mps): move there. */
-        target = req.kind == TD_REQ_MPS ? st->dev_mps
-                 : req.kind == TD_REQ_CUDA ? st->dev_cuda : st->dev_cpu;
+        target = st->target[req.kind == TD_REQ_MPS ? TD_TARGET_MPS
+                            : req.kind == TD_REQ_CUDA ? TD_TARGET_CUDA
+                                                      : TD_TARGET_CPU];
     }
     /* Rebuild as fallback(self, target, non_blocking=..., **kw). */
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
@@ -402,7 +383,7 @@ wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
 }
 
 static PyObject *
-wrapper_numpy(td_wrapper *w, td_state *st, PyObject *const *args,
+wrapper_numpy(td_wrapper *w, td_install *st, PyObject *const *args,
               Py_ssize_t nargs, PyObject *kwnames)
 {
     if (td_get_profile() == TD_PROFILE_CPU || nargs < 1) {
@@ -435,7 +416,7 @@ wrapper_numpy(td_wrapper *w, td_state *st, PyObject *const *args,
 /* Without an accelerator there is no pinned memory: pinning is the
  * identity and nothing is pinned.  With one, torch decides. */
 static PyObject *
-wrapper_pin(td_wrapper *w, td_state *Py_UNUSED(st), PyObject *const *args,
+wrapper_pin(td_wrapper *w, td_install *Py_UNUSED(st), PyObject *const *args,
             Py_ssize_t nargs, PyObject *kwnames)
 {
     if (td_get_profile() != TD_PROFILE_CPU || nargs < 1) {
@@ -452,9 +433,11 @@ wrapper_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
                    PyObject *kwnames)
 {
     td_wrapper *w = (td_wrapper *)self;
-    td_state *st = wrapper_state(w);
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (st->device_type == NULL) {
+    /* Held for the whole call: disable() in another thread cannot free
+     * what this call uses (tdcore.h). */
+    td_install *st = td_install_acquire();
+    if (st == NULL) {
         /* Not installed (a wrapper kept past disable()): be the original. */
         if (w->wrapped == Py_None) {
             PyErr_Format(PyExc_AttributeError, "%U is not available while "
@@ -463,23 +446,30 @@ wrapper_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
         }
         return PyObject_Vectorcall(w->wrapped, args, nargsf, kwnames);
     }
+    PyObject *result = NULL;
     switch ((td_kind)w->kind) {
     case TD_KIND_FACTORY:
-        return wrapper_factory(w, st, args, nargs, kwnames);
+        result = wrapper_factory(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_TO:
-        return wrapper_to(w, st, args, nargs, kwnames);
+        result = wrapper_to(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_MOVE:
-        return wrapper_move(w, st, args, nargs, kwnames);
+        result = wrapper_move(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_NUMPY:
-        return wrapper_numpy(w, st, args, nargs, kwnames);
+        result = wrapper_numpy(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_PIN_MEMORY:
     case TD_KIND_IS_PINNED:
-        return wrapper_pin(w, st, args, nargs, kwnames);
+        result = wrapper_pin(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_COUNT:
+        PyErr_SetString(PyExc_SystemError, "corrupt TorchDevice wrapper kind");
         break;
     }
-    PyErr_SetString(PyExc_SystemError, "corrupt TorchDevice wrapper kind");
-    return NULL;
+    Py_DECREF(st);
+    return result;
 }
 
 static int

@@ -58,10 +58,8 @@ is_cuda_type(PyObject *arg)
 }
 
 static int
-log_dtype_change(td_state *st, td_devtype *w, PyObject *want,
-                 PyObject *chosen)
+log_dtype_change(td_masq *m, td_devtype *w, PyObject *want, PyObject *chosen)
 {
-    td_masq *m = TD_MASQ(st);
     if (td_get_report() && m->record != NULL) {
         PyObject *from = PyObject_Str(want);
         PyObject *to = from ? PyObject_Str(chosen) : NULL;
@@ -93,10 +91,9 @@ log_dtype_change(td_state *st, td_devtype *w, PyObject *want,
 /* Sets the dtype autocast will use on the target.  `dslot` is the
  * positional index of dtype, or -1 when it is not passed positionally. */
 static int
-choose_dtype(td_state *st, td_devtype *w, PyObject *pos, PyObject *kw,
-             Py_ssize_t dslot)
+choose_dtype(td_state *st, td_masq *m, td_devtype *w, PyObject *pos,
+             PyObject *kw, Py_ssize_t dslot)
 {
-    td_masq *m = TD_MASQ(st);
     PyObject *want = NULL;   /* borrowed */
     if (dslot >= 0 && dslot < PyTuple_GET_SIZE(pos)) {
         want = PyTuple_GET_ITEM(pos, dslot);
@@ -118,7 +115,7 @@ choose_dtype(td_state *st, td_devtype *w, PyObject *pos, PyObject *kw,
         return -1;
     }
     PyObject *chosen = ok ? want : m->amp_default;
-    if (!ok && log_dtype_change(st, w, want, chosen) < 0) {
+    if (!ok && log_dtype_change(m, w, want, chosen) < 0) {
         return -1;
     }
     if (dslot >= 0 && dslot < PyTuple_GET_SIZE(pos)) {
@@ -131,12 +128,9 @@ choose_dtype(td_state *st, td_devtype *w, PyObject *pos, PyObject *kw,
 }
 
 static PyObject *
-devtype_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
-                   PyObject *kwnames)
+devtype_call(td_devtype *w, td_state *st, td_masq *m, PyObject *const *args,
+             size_t nargsf, PyObject *kwnames)
 {
-    td_devtype *w = (td_devtype *)self;
-    td_state *st = (td_state *)PyType_GetModuleState(Py_TYPE(self));
-    td_masq *m = TD_MASQ(st);
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     Py_ssize_t slot = -1;
@@ -176,7 +170,7 @@ devtype_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
     {
         goto done;
     }
-    if (w->autocast && choose_dtype(st, w, pos, kw, w->argpos + 1) < 0) {
+    if (w->autocast && choose_dtype(st, m, w, pos, kw, w->argpos + 1) < 0) {
         goto done;
     }
     if (td_get_report() && m->record != NULL) {
@@ -192,6 +186,22 @@ devtype_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
 done:
     Py_XDECREF(pos);
     Py_XDECREF(kw);
+    return result;
+}
+
+/* Holds the masquerade snapshot for the whole call (masquerade.h). */
+static PyObject *
+devtype_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    td_state *st = td_type_state(Py_TYPE(self));
+    td_masq *m = td_masq_hold(st);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *result = devtype_call((td_devtype *)self, st, m, args, nargsf,
+                                    kwnames);
+    Py_DECREF(m);
     return result;
 }
 
