@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -317,6 +318,8 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
                 _built[patch.key] = replacement
             setattr(patch.owner, patch.name, replacement)
             _applied.append(_Applied(patch, had_own, original, replacement))
+        for entry in _applied:
+            _name_for_pickle(entry.patch.owner, entry.patch.name)
         allowed = _lazy_allowed_methods()
         for entry in _applied:
             if (entry.patch.owner is torch.Tensor
@@ -328,6 +331,45 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
         raise
     _enabled = True
     _lifecycle_hooks("on_apply")
+
+
+def _pickle_path(owner: Any, name: str) -> Tuple[str, str]:
+    """(module, qualified name) under which pickle finds owner.<name>."""
+    if isinstance(owner, types.ModuleType):
+        return owner.__name__, name
+    return owner.__module__, f"{owner.__qualname__}.{name}"
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    obj: Any = sys.modules.get(module, _MISSING)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, _MISSING)
+    return obj
+
+
+def _name_for_pickle(owner: Any, name: str) -> None:
+    """Makes pickle reduce the replacement at owner.<name> to that path, as
+    it does torch's own callables: it loads back as the identical object
+    (and, where TorchDevice is not enabled, as torch's own).  A replacement
+    that already pickles to itself (worker_loop, by design) keeps its
+    name."""
+    value = getattr(owner, name, _MISSING)
+    if value is _MISSING or not callable(value) or isinstance(value, type):
+        return
+    try:
+        module, qualname = value.__module__, value.__qualname__
+    except AttributeError:
+        module = qualname = ""
+    if module and qualname and _lookup(module, qualname) is value:
+        return
+    module, qualname = _pickle_path(owner, name)
+    if _lookup(module, qualname) is not value:
+        return
+    try:
+        value.__module__ = module
+        value.__qualname__ = qualname
+    except (AttributeError, TypeError):
+        pass        # a builtin: named by masq_function() already
 
 
 def _lifecycle_hooks(event: str) -> None:

@@ -564,8 +564,8 @@ error:
     return NULL;
 }
 
-static PyObject *
-wrapper_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+PyObject *
+td_bind_like_function(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
 {
     if (obj == NULL || obj == Py_None) {
         return Py_NewRef(self);
@@ -617,11 +617,19 @@ wrapper_repr(PyObject *self)
     return PyUnicode_FromFormat("<TorchDevice wrapper of %R>", w->wrapped);
 }
 
-static PyObject *
-wrapper_reduce(PyObject *self, PyObject *Py_UNUSED(a))
+PyObject *
+td_reduce_by_name(PyObject *self, PyObject *Py_UNUSED(unused))
 {
-    /* Pickled by name, like the function it stands in for. */
-    return PyObject_GetAttrString(self, "__qualname__");
+    /* A str: pickle stores a global reference (__module__, the str) and
+     * checks that it finds this very object there. */
+    PyObject *name = PyObject_GetAttrString(self, "__qualname__");
+    if (name == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "cannot pickle %R: it is not installed by TorchDevice's "
+                     "patch table (no __qualname__)", self);
+    }
+    return name;
 }
 
 static PyObject *
@@ -657,7 +665,7 @@ wrapper_get_fallback(PyObject *self, void *Py_UNUSED(c))
 }
 
 static PyMethodDef wrapper_methods[] = {
-    {"__reduce__", wrapper_reduce, METH_NOARGS, NULL},
+    {"__reduce__", td_reduce_by_name, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -686,7 +694,7 @@ static PyMemberDef wrapper_members[] = {
 static PyType_Slot wrapper_slots[] = {
     {Py_tp_new, wrapper_new},
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, wrapper_descr_get},
+    {Py_tp_descr_get, td_bind_like_function},
     {Py_tp_traverse, wrapper_traverse},
     {Py_tp_clear, wrapper_clear},
     {Py_tp_dealloc, wrapper_dealloc},

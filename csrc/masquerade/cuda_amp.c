@@ -241,16 +241,6 @@ devtype_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)w;
 }
 
-/* Binds like a function, so that it can stand in for __init__. */
-static PyObject *
-devtype_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    if (obj == NULL || obj == Py_None) {
-        return Py_NewRef(self);
-    }
-    return PyMethod_New(self, obj);
-}
-
 static int
 devtype_traverse(PyObject *self, visitproc visit, void *arg)
 {
@@ -305,6 +295,13 @@ static PyMemberDef devtype_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+/* Binds like a function (so it can stand in for __init__) and pickles by
+ * name, as Wrapper does (wrapper.c). */
+static PyMethodDef devtype_methods[] = {
+    {"__reduce__", td_reduce_by_name, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef devtype_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL,
      NULL},
@@ -314,7 +311,8 @@ static PyGetSetDef devtype_getset[] = {
 static PyType_Slot devtype_slots[] = {
     {Py_tp_new, devtype_new},
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, devtype_descr_get},
+    {Py_tp_descr_get, td_bind_like_function},
+    {Py_tp_methods, devtype_methods},
     {Py_tp_traverse, devtype_traverse},
     {Py_tp_clear, devtype_clear},
     {Py_tp_dealloc, devtype_dealloc},
