@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import torch
 
-from . import _patches, _tdcore
+from . import _grammar, _patches, _tdcore
 
 _log = logging.getLogger("TorchDevice")
 
@@ -67,32 +67,43 @@ def _plan(request: Any, dtype: Any = None, none_policy: bool = False,
     return _tdcore.trace_plan(request, dtype, none_policy, api)
 
 
+# The polyfills read the grammar entry when they are built and keep plain
+# values: dynamo traces them, and cannot wrap the entry itself.
+
+def _argument(keyword: str, pos: int, args: Sequence[Any],
+              kwargs: Dict[str, Any]) -> Any:
+    """The device a call passes, by keyword or position (None: none)."""
+    if keyword and keyword in kwargs:
+        return kwargs[keyword]
+    if 0 <= pos < len(args):
+        return args[pos]
+    return None
+
+
 def _factory_polyfill(w: Any) -> Callable[..., Any]:
     original = w.__wrapped__
-    none_policy = bool(w.td_none_policy)
-    pos = int(w.td_device_pos)
+    g: _grammar.DeviceArg = w.td_grammar
+    keyword, pos, none_policy = g.keyword, g.position, g.none_policy
+    dtype_keyword = g.dtype_keyword
     api = str(w.td_api)
+    context_active = _grammar.default_device_test()
 
     def polyfill(*args: Any, **kwargs: Any) -> Any:
-        if "device" in kwargs:
-            request = kwargs["device"]
-        elif 0 <= pos < len(args):
-            request = args[pos]
-        else:
-            request = None
+        request = _argument(keyword, pos, args, kwargs)
         if request is None and not none_policy:
             return original(*args, **kwargs)
-        if request is None and torch.utils._device.CURRENT_DEVICE is not None:
-            # set_default_device() is in force: torch fills the device.
+        if request is None and context_active():
+            # torch's default-device context fills the device.
             return original(*args, **kwargs)
-        target, dtype = _plan(request, kwargs.get("dtype"), none_policy, api)
+        dtype = kwargs.get(dtype_keyword) if dtype_keyword else None
+        target, dtype = _plan(request, dtype, none_policy, api)
         if target is not None:
-            if "device" not in kwargs and 0 <= pos < len(args):
+            if keyword not in kwargs and 0 <= pos < len(args):
                 args = args[:pos] + (target,) + args[pos + 1:]
             else:
-                kwargs["device"] = target
-        if "dtype" in kwargs:
-            kwargs["dtype"] = dtype
+                kwargs[keyword] = target
+        if dtype_keyword and dtype_keyword in kwargs:
+            kwargs[dtype_keyword] = dtype
         return original(*args, **kwargs)
 
     return polyfill
@@ -101,17 +112,21 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
 def _to_polyfill(w: Any) -> Callable[..., Any]:
     """Module.to (Tensor.to is a method of the tensor: see _TensorHandlers)."""
     original = w.__wrapped__
+    g: _grammar.DeviceArg = w.td_grammar
+    keyword = g.keyword
     api = str(w.td_api)
+    pos = g.position - 1          # the polyfill gets self apart
 
     def polyfill(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if "device" in kwargs and kwargs["device"] is not None:
-            target, _ = _plan(kwargs["device"], None, False, api)
+        if kwargs.get(keyword) is not None:
+            target, _ = _plan(kwargs[keyword], None, False, api)
             if target is not None:
-                kwargs["device"] = target
-        elif args and args[0] is not None and _is_device_arg(args[0]):
-            target, _ = _plan(args[0], None, False, api)
+                kwargs[keyword] = target
+        elif (0 <= pos < len(args) and args[pos] is not None
+              and _grammar.is_device_value(args[pos])):
+            target, _ = _plan(args[pos], None, False, api)
             if target is not None:
-                args = (target,) + args[1:]
+                args = args[:pos] + (target,) + args[pos + 1:]
         return original(self, *args, **kwargs)
 
     return polyfill
@@ -121,13 +136,17 @@ def _move_polyfill(w: Any) -> Callable[..., Any]:
     """Module.cuda/cpu/mps: the module's `to` with the planned device."""
     original = w.__wrapped__
     fallback = w.td_fallback
+    g: _grammar.DeviceArg = w.td_grammar
+    keyword = g.keyword
+    pos = g.position - 1          # the polyfill gets self apart
     api = str(w.td_api)
     kind = api.rsplit(".", 1)[-1]
 
     def polyfill(self: Any, *args: Any, **kwargs: Any) -> Any:
-        device = kwargs.pop("device", None)
-        if kind == "cuda" and args:
-            device, args = args[0], args[1:]
+        device = _argument(keyword, pos, args, kwargs)
+        kwargs.pop(keyword, None)
+        if 0 <= pos < len(args):
+            args = args[:pos] + args[pos + 1:]
         if device is None:
             request: Any = kind
         elif type(device) is int:
@@ -176,48 +195,53 @@ def _polyfill_for(owner: Any, w: Any) -> Optional[Callable[..., Any]]:
 # ``method_<name>`` handlers of its TensorVariable: a handler that returns a
 # variable replaces the generic path, one that returns None keeps it.
 
-def _is_device_arg(value: Any) -> bool:
-    return isinstance(value, (str, torch.device)) or type(value) is int
-
-
 def _rewrite_to(args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
-    """New (args, kwargs) for Tensor.to, or None when nothing changes."""
-    if kwargs.get("device") is not None:
-        dtype = kwargs.get("dtype")
-        target, new_dtype = _plan(kwargs["device"], dtype, False, "Tensor.to")
+    """New (args, kwargs) for Tensor.to, or None when nothing changes.
+    `args` lacks the tensor itself, which the grammar's positions count."""
+    g = _grammar.METHODS["Tensor.to"]
+    dev_kw, dt_kw = g.keyword, g.dtype_keyword
+    if kwargs.get(dev_kw) is not None:
+        dtype = kwargs.get(dt_kw)
+        target, new_dtype = _plan(kwargs[dev_kw], dtype, False, "Tensor.to")
         if target is None and new_dtype is dtype:
             return None
         kwargs = dict(kwargs)
         if target is not None:
-            kwargs["device"] = target
-        if "dtype" in kwargs:
-            kwargs["dtype"] = new_dtype
+            kwargs[dev_kw] = target
+        if dt_kw in kwargs:
+            kwargs[dt_kw] = new_dtype
         return tuple(args), kwargs
-    if args and _is_device_arg(args[0]):
-        has_dtype = len(args) > 1 and isinstance(args[1], torch.dtype)
-        dtype = args[1] if has_dtype else kwargs.get("dtype")
-        target, new_dtype = _plan(args[0], dtype, False, "Tensor.to")
+    pos, dpos = g.position - 1, g.dtype_position - 1
+    if 0 <= pos < len(args) and _grammar.is_device_value(args[pos]):
+        has_dtype = (0 <= dpos < len(args)
+                     and isinstance(args[dpos], torch.dtype))
+        dtype = args[dpos] if has_dtype else kwargs.get(dt_kw)
+        target, new_dtype = _plan(args[pos], dtype, False, "Tensor.to")
         if target is None and new_dtype is dtype:
             return None
-        head = (target if target is not None else args[0],)
+        args = list(args)
+        if target is not None:
+            args[pos] = target
         if has_dtype:
-            return head + (new_dtype,) + tuple(args[2:]), kwargs
-        kwargs = dict(kwargs)
-        if "dtype" in kwargs:
-            kwargs["dtype"] = new_dtype
-        return head + tuple(args[1:]), kwargs
+            args[dpos] = new_dtype
+        elif dt_kw in kwargs:
+            kwargs = dict(kwargs)
+            kwargs[dt_kw] = new_dtype
+        return tuple(args), kwargs
     return None
 
 
 def _rewrite_move(kind: str, args: Sequence[Any],
                   kwargs: Dict[str, Any]) -> Any:
     """x.cuda()/.cpu()/.mps() as (args, kwargs) of x.to, or None to keep."""
+    g = _grammar.METHODS[f"Tensor.{kind}"]
     kwargs = dict(kwargs)
-    device = kwargs.pop("device", None)
-    if kind == "cuda" and args:
-        device = args[0]
-        if len(args) > 1:
-            kwargs["non_blocking"] = args[1]
+    device = kwargs.pop(g.keyword, None)
+    pos = g.position - 1                 # args lacks the tensor itself
+    if pos >= 0 and len(args) > pos:
+        device = args[pos]
+        if len(args) > pos + 1:
+            kwargs["non_blocking"] = args[pos + 1]
     elif args:
         return None                      # torch reports the bad call
     if device is None:

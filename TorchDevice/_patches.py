@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import _log, _tdcore, _torch_compat
+from . import _grammar, _log, _tdcore, _torch_compat
 
 _MISSING = object()
 
@@ -58,27 +58,27 @@ _applied: List[_Applied] = []
 _enabled = False
 
 
-def _wrapper(original: Any, kind: int, api: str, **kw: Any) -> Any:
-    return _tdcore.Wrapper(original, kind, api, **kw)
+def _wrapper(original: Any, kind: int, api: str,
+             grammar: _grammar.DeviceArg, **kw: Any) -> Any:
+    return _tdcore.Wrapper(original, kind, api, grammar, **kw)
 
 
-def factory(api: str, none_policy: bool, device_pos: int = -1):
-    return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api,
-                                 none_policy=none_policy,
-                                 device_pos=device_pos)
+def factory(api: str, grammar: _grammar.DeviceArg):
+    return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api, grammar)
 
 
 def to_method(api: str):
-    return lambda orig: _wrapper(orig, _tdcore.KIND_TO, api)
+    return lambda orig: _wrapper(orig, _tdcore.KIND_TO, api, _grammar.TO)
 
 
 def move(api: str, request: str, fallback: Callable[[], Any]):
     return lambda orig: _wrapper(orig, _tdcore.KIND_MOVE, api,
-                                 request=request, fallback=fallback())
+                                 _grammar.METHODS[api], request=request,
+                                 fallback=fallback())
 
 
 def simple(api: str, kind: int):
-    return lambda orig: _wrapper(orig, kind, api)
+    return lambda orig: _wrapper(orig, kind, api, _grammar.NONE)
 
 
 def _owner_value(owner: Any, name: str) -> Tuple[bool, Any]:
@@ -144,11 +144,12 @@ def _device_constructor_patches() -> List[Patch]:
                 continue
             if is_ctor and (ns_name, attr) not in seen:
                 seen.add((ns_name, attr))
-                patches.append(Patch(ns, attr,
-                                     factory(f"{ns_name}.{attr}", True)))
+                patches.append(Patch(ns, attr, factory(f"{ns_name}.{attr}",
+                                                       _grammar.CONSTRUCTOR)))
     for attr in _EXPLICIT_ONLY:
         if hasattr(torch, attr) and ("torch", attr) not in seen:
-            patches.append(Patch(torch, attr, factory(f"torch.{attr}", False)))
+            patches.append(Patch(torch, attr, factory(f"torch.{attr}",
+                                                      _grammar.FACTORY)))
     return patches
 
 
@@ -158,7 +159,7 @@ def _storage_patches() -> List[Patch]:
         def build(orig: Any, cls: type = cls) -> Any:
             func = orig.__func__ if isinstance(orig, staticmethod) else orig
             return _wrapper(func, _tdcore.KIND_FACTORY,
-                            f"torch.{cls.__name__}", none_policy=False)
+                            f"torch.{cls.__name__}", _grammar.FACTORY)
         patches.append(Patch(cls, "__new__", build, static=True))
     return patches
 
@@ -182,13 +183,14 @@ def patch_table() -> List[Patch]:
         Patch(T, "is_pinned",
               simple("Tensor.is_pinned", _tdcore.KIND_IS_PINNED)),
     ]
-    table += [Patch(T, n, factory(f"Tensor.{n}", False)) for n in _TENSOR_NEW]
+    table += [Patch(T, n, factory(f"Tensor.{n}", _grammar.FACTORY))
+              for n in _TENSOR_NEW]
     table += [
         Patch(M, "to", to_method("Module.to")),
         Patch(M, "cuda", move("Module.cuda", "cuda", module_to)),
         Patch(M, "cpu", move("Module.cpu", "cpu", module_to)),
         Patch(M, "mps", move("Module.mps", "mps", module_to)),
-        Patch(M, "to_empty", factory("Module.to_empty", False)),
+        Patch(M, "to_empty", factory("Module.to_empty", _grammar.FACTORY)),
     ]
     table += _import("TorchDevice._streams").patches()
     table += _import("TorchDevice._masquerade").patches()
@@ -364,6 +366,14 @@ def _name_for_pickle(owner: Any, name: str) -> None:
         return
     module, qualname = _pickle_path(owner, name)
     if _lookup(module, qualname) is not value:
+        return
+    if isinstance(value, (_tdcore.Wrapper, _tdcore.DeviceTypeArg)):
+        # Their __qualname__ stays torch's (introspection); C's __reduce__
+        # reads this name instead.  __module__ changes only where torch's
+        # does not hold it (torch._C._fft for torch.fft.*).
+        value._td_pickle_name = qualname
+        if _lookup(getattr(value, "__module__", ""), qualname) is not value:
+            value.__module__ = module
         return
     try:
         value.__module__ = module

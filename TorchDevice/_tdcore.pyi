@@ -64,11 +64,10 @@ class Wrapper:
     __wrapped__: Any
     td_kind: int
     td_api: str
-    td_none_policy: bool      # read by the torch.compile polyfills (_compile)
-    td_device_pos: int
+    td_grammar: Any           # the _grammar.DeviceArg it reads arguments by
     td_fallback: Optional[Callable[..., Any]]
     def __init__(self, wrapped: Optional[Callable[..., Any]], kind: int,
-                 api: str, device_pos: int = ..., none_policy: bool = ...,
+                 api: str, grammar: Any,
                  fallback: Optional[Callable[..., Any]] = ...,
                  request: Optional[str] = ...) -> None: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...

@@ -176,8 +176,8 @@ extern PyMethodDef td_hook_methods[];
 extern PyType_Spec td_wrapper_spec;
 /* What every function-like type of ours (Wrapper, DeviceTypeArg) shares:
  * binds like a function (tp_descr_get), and pickles by the __module__ and
- * __qualname__ in its __dict__, which the patch table sets to where the
- * object is installed, as torch's own callables pickle. */
+ * _td_pickle_name in its __dict__, which the patch table sets to where the
+ * object is installed, as torch's own callables pickle by name. */
 PyObject *td_bind_like_function(PyObject *self, PyObject *obj,
                                 PyObject *type);
 PyObject *td_reduce_by_name(PyObject *self, PyObject *unused);
