@@ -58,6 +58,7 @@ PRIVATE: Tuple[Private, ...] = (
             "_register_builtin", JIT),
     Private("jit_pass_inline", "torch._C", "_jit_pass_inline", JIT),
     Private("DeviceObjType", "torch._C", "DeviceObjType", JIT),
+    Private("parse_schema", "torch._C", "parse_schema", JIT),
     Private("default_mps_generator", "torch.mps",
             "_get_default_mps_generator", MPS_RNG),
     Private("lazy_allowed_methods", "torch.nn.parameter",
