@@ -27,11 +27,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import torch
 
-from . import _grammar, _patches, _tdcore
+from . import _grammar, _patches, _tdcore, _torch_compat
 
 _log = logging.getLogger("TorchDevice")
 
 _DYNAMO = "torch._dynamo"
+# dynamo's internals the polyfills are registered through.
+_DYNAMO_NAMES = tuple(p.key for p in _torch_compat.PRIVATE
+                      if p.feature == _torch_compat.COMPILE)
 
 # Queries whose answer is a constant for the life of the process: inside a
 # compiled region they are answered once, at trace time, as the user's code
@@ -180,7 +183,7 @@ _BUILDERS: Dict[int, Callable[[Any], Callable[..., Any]]] = {
 
 
 def _polyfill_for(owner: Any, w: Any) -> Optional[Callable[..., Any]]:
-    if isinstance(owner, type) and issubclass(owner, torch._C.TensorBase):
+    if isinstance(owner, type) and issubclass(owner, torch.Tensor):
         return _method_polyfill(w)
     build = _BUILDERS.get(w.td_kind)
     return build(w) if build is not None else None
@@ -271,7 +274,9 @@ def _tensor_handler(name: str) -> Callable[..., Any]:
             new = _rewrite_move(name, py_args, py_kwargs)
         if new is None:
             return None
-        from torch._dynamo.variables.base import VariableTracker
+        VariableTracker = _torch_compat.get("dynamo_VariableTracker")
+        if VariableTracker is None:
+            return None
         new_args, new_kwargs = new
         # The planned device plans to itself, so this call takes the
         # generic path.
@@ -286,7 +291,9 @@ _TENSOR_METHODS = ("to", "cuda", "cpu", "mps")
 
 
 def _install_tensor_handlers() -> None:
-    from torch._dynamo.variables.tensor import TensorVariable
+    TensorVariable = _torch_compat.get("dynamo_TensorVariable")
+    if TensorVariable is None:
+        return
     for name in _TENSOR_METHODS:
         attr = f"method_{name}"
         current = getattr(TensorVariable, attr, None)
@@ -339,10 +346,11 @@ def _substitute(obj: Any, traceable: Callable[..., Any],
             obj, can_constant_fold_through=fold,
             skip_signature_check=True)(traceable)
     except (TypeError, ValueError):
-        from torch._dynamo import trace_rules
-        from torch._dynamo.variables.functions import (
-            PolyfilledFunctionVariable,
-        )
+        trace_rules = _torch_compat.get("dynamo_trace_rules")
+        PolyfilledFunctionVariable = _torch_compat.get(
+            "dynamo_PolyfilledFunctionVariable")
+        if trace_rules is None or PolyfilledFunctionVariable is None:
+            return
 
         @functools.wraps(traceable)
         def handler(*args: Any, **kwargs: Any) -> Any:
@@ -363,8 +371,10 @@ def _share_rules(original: Any, replacement: Any) -> None:
     at the public name when it built its table.  Whichever of the pair it
     saw, the other gets the same rule: the polyfills call the originals,
     and code that captured either (``from torch import zeros``) traces."""
-    from torch._dynamo.trace_rules import get_torch_obj_rule_map
-    rules = get_torch_obj_rule_map()
+    trace_rules = _torch_compat.get("dynamo_trace_rules")
+    if trace_rules is None:
+        return
+    rules = trace_rules.get_torch_obj_rule_map()
     try:
         known_o = original in rules
         known_r = replacement in rules
@@ -391,8 +401,10 @@ def _share_handlers(entries: Sequence[Any]) -> None:
     ``torch.get_device_module.__wrapped__``, ...).  It is built here with
     torch's originals in place, then every replacement gets its original's
     handler, so that both import orders end with the same table."""
-    from torch._dynamo.variables.torch import TorchInGraphFunctionVariable
-    build = TorchInGraphFunctionVariable._get_handlers
+    variable = _torch_compat.get("dynamo_TorchInGraphFunctionVariable")
+    if variable is None:
+        return
+    build = variable._get_handlers
     swapped = []
     if build.cache_info().currsize == 0:
         for owner, name, original, replacement in entries:
@@ -430,6 +442,8 @@ def register(entries: Optional[Sequence[Any]] = None) -> None:
     given (owner, name, original, replacement) entries).  Needs
     torch._dynamo imported; idempotent."""
     with _lock:
+        if not _torch_compat.has(*_DYNAMO_NAMES):
+            return
         if entries is None:
             entries = _patches.replaced()
         _substitute(_tdcore.trace_plan, _trace_plan_traced, fold=True)

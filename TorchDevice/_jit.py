@@ -41,6 +41,9 @@ _ops: Dict[str, _grammar.DeviceArg] = {}
 # Double=7).
 _SCALAR = {6: torch.float32, 7: torch.float64}
 _SCALAR_OF = {v: k for k, v in _SCALAR.items()}
+# torch's internals the rewrite needs; without any, scripts are torch's.
+_JIT_NAMES = tuple(p.key for p in _torch_compat.PRIVATE
+                   if p.feature == _torch_compat.JIT)
 
 
 def _register_builtins() -> None:
@@ -190,7 +193,7 @@ def _redirect(obj: Any) -> Any:
 def _build(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def script(obj: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _patches.is_applied():
+        if not _patches.is_applied() or not _torch_compat.has(*_JIT_NAMES):
             return original(obj, *args, **kwargs)
         with _lock:
             _register_builtins()
