@@ -54,4 +54,20 @@ td_fields_copy(PyObject *dst, PyObject *src, Py_ssize_t begin,
         Py_DECREF(tp);                                                      \
     }
 
+/* The same for a type with a `weakreflist` field (our callables, streams
+ * and events), whose weak references are cleared first. */
+#define TD_GC_DEALLOC_WEAKREF(name, type, clear)                            \
+    static void                                                             \
+    name(PyObject *self)                                                    \
+    {                                                                       \
+        PyTypeObject *tp = Py_TYPE(self);                                   \
+        PyObject_GC_UnTrack(self);                                          \
+        if (((type *)self)->weakreflist != NULL) {                          \
+            PyObject_ClearWeakRefs(self);                                   \
+        }                                                                   \
+        (void)clear(self);                                                  \
+        tp->tp_free(self);                                                  \
+        Py_DECREF(tp);                                                      \
+    }
+
 #endif /* TD_FIELDS_H */

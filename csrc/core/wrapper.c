@@ -21,6 +21,8 @@
  */
 #include "tdcore.h"
 
+#include "fields.h"
+
 #include <structmember.h>
 #include <stddef.h>
 #include <string.h>
@@ -683,19 +685,7 @@ wrapper_clear(PyObject *self)
     return 0;
 }
 
-static void
-wrapper_dealloc(PyObject *self)
-{
-    td_wrapper *w = (td_wrapper *)self;
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (w->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    (void)wrapper_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC_WEAKREF(wrapper_dealloc, td_wrapper, wrapper_clear)
 
 static PyObject *
 wrapper_repr(PyObject *self)

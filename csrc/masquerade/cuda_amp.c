@@ -25,6 +25,8 @@
  */
 #include "masquerade.h"
 
+#include "core/fields.h"
+
 #include <stddef.h>
 #include <structmember.h>
 
@@ -264,18 +266,7 @@ devtype_clear(PyObject *self)
     return 0;
 }
 
-static void
-devtype_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (((td_devtype *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    (void)devtype_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC_WEAKREF(devtype_dealloc, td_devtype, devtype_clear)
 
 static PyObject *
 devtype_repr(PyObject *self)

@@ -21,6 +21,8 @@
  */
 #include "streams.h"
 
+#include "core/fields.h"
+
 #include <structmember.h>
 
 static _Atomic int64_t next_event_id = 1;
@@ -193,18 +195,7 @@ Event_clear(PyObject *self)
     return 0;
 }
 
-static void
-Event_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (((td_event *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    (void)Event_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC_WEAKREF(Event_dealloc, td_event, Event_clear)
 
 static const char *const kw_stream[] = {"stream"};
 
@@ -322,14 +313,6 @@ Event_from_ipc_handle(PyObject *cls, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Event_reduce(PyObject *self, PyObject *Py_UNUSED(a))
-{
-    PyErr_Format(PyExc_TypeError, "cannot pickle '%.100s' object",
-                 Py_TYPE(self)->tp_name);
-    return NULL;
-}
-
-static PyObject *
 Event_get_device(PyObject *self, void *Py_UNUSED(c))
 {
     /* As in torch: no device until the event has been recorded. */
@@ -395,7 +378,7 @@ static PyMethodDef Event_methods[] = {
     {"from_ipc_handle", (PyCFunction)(void (*)(void))Event_from_ipc_handle,
      METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "Not available under emulation."},
-    {"__reduce__", Event_reduce, METH_NOARGS, NULL},
+    {"__reduce__", td_not_picklable, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,6 +22,8 @@
  */
 #include "streams.h"
 
+#include "core/fields.h"
+
 #include <structmember.h>
 
 /* torch keeps 4 priorities (c10 max_compile_time_stream_priorities): 0 is
@@ -254,18 +256,7 @@ Stream_clear(PyObject *self)
     return 0;
 }
 
-static void
-Stream_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (((td_stream *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    (void)Stream_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC_WEAKREF(Stream_dealloc, td_stream, Stream_clear)
 
 static PyObject *
 Stream_query(PyObject *self, PyObject *Py_UNUSED(a))
@@ -477,8 +468,8 @@ Stream_priority_range(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(a))
     return Py_BuildValue("(ii)", TD_PRIORITY_LOWEST, TD_PRIORITY_HIGHEST);
 }
 
-static PyObject *
-not_picklable(PyObject *self, PyObject *Py_UNUSED(a))
+PyObject *
+td_not_picklable(PyObject *self, PyObject *Py_UNUSED(a))
 {
     PyErr_Format(PyExc_TypeError, "cannot pickle '%.100s' object",
                  Py_TYPE(self)->tp_name);
@@ -588,7 +579,7 @@ static PyMethodDef Stream_methods[] = {
     METHOD_FAST("__exit__", Stream_exit, NULL),
     {"priority_range", Stream_priority_range, METH_NOARGS | METH_STATIC,
      "priority_range() -> (lowest, highest)"},
-    {"__reduce__", not_picklable, METH_NOARGS, NULL},
+    {"__reduce__", td_not_picklable, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -800,15 +791,7 @@ StreamContext_clear(PyObject *self)
     return 0;
 }
 
-static void
-StreamContext_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    (void)StreamContext_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC(StreamContext_dealloc, StreamContext_clear)
 
 static PyMethodDef StreamContext_methods[] = {
     METHOD_FAST("__enter__", StreamContext_enter, NULL),

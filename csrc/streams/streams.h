@@ -151,6 +151,9 @@ extern PyType_Spec td_stream_context_spec;
 td_state *td_state_of_type(PyTypeObject *type, destructor dealloc);
 /* Its streams types. */
 td_streams *td_streams_of_type(PyTypeObject *type, destructor dealloc);
+/* __reduce__ of streams and events: a queue position means nothing in
+ * another process, as for torch's own. */
+PyObject *td_not_picklable(PyObject *self, PyObject *unused);
 /* Checks a device argument of torch.cuda.Stream, current_stream, ... as
  * torch.cuda's _get_device_index does: ValueError when it names another
  * kind of device. */
