@@ -305,12 +305,14 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
     detect_profile()
     _install_core(mps_device)
     try:
+        fresh = []
         for patch in patch_table():
             had_own, original = _owner_value(patch.owner, patch.name)
             if original is _MISSING:
                 continue
             replacement = _built.get(patch.key)
             if replacement is None:
+                fresh.append(patch)
                 source = original
                 if isinstance(source, staticmethod):
                     source = source.__func__
@@ -320,8 +322,9 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
                 _built[patch.key] = replacement
             setattr(patch.owner, patch.name, replacement)
             _applied.append(_Applied(patch, had_own, original, replacement))
-        for entry in _applied:
-            _name_for_pickle(entry.patch.owner, entry.patch.name)
+        # Once per replacement: they are built once and reused.
+        for patch in fresh:
+            _name_for_pickle(patch.owner, patch.name)
         allowed = _lazy_allowed_methods()
         for entry in _applied:
             if (entry.patch.owner is torch.Tensor
