@@ -5,7 +5,8 @@ tests/stress/enable_disable_race.py runs two threads calling into every
 kind of hook (torch.device, a factory, Tensor.to, a masquerade query,
 torch.cuda.Event, torch.Generator, torch.Stream) from call sites that are
 always new, with INFO logging on, while a third loops disable(); enable()
-with a switch interval of a microsecond.  A hook that reads state the
+(and now and then configure() of another mode) with a switch interval of a
+microsecond.  A hook that reads state the
 uninstall frees crashes the process (it did, within seconds, before the
 installation became one reference-counted object).  It runs in a child
 process so that a crash is a failed test, not a dead test run.

@@ -2,10 +2,11 @@
 
 Two worker threads call into everything TorchDevice intercepts
 (torch.device, a factory, Tensor.to, a torch.cuda masquerade query, a
-torch.cuda.Event) from call sites that are always new, so every call
-records a report entry and logs it (INFO): the hook calls out to Python in
-the middle of its work, where the GIL may pass to the third thread, which
-loops disable(); enable().  With a switch interval of a microsecond, any
+torch.cuda.Event, torch.Generator, torch.Stream) from call sites that are
+always new, so every call records a report entry and logs it (INFO): the
+hook calls out to Python in the middle of its work, where the GIL may pass
+to the third thread, which loops disable(); enable() and now and then
+configure() of another mode.  With a switch interval of a microsecond, any
 hook that reads state the uninstall frees crashes the process.
 
 Run as a script: exits 0 when nothing crashed and every worker call either
@@ -76,10 +77,14 @@ def main() -> int:
             counts["calls"] += 1
 
     def toggler() -> None:
+        modes = ("cpu-stays-cpu", "accelerate")
         while not stop.is_set():
             TorchDevice.disable()
             TorchDevice.enable()
             counts["toggles"] += 1
+            if counts["toggles"] % 5 == 0:
+                # configure() swaps the masquerade's snapshot too.
+                TorchDevice.configure(mode=modes[counts["toggles"] % 2])
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in (1, 2)]
     threads.append(threading.Thread(target=toggler))
@@ -91,6 +96,7 @@ def main() -> int:
     for t in threads:
         t.join()
     TorchDevice.enable()
+    TorchDevice.configure(mode="accelerate")
     print(f"calls={counts['calls']} toggles={counts['toggles']}")
     if unexpected:
         print("\n".join(unexpected[:5]), file=sys.stderr)
