@@ -27,11 +27,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import torch
 
-from . import _patches, _tdcore
+from . import _grammar, _patches, _tdcore, _torch_compat
 
 _log = logging.getLogger("TorchDevice")
 
 _DYNAMO = "torch._dynamo"
+# dynamo's internals the polyfills are registered through.
+_DYNAMO_NAMES = tuple(p.key for p in _torch_compat.PRIVATE
+                      if p.feature == _torch_compat.COMPILE)
 
 # Queries whose answer is a constant for the life of the process: inside a
 # compiled region they are answered once, at trace time, as the user's code
@@ -67,32 +70,43 @@ def _plan(request: Any, dtype: Any = None, none_policy: bool = False,
     return _tdcore.trace_plan(request, dtype, none_policy, api)
 
 
+# The polyfills read the grammar entry when they are built and keep plain
+# values: dynamo traces them, and cannot wrap the entry itself.
+
+def _argument(keyword: str, pos: int, args: Sequence[Any],
+              kwargs: Dict[str, Any]) -> Any:
+    """The device a call passes, by keyword or position (None: none)."""
+    if keyword and keyword in kwargs:
+        return kwargs[keyword]
+    if 0 <= pos < len(args):
+        return args[pos]
+    return None
+
+
 def _factory_polyfill(w: Any) -> Callable[..., Any]:
     original = w.__wrapped__
-    none_policy = bool(w.td_none_policy)
-    pos = int(w.td_device_pos)
+    g: _grammar.DeviceArg = w.td_grammar
+    keyword, pos, none_policy = g.keyword, g.position, g.none_policy
+    dtype_keyword = g.dtype_keyword
     api = str(w.td_api)
+    context_active = _grammar.default_device_test()
 
     def polyfill(*args: Any, **kwargs: Any) -> Any:
-        if "device" in kwargs:
-            request = kwargs["device"]
-        elif 0 <= pos < len(args):
-            request = args[pos]
-        else:
-            request = None
+        request = _argument(keyword, pos, args, kwargs)
         if request is None and not none_policy:
             return original(*args, **kwargs)
-        if request is None and torch.utils._device.CURRENT_DEVICE is not None:
-            # set_default_device() is in force: torch fills the device.
+        if request is None and context_active():
+            # torch's default-device context fills the device.
             return original(*args, **kwargs)
-        target, dtype = _plan(request, kwargs.get("dtype"), none_policy, api)
+        dtype = kwargs.get(dtype_keyword) if dtype_keyword else None
+        target, dtype = _plan(request, dtype, none_policy, api)
         if target is not None:
-            if "device" not in kwargs and 0 <= pos < len(args):
+            if keyword not in kwargs and 0 <= pos < len(args):
                 args = args[:pos] + (target,) + args[pos + 1:]
             else:
-                kwargs["device"] = target
-        if "dtype" in kwargs:
-            kwargs["dtype"] = dtype
+                kwargs[keyword] = target
+        if dtype_keyword and dtype_keyword in kwargs:
+            kwargs[dtype_keyword] = dtype
         return original(*args, **kwargs)
 
     return polyfill
@@ -101,17 +115,21 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
 def _to_polyfill(w: Any) -> Callable[..., Any]:
     """Module.to (Tensor.to is a method of the tensor: see _TensorHandlers)."""
     original = w.__wrapped__
+    g: _grammar.DeviceArg = w.td_grammar
+    keyword = g.keyword
     api = str(w.td_api)
+    pos = g.position - 1          # the polyfill gets self apart
 
     def polyfill(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if "device" in kwargs and kwargs["device"] is not None:
-            target, _ = _plan(kwargs["device"], None, False, api)
+        if kwargs.get(keyword) is not None:
+            target, _ = _plan(kwargs[keyword], None, False, api)
             if target is not None:
-                kwargs["device"] = target
-        elif args and args[0] is not None and _is_device_arg(args[0]):
-            target, _ = _plan(args[0], None, False, api)
+                kwargs[keyword] = target
+        elif (0 <= pos < len(args) and args[pos] is not None
+              and _grammar.is_device_value(args[pos])):
+            target, _ = _plan(args[pos], None, False, api)
             if target is not None:
-                args = (target,) + args[1:]
+                args = args[:pos] + (target,) + args[pos + 1:]
         return original(self, *args, **kwargs)
 
     return polyfill
@@ -121,13 +139,17 @@ def _move_polyfill(w: Any) -> Callable[..., Any]:
     """Module.cuda/cpu/mps: the module's `to` with the planned device."""
     original = w.__wrapped__
     fallback = w.td_fallback
+    g: _grammar.DeviceArg = w.td_grammar
+    keyword = g.keyword
+    pos = g.position - 1          # the polyfill gets self apart
     api = str(w.td_api)
     kind = api.rsplit(".", 1)[-1]
 
     def polyfill(self: Any, *args: Any, **kwargs: Any) -> Any:
-        device = kwargs.pop("device", None)
-        if kind == "cuda" and args:
-            device, args = args[0], args[1:]
+        device = _argument(keyword, pos, args, kwargs)
+        kwargs.pop(keyword, None)
+        if 0 <= pos < len(args):
+            args = args[:pos] + args[pos + 1:]
         if device is None:
             request: Any = kind
         elif type(device) is int:
@@ -161,7 +183,7 @@ _BUILDERS: Dict[int, Callable[[Any], Callable[..., Any]]] = {
 
 
 def _polyfill_for(owner: Any, w: Any) -> Optional[Callable[..., Any]]:
-    if isinstance(owner, type) and issubclass(owner, torch._C.TensorBase):
+    if isinstance(owner, type) and issubclass(owner, torch.Tensor):
         return _method_polyfill(w)
     build = _BUILDERS.get(w.td_kind)
     return build(w) if build is not None else None
@@ -176,48 +198,53 @@ def _polyfill_for(owner: Any, w: Any) -> Optional[Callable[..., Any]]:
 # ``method_<name>`` handlers of its TensorVariable: a handler that returns a
 # variable replaces the generic path, one that returns None keeps it.
 
-def _is_device_arg(value: Any) -> bool:
-    return isinstance(value, (str, torch.device)) or type(value) is int
-
-
 def _rewrite_to(args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
-    """New (args, kwargs) for Tensor.to, or None when nothing changes."""
-    if kwargs.get("device") is not None:
-        dtype = kwargs.get("dtype")
-        target, new_dtype = _plan(kwargs["device"], dtype, False, "Tensor.to")
+    """New (args, kwargs) for Tensor.to, or None when nothing changes.
+    `args` lacks the tensor itself, which the grammar's positions count."""
+    g = _grammar.METHODS["Tensor.to"]
+    dev_kw, dt_kw = g.keyword, g.dtype_keyword
+    if kwargs.get(dev_kw) is not None:
+        dtype = kwargs.get(dt_kw)
+        target, new_dtype = _plan(kwargs[dev_kw], dtype, False, "Tensor.to")
         if target is None and new_dtype is dtype:
             return None
         kwargs = dict(kwargs)
         if target is not None:
-            kwargs["device"] = target
-        if "dtype" in kwargs:
-            kwargs["dtype"] = new_dtype
+            kwargs[dev_kw] = target
+        if dt_kw in kwargs:
+            kwargs[dt_kw] = new_dtype
         return tuple(args), kwargs
-    if args and _is_device_arg(args[0]):
-        has_dtype = len(args) > 1 and isinstance(args[1], torch.dtype)
-        dtype = args[1] if has_dtype else kwargs.get("dtype")
-        target, new_dtype = _plan(args[0], dtype, False, "Tensor.to")
+    pos, dpos = g.position - 1, g.dtype_position - 1
+    if 0 <= pos < len(args) and _grammar.is_device_value(args[pos]):
+        has_dtype = (0 <= dpos < len(args)
+                     and isinstance(args[dpos], torch.dtype))
+        dtype = args[dpos] if has_dtype else kwargs.get(dt_kw)
+        target, new_dtype = _plan(args[pos], dtype, False, "Tensor.to")
         if target is None and new_dtype is dtype:
             return None
-        head = (target if target is not None else args[0],)
+        args = list(args)
+        if target is not None:
+            args[pos] = target
         if has_dtype:
-            return head + (new_dtype,) + tuple(args[2:]), kwargs
-        kwargs = dict(kwargs)
-        if "dtype" in kwargs:
-            kwargs["dtype"] = new_dtype
-        return head + tuple(args[1:]), kwargs
+            args[dpos] = new_dtype
+        elif dt_kw in kwargs:
+            kwargs = dict(kwargs)
+            kwargs[dt_kw] = new_dtype
+        return tuple(args), kwargs
     return None
 
 
 def _rewrite_move(kind: str, args: Sequence[Any],
                   kwargs: Dict[str, Any]) -> Any:
     """x.cuda()/.cpu()/.mps() as (args, kwargs) of x.to, or None to keep."""
+    g = _grammar.METHODS[f"Tensor.{kind}"]
     kwargs = dict(kwargs)
-    device = kwargs.pop("device", None)
-    if kind == "cuda" and args:
-        device = args[0]
-        if len(args) > 1:
-            kwargs["non_blocking"] = args[1]
+    device = kwargs.pop(g.keyword, None)
+    pos = g.position - 1                 # args lacks the tensor itself
+    if pos >= 0 and len(args) > pos:
+        device = args[pos]
+        if len(args) > pos + 1:
+            kwargs["non_blocking"] = args[pos + 1]
     elif args:
         return None                      # torch reports the bad call
     if device is None:
@@ -247,7 +274,9 @@ def _tensor_handler(name: str) -> Callable[..., Any]:
             new = _rewrite_move(name, py_args, py_kwargs)
         if new is None:
             return None
-        from torch._dynamo.variables.base import VariableTracker
+        VariableTracker = _torch_compat.get("dynamo_VariableTracker")
+        if VariableTracker is None:
+            return None
         new_args, new_kwargs = new
         # The planned device plans to itself, so this call takes the
         # generic path.
@@ -262,7 +291,9 @@ _TENSOR_METHODS = ("to", "cuda", "cpu", "mps")
 
 
 def _install_tensor_handlers() -> None:
-    from torch._dynamo.variables.tensor import TensorVariable
+    TensorVariable = _torch_compat.get("dynamo_TensorVariable")
+    if TensorVariable is None:
+        return
     for name in _TENSOR_METHODS:
         attr = f"method_{name}"
         current = getattr(TensorVariable, attr, None)
@@ -315,10 +346,11 @@ def _substitute(obj: Any, traceable: Callable[..., Any],
             obj, can_constant_fold_through=fold,
             skip_signature_check=True)(traceable)
     except (TypeError, ValueError):
-        from torch._dynamo import trace_rules
-        from torch._dynamo.variables.functions import (
-            PolyfilledFunctionVariable,
-        )
+        trace_rules = _torch_compat.get("dynamo_trace_rules")
+        PolyfilledFunctionVariable = _torch_compat.get(
+            "dynamo_PolyfilledFunctionVariable")
+        if trace_rules is None or PolyfilledFunctionVariable is None:
+            return
 
         @functools.wraps(traceable)
         def handler(*args: Any, **kwargs: Any) -> Any:
@@ -339,8 +371,10 @@ def _share_rules(original: Any, replacement: Any) -> None:
     at the public name when it built its table.  Whichever of the pair it
     saw, the other gets the same rule: the polyfills call the originals,
     and code that captured either (``from torch import zeros``) traces."""
-    from torch._dynamo.trace_rules import get_torch_obj_rule_map
-    rules = get_torch_obj_rule_map()
+    trace_rules = _torch_compat.get("dynamo_trace_rules")
+    if trace_rules is None:
+        return
+    rules = trace_rules.get_torch_obj_rule_map()
     try:
         known_o = original in rules
         known_r = replacement in rules
@@ -367,8 +401,10 @@ def _share_handlers(entries: Sequence[Any]) -> None:
     ``torch.get_device_module.__wrapped__``, ...).  It is built here with
     torch's originals in place, then every replacement gets its original's
     handler, so that both import orders end with the same table."""
-    from torch._dynamo.variables.torch import TorchInGraphFunctionVariable
-    build = TorchInGraphFunctionVariable._get_handlers
+    variable = _torch_compat.get("dynamo_TorchInGraphFunctionVariable")
+    if variable is None:
+        return
+    build = variable._get_handlers
     swapped = []
     if build.cache_info().currsize == 0:
         for owner, name, original, replacement in entries:
@@ -406,6 +442,8 @@ def register(entries: Optional[Sequence[Any]] = None) -> None:
     given (owner, name, original, replacement) entries).  Needs
     torch._dynamo imported; idempotent."""
     with _lock:
+        if not _torch_compat.has(*_DYNAMO_NAMES):
+            return
         if entries is None:
             entries = _patches.replaced()
         _substitute(_tdcore.trace_plan, _trace_plan_traced, fold=True)

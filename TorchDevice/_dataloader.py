@@ -18,22 +18,28 @@ from __future__ import annotations
 
 from typing import Any, List
 
-import torch.utils.data._utils.worker as _worker
+from . import _tdcore, _torch_compat
 
-from . import _tdcore
-
-_original_loop = _worker._worker_loop
+# torch's loop, found when the patch table is built.
+_original_loop: Any = None
 
 
 def worker_loop(*args: Any, **kwargs: Any) -> Any:
     """torch.utils.data's worker loop, with the CPU override on."""
     _tdcore.set_cpu_override(True)
+    assert _original_loop is not None    # only installed when found
     return _original_loop(*args, **kwargs)
-
-
-worker_loop.__wrapped__ = _original_loop  # type: ignore[attr-defined]
 
 
 def patches() -> List[Any]:
     from ._patches import Patch
-    return [Patch(_worker, "_worker_loop", lambda orig: worker_loop)]
+    worker = _torch_compat.get("worker_loop_module")
+    if worker is None or not _torch_compat.has("worker_loop"):
+        return []
+
+    def build(original: Any) -> Any:
+        global _original_loop
+        _original_loop = original
+        worker_loop.__wrapped__ = original  # type: ignore[attr-defined]
+        return worker_loop
+    return [Patch(worker, "_worker_loop", build)]

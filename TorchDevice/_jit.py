@@ -10,7 +10,12 @@ calls the aten op directly, so TorchDevice's Python wrappers never see it.
    table it builds on first use: built after enable() it would hold the
    wrapper, built before it would not know it), then
 2. scripts with torch's own ``torch.jit.script``, and
-3. rewrites the result's graphs (inlined first): every ``Device`` constant
+3. rewrites the result's graphs (inlined first) with the same decisions as
+   eager calls and torch.compile: the node of each replaced op names its
+   arguments, so the op's entry in the device-argument grammar
+   (_grammar.py) finds its device and dtype there, and
+   ``_tdcore.trace_plan`` says where the request goes; a missing device of
+   a device constructor follows the policy; every other ``Device`` constant
    becomes the device the policy sends it to, and ``aten::cuda(x)`` becomes
    ``aten::to(x, <that device>)``.
 
@@ -23,50 +28,128 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import _patches
+from . import _grammar, _patches, _tdcore, _torch_compat
 
 _lock = threading.Lock()
+# aten op name -> the grammar of the replaced callable that stands for it.
+_ops: Dict[str, _grammar.DeviceArg] = {}
+# c10::ScalarType values of the dtypes the policy changes (stable: Float=6,
+# Double=7).
+_SCALAR = {6: torch.float32, 7: torch.float64}
+_SCALAR_OF = {v: k for k, v in _SCALAR.items()}
+# torch's internals the rewrite needs; without any, scripts are torch's.
+_JIT_NAMES = tuple(p.key for p in _torch_compat.PRIVATE
+                   if p.feature == _torch_compat.JIT)
 
 
 def _register_builtins() -> None:
-    from torch.jit import _builtins
-    table = _builtins._get_builtin_table()
-    for _owner, _name, original, replacement in _patches.replaced():
+    table_fn = _torch_compat.get("jit_builtin_table")
+    register = _torch_compat.get("jit_register_builtin")
+    if table_fn is None or register is None:
+        return
+    table = table_fn()
+    for owner, name, original, replacement in _patches.replaced():
         if isinstance(original, staticmethod):
             continue
+        if owner is torch.Tensor and isinstance(replacement,
+                                                _tdcore.Wrapper):
+            # Tensor methods are aten ops of the same name in a graph.
+            _ops.setdefault(f"aten::{name}", replacement.td_grammar)
         op = table.get(id(original))
-        if op is not None and id(replacement) not in table:
-            _builtins._register_builtin(replacement, op)
+        if op is None:
+            continue
+        if id(replacement) not in table:
+            register(replacement, op)
+        if isinstance(replacement, _tdcore.Wrapper):
+            _ops.setdefault(op, replacement.td_grammar)
 
 
-def _target(value: str) -> torch.device:
-    return torch.device(value)            # the policy, through the hook
+def _plan(request: Any, dtype: Any = None, none_policy: bool = False
+          ) -> Tuple[Optional[torch.device], Any]:
+    return _tdcore.trace_plan(request, dtype, none_policy, "torch.jit.script")
+
+
+def _constant(value: Any) -> Tuple[bool, Any]:
+    """(is a constant, its value) of a graph value."""
+    node = value.node()
+    if node.kind() != "prim::Constant":
+        return False, None
+    if not node.hasAttribute("value"):
+        return True, None                        # None
+    return True, value.toIValue()
+
+
+def _argument_names(node: Any) -> List[str]:
+    parse = _torch_compat.get("parse_schema")
+    try:
+        schema = node.schema()
+    except RuntimeError:
+        return []
+    if parse is None or schema == "(no schema)":
+        return []
+    return [a.name for a in parse(schema).arguments]
+
+
+def _rewrite_op(graph: Any, node: Any, g: _grammar.DeviceArg) -> int:
+    """Redirects the device (and the dtype that goes with it) of one node
+    of a replaced op, by its grammar.  Returns 1 when it changed it."""
+    names = _argument_names(node)
+    if g.keyword not in names:
+        return 0
+    inputs = list(node.inputs())
+    d_index = names.index(g.keyword)
+    t_index = (names.index(g.dtype_keyword)
+               if g.dtype_keyword in names else -1)
+    is_const, request = _constant(inputs[d_index])
+    if not is_const or (request is None and not g.none_policy):
+        return 0
+    dtype = None
+    if t_index >= 0:
+        t_const, t_value = _constant(inputs[t_index])
+        if t_const and t_value in _SCALAR:
+            dtype = _SCALAR[t_value]
+    target, new_dtype = _plan(None if request is None else str(request),
+                              dtype, g.none_policy)
+    changed = 0
+    with graph.insert_point_guard(node):
+        if target is not None and str(target) != str(request):
+            node.replaceInput(d_index, graph.insertConstant(target))
+            changed = 1
+        if new_dtype is not dtype and new_dtype in _SCALAR_OF:
+            node.replaceInput(t_index,
+                              graph.insertConstant(_SCALAR_OF[new_dtype]))
+            changed = 1
+    return changed
 
 
 def _rewrite_graph(graph: Any) -> int:
-    """Redirects the device constants and .cuda() calls of one graph;
-    returns how many were changed."""
+    """Redirects the devices of one graph; returns how many were changed."""
     changed = 0
-    device_type = torch._C.DeviceObjType.get()
+    for node in list(graph.nodes()):
+        g = _ops.get(node.kind())
+        if g is not None and g.keyword:
+            changed += _rewrite_op(graph, node, g)
+    obj_type = _torch_compat.get("DeviceObjType")
+    device_type = obj_type.get() if obj_type is not None else None
     for node in graph.findAllNodes("prim::Constant"):
         out = node.output()
         if out.type() != device_type or not node.hasAttribute("value"):
             continue
         requested = node.s("value")
-        target = _target(requested)
-        if str(target) != requested:
+        target, _ = _plan(requested)
+        if target is not None and str(target) != requested:
             node.s_("value", str(target))
             changed += 1
     for node in graph.findAllNodes("aten::cuda"):
         inputs = list(node.inputs())
         if len(inputs) != 1:
             continue
-        target = _target("cuda")
-        if target.type == "cuda":
+        target, _ = _plan("cuda")
+        if target is None or target.type == "cuda":
             continue
         with graph.insert_point_guard(node):
             dev = graph.insertConstant(target)
@@ -98,8 +181,11 @@ def _graphs_of(obj: Any) -> List[Any]:
 
 
 def _redirect(obj: Any) -> Any:
+    inline = _torch_compat.get("jit_pass_inline")
+    if inline is None:
+        return obj
     for graph in _graphs_of(obj):
-        torch._C._jit_pass_inline(graph)
+        inline(graph)
         _rewrite_graph(graph)
     return obj
 
@@ -107,7 +193,7 @@ def _redirect(obj: Any) -> Any:
 def _build(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def script(obj: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _patches.is_applied():
+        if not _patches.is_applied() or not _torch_compat.has(*_JIT_NAMES):
             return original(obj, *args, **kwargs)
         with _lock:
             _register_builtins()

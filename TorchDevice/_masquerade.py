@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import _log, _tdcore
+from . import _log, _tdcore, _torch_compat
 
 # torch.cuda names answered by _tdcore on profiles mps and cpu, grouped as
 # in docs/masquerade.md.  Streams and events are in _streams.py.
@@ -250,9 +250,10 @@ def _total_memory() -> int:
         return int(psutil.virtual_memory().total)
 
 
-def _target_generator(profile: str) -> torch.Generator:
+def _target_generator(profile: str) -> Optional[torch.Generator]:
     if profile == "mps":
-        return torch.mps._get_default_mps_generator()
+        default_mps = _torch_compat.get("default_mps_generator")
+        return default_mps() if default_mps is not None else None
     return torch.default_generator
 
 
@@ -448,8 +449,9 @@ def _masquerade_patches(profile: str) -> List[Any]:
     table += _fn_patches(torch.cuda.memory, MEMORY_PRIVATE,
                          "torch.cuda.memory")
     table += _fn_patches(torch.cuda.nvtx, NVTX, "torch.cuda.nvtx")
+    generator = _target_generator(profile)
     table.append(_value_patch(cuda, "default_generators",
-                              (_target_generator(profile),)))
+                              (generator,) if generator is not None else ()))
     table.append(_value_patch(cuda, "CUDAGraph", _tdcore.CUDAGraph))
     table.append(_value_patch(torch.cuda.graphs, "CUDAGraph",
                               _tdcore.CUDAGraph))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import _log, _tdcore
+from . import _grammar, _log, _tdcore, _torch_compat
 
 _MISSING = object()
 
@@ -57,27 +58,27 @@ _applied: List[_Applied] = []
 _enabled = False
 
 
-def _wrapper(original: Any, kind: int, api: str, **kw: Any) -> Any:
-    return _tdcore.Wrapper(original, kind, api, **kw)
+def _wrapper(original: Any, kind: int, api: str,
+             grammar: _grammar.DeviceArg, **kw: Any) -> Any:
+    return _tdcore.Wrapper(original, kind, api, grammar, **kw)
 
 
-def factory(api: str, none_policy: bool, device_pos: int = -1):
-    return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api,
-                                 none_policy=none_policy,
-                                 device_pos=device_pos)
+def factory(api: str, grammar: _grammar.DeviceArg):
+    return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api, grammar)
 
 
 def to_method(api: str):
-    return lambda orig: _wrapper(orig, _tdcore.KIND_TO, api)
+    return lambda orig: _wrapper(orig, _tdcore.KIND_TO, api, _grammar.TO)
 
 
 def move(api: str, request: str, fallback: Callable[[], Any]):
     return lambda orig: _wrapper(orig, _tdcore.KIND_MOVE, api,
-                                 request=request, fallback=fallback())
+                                 _grammar.METHODS[api], request=request,
+                                 fallback=fallback())
 
 
 def simple(api: str, kind: int):
-    return lambda orig: _wrapper(orig, kind, api)
+    return lambda orig: _wrapper(orig, kind, api, _grammar.NONE)
 
 
 def _owner_value(owner: Any, name: str) -> Tuple[bool, Any]:
@@ -94,15 +95,39 @@ def _import(name: str) -> Any:
     return importlib.import_module(name)
 
 
+# torch's device constructors, for a torch without the private list.
+_KNOWN_CONSTRUCTORS = (
+    "empty", "empty_permuted", "empty_strided", "empty_quantized", "ones",
+    "arange", "bartlett_window", "blackman_window", "eye", "full",
+    "hamming_window", "hann_window", "kaiser_window", "linspace", "logspace",
+    "rand", "randn", "randint", "randperm", "range", "sparse_coo_tensor",
+    "sparse_compressed_tensor", "sparse_csr_tensor", "sparse_csc_tensor",
+    "sparse_bsr_tensor", "sparse_bsc_tensor", "tril_indices", "triu_indices",
+    "zeros", "asarray", "tensor", "as_tensor", "scalar_tensor",
+)
+
+
+def _constructors() -> Any:
+    listed = _torch_compat.get("device_constructors")
+    if listed is not None:
+        # Priming: the set is cached by identity of what is at torch.<name>
+        # on first use; it must hold torch's originals, not our wrappers.
+        return listed()
+    found = set()
+    for name in _KNOWN_CONSTRUCTORS:
+        value = getattr(torch, name, None)
+        if isinstance(value, _tdcore.Wrapper):
+            value = value.__wrapped__
+        if value is not None:
+            found.add(value)
+    return found
+
+
 def _device_constructor_patches() -> List[Patch]:
     """Every callable torch treats as a device constructor (so that
     `with torch.device(...)` fills its device), found by identity in the
     public namespaces, plus the explicit-device-only factories."""
-    from torch.utils._device import _device_constructors
-
-    # Priming: the set is cached by identity of what is at torch.<name> on
-    # first use; it must hold torch's originals, not our wrappers.
-    constructors = _device_constructors()
+    constructors = _constructors()
     patches: List[Patch] = []
     seen = set()
     for ns_name in _NAMESPACES:
@@ -119,11 +144,12 @@ def _device_constructor_patches() -> List[Patch]:
                 continue
             if is_ctor and (ns_name, attr) not in seen:
                 seen.add((ns_name, attr))
-                patches.append(Patch(ns, attr,
-                                     factory(f"{ns_name}.{attr}", True)))
+                patches.append(Patch(ns, attr, factory(f"{ns_name}.{attr}",
+                                                       _grammar.CONSTRUCTOR)))
     for attr in _EXPLICIT_ONLY:
         if hasattr(torch, attr) and ("torch", attr) not in seen:
-            patches.append(Patch(torch, attr, factory(f"torch.{attr}", False)))
+            patches.append(Patch(torch, attr, factory(f"torch.{attr}",
+                                                      _grammar.FACTORY)))
     return patches
 
 
@@ -133,7 +159,7 @@ def _storage_patches() -> List[Patch]:
         def build(orig: Any, cls: type = cls) -> Any:
             func = orig.__func__ if isinstance(orig, staticmethod) else orig
             return _wrapper(func, _tdcore.KIND_FACTORY,
-                            f"torch.{cls.__name__}", none_policy=False)
+                            f"torch.{cls.__name__}", _grammar.FACTORY)
         patches.append(Patch(cls, "__new__", build, static=True))
     return patches
 
@@ -141,7 +167,7 @@ def _storage_patches() -> List[Patch]:
 def patch_table() -> List[Patch]:
     T = torch.Tensor
     M = torch.nn.Module
-    tensor_to = lambda: torch._C.TensorBase.to  # noqa: E731
+    tensor_to = lambda: _originals["tensor_to"]  # noqa: E731
     module_to = lambda: _originals["module_to"]  # noqa: E731
     table: List[Patch] = []
     table += _device_constructor_patches()
@@ -157,13 +183,14 @@ def patch_table() -> List[Patch]:
         Patch(T, "is_pinned",
               simple("Tensor.is_pinned", _tdcore.KIND_IS_PINNED)),
     ]
-    table += [Patch(T, n, factory(f"Tensor.{n}", False)) for n in _TENSOR_NEW]
+    table += [Patch(T, n, factory(f"Tensor.{n}", _grammar.FACTORY))
+              for n in _TENSOR_NEW]
     table += [
         Patch(M, "to", to_method("Module.to")),
         Patch(M, "cuda", move("Module.cuda", "cuda", module_to)),
         Patch(M, "cpu", move("Module.cpu", "cpu", module_to)),
         Patch(M, "mps", move("Module.mps", "mps", module_to)),
-        Patch(M, "to_empty", factory("Module.to_empty", False)),
+        Patch(M, "to_empty", factory("Module.to_empty", _grammar.FACTORY)),
     ]
     table += _import("TorchDevice._streams").patches()
     table += _import("TorchDevice._masquerade").patches()
@@ -208,31 +235,66 @@ def _skip_prefixes() -> Tuple[str, ...]:
 
 
 def _lazy_allowed_methods() -> List[Any]:
-    from torch.nn.parameter import UninitializedTensorMixin
-    return UninitializedTensorMixin._allowed_methods
+    allowed = _torch_compat.get("lazy_allowed_methods")
+    return allowed if allowed is not None else []
+
+
+def _default_device_probes() -> Tuple[Any, Any, Any]:
+    """What the core needs to see torch's default-device context: the mode
+    stack's length and items, and the DeviceContext type (None each when
+    this torch lacks them)."""
+    if not _torch_compat.has("len_torch_function_stack",
+                             "get_function_stack_at", "DeviceContext"):
+        return None, None, None
+    return (_torch_compat.get("len_torch_function_stack"),
+            _torch_compat.get("get_function_stack_at"),
+            _torch_compat.get("DeviceContext"))
+
+
+def _capture_originals() -> None:
+    """torch's own methods, read before anything is replaced."""
+    if not _originals:
+        _originals.update(
+            module_to=torch.nn.Module.__dict__["to"],
+            tensor_to=torch.Tensor.to,
+            tensor_cpu=torch.Tensor.cpu,
+        )
+
+
+def core_objects(mps_device: Optional[torch.device] = None
+                 ) -> Dict[str, Any]:
+    """The torch objects _tdcore.install() takes (docs/architecture.md).
+    `mps_device` replaces the MPS target only in tests that simulate the
+    mps profile."""
+    _capture_originals()
+    mode_stack_len, mode_stack_at, device_context = _default_device_probes()
+    return dict(
+        device_type=torch.device,
+        dtype_type=torch.dtype,
+        targets={
+            "cpu": torch.device("cpu"),
+            "cuda": torch.device("cuda"),
+            "mps": (mps_device if mps_device is not None
+                    else torch.device("mps", 0)),
+        },
+        layout_probes=(torch.device("cpu"), torch.device("cuda"),
+                       torch.device("mps", 0)),
+        float64=torch.float64,
+        float32=torch.float32,
+        tensor_to=_originals["tensor_to"],
+        tensor_cpu=_originals["tensor_cpu"],
+        module_to=_originals["module_to"],
+        mode_stack_len=mode_stack_len,
+        mode_stack_at=mode_stack_at,
+        device_context=device_context,
+        generator_type=torch.Generator,
+        skip_prefixes=_skip_prefixes(),
+        report_sink=_log.sink,
+    )
 
 
 def _install_core(mps_device: Optional[torch.device] = None) -> None:
-    """Hands _tdcore the torch objects it needs.  `mps_device` replaces the
-    MPS target only in tests that simulate the mps profile."""
-    _originals.setdefault("module_to", torch.nn.Module.__dict__["to"])
-    _tdcore.install(
-        device_type=torch.device,
-        dtype_type=torch.dtype,
-        dev_cpu=torch.device("cpu"),
-        dev_cuda=torch.device("cuda"),
-        dev_mps=mps_device if mps_device is not None else torch.device("mps", 0),
-        float64=torch.float64,
-        float32=torch.float32,
-        tensor_to=torch._C.TensorBase.to,
-        tensor_cpu=torch._C.TensorBase.cpu,
-        module_to=_originals["module_to"],
-        mode_stack_len=torch._C._len_torch_function_stack,
-        generator_type=torch._C.Generator,
-        skip_prefixes=_skip_prefixes(),
-        report_sink=_log.sink,
-        probe_mps=torch.device("mps", 0),
-    )
+    _tdcore.install(**core_objects(mps_device))
 
 
 def apply(mps_device: Optional[torch.device] = None) -> None:
@@ -243,12 +305,14 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
     detect_profile()
     _install_core(mps_device)
     try:
+        fresh = []
         for patch in patch_table():
             had_own, original = _owner_value(patch.owner, patch.name)
             if original is _MISSING:
                 continue
             replacement = _built.get(patch.key)
             if replacement is None:
+                fresh.append(patch)
                 source = original
                 if isinstance(source, staticmethod):
                     source = source.__func__
@@ -258,6 +322,9 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
                 _built[patch.key] = replacement
             setattr(patch.owner, patch.name, replacement)
             _applied.append(_Applied(patch, had_own, original, replacement))
+        # Once per replacement: they are built once and reused.
+        for patch in fresh:
+            _name_for_pickle(patch.owner, patch.name)
         allowed = _lazy_allowed_methods()
         for entry in _applied:
             if (entry.patch.owner is torch.Tensor
@@ -269,6 +336,53 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
         raise
     _enabled = True
     _lifecycle_hooks("on_apply")
+
+
+def _pickle_path(owner: Any, name: str) -> Tuple[str, str]:
+    """(module, qualified name) under which pickle finds owner.<name>."""
+    if isinstance(owner, types.ModuleType):
+        return owner.__name__, name
+    return owner.__module__, f"{owner.__qualname__}.{name}"
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    obj: Any = sys.modules.get(module, _MISSING)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, _MISSING)
+    return obj
+
+
+def _name_for_pickle(owner: Any, name: str) -> None:
+    """Makes pickle reduce the replacement at owner.<name> to that path, as
+    it does torch's own callables: it loads back as the identical object
+    (and, where TorchDevice is not enabled, as torch's own).  A replacement
+    that already pickles to itself (worker_loop, by design) keeps its
+    name."""
+    value = getattr(owner, name, _MISSING)
+    if value is _MISSING or not callable(value) or isinstance(value, type):
+        return
+    try:
+        module, qualname = value.__module__, value.__qualname__
+    except AttributeError:
+        module = qualname = ""
+    if module and qualname and _lookup(module, qualname) is value:
+        return
+    module, qualname = _pickle_path(owner, name)
+    if _lookup(module, qualname) is not value:
+        return
+    if isinstance(value, (_tdcore.Wrapper, _tdcore.DeviceTypeArg)):
+        # Their __qualname__ stays torch's (introspection); C's __reduce__
+        # reads this name instead.  __module__ changes only where torch's
+        # does not hold it (torch._C._fft for torch.fft.*).
+        value._td_pickle_name = qualname
+        if _lookup(getattr(value, "__module__", ""), qualname) is not value:
+            value.__module__ = module
+        return
+    try:
+        value.__module__ = module
+        value.__qualname__ = qualname
+    except (AttributeError, TypeError):
+        pass        # a builtin: named by masq_function() already
 
 
 def _lifecycle_hooks(event: str) -> None:

@@ -73,7 +73,7 @@ def setup(metal: Optional[Any] = None, cuda: Optional[Any] = None) -> None:
     _tdcore.streams_setup(
         metal_ops=metal_ops,
         cuda_ops=cuda_ops,
-        record_stream=torch._C.TensorBase.record_stream,
+        record_stream=torch.Tensor.record_stream,
         generic_stream=getattr(torch, "Stream", None),
         generic_event=getattr(torch, "Event", None),
     )
@@ -83,19 +83,28 @@ def _const(value: Any) -> Callable[[Any], Any]:
     return lambda original: value
 
 
-def _construct_as(ours: type) -> Callable[[Any], Any]:
-    """__new__ for torch's own classes, reached by code that captured them
-    before TorchDevice was enabled: builds our object instead."""
-    def build(original: Any) -> Any:
-        def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
-            return ours(*args, **kwargs)
-        __new__.__qualname__ = original.__qualname__
-        return __new__
-    return build
+# __new__ of torch's own classes, reached by code that captured them before
+# TorchDevice was enabled: they build our objects instead.  Module-level
+# functions, so that pickle finds them by name (torch's classes are not at
+# their names while ours are).
+
+def new_stream(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """torch.cuda.Stream.__new__ while TorchDevice is enabled."""
+    return _tdcore.Stream(*args, **kwargs)
+
+
+def new_external_stream(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """torch.cuda.ExternalStream.__new__ while TorchDevice is enabled."""
+    return _tdcore.ExternalStream(*args, **kwargs)
+
+
+def new_event(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """torch.cuda.Event.__new__ while TorchDevice is enabled."""
+    return _tdcore.Event(*args, **kwargs)
 
 
 def _record_stream(original: Any) -> Any:
-    return _tdcore.record_stream_method(torch._C.TensorBase)
+    return _tdcore.record_stream_method(torch.Tensor)
 
 
 def _cuda_patches() -> List[Any]:
@@ -108,10 +117,10 @@ def _cuda_patches() -> List[Any]:
     table += [Patch(S, name, _const(getattr(T, name)))
               for name in ("Stream", "ExternalStream", "Event")]
     table += [
-        Patch(_CUDA_STREAM, "__new__", _construct_as(T.Stream), static=True),
-        Patch(_CUDA_EXTERNAL, "__new__", _construct_as(T.ExternalStream),
+        Patch(_CUDA_STREAM, "__new__", _const(new_stream), static=True),
+        Patch(_CUDA_EXTERNAL, "__new__", _const(new_external_stream),
               static=True),
-        Patch(_CUDA_EVENT, "__new__", _construct_as(T.Event), static=True),
+        Patch(_CUDA_EVENT, "__new__", _const(new_event), static=True),
         Patch(torch.Tensor, "record_stream", _record_stream),
     ]
     return table

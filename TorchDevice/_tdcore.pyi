@@ -5,7 +5,7 @@ import torch
 
 _Request = Union[None, str, int, torch.device]
 
-# ---- core: policy, install, wrapper (csrc/core/policy.c, module.c, wrapper.c) --
+# ---- core: policy, install, wrapper (csrc/core/) ------------------------------
 KIND_FACTORY: int
 KIND_TO: int
 KIND_MOVE: int
@@ -20,17 +20,31 @@ def float64_action(request: _Request, profile: str, mode: str = ...,
 def parse(request: _Request) -> Tuple[str, int]: ...
 def configure(profile: str, mode: str, float64: str) -> None: ...
 def settings() -> Dict[str, Any]: ...
-def install(*, device_type: type, dtype_type: type, dev_cpu: torch.device,
-            dev_cuda: torch.device, dev_mps: torch.device,
+class Installation:
+    """What install() was handed; immutable (csrc/core/install.c)."""
+    @property
+    def targets(self) -> Dict[str, torch.device]: ...
+
+def install(*, device_type: type, dtype_type: type,
+            targets: Dict[str, torch.device],
+            layout_probes: Tuple[torch.device, torch.device, torch.device],
             float64: torch.dtype, float32: torch.dtype,
             tensor_to: Callable[..., Any], tensor_cpu: Callable[..., Any],
             module_to: Callable[..., Any],
-            mode_stack_len: Callable[[], int], generator_type: type,
-            skip_prefixes: Tuple[str, ...], report_sink: Callable[..., Any],
-            probe_mps: torch.device) -> None: ...
+            mode_stack_len: Optional[Callable[[], int]],
+            mode_stack_at: Optional[Callable[[int], Any]],
+            device_context: Optional[type], generator_type: Optional[type],
+            skip_prefixes: Tuple[str, ...],
+            report_sink: Callable[..., Any]) -> None: ...
 def uninstall() -> None: ...
 def is_installed() -> bool: ...
+def installation() -> Optional[Installation]: ...
 def hooks_installed() -> bool: ...
+def hooked_slots() -> Tuple[str, ...]: ...
+def install_steps() -> Tuple[str, ...]: ...
+def _inject_install_failure(step: Optional[str]) -> None: ...
+def default_device_active() -> bool: ...
+def is_device_arg(value: Any) -> bool: ...
 
 # ---- flags (csrc/core/flags.c) ------------------------------------------------
 def get_cpu_override() -> bool: ...
@@ -50,11 +64,10 @@ class Wrapper:
     __wrapped__: Any
     td_kind: int
     td_api: str
-    td_none_policy: bool      # read by the torch.compile polyfills (_compile)
-    td_device_pos: int
+    td_grammar: Any           # the _grammar.DeviceArg it reads arguments by
     td_fallback: Optional[Callable[..., Any]]
     def __init__(self, wrapped: Optional[Callable[..., Any]], kind: int,
-                 api: str, device_pos: int = ..., none_policy: bool = ...,
+                 api: str, grammar: Any,
                  fallback: Optional[Callable[..., Any]] = ...,
                  request: Optional[str] = ...) -> None: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...

@@ -227,7 +227,8 @@ class PythonWrappers:
     def _builder(self, w: Any) -> Optional[Callable[[Any, Any], Any]]:
         kind, policy = w.td_kind, self.policy
         if kind == _tdcore.KIND_FACTORY:
-            pos, none_policy = w.td_device_pos, bool(w.td_none_policy)
+            pos, none_policy = (w.td_grammar.position,
+                                 w.td_grammar.none_policy)
             return lambda orig, _: _py_factory(orig, policy, pos,
                                                none_policy)
         if kind == _tdcore.KIND_TO:

@@ -50,3 +50,13 @@ def test_docs_links_resolve():
             if not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def test_architecture_page_names_every_source_file():
+    """docs/architecture.md is drawn from the tree: each C source and each
+    module of the package is named there."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    files = [p.name for p in (ROOT / "csrc").glob("*/*.[ch]")]
+    files += [p.name for p in (ROOT / "TorchDevice").glob("*.py*")]
+    missing = sorted(f"`{name}`" for name in files if f"`{name}`" not in page)
+    assert not missing, missing

@@ -23,28 +23,35 @@ device_fields(PyObject *dev, int *type, int *index)
     return 0;
 }
 
-/* probe_mps is torch.device("mps", 0); the target devices themselves may
+/* probes are torch.device("cpu"), torch.device("cuda") and
+ * torch.device("mps", 0), built by torch itself; the target devices may
  * differ from their names in a simulated profile (tests). */
 int
-td_device_check_layout(td_state *st, PyObject *probe_mps)
+td_device_check_layout(PyTypeObject *device_type, PyObject *probes)
 {
-    struct {
-        PyObject *dev;
+    static const struct {
         int type;
         int index;
     } expect[] = {
-        {st->dev_cpu, TD_C10_CPU, -1},
-        {st->dev_cuda, TD_C10_CUDA, -1},
-        {probe_mps, TD_C10_MPS, 0},
+        {TD_C10_CPU, -1},
+        {TD_C10_CUDA, -1},
+        {TD_C10_MPS, 0},
     };
-    for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++) {
+    size_t n = sizeof(expect) / sizeof(expect[0]);
+    if (!PyTuple_Check(probes) || (size_t)PyTuple_GET_SIZE(probes) != n) {
+        PyErr_SetString(PyExc_TypeError,
+                        "install(): layout_probes must be (cpu, cuda, mps:0)");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
         int type, index;
-        if (Py_TYPE(expect[i].dev) != st->device_type) {
+        PyObject *dev = PyTuple_GET_ITEM(probes, i);
+        if (Py_TYPE(dev) != device_type) {
             PyErr_SetString(PyExc_TypeError,
-                            "install(): target devices must be torch.device");
+                            "install(): layout probes must be torch.device");
             return -1;
         }
-        device_fields(expect[i].dev, &type, &index);
+        device_fields(dev, &type, &index);
         if (type != expect[i].type || index != expect[i].index) {
             PyErr_Format(PyExc_RuntimeError,
                          "this torch build lays out torch.device differently "
@@ -83,14 +90,14 @@ td_request_from_device(PyObject *dev)
 }
 
 td_request
-td_request_from_object(td_state *st, PyObject *obj)
+td_request_from_value(PyTypeObject *device_type, PyObject *obj)
 {
     td_request r = {TD_REQ_OTHER, -1};
     if (obj == NULL || obj == Py_None) {
         r.kind = TD_REQ_NONE;
         return r;
     }
-    if (Py_TYPE(obj) == st->device_type) {
+    if (device_type != NULL && Py_TYPE(obj) == device_type) {
         return td_request_from_device(obj);
     }
     if (PyUnicode_Check(obj)) {
@@ -126,27 +133,26 @@ td_request_from_object(td_state *st, PyObject *obj)
     return r;
 }
 
+td_request
+td_request_from_object(td_install *st, PyObject *obj)
+{
+    return td_request_from_value(st->device_type, obj);
+}
+
 int
-td_is_device_arg(td_state *st, PyObject *obj)
+td_is_device_arg(td_install *st, PyObject *obj)
 {
     return Py_TYPE(obj) == st->device_type || PyUnicode_Check(obj)
            || PyBytes_Check(obj) || PyLong_CheckExact(obj);
 }
 
 PyObject *
-td_target_device(td_state *st, td_target t)
+td_target_device(td_install *st, td_target t)
 {
-    switch (t) {
-    case TD_TARGET_CPU:
-        return st->dev_cpu;
-    case TD_TARGET_CUDA:
-        return st->dev_cuda;
-    case TD_TARGET_MPS:
-        return st->dev_mps;
-    case TD_TARGET_KEEP:
-        break;
+    if (t <= TD_TARGET_KEEP || t >= TD_TARGET_COUNT) {
+        return NULL;
     }
-    return NULL;
+    return st->target[t];
 }
 
 /* Torch's own code (optimizers, data loading, serialization, GradScaler)
@@ -169,14 +175,14 @@ static const char *const td_not_torch_internal[] = {
 };
 
 const char *
-td_caller_module(td_state *st, Py_ssize_t *size)
+td_caller_module(PyObject *name_key, Py_ssize_t *size)
 {
     PyObject *globals = PyEval_GetGlobals();   /* borrowed */
     if (globals == NULL || !PyDict_CheckExact(globals)) {
         return NULL;
     }
     /* borrowed; a lookup error reads as "unknown caller" */
-    PyObject *name = PyDict_GetItemWithError(globals, st->str_name);
+    PyObject *name = PyDict_GetItemWithError(globals, name_key);
     if (name == NULL || !PyUnicode_Check(name)) {
         PyErr_Clear();
         return NULL;
@@ -189,10 +195,10 @@ td_caller_module(td_state *st, Py_ssize_t *size)
 }
 
 int
-td_called_from_torch(td_state *st)
+td_called_from_torch(PyObject *name_key)
 {
     Py_ssize_t n;
-    const char *s = td_caller_module(st, &n);
+    const char *s = td_caller_module(name_key, &n);
     if (s == NULL) {
         return 0;
     }
@@ -210,7 +216,7 @@ td_called_from_torch(td_state *st)
 }
 
 td_resolution
-td_resolve_now(td_state *st, td_request req)
+td_resolve_now(td_install *st, td_request req)
 {
     td_profile profile = td_get_profile();
     td_mode mode = td_get_mode();
@@ -220,7 +226,7 @@ td_resolve_now(td_state *st, td_request req)
             || (profile != TD_PROFILE_CPU
                 && (req.kind == TD_REQ_NONE || req.kind == TD_REQ_CPU))))
     {
-        from_torch = td_called_from_torch(st);
+        from_torch = td_called_from_torch(st->str_name);
     }
     td_resolution res = td_resolve(req, profile, mode, td_get_cpu_override(),
                                    from_torch);
@@ -229,3 +235,80 @@ td_resolve_now(td_state *st, td_request req)
     }
     return res;
 }
+
+/* torch's default-device context: `with torch.device(d):` and
+ * torch.set_default_device(d) both push a DeviceContext mode onto the
+ * calling thread's torch-function mode stack, and torch fills the device of
+ * a factory called without one from it.  Other modes (profilers, counting
+ * modes, a user's own) say nothing about devices, so only a DeviceContext
+ * counts.  The stack is per thread, as torch's context is. */
+int
+td_default_device_active(td_install *st)
+{
+    if (st->mode_stack_len == Py_None || st->mode_stack_at == Py_None
+        || st->device_context == Py_None)
+    {
+        return 0;   /* that torch has no such context (_torch_compat.py) */
+    }
+    PyObject *len = PyObject_CallNoArgs(st->mode_stack_len);
+    if (len == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(len);
+    Py_DECREF(len);
+    if (n < 0) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *index = PyLong_FromSsize_t(i);
+        PyObject *mode = index ? PyObject_CallOneArg(st->mode_stack_at, index)
+                               : NULL;
+        Py_XDECREF(index);
+        if (mode == NULL) {
+            return -1;
+        }
+        int found = PyObject_TypeCheck(mode,
+                                       (PyTypeObject *)st->device_context);
+        Py_DECREF(mode);
+        if (found) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+devarg_default_device_active(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+{
+    td_install *st = td_install_acquire();
+    if (st == NULL) {
+        Py_RETURN_FALSE;
+    }
+    int active = td_default_device_active(st);
+    Py_DECREF(st);
+    return active < 0 ? NULL : PyBool_FromLong(active);
+}
+
+static PyObject *
+devarg_is_device_arg(PyObject *Py_UNUSED(m), PyObject *obj)
+{
+    td_install *st = td_install_acquire();
+    if (st == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "TorchDevice is not enabled");
+        return NULL;
+    }
+    int yes = td_is_device_arg(st, obj);
+    Py_DECREF(st);
+    return PyBool_FromLong(yes);
+}
+
+PyMethodDef td_devarg_methods[] = {
+    {"default_device_active", devarg_default_device_active, METH_NOARGS,
+     "default_device_active() -> bool\n\nWhether torch's default-device "
+     "context (with torch.device(...), set_default_device) is active in "
+     "the calling thread, as the wrappers see it."},
+    {"is_device_arg", devarg_is_device_arg, METH_O,
+     "is_device_arg(value) -> bool\n\nWhether the wrappers read value as a "
+     "device argument (torch.device, str, bytes, int)."},
+    {NULL, NULL, 0, NULL},
+};

@@ -9,11 +9,6 @@
  */
 #include "tdcore.h"
 
-static PyTypeObject *hooked_device_type;
-static newfunc orig_device_new;
-static PyTypeObject *hooked_generator_type;
-static newfunc orig_generator_new;
-
 static int
 is_int_value(PyObject *obj, long value)
 {
@@ -32,7 +27,7 @@ is_int_value(PyObject *obj, long value)
 /* "cpu:-1" and torch.device("cpu", -1) are not valid torch syntax (torch
  * rejects negative indexes), so they are recognised before torch parses. */
 static int
-is_toggle_request(td_state *st, PyObject *args, PyObject *kwargs)
+is_toggle_request(td_install *st, PyObject *args, PyObject *kwargs)
 {
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
         return 0;
@@ -52,12 +47,9 @@ is_toggle_request(td_state *st, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
+           PyObject *args, PyObject *kwargs)
 {
-    td_state *st = td_installed_state();
-    if (st == NULL || type != hooked_device_type) {
-        return orig_device_new(type, args, kwargs);
-    }
     if (is_toggle_request(st, args, kwargs)) {
         td_request req = {TD_REQ_CPU_TOGGLE, -1};
         td_resolution res = td_resolve_now(st, req);
@@ -67,7 +59,7 @@ device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         {
             return NULL;
         }
-        return Py_NewRef(st->dev_cpu);
+        return Py_NewRef(st->target[TD_TARGET_CPU]);
     }
     /* A bare int is an accelerator ordinal; torch would ask the build's
      * accelerator, which a CPU-only build lacks, so resolve it first. */
@@ -103,7 +95,7 @@ device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
      * `device == torch.device("mps:0")`): it gets the truth.  Whatever it
      * allocates still goes through the factory wrappers. */
     if ((req.kind == TD_REQ_CUDA || req.kind == TD_REQ_MPS)
-        && td_called_from_torch(st))
+        && td_called_from_torch(st->str_name))
     {
         return dev;
     }
@@ -115,15 +107,27 @@ device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return Py_NewRef(td_target_device(st, res.target));
 }
 
+/* The hook holds the installation for the whole call (tdcore.h). */
+static PyObject *
+device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    newfunc orig = td_slot_original(TD_SLOT_DEVICE);
+    td_install *st = td_install_acquire();
+    if (st == NULL || type != st->device_type) {
+        Py_XDECREF(st);
+        return orig(type, args, kwargs);
+    }
+    PyObject *result = device_new(st, orig, type, args, kwargs);
+    Py_DECREF(st);
+    return result;
+}
+
 /* torch.Generator(device=None): the device is parsed in C++, not through
  * torch.device, so the argument is rewritten before torch sees it. */
 static PyObject *
-generator_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+generator_new(td_install *st, newfunc orig_generator_new, PyTypeObject *type,
+              PyObject *args, PyObject *kwargs)
 {
-    td_state *st = td_installed_state();
-    if (st == NULL || type != hooked_generator_type) {
-        return orig_generator_new(type, args, kwargs);
-    }
     PyObject *new_args = NULL, *new_kwargs = NULL, *result = NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(args);
     PyObject *arg = NULL;   /* borrowed */
@@ -174,46 +178,42 @@ error:
     return result;
 }
 
-int
-td_hooks_install(td_state *st, PyObject *gen_type)
+static PyObject *
+generator_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (hooked_device_type == NULL) {
-        hooked_device_type = st->device_type;
-        orig_device_new = st->device_type->tp_new;
-        st->device_type->tp_new = device_new_hook;
+    newfunc orig = td_slot_original(TD_SLOT_GENERATOR);
+    td_install *st = td_install_acquire();
+    if (st == NULL || type != td_slot_type(TD_SLOT_GENERATOR)) {
+        Py_XDECREF(st);
+        return orig(type, args, kwargs);
     }
-    if (gen_type != NULL && gen_type != Py_None) {
-        if (!PyType_Check(gen_type)) {
-            PyErr_SetString(PyExc_TypeError, "generator type expected");
-            return -1;
-        }
-        if (hooked_generator_type == NULL) {
-            hooked_generator_type = (PyTypeObject *)gen_type;
-            orig_generator_new = hooked_generator_type->tp_new;
-            hooked_generator_type->tp_new = generator_new_hook;
-        }
-    }
-    return 0;
+    PyObject *result = generator_new(st, orig, type, args, kwargs);
+    Py_DECREF(st);
+    return result;
 }
 
-void
-td_hooks_uninstall(void)
+/* Two install steps, undone in reverse order by td_slots_unhook_all(). */
+int
+td_hooks_install(td_install *st, PyObject *gen_type)
 {
-    if (hooked_device_type != NULL) {
-        hooked_device_type->tp_new = orig_device_new;
-        hooked_device_type = NULL;
+    if (td_slot_hook(TD_SLOT_DEVICE, (PyObject *)st->device_type,
+                     device_new_hook) < 0)
+    {
+        return -1;
     }
-    if (hooked_generator_type != NULL) {
-        hooked_generator_type->tp_new = orig_generator_new;
-        hooked_generator_type = NULL;
+    if (gen_type != Py_None
+        && td_slot_hook(TD_SLOT_GENERATOR, gen_type, generator_new_hook) < 0)
+    {
+        return -1;
     }
+    return 0;
 }
 
 static PyObject *
 hooks_installed(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
 {
-    return PyBool_FromLong(hooked_device_type != NULL
-                           && hooked_device_type->tp_new == device_new_hook);
+    PyTypeObject *t = td_slot_type(TD_SLOT_DEVICE);
+    return PyBool_FromLong(t != NULL && t->tp_new == device_new_hook);
 }
 
 PyMethodDef td_hook_methods[] = {

@@ -1,4 +1,5 @@
-/* _tdcore: module definition, state, and the install/uninstall entry points.
+/* _tdcore: module definition and state, the installation in force, and
+ * the pure policy exposed for tests.
  *
  * The Python package hands over every torch object that the hot path needs
  * (device types, target devices, original methods); _tdcore never imports
@@ -7,48 +8,57 @@
  */
 #include "tdcore.h"
 
+#include "fields.h"
+
 #include <stdatomic.h>
 #include <string.h>
 
-static _Atomic(td_state *) installed_state;
-static PyObject *installed_module;   /* strong; keeps that state alive */
+/* The installation in force: a borrowed mirror of the owning module's
+ * td_state.installation, for the hooks in torch's static types, which
+ * cannot reach a module.  Loading it and taking a reference is one step
+ * under the GIL (the module does not declare Py_mod_gil_not_used), as is
+ * publishing and dropping the old one, so a hook never sees a freed one. */
+static _Atomic(td_install *) in_force;
 
 td_state *
-td_installed_state(void)
-{
-    return atomic_load_explicit(&installed_state, memory_order_acquire);
-}
-
-void
-td_set_installed_state(td_state *st, PyObject *module)
-{
-    atomic_store_explicit(&installed_state, st, memory_order_release);
-    Py_XINCREF(module);
-    Py_XSETREF(installed_module, module);
-}
-
-static td_state *
-get_state(PyObject *module)
+td_module_state(PyObject *module)
 {
     return (td_state *)PyModule_GetState(module);
 }
 
-static void
-clear_torch_refs(td_state *st)
+td_state *
+td_type_state(PyTypeObject *type)
 {
-    Py_CLEAR(st->device_type);
-    Py_CLEAR(st->dtype_type);
-    Py_CLEAR(st->dev_cpu);
-    Py_CLEAR(st->dev_cuda);
-    Py_CLEAR(st->dev_mps);
-    Py_CLEAR(st->float64);
-    Py_CLEAR(st->float32);
-    Py_CLEAR(st->tensor_to);
-    Py_CLEAR(st->tensor_cpu);
-    Py_CLEAR(st->module_to);
-    Py_CLEAR(st->mode_stack_len);
-    Py_CLEAR(st->skip_prefixes);
-    Py_CLEAR(st->report_sink);
+    return (td_state *)PyType_GetModuleState(type);
+}
+
+td_install *
+td_install_acquire(void)
+{
+    td_install *inst = atomic_load_explicit(&in_force, memory_order_acquire);
+    Py_XINCREF(inst);
+    return inst;
+}
+
+td_install *
+td_install_require(const char *what)
+{
+    td_install *inst = td_install_acquire();
+    if (inst == NULL) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: TorchDevice is not enabled", what);
+    }
+    return inst;
+}
+
+void
+td_install_publish(td_state *mst, td_install *inst)
+{
+    PyObject *old = mst->installation;
+    mst->installation = (PyObject *)inst;
+    atomic_store_explicit(&in_force, inst, memory_order_release);
+    /* Last: the decref may run code, which must find the new one. */
+    Py_XDECREF(old);
 }
 
 /* ---- policy, exposed for tests and for the Python layer ---------------- */
@@ -118,13 +128,16 @@ parse_float64(PyObject *obj, td_float64_policy *out)
 }
 
 static int
-request_for_test(td_state *st, PyObject *obj, td_request *out)
+request_for_test(PyObject *obj, td_request *out)
 {
     if (obj == Py_None || PyUnicode_Check(obj) || PyLong_CheckExact(obj)) {
-        *out = td_request_from_object(st, obj);
+        *out = td_request_from_value(NULL, obj);
         return 0;
     }
-    if (st->device_type != NULL && Py_TYPE(obj) == st->device_type) {
+    td_install *st = td_install_acquire();
+    int is_device = st != NULL && Py_TYPE(obj) == st->device_type;
+    Py_XDECREF(st);
+    if (is_device) {
         *out = td_request_from_device(obj);
         return 0;
     }
@@ -143,7 +156,7 @@ resolution_dict(td_resolution res)
 }
 
 static PyObject *
-tdcore_resolve(PyObject *module, PyObject *args, PyObject *kwargs)
+tdcore_resolve(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"request", "profile", "mode", "cpu_override",
                              "from_torch", NULL};
@@ -157,7 +170,7 @@ tdcore_resolve(PyObject *module, PyObject *args, PyObject *kwargs)
                                      &override, &from_torch)
         || parse_profile(profile_obj, &profile) < 0
         || (mode_obj != NULL && parse_mode(mode_obj, &mode) < 0)
-        || request_for_test(get_state(module), request, &req) < 0)
+        || request_for_test(request, &req) < 0)
     {
         return NULL;
     }
@@ -166,7 +179,7 @@ tdcore_resolve(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-tdcore_float64_action(PyObject *module, PyObject *args, PyObject *kwargs)
+tdcore_float64_action(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"request", "profile", "mode", "cpu_override",
                              "float64", NULL};
@@ -182,7 +195,7 @@ tdcore_float64_action(PyObject *module, PyObject *args, PyObject *kwargs)
         || parse_profile(profile_obj, &profile) < 0
         || (mode_obj != NULL && parse_mode(mode_obj, &mode) < 0)
         || (f64_obj != NULL && parse_float64(f64_obj, &f64) < 0)
-        || request_for_test(get_state(module), request, &req) < 0)
+        || request_for_test(request, &req) < 0)
     {
         return NULL;
     }
@@ -193,12 +206,12 @@ tdcore_float64_action(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-tdcore_parse(PyObject *module, PyObject *obj)
+tdcore_parse(PyObject *Py_UNUSED(module), PyObject *obj)
 {
     static const char *names[] = {"none", "cpu", "cuda", "mps", "meta",
                                   "cpu-toggle", "other"};
     td_request req;
-    if (request_for_test(get_state(module), obj, &req) < 0) {
+    if (request_for_test(obj, &req) < 0) {
         return NULL;
     }
     return Py_BuildValue("(sl)", names[req.kind], req.index);
@@ -237,87 +250,6 @@ tdcore_settings(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
                          td_get_cpu_override() ? Py_True : Py_False);
 }
 
-/* ---- install / uninstall ------------------------------------------------ */
-
-static PyObject *
-tdcore_install(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {
-        "device_type", "dtype_type", "dev_cpu", "dev_cuda", "dev_mps",
-        "float64", "float32", "tensor_to", "tensor_cpu", "module_to",
-        "mode_stack_len", "generator_type", "skip_prefixes", "report_sink",
-        "probe_mps", NULL};
-    td_state *st = get_state(module);
-    PyObject *o[15];
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "|$OOOOOOOOOOOOOOO:install", kwlist, &o[0], &o[1],
-            &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10],
-            &o[11], &o[12], &o[13], &o[14]))
-    {
-        return NULL;
-    }
-    if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL
-        || PyDict_GET_SIZE(kwargs) != 15)
-    {
-        PyErr_SetString(PyExc_TypeError, "install() needs every keyword");
-        return NULL;
-    }
-    if (!PyType_Check(o[0]) || !PyType_Check(o[1])) {
-        PyErr_SetString(PyExc_TypeError, "device_type/dtype_type: types");
-        return NULL;
-    }
-    if (td_installed_state() != NULL && td_installed_state() != st) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "another _tdcore module already patched torch");
-        return NULL;
-    }
-    clear_torch_refs(st);
-    st->device_type = (PyTypeObject *)Py_NewRef(o[0]);
-    st->dtype_type = (PyTypeObject *)Py_NewRef(o[1]);
-    st->dev_cpu = Py_NewRef(o[2]);
-    st->dev_cuda = Py_NewRef(o[3]);
-    st->dev_mps = Py_NewRef(o[4]);
-    st->float64 = Py_NewRef(o[5]);
-    st->float32 = Py_NewRef(o[6]);
-    st->tensor_to = Py_NewRef(o[7]);
-    st->tensor_cpu = Py_NewRef(o[8]);
-    st->module_to = Py_NewRef(o[9]);
-    st->mode_stack_len = Py_NewRef(o[10]);
-    st->skip_prefixes = Py_NewRef(o[12]);
-    st->report_sink = Py_NewRef(o[13]);
-    if (td_device_check_layout(st, o[14]) < 0) {
-        goto error;
-    }
-    td_set_installed_state(st, module);
-    if (td_hooks_install(st, o[11]) < 0) {
-        td_set_installed_state(NULL, NULL);
-        goto error;
-    }
-    Py_RETURN_NONE;
-error:
-    clear_torch_refs(st);
-    return NULL;
-}
-
-static PyObject *
-tdcore_uninstall(PyObject *module, PyObject *Py_UNUSED(a))
-{
-    td_state *st = get_state(module);
-    if (td_installed_state() == st) {
-        td_hooks_uninstall();
-        td_set_installed_state(NULL, NULL);
-    }
-    td_streams_uninstall(st);
-    clear_torch_refs(st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-tdcore_is_installed(PyObject *module, PyObject *Py_UNUSED(a))
-{
-    return PyBool_FromLong(td_installed_state() == get_state(module));
-}
-
 static PyMethodDef tdcore_methods[] = {
     {"resolve", (PyCFunction)(void (*)(void))tdcore_resolve,
      METH_VARARGS | METH_KEYWORDS,
@@ -335,28 +267,15 @@ static PyMethodDef tdcore_methods[] = {
      "configure(profile, mode, float64)\n\nSets the policy in force."},
     {"settings", tdcore_settings, METH_NOARGS,
      "settings() -> dict\n\nThe policy in force."},
-    {"install", (PyCFunction)(void (*)(void))tdcore_install,
-     METH_VARARGS | METH_KEYWORDS,
-     "install(**torch_objects)\n\nTakes the torch objects and hooks "
-     "torch.device and torch.Generator."},
-    {"uninstall", tdcore_uninstall, METH_NOARGS,
-     "uninstall()\n\nRestores the hooked slots and drops torch objects."},
-    {"is_installed", tdcore_is_installed, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 /* ---- module lifecycle --------------------------------------------------- */
 
 static int
-add_functions(PyObject *module, PyMethodDef *defs)
-{
-    return PyModule_AddFunctions(module, defs);
-}
-
-static int
 tdcore_exec(PyObject *module)
 {
-    td_state *st = get_state(module);
+    td_state *st = td_module_state(module);
     st->wrapper_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &td_wrapper_spec, NULL);
     if (st->wrapper_type == NULL
@@ -364,35 +283,34 @@ tdcore_exec(PyObject *module)
     {
         return -1;
     }
+    st->install_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &td_install_spec, NULL);
+    if (st->install_type == NULL) {
+        return -1;
+    }
 #define INTERN(field, text)                                 \
-    do {                                                    \
-        st->field = PyUnicode_InternFromString(text);       \
-        if (st->field == NULL) {                            \
-            return -1;                                      \
-        }                                                   \
-    } while (0)
-    INTERN(str_device, "device");
-    INTERN(str_dtype, "dtype");
-    INTERN(str_non_blocking, "non_blocking");
-    INTERN(str_memory_format, "memory_format");
-    INTERN(str_is_cpu, "is_cpu");
-    INTERN(str_name, "__name__");
-    INTERN(api_device, "torch.device");
-    INTERN(api_generator, "torch.Generator");
+    st->field = PyUnicode_InternFromString(text);           \
+    if (st->field == NULL) {                                \
+        return -1;                                          \
+    }
+    TD_NAME_FIELDS(INTERN)
 #undef INTERN
     st->kw_device = PyTuple_Pack(1, st->str_device);
     st->records = td_sites_new(module);
     if (st->kw_device == NULL || st->records == NULL) {
         return -1;
     }
-    if (add_functions(module, td_flags_methods) < 0
-        || add_functions(module, td_hook_methods) < 0
-        || add_functions(module, td_report_methods) < 0
-        || add_functions(module, td_trace_methods) < 0
-        || add_functions(module, td_streams_methods) < 0
-        || td_streams_exec(module, st) < 0
-        || td_masq_init(module, st) < 0)
-    {
+    PyMethodDef *const tables[] = {
+        td_install_methods, td_slot_methods, td_flags_methods,
+        td_hook_methods, td_devarg_methods, td_report_methods,
+        td_trace_methods, td_streams_methods,
+    };
+    for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
+        if (PyModule_AddFunctions(module, tables[i]) < 0) {
+            return -1;
+        }
+    }
+    if (td_streams_exec(module, st) < 0 || td_masq_init(module, st) < 0) {
         return -1;
     }
     static const char *kinds[] = {"KIND_FACTORY", "KIND_TO", "KIND_MOVE",
@@ -406,52 +324,26 @@ tdcore_exec(PyObject *module)
     return 0;
 }
 
+#define STATE_FIELDS TD_FIELDS(td_state, wrapper_type, kw_device)
+
 static int
 tdcore_traverse(PyObject *module, visitproc visit, void *arg)
 {
-    td_state *st = get_state(module);
-    Py_VISIT(st->wrapper_type);
-    Py_VISIT(st->device_type);
-    Py_VISIT(st->dtype_type);
-    Py_VISIT(st->dev_cpu);
-    Py_VISIT(st->dev_cuda);
-    Py_VISIT(st->dev_mps);
-    Py_VISIT(st->float64);
-    Py_VISIT(st->float32);
-    Py_VISIT(st->tensor_to);
-    Py_VISIT(st->tensor_cpu);
-    Py_VISIT(st->module_to);
-    Py_VISIT(st->mode_stack_len);
-    Py_VISIT(st->skip_prefixes);
-    Py_VISIT(st->report_sink);
-    Py_VISIT(st->records);
-    Py_VISIT(st->streams);
-    Py_VISIT(st->masq);
-    return 0;
+    return td_fields_visit((PyObject *)td_module_state(module), STATE_FIELDS,
+                           visit, arg);
 }
 
+/* Teardown undoes install(): torch's slots get their own tp_new back, in
+ * the reverse order they were hooked, before anything is dropped. */
 static int
 tdcore_clear(PyObject *module)
 {
-    td_state *st = get_state(module);
-    if (td_installed_state() == st) {
-        td_hooks_uninstall();
-        atomic_store(&installed_state, NULL);
+    td_state *st = td_module_state(module);
+    if (st == NULL) {
+        return 0;
     }
-    clear_torch_refs(st);
-    Py_CLEAR(st->wrapper_type);
-    Py_CLEAR(st->streams);
-    Py_CLEAR(st->masq);
-    Py_CLEAR(st->records);
-    Py_CLEAR(st->str_device);
-    Py_CLEAR(st->str_dtype);
-    Py_CLEAR(st->str_non_blocking);
-    Py_CLEAR(st->str_memory_format);
-    Py_CLEAR(st->str_is_cpu);
-    Py_CLEAR(st->str_name);
-    Py_CLEAR(st->kw_device);
-    Py_CLEAR(st->api_device);
-    Py_CLEAR(st->api_generator);
+    td_uninstall_module(st);
+    td_fields_clear((PyObject *)st, STATE_FIELDS);
     return 0;
 }
 
@@ -467,9 +359,8 @@ static PyModuleDef_Slot tdcore_slots[] = {
     /* torch.device's slot is process-wide: one interpreter owns it. */
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
-#ifdef Py_mod_gil
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
+    /* No Py_mod_gil slot: the module relies on the GIL
+     * (docs/reliability.md). */
     {0, NULL},
 };
 

@@ -172,6 +172,7 @@ td_target_name(td_target t)
     case TD_TARGET_MPS:
         return "mps";
     case TD_TARGET_KEEP:
+    case TD_TARGET_COUNT:
         break;
     }
     return "keep";

@@ -46,6 +46,7 @@ typedef enum {
     TD_TARGET_CPU = 1,
     TD_TARGET_CUDA = 2,    /* "cuda" without index: the current CUDA device */
     TD_TARGET_MPS = 3,     /* mps:0; MPS has one device */
+    TD_TARGET_COUNT = 4,   /* size of tables indexed by td_target */
 } td_target;
 
 typedef struct {

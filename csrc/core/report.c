@@ -60,9 +60,11 @@ typedef struct {
 /* ---- the site of a call -------------------------------------------------- */
 
 static int
-skipped(td_state *st, PyObject *filename)
+skipped(td_install *st, PyObject *filename)
 {
-    if (st->skip_prefixes == NULL || !PyTuple_Check(st->skip_prefixes)) {
+    if (st == NULL || st->skip_prefixes == NULL
+        || !PyTuple_Check(st->skip_prefixes))
+    {
         return 0;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(st->skip_prefixes);
@@ -85,7 +87,7 @@ skipped(td_state *st, PyObject *filename)
  * to its code object (None when there is no such frame) and *offset its
  * instruction offset. */
 static void
-user_frame(td_state *st, PyObject **code, int *offset)
+user_frame(td_install *st, PyObject **code, int *offset)
 {
     PyFrameObject *frame = PyEval_GetFrame();   /* borrowed */
     Py_XINCREF(frame);
@@ -163,7 +165,7 @@ request_text(td_request req, PyObject *orig)
 }
 
 static PyObject *
-target_text(td_state *st, td_target target)
+target_text(td_install *st, td_target target)
 {
     PyObject *dev = td_target_device(st, target);
     if (dev == NULL) {
@@ -343,10 +345,10 @@ first_hit_clear(td_first_hit *h)
 
 /* Adds one hit for the key.  make_texts fills from/to when the key is new
  * and carries a spec.  On a first hit, *hit owns what the sink needs. */
-typedef PyObject *(*td_text_fn)(td_state *st, const td_key *k, int which);
+typedef PyObject *(*td_text_fn)(td_install *st, const td_key *k, int which);
 
 static int
-add_hit(td_state *st, td_sites *t, td_key *k, td_text_fn make_text,
+add_hit(td_install *st, td_sites *t, td_key *k, td_text_fn make_text,
         td_first_hit *hit)
 {
     int rc = -1;
@@ -416,9 +418,9 @@ done:;   /* a label needs a statement: TD_UNLOCK() may be a bare brace */
 
 /* Hands a first hit to the Python sink (which logs it), outside the lock. */
 static void
-call_sink(td_state *st, td_first_hit *hit)
+call_sink(td_install *st, td_first_hit *hit)
 {
-    if (hit->api == NULL || st->report_sink == NULL
+    if (hit->api == NULL || st == NULL || st->report_sink == NULL
         || st->report_sink == Py_None || hit->filename == NULL
         || hit->function == NULL)
     {
@@ -438,16 +440,11 @@ call_sink(td_state *st, td_first_hit *hit)
     first_hit_clear(hit);
 }
 
-static td_sites *
-table_of(td_state *st)
-{
-    return (td_sites *)st->records;
-}
-
+/* `st` (may be NULL: nothing skipped, no sink) is held by the caller for
+ * the whole call, sink included. */
 static int
-record(td_state *st, td_key *k, td_text_fn make_text)
+record(td_sites *t, td_install *st, td_key *k, td_text_fn make_text)
 {
-    td_sites *t = table_of(st);
     td_first_hit hit = {NULL, NULL, NULL, NULL, NULL, NULL, 0};
     if (t == NULL) {
         return 0;
@@ -464,7 +461,7 @@ record(td_state *st, td_key *k, td_text_fn make_text)
 }
 
 static PyObject *
-spec_text(td_state *st, const td_key *k, int which)
+spec_text(td_install *st, const td_key *k, int which)
 {
     if (which == 0) {
         td_request req = {(td_req_kind)k->from_kind, k->from_index};
@@ -474,10 +471,10 @@ spec_text(td_state *st, const td_key *k, int which)
 }
 
 int
-td_report(td_state *st, PyObject *api, td_request req, td_resolution res,
+td_report(td_install *st, PyObject *api, td_request req, td_resolution res,
           PyObject *orig)
 {
-    td_sites *t = table_of(st);
+    td_sites *t = (td_sites *)st->records;
     if (t == NULL) {
         return 0;
     }
@@ -485,7 +482,7 @@ td_report(td_state *st, PyObject *api, td_request req, td_resolution res,
                 res.toggle_override ? t->what_toggled : t->what_redirected,
                 NULL, NULL, req.index, (int)req.kind, (int)res.target, 0, 0};
     if (req.kind != TD_REQ_OTHER) {
-        return record(st, &k, spec_text);
+        return record(t, st, &k, spec_text);
     }
     /* Only str() describes it: key on the texts. */
     int rc = -1;
@@ -494,7 +491,7 @@ td_report(td_state *st, PyObject *api, td_request req, td_resolution res,
     if (k.to != NULL) {
         k.from_kind = k.to_target = TD_NO_SPEC;
         k.from_index = 0;
-        rc = record(st, &k, spec_text);
+        rc = record(t, st, &k, spec_text);
     }
     Py_XDECREF(k.from);
     Py_XDECREF(k.to);
@@ -502,9 +499,13 @@ td_report(td_state *st, PyObject *api, td_request req, td_resolution res,
 }
 
 int
-td_record(td_state *st, PyObject *api, PyObject *what, PyObject *from,
-          PyObject *to)
+td_record(PyObject *table, td_install *st, PyObject *api, PyObject *what,
+          PyObject *from, PyObject *to)
 {
+    td_sites *t = (td_sites *)table;
+    if (t == NULL) {
+        return 0;
+    }
     if (!PyUnicode_Check(api) || !PyUnicode_Check(what)) {
         PyErr_SetString(PyExc_TypeError,
                         "record(api, what, from, to): api and what are str");
@@ -517,7 +518,7 @@ td_record(td_state *st, PyObject *api, PyObject *what, PyObject *from,
     if (to_text != NULL) {
         td_key k = {NULL, api, what, from_text, to_text, 0, TD_NO_SPEC,
                     TD_NO_SPEC, 0, 0};
-        rc = record(st, &k, spec_text);
+        rc = record(t, st, &k, spec_text);
     }
     Py_XDECREF(from_text);
     Py_XDECREF(to_text);
@@ -577,8 +578,12 @@ static PyType_Spec sites_spec = {
 PyObject *
 td_sites_new(PyObject *module)
 {
-    PyTypeObject *tp = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &sites_spec, NULL);
+    /* Not bound to the module: an instance of a type without GC support
+     * hides its reference to the type from the collector, and a type bound
+     * to the module would then keep the module from ever being torn
+     * down (and torch's slots from being given back). */
+    (void)module;
+    PyTypeObject *tp = (PyTypeObject *)PyType_FromSpec(&sites_spec);
     if (tp == NULL) {
         return NULL;
     }
@@ -614,8 +619,11 @@ report_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!td_get_report()) {
         Py_RETURN_NONE;
     }
-    td_state *st = (td_state *)PyModule_GetState(module);
-    if (td_record(st, args[0], args[1], args[2], args[3]) < 0) {
+    td_install *st = td_install_acquire();   /* may be NULL: no sink */
+    int rc = td_record(td_module_state(module)->records, st, args[0],
+                       args[1], args[2], args[3]);
+    Py_XDECREF(st);
+    if (rc < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -650,8 +658,7 @@ merge_into(PyObject *result, PyObject *key, Py_ssize_t count)
 static PyObject *
 report_records(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    td_state *st = (td_state *)PyModule_GetState(module);
-    td_sites *t = table_of(st);
+    td_sites *t = (td_sites *)td_module_state(module)->records;
     PyObject *result = PyDict_New();
     if (result == NULL || t == NULL) {
         return result;
@@ -688,9 +695,9 @@ report_records(PyObject *module, PyObject *Py_UNUSED(a))
 static PyObject *
 report_clear(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    td_state *st = (td_state *)PyModule_GetState(module);
-    if (table_of(st) != NULL) {
-        sites_clear_all(table_of(st));
+    td_sites *t = (td_sites *)td_module_state(module)->records;
+    if (t != NULL) {
+        sites_clear_all(t);
     }
     Py_RETURN_NONE;
 }

@@ -1,9 +1,20 @@
 /* Shared declarations of the _tdcore extension.
  *
- * Module state owns the heap types and every torch object handed over by the
- * Python layer.  The settings that the tp_new hooks of torch's static types
- * read live in process-wide atomics (flags.c): those types are shared by
- * every interpreter, so their hooks cannot reach a module state of their own.
+ * Two kinds of state, with different lifetimes (docs/architecture.md):
+ *
+ * - td_state, the module state: what lives as long as the module (its
+ *   types, interned names, the call-site table, the streams template, the
+ *   masquerade snapshot).
+ * - td_install, the installation: everything install() was handed (torch's
+ *   types, the target devices, torch's originals), plus the streams objects
+ *   handed over after it.  It is immutable once published: a change builds
+ *   a new one and swaps it in.  Every hook takes a strong reference for
+ *   the whole call (td_install_acquire), so uninstall() can drop it while
+ *   a hook in another thread still uses it.  By convention a td_install
+ *   pointer is called `st` in the hooks, which read nothing else.
+ *
+ * The settings read on every call (profile, mode, ...) are C11 atomics in
+ * flags.c.
  */
 #ifndef TD_TDCORE_H
 #define TD_TDCORE_H
@@ -20,38 +31,94 @@
 #define TD_C10_MPS 13
 #define TD_C10_META 14
 
+/* Interned names, created at module exec; the module state and every
+ * installation made from it hold them under the same field names. */
+#define TD_NAME_FIELDS(X)                                                   \
+    X(str_device, "device")                                                 \
+    X(str_dtype, "dtype")                                                   \
+    X(str_non_blocking, "non_blocking")                                     \
+    X(str_memory_format, "memory_format")                                   \
+    X(str_is_cpu, "is_cpu")                                                 \
+    X(str_name, "__name__")                                                 \
+    X(api_device, "torch.device")                                           \
+    X(api_generator, "torch.Generator")
+#define TD_DECLARE_NAME(field, text) PyObject *field;
+
 typedef struct {
     PyTypeObject *wrapper_type;
+    PyTypeObject *install_type;
+    PyObject *records;             /* report.c's call-site table */
+    PyObject *streams;             /* streams.h: the td_streams template */
+    PyObject *masq;                /* masquerade.h: the current snapshot */
+    PyObject *installation;        /* td_install in force, or NULL */
+    TD_NAME_FIELDS(TD_DECLARE_NAME)
+    PyObject *kw_device;           /* ("device",) */
+} td_state;
 
-    /* Handed over by install(); NULL until then. */
+typedef struct {
+    PyObject_HEAD
+    /* torch's types and values */
     PyTypeObject *device_type;     /* torch.device (static C type) */
     PyTypeObject *dtype_type;      /* torch.dtype */
-    PyObject *dev_cpu;             /* torch.device("cpu") */
-    PyObject *dev_cuda;            /* torch.device("cuda") */
-    PyObject *dev_mps;             /* torch.device("mps", 0) */
+    PyObject *target[TD_TARGET_COUNT];   /* torch.device per td_target;
+                                            [TD_TARGET_KEEP] is NULL */
     PyObject *float64;
     PyObject *float32;
-    PyObject *tensor_to;           /* original torch.Tensor.to */
-    PyObject *tensor_cpu;          /* original torch.Tensor.cpu */
-    PyObject *module_to;           /* original torch.nn.Module.to */
-    PyObject *mode_stack_len;      /* torch._C._len_torch_function_stack */
+    /* torch's originals the wrappers fall back on */
+    PyObject *tensor_to;           /* torch.Tensor.to */
+    PyObject *tensor_cpu;          /* torch.Tensor.cpu */
+    PyObject *module_to;           /* torch.nn.Module.to */
+    /* torch's default-device context (devarg.c); any may be None */
+    PyObject *mode_stack_len;      /* () -> int */
+    PyObject *mode_stack_at;       /* (i) -> mode */
+    PyObject *device_context;      /* torch.utils._device.DeviceContext */
+    /* the report */
     PyObject *skip_prefixes;       /* tuple of path prefixes not reported */
-    PyObject *report_sink;         /* callable(record) for the first hit */
-    PyObject *records;             /* report.c's call-site table */
-    PyObject *streams;             /* streams.h: td_streams */
-    PyObject *masq;                /* masquerade.h: td_masq */
-
-    /* Interned names. */
-    PyObject *str_device;
-    PyObject *str_dtype;
-    PyObject *str_non_blocking;
-    PyObject *str_memory_format;
-    PyObject *str_is_cpu;
-    PyObject *str_name;
+    PyObject *report_sink;         /* callable(record) for a first hit */
+    PyObject *records;             /* the module's call-site table */
+    /* streams.h: the module's streams types (td_streams), and the objects
+     * streams_setup() handed each backend (td_backends; NULL before) */
+    PyObject *streams;
+    PyObject *backends;
+    TD_NAME_FIELDS(TD_DECLARE_NAME)
     PyObject *kw_device;           /* ("device",) */
-    PyObject *api_device;          /* "torch.device" */
-    PyObject *api_generator;       /* "torch.Generator" */
-} td_state;
+} td_install;
+
+/* module.c: the state of a module, and the installation in force. */
+td_state *td_module_state(PyObject *module);
+/* The state of the module that defined `type` (one of our heap types). */
+td_state *td_type_state(PyTypeObject *type);
+/* A new reference to the installation in force, or NULL (no exception)
+ * when TorchDevice is not installed. */
+td_install *td_install_acquire(void);
+/* The same, with RuntimeError set when there is none. */
+td_install *td_install_require(const char *what);
+/* Builds a copy of `src` (every field a new reference) to change before it
+ * is published. */
+td_install *td_install_copy(td_install *src);
+/* Makes `inst` (stolen; NULL to uninstall) the installation in force. */
+void td_install_publish(td_state *mst, td_install *inst);
+
+/* slots.c: the tp_new hooks of torch's static types, one helper for all. */
+typedef enum {
+    TD_SLOT_DEVICE = 0,            /* torch.device */
+    TD_SLOT_GENERATOR = 1,         /* torch.Generator */
+    TD_SLOT_STREAM = 2,            /* torch.Stream */
+    TD_SLOT_EVENT = 3,             /* torch.Event */
+    TD_SLOT_COUNT = 4,
+} td_slot;
+/* Swaps type's tp_new for hook.  Fails (RuntimeError naming the type, the
+ * slot untouched) when the type has a vectorcall entry, which would bypass
+ * tp_new, or when a failure was injected for this step (tests). */
+int td_slot_hook(td_slot slot, PyObject *type, newfunc hook);
+void td_slot_unhook(td_slot slot);
+/* Undoes every hook, in the reverse order of installation. */
+void td_slots_unhook_all(void);
+/* The hooked type, or NULL; and torch's own tp_new (valid once hooked, and
+ * kept after unhooking: a hook already running may still call it). */
+PyTypeObject *td_slot_type(td_slot slot);
+newfunc td_slot_original(td_slot slot);
+extern PyMethodDef td_slot_methods[];
 
 /* flags.c: process-wide settings, read on every intercepted call. */
 td_profile td_get_profile(void);
@@ -65,41 +132,70 @@ void td_set_config(td_profile profile, td_mode mode, td_float64_policy f64);
 void td_set_report(int on);
 extern PyMethodDef td_flags_methods[];
 
-/* The state of the module that last ran install(); the tp_new hooks use it. */
-td_state *td_installed_state(void);
-void td_set_installed_state(td_state *st, PyObject *module);
+/* args.c: the one parser of C functions' arguments. */
+typedef struct {
+    const char *fname;             /* for messages: "set_device" */
+    const char *const *names;      /* parameter names, by position */
+    int count;                     /* how many parameters */
+    int required;                  /* the first `required` must be given */
+    int positional;                /* how many may be given by position */
+} td_args_spec;
+/* Fills out[0..count) with borrowed arguments (NULL when absent) of a
+ * vectorcall/FASTCALL call; TypeError as CPython words it on a mismatch. */
+int td_args_parse(const td_args_spec *spec, PyObject *const *args,
+                  Py_ssize_t nargs, PyObject *kwnames, PyObject **out);
 
 /* devarg.c: Python device arguments <-> policy requests. */
-int td_device_check_layout(td_state *st, PyObject *probe_mps);
+int td_device_check_layout(PyTypeObject *device_type, PyObject *probes);
 td_request td_request_from_device(PyObject *dev);
-/* 0 on success; a value that is not a device request gives TD_REQ_OTHER. */
-td_request td_request_from_object(td_state *st, PyObject *obj);
-int td_is_device_arg(td_state *st, PyObject *obj);
+/* A value that is not a device request gives TD_REQ_OTHER.  device_type
+ * may be NULL (not installed): then only str, bytes and int are read. */
+td_request td_request_from_value(PyTypeObject *device_type, PyObject *obj);
+td_request td_request_from_object(td_install *st, PyObject *obj);
+int td_is_device_arg(td_install *st, PyObject *obj);
 /* Borrowed reference to the device object for a target (not KEEP). */
-PyObject *td_target_device(td_state *st, td_target t);
-/* True when the innermost Python frame belongs to torch's own code. */
-int td_called_from_torch(td_state *st);
+PyObject *td_target_device(td_install *st, td_target t);
+/* True when the innermost Python frame belongs to torch's own code.
+ * name_key is the interned "__name__". */
+int td_called_from_torch(PyObject *name_key);
 /* The calling Python code's module __name__ (UTF-8, borrowed from the
  * frame's globals), or NULL when there is none. */
-const char *td_caller_module(td_state *st, Py_ssize_t *size);
+const char *td_caller_module(PyObject *name_key, Py_ssize_t *size);
 /* Resolves with the current settings and applies an override toggle. */
-td_resolution td_resolve_now(td_state *st, td_request req);
+td_resolution td_resolve_now(td_install *st, td_request req);
+/* Whether torch's default-device context (`with torch.device(...)`,
+ * torch.set_default_device) is active in the calling thread: 1, 0 or -1. */
+int td_default_device_active(td_install *st);
+extern PyMethodDef td_devarg_methods[];
 
 /* devicehook.c */
-int td_hooks_install(td_state *st, PyObject *gen_type);
-void td_hooks_uninstall(void);
+int td_hooks_install(td_install *st, PyObject *gen_type);
 extern PyMethodDef td_hook_methods[];
 
 /* wrapper.c */
 extern PyType_Spec td_wrapper_spec;
+/* What every function-like type of ours (Wrapper, DeviceTypeArg) shares:
+ * binds like a function (tp_descr_get), and pickles by the __module__ and
+ * _td_pickle_name in its __dict__, which the patch table sets to where the
+ * object is installed, as torch's own callables pickle by name. */
+PyObject *td_bind_like_function(PyObject *self, PyObject *obj,
+                                PyObject *type);
+PyObject *td_reduce_by_name(PyObject *self, PyObject *unused);
+
+/* install.c: the installation type and install()/uninstall(). */
+extern PyType_Spec td_install_spec;
+extern PyMethodDef td_install_methods[];
+/* Undoes every hook and publishes no installation, if `mst` owns it. */
+void td_uninstall_module(td_state *mst);
 
 /* report.c */
-int td_report(td_state *st, PyObject *api, td_request req,
+int td_report(td_install *st, PyObject *api, td_request req,
               td_resolution res, PyObject *orig);
 /* A hit classified by the caller ("emulated", "unsupported", ...); the four
- * are str.  Callers check td_get_report() first. */
-int td_record(td_state *st, PyObject *api, PyObject *what, PyObject *from,
-              PyObject *to);
+ * are str.  Callers check td_get_report() first.  `table` is the module's
+ * call-site table, `inst` the installation (may be NULL: no sink). */
+int td_record(PyObject *table, td_install *inst, PyObject *api,
+              PyObject *what, PyObject *from, PyObject *to);
 PyObject *td_sites_new(PyObject *module);
 extern PyMethodDef td_report_methods[];
 
@@ -109,11 +205,14 @@ extern PyMethodDef td_trace_methods[];
 /* stream_api.c, stream.c, event.c, backend_*.c (streams.h): streams and
  * events of torch.cuda / torch.mps */
 int td_streams_exec(PyObject *module, td_state *st);
-void td_streams_uninstall(td_state *st);
 extern PyMethodDef td_streams_methods[];
 
 /* masquerade.c, cuda_*.c, mps_reverse.c (masquerade.h): torch.cuda answered
  * for the device really used, and torch.mps answered from CUDA */
 int td_masq_init(PyObject *module, td_state *st);
+
+/* Same-shape boilerplate of our callable types. */
+#define TD_FASTKW(f) (PyCFunction)(void (*)(void))(f), \
+                     METH_FASTCALL | METH_KEYWORDS
 
 #endif /* TD_TDCORE_H */

@@ -17,20 +17,9 @@ plan_result(PyObject *device, PyObject *dtype)
 }
 
 static PyObject *
-trace_plan(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+plan(td_install *st, PyObject *request, PyObject *dtype, int none_policy,
+     PyObject *api)
 {
-    static char *kwlist[] = {"request", "dtype", "none_policy", "api", NULL};
-    PyObject *request, *dtype = Py_None, *api = Py_None;
-    int none_policy = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OpO:trace_plan", kwlist,
-                                     &request, &dtype, &none_policy, &api))
-    {
-        return NULL;
-    }
-    td_state *st = td_installed_state();
-    if (st == NULL) {
-        return plan_result(Py_None, dtype);
-    }
     td_request req = td_request_from_object(st, request);
     if (req.kind == TD_REQ_NONE && !none_policy) {
         return plan_result(Py_None, dtype);
@@ -56,6 +45,26 @@ trace_plan(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     }
     PyObject *target = td_target_device(st, res.target);   /* borrowed */
     return plan_result(target != NULL ? target : Py_None, new_dtype);
+}
+
+static PyObject *
+trace_plan(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"request", "dtype", "none_policy", "api", NULL};
+    PyObject *request, *dtype = Py_None, *api = Py_None;
+    int none_policy = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OpO:trace_plan", kwlist,
+                                     &request, &dtype, &none_policy, &api))
+    {
+        return NULL;
+    }
+    td_install *st = td_install_acquire();
+    if (st == NULL) {
+        return plan_result(Py_None, dtype);
+    }
+    PyObject *result = plan(st, request, dtype, none_policy, api);
+    Py_DECREF(st);
+    return result;
 }
 
 PyMethodDef td_trace_methods[] = {

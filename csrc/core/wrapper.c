@@ -4,19 +4,24 @@
  * Python equivalent:
  *
  *     class Wrapper:
- *         def __init__(self, wrapped, kind, api, device_pos=-1,
- *                      none_policy=False, fallback=None, request=None): ...
+ *         def __init__(self, wrapped, kind, api, grammar, fallback=None,
+ *                      request=None): ...
  *         def __call__(self, *args, **kwargs):
- *             device = find_device(args, kwargs)
+ *             device = find_device(args, kwargs, self.grammar)
  *             target = resolve(device)
  *             return self.wrapped(*replace(args, kwargs, target))
  *         def __get__(self, obj, cls):   # binds like a function
  *             return self if obj is None else MethodType(self, obj)
  *
- * Calls arrive through vectorcall and leave through vectorcall; arguments are
- * copied only when one of them is rewritten.
+ * Where the device and dtype are, and what a missing device means, comes
+ * from the grammar entry the patch table hands over (TorchDevice/
+ * _grammar.py), read once at construction.  Calls arrive through vectorcall
+ * and leave through vectorcall; arguments are copied only when one of them
+ * is rewritten.
  */
 #include "tdcore.h"
+
+#include "fields.h"
 
 #include <structmember.h>
 #include <stddef.h>
@@ -38,12 +43,17 @@ typedef struct {
     PyObject *wrapped;      /* the original; None where torch has none */
     PyObject *fallback;     /* MOVE: the `to` used when the target moves */
     PyObject *api;          /* "torch.zeros", for the report */
+    PyObject *grammar;      /* the _grammar.DeviceArg it was built from */
+    PyObject *device_kw;    /* interned keyword of the device, or NULL */
+    PyObject *dtype_kw;     /* interned keyword of the dtype, or NULL */
     PyObject *dict;
     PyObject *weakreflist;
     int kind;
     int none_policy;        /* apply the policy when no device is given */
     td_req_kind request;    /* MOVE: what the method asks for */
     Py_ssize_t device_pos;  /* position of the device argument, or -1 */
+    Py_ssize_t dtype_pos;   /* position of the dtype after a positional
+                               device, or -1 */
 } td_wrapper;
 
 #define TD_SMALL_STACK 12
@@ -52,12 +62,6 @@ typedef struct {
     Py_ssize_t index;
     PyObject *value;        /* borrowed for the duration of the call */
 } td_subst;
-
-static td_state *
-wrapper_state(td_wrapper *w)
-{
-    return (td_state *)PyType_GetModuleState(Py_TYPE(w));
-}
 
 static int
 kw_is(PyObject *name, PyObject *interned)
@@ -70,7 +74,7 @@ kw_is(PyObject *name, PyObject *interned)
 static Py_ssize_t
 find_kw(PyObject *kwnames, Py_ssize_t nargs, PyObject *interned)
 {
-    if (kwnames == NULL) {
+    if (kwnames == NULL || interned == NULL) {
         return -1;
     }
     Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
@@ -85,7 +89,7 @@ find_kw(PyObject *kwnames, Py_ssize_t nargs, PyObject *interned)
 /* Calls fn with args where the listed slots are substituted and, when
  * add_device is set, a device= keyword is appended. */
 static PyObject *
-forward(td_state *st, PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
+forward(td_install *st, PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
         PyObject *kwnames, const td_subst *subst, int nsubst,
         PyObject *add_device)
 {
@@ -140,7 +144,7 @@ done:
  * (reported) or an error, by configuration.  Returns 0, or -1 with an error
  * set; on 0, *subst is filled when the dtype slot must be replaced. */
 static int
-float64_check(td_state *st, td_wrapper *w, td_request req, td_resolution res,
+float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
               PyObject *const *args, Py_ssize_t dslot, td_subst *subst,
               int *nsubst)
 {
@@ -166,7 +170,7 @@ float64_check(td_state *st, td_wrapper *w, td_request req, td_resolution res,
 }
 
 static int
-maybe_report(td_state *st, td_wrapper *w, td_request req, td_resolution res,
+maybe_report(td_install *st, td_wrapper *w, td_request req, td_resolution res,
              PyObject *arg)
 {
     if ((res.redirected || res.toggle_override) && td_get_report()) {
@@ -187,23 +191,8 @@ undo_toggle_on_error(PyObject *result, td_resolution res)
     return result;
 }
 
-/* A factory called without device= follows an active default-device
- * context (`with torch.device(...)`, set_default_device) instead of the
- * policy; both live on torch's function-mode stack. */
-static int
-default_device_context_active(td_state *st)
-{
-    PyObject *n = PyObject_CallNoArgs(st->mode_stack_len);
-    if (n == NULL) {
-        return -1;
-    }
-    int active = PyObject_IsTrue(n);
-    Py_DECREF(n);
-    return active;
-}
-
 static PyObject *
-call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
+call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
              Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
 {
     PyObject *arg = slot >= 0 ? args[slot] : NULL;
@@ -215,7 +204,8 @@ call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
     }
     td_resolution res = td_resolve_now(st, req);
     if (req.kind == TD_REQ_NONE && res.target != TD_TARGET_KEEP) {
-        int active = default_device_context_active(st);
+        /* torch's default-device context decides instead (devarg.c). */
+        int active = td_default_device_active(st);
         if (active < 0) {
             return NULL;
         }
@@ -226,7 +216,7 @@ call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
     }
     if (td_get_profile() == TD_PROFILE_MPS
         && float64_check(st, w, req, res, args,
-                         find_kw(kwnames, nargs, st->str_dtype), subst,
+                         find_kw(kwnames, nargs, w->dtype_kw), subst,
                          &nsubst) < 0)
     {
         return undo_toggle_on_error(NULL, res);
@@ -255,10 +245,10 @@ call_factory(td_wrapper *w, td_state *st, PyObject *const *args,
 }
 
 static PyObject *
-wrapper_factory(td_wrapper *w, td_state *st, PyObject *const *args,
+wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
 {
-    Py_ssize_t slot = find_kw(kwnames, nargs, st->str_device);
+    Py_ssize_t slot = find_kw(kwnames, nargs, w->device_kw);
     if (slot < 0 && w->device_pos >= 0 && w->device_pos < nargs) {
         slot = w->device_pos;
     }
@@ -269,24 +259,26 @@ wrapper_factory(td_wrapper *w, td_state *st, PyObject *const *args,
  * .to(device=..., dtype=...); Module.to takes the same forms.  args[0] is
  * the instance. */
 static PyObject *
-wrapper_to(td_wrapper *w, td_state *st, PyObject *const *args,
+wrapper_to(td_wrapper *w, td_install *st, PyObject *const *args,
            Py_ssize_t nargs, PyObject *kwnames)
 {
-    Py_ssize_t slot = find_kw(kwnames, nargs, st->str_device);
+    Py_ssize_t slot = find_kw(kwnames, nargs, w->device_kw);
     Py_ssize_t dslot = -1;
-    if (slot < 0 && nargs >= 2 && args[1] != Py_None
-        && td_is_device_arg(st, args[1]))
+    Py_ssize_t pos = w->device_pos, dpos = w->dtype_pos;
+    if (slot < 0 && pos >= 0 && nargs > pos && args[pos] != Py_None
+        && td_is_device_arg(st, args[pos]))
     {
-        slot = 1;
-        if (nargs >= 3 && Py_TYPE(args[2]) == st->dtype_type) {
-            dslot = 2;
+        slot = pos;
+        if (dpos >= 0 && nargs > dpos && Py_TYPE(args[dpos]) == st->dtype_type)
+        {
+            dslot = dpos;
         }
     }
     if (slot < 0 || args[slot] == Py_None) {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
     if (dslot < 0) {
-        dslot = find_kw(kwnames, nargs, st->str_dtype);
+        dslot = find_kw(kwnames, nargs, w->dtype_kw);
     }
     td_subst subst[2];
     int nsubst = 0;
@@ -317,16 +309,16 @@ wrapper_to(td_wrapper *w, td_state *st, PyObject *const *args,
  * .mps(...): when the policy keeps the request, the original runs; when it
  * moves it, the move becomes fallback(self, target, **keywords). */
 static PyObject *
-wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
+wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
              Py_ssize_t nargs, PyObject *kwnames)
 {
     if (nargs < 1) {
         PyErr_Format(PyExc_TypeError, "%U() needs an instance", w->api);
         return NULL;
     }
-    Py_ssize_t slot = find_kw(kwnames, nargs, st->str_device);
-    if (slot < 0 && w->request == TD_REQ_CUDA && nargs >= 2) {
-        slot = 1;
+    Py_ssize_t slot = find_kw(kwnames, nargs, w->device_kw);
+    if (slot < 0 && w->device_pos >= 0 && nargs > w->device_pos) {
+        slot = w->device_pos;
     }
     PyObject *arg = slot >= 0 ? args[slot] : NULL;
     td_request req = {w->request, -1};
@@ -353,17 +345,19 @@ wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
     PyObject *target = td_target_device(st, res.target);
     if (target == NULL) {
         /* Kept, but torch has no such method (Tensor.mps): move there. */
-        target = req.kind == TD_REQ_MPS ? st->dev_mps
-                 : req.kind == TD_REQ_CUDA ? st->dev_cuda : st->dev_cpu;
+        target = st->target[req.kind == TD_REQ_MPS ? TD_TARGET_MPS
+                            : req.kind == TD_REQ_CUDA ? TD_TARGET_CUDA
+                                                      : TD_TARGET_CPU];
     }
     /* Rebuild as fallback(self, target, non_blocking=..., **kw). */
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *small[TD_SMALL_STACK];
     PyObject *names = NULL, *result = NULL;
-    Py_ssize_t extra_pos = (w->request == TD_REQ_CUDA && nargs >= 3) ? 1 : 0;
+    Py_ssize_t extra_pos =
+        (w->device_pos >= 0 && nargs > w->device_pos + 1) ? 1 : 0;
     Py_ssize_t n = 2 + nkw + extra_pos;
     if (n > TD_SMALL_STACK || nargs > 3
-        || (w->request != TD_REQ_CUDA && nargs > 1))
+        || (w->device_pos < 0 && nargs > 1))
     {
         PyErr_Format(PyExc_TypeError, "%U() got too many arguments", w->api);
         return undo_toggle_on_error(NULL, res);
@@ -381,7 +375,7 @@ wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
     }
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (kw_is(name, st->str_device)) {
+        if (w->device_kw != NULL && kw_is(name, w->device_kw)) {
             continue;
         }
         small[2 + k] = args[nargs + i];
@@ -402,7 +396,7 @@ wrapper_move(td_wrapper *w, td_state *st, PyObject *const *args,
 }
 
 static PyObject *
-wrapper_numpy(td_wrapper *w, td_state *st, PyObject *const *args,
+wrapper_numpy(td_wrapper *w, td_install *st, PyObject *const *args,
               Py_ssize_t nargs, PyObject *kwnames)
 {
     if (td_get_profile() == TD_PROFILE_CPU || nargs < 1) {
@@ -435,7 +429,7 @@ wrapper_numpy(td_wrapper *w, td_state *st, PyObject *const *args,
 /* Without an accelerator there is no pinned memory: pinning is the
  * identity and nothing is pinned.  With one, torch decides. */
 static PyObject *
-wrapper_pin(td_wrapper *w, td_state *Py_UNUSED(st), PyObject *const *args,
+wrapper_pin(td_wrapper *w, td_install *Py_UNUSED(st), PyObject *const *args,
             Py_ssize_t nargs, PyObject *kwnames)
 {
     if (td_get_profile() != TD_PROFILE_CPU || nargs < 1) {
@@ -452,9 +446,11 @@ wrapper_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
                    PyObject *kwnames)
 {
     td_wrapper *w = (td_wrapper *)self;
-    td_state *st = wrapper_state(w);
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (st->device_type == NULL) {
+    /* Held for the whole call: disable() in another thread cannot free
+     * what this call uses (tdcore.h). */
+    td_install *st = td_install_acquire();
+    if (st == NULL) {
         /* Not installed (a wrapper kept past disable()): be the original. */
         if (w->wrapped == Py_None) {
             PyErr_Format(PyExc_AttributeError, "%U is not available while "
@@ -463,23 +459,30 @@ wrapper_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
         }
         return PyObject_Vectorcall(w->wrapped, args, nargsf, kwnames);
     }
+    PyObject *result = NULL;
     switch ((td_kind)w->kind) {
     case TD_KIND_FACTORY:
-        return wrapper_factory(w, st, args, nargs, kwnames);
+        result = wrapper_factory(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_TO:
-        return wrapper_to(w, st, args, nargs, kwnames);
+        result = wrapper_to(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_MOVE:
-        return wrapper_move(w, st, args, nargs, kwnames);
+        result = wrapper_move(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_NUMPY:
-        return wrapper_numpy(w, st, args, nargs, kwnames);
+        result = wrapper_numpy(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_PIN_MEMORY:
     case TD_KIND_IS_PINNED:
-        return wrapper_pin(w, st, args, nargs, kwnames);
+        result = wrapper_pin(w, st, args, nargs, kwnames);
+        break;
     case TD_KIND_COUNT:
+        PyErr_SetString(PyExc_SystemError, "corrupt TorchDevice wrapper kind");
         break;
     }
-    PyErr_SetString(PyExc_SystemError, "corrupt TorchDevice wrapper kind");
-    return NULL;
+    Py_DECREF(st);
+    return result;
 }
 
 static int
@@ -498,18 +501,91 @@ copy_attr(PyObject *dict, PyObject *src, const char *name)
     return rc;
 }
 
+/* Reads one field of the grammar entry: an int, or a str interned (NULL
+ * for ""). */
+static int
+grammar_int(PyObject *grammar, const char *name, Py_ssize_t *out)
+{
+    PyObject *v = PyObject_GetAttrString(grammar, name);
+    if (v == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+grammar_str(PyObject *grammar, const char *name, PyObject **out)
+{
+    PyObject *v = PyObject_GetAttrString(grammar, name);
+    if (v == NULL) {
+        return -1;
+    }
+    if (!PyUnicode_CheckExact(v)) {
+        PyErr_Format(PyExc_TypeError, "grammar.%s must be str", name);
+        Py_DECREF(v);
+        return -1;
+    }
+    if (PyUnicode_GET_LENGTH(v) == 0) {
+        Py_DECREF(v);
+        *out = NULL;
+        return 0;
+    }
+    PyUnicode_InternInPlace(&v);
+    *out = v;
+    return 0;
+}
+
+static int
+read_grammar(td_wrapper *w, PyObject *grammar)
+{
+    PyObject *missing = NULL;
+    if (grammar_str(grammar, "keyword", &w->device_kw) < 0
+        || grammar_str(grammar, "dtype_keyword", &w->dtype_kw) < 0
+        || grammar_int(grammar, "position", &w->device_pos) < 0
+        || grammar_int(grammar, "dtype_position", &w->dtype_pos) < 0
+        || grammar_str(grammar, "missing", &missing) < 0)
+    {
+        return -1;
+    }
+    int ok = missing != NULL;
+    if (ok) {
+        w->none_policy =
+            PyUnicode_CompareWithASCIIString(missing, "policy") == 0;
+        ok = w->none_policy
+             || PyUnicode_CompareWithASCIIString(missing, "keep") == 0
+             || PyUnicode_CompareWithASCIIString(missing, "request") == 0;
+    }
+    Py_XDECREF(missing);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "grammar.missing must be 'keep', "
+                        "'policy' or 'request'");
+        return -1;
+    }
+    /* A missing device the policy fills is added as device=. */
+    if (w->none_policy
+        && (w->device_kw == NULL
+            || PyUnicode_CompareWithASCIIString(w->device_kw, "device") != 0))
+    {
+        PyErr_SetString(PyExc_ValueError,
+                        "grammar: missing='policy' needs keyword 'device'");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 wrapper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"wrapped", "kind", "api", "device_pos",
-                             "none_policy", "fallback", "request", NULL};
-    PyObject *wrapped, *api, *fallback = Py_None;
+    static char *kwlist[] = {"wrapped", "kind", "api", "grammar", "fallback",
+                             "request", NULL};
+    PyObject *wrapped, *api, *grammar, *fallback = Py_None;
     const char *request = NULL;
-    int kind, none_policy = 0;
-    Py_ssize_t device_pos = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiU|npOz:Wrapper", kwlist,
-                                     &wrapped, &kind, &api, &device_pos,
-                                     &none_policy, &fallback, &request))
+    int kind;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiUO|Oz:Wrapper", kwlist,
+                                     &wrapped, &kind, &api, &grammar,
+                                     &fallback, &request))
     {
         return NULL;
     }
@@ -549,12 +625,11 @@ wrapper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     w->wrapped = Py_NewRef(wrapped);
     w->fallback = Py_NewRef(fallback);
     w->api = Py_NewRef(api);
+    w->grammar = Py_NewRef(grammar);
     w->kind = kind;
-    w->none_policy = none_policy;
     w->request = req;
-    w->device_pos = device_pos;
     w->dict = PyDict_New();
-    if (w->dict == NULL
+    if (w->dict == NULL || read_grammar(w, grammar) < 0
         || PyDict_SetItemString(w->dict, "__wrapped__", wrapped) < 0)
     {
         goto error;
@@ -574,8 +649,8 @@ error:
     return NULL;
 }
 
-static PyObject *
-wrapper_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+PyObject *
+td_bind_like_function(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
 {
     if (obj == NULL || obj == Py_None) {
         return Py_NewRef(self);
@@ -591,6 +666,7 @@ wrapper_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(w->wrapped);
     Py_VISIT(w->fallback);
     Py_VISIT(w->api);
+    Py_VISIT(w->grammar);
     Py_VISIT(w->dict);
     return 0;
 }
@@ -602,23 +678,14 @@ wrapper_clear(PyObject *self)
     Py_CLEAR(w->wrapped);
     Py_CLEAR(w->fallback);
     Py_CLEAR(w->api);
+    Py_CLEAR(w->grammar);
+    Py_CLEAR(w->device_kw);
+    Py_CLEAR(w->dtype_kw);
     Py_CLEAR(w->dict);
     return 0;
 }
 
-static void
-wrapper_dealloc(PyObject *self)
-{
-    td_wrapper *w = (td_wrapper *)self;
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (w->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    (void)wrapper_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC_WEAKREF(wrapper_dealloc, td_wrapper, wrapper_clear)
 
 static PyObject *
 wrapper_repr(PyObject *self)
@@ -627,11 +694,24 @@ wrapper_repr(PyObject *self)
     return PyUnicode_FromFormat("<TorchDevice wrapper of %R>", w->wrapped);
 }
 
-static PyObject *
-wrapper_reduce(PyObject *self, PyObject *Py_UNUSED(a))
+PyObject *
+td_reduce_by_name(PyObject *self, PyObject *Py_UNUSED(unused))
 {
-    /* Pickled by name, like the function it stands in for. */
-    return PyObject_GetAttrString(self, "__qualname__");
+    /* A str: pickle stores a global reference (__module__, the str) and
+     * checks that it finds this very object there.  The patch table names
+     * where it installed the object; else its __qualname__. */
+    PyObject *name = PyObject_GetAttrString(self, "_td_pickle_name");
+    if (name == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        name = PyObject_GetAttrString(self, "__qualname__");
+    }
+    if (name == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "cannot pickle %R: it is not installed by TorchDevice's "
+                     "patch table (no __qualname__)", self);
+    }
+    return name;
 }
 
 static PyObject *
@@ -649,15 +729,9 @@ wrapper_get_api(PyObject *self, void *Py_UNUSED(c))
 /* The torch.compile polyfills (TorchDevice/_compile.py) rebuild a wrapper's
  * behaviour in Python from these. */
 static PyObject *
-wrapper_get_none_policy(PyObject *self, void *Py_UNUSED(c))
+wrapper_get_grammar(PyObject *self, void *Py_UNUSED(c))
 {
-    return PyBool_FromLong(((td_wrapper *)self)->none_policy);
-}
-
-static PyObject *
-wrapper_get_device_pos(PyObject *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromSsize_t(((td_wrapper *)self)->device_pos);
+    return Py_NewRef(((td_wrapper *)self)->grammar);
 }
 
 static PyObject *
@@ -667,7 +741,7 @@ wrapper_get_fallback(PyObject *self, void *Py_UNUSED(c))
 }
 
 static PyMethodDef wrapper_methods[] = {
-    {"__reduce__", wrapper_reduce, METH_NOARGS, NULL},
+    {"__reduce__", td_reduce_by_name, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -675,10 +749,8 @@ static PyGetSetDef wrapper_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {"td_kind", wrapper_get_kind, NULL, "wrapper kind (int)", NULL},
     {"td_api", wrapper_get_api, NULL, "API name used in the report", NULL},
-    {"td_none_policy", wrapper_get_none_policy, NULL,
-     "whether a call without a device follows the policy", NULL},
-    {"td_device_pos", wrapper_get_device_pos, NULL,
-     "position of the device argument, or -1", NULL},
+    {"td_grammar", wrapper_get_grammar, NULL,
+     "the _grammar.DeviceArg the wrapper reads its arguments by", NULL},
     {"td_fallback", wrapper_get_fallback, NULL,
      "MOVE: the `to` used when the target moves", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -696,7 +768,7 @@ static PyMemberDef wrapper_members[] = {
 static PyType_Slot wrapper_slots[] = {
     {Py_tp_new, wrapper_new},
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, wrapper_descr_get},
+    {Py_tp_descr_get, td_bind_like_function},
     {Py_tp_traverse, wrapper_traverse},
     {Py_tp_clear, wrapper_clear},
     {Py_tp_dealloc, wrapper_dealloc},

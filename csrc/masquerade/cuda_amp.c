@@ -25,6 +25,8 @@
  */
 #include "masquerade.h"
 
+#include "core/fields.h"
+
 #include <stddef.h>
 #include <structmember.h>
 
@@ -58,10 +60,8 @@ is_cuda_type(PyObject *arg)
 }
 
 static int
-log_dtype_change(td_state *st, td_devtype *w, PyObject *want,
-                 PyObject *chosen)
+log_dtype_change(td_masq *m, td_devtype *w, PyObject *want, PyObject *chosen)
 {
-    td_masq *m = TD_MASQ(st);
     if (td_get_report() && m->record != NULL) {
         PyObject *from = PyObject_Str(want);
         PyObject *to = from ? PyObject_Str(chosen) : NULL;
@@ -93,10 +93,9 @@ log_dtype_change(td_state *st, td_devtype *w, PyObject *want,
 /* Sets the dtype autocast will use on the target.  `dslot` is the
  * positional index of dtype, or -1 when it is not passed positionally. */
 static int
-choose_dtype(td_state *st, td_devtype *w, PyObject *pos, PyObject *kw,
-             Py_ssize_t dslot)
+choose_dtype(td_state *st, td_masq *m, td_devtype *w, PyObject *pos,
+             PyObject *kw, Py_ssize_t dslot)
 {
-    td_masq *m = TD_MASQ(st);
     PyObject *want = NULL;   /* borrowed */
     if (dslot >= 0 && dslot < PyTuple_GET_SIZE(pos)) {
         want = PyTuple_GET_ITEM(pos, dslot);
@@ -118,7 +117,7 @@ choose_dtype(td_state *st, td_devtype *w, PyObject *pos, PyObject *kw,
         return -1;
     }
     PyObject *chosen = ok ? want : m->amp_default;
-    if (!ok && log_dtype_change(st, w, want, chosen) < 0) {
+    if (!ok && log_dtype_change(m, w, want, chosen) < 0) {
         return -1;
     }
     if (dslot >= 0 && dslot < PyTuple_GET_SIZE(pos)) {
@@ -131,12 +130,9 @@ choose_dtype(td_state *st, td_devtype *w, PyObject *pos, PyObject *kw,
 }
 
 static PyObject *
-devtype_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
-                   PyObject *kwnames)
+devtype_call(td_devtype *w, td_state *st, td_masq *m, PyObject *const *args,
+             size_t nargsf, PyObject *kwnames)
 {
-    td_devtype *w = (td_devtype *)self;
-    td_state *st = (td_state *)PyType_GetModuleState(Py_TYPE(self));
-    td_masq *m = TD_MASQ(st);
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     Py_ssize_t slot = -1;
@@ -176,7 +172,7 @@ devtype_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
     {
         goto done;
     }
-    if (w->autocast && choose_dtype(st, w, pos, kw, w->argpos + 1) < 0) {
+    if (w->autocast && choose_dtype(st, m, w, pos, kw, w->argpos + 1) < 0) {
         goto done;
     }
     if (td_get_report() && m->record != NULL) {
@@ -192,6 +188,22 @@ devtype_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
 done:
     Py_XDECREF(pos);
     Py_XDECREF(kw);
+    return result;
+}
+
+/* Holds the masquerade snapshot for the whole call (masquerade.h). */
+static PyObject *
+devtype_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    td_state *st = td_type_state(Py_TYPE(self));
+    td_masq *m = td_masq_hold(st);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *result = devtype_call((td_devtype *)self, st, m, args, nargsf,
+                                    kwnames);
+    Py_DECREF(m);
     return result;
 }
 
@@ -231,16 +243,6 @@ devtype_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)w;
 }
 
-/* Binds like a function, so that it can stand in for __init__. */
-static PyObject *
-devtype_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    if (obj == NULL || obj == Py_None) {
-        return Py_NewRef(self);
-    }
-    return PyMethod_New(self, obj);
-}
-
 static int
 devtype_traverse(PyObject *self, visitproc visit, void *arg)
 {
@@ -264,18 +266,7 @@ devtype_clear(PyObject *self)
     return 0;
 }
 
-static void
-devtype_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (((td_devtype *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    (void)devtype_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC_WEAKREF(devtype_dealloc, td_devtype, devtype_clear)
 
 static PyObject *
 devtype_repr(PyObject *self)
@@ -295,6 +286,13 @@ static PyMemberDef devtype_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+/* Binds like a function (so it can stand in for __init__) and pickles by
+ * name, as Wrapper does (wrapper.c). */
+static PyMethodDef devtype_methods[] = {
+    {"__reduce__", td_reduce_by_name, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef devtype_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL,
      NULL},
@@ -304,7 +302,8 @@ static PyGetSetDef devtype_getset[] = {
 static PyType_Slot devtype_slots[] = {
     {Py_tp_new, devtype_new},
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, devtype_descr_get},
+    {Py_tp_descr_get, td_bind_like_function},
+    {Py_tp_methods, devtype_methods},
     {Py_tp_traverse, devtype_traverse},
     {Py_tp_clear, devtype_clear},
     {Py_tp_dealloc, devtype_dealloc},

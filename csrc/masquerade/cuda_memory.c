@@ -49,12 +49,6 @@
  * reading can lag; a reset or empty_cache() always reads afresh. */
 #define TD_RSS_MAX_AGE_NS 50000LL
 
-static td_state *
-module_state(PyObject *module)
-{
-    return (td_state *)PyModule_GetState(module);
-}
-
 /* 0 where there is no monotonic clock: then nothing is reused. */
 static long long
 now_ns(void)
@@ -143,10 +137,10 @@ static int
 process_rss(td_masq *m, long long *out)
 {
     long long t = now_ns();
-    long long cached_at = atomic_load_explicit(&m->rss_cache_ns,
+    long long cached_at = atomic_load_explicit(&TD_MC(m)->rss_cache_ns,
                                                memory_order_acquire);
     if (cached_at != 0 && t - cached_at < TD_RSS_MAX_AGE_NS) {
-        *out = atomic_load_explicit(&m->rss_cache, memory_order_relaxed);
+        *out = atomic_load_explicit(&TD_MC(m)->rss_cache, memory_order_relaxed);
         return 1;
     }
     long long rss = -1;
@@ -164,8 +158,8 @@ process_rss(td_masq *m, long long *out)
             return -1;
         }
     }
-    atomic_store_explicit(&m->rss_cache, rss, memory_order_relaxed);
-    atomic_store_explicit(&m->rss_cache_ns, t, memory_order_release);
+    atomic_store_explicit(&TD_MC(m)->rss_cache, rss, memory_order_relaxed);
+    atomic_store_explicit(&TD_MC(m)->rss_cache_ns, t, memory_order_release);
     *out = rss;
     return 0;
 }
@@ -208,20 +202,20 @@ sample(td_masq *m, long long *allocated, long long *reserved)
             return 0;
         }
     }
-    atomic_max(&m->peak_allocated, *allocated);
-    atomic_max(&m->peak_reserved, *reserved);
-    long long last = atomic_exchange_explicit(&m->last_sample, *allocated,
+    atomic_max(&TD_MC(m)->peak_allocated, *allocated);
+    atomic_max(&TD_MC(m)->peak_reserved, *reserved);
+    long long last = atomic_exchange_explicit(&TD_MC(m)->last_sample, *allocated,
                                               memory_order_relaxed);
     if (last >= 0 && *allocated > last) {
-        atomic_fetch_add_explicit(&m->total_allocated, *allocated - last,
+        atomic_fetch_add_explicit(&TD_MC(m)->total_allocated, *allocated - last,
                                   memory_order_relaxed);
     }
     else if (last >= 0 && *allocated < last) {
-        atomic_fetch_add_explicit(&m->total_freed, last - *allocated,
+        atomic_fetch_add_explicit(&TD_MC(m)->total_freed, last - *allocated,
                                   memory_order_relaxed);
     }
-    atomic_fetch_add_explicit(&m->num_samples, 1, memory_order_relaxed);
-    atomic_store_explicit(&m->initialized, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&TD_MC(m)->num_samples, 1, memory_order_relaxed);
+    atomic_store_explicit(&TD_MC(m)->initialized, 1, memory_order_relaxed);
     return 0;
 }
 
@@ -232,7 +226,7 @@ os_peak(td_masq *m)
 {
 #if !defined(_WIN32)
     struct rusage ru;
-    if (!m->is_mps && atomic_load(&m->hwm_trusted)
+    if (!m->is_mps && atomic_load(&TD_MC(m)->hwm_trusted)
         && getrusage(RUSAGE_SELF, &ru) == 0)
     {
 #if defined(__APPLE__)
@@ -247,55 +241,40 @@ os_peak(td_masq *m)
     return -1;
 }
 
-/* Validates the optional device argument of a (device=None) function. */
+/* Validates the optional device argument of a (device=None) function;
+ * torch.accelerator spells it device_index. */
 static int
-device_arg(td_state *st, const char *fname, PyObject *const *args,
+device_arg(td_masq *m, const char *fname, PyObject *const *args,
            Py_ssize_t nargs, PyObject *kwnames)
 {
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *device = NULL;
+    static const char *const names[] = {"device", "device_index"};
+    td_args_spec spec = {fname, names, 2, 0, 1};
+    PyObject *a[2];
     long index;
-    if (nargs + nkw > 1) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() takes at most 1 argument (%zd given)", fname,
-                     nargs + nkw);
+    if (td_args_parse(&spec, args, nargs, kwnames, a) < 0) {
         return -1;
     }
-    if (nkw == 1) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
-        /* torch.accelerator spells it device_index. */
-        if (PyUnicode_Compare(name, st->str_device) != 0
-            && PyUnicode_CompareWithASCIIString(name, "device_index") != 0)
-        {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected keyword argument %R", fname,
-                         name);
-            return -1;
-        }
-    }
-    if (nargs + nkw == 1) {
-        device = args[0];
-    }
-    if (td_masq_device_index(st, device, 1, &index) < 0) {
+    if (a[0] != NULL && a[1] != NULL) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument",
+                     fname);
         return -1;
     }
-    return 0;
+    return td_masq_device_index(m, a[0] != NULL ? a[0] : a[1], 1, &index);
 }
 
+/* A (device=None) function whose body sees the held snapshot `m`. */
 #define DEVICE_FN(cname, pyname)                                            \
-    static PyObject *cname##_impl(td_state *st, td_masq *m);                 \
-    static PyObject *cname(PyObject *module, PyObject *const *args,          \
-                           Py_ssize_t nargs, PyObject *kwnames)               \
-    {                                                                        \
-        td_state *st = module_state(module);                                 \
-        if (device_arg(st, pyname, args, nargs, kwnames) < 0                 \
-            || td_masq_record(st, "torch.cuda." pyname) < 0)                 \
-        {                                                                    \
-            return NULL;                                                     \
-        }                                                                    \
-        return cname##_impl(st, TD_MASQ(st));                                \
-    }                                                                        \
-    static PyObject *cname##_impl(td_state *Py_UNUSED(st), td_masq *m)
+    static PyObject *cname##_body(td_masq *m);                              \
+    TD_MASQ_FASTKW(cname)                                                   \
+    {                                                                       \
+        if (device_arg(m, pyname, args, nargs, kwnames) < 0                 \
+            || td_masq_record(st, m, "torch.cuda." pyname) < 0)             \
+        {                                                                   \
+            return NULL;                                                    \
+        }                                                                   \
+        return cname##_body(m);                                             \
+    }                                                                       \
+    static PyObject *cname##_body(td_masq *m)
 
 DEVICE_FN(mem_allocated, "memory_allocated")
 {
@@ -324,8 +303,8 @@ peaks(td_masq *m, long long *a, long long *r, long long *peak_a,
         return -1;
     }
     long long hwm = os_peak(m);
-    *peak_a = atomic_load(&m->peak_allocated);
-    *peak_r = atomic_load(&m->peak_reserved);
+    *peak_a = atomic_load(&TD_MC(m)->peak_allocated);
+    *peak_r = atomic_load(&TD_MC(m)->peak_reserved);
     if (hwm > *peak_a) {
         *peak_a = hwm;
     }
@@ -357,17 +336,17 @@ DEVICE_FN(mem_reset_peak, "reset_peak_memory_stats")
 {
     long long a, r;
     /* The reading is fresh: a reset must not keep a stale value. */
-    atomic_store(&m->rss_cache_ns, 0);
+    atomic_store(&TD_MC(m)->rss_cache_ns, 0);
     if (sample(m, &a, &r) < 0) {
         return NULL;
     }
-    atomic_store(&m->peak_allocated, a);
-    atomic_store(&m->peak_reserved, r);
+    atomic_store(&TD_MC(m)->peak_allocated, a);
+    atomic_store(&TD_MC(m)->peak_reserved, r);
     if (!m->is_mps) {
 #if defined(__linux__)
-        atomic_store(&m->hwm_trusted, linux_reset_hwm() == 0);
+        atomic_store(&TD_MC(m)->hwm_trusted, linux_reset_hwm() == 0);
 #else
-        atomic_store(&m->hwm_trusted, 0);
+        atomic_store(&TD_MC(m)->hwm_trusted, 0);
 #endif
     }
     Py_RETURN_NONE;
@@ -375,9 +354,9 @@ DEVICE_FN(mem_reset_peak, "reset_peak_memory_stats")
 
 DEVICE_FN(mem_reset_accumulated, "reset_accumulated_memory_stats")
 {
-    atomic_store(&m->total_allocated, 0);
-    atomic_store(&m->total_freed, 0);
-    atomic_store(&m->num_samples, 0);
+    atomic_store(&TD_MC(m)->total_allocated, 0);
+    atomic_store(&TD_MC(m)->total_freed, 0);
+    atomic_store(&TD_MC(m)->num_samples, 0);
     Py_RETURN_NONE;
 }
 
@@ -411,8 +390,8 @@ build_stats(td_masq *m)
     if (peaks(m, &a, &r, &pa, &pr) < 0) {
         return NULL;
     }
-    long long tot_a = atomic_load(&m->total_allocated);
-    long long tot_f = atomic_load(&m->total_freed);
+    long long tot_a = atomic_load(&TD_MC(m)->total_allocated);
+    long long tot_f = atomic_load(&TD_MC(m)->total_freed);
     items = PyList_New(0);
     if (items == NULL) {
         return NULL;
@@ -501,37 +480,19 @@ DEVICE_FN(mem_stats, "memory_stats")
 
 /* torch.cuda.memory_summary(device=None, abbreviated=False): torch's own
  * formatter, fed by memory_stats() above through its module global. */
-static PyObject *
-mem_summary(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-            PyObject *kwnames)
+TD_MASQ_FASTKW(mem_summary)
 {
-    td_state *st = module_state(module);
-    td_masq *m = TD_MASQ(st);
-    PyObject *device = nargs > 0 ? args[0] : NULL;
-    PyObject *abbreviated = nargs > 1 ? args[1] : Py_False;
+    static const char *const names[] = {"device", "abbreviated"};
+    static const td_args_spec spec = {"memory_summary", names, 2, 0, 2};
+    PyObject *a[2];
     long index;
-    if (nargs > 2) {
-        PyErr_SetString(PyExc_TypeError,
-                        "memory_summary() takes at most 2 arguments");
+    if (td_args_parse(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_Compare(name, st->str_device) == 0) {
-            device = args[nargs + i];
-        }
-        else if (PyUnicode_Compare(name, m->str_abbreviated) == 0) {
-            abbreviated = args[nargs + i];
-        }
-        else {
-            PyErr_Format(PyExc_TypeError,
-                         "memory_summary() got an unexpected keyword "
-                         "argument %R", name);
-            return NULL;
-        }
-    }
-    if (td_masq_device_index(st, device, 1, &index) < 0
-        || td_masq_record(st, "torch.cuda.memory_summary") < 0)
+    PyObject *device = a[0];
+    PyObject *abbreviated = a[1] != NULL ? a[1] : Py_False;
+    if (td_masq_device_index(m, device, 1, &index) < 0
+        || td_masq_record(st, m, "torch.cuda.memory_summary") < 0)
     {
         return NULL;
     }
@@ -556,12 +517,9 @@ DEVICE_FN(mem_get_info, "mem_get_info")
 
 /* empty_cache(): MPS frees its cached blocks; on the CPU the C allocator
  * hands unused heap back to the system, the nearest equivalent. */
-static PyObject *
-mem_empty_cache(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(mem_empty_cache)
 {
-    td_state *st = module_state(module);
-    td_masq *m = TD_MASQ(st);
-    if (td_masq_record(st, "torch.cuda.empty_cache") < 0) {
+    if (td_masq_record(st, m, "torch.cuda.empty_cache") < 0) {
         return NULL;
     }
     if (m->is_mps && m->mps_empty_cache != NULL) {
@@ -570,40 +528,21 @@ mem_empty_cache(PyObject *module, PyObject *Py_UNUSED(a))
 #if defined(__GLIBC__)
     malloc_trim(0);
 #endif
-    atomic_store(&m->rss_cache_ns, 0);
+    atomic_store(&TD_MC(m)->rss_cache_ns, 0);
     Py_RETURN_NONE;
 }
 
-static PyObject *
-mem_set_fraction(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames)
+TD_MASQ_FASTKW(mem_set_fraction)
 {
-    td_state *st = module_state(module);
-    td_masq *m = TD_MASQ(st);
-    PyObject *fraction = nargs > 0 ? args[0] : NULL;
-    PyObject *device = nargs > 1 ? args[1] : NULL;
+    static const char *const names[] = {"fraction", "device"};
+    static const td_args_spec spec = {"set_per_process_memory_fraction",
+                                      names, 2, 1, 2};
+    PyObject *a[2];
     long index;
-    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_Compare(name, st->str_device) == 0) {
-            device = args[nargs + i];
-        }
-        else if (PyUnicode_CompareWithASCIIString(name, "fraction") == 0) {
-            fraction = args[nargs + i];
-        }
-        else {
-            PyErr_Format(PyExc_TypeError,
-                         "set_per_process_memory_fraction() got an "
-                         "unexpected keyword argument %R", name);
-            return NULL;
-        }
-    }
-    if (fraction == NULL || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError,
-                        "set_per_process_memory_fraction(fraction, "
-                        "device=None)");
+    if (td_args_parse(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
+    PyObject *fraction = a[0], *device = a[1];
     if (!PyFloat_Check(fraction)) {
         PyErr_SetString(PyExc_TypeError, "Invalid type for fraction argument, "
                         "must be `float`");
@@ -616,9 +555,9 @@ mem_set_fraction(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                      fraction);
         return NULL;
     }
-    if (td_masq_device_index(st, device, 1, &index) < 0
-        || td_masq_record(st, "torch.cuda.set_per_process_memory_fraction")
-           < 0)
+    if (td_masq_device_index(m, device, 1, &index) < 0
+        || td_masq_record(st, m,
+                          "torch.cuda.set_per_process_memory_fraction") < 0)
     {
         return NULL;
     }
@@ -629,36 +568,31 @@ mem_set_fraction(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
         }
         Py_DECREF(r);
     }
-    else if (td_masq_debug(st, "torch.cuda.set_per_process_memory_fraction"
+    else if (td_masq_debug(m, "torch.cuda.set_per_process_memory_fraction"
                            "(%R): recorded, not enforced on the CPU",
                            fraction) < 0)
     {
         return NULL;
     }
-    atomic_store(&m->fraction_ppm, (long long)(f * 1e6 + 0.5));
+    atomic_store(&TD_MC(m)->fraction_ppm, (long long)(f * 1e6 + 0.5));
     Py_RETURN_NONE;
 }
 
 DEVICE_FN(mem_get_fraction, "get_per_process_memory_fraction")
 {
-    return PyFloat_FromDouble((double)atomic_load(&m->fraction_ppm) / 1e6);
+    return PyFloat_FromDouble((double)atomic_load(&TD_MC(m)->fraction_ppm) / 1e6);
 }
 
 /* memory_snapshot(): the caching allocator's segments.  Neither the CPU
  * nor MPS exposes segments, so there are none to list. */
-static PyObject *
-mem_snapshot(PyObject *module, PyObject *const *Py_UNUSED(args),
-             Py_ssize_t nargs, PyObject *kwnames)
+TD_MASQ_FASTKW(mem_snapshot)
 {
-    td_state *st = module_state(module);
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs + nkw > 2) {
-        PyErr_SetString(PyExc_TypeError,
-                        "memory_snapshot(mempool_id=None, "
-                        "include_traces=True)");
-        return NULL;
-    }
-    if (td_masq_record(st, "torch.cuda.memory_snapshot") < 0) {
+    static const char *const names[] = {"mempool_id", "include_traces"};
+    static const td_args_spec spec = {"memory_snapshot", names, 2, 0, 2};
+    PyObject *a[2];
+    if (td_args_parse(&spec, args, nargs, kwnames, a) < 0
+        || td_masq_record(st, m, "torch.cuda.memory_snapshot") < 0)
+    {
         return NULL;
     }
     return PyList_New(0);
@@ -699,49 +633,46 @@ DEVICE_FN(mem_utilization, "utilization")
     return PyObject_CallNoArgs(fn);
 }
 
-#define FASTKW(f) (PyCFunction)(void (*)(void))(f), \
-                  METH_FASTCALL | METH_KEYWORDS
-
 PyMethodDef td_cuda_memory_methods[] = {
-    {"memory_allocated", FASTKW(mem_allocated),
+    {"memory_allocated", TD_FASTKW(mem_allocated),
      "memory_allocated(device=None) -> int\n\nBytes in use on the device "
      "really used (MPS: tensors; CPU: the process's resident memory)."},
-    {"max_memory_allocated", FASTKW(mem_max_allocated),
+    {"max_memory_allocated", TD_FASTKW(mem_max_allocated),
      "max_memory_allocated(device=None) -> int"},
-    {"memory_reserved", FASTKW(mem_reserved),
+    {"memory_reserved", TD_FASTKW(mem_reserved),
      "memory_reserved(device=None) -> int"},
-    {"max_memory_reserved", FASTKW(mem_max_reserved),
+    {"max_memory_reserved", TD_FASTKW(mem_max_reserved),
      "max_memory_reserved(device=None) -> int"},
-    {"memory_cached", FASTKW(mem_reserved),
+    {"memory_cached", TD_FASTKW(mem_reserved),
      "memory_cached(device=None) -> int (deprecated alias)"},
-    {"max_memory_cached", FASTKW(mem_max_reserved),
+    {"max_memory_cached", TD_FASTKW(mem_max_reserved),
      "max_memory_cached(device=None) -> int (deprecated alias)"},
-    {"reset_peak_memory_stats", FASTKW(mem_reset_peak),
+    {"reset_peak_memory_stats", TD_FASTKW(mem_reset_peak),
      "reset_peak_memory_stats(device=None)"},
-    {"reset_max_memory_allocated", FASTKW(mem_reset_peak),
+    {"reset_max_memory_allocated", TD_FASTKW(mem_reset_peak),
      "reset_max_memory_allocated(device=None)"},
-    {"reset_max_memory_cached", FASTKW(mem_reset_peak),
+    {"reset_max_memory_cached", TD_FASTKW(mem_reset_peak),
      "reset_max_memory_cached(device=None)"},
-    {"reset_accumulated_memory_stats", FASTKW(mem_reset_accumulated),
+    {"reset_accumulated_memory_stats", TD_FASTKW(mem_reset_accumulated),
      "reset_accumulated_memory_stats(device=None)"},
-    {"memory_stats", FASTKW(mem_stats),
+    {"memory_stats", TD_FASTKW(mem_stats),
      "memory_stats(device=None) -> OrderedDict\n\nCUDA's keys."},
-    {"memory_summary", FASTKW(mem_summary),
+    {"memory_summary", TD_FASTKW(mem_summary),
      "memory_summary(device=None, abbreviated=False) -> str"},
-    {"mem_get_info", FASTKW(mem_get_info),
+    {"mem_get_info", TD_FASTKW(mem_get_info),
      "mem_get_info(device=None) -> (free, total)"},
-    {"get_memory_info", FASTKW(mem_get_info),
+    {"get_memory_info", TD_FASTKW(mem_get_info),
      "get_memory_info(device_index=None) -> (free, total)"},
     {"empty_cache", mem_empty_cache, METH_NOARGS, "empty_cache()"},
-    {"set_per_process_memory_fraction", FASTKW(mem_set_fraction),
+    {"set_per_process_memory_fraction", TD_FASTKW(mem_set_fraction),
      "set_per_process_memory_fraction(fraction, device=None)"},
-    {"get_per_process_memory_fraction", FASTKW(mem_get_fraction),
+    {"get_per_process_memory_fraction", TD_FASTKW(mem_get_fraction),
      "get_per_process_memory_fraction(device=None) -> float"},
-    {"memory_snapshot", FASTKW(mem_snapshot),
+    {"memory_snapshot", TD_FASTKW(mem_snapshot),
      "memory_snapshot(mempool_id=None, include_traces=True) -> []"},
-    {"list_gpu_processes", FASTKW(mem_list_processes),
+    {"list_gpu_processes", TD_FASTKW(mem_list_processes),
      "list_gpu_processes(device=None) -> str"},
-    {"utilization", FASTKW(mem_utilization),
+    {"utilization", TD_FASTKW(mem_utilization),
      "utilization(device=None) -> int (percent)"},
     {NULL, NULL, 0, NULL},
 };

@@ -14,12 +14,6 @@
  */
 #include "masquerade.h"
 
-static td_state *
-module_state(PyObject *module)
-{
-    return (td_state *)PyModule_GetState(module);
-}
-
 /* ---- NVTX: annotations for NVIDIA's profilers; nothing records them ---- */
 
 static PyObject *
@@ -39,29 +33,26 @@ nvtx_none(PyObject *Py_UNUSED(module), PyObject *const *Py_UNUSED(args),
 /* ---- no-meaning calls ----------------------------------------------- */
 
 static PyObject *
-noop_logged(PyObject *module, const char *api)
+noop_logged(td_state *st, td_masq *m, const char *api)
 {
-    td_state *st = module_state(module);
-    if (td_masq_debug(st, "%s(): no effect on %S", api,
-                      TD_MASQ(st)->target_type ? TD_MASQ(st)->target_type
-                                               : Py_None) < 0
-        || td_masq_record(st, api) < 0)
+    if (td_masq_debug(m, "%s(): no effect on %S", api,
+                      m->target_type ? m->target_type : Py_None) < 0
+        || td_masq_record(st, m, api) < 0)
     {
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
-static PyObject *
-misc_ipc_collect(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(misc_ipc_collect)
 {
-    return noop_logged(module, "torch.cuda.ipc_collect");
+    return noop_logged(st, m, "torch.cuda.ipc_collect");
 }
 
-static PyObject *
-misc_set_sync_debug_mode(PyObject *module, PyObject *Py_UNUSED(mode))
+TD_MASQ_O(misc_set_sync_debug_mode)
 {
-    return noop_logged(module, "torch.cuda.set_sync_debug_mode");
+    (void)arg;
+    return noop_logged(st, m, "torch.cuda.set_sync_debug_mode");
 }
 
 static PyObject *
@@ -70,30 +61,28 @@ misc_get_sync_debug_mode(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
     return PyLong_FromLong(0);
 }
 
-static PyObject *
-misc_record_memory_history(PyObject *module,
-                           PyObject *const *Py_UNUSED(args),
-                           Py_ssize_t Py_UNUSED(nargs),
-                           PyObject *Py_UNUSED(kwnames))
+TD_MASQ_FASTKW(misc_record_memory_history)
 {
-    return noop_logged(module, "torch.cuda.memory._record_memory_history");
+    (void)args;
+    (void)nargs;
+    (void)kwnames;
+    return noop_logged(st, m, "torch.cuda.memory._record_memory_history");
 }
 
-static PyObject *
-misc_caching_allocator_enable(PyObject *module,
-                              PyObject *const *Py_UNUSED(args),
-                              Py_ssize_t Py_UNUSED(nargs),
-                              PyObject *Py_UNUSED(kwnames))
+TD_MASQ_FASTKW(misc_caching_allocator_enable)
 {
-    return noop_logged(module, "torch.cuda.caching_allocator_enable");
+    (void)args;
+    (void)nargs;
+    (void)kwnames;
+    return noop_logged(st, m, "torch.cuda.caching_allocator_enable");
 }
 
 /* ---- CUDA graphs ------------------------------------------------------ */
 
 static PyObject *
-graphs_unsupported(td_state *st, const char *api)
+graphs_unsupported(td_masq *m, const char *api)
 {
-    PyObject *target = TD_MASQ(st)->target_type;
+    PyObject *target = m->target_type;
     PyErr_Format(PyExc_RuntimeError,
                  "%s: CUDA graph capture and replay need an NVIDIA GPU; "
                  "TorchDevice runs this program on %S, which has no "
@@ -103,11 +92,10 @@ graphs_unsupported(td_state *st, const char *api)
     return NULL;
 }
 
-static PyObject *
-misc_make_graphed_callables(PyObject *module, PyObject *const *args,
-                            Py_ssize_t nargs, PyObject *kwnames)
+TD_MASQ_FASTKW(misc_make_graphed_callables)
 {
-    td_state *st = module_state(module);
+    /* Everything after `callables` is CUDA capture detail: accepted, not
+     * used. */
     PyObject *callables = nargs > 0 ? args[0] : NULL;
     for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
         if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i),
@@ -122,10 +110,10 @@ misc_make_graphed_callables(PyObject *module, PyObject *const *args,
                         "positional argument: 'callables'");
         return NULL;
     }
-    if (td_masq_debug(st, "torch.cuda.make_graphed_callables: running %R "
+    if (td_masq_debug(m, "torch.cuda.make_graphed_callables: running %R "
                       "eagerly (no CUDA graphs on %S)", callables,
-                      TD_MASQ(st)->target_type) < 0
-        || td_masq_record(st, "torch.cuda.make_graphed_callables") < 0)
+                      m->target_type) < 0
+        || td_masq_record(st, m, "torch.cuda.make_graphed_callables") < 0)
     {
         return NULL;
     }
@@ -138,19 +126,22 @@ misc_is_capturing(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
     Py_RETURN_FALSE;
 }
 
-static PyObject *
-misc_graph_pool_handle(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(misc_graph_pool_handle)
 {
-    return graphs_unsupported(module_state(module),
-                              "torch.cuda.graph_pool_handle");
+    return graphs_unsupported(m, "torch.cuda.graph_pool_handle");
 }
 
 static PyObject *
 CUDAGraph_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
               PyObject *Py_UNUSED(kwargs))
 {
-    return graphs_unsupported((td_state *)PyType_GetModuleState(type),
-                              "torch.cuda.CUDAGraph");
+    td_masq *m = td_masq_hold(td_type_state(type));
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *r = graphs_unsupported(m, "torch.cuda.CUDAGraph");
+    Py_DECREF(m);
+    return r;
 }
 
 static PyType_Slot cuda_graph_slots[] = {
@@ -168,25 +159,22 @@ PyType_Spec td_cuda_graph_spec = {
     .slots = cuda_graph_slots,
 };
 
-#define FASTKW(f) (PyCFunction)(void (*)(void))(f), \
-                  METH_FASTCALL | METH_KEYWORDS
-
 PyMethodDef td_cuda_misc_methods[] = {
-    {"range_push", FASTKW(nvtx_depth), "range_push(msg) -> 0 (no-op)"},
-    {"range_pop", FASTKW(nvtx_depth), "range_pop() -> 0 (no-op)"},
-    {"range_start", FASTKW(nvtx_depth), "range_start(msg) -> 0 (no-op)"},
-    {"range_end", FASTKW(nvtx_none), "range_end(range_id) (no-op)"},
-    {"mark", FASTKW(nvtx_none), "mark(msg) (no-op)"},
+    {"range_push", TD_FASTKW(nvtx_depth), "range_push(msg) -> 0 (no-op)"},
+    {"range_pop", TD_FASTKW(nvtx_depth), "range_pop() -> 0 (no-op)"},
+    {"range_start", TD_FASTKW(nvtx_depth), "range_start(msg) -> 0 (no-op)"},
+    {"range_end", TD_FASTKW(nvtx_none), "range_end(range_id) (no-op)"},
+    {"mark", TD_FASTKW(nvtx_none), "mark(msg) (no-op)"},
     {"ipc_collect", misc_ipc_collect, METH_NOARGS, "ipc_collect() (no-op)"},
     {"set_sync_debug_mode", misc_set_sync_debug_mode, METH_O,
      "set_sync_debug_mode(debug_mode) (no-op)"},
     {"get_sync_debug_mode", misc_get_sync_debug_mode, METH_NOARGS,
      "get_sync_debug_mode() -> 0"},
-    {"_record_memory_history", FASTKW(misc_record_memory_history),
+    {"_record_memory_history", TD_FASTKW(misc_record_memory_history),
      "_record_memory_history(...) (no-op)"},
-    {"caching_allocator_enable", FASTKW(misc_caching_allocator_enable),
+    {"caching_allocator_enable", TD_FASTKW(misc_caching_allocator_enable),
      "caching_allocator_enable(value=True) (no-op)"},
-    {"make_graphed_callables", FASTKW(misc_make_graphed_callables),
+    {"make_graphed_callables", TD_FASTKW(misc_make_graphed_callables),
      "make_graphed_callables(callables, sample_args, ...) -> callables\n\n"
      "No CUDA graphs here: the callables run eagerly."},
     {"is_current_stream_capturing", misc_is_capturing, METH_NOARGS,

@@ -21,24 +21,17 @@
 #include <stdarg.h>
 #include <string.h>
 
-static td_state *
-module_state(PyObject *module)
-{
-    return (td_state *)PyModule_GetState(module);
-}
-
 /* ---- helpers shared by the masquerade files ----------------------------- */
 
 int
-td_masq_record(td_state *st, const char *api)
+td_masq_record(td_state *st, td_masq *m, const char *api)
 {
-    td_masq *m = TD_MASQ(st);
     if (!td_get_report() || m->record == NULL) {
         return 0;
     }
     /* torch calling torch.cuda itself (torch.manual_seed seeding every
      * device) is not something the user's code needs to port. */
-    if (td_called_from_torch(st)) {
+    if (td_called_from_torch(st->str_name)) {
         return 0;
     }
     PyObject *to = m->target_type ? m->target_type : Py_None;
@@ -49,9 +42,8 @@ td_masq_record(td_state *st, const char *api)
 }
 
 int
-td_masq_debug(td_state *st, const char *fmt, ...)
+td_masq_debug(td_masq *m, const char *fmt, ...)
 {
-    td_masq *m = TD_MASQ(st);
     if (m->log_debug == NULL) {
         return 0;
     }
@@ -83,7 +75,7 @@ is_target_kind(td_req_kind kind)
 }
 
 int
-td_masq_device_index(td_state *st, PyObject *arg, int optional, long *index)
+td_masq_device_index(td_masq *m, PyObject *arg, int optional, long *index)
 {
     if (arg == NULL || arg == Py_None) {
         if (optional) {
@@ -104,8 +96,11 @@ td_masq_device_index(td_state *st, PyObject *arg, int optional, long *index)
         *index = (overflow < 0 || v < 0) ? -1 : 0;
         return 0;
     }
-    if (PyUnicode_Check(arg) || Py_TYPE(arg) == st->device_type) {
-        td_request req = td_request_from_object(st, arg);
+    PyTypeObject *device_type = (PyTypeObject *)m->device_type;
+    if (PyUnicode_Check(arg)
+        || (device_type != NULL && Py_TYPE(arg) == device_type))
+    {
+        td_request req = td_request_from_value(device_type, arg);
         if (req.kind == TD_REQ_CUDA || is_target_kind(req.kind)) {
             *index = 0;
             return 0;
@@ -120,39 +115,21 @@ td_masq_device_index(td_state *st, PyObject *arg, int optional, long *index)
     return -1;
 }
 
+static const char *const device_names[] = {"device"};
+
 /* Parses (device=None) from a FASTCALL|KEYWORDS call. */
 static int
-one_device_arg(td_state *st, const char *fname, PyObject *const *args,
-               Py_ssize_t nargs, PyObject *kwnames, PyObject **device)
+one_device_arg(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames, PyObject **device)
 {
-    *device = NULL;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs + nkw > 1) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() takes at most 1 argument (%zd given)", fname,
-                     nargs + nkw);
-        return -1;
-    }
-    if (nargs == 1) {
-        *device = args[0];
-    }
-    else if (nkw == 1) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
-        if (PyUnicode_Compare(name, st->str_device) != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected keyword argument %R", fname,
-                         name);
-            return -1;
-        }
-        *device = args[0];
-    }
-    return 0;
+    td_args_spec spec = {fname, device_names, 1, 0, 1};
+    return td_args_parse(&spec, args, nargs, kwnames, device);
 }
 
 static void
 mark_initialized(td_masq *m)
 {
-    atomic_store_explicit(&m->initialized, 1, memory_order_relaxed);
+    atomic_store_explicit(&TD_MC(m)->initialized, 1, memory_order_relaxed);
 }
 
 /* ---- is_available and its truth ----------------------------------------- */
@@ -171,7 +148,7 @@ static int
 caller_sees_truth(td_masq *m, td_state *st)
 {
     Py_ssize_t n;
-    const char *s = td_caller_module(st, &n);
+    const char *s = td_caller_module(st->str_name, &n);
     if (s == NULL) {
         return 0;
     }
@@ -203,34 +180,20 @@ call_truth(PyObject *truth)
     return PyObject_CallNoArgs(truth);
 }
 
-static PyObject *
-q_is_available(PyObject *module, PyObject *Py_UNUSED(a))
+/* Shared by the reverse direction (mps_reverse.c): the same policy with
+ * another truth. */
+PyObject *
+td_masq_is_available_with(td_state *st, td_masq *m, PyObject *truth)
 {
-    td_state *st = module_state(module);
-    td_masq *m = TD_MASQ(st);
-    if (atomic_load_explicit(&m->truthful, memory_order_relaxed)
-        || caller_sees_truth(m, st))
-    {
-        return call_truth(m->orig_is_available);
+    if (m->truthful || caller_sees_truth(m, st)) {
+        return call_truth(truth);
     }
     Py_RETURN_TRUE;
 }
 
-/* Shared by the reverse direction (mps_reverse.c): the same policy with
- * another truth. */
-PyObject *td_masq_is_available_with(PyObject *module, PyObject *truth);
-
-PyObject *
-td_masq_is_available_with(PyObject *module, PyObject *truth)
+TD_MASQ_NOARGS(q_is_available)
 {
-    td_state *st = module_state(module);
-    td_masq *m = TD_MASQ(st);
-    if (atomic_load_explicit(&m->truthful, memory_order_relaxed)
-        || caller_sees_truth(m, st))
-    {
-        return call_truth(truth);
-    }
-    Py_RETURN_TRUE;
+    return td_masq_is_available_with(st, m, m->orig_is_available);
 }
 
 /* ---- device selection ------------------------------------------------- */
@@ -241,40 +204,32 @@ q_device_count(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
     return PyLong_FromLong(1);
 }
 
-static PyObject *
-q_is_initialized(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(q_is_initialized)
 {
-    td_masq *m = TD_MASQ(module_state(module));
-    return PyBool_FromLong(atomic_load_explicit(&m->initialized,
+    return PyBool_FromLong(atomic_load_explicit(&TD_MC(m)->initialized,
                                                 memory_order_relaxed));
 }
 
-static PyObject *
-q_init(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(q_init)
 {
-    td_state *st = module_state(module);
-    mark_initialized(TD_MASQ(st));
-    if (td_masq_record(st, "torch.cuda.init") < 0) {
+    mark_initialized(m);
+    if (td_masq_record(st, m, "torch.cuda.init") < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
-static PyObject *
-q_current_device(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(q_current_device)
 {
-    mark_initialized(TD_MASQ(module_state(module)));
+    mark_initialized(m);
     return PyLong_FromLong(0);
 }
 
-static PyObject *
-q_set_device(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-             PyObject *kwnames)
+TD_MASQ_FASTKW(q_set_device)
 {
-    td_state *st = module_state(module);
     PyObject *device;
     long index;
-    if (one_device_arg(st, "set_device", args, nargs, kwnames, &device) < 0) {
+    if (one_device_arg("set_device", args, nargs, kwnames, &device) < 0) {
         return NULL;
     }
     if (device == NULL) {
@@ -283,13 +238,13 @@ q_set_device(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                         "'device'");
         return NULL;
     }
-    if (td_masq_device_index(st, device, 0, &index) < 0) {
+    if (td_masq_device_index(m, device, 0, &index) < 0) {
         return NULL;
     }
     if (index >= 0) {
-        mark_initialized(TD_MASQ(st));
+        mark_initialized(m);
     }
-    if (td_masq_record(st, "torch.cuda.set_device") < 0) {
+    if (td_masq_record(st, m, "torch.cuda.set_device") < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -297,38 +252,18 @@ q_set_device(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
 
 /* torch.cuda._get_device_index(device, optional=False, allow_cpu=False):
  * what torch.cuda.device / device_of and torch's helpers resolve through. */
-static PyObject *
-q_get_device_index(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                   PyObject *kwnames)
+TD_MASQ_FASTKW(q_get_device_index)
 {
-    td_state *st = module_state(module);
-    td_masq *m = TD_MASQ(st);
-    PyObject *device = nargs > 0 ? args[0] : NULL;
-    PyObject *optional = nargs > 1 ? args[1] : NULL;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs > 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "_get_device_index() takes at most 3 arguments");
+    static const char *const names[] = {"device", "optional", "allow_cpu"};
+    static const td_args_spec spec = {"_get_device_index", names, 3, 0, 3};
+    PyObject *a[3];
+    if (td_args_parse(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_Compare(name, st->str_device) == 0) {
-            device = args[nargs + i];
-        }
-        else if (PyUnicode_Compare(name, m->str_optional) == 0) {
-            optional = args[nargs + i];
-        }
-        else if (PyUnicode_CompareWithASCIIString(name, "allow_cpu") != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "_get_device_index() got an unexpected keyword "
-                         "argument %R", name);
-            return NULL;
-        }
-    }
+    PyObject *device = a[0], *optional = a[1];
     int opt = optional ? PyObject_IsTrue(optional) : 0;
     long index;
-    if (opt < 0 || td_masq_device_index(st, device, opt, &index) < 0) {
+    if (opt < 0 || td_masq_device_index(m, device, opt, &index) < 0) {
         return NULL;
     }
     return PyLong_FromLong(index);
@@ -336,11 +271,10 @@ q_get_device_index(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
 
 /* torch.cuda._exchange_device(idx) -> previous index: with one device the
  * previous one is always 0 (or -1 when nothing is selected). */
-static PyObject *
-q_exchange_device(PyObject *module, PyObject *arg)
+TD_MASQ_O(q_exchange_device)
 {
     long index;
-    if (td_masq_device_index(module_state(module), arg, 0, &index) < 0) {
+    if (td_masq_device_index(m, arg, 0, &index) < 0) {
         return NULL;
     }
     return PyLong_FromLong(index < 0 ? -1 : 0);
@@ -348,12 +282,12 @@ q_exchange_device(PyObject *module, PyObject *arg)
 
 /* ---- properties ------------------------------------------------------- */
 
+/* Borrowed from m, which the caller holds. */
 static PyObject *
-props_for(td_state *st, PyObject *device)
+props_for(td_masq *m, PyObject *device)
 {
-    td_masq *m = TD_MASQ(st);
     long index;
-    if (td_masq_device_index(st, device, 1, &index) < 0) {
+    if (td_masq_device_index(m, device, 1, &index) < 0) {
         return NULL;
     }
     if (index < 0) {
@@ -368,74 +302,62 @@ props_for(td_state *st, PyObject *device)
     return props;
 }
 
-static PyObject *
-q_get_device_properties(PyObject *module, PyObject *const *args,
-                        Py_ssize_t nargs, PyObject *kwnames)
+TD_MASQ_FASTKW(q_get_device_properties)
 {
-    td_state *st = module_state(module);
     PyObject *device;
-    if (one_device_arg(st, "get_device_properties", args, nargs, kwnames,
+    if (one_device_arg("get_device_properties", args, nargs, kwnames,
                        &device) < 0)
     {
         return NULL;
     }
-    PyObject *props = props_for(st, device);
+    PyObject *props = props_for(m, device);
     if (props == NULL
-        || td_masq_record(st, "torch.cuda.get_device_properties") < 0)
+        || td_masq_record(st, m, "torch.cuda.get_device_properties") < 0)
     {
         return NULL;
     }
     return Py_NewRef(props);
 }
 
-static PyObject *
-q_get_device_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                  PyObject *kwnames)
+TD_MASQ_FASTKW(q_get_device_name)
 {
-    td_state *st = module_state(module);
     PyObject *device;
-    if (one_device_arg(st, "get_device_name", args, nargs, kwnames, &device)
-        < 0)
+    if (one_device_arg("get_device_name", args, nargs, kwnames, &device) < 0)
     {
         return NULL;
     }
-    PyObject *props = props_for(st, device);
-    if (props == NULL || td_masq_record(st, "torch.cuda.get_device_name") < 0)
+    PyObject *props = props_for(m, device);
+    if (props == NULL
+        || td_masq_record(st, m, "torch.cuda.get_device_name") < 0)
     {
         return NULL;
     }
-    return PyObject_GetAttr(props, TD_MASQ(st)->str_pname);
+    return PyObject_GetAttr(props, m->str_pname);
 }
 
-static PyObject *
-q_get_device_capability(PyObject *module, PyObject *const *args,
-                        Py_ssize_t nargs, PyObject *kwnames)
+TD_MASQ_FASTKW(q_get_device_capability)
 {
-    td_state *st = module_state(module);
     PyObject *device;
-    if (one_device_arg(st, "get_device_capability", args, nargs, kwnames,
+    if (one_device_arg("get_device_capability", args, nargs, kwnames,
                        &device) < 0
-        || props_for(st, device) == NULL
-        || td_masq_record(st, "torch.cuda.get_device_capability") < 0)
+        || props_for(m, device) == NULL
+        || td_masq_record(st, m, "torch.cuda.get_device_capability") < 0)
     {
         return NULL;
     }
-    return Py_NewRef(TD_MASQ(st)->capability);
+    return Py_NewRef(m->capability);
 }
 
-static PyObject *
-q_can_device_access_peer(PyObject *module, PyObject *const *args,
-                         Py_ssize_t nargs)
+TD_MASQ_FAST(q_can_device_access_peer)
 {
-    td_state *st = module_state(module);
     long a, b;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError,
                         "can_device_access_peer(device, peer_device)");
         return NULL;
     }
-    if (td_masq_device_index(st, args[0], 1, &a) < 0
-        || td_masq_device_index(st, args[1], 0, &b) < 0)
+    if (td_masq_device_index(m, args[0], 1, &a) < 0
+        || td_masq_device_index(m, args[1], 0, &b) < 0)
     {
         return NULL;
     }
@@ -451,18 +373,17 @@ q_can_device_access_peer(PyObject *module, PyObject *const *args,
     Py_RETURN_FALSE;
 }
 
-static PyObject *
-q_is_bf16_supported(PyObject *module, PyObject *const *args,
-                    Py_ssize_t nargs, PyObject *kwnames)
+TD_MASQ_FASTKW(q_is_bf16_supported)
 {
-    (void)args;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs + nkw > 1) {
-        PyErr_SetString(PyExc_TypeError,
-                        "is_bf16_supported(including_emulation=True)");
+    static const char *const names[] = {"including_emulation"};
+    static const td_args_spec spec = {"is_bf16_supported", names, 1, 0, 1};
+    PyObject *including_emulation;
+    if (td_args_parse(&spec, args, nargs, kwnames, &including_emulation)
+        < 0)
+    {
         return NULL;
     }
-    return PyBool_FromLong(TD_MASQ(module_state(module))->bf16);
+    return PyBool_FromLong(m->bf16);
 }
 
 static PyObject *
@@ -494,14 +415,9 @@ original(td_masq *m, const char *name)
 /* torch.accelerator.current_accelerator(check_available=False): callers
  * that are shown the masquerade get the device "cuda" really runs on, so
  * that it agrees with is_available() and torch.device("cuda"). */
-static PyObject *
-q_current_accelerator(PyObject *module, PyObject *const *args,
-                      Py_ssize_t nargs, PyObject *kwnames)
+TD_MASQ_FASTKW(q_current_accelerator)
 {
-    td_state *st = module_state(module);
-    td_masq *m = TD_MASQ(st);
-    if (atomic_load_explicit(&m->truthful, memory_order_relaxed)
-        || caller_sees_truth(m, st) || m->target_device == NULL)
+    if (m->truthful || caller_sees_truth(m, st) || m->target_device == NULL)
     {
         PyObject *fn = original(m, "current_accelerator");
         return fn ? PyObject_Vectorcall(fn, args, nargs, kwnames) : NULL;
@@ -512,12 +428,9 @@ q_current_accelerator(PyObject *module, PyObject *const *args,
 /* torch.get_device_module("cuda"): torch.cuda, whose functions answer for
  * the device really used (torch.device("cuda").type alone would name the
  * target's module, which lacks most of them). */
-static PyObject *
-q_get_device_module(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames)
+TD_MASQ_FASTKW(q_get_device_module)
 {
-    td_state *st = module_state(module);
-    td_masq *m = TD_MASQ(st);
+    PyTypeObject *device_type = (PyTypeObject *)m->device_type;
     PyObject *device = NULL;
     if (nargs >= 1) {
         device = args[0];
@@ -529,8 +442,9 @@ q_get_device_module(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
         device = args[0];
     }
     if (device != NULL && m->cuda_module != NULL
-        && (PyUnicode_Check(device) || Py_TYPE(device) == st->device_type)
-        && td_request_from_object(st, device).kind == TD_REQ_CUDA)
+        && (PyUnicode_Check(device)
+            || (device_type != NULL && Py_TYPE(device) == device_type))
+        && td_request_from_value(device_type, device).kind == TD_REQ_CUDA)
     {
         return Py_NewRef(m->cuda_module);
     }
@@ -541,20 +455,13 @@ q_get_device_module(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
 /* torch.accelerator.synchronize(device=None): whatever torch.cuda's
  * synchronize is (docs/streams.md: it waits for the target), so that the two
  * agree; torch's own needs a compiled-in accelerator. */
-static PyObject *
-q_accel_synchronize(PyObject *module, PyObject *const *args,
-                    Py_ssize_t nargs, PyObject *kwnames)
+TD_MASQ_FASTKW(q_accel_synchronize)
 {
-    td_state *st = module_state(module);
-    td_masq *m = TD_MASQ(st);
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    static const td_args_spec spec = {"synchronize", device_names, 1, 0, 1};
+    PyObject *device;
     long index;
-    if (nargs + nkw > 1) {
-        PyErr_SetString(PyExc_TypeError, "synchronize(device=None, /)");
-        return NULL;
-    }
-    if (td_masq_device_index(st, nargs + nkw ? args[0] : NULL, 1, &index)
-        < 0)
+    if (td_args_parse(&spec, args, nargs, kwnames, &device) < 0
+        || td_masq_device_index(m, device, 1, &index) < 0)
     {
         return NULL;
     }
@@ -572,9 +479,6 @@ q_accel_synchronize(PyObject *module, PyObject *const *args,
     return r;
 }
 
-#define FASTKW(f) (PyCFunction)(void (*)(void))(f), \
-                  METH_FASTCALL | METH_KEYWORDS
-
 PyMethodDef td_cuda_query_methods[] = {
     {"is_available", q_is_available, METH_NOARGS,
      "is_available() -> bool\n\nTrue under the masquerade; torch's own "
@@ -588,36 +492,36 @@ PyMethodDef td_cuda_query_methods[] = {
      "current_device() -> int"},
     {"current_device_index", q_current_device, METH_NOARGS,
      "current_device_index() -> int"},
-    {"set_device", FASTKW(q_set_device),
+    {"set_device", TD_FASTKW(q_set_device),
      "set_device(device)\n\nAccepts int, str and torch.device; every "
      "index names the one device."},
-    {"set_device_index", FASTKW(q_set_device),
+    {"set_device_index", TD_FASTKW(q_set_device),
      "set_device_index(device)"},
-    {"_get_device_index", FASTKW(q_get_device_index),
+    {"_get_device_index", TD_FASTKW(q_get_device_index),
      "_get_device_index(device, optional=False, allow_cpu=False) -> int"},
     {"_exchange_device", q_exchange_device, METH_O,
      "_exchange_device(index) -> previous index"},
     {"_maybe_exchange_device", q_exchange_device, METH_O,
      "_maybe_exchange_device(index) -> previous index"},
-    {"get_device_properties", FASTKW(q_get_device_properties),
+    {"get_device_properties", TD_FASTKW(q_get_device_properties),
      "get_device_properties(device=None) -> DeviceProperties"},
-    {"get_device_name", FASTKW(q_get_device_name),
+    {"get_device_name", TD_FASTKW(q_get_device_name),
      "get_device_name(device=None) -> str"},
-    {"get_device_capability", FASTKW(q_get_device_capability),
+    {"get_device_capability", TD_FASTKW(q_get_device_capability),
      "get_device_capability(device=None) -> (major, minor)"},
     {"can_device_access_peer",
      (PyCFunction)(void (*)(void))q_can_device_access_peer, METH_FASTCALL,
      "can_device_access_peer(device, peer_device) -> False"},
-    {"is_bf16_supported", FASTKW(q_is_bf16_supported),
+    {"is_bf16_supported", TD_FASTKW(q_is_bf16_supported),
      "is_bf16_supported(including_emulation=True) -> bool"},
     {"is_tf32_supported", q_is_tf32_supported, METH_NOARGS,
      "is_tf32_supported() -> False"},
     {"is_built", q_is_built, METH_NOARGS, "is_built() -> True"},
-    {"current_accelerator", FASTKW(q_current_accelerator),
+    {"current_accelerator", TD_FASTKW(q_current_accelerator),
      "current_accelerator(check_available=False) -> torch.device"},
-    {"synchronize", FASTKW(q_accel_synchronize),
+    {"synchronize", TD_FASTKW(q_accel_synchronize),
      "synchronize(device=None, /): torch.cuda.synchronize()"},
-    {"get_device_module", FASTKW(q_get_device_module),
+    {"get_device_module", TD_FASTKW(q_get_device_module),
      "get_device_module(device=None) -> module"},
     {NULL, NULL, 0, NULL},
 };

@@ -19,16 +19,10 @@
  */
 #include "masquerade.h"
 
-static td_state *
-module_state(PyObject *module)
-{
-    return (td_state *)PyModule_GetState(module);
-}
-
 static PyObject *
-generator(td_state *st)
+generator(td_masq *m)
 {
-    PyObject *gen = TD_MASQ(st)->generator;
+    PyObject *gen = m->generator;
     if (gen == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "TorchDevice: the CUDA masquerade is not installed");
@@ -37,14 +31,13 @@ generator(td_state *st)
 }
 
 static PyObject *
-call_gen(td_state *st, PyObject *method, PyObject *arg)
+call_gen(td_masq *m, PyObject *method, PyObject *arg)
 {
-    PyObject *gen = generator(st);
+    PyObject *gen = generator(m);
     if (gen == NULL) {
         return NULL;
     }
-    atomic_store_explicit(&TD_MASQ(st)->initialized, 1,
-                          memory_order_relaxed);
+    atomic_store_explicit(&TD_MC(m)->initialized, 1, memory_order_relaxed);
     if (arg == NULL) {
         return PyObject_CallMethodNoArgs(gen, method);
     }
@@ -61,118 +54,76 @@ none_or_null(PyObject *r)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-rng_manual_seed(PyObject *module, PyObject *seed)
+TD_MASQ_O(rng_manual_seed)
 {
-    td_state *st = module_state(module);
     /* int(seed), as torch.cuda.manual_seed does: floats and numpy ints. */
-    PyObject *as_int = PyNumber_Long(seed);
+    PyObject *as_int = PyNumber_Long(arg);
     if (as_int == NULL) {
         return NULL;
     }
-    PyObject *r = call_gen(st, TD_MASQ(st)->str_manual_seed, as_int);
+    PyObject *r = call_gen(m, m->str_manual_seed, as_int);
     Py_DECREF(as_int);
-    if (r != NULL && td_masq_record(st, "torch.cuda.manual_seed") < 0) {
+    if (r != NULL && td_masq_record(st, m, "torch.cuda.manual_seed") < 0) {
         Py_CLEAR(r);
     }
     return none_or_null(r);
 }
 
-static PyObject *
-rng_seed(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rng_seed)
 {
-    td_state *st = module_state(module);
-    return none_or_null(call_gen(st, TD_MASQ(st)->str_seed, NULL));
+    return none_or_null(call_gen(m, m->str_seed, NULL));
 }
 
-static PyObject *
-rng_initial_seed(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rng_initial_seed)
 {
-    td_state *st = module_state(module);
-    return call_gen(st, TD_MASQ(st)->str_initial_seed, NULL);
+    return call_gen(m, m->str_initial_seed, NULL);
 }
 
-/* Finds (state, device) in a call; `want_state` says whether the state
- * argument comes first. */
+/* Finds (new_state, device) in a call of set_rng_state, or (device) in
+ * one of get_rng_state, and validates the device. */
 static int
-state_device_args(td_state *st, const char *fname, int want_state,
+state_device_args(td_masq *m, const char *fname, int want_state,
                   PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                   PyObject **state, PyObject **device)
 {
-    Py_ssize_t max = want_state ? 2 : 1;
-    *state = NULL;
-    *device = NULL;
-    if (nargs > max) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd arguments",
-                     fname, max);
+    static const char *const names[] = {"new_state", "device"};
+    td_args_spec spec = {fname, names + !want_state, 1 + want_state,
+                         want_state, 1 + want_state};
+    PyObject *a[2] = {NULL, NULL};
+    if (td_args_parse(&spec, args, nargs, kwnames, a) < 0) {
         return -1;
     }
-    if (want_state && nargs > 0) {
-        *state = args[0];
-    }
-    if (nargs == max) {
-        *device = args[max - 1];
-    }
-    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_Compare(name, st->str_device) == 0) {
-            *device = args[nargs + i];
-        }
-        else if (want_state
-                 && PyUnicode_CompareWithASCIIString(name, "new_state") == 0)
-        {
-            *state = args[nargs + i];
-        }
-        else {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected keyword argument %R", fname,
-                         name);
-            return -1;
-        }
-    }
-    if (want_state && *state == NULL) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() missing 1 required positional argument: "
-                     "'new_state'", fname);
-        return -1;
-    }
+    *state = want_state ? a[0] : NULL;
+    *device = want_state ? a[1] : a[0];
     long index;
-    return td_masq_device_index(st, *device, 1, &index);
+    return td_masq_device_index(m, *device, 1, &index);
 }
 
-static PyObject *
-rng_get_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *kwnames)
+TD_MASQ_FASTKW(rng_get_state)
 {
-    td_state *st = module_state(module);
     PyObject *state, *device;
-    if (state_device_args(st, "get_rng_state", 0, args, nargs, kwnames,
+    if (state_device_args(m, "get_rng_state", 0, args, nargs, kwnames,
                           &state, &device) < 0)
     {
         return NULL;
     }
-    return call_gen(st, TD_MASQ(st)->str_get_state, NULL);
+    return call_gen(m, m->str_get_state, NULL);
 }
 
-static PyObject *
-rng_set_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *kwnames)
+TD_MASQ_FASTKW(rng_set_state)
 {
-    td_state *st = module_state(module);
     PyObject *state, *device;
-    if (state_device_args(st, "set_rng_state", 1, args, nargs, kwnames,
+    if (state_device_args(m, "set_rng_state", 1, args, nargs, kwnames,
                           &state, &device) < 0)
     {
         return NULL;
     }
-    return none_or_null(call_gen(st, TD_MASQ(st)->str_set_state, state));
+    return none_or_null(call_gen(m, m->str_set_state, state));
 }
 
-static PyObject *
-rng_get_state_all(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rng_get_state_all)
 {
-    td_state *st = module_state(module);
-    PyObject *s = call_gen(st, TD_MASQ(st)->str_get_state, NULL);
+    PyObject *s = call_gen(m, m->str_get_state, NULL);
     if (s == NULL) {
         return NULL;
     }
@@ -187,16 +138,14 @@ rng_get_state_all(PyObject *module, PyObject *Py_UNUSED(a))
 
 /* Every state names the one device, so the last one wins, as it would if
  * CUDA had collapsed the indexes too. */
-static PyObject *
-rng_set_state_all(PyObject *module, PyObject *states)
+TD_MASQ_O(rng_set_state_all)
 {
-    td_state *st = module_state(module);
-    PyObject *it = PyObject_GetIter(states), *item;
+    PyObject *it = PyObject_GetIter(arg), *item;
     if (it == NULL) {
         return NULL;
     }
     while ((item = PyIter_Next(it)) != NULL) {
-        PyObject *r = call_gen(st, TD_MASQ(st)->str_set_state, item);
+        PyObject *r = call_gen(m, m->str_set_state, item);
         Py_DECREF(item);
         if (r == NULL) {
             Py_DECREF(it);
@@ -211,9 +160,6 @@ rng_set_state_all(PyObject *module, PyObject *states)
     Py_RETURN_NONE;
 }
 
-#define FASTKW(f) (PyCFunction)(void (*)(void))(f), \
-                  METH_FASTCALL | METH_KEYWORDS
-
 PyMethodDef td_cuda_rng_methods[] = {
     {"manual_seed", rng_manual_seed, METH_O,
      "manual_seed(seed)\n\nSeeds the generator of the device really used."},
@@ -221,9 +167,9 @@ PyMethodDef td_cuda_rng_methods[] = {
     {"seed", rng_seed, METH_NOARGS, "seed()"},
     {"seed_all", rng_seed, METH_NOARGS, "seed_all()"},
     {"initial_seed", rng_initial_seed, METH_NOARGS, "initial_seed() -> int"},
-    {"get_rng_state", FASTKW(rng_get_state),
+    {"get_rng_state", TD_FASTKW(rng_get_state),
      "get_rng_state(device='cuda') -> ByteTensor"},
-    {"set_rng_state", FASTKW(rng_set_state),
+    {"set_rng_state", TD_FASTKW(rng_set_state),
      "set_rng_state(new_state, device='cuda')"},
     {"get_rng_state_all", rng_get_state_all, METH_NOARGS,
      "get_rng_state_all() -> [ByteTensor]"},

@@ -15,14 +15,17 @@
  */
 #include "masquerade.h"
 
+#include "core/fields.h"
+
 #include <stddef.h>
 #include <string.h>
 #include <structmember.h>
 
-/* ---- the state object --------------------------------------------------- */
+/* ---- the snapshot ------------------------------------------------------- */
 
 #define OBJ_FIELD(name) {#name, offsetof(td_masq, name)}
 
+/* The fields masq_install() takes, in struct order. */
 static const struct {
     const char *name;
     size_t offset;
@@ -50,22 +53,10 @@ static const struct {
     OBJ_FIELD(target_type),
     OBJ_FIELD(record),
     OBJ_FIELD(originals),
-    OBJ_FIELD(str_manual_seed),
-    OBJ_FIELD(str_seed),
-    OBJ_FIELD(str_initial_seed),
-    OBJ_FIELD(str_get_state),
-    OBJ_FIELD(str_set_state),
-    OBJ_FIELD(str_optional),
-    OBJ_FIELD(str_abbreviated),
-    OBJ_FIELD(str_is_cuda),
-    OBJ_FIELD(str_type),
-    OBJ_FIELD(str_pname),
-    OBJ_FIELD(api_prefix),
 };
 
-#define N_OBJ_FIELDS (sizeof(obj_fields) / sizeof(obj_fields[0]))
-/* Fields before this index are handed over by masq_install(). */
-#define N_INSTALLED 23
+#define N_INSTALLED (sizeof(obj_fields) / sizeof(obj_fields[0]))
+#define MASQ_FIELDS TD_FIELDS(td_masq, props, counters)
 
 static PyObject **
 field_at(td_masq *m, size_t i)
@@ -76,39 +67,24 @@ field_at(td_masq *m, size_t i)
 static int
 MasqState_traverse(PyObject *self, visitproc visit, void *arg)
 {
-    td_masq *m = (td_masq *)self;
     Py_VISIT(Py_TYPE(self));
-    for (size_t i = 0; i < N_OBJ_FIELDS; i++) {
-        Py_VISIT(*field_at(m, i));
-    }
-    return 0;
+    return td_fields_visit(self, MASQ_FIELDS, visit, arg);
 }
 
 static int
 MasqState_clear(PyObject *self)
 {
-    td_masq *m = (td_masq *)self;
-    for (size_t i = 0; i < N_OBJ_FIELDS; i++) {
-        Py_CLEAR(*field_at(m, i));
-    }
+    td_fields_clear(self, MASQ_FIELDS);
     return 0;
 }
 
-static void
-MasqState_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    (void)MasqState_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC(MasqState_dealloc, MasqState_clear)
 
 static PyType_Slot masq_state_slots[] = {
     {Py_tp_traverse, MasqState_traverse},
     {Py_tp_clear, MasqState_clear},
     {Py_tp_dealloc, MasqState_dealloc},
-    {Py_tp_doc, "State of the CUDA masquerade (internal)."},
+    {Py_tp_doc, "State of the CUDA masquerade (internal, immutable)."},
     {0, NULL},
 };
 
@@ -120,22 +96,69 @@ static PyType_Spec masq_state_spec = {
     .slots = masq_state_slots,
 };
 
-/* ---- entry points ------------------------------------------------------- */
+static PyType_Slot masq_counters_slots[] = {
+    {Py_tp_doc, "Counters of the CUDA masquerade (internal)."},
+    {0, NULL},
+};
 
-static td_state *
-module_state(PyObject *module)
+static PyType_Spec masq_counters_spec = {
+    .name = "TorchDevice._tdcore._MasqCounters",
+    .basicsize = sizeof(td_masq_counters),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION
+             | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = masq_counters_slots,
+};
+
+td_masq *
+td_masq_hold(td_state *st)
 {
-    return (td_state *)PyModule_GetState(module);
+    if (st == NULL || st->masq == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_tdcore has been cleared");
+        return NULL;
+    }
+    return (td_masq *)Py_NewRef(st->masq);
 }
+
+/* A copy of `src` (every field a new reference, the counters shared) to
+ * change before it is published. */
+static td_masq *
+masq_copy(td_masq *src)
+{
+    td_masq *m = PyObject_GC_New(td_masq, Py_TYPE(src));
+    if (m == NULL) {
+        return NULL;
+    }
+    td_fields_copy((PyObject *)m, (PyObject *)src, MASQ_FIELDS);
+    m->total_memory = src->total_memory;
+    m->is_mps = src->is_mps;
+    m->bf16 = src->bf16;
+    m->truthful = src->truthful;
+    PyObject_GC_Track((PyObject *)m);
+    return m;
+}
+
+/* Makes `m` (stolen) the snapshot in force; callables still running keep
+ * theirs. */
+static void
+masq_publish(td_state *st, td_masq *m)
+{
+    Py_XSETREF(st->masq, (PyObject *)m);
+}
+
+/* ---- entry points ------------------------------------------------------- */
 
 static PyObject *
 masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    td_masq *m = TD_MASQ(module_state(module));
+    td_state *st = td_module_state(module);
     PyObject *key, *value;
     Py_ssize_t pos = 0;
     if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL) {
         PyErr_SetString(PyExc_TypeError, "masq_install() takes keywords");
+        return NULL;
+    }
+    if (st->masq == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_tdcore has been cleared");
         return NULL;
     }
     /* Validate every key first, so that an error changes nothing. */
@@ -155,21 +178,27 @@ masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
+    td_masq *old = (td_masq *)st->masq;
     PyObject *total = PyDict_GetItemString(kwargs, "total_memory");
-    long long total_memory = m->total_memory;
+    long long total_memory = old->total_memory;
     if (total != NULL) {
         total_memory = PyLong_AsLongLong(total);
         if (total_memory == -1 && PyErr_Occurred()) {
             return NULL;
         }
     }
-    int flags[2] = {m->is_mps, m->bf16};
+    int flags[2] = {old->is_mps, old->bf16};
     const char *flag_names[2] = {"is_mps", "bf16"};
     for (int i = 0; i < 2; i++) {
         PyObject *v = PyDict_GetItemString(kwargs, flag_names[i]);
         if (v != NULL && (flags[i] = PyObject_IsTrue(v)) < 0) {
             return NULL;
         }
+    }
+    /* Nothing above ran Python code, so `old` is still the one in force. */
+    td_masq *m = masq_copy((td_masq *)st->masq);
+    if (m == NULL) {
+        return NULL;
     }
     pos = 0;
     while (PyDict_Next(kwargs, &pos, &key, &value)) {
@@ -185,6 +214,12 @@ masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
     m->total_memory = total_memory;
     m->is_mps = flags[0];
     m->bf16 = flags[1];
+    td_install *inst = td_install_acquire();
+    if (inst != NULL) {
+        Py_XSETREF(m->device_type, Py_NewRef((PyObject *)inst->device_type));
+        Py_DECREF(inst);
+    }
+    masq_publish(st, m);
     Py_RETURN_NONE;
 }
 
@@ -192,12 +227,18 @@ PyObject *
 td_masq_props(td_masq *m)
 {
     if (m->props == NULL && m->props_factory != NULL) {
-        /* Two threads may both build it; either result is the same. */
+        /* Two threads may both build it; the first one stored stays (a
+         * snapshot's props is set once, never replaced). */
         PyObject *props = PyObject_CallNoArgs(m->props_factory);
         if (props == NULL) {
             return NULL;
         }
-        Py_XSETREF(m->props, props);
+        if (m->props == NULL) {
+            m->props = props;
+        }
+        else {
+            Py_DECREF(props);
+        }
     }
     if (m->props == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -289,7 +330,7 @@ static PyObject *
 masq_configure(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"truthful", "truth_for", NULL};
-    td_masq *m = TD_MASQ(module_state(module));
+    td_state *st = td_module_state(module);
     PyObject *truthful = NULL, *truth_for = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OO:masq_configure",
                                      kwlist, &truthful, &truth_for))
@@ -312,21 +353,30 @@ masq_configure(PyObject *module, PyObject *args, PyObject *kwargs)
                 return NULL;
             }
         }
+    }
+    if (st->masq == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_tdcore has been cleared");
+        return NULL;
+    }
+    td_masq *m = masq_copy((td_masq *)st->masq);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (truth_for != NULL) {
         Py_XSETREF(m->truth_for, Py_NewRef(truth_for));
     }
     if (on >= 0) {
-        atomic_store(&m->truthful, on);
+        m->truthful = on;
     }
+    masq_publish(st, m);
     Py_RETURN_NONE;
 }
 
-static PyObject *
-masq_settings(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(masq_settings)
 {
-    td_masq *m = TD_MASQ(module_state(module));
     PyObject *truth_for = m->truth_for ? m->truth_for : Py_None;
     return Py_BuildValue("{sOsOsL}", "truthful",
-                         atomic_load(&m->truthful) ? Py_True : Py_False,
+                         m->truthful ? Py_True : Py_False,
                          "truth_for", truth_for, "total_memory",
                          m->total_memory);
 }
@@ -366,34 +416,42 @@ add_type(PyObject *module, PyType_Spec *spec)
 int
 td_masq_init(PyObject *module, td_state *st)
 {
-    PyTypeObject *tp = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &masq_state_spec, NULL);
+    /* Not bound to the module, as report.c's table: see there. */
+    PyTypeObject *tp = (PyTypeObject *)PyType_FromSpec(&masq_counters_spec);
     if (tp == NULL) {
         return -1;
     }
-    td_masq *m = PyObject_GC_New(td_masq, tp);
+    td_masq_counters *c = PyObject_New(td_masq_counters, tp);
     Py_DECREF(tp);   /* the instance holds its type */
-    if (m == NULL) {
+    if (c == NULL) {
         return -1;
     }
-    for (size_t i = 0; i < N_OBJ_FIELDS; i++) {
-        *field_at(m, i) = NULL;
+    atomic_init(&c->initialized, 0);
+    atomic_init(&c->hwm_trusted, 1);
+    atomic_init(&c->fraction_ppm, 1000000);
+    atomic_init(&c->peak_allocated, 0);
+    atomic_init(&c->peak_reserved, 0);
+    atomic_init(&c->last_sample, -1);
+    atomic_init(&c->total_allocated, 0);
+    atomic_init(&c->total_freed, 0);
+    atomic_init(&c->num_samples, 0);
+    atomic_init(&c->rss_cache, 0);
+    atomic_init(&c->rss_cache_ns, 0);
+
+    tp = (PyTypeObject *)PyType_FromModuleAndSpec(module, &masq_state_spec,
+                                                  NULL);
+    if (tp == NULL) {
+        Py_DECREF(c);
+        return -1;
     }
-    m->total_memory = 0;
-    m->is_mps = 0;
-    m->bf16 = 0;
-    atomic_init(&m->truthful, 0);
-    atomic_init(&m->initialized, 0);
-    atomic_init(&m->hwm_trusted, 1);
-    atomic_init(&m->fraction_ppm, 1000000);
-    atomic_init(&m->peak_allocated, 0);
-    atomic_init(&m->peak_reserved, 0);
-    atomic_init(&m->last_sample, -1);
-    atomic_init(&m->total_allocated, 0);
-    atomic_init(&m->total_freed, 0);
-    atomic_init(&m->num_samples, 0);
-    atomic_init(&m->rss_cache, 0);
-    atomic_init(&m->rss_cache_ns, 0);
+    td_masq *m = PyObject_GC_New(td_masq, tp);
+    Py_DECREF(tp);
+    if (m == NULL) {
+        Py_DECREF(c);
+        return -1;
+    }
+    memset((char *)m + sizeof(PyObject), 0, sizeof(td_masq) - sizeof(PyObject));
+    m->counters = (PyObject *)c;
     PyObject_GC_Track((PyObject *)m);
     st->masq = (PyObject *)m;
 

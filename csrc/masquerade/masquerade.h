@@ -3,11 +3,11 @@
  * cuda_rng.c, cuda_amp.c, cuda_misc.c) and torch.mps.* answered from CUDA
  * (mps_reverse.c).
  *
- * The state is one GC object owned by the module state (td_state.masq).
- * Its object fields are handed over by masq_install() from the Python layer
- * and only replaced while holding the GIL; the counters that every call
- * reads or updates (peaks, the current device, the truth switch) are atomics
- * so that a free-threaded build stays correct.
+ * The state is an immutable snapshot (td_masq) that the module state points
+ * to (td_state.masq): masq_install() and masq_configure() publish a new one,
+ * and every callable holds the one it started with for its whole call.  The
+ * counters every call reads or updates (peaks, "a query ran") are atomics in
+ * one object all snapshots share.
  */
 #ifndef TD_MASQUERADE_H
 #define TD_MASQUERADE_H
@@ -16,6 +16,28 @@
 
 #include <stdatomic.h>
 
+/* Facts about the process that every snapshot of a module shares: the
+ * counters each call reads or updates (peaks, the truth switch's "a query
+ * ran"), as atomics. */
+typedef struct {
+    PyObject_HEAD
+    atomic_int initialized;     /* init() or any query ran */
+    atomic_int hwm_trusted;     /* the OS peak counts since our last reset */
+    atomic_llong fraction_ppm;  /* per-process fraction, in millionths */
+    atomic_llong peak_allocated;
+    atomic_llong peak_reserved;
+    atomic_llong last_sample;   /* last allocated bytes seen */
+    atomic_llong total_allocated; /* growth seen between samples */
+    atomic_llong total_freed;     /* shrinkage seen between samples */
+    atomic_llong num_samples;
+    atomic_llong rss_cache;       /* CPU: RSS read at rss_cache_ns */
+    atomic_llong rss_cache_ns;
+} td_masq_counters;
+
+/* A snapshot of the masquerade's state: immutable once published (a change
+ * makes a new one, masquerade.c), and held by each callable for its whole
+ * call.  The one exception is `props`, built on first use: it goes from
+ * NULL to its value once and is never replaced in a snapshot. */
 typedef struct {
     PyObject_HEAD
     /* Handed over by masq_install(); NULL until then (all strong). */
@@ -46,6 +68,9 @@ typedef struct {
     PyObject *originals;        /* dict: name -> torch callable it stands in
                                    for, or helper (OrderedDict, ...) */
 
+    /* Taken from the installation in force at masq_install(). */
+    PyObject *device_type;      /* torch.device */
+
     /* Interned names. */
     PyObject *str_manual_seed;
     PyObject *str_seed;
@@ -59,41 +84,84 @@ typedef struct {
     PyObject *str_pname;        /* "name" */
     PyObject *api_prefix;       /* "torch.cuda." */
 
+    PyObject *counters;         /* td_masq_counters, shared */
+
     long long total_memory;     /* bytes, fixed at install */
     int is_mps;                 /* memory comes from torch.mps */
     int bf16;                   /* is_bf16_supported() */
-
-    atomic_int truthful;        /* is_available() tells everyone the truth */
-    atomic_int initialized;     /* init() or any query ran */
-    atomic_int hwm_trusted;     /* the OS peak counts since our last reset */
-    atomic_llong fraction_ppm;  /* per-process fraction, in millionths */
-    atomic_llong peak_allocated;
-    atomic_llong peak_reserved;
-    atomic_llong last_sample;   /* last allocated bytes seen */
-    atomic_llong total_allocated; /* growth seen between samples */
-    atomic_llong total_freed;     /* shrinkage seen between samples */
-    atomic_llong num_samples;
-    atomic_llong rss_cache;       /* CPU: RSS read at rss_cache_ns */
-    atomic_llong rss_cache_ns;
+    int truthful;               /* is_available() tells everyone the truth */
 } td_masq;
 
-/* The masquerade state of a module state (never NULL after exec). */
-#define TD_MASQ(st) ((td_masq *)(st)->masq)
+/* The counters of a snapshot. */
+#define TD_MC(m) ((td_masq_counters *)(m)->counters)
+
+/* A new reference to the snapshot in force of a module state. */
+td_masq *td_masq_hold(td_state *st);
+
+#if defined(__GNUC__) || defined(__clang__)
+#define TD_MAYBE_UNUSED __attribute__((unused))
+#else
+#define TD_MAYBE_UNUSED
+#endif
+
+/* Every masquerade callable holds the snapshot in force for its whole call:
+ * these define `name(module, ...)`, which does that and calls the body
+ * written after the macro as `name_impl(st, m, ...)`. */
+#define TD_MASQ_ENTRY(name, params, call)                                   \
+    static PyObject *name##_impl(td_state *st TD_MAYBE_UNUSED,              \
+                                 td_masq *m TD_MAYBE_UNUSED params);        \
+    static PyObject *                                                       \
+    name(PyObject *module TD_MASQ_PARAMS_##call)                            \
+    {                                                                       \
+        td_state *st = td_module_state(module);                             \
+        td_masq *m = td_masq_hold(st);                                      \
+        if (m == NULL) {                                                    \
+            return NULL;                                                    \
+        }                                                                   \
+        PyObject *result = name##_impl(st, m TD_MASQ_ARGS_##call);          \
+        Py_DECREF(m);                                                       \
+        return result;                                                      \
+    }                                                                       \
+    static PyObject *name##_impl(td_state *st TD_MAYBE_UNUSED,              \
+                                 td_masq *m TD_MAYBE_UNUSED params)
+
+#define TD_MASQ_PARAMS_NOARGS , PyObject *Py_UNUSED(unused)
+#define TD_MASQ_ARGS_NOARGS
+#define TD_MASQ_PARAMS_O , PyObject *arg
+#define TD_MASQ_ARGS_O , arg
+#define TD_MASQ_PARAMS_FAST , PyObject *const *args, Py_ssize_t nargs
+#define TD_MASQ_ARGS_FAST , args, nargs
+#define TD_MASQ_PARAMS_FASTKW                                               \
+    , PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#define TD_MASQ_ARGS_FASTKW , args, nargs, kwnames
+
+/* METH_NOARGS: body sees (st, m). */
+#define TD_MASQ_NOARGS(name) TD_MASQ_ENTRY(name, , NOARGS)
+/* METH_O: body sees (st, m, arg). */
+#define TD_MASQ_O(name) TD_MASQ_ENTRY(name, TD_MASQ_PARAMS_O, O)
+/* METH_FASTCALL: body sees (st, m, args, nargs). */
+#define TD_MASQ_FAST(name) TD_MASQ_ENTRY(name, TD_MASQ_PARAMS_FAST, FAST)
+/* METH_FASTCALL | METH_KEYWORDS: body sees (st, m, args, nargs, kwnames). */
+#define TD_MASQ_FASTKW(name) TD_MASQ_ENTRY(name, TD_MASQ_PARAMS_FASTKW, FASTKW)
 
 /* cuda_query.c */
 /* Index of the device a torch.cuda argument names (None -> current when
  * optional).  Indexes past the one device collapse to it, as the policy
  * does for "cuda:N".  Returns 0, or -1 with ValueError set. */
-int td_masq_device_index(td_state *st, PyObject *arg, int optional,
+int td_masq_device_index(td_masq *m, PyObject *arg, int optional,
                          long *index);
 /* Adds an "emulated" record for api when recording is on. */
-int td_masq_record(td_state *st, const char *api);
+int td_masq_record(td_state *st, td_masq *m, const char *api);
 /* Logs through the logger "TorchDevice" at debug level, when enabled. */
-int td_masq_debug(td_state *st, const char *fmt, ...);
+int td_masq_debug(td_masq *m, const char *fmt, ...);
+/* is_available()'s answer for the calling code, from `truth`. */
+PyObject *td_masq_is_available_with(td_state *st, td_masq *m,
+                                    PyObject *truth);
 extern PyMethodDef td_cuda_query_methods[];
 
-/* The DeviceProperties object (borrowed), built by props_factory on first
- * use; NULL with an exception set when it cannot be had. */
+/* The DeviceProperties object (borrowed from m, which the caller holds),
+ * built by props_factory on first use; NULL with an exception set when it
+ * cannot be had. */
 PyObject *td_masq_props(td_masq *m);
 
 /* cuda_props.c */

@@ -16,21 +16,12 @@
  */
 #include "masquerade.h"
 
-static td_state *
-module_state(PyObject *module)
-{
-    return (td_state *)PyModule_GetState(module);
-}
-
-PyObject *td_masq_is_available_with(PyObject *module, PyObject *truth);
-
 /* Calls torch.cuda.<name>(*args[:nkeep]): the MPS spellings add a device
  * argument ("mps") that CUDA's would misread, so it is dropped. */
 static PyObject *
-cuda_call(PyObject *module, const char *name, PyObject *const *args,
+cuda_call(td_masq *m, const char *name, PyObject *const *args,
           Py_ssize_t nkeep)
 {
-    td_masq *m = TD_MASQ(module_state(module));
     if (m->cuda_module == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "TorchDevice: the MPS-on-CUDA bridge is not "
@@ -46,13 +37,11 @@ cuda_call(PyObject *module, const char *name, PyObject *const *args,
     return r;
 }
 
-static PyObject *
-rv_is_available(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rv_is_available)
 {
-    td_masq *m = TD_MASQ(module_state(module));
     PyObject *truth = m->originals
         ? PyDict_GetItemString(m->originals, "mps.is_available") : NULL;
-    return td_masq_is_available_with(module, truth);
+    return td_masq_is_available_with(st, m, truth);
 }
 
 static PyObject *
@@ -61,36 +50,31 @@ rv_is_built(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
     Py_RETURN_TRUE;
 }
 
-static PyObject *
-rv_synchronize(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rv_synchronize)
 {
-    return cuda_call(module, "synchronize", NULL, 0);
+    return cuda_call(m, "synchronize", NULL, 0);
 }
 
-static PyObject *
-rv_empty_cache(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rv_empty_cache)
 {
-    return cuda_call(module, "empty_cache", NULL, 0);
+    return cuda_call(m, "empty_cache", NULL, 0);
 }
 
-static PyObject *
-rv_current_allocated(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rv_current_allocated)
 {
-    return cuda_call(module, "memory_allocated", NULL, 0);
+    return cuda_call(m, "memory_allocated", NULL, 0);
 }
 
-static PyObject *
-rv_driver_allocated(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rv_driver_allocated)
 {
-    return cuda_call(module, "memory_reserved", NULL, 0);
+    return cuda_call(m, "memory_reserved", NULL, 0);
 }
 
 /* recommended_max_memory(): MPS's working-set budget; on CUDA, the total
  * memory of the current device. */
-static PyObject *
-rv_recommended_max(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rv_recommended_max)
 {
-    PyObject *info = cuda_call(module, "mem_get_info", NULL, 0);
+    PyObject *info = cuda_call(m, "mem_get_info", NULL, 0);
     if (info == NULL) {
         return NULL;
     }
@@ -99,56 +83,44 @@ rv_recommended_max(PyObject *module, PyObject *Py_UNUSED(a))
     return total;
 }
 
-static PyObject *
-rv_manual_seed(PyObject *module, PyObject *seed)
+TD_MASQ_O(rv_manual_seed)
 {
-    return cuda_call(module, "manual_seed", &seed, 1);
+    return cuda_call(m, "manual_seed", &arg, 1);
 }
 
-static PyObject *
-rv_seed(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rv_seed)
 {
-    return cuda_call(module, "seed", NULL, 0);
+    return cuda_call(m, "seed", NULL, 0);
 }
 
-static PyObject *
-rv_get_rng_state(PyObject *module, PyObject *const *Py_UNUSED(args),
-                 Py_ssize_t nargs, PyObject *kwnames)
+static const char *const rng_names[] = {"new_state", "device"};
+
+TD_MASQ_FASTKW(rv_get_rng_state)
 {
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs + nkw > 1) {
-        PyErr_SetString(PyExc_TypeError, "get_rng_state(device='mps')");
+    static const td_args_spec spec = {"get_rng_state", rng_names + 1, 1, 0,
+                                      1};
+    PyObject *device;
+    if (td_args_parse(&spec, args, nargs, kwnames, &device) < 0) {
         return NULL;
     }
-    return cuda_call(module, "get_rng_state", NULL, 0);
+    return cuda_call(m, "get_rng_state", NULL, 0);
 }
 
-static PyObject *
-rv_set_rng_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames)
+TD_MASQ_FASTKW(rv_set_rng_state)
 {
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *state = nargs > 0 ? args[0] : NULL;
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i),
-                                             "new_state") == 0)
-        {
-            state = args[nargs + i];
-        }
-    }
-    if (state == NULL || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError,
-                        "set_rng_state(new_state, device='mps')");
+    static const td_args_spec spec = {"set_rng_state", rng_names, 2, 1, 2};
+    PyObject *a[2];
+    if (td_args_parse(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    return cuda_call(module, "set_rng_state", &state, 1);
+    return cuda_call(m, "set_rng_state", &a[0], 1);
 }
 
 /* MPS allows up to 2.0 (past the recommended budget); CUDA's fraction of
  * a fixed memory stops at 1.0. */
-static PyObject *
-rv_set_fraction(PyObject *module, PyObject *fraction)
+TD_MASQ_O(rv_set_fraction)
 {
+    PyObject *fraction = arg;
     double f = PyFloat_AsDouble(fraction);
     if (f == -1.0 && PyErr_Occurred()) {
         return NULL;
@@ -163,20 +135,16 @@ rv_set_fraction(PyObject *module, PyObject *fraction)
     if (clamped == NULL) {
         return NULL;
     }
-    PyObject *r = cuda_call(module, "set_per_process_memory_fraction",
+    PyObject *r = cuda_call(m, "set_per_process_memory_fraction",
                             &clamped, 1);
     Py_DECREF(clamped);
     return r;
 }
 
-static PyObject *
-rv_device_count(PyObject *module, PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(rv_device_count)
 {
-    return cuda_call(module, "device_count", NULL, 0);
+    return cuda_call(m, "device_count", NULL, 0);
 }
-
-#define FASTKW(f) (PyCFunction)(void (*)(void))(f), \
-                  METH_FASTCALL | METH_KEYWORDS
 
 /* Names are looked up with the "mps." prefix by masq_function(). */
 PyMethodDef td_mps_reverse_methods[] = {
@@ -197,9 +165,9 @@ PyMethodDef td_mps_reverse_methods[] = {
     {"manual_seed", rv_manual_seed, METH_O,
      "manual_seed(seed): torch.cuda.manual_seed(seed)"},
     {"seed", rv_seed, METH_NOARGS, "seed(): torch.cuda.seed()"},
-    {"get_rng_state", FASTKW(rv_get_rng_state),
+    {"get_rng_state", TD_FASTKW(rv_get_rng_state),
      "get_rng_state(device='mps'): torch.cuda.get_rng_state()"},
-    {"set_rng_state", FASTKW(rv_set_rng_state),
+    {"set_rng_state", TD_FASTKW(rv_set_rng_state),
      "set_rng_state(new_state, device='mps'): "
      "torch.cuda.set_rng_state(new_state)"},
     {"set_per_process_memory_fraction", rv_set_fraction, METH_O,

@@ -21,6 +21,8 @@
  */
 #include "streams.h"
 
+#include "core/fields.h"
+
 #include <structmember.h>
 
 static _Atomic int64_t next_event_id = 1;
@@ -58,11 +60,11 @@ td_event_new_with(PyTypeObject *type, const td_backend *backend,
 }
 
 PyObject *
-td_event_new(td_streams *ss, PyTypeObject *type, int backend,
+td_event_new(td_backends *bk, PyTypeObject *type, int backend,
              int enable_timing, int blocking, int interprocess, int external)
 {
-    if (ss->device[backend] == NULL
-        || (backend != TD_BACKEND_CPU && ss->ops[backend] == NULL))
+    if (bk->device[backend] == NULL
+        || (backend != TD_BACKEND_CPU && bk->ops[backend] == NULL))
     {
         PyErr_Format(PyExc_RuntimeError,
                      "TorchDevice events: the %s backend is not set up",
@@ -70,7 +72,7 @@ td_event_new(td_streams *ss, PyTypeObject *type, int backend,
         return NULL;
     }
     return td_event_new_with(type, td_backend_of(backend),
-                             ss->device[backend], ss->ops[backend],
+                             bk->device[backend], bk->ops[backend],
                              enable_timing, blocking, interprocess, external);
 }
 
@@ -151,27 +153,25 @@ Event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"enable_timing", "blocking", "interprocess",
                              "external", NULL};
     int timing = 0, blocking = 0, interprocess = 0, external = 0;
-    td_state *st = td_state_of_type(type, Event_dealloc);
-    if (st == NULL) {
-        return NULL;
-    }
-    if (st->streams == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_tdcore has been cleared");
-        return NULL;
-    }
-    td_streams *ss = TD_STREAMS(st);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pppp:Event", kwlist,
-                                     &timing, &blocking, &interprocess,
-                                     &external))
+    td_streams *ss = td_streams_of_type(type, Event_dealloc);
+    if (ss == NULL
+        || !PyArg_ParseTupleAndKeywords(args, kwargs, "|pppp:Event", kwlist,
+                                        &timing, &blocking, &interprocess,
+                                        &external))
     {
         return NULL;
     }
-    int b = td_streams_active(ss);
-    if (b < 0 || td_streams_report(st, ss->api_event[b], b) < 0) {
-        return NULL;
+    /* Held for the call: the report runs Python code before the event is
+     * made from the installation's objects. */
+    td_install *st = td_install_acquire();
+    PyObject *result = NULL;
+    int b = td_streams_active(st);
+    if (b >= 0 && td_streams_report(st, ss->api_event[b], b) == 0) {
+        result = td_event_new(TD_BACKENDS(st), type, b, timing, blocking,
+                              interprocess, external);
     }
-    return td_event_new(ss, type, b, timing, blocking, interprocess,
-                        external);
+    Py_XDECREF(st);
+    return result;
 }
 
 static int
@@ -195,18 +195,7 @@ Event_clear(PyObject *self)
     return 0;
 }
 
-static void
-Event_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (((td_event *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    (void)Event_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC_WEAKREF(Event_dealloc, td_event, Event_clear)
 
 static const char *const kw_stream[] = {"stream"};
 
@@ -214,11 +203,10 @@ static PyObject *
 Event_record(PyObject *self, PyTypeObject *cls, PyObject *const *args,
              Py_ssize_t nargs, PyObject *kwnames)
 {
+    static const td_args_spec spec = {"record", kw_stream, 1, 0, 1};
     td_streams *ss = td_streams_of_class(cls);
     PyObject *stream;
-    if (ss == NULL
-        || td_parse_args("record", args, nargs, kwnames, kw_stream, 1, 0,
-                         &stream) < 0
+    if (ss == NULL || td_args_parse(&spec, args, nargs, kwnames, &stream) < 0
         || td_event_record(ss, (td_event *)self, stream) < 0)
     {
         return NULL;
@@ -230,11 +218,10 @@ static PyObject *
 Event_wait(PyObject *self, PyTypeObject *cls, PyObject *const *args,
            Py_ssize_t nargs, PyObject *kwnames)
 {
+    static const td_args_spec spec = {"wait", kw_stream, 1, 0, 1};
     td_streams *ss = td_streams_of_class(cls);
     PyObject *stream;
-    if (ss == NULL
-        || td_parse_args("wait", args, nargs, kwnames, kw_stream, 1, 0,
-                         &stream) < 0
+    if (ss == NULL || td_args_parse(&spec, args, nargs, kwnames, &stream) < 0
         || td_event_wait(ss, (td_event *)self, stream) < 0)
     {
         return NULL;
@@ -265,11 +252,10 @@ Event_elapsed_time(PyObject *self, PyTypeObject *cls, PyObject *const *args,
                    Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const kw[] = {"end_event"};
+    static const td_args_spec spec = {"elapsed_time", kw, 1, 1, 1};
     td_streams *ss = td_streams_of_class(cls);
     PyObject *end_obj;
-    if (ss == NULL
-        || td_parse_args("elapsed_time", args, nargs, kwnames, kw, 1, 1,
-                         &end_obj) < 0)
+    if (ss == NULL || td_args_parse(&spec, args, nargs, kwnames, &end_obj) < 0)
     {
         return NULL;
     }
@@ -324,14 +310,6 @@ Event_from_ipc_handle(PyObject *cls, PyObject *args, PyObject *kwargs)
     (void)args;
     (void)kwargs;
     return no_ipc(cls, NULL);
-}
-
-static PyObject *
-Event_reduce(PyObject *self, PyObject *Py_UNUSED(a))
-{
-    PyErr_Format(PyExc_TypeError, "cannot pickle '%.100s' object",
-                 Py_TYPE(self)->tp_name);
-    return NULL;
 }
 
 static PyObject *
@@ -400,7 +378,7 @@ static PyMethodDef Event_methods[] = {
     {"from_ipc_handle", (PyCFunction)(void (*)(void))Event_from_ipc_handle,
      METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "Not available under emulation."},
-    {"__reduce__", Event_reduce, METH_NOARGS, NULL},
+    {"__reduce__", td_not_picklable, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,6 +22,8 @@
  */
 #include "streams.h"
 
+#include "core/fields.h"
+
 #include <structmember.h>
 
 /* torch keeps 4 priorities (c10 max_compile_time_stream_priorities): 0 is
@@ -51,8 +53,8 @@ td_state_of_type(PyTypeObject *type, destructor dealloc)
     return NULL;
 }
 
-static td_streams *
-streams_of_type(PyTypeObject *type, destructor dealloc, td_state **st_out)
+td_streams *
+td_streams_of_type(PyTypeObject *type, destructor dealloc)
 {
     td_state *st = td_state_of_type(type, dealloc);
     if (st == NULL) {
@@ -61,9 +63,6 @@ streams_of_type(PyTypeObject *type, destructor dealloc, td_state **st_out)
     if (st->streams == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_tdcore has been cleared");
         return NULL;
-    }
-    if (st_out != NULL) {
-        *st_out = st;
     }
     return TD_STREAMS(st);
 }
@@ -75,7 +74,7 @@ td_stream_check(td_streams *ss, PyObject *obj)
 }
 
 int
-td_stream_check_device(td_state *st, int backend, PyObject *device,
+td_stream_check_device(td_install *st, int backend, PyObject *device,
                        const char *fname)
 {
     if (device == NULL || device == Py_None) {
@@ -108,7 +107,7 @@ td_stream_check_device(td_state *st, int backend, PyObject *device,
 }
 
 PyObject *
-td_stream_new(td_streams *ss, PyTypeObject *type, int backend,
+td_stream_new(td_backends *bk, PyTypeObject *type, int backend,
               int64_t stream_id, int priority, int external)
 {
     td_stream *s = (td_stream *)type->tp_alloc(type, 0);
@@ -116,8 +115,8 @@ td_stream_new(td_streams *ss, PyTypeObject *type, int backend,
         return NULL;
     }
     s->backend = td_backend_of(backend);
-    s->device = Py_XNewRef(ss->device[backend]);
-    s->ops = Py_XNewRef(ss->ops[backend]);
+    s->device = Py_XNewRef(bk->device[backend]);
+    s->ops = Py_XNewRef(bk->ops[backend]);
     s->stream_id = stream_id;
     s->priority = priority;
     s->external = external;
@@ -140,8 +139,7 @@ Stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                              "device_index", "device_type", NULL};
     PyObject *device = Py_None, *priority_obj = NULL, *id_obj = NULL;
     PyObject *index_obj = NULL, *type_obj = NULL;
-    td_state *st;
-    td_streams *ss = streams_of_type(type, Stream_dealloc, &st);
+    td_streams *ss = td_streams_of_type(type, Stream_dealloc);
     if (ss == NULL
         || !PyArg_ParseTupleAndKeywords(args, kwargs, "|OO$OOO:Stream", kwlist,
                                         &device, &priority_obj, &id_obj,
@@ -174,9 +172,12 @@ Stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             priority = TD_PRIORITY_HIGHEST;
         }
     }
-    int b = td_streams_active(ss);
+    /* Held for the call: the report below runs Python code. */
+    td_install *st = td_install_acquire();
+    PyObject *result = NULL;
+    int b = td_streams_active(st);
     if (b < 0 || td_stream_check_device(st, b, device, "Stream") < 0) {
-        return NULL;
+        goto done;
     }
     int64_t id;
     if (id_obj != NULL && id_obj != Py_None) {
@@ -184,16 +185,19 @@ Stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
          * device_type), e.g. when it crosses torch.compile. */
         id = PyLong_AsLongLong(id_obj);
         if (id == -1 && PyErr_Occurred()) {
-            return NULL;
+            goto done;
         }
     }
     else {
         id = atomic_fetch_add(&next_stream_id, 1);
         if (td_streams_report(st, ss->api_stream[b], b) < 0) {
-            return NULL;
+            goto done;
         }
     }
-    return td_stream_new(ss, type, b, id, (int)priority, 0);
+    result = td_stream_new(TD_BACKENDS(st), type, b, id, (int)priority, 0);
+done:
+    Py_XDECREF(st);
+    return result;
 }
 
 static PyObject *
@@ -201,8 +205,7 @@ ExternalStream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"stream_ptr", "device", NULL};
     PyObject *ptr_obj, *device = Py_None;
-    td_state *st;
-    td_streams *ss = streams_of_type(type, Stream_dealloc, &st);
+    td_streams *ss = td_streams_of_type(type, Stream_dealloc);
     if (ss == NULL
         || !PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:ExternalStream",
                                         kwlist, &ptr_obj, &device))
@@ -219,13 +222,17 @@ ExternalStream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (ptr == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    int b = td_streams_active(ss);
-    if (b < 0 || td_stream_check_device(st, b, device, "ExternalStream") < 0
-        || td_streams_report(st, ss->api_stream[b], b) < 0)
+    td_install *st = td_install_acquire();
+    PyObject *result = NULL;
+    int b = td_streams_active(st);
+    if (b >= 0
+        && td_stream_check_device(st, b, device, "ExternalStream") == 0
+        && td_streams_report(st, ss->api_stream[b], b) == 0)
     {
-        return NULL;
+        result = td_stream_new(TD_BACKENDS(st), type, b, (int64_t)ptr, 0, 1);
     }
-    return td_stream_new(ss, type, b, (int64_t)ptr, 0, 1);
+    Py_XDECREF(st);
+    return result;
 }
 
 static int
@@ -249,18 +256,7 @@ Stream_clear(PyObject *self)
     return 0;
 }
 
-static void
-Stream_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (((td_stream *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    (void)Stream_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC_WEAKREF(Stream_dealloc, td_stream, Stream_clear)
 
 static PyObject *
 Stream_query(PyObject *self, PyObject *Py_UNUSED(a))
@@ -285,11 +281,10 @@ Stream_wait_event(PyObject *self, PyTypeObject *cls, PyObject *const *args,
                   Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const kw[] = {"event"};
+    static const td_args_spec spec = {"wait_event", kw, 1, 1, 1};
     td_streams *ss = td_streams_of_class(cls);
     PyObject *event;
-    if (ss == NULL
-        || td_parse_args("wait_event", args, nargs, kwnames, kw, 1, 1,
-                         &event) < 0)
+    if (ss == NULL || td_args_parse(&spec, args, nargs, kwnames, &event) < 0)
     {
         return NULL;
     }
@@ -310,11 +305,10 @@ Stream_wait_stream(PyObject *self, PyTypeObject *cls, PyObject *const *args,
                    Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const kw[] = {"stream"};
+    static const td_args_spec spec = {"wait_stream", kw, 1, 1, 1};
     td_streams *ss = td_streams_of_class(cls);
     PyObject *other;
-    if (ss == NULL
-        || td_parse_args("wait_stream", args, nargs, kwnames, kw, 1, 1,
-                         &other) < 0)
+    if (ss == NULL || td_args_parse(&spec, args, nargs, kwnames, &other) < 0)
     {
         return NULL;
     }
@@ -357,11 +351,10 @@ Stream_record_event(PyObject *self, PyTypeObject *cls, PyObject *const *args,
                     Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const kw[] = {"event"};
+    static const td_args_spec spec = {"record_event", kw, 1, 0, 1};
     td_streams *ss = td_streams_of_class(cls);
     PyObject *event;
-    if (ss == NULL
-        || td_parse_args("record_event", args, nargs, kwnames, kw, 1, 0,
-                         &event) < 0)
+    if (ss == NULL || td_args_parse(&spec, args, nargs, kwnames, &event) < 0)
     {
         return NULL;
     }
@@ -422,10 +415,9 @@ static PyObject *
 Stream_enter(PyObject *self, PyTypeObject *cls, PyObject *const *args,
              Py_ssize_t nargs, PyObject *kwnames)
 {
+    static const td_args_spec spec = {"__enter__", NULL, 0, 0, 0};
     td_streams *ss = td_streams_of_class(cls);
-    if (ss == NULL
-        || td_parse_args("__enter__", args, nargs, kwnames, NULL, 0, 0,
-                         NULL) < 0)
+    if (ss == NULL || td_args_parse(&spec, args, nargs, kwnames, NULL) < 0)
     {
         return NULL;
     }
@@ -476,8 +468,8 @@ Stream_priority_range(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(a))
     return Py_BuildValue("(ii)", TD_PRIORITY_LOWEST, TD_PRIORITY_HIGHEST);
 }
 
-static PyObject *
-not_picklable(PyObject *self, PyObject *Py_UNUSED(a))
+PyObject *
+td_not_picklable(PyObject *self, PyObject *Py_UNUSED(a))
 {
     PyErr_Format(PyExc_TypeError, "cannot pickle '%.100s' object",
                  Py_TYPE(self)->tp_name);
@@ -587,7 +579,7 @@ static PyMethodDef Stream_methods[] = {
     METHOD_FAST("__exit__", Stream_exit, NULL),
     {"priority_range", Stream_priority_range, METH_NOARGS | METH_STATIC,
      "priority_range() -> (lowest, highest)"},
-    {"__reduce__", not_picklable, METH_NOARGS, NULL},
+    {"__reduce__", td_not_picklable, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -697,7 +689,7 @@ StreamContext_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"stream", NULL};
     PyObject *stream;
-    td_streams *ss = streams_of_type(type, StreamContext_dealloc, NULL);
+    td_streams *ss = td_streams_of_type(type, StreamContext_dealloc);
     if (ss == NULL
         || !PyArg_ParseTupleAndKeywords(args, kwargs, "O:StreamContext",
                                         kwlist, &stream))
@@ -725,10 +717,9 @@ StreamContext_enter(PyObject *self, PyTypeObject *cls, PyObject *const *args,
                     Py_ssize_t nargs, PyObject *kwnames)
 {
     td_stream_context *c = (td_stream_context *)self;
+    static const td_args_spec spec = {"__enter__", NULL, 0, 0, 0};
     td_streams *ss = td_streams_of_class(cls);
-    if (ss == NULL
-        || td_parse_args("__enter__", args, nargs, kwnames, NULL, 0, 0,
-                         NULL) < 0)
+    if (ss == NULL || td_args_parse(&spec, args, nargs, kwnames, NULL) < 0)
     {
         return NULL;
     }
@@ -800,15 +791,7 @@ StreamContext_clear(PyObject *self)
     return 0;
 }
 
-static void
-StreamContext_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    (void)StreamContext_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC(StreamContext_dealloc, StreamContext_clear)
 
 static PyMethodDef StreamContext_methods[] = {
     METHOD_FAST("__enter__", StreamContext_enter, NULL),

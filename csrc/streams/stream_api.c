@@ -19,69 +19,34 @@
  */
 #include "streams.h"
 
+#include "core/fields.h"
+
 #include <string.h>
 
-/* ---- the state object --------------------------------------------------- */
+/* A backend forced by tests (streams_force_backend), or -1. */
+static atomic_int forced = -1;
+
+/* ---- the state objects ---------------------------------------------------- */
+
+#define STREAMS_FIELDS TD_FIELDS(td_streams, stream_type, \
+                                 dev_name[TD_BACKEND_COUNT - 1])
+#define BACKENDS_FIELDS TD_FIELDS(td_backends, ops[0], record_stream)
 
 static int
 StreamsState_traverse(PyObject *self, visitproc visit, void *arg)
 {
-    td_streams *ss = (td_streams *)self;
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(ss->stream_type);
-    Py_VISIT(ss->external_type);
-    Py_VISIT(ss->event_type);
-    Py_VISIT(ss->context_type);
-    for (int b = 0; b < TD_BACKEND_COUNT; b++) {
-        Py_VISIT(ss->ops[b]);
-        Py_VISIT(ss->device[b]);
-        Py_VISIT(ss->default_stream[b]);
-    }
-    Py_VISIT(ss->record_stream);
-    return 0;
-}
-
-static void
-clear_handed_over(td_streams *ss)
-{
-    for (int b = 0; b < TD_BACKEND_COUNT; b++) {
-        Py_CLEAR(ss->ops[b]);
-        Py_CLEAR(ss->device[b]);
-        Py_CLEAR(ss->default_stream[b]);
-    }
-    Py_CLEAR(ss->record_stream);
+    return td_fields_visit(self, STREAMS_FIELDS, visit, arg);
 }
 
 static int
 StreamsState_clear(PyObject *self)
 {
-    td_streams *ss = (td_streams *)self;
-    clear_handed_over(ss);
-    Py_CLEAR(ss->stream_type);
-    Py_CLEAR(ss->external_type);
-    Py_CLEAR(ss->event_type);
-    Py_CLEAR(ss->context_type);
-    for (int b = 0; b < TD_BACKEND_COUNT; b++) {
-        Py_CLEAR(ss->key_current[b]);
-        Py_CLEAR(ss->api_stream[b]);
-        Py_CLEAR(ss->api_event[b]);
-        Py_CLEAR(ss->req_name[b]);
-        Py_CLEAR(ss->dev_name[b]);
-    }
-    Py_CLEAR(ss->key_with);
-    Py_CLEAR(ss->what_emulated);
+    td_fields_clear(self, STREAMS_FIELDS);
     return 0;
 }
 
-static void
-StreamsState_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    (void)StreamsState_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
+TD_GC_DEALLOC(StreamsState_dealloc, StreamsState_clear)
 
 static PyType_Slot streams_state_slots[] = {
     {Py_tp_traverse, (void *)StreamsState_traverse},
@@ -97,6 +62,48 @@ PyType_Spec td_streams_state_spec = {
               | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION),
     .slots = streams_state_slots,
 };
+
+static int
+Backends_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    return td_fields_visit(self, BACKENDS_FIELDS, visit, arg);
+}
+
+static int
+Backends_clear(PyObject *self)
+{
+    td_fields_clear(self, BACKENDS_FIELDS);
+    return 0;
+}
+
+TD_GC_DEALLOC(Backends_dealloc, Backends_clear)
+
+static PyType_Slot backends_slots[] = {
+    {Py_tp_traverse, (void *)Backends_traverse},
+    {Py_tp_clear, (void *)Backends_clear},
+    {Py_tp_dealloc, (void *)Backends_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec backends_spec = {
+    .name = "TorchDevice._tdcore._Backends",
+    .basicsize = sizeof(td_backends),
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+              | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION),
+    .slots = backends_slots,
+};
+
+/* A zeroed GC object of a state type, not yet tracked. */
+static PyObject *
+new_state_object(PyTypeObject *type, size_t size)
+{
+    PyObject *obj = (PyObject *)PyObject_GC_New(PyObject, type);
+    if (obj != NULL) {
+        memset((char *)obj + sizeof(PyObject), 0, size - sizeof(PyObject));
+    }
+    return obj;
+}
 
 static PyTypeObject *
 add_type(PyObject *module, PyType_Spec *spec, PyTypeObject *base)
@@ -122,14 +129,12 @@ td_streams_exec(PyObject *module, td_state *st)
     if (state_type == NULL) {
         return -1;
     }
-    td_streams *ss = PyObject_GC_New(td_streams, state_type);
+    td_streams *ss = (td_streams *)new_state_object(state_type,
+                                                    sizeof(td_streams));
     Py_DECREF(state_type);   /* the instance holds its own reference */
     if (ss == NULL) {
         return -1;
     }
-    memset((char *)ss + sizeof(PyObject), 0,
-           sizeof(td_streams) - sizeof(PyObject));
-    atomic_store(&ss->forced, -1);
     PyObject_GC_Track((PyObject *)ss);
     st->streams = (PyObject *)ss;
 
@@ -141,8 +146,10 @@ td_streams_exec(PyObject *module, td_state *st)
                                  ss->stream_type);
     ss->event_type = add_type(module, &td_event_spec, NULL);
     ss->context_type = add_type(module, &td_stream_context_spec, NULL);
+    ss->backends_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &backends_spec, NULL);
     if (ss->external_type == NULL || ss->event_type == NULL
-        || ss->context_type == NULL)
+        || ss->context_type == NULL || ss->backends_type == NULL)
     {
         return -1;
     }
@@ -170,15 +177,6 @@ td_streams_exec(PyObject *module, td_state *st)
     return 0;
 }
 
-void
-td_streams_uninstall(td_state *st)
-{
-    td_generic_hooks_uninstall();
-    if (st->streams != NULL) {
-        clear_handed_over(TD_STREAMS(st));
-    }
-}
-
 /* ---- helpers shared by the stream and event files ----------------------- */
 
 const td_backend *
@@ -195,9 +193,9 @@ td_backend_of(td_backend_id id)
 }
 
 int
-td_streams_active(td_streams *ss)
+td_streams_active(td_install *st)
 {
-    int b = atomic_load_explicit(&ss->forced, memory_order_relaxed);
+    int b = atomic_load_explicit(&forced, memory_order_relaxed);
     if (b < 0) {
         switch (td_get_profile()) {
         case TD_PROFILE_MPS:
@@ -211,7 +209,9 @@ td_streams_active(td_streams *ss)
             break;
         }
     }
-    if (ss->default_stream[b] == NULL) {
+    if (st == NULL || TD_BACKENDS(st) == NULL
+        || TD_BACKENDS(st)->default_stream[b] == NULL)
+    {
         PyErr_Format(PyExc_RuntimeError,
                      "TorchDevice streams and events: the %s backend is not "
                      "set up (TorchDevice is disabled, or was enabled for "
@@ -224,7 +224,7 @@ td_streams_active(td_streams *ss)
 td_streams *
 td_streams_of_class(PyTypeObject *defining_class)
 {
-    td_state *st = (td_state *)PyType_GetModuleState(defining_class);
+    td_state *st = td_type_state(defining_class);
     if (st == NULL) {
         return NULL;
     }
@@ -248,13 +248,20 @@ td_current_stream(td_streams *ss, int backend)
             return NULL;
         }
     }
-    if (ss->default_stream[backend] == NULL) {
+    /* Borrowed from the installation in force: nothing can drop it before
+     * the caller runs Python code (the GIL is held throughout). */
+    td_install *st = td_install_acquire();
+    PyObject *s = NULL;
+    if (st != NULL && TD_BACKENDS(st) != NULL) {
+        s = TD_BACKENDS(st)->default_stream[backend];
+    }
+    Py_XDECREF(st);
+    if (s == NULL) {
         PyErr_Format(PyExc_RuntimeError,
                      "TorchDevice streams: the %s backend is not set up",
                      td_backend_of(backend)->name);
-        return NULL;
     }
-    return ss->default_stream[backend];
+    return s;
 }
 
 int
@@ -270,122 +277,72 @@ td_set_current_stream(td_streams *ss, int backend, PyObject *stream)
 }
 
 int
-td_streams_report(td_state *st, PyObject *api, int backend)
+td_streams_report(td_install *st, PyObject *api, int backend)
 {
     if (!td_get_report()) {
         return 0;
     }
     td_streams *ss = TD_STREAMS(st);
-    return td_record(st, api, ss->what_emulated, ss->req_name[backend],
-                     ss->dev_name[backend]);
-}
-
-int
-td_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *kwnames, const char *const *kw, int n, int required,
-              PyObject **out)
-{
-    for (int i = 0; i < n; i++) {
-        out[i] = NULL;
-    }
-    if (nargs > n) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() takes at most %d argument%s (%zd given)", fname, n,
-                     n == 1 ? "" : "s", nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        out[i] = args[i];
-    }
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
-        int found = -1;
-        for (int i = 0; i < n; i++) {
-            if (PyUnicode_CompareWithASCIIString(name, kw[i]) == 0) {
-                found = i;
-                break;
-            }
-        }
-        if (found < 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected keyword argument '%U'",
-                         fname, name);
-            return -1;
-        }
-        if (out[found] != NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got multiple values for argument '%s'", fname,
-                         kw[found]);
-            return -1;
-        }
-        out[found] = args[nargs + k];
-    }
-    for (int i = 0; i < required; i++) {
-        if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() missing required argument '%s' (pos %d)",
-                         fname, kw[i], i + 1);
-            return -1;
-        }
-    }
-    return 0;
+    return td_record(st->records, st, api, ss->what_emulated,
+                     ss->req_name[backend], ss->dev_name[backend]);
 }
 
 /* ---- the functions torch.cuda gets --------------------------------------- */
 
 static td_streams *
-module_streams(PyObject *module, td_state **st_out)
+module_streams(PyObject *module)
 {
-    td_state *st = (td_state *)PyModule_GetState(module);
+    td_state *st = td_module_state(module);
     if (st == NULL || st->streams == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_tdcore has been cleared");
         return NULL;
     }
-    if (st_out != NULL) {
-        *st_out = st;
-    }
     return TD_STREAMS(st);
 }
 
-static const char *const kw_device[] = {"device"};
+static const char *const device_names[] = {"device"};
 
 /* current_stream(device=None) / default_stream(device=None) */
 static PyObject *
 stream_query_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
-                PyObject *kwnames, const char *fname, int want_default)
+                PyObject *kwnames, const td_args_spec *spec, int want_default)
 {
-    td_state *st;
-    td_streams *ss = module_streams(module, &st);
+    td_streams *ss = module_streams(module);
     PyObject *device;
     if (ss == NULL
-        || td_parse_args(fname, args, PyVectorcall_NARGS(nargsf), kwnames,
-                         kw_device, 1, 0, &device) < 0)
+        || td_args_parse(spec, args, PyVectorcall_NARGS(nargsf), kwnames,
+                         &device) < 0)
     {
         return NULL;
     }
-    int b = td_streams_active(ss);
-    if (b < 0 || td_stream_check_device(st, b, device, fname) < 0) {
-        return NULL;
+    td_install *st = td_install_acquire();
+    PyObject *result = NULL;
+    int b = td_streams_active(st);
+    if (b >= 0 && td_stream_check_device(st, b, device, spec->fname) == 0) {
+        result = want_default
+                     ? Py_NewRef(TD_BACKENDS(st)->default_stream[b])
+                     : Py_XNewRef(td_current_stream(ss, b));
     }
-    if (want_default) {
-        return Py_NewRef(ss->default_stream[b]);
-    }
-    return Py_XNewRef(td_current_stream(ss, b));
+    Py_XDECREF(st);
+    return result;
 }
 
 static PyObject *
 current_stream(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
                PyObject *kwnames)
 {
-    return stream_query_fn(module, args, nargsf, kwnames, "current_stream", 0);
+    static const td_args_spec spec = {"current_stream", device_names, 1, 0,
+                                      1};
+    return stream_query_fn(module, args, nargsf, kwnames, &spec, 0);
 }
 
 static PyObject *
 default_stream(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
                PyObject *kwnames)
 {
-    return stream_query_fn(module, args, nargsf, kwnames, "default_stream", 1);
+    static const td_args_spec spec = {"default_stream", device_names, 1, 0,
+                                      1};
+    return stream_query_fn(module, args, nargsf, kwnames, &spec, 1);
 }
 
 /* torch.cuda.set_stream reads stream.stream_id and friends, so anything but
@@ -403,7 +360,7 @@ not_a_stream(const char *fname, PyObject *obj)
 static PyObject *
 set_stream(PyObject *module, PyObject *stream)
 {
-    td_streams *ss = module_streams(module, NULL);
+    td_streams *ss = module_streams(module);
     if (ss == NULL) {
         return NULL;
     }
@@ -424,7 +381,7 @@ set_stream(PyObject *module, PyObject *stream)
 static PyObject *
 stream_fn(PyObject *module, PyObject *stream)
 {
-    td_streams *ss = module_streams(module, NULL);
+    td_streams *ss = module_streams(module);
     if (ss == NULL) {
         return NULL;
     }
@@ -432,23 +389,25 @@ stream_fn(PyObject *module, PyObject *stream)
 }
 
 static PyObject *
-synchronize(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
+synchronize(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargsf,
             PyObject *kwnames)
 {
-    td_state *st;
-    td_streams *ss = module_streams(module, &st);
+    static const td_args_spec spec = {"synchronize", device_names, 1, 0, 1};
     PyObject *device;
-    if (ss == NULL
-        || td_parse_args("synchronize", args, PyVectorcall_NARGS(nargsf),
-                         kwnames, kw_device, 1, 0, &device) < 0)
+    if (td_args_parse(&spec, args, PyVectorcall_NARGS(nargsf), kwnames,
+                      &device) < 0)
     {
         return NULL;
     }
-    int b = td_streams_active(ss);
-    if (b < 0 || td_stream_check_device(st, b, device, "synchronize") < 0) {
-        return NULL;
+    /* Held: the backend calls into Python with the ops it was handed. */
+    td_install *st = td_install_acquire();
+    int rc = -1;
+    int b = td_streams_active(st);
+    if (b >= 0 && td_stream_check_device(st, b, device, "synchronize") == 0) {
+        rc = td_backend_of(b)->device_synchronize(TD_BACKENDS(st)->ops[b]);
     }
-    if (td_backend_of(b)->device_synchronize(ss->ops[b]) < 0) {
+    Py_XDECREF(st);
+    if (rc < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -458,12 +417,13 @@ static PyObject *
 get_stream_from_external(PyObject *module, PyObject *const *args,
                          Py_ssize_t nargsf, PyObject *kwnames)
 {
-    static const char *const kw[] = {"data_ptr", "device"};
-    td_streams *ss = module_streams(module, NULL);
+    static const char *const names[] = {"data_ptr", "device"};
+    static const td_args_spec spec = {"get_stream_from_external", names, 2,
+                                      1, 2};
+    td_streams *ss = module_streams(module);
     PyObject *a[2];
     if (ss == NULL
-        || td_parse_args("get_stream_from_external", args,
-                         PyVectorcall_NARGS(nargsf), kwnames, kw, 2, 1,
+        || td_args_parse(&spec, args, PyVectorcall_NARGS(nargsf), kwnames,
                          a) < 0)
     {
         return NULL;
@@ -491,18 +451,22 @@ get_stream_from_external(PyObject *module, PyObject *const *args,
 static PyObject *
 record_stream(PyObject *tensor, PyObject *stream)
 {
-    td_state *st = td_installed_state();
-    td_streams *ss = st != NULL ? TD_STREAMS(st) : NULL;
-    if (ss != NULL && td_stream_check(ss, stream)) {
-        Py_RETURN_NONE;
+    td_install *st = td_install_acquire();
+    td_backends *bk = st != NULL ? TD_BACKENDS(st) : NULL;
+    PyObject *result = NULL;
+    if (st != NULL && td_stream_check(TD_STREAMS(st), stream)) {
+        result = Py_NewRef(Py_None);
     }
-    if (ss == NULL || ss->record_stream == NULL) {
+    else if (bk == NULL || bk->record_stream == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "Tensor.record_stream: TorchDevice is not enabled");
-        return NULL;
     }
-    PyObject *a[2] = {tensor, stream};
-    return PyObject_Vectorcall(ss->record_stream, a, 2, NULL);
+    else {
+        PyObject *a[2] = {tensor, stream};
+        result = PyObject_Vectorcall(bk->record_stream, a, 2, NULL);
+    }
+    Py_XDECREF(st);
+    return result;
 }
 
 static PyMethodDef record_stream_def = {
@@ -546,73 +510,106 @@ check_ops(PyObject *ops, const char *name)
     return 1;
 }
 
-static PyObject *
-streams_setup(PyObject *module, PyObject *args, PyObject *kwargs)
+/* The backends' objects, as a new td_backends. */
+static td_backends *
+make_backends(td_install *st, td_streams *ss, PyObject *metal, PyObject *cuda,
+              PyObject *rec)
 {
-    static char *kwlist[] = {"metal_ops", "cuda_ops", "record_stream",
-                             "generic_stream", "generic_event", NULL};
-    PyObject *metal = Py_None, *cuda = Py_None, *rec = Py_None;
-    PyObject *gstream = Py_None, *gevent = Py_None;
-    td_state *st;
-    td_streams *ss = module_streams(module, &st);
-    if (ss == NULL
-        || !PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOO:streams_setup",
-                                        kwlist, &metal, &cuda, &rec, &gstream,
-                                        &gevent))
-    {
+    td_backends *bk = (td_backends *)new_state_object(ss->backends_type,
+                                                      sizeof(td_backends));
+    if (bk == NULL) {
         return NULL;
     }
-    int has_metal = check_ops(metal, "metal_ops");
-    int has_cuda = check_ops(cuda, "cuda_ops");
+    PyObject_GC_Track((PyObject *)bk);
+    bk->device[TD_BACKEND_CPU] = Py_NewRef(st->target[TD_TARGET_CPU]);
+    bk->device[TD_BACKEND_METAL] = Py_NewRef(st->target[TD_TARGET_MPS]);
+    bk->device[TD_BACKEND_CUDA] = Py_NewRef(st->target[TD_TARGET_CUDA]);
+    if (metal != Py_None) {
+        bk->ops[TD_BACKEND_METAL] = Py_NewRef(metal);
+    }
+    if (cuda != Py_None) {
+        bk->ops[TD_BACKEND_CUDA] = Py_NewRef(cuda);
+    }
+    if (rec != Py_None) {
+        bk->record_stream = Py_NewRef(rec);
+    }
+    for (int b = 0; b < TD_BACKEND_COUNT; b++) {
+        if (b != TD_BACKEND_CPU && bk->ops[b] == NULL) {
+            continue;
+        }
+        bk->default_stream[b] = td_stream_new(bk, ss->stream_type, b, 0, 0,
+                                              0);
+        if (bk->default_stream[b] == NULL) {
+            Py_DECREF(bk);
+            return NULL;
+        }
+    }
+    return bk;
+}
+
+/* Publishes a copy of the installation with the backends' objects, then
+ * hooks torch.Stream and torch.Event (two install steps; a failure leaves
+ * them unhooked and the earlier installation in force). */
+static PyObject *
+streams_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    static const char *const names[] = {"metal_ops", "cuda_ops",
+                                        "record_stream", "generic_stream",
+                                        "generic_event"};
+    static const td_args_spec spec = {"streams_setup", names, 5, 0, 0};
+    PyObject *a[5];
+    td_state *mst = td_module_state(module);
+    if (td_args_parse(&spec, args, nargs, kwnames, a) < 0) {
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) {
+        if (a[i] == NULL) {
+            a[i] = Py_None;
+        }
+    }
+    int has_metal = check_ops(a[0], "metal_ops");
+    int has_cuda = check_ops(a[1], "cuda_ops");
     if (has_metal < 0 || has_cuda < 0) {
         return NULL;
     }
-    if (st->dev_cpu == NULL) {
+    td_install *st = td_install_acquire();
+    if (st == NULL || (PyObject *)st != mst->installation) {
+        Py_XDECREF(st);
         PyErr_SetString(PyExc_RuntimeError,
                         "streams_setup() needs install() first");
         return NULL;
     }
-    clear_handed_over(ss);
-    ss->device[TD_BACKEND_CPU] = Py_NewRef(st->dev_cpu);
-    ss->device[TD_BACKEND_METAL] = Py_NewRef(st->dev_mps);
-    ss->device[TD_BACKEND_CUDA] = Py_NewRef(st->dev_cuda);
-    if (has_metal) {
-        ss->ops[TD_BACKEND_METAL] = Py_NewRef(metal);
+    td_install *next = NULL;
+    td_backends *bk = make_backends(st, TD_STREAMS(st), a[0], a[1], a[2]);
+    if (bk != NULL) {
+        next = td_install_copy(st);
     }
-    if (has_cuda) {
-        ss->ops[TD_BACKEND_CUDA] = Py_NewRef(cuda);
+    if (next == NULL) {
+        Py_XDECREF(bk);
+        Py_DECREF(st);
+        return NULL;
     }
-    if (rec != Py_None) {
-        ss->record_stream = Py_NewRef(rec);
+    Py_XSETREF(next->backends, (PyObject *)bk);
+    td_install_publish(mst, next);
+    int rc = td_generic_hooks_install(a[3], a[4]);
+    if (rc < 0) {
+        /* Undo in reverse: the hooks made so far, then the publication. */
+        td_slot_unhook(TD_SLOT_EVENT);
+        td_slot_unhook(TD_SLOT_STREAM);
+        td_install_publish(mst, (td_install *)Py_NewRef(st));
     }
-    for (int b = 0; b < TD_BACKEND_COUNT; b++) {
-        if (b != TD_BACKEND_CPU && ss->ops[b] == NULL) {
-            continue;
-        }
-        ss->default_stream[b] = td_stream_new(ss, ss->stream_type, b, 0, 0, 0);
-        if (ss->default_stream[b] == NULL) {
-            goto error;
-        }
-    }
-    if (gstream != Py_None || gevent != Py_None) {
-        if (td_generic_hooks_install(gstream, gevent) < 0) {
-            goto error;
-        }
+    Py_DECREF(st);
+    if (rc < 0) {
+        return NULL;
     }
     Py_RETURN_NONE;
-error:
-    clear_handed_over(ss);
-    return NULL;
 }
 
 static PyObject *
-streams_force_backend(PyObject *module, PyObject *name)
+streams_force_backend(PyObject *Py_UNUSED(module), PyObject *name)
 {
     static const char *const names[] = {"cpu", "metal", "cuda"};
-    td_streams *ss = module_streams(module, NULL);
-    if (ss == NULL) {
-        return NULL;
-    }
     int value = -1;
     if (name != Py_None) {
         for (int b = 0; b < TD_BACKEND_COUNT; b++) {
@@ -629,7 +626,7 @@ streams_force_backend(PyObject *module, PyObject *name)
             return NULL;
         }
     }
-    int previous = atomic_exchange(&ss->forced, value);
+    int previous = atomic_exchange(&forced, value);
     if (previous < 0) {
         Py_RETURN_NONE;
     }
@@ -637,14 +634,12 @@ streams_force_backend(PyObject *module, PyObject *name)
 }
 
 static PyObject *
-streams_info(PyObject *module, PyObject *Py_UNUSED(a))
+streams_info(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
-    td_streams *ss = module_streams(module, NULL);
-    if (ss == NULL) {
-        return NULL;
-    }
-    int forced = atomic_load(&ss->forced);
-    int b = td_streams_active(ss);
+    int forced_now = atomic_load(&forced);
+    td_install *st = td_install_acquire();
+    td_backends *bk = st != NULL ? TD_BACKENDS(st) : NULL;
+    int b = td_streams_active(st);
     PyObject *active;
     if (b < 0) {
         PyErr_Clear();
@@ -659,10 +654,11 @@ streams_info(PyObject *module, PyObject *Py_UNUSED(a))
     PyObject *ready = PyTuple_New(0);
     if (ready == NULL) {
         Py_DECREF(active);
+        Py_XDECREF(st);
         return NULL;
     }
     for (int i = 0; i < TD_BACKEND_COUNT; i++) {
-        if (ss->default_stream[i] == NULL) {
+        if (bk == NULL || bk->default_stream[i] == NULL) {
             continue;
         }
         PyObject *name = PyUnicode_FromString(td_backend_of(i)->name);
@@ -672,13 +668,15 @@ streams_info(PyObject *module, PyObject *Py_UNUSED(a))
             Py_XDECREF(name);
             Py_XDECREF(ready);
             Py_DECREF(active);
+            Py_XDECREF(st);
             return NULL;
         }
         PyTuple_SET_ITEM(ready, PyTuple_GET_SIZE(ready) - 1, name);
     }
+    Py_XDECREF(st);
     return Py_BuildValue(
         "{sNsOsNsO}", "active", active, "forced",
-        forced < 0 ? Py_None : Py_True, "ready", ready, "generic_hooks",
+        forced_now < 0 ? Py_None : Py_True, "ready", ready, "generic_hooks",
         td_generic_hooks_installed() ? Py_True : Py_False);
 }
 
@@ -708,8 +706,7 @@ PyMethodDef td_streams_methods[] = {
     {"record_stream_method", record_stream_method, METH_O,
      "record_stream_method(tensor_type)\n\nA method descriptor for "
      "Tensor.record_stream."},
-    {"streams_setup", (PyCFunction)(void (*)(void))streams_setup,
-     METH_VARARGS | METH_KEYWORDS,
+    {"streams_setup", TD_FASTKW(streams_setup),
      "streams_setup(*, metal_ops=None, cuda_ops=None, record_stream=None, "
      "generic_stream=None, generic_event=None)\n\nHands the torch objects of "
      "each backend over (after install()) and hooks torch.Stream/Event."},

@@ -15,14 +15,9 @@
  */
 #include "streams.h"
 
-static PyTypeObject *hooked_stream;
-static newfunc orig_stream_new;
-static PyTypeObject *hooked_event;
-static newfunc orig_event_new;
-
 /* Borrowed device argument: first positional or device=; NULL if absent. */
 static PyObject *
-device_arg(td_state *st, PyObject *args, PyObject *kwargs)
+device_arg(td_install *st, PyObject *args, PyObject *kwargs)
 {
     if (PyTuple_GET_SIZE(args) >= 1) {
         return PyTuple_GET_ITEM(args, 0);
@@ -40,7 +35,7 @@ typedef enum {
 } route;
 
 static route
-route_of(td_state *st, PyObject *dev)
+route_of(td_install *st, PyObject *dev)
 {
     if (dev == NULL || Py_TYPE(dev) == st->device_type
         || !(PyUnicode_Check(dev) || PyLong_CheckExact(dev)))
@@ -60,7 +55,7 @@ route_of(td_state *st, PyObject *dev)
 
 /* Calls `orig` with the device argument replaced by torch.device("cuda"). */
 static PyObject *
-call_on_cuda(td_state *st, newfunc orig, PyTypeObject *type, PyObject *args,
+call_on_cuda(td_install *st, newfunc orig, PyTypeObject *type, PyObject *args,
              PyObject *kwargs)
 {
     PyObject *new_args = NULL, *new_kwargs = NULL, *result = NULL;
@@ -70,7 +65,7 @@ call_on_cuda(td_state *st, newfunc orig, PyTypeObject *type, PyObject *args,
         if (new_args == NULL) {
             return NULL;
         }
-        PyTuple_SET_ITEM(new_args, 0, Py_NewRef(st->dev_cuda));
+        PyTuple_SET_ITEM(new_args, 0, Py_NewRef(st->target[TD_TARGET_CUDA]));
         for (Py_ssize_t i = 1; i < n; i++) {
             PyTuple_SET_ITEM(new_args, i, Py_NewRef(PyTuple_GET_ITEM(args, i)));
         }
@@ -79,7 +74,8 @@ call_on_cuda(td_state *st, newfunc orig, PyTypeObject *type, PyObject *args,
     else {
         new_kwargs = PyDict_Copy(kwargs);
         if (new_kwargs != NULL
-            && PyDict_SetItem(new_kwargs, st->str_device, st->dev_cuda) == 0)
+            && PyDict_SetItem(new_kwargs, st->str_device,
+                              st->target[TD_TARGET_CUDA]) == 0)
         {
             result = orig(type, args, new_kwargs);
         }
@@ -90,12 +86,9 @@ call_on_cuda(td_state *st, newfunc orig, PyTypeObject *type, PyObject *args,
 }
 
 static PyObject *
-generic_stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+stream_new(td_install *st, newfunc orig_stream_new, PyTypeObject *type,
+           PyObject *args, PyObject *kwargs)
 {
-    td_state *st = td_installed_state();
-    if (st == NULL || st->streams == NULL || type != hooked_stream) {
-        return orig_stream_new(type, args, kwargs);
-    }
     PyObject *dev = device_arg(st, args, kwargs);
     if (dev == NULL && PyErr_Occurred()) {
         return NULL;
@@ -113,12 +106,10 @@ generic_stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-generic_event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+event_new(td_install *st, newfunc orig_event_new, PyTypeObject *type,
+          PyObject *args, PyObject *kwargs)
 {
-    td_state *st = td_installed_state();
-    if (st == NULL || st->streams == NULL || type != hooked_event
-        || PyTuple_GET_SIZE(args) > 1)
-    {
+    if (PyTuple_GET_SIZE(args) > 1) {
         return orig_event_new(type, args, kwargs);
     }
     PyObject *dev = device_arg(st, args, kwargs);
@@ -150,46 +141,56 @@ generic_event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
 }
 
+/* Both hooks hold the installation for the whole call (tdcore.h). */
+static PyObject *
+generic_stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    newfunc orig = td_slot_original(TD_SLOT_STREAM);
+    td_install *st = td_install_acquire();
+    if (st == NULL || type != td_slot_type(TD_SLOT_STREAM)) {
+        Py_XDECREF(st);
+        return orig(type, args, kwargs);
+    }
+    PyObject *result = stream_new(st, orig, type, args, kwargs);
+    Py_DECREF(st);
+    return result;
+}
+
+static PyObject *
+generic_event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    newfunc orig = td_slot_original(TD_SLOT_EVENT);
+    td_install *st = td_install_acquire();
+    if (st == NULL || type != td_slot_type(TD_SLOT_EVENT)) {
+        Py_XDECREF(st);
+        return orig(type, args, kwargs);
+    }
+    PyObject *result = event_new(st, orig, type, args, kwargs);
+    Py_DECREF(st);
+    return result;
+}
+
 int
 td_generic_hooks_install(PyObject *stream_type, PyObject *event_type)
 {
-    if ((stream_type != Py_None && !PyType_Check(stream_type))
-        || (event_type != Py_None && !PyType_Check(event_type)))
+    if (stream_type != Py_None
+        && td_slot_hook(TD_SLOT_STREAM, stream_type, generic_stream_new) < 0)
     {
-        PyErr_SetString(PyExc_TypeError,
-                        "generic_stream / generic_event must be types");
         return -1;
     }
-    if (stream_type != Py_None && hooked_stream == NULL) {
-        hooked_stream = (PyTypeObject *)stream_type;
-        orig_stream_new = hooked_stream->tp_new;
-        hooked_stream->tp_new = generic_stream_new;
-    }
-    if (event_type != Py_None && hooked_event == NULL) {
-        hooked_event = (PyTypeObject *)event_type;
-        orig_event_new = hooked_event->tp_new;
-        hooked_event->tp_new = generic_event_new;
+    if (event_type != Py_None
+        && td_slot_hook(TD_SLOT_EVENT, event_type, generic_event_new) < 0)
+    {
+        return -1;
     }
     return 0;
-}
-
-void
-td_generic_hooks_uninstall(void)
-{
-    if (hooked_stream != NULL) {
-        hooked_stream->tp_new = orig_stream_new;
-        hooked_stream = NULL;
-    }
-    if (hooked_event != NULL) {
-        hooked_event->tp_new = orig_event_new;
-        hooked_event = NULL;
-    }
 }
 
 int
 td_generic_hooks_installed(void)
 {
-    return (hooked_stream != NULL && hooked_stream->tp_new == generic_stream_new)
-           || (hooked_event != NULL
-               && hooked_event->tp_new == generic_event_new);
+    PyTypeObject *s = td_slot_type(TD_SLOT_STREAM);
+    PyTypeObject *e = td_slot_type(TD_SLOT_EVENT);
+    return (s != NULL && s->tp_new == generic_stream_new)
+           || (e != NULL && e->tp_new == generic_event_new);
 }

@@ -4,9 +4,10 @@
  *
  * A stream or event carries a pointer to the backend it was made for and
  * strong references to the torch objects that backend needs, so that it keeps
- * working whatever happens to the module state later (disable(), another
- * profile).  The module-wide part (types, default streams, the handed-over
- * torch objects) is one GC object owned by the module state (td_state.streams).
+ * working whatever happens to the installation later (disable(), another
+ * profile).  The module-wide part (types, names) is one GC object owned by
+ * the module state (td_state.streams); what streams_setup() hands over
+ * (td_backends) belongs to the installation.
  */
 #ifndef TD_STREAMS_H
 #define TD_STREAMS_H
@@ -88,19 +89,15 @@ extern const td_backend td_backend_cpu;
 extern const td_backend td_backend_metal;
 extern const td_backend td_backend_cuda;
 
-/* The module-wide part. */
+/* The module-wide part: types and names, made at module exec and never
+ * changed after. */
 typedef struct {
     PyObject_HEAD
     PyTypeObject *stream_type;
     PyTypeObject *external_type;
     PyTypeObject *event_type;
     PyTypeObject *context_type;
-
-    /* Handed over by streams_setup(); NULL until then (all strong). */
-    PyObject *ops[TD_BACKEND_COUNT];          /* CPU's stays NULL */
-    PyObject *device[TD_BACKEND_COUNT];
-    PyObject *default_stream[TD_BACKEND_COUNT];
-    PyObject *record_stream;                  /* TensorBase.record_stream */
+    PyTypeObject *backends_type;
 
     /* Keys of the per-thread current stream in the thread-state dict, one
      * per backend, and of the stack that `with stream:` pushes. */
@@ -113,29 +110,36 @@ typedef struct {
     PyObject *what_emulated;
     PyObject *req_name[TD_BACKEND_COUNT];     /* what the user asked for */
     PyObject *dev_name[TD_BACKEND_COUNT];     /* where it runs */
-
-    atomic_int forced;                        /* a td_backend_id, or -1 */
 } td_streams;
 
+/* What streams_setup() handed over, part of the installation (tdcore.h):
+ * immutable, dropped by uninstall(). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *ops[TD_BACKEND_COUNT];          /* CPU's stays NULL */
+    PyObject *device[TD_BACKEND_COUNT];
+    PyObject *default_stream[TD_BACKEND_COUNT];
+    PyObject *record_stream;                  /* TensorBase.record_stream */
+} td_backends;
+
 #define TD_STREAMS(st) ((td_streams *)(st)->streams)
+/* NULL before streams_setup(); `st` is a td_install. */
+#define TD_BACKENDS(st) ((td_backends *)(st)->backends)
 
 /* stream_api.c: the module-wide state and the functions torch.cuda gets. */
 extern PyType_Spec td_streams_state_spec;
 /* The backend a new stream or event gets now; -1 with RuntimeError set when
- * streams_setup() has not handed it what it needs. */
-int td_streams_active(td_streams *ss);
+ * TorchDevice is not installed (st NULL) or streams_setup() has not handed
+ * it what it needs. */
+int td_streams_active(td_install *st);
 const td_backend *td_backend_of(td_backend_id id);
-/* Borrowed: the calling thread's current stream of a backend. */
+/* Borrowed: the calling thread's current stream of a backend (its default
+ * stream when none was set).  Valid until the caller runs Python code. */
 PyObject *td_current_stream(td_streams *ss, int backend);
 int td_set_current_stream(td_streams *ss, int backend, PyObject *stream);
 /* Records an "emulated" hit when recording is on. */
-int td_streams_report(td_state *st, PyObject *api, int backend);
-/* Parses up to n arguments given by position or by the names in kw[]; out[i]
- * is left NULL when absent.  The first `required` are required. */
-int td_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                  PyObject *kwnames, const char *const *kw, int n,
-                  int required, PyObject **out);
-/* The streams state behind a METH_METHOD call; NULL with an error set. */
+int td_streams_report(td_install *st, PyObject *api, int backend);
+/* The streams types of the module that defined `cls` (METH_METHOD). */
 td_streams *td_streams_of_class(PyTypeObject *defining_class);
 
 /* stream.c */
@@ -145,21 +149,26 @@ extern PyType_Spec td_stream_context_spec;
 /* The module state of the first base of `type` whose tp_dealloc is
  * `dealloc` (one of our types); NULL with TypeError set. */
 td_state *td_state_of_type(PyTypeObject *type, destructor dealloc);
+/* Its streams types. */
+td_streams *td_streams_of_type(PyTypeObject *type, destructor dealloc);
+/* __reduce__ of streams and events: a queue position means nothing in
+ * another process, as for torch's own. */
+PyObject *td_not_picklable(PyObject *self, PyObject *unused);
 /* Checks a device argument of torch.cuda.Stream, current_stream, ... as
  * torch.cuda's _get_device_index does: ValueError when it names another
  * kind of device. */
-int td_stream_check_device(td_state *st, int backend, PyObject *device,
+int td_stream_check_device(td_install *st, int backend, PyObject *device,
                            const char *fname);
 int td_stream_check(td_streams *ss, PyObject *obj);
 /* A new stream on a backend (new reference). */
-PyObject *td_stream_new(td_streams *ss, PyTypeObject *type, int backend,
+PyObject *td_stream_new(td_backends *bk, PyTypeObject *type, int backend,
                         int64_t stream_id, int priority, int external);
 PyObject *td_stream_context_new(td_streams *ss, PyObject *stream);
 
 /* event.c */
 extern PyType_Spec td_event_spec;
 int td_event_check(td_streams *ss, PyObject *obj);
-PyObject *td_event_new(td_streams *ss, PyTypeObject *type, int backend,
+PyObject *td_event_new(td_backends *bk, PyTypeObject *type, int backend,
                        int enable_timing, int blocking, int interprocess,
                        int external);
 /* The same for a stream's own backend, device and ops (so that streams
@@ -172,9 +181,9 @@ PyObject *td_event_new_with(PyTypeObject *type, const td_backend *backend,
 int td_event_record(td_streams *ss, td_event *ev, PyObject *stream);
 int td_event_wait(td_streams *ss, td_event *ev, PyObject *stream);
 
-/* stream_generic.c: torch.Stream / torch.Event constructors. */
+/* stream_generic.c: torch.Stream / torch.Event constructors (two install
+ * steps, undone by td_slots_unhook_all()). */
 int td_generic_hooks_install(PyObject *stream_type, PyObject *event_type);
-void td_generic_hooks_uninstall(void);
 int td_generic_hooks_installed(void);
 
 /* backend_metal.c, shared with backend_cuda.c: calls ops[index](a[, b])

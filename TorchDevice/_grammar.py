@@ -1,0 +1,108 @@
+"""The device-argument grammar: where each replaced callable takes its
+device and dtype, and what a missing device means (docs/policy.md).
+
+Recorded once, here, and read by all three paths a call can take:
+
+* eager: the patch table hands each entry to ``_tdcore.Wrapper``, whose C
+  code finds the arguments from it (csrc/core/wrapper.c);
+* ``torch.compile``: the polyfills (_compile.py) find them from the same
+  entry, then ask ``_tdcore.trace_plan`` where the request goes;
+* TorchScript (_jit.py): the graph's nodes name their arguments, so the
+  same keywords find them there, and the same ``trace_plan`` answers.
+
+Which values count as a device request is decided in C alone
+(``_tdcore.is_device_arg``, ``trace_plan``); ``is_device_value`` below is
+its twin for traced Python code, which cannot call C, and a test keeps the
+two equal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict
+
+import torch
+
+from . import _torch_compat
+
+# What a call without a device means.
+KEEP = "keep"          # torch decides (the input's device, the default)
+POLICY = "policy"      # the policy decides, unless torch's default-device
+                       # context is active (docs/policy.md)
+REQUEST = "request"    # the method's own request (.cuda() means "cuda")
+
+
+@dataclass(frozen=True)
+class DeviceArg:
+    """Where one callable takes its device and dtype.  Positions count
+    `self` for methods; -1: not passed by position."""
+    keyword: str = "device"
+    position: int = -1
+    missing: str = KEEP
+    dtype_keyword: str = "dtype"
+    dtype_position: int = -1   # only when the device came by position
+
+    @property
+    def none_policy(self) -> bool:
+        return self.missing == POLICY
+
+
+# torch's "device constructors": a missing device follows the policy.
+CONSTRUCTOR = DeviceArg(missing=POLICY)
+# Other factories (*_like, normal, from_file, storages, Tensor.new_*,
+# Module.to_empty): a missing device is torch's business.
+FACTORY = DeviceArg()
+# Tensor.to / Module.to: .to(device, dtype, ...), .to(dtype), .to(other),
+# .to(device=..., dtype=...).
+TO = DeviceArg(position=1, dtype_position=2)
+# .cuda(device=None, non_blocking=False, ...): device by position too.
+MOVE_WITH_DEVICE = DeviceArg(position=1, missing=REQUEST, dtype_keyword="")
+# .cpu(), .mps(): no device argument.
+MOVE = DeviceArg(missing=REQUEST, dtype_keyword="")
+# Tensor.numpy / pin_memory / is_pinned: no device argument at all.
+NONE = DeviceArg(keyword="", missing=KEEP, dtype_keyword="")
+
+# The grammar of each replaced method met by name (torch.compile sees
+# x.to(...) as a method call, without the replacement object).
+METHODS: Dict[str, DeviceArg] = {
+    "Tensor.to": TO,
+    "Tensor.cuda": MOVE_WITH_DEVICE,
+    "Tensor.cpu": MOVE,
+    "Tensor.mps": MOVE,
+    "Module.to": TO,
+    "Module.cuda": MOVE_WITH_DEVICE,
+    "Module.cpu": MOVE,
+    "Module.mps": MOVE,
+}
+
+
+def is_device_value(value: Any) -> bool:
+    """Whether `value` is read as a device request (the twin of C's
+    td_is_device_arg, for traced code): a torch.device, str or bytes, or
+    an exact int (an accelerator ordinal)."""
+    return (isinstance(value, (torch.device, str, bytes))
+            or type(value) is int)
+
+
+def default_device_test() -> Callable[[], bool]:
+    """A function telling whether torch's default-device context (``with
+    torch.device(d):``, ``torch.set_default_device(d)``) is active in the
+    calling thread: a DeviceContext on the torch-function mode stack.  The
+    same test as C's td_default_device_active, made of the same torch
+    functions, which dynamo models inside a compiled region (so the
+    function is built outside it, where the names can be looked up)."""
+    length = _torch_compat.get("len_torch_function_stack")
+    at = _torch_compat.get("get_function_stack_at")
+    context = _torch_compat.get("DeviceContext")
+    if length is None or at is None or context is None:
+        return _never
+
+    def active() -> bool:
+        for i in range(length()):
+            if isinstance(at(i), context):
+                return True
+        return False
+    return active
+
+
+def _never() -> bool:
+    return False

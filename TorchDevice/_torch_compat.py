@@ -1,0 +1,134 @@
+"""Every private torch name TorchDevice uses, found here and nowhere else.
+
+torch renames and removes private names between releases.  Each one is
+listed below with the feature that needs it; ``get(key)`` returns the
+object, or None when this torch has no such name.  Then only that feature
+is switched off, with one warning that names the feature and the torch
+version: ``import TorchDevice`` never fails because of a private name
+(docs/reliability.md).
+
+The names are looked up when first asked for, not at import: some live in
+modules that are costly to import (``torch._dynamo``) and are only asked
+for once those are loaded.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class Private:
+    key: str          # what callers ask for
+    module: str       # where it lives
+    attr: str         # dotted path inside the module ("" for the module)
+    feature: str      # what stops working without it
+
+
+DEFAULT_DEVICE = "torch's default device (with torch.device(...), " \
+                 "torch.set_default_device) deciding for factories"
+CONSTRUCTORS = "finding torch's device constructors by identity"
+DATALOADER = "DataLoader workers kept on the host"
+JIT = "TorchScript redirection (torch.jit.script)"
+COMPILE = "torch.compile support (polyfills for the redirected calls)"
+MPS_RNG = "seeding the MPS generator through torch.cuda"
+LAZY = "lazy modules (nn.LazyLinear) with redirected tensor methods"
+
+PRIVATE: Tuple[Private, ...] = (
+    Private("len_torch_function_stack", "torch._C",
+            "_len_torch_function_stack", DEFAULT_DEVICE),
+    Private("get_function_stack_at", "torch._C", "_get_function_stack_at",
+            DEFAULT_DEVICE),
+    Private("DeviceContext", "torch.utils._device", "DeviceContext",
+            DEFAULT_DEVICE),
+    Private("device_constructors", "torch.utils._device",
+            "_device_constructors", CONSTRUCTORS),
+    Private("worker_loop_module", "torch.utils.data._utils.worker", "",
+            DATALOADER),
+    Private("worker_loop", "torch.utils.data._utils.worker", "_worker_loop",
+            DATALOADER),
+    Private("jit_builtin_table", "torch.jit._builtins", "_get_builtin_table",
+            JIT),
+    Private("jit_register_builtin", "torch.jit._builtins",
+            "_register_builtin", JIT),
+    Private("jit_pass_inline", "torch._C", "_jit_pass_inline", JIT),
+    Private("DeviceObjType", "torch._C", "DeviceObjType", JIT),
+    Private("parse_schema", "torch._C", "parse_schema", JIT),
+    Private("default_mps_generator", "torch.mps",
+            "_get_default_mps_generator", MPS_RNG),
+    Private("lazy_allowed_methods", "torch.nn.parameter",
+            "UninitializedTensorMixin._allowed_methods", LAZY),
+    Private("dynamo_TensorVariable", "torch._dynamo.variables.tensor",
+            "TensorVariable", COMPILE),
+    Private("dynamo_VariableTracker", "torch._dynamo.variables.base",
+            "VariableTracker", COMPILE),
+    Private("dynamo_trace_rules", "torch._dynamo.trace_rules", "", COMPILE),
+    Private("dynamo_PolyfilledFunctionVariable",
+            "torch._dynamo.variables.functions",
+            "PolyfilledFunctionVariable", COMPILE),
+    Private("dynamo_TorchInGraphFunctionVariable",
+            "torch._dynamo.variables.torch",
+            "TorchInGraphFunctionVariable", COMPILE),
+)
+
+_BY_KEY: Dict[str, Private] = {p.key: p for p in PRIVATE}
+_lock = threading.Lock()
+_found: Dict[str, Any] = {}
+_warned: set = set()
+_MISSING = object()
+
+
+def _lookup(p: Private) -> Any:
+    try:
+        obj: Any = importlib.import_module(p.module)
+    except Exception:  # noqa: BLE001 - any failure means "not there"
+        return _MISSING
+    for part in p.attr.split(".") if p.attr else ():
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            return _MISSING
+    return obj
+
+
+def _warn(p: Private) -> None:
+    if p.feature in _warned:
+        return
+    _warned.add(p.feature)
+    where = f"{p.module}.{p.attr}" if p.attr else p.module
+    warnings.warn(
+        f"TorchDevice: torch {torch.__version__} has no {where}; "
+        f"{p.feature} is switched off, everything else works",
+        RuntimeWarning, stacklevel=3)
+
+
+def get(key: str) -> Optional[Any]:
+    """The private object named `key` (see PRIVATE), or None when this
+    torch lacks it (one warning per feature)."""
+    p = _BY_KEY[key]
+    with _lock:
+        value = _found.get(key, _MISSING)
+        if value is _MISSING:
+            value = _lookup(p)
+            if value is not _MISSING:
+                _found[key] = value
+    if value is _MISSING:
+        _warn(p)
+        return None
+    return value
+
+
+def has(*keys: str) -> bool:
+    """Whether every one of `keys` is there (warning for those missing)."""
+    return all([get(k) is not None for k in keys])
+
+
+def forget() -> None:
+    """Forgets what was looked up and warned (tests)."""
+    with _lock:
+        _found.clear()
+        _warned.clear()

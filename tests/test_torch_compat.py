@@ -1,0 +1,136 @@
+"""torch's private names are used in one place (docs/reliability.md).
+
+TorchDevice/_torch_compat.py lists every private torch name the package
+touches, with the feature that needs it.  Here each one is removed in turn
+(monkeypatched away): enabling TorchDevice still works, the feature is
+switched off with one warning naming it and the torch version, and
+everything else keeps redirecting.  With all of them removed at once,
+``import TorchDevice`` in a fresh interpreter still works.  And no other
+module of the package reaches a private torch name itself.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import TorchDevice
+from TorchDevice import _compile, _masquerade, _torch_compat
+from conftest import ROOT, run_python
+
+
+def _remove(monkeypatch, p: _torch_compat.Private) -> None:
+    if not p.attr:
+        monkeypatch.setitem(sys.modules, p.module, None)
+        return
+    owner = __import__(p.module, fromlist=["_"])
+    *path, last = p.attr.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    monkeypatch.delattr(owner, last)
+
+
+def _use(p: _torch_compat.Private) -> None:
+    """Runs the feature that needs p."""
+    if p.feature == _torch_compat.JIT:
+        def scripted(x: torch.Tensor) -> torch.Tensor:
+            return x + 1
+        torch.jit.script(scripted)
+    elif p.feature == _torch_compat.COMPILE:
+        importlib.import_module("torch._dynamo")
+        _compile.register()
+    elif p.feature == _torch_compat.MPS_RNG:
+        _masquerade._target_generator("mps")
+
+
+@pytest.mark.parametrize("p", _torch_compat.PRIVATE,
+                         ids=[p.key for p in _torch_compat.PRIVATE])
+def test_each_private_name_missing(monkeypatch, restore_config, p):
+    TorchDevice.disable()
+    _torch_compat.forget()
+    _remove(monkeypatch, p)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            TorchDevice.enable()
+            _use(p)
+            assert TorchDevice.is_enabled()
+            assert torch.zeros(1, device="cuda").device.type == \
+                TorchDevice.hardware_profile()
+        texts = [str(w.message) for w in caught
+                 if issubclass(w.category, RuntimeWarning)]
+        mine = [t for t in texts if p.feature in t]
+        assert len(mine) == 1, texts
+        assert torch.__version__ in mine[0]
+    finally:
+        monkeypatch.undo()
+        _torch_compat.forget()
+        TorchDevice.disable()
+        TorchDevice.enable()
+
+
+def test_import_works_with_every_private_name_gone():
+    # Every module is imported first: torch's own imports need the names.
+    removals = sorted({f"import {p.module}" for p in _torch_compat.PRIVATE
+                       if p.attr and p.feature != _torch_compat.COMPILE})
+    for p in _torch_compat.PRIVATE:
+        if p.feature == _torch_compat.COMPILE:
+            continue          # not imported by TorchDevice until dynamo is
+        if not p.attr:
+            removals.append(f"sys.modules[{p.module!r}] = None")
+        else:
+            *path, last = p.attr.split(".")
+            owner = ".".join([p.module] + path)
+            removals.append(f"delattr({owner}, {last!r})")
+    code = "import sys, warnings, torch\n" + "\n".join(removals) + """
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import TorchDevice
+print(TorchDevice.is_enabled(), torch.zeros(1, device="cuda").device.type)
+for w in caught:
+    print("WARNING", w.message)
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = proc.stdout.splitlines()[0].split()
+    assert first == ["True", TorchDevice.hardware_profile()]
+    for feature in (_torch_compat.DEFAULT_DEVICE, _torch_compat.CONSTRUCTORS,
+                    _torch_compat.DATALOADER, _torch_compat.LAZY):
+        assert feature in proc.stdout, proc.stdout
+
+
+def _private_uses(path: Path):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            parts = []
+            cur: ast.AST = node
+            while isinstance(cur, ast.Attribute):
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name) and cur.id == "torch":
+                if any(p.startswith("_") and not p.startswith("__")
+                       for p in parts):
+                    yield node.lineno, "torch." + ".".join(reversed(parts))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names])
+            for name in names:
+                if name.startswith("torch") and any(
+                        p.startswith("_") for p in name.split(".")):
+                    yield node.lineno, name
+
+
+def test_no_other_module_reaches_a_private_torch_name():
+    found = []
+    for path in sorted((ROOT / "TorchDevice").glob("*.py")):
+        if path.name == "_torch_compat.py":
+            continue
+        found += [f"{path.name}:{line}: {what}"
+                  for line, what in _private_uses(path)]
+    assert not found, found
