@@ -324,36 +324,15 @@ def test_json_document_schema(recording, tmp_path):
     assert doc["profile"] == TorchDevice.hardware_profile()
     assert set(doc) == {"schema", "torchdevice", "torch", "python",
                         "platform", "pid", "argv", "profile", "mode",
-                        "records"}
+                        "processes", "records"}
+    assert doc["processes"] == 1
     (row,) = doc["records"]
     assert set(row) == {"file", "line", "function", "api", "what", "from",
-                        "to", "count"}
+                        "to", "count", "processes"}
+    assert row["processes"] == 1
     assert row["file"] == __file__ and isinstance(row["line"], int)
     assert "written to" in (tmp_path / "table.txt").read_text()
 
 
 def test_empty_report_says_so():
     assert "no call site needed a change" in _report.format_table([], "cpu")
-
-
-@cpu_profile
-def test_spawned_worker_leaves_the_report_to_its_parent(tmp_path):
-    script = tmp_path / "pool.py"
-    script.write_text(textwrap.dedent("""\
-        import multiprocessing as mp
-        import torch, TorchDevice
-
-        def child():
-            import torch, TorchDevice
-            torch.zeros(1, device="cuda")
-
-        if __name__ == "__main__":
-            p = mp.get_context("spawn").Process(target=child)
-            p.start(); p.join()
-            torch.zeros(1, device="cuda")
-    """))
-    proc = run_python(script=script, env={"TORCHDEVICE_REPORT": "1"},
-                      cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("TorchDevice report") == 1
-    assert "1 call site, 1 call" in proc.stderr

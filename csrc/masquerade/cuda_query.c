@@ -203,8 +203,19 @@ call_truth(PyObject *truth)
     return PyObject_CallNoArgs(truth);
 }
 
+/* A made-up answer given to the user's code, for the report: one relaxed
+ * load when the report is off. */
+static int
+record_query(td_state *st, td_query q)
+{
+    if (!td_get_report()) {
+        return 0;
+    }
+    return td_record_query(st, q, TD_MASQ(st)->target_type);
+}
+
 static PyObject *
-q_is_available(PyObject *module, PyObject *Py_UNUSED(a))
+is_available_as(PyObject *module, td_query q)
 {
     td_state *st = module_state(module);
     td_masq *m = TD_MASQ(st);
@@ -213,7 +224,22 @@ q_is_available(PyObject *module, PyObject *Py_UNUSED(a))
     {
         return call_truth(m->orig_is_available);
     }
+    if (record_query(st, q) < 0) {
+        return NULL;
+    }
     Py_RETURN_TRUE;
+}
+
+static PyObject *
+q_is_available(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    return is_available_as(module, TD_QUERY_CUDA_IS_AVAILABLE);
+}
+
+static PyObject *
+q_accel_is_available(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    return is_available_as(module, TD_QUERY_ACCEL_IS_AVAILABLE);
 }
 
 /* Shared by the reverse direction (mps_reverse.c): the same policy with
@@ -239,6 +265,32 @@ static PyObject *
 q_device_count(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
     return PyLong_FromLong(1);
+}
+
+/* The count, recorded when the user's code (not torch's) asked for it. */
+static PyObject *
+device_count_as(PyObject *module, td_query q)
+{
+    td_state *st = module_state(module);
+    PyObject *n = q_device_count(module, NULL);
+    if (n != NULL && td_get_report() && !td_called_from_torch(st)
+        && td_record_query(st, q, TD_MASQ(st)->target_type) < 0)
+    {
+        Py_CLEAR(n);
+    }
+    return n;
+}
+
+static PyObject *
+q_cuda_device_count(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    return device_count_as(module, TD_QUERY_CUDA_DEVICE_COUNT);
+}
+
+static PyObject *
+q_accel_device_count(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    return device_count_as(module, TD_QUERY_ACCEL_DEVICE_COUNT);
 }
 
 static PyObject *
@@ -506,6 +558,9 @@ q_current_accelerator(PyObject *module, PyObject *const *args,
         PyObject *fn = original(m, "current_accelerator");
         return fn ? PyObject_Vectorcall(fn, args, nargs, kwnames) : NULL;
     }
+    if (record_query(st, TD_QUERY_ACCEL_CURRENT) < 0) {
+        return NULL;
+    }
     return Py_NewRef(m->target_device);
 }
 
@@ -579,7 +634,7 @@ PyMethodDef td_cuda_query_methods[] = {
     {"is_available", q_is_available, METH_NOARGS,
      "is_available() -> bool\n\nTrue under the masquerade; torch's own "
      "modules and the configured packages are told the truth."},
-    {"device_count", q_device_count, METH_NOARGS,
+    {"device_count", q_cuda_device_count, METH_NOARGS,
      "device_count() -> int\n\nThe one device the masquerade runs on."},
     {"is_initialized", q_is_initialized, METH_NOARGS,
      "is_initialized() -> bool"},
@@ -619,5 +674,17 @@ PyMethodDef td_cuda_query_methods[] = {
      "synchronize(device=None, /): torch.cuda.synchronize()"},
     {"get_device_module", FASTKW(q_get_device_module),
      "get_device_module(device=None) -> module"},
+    {NULL, NULL, 0, NULL},
+};
+
+/* torch.accelerator's own names for the queries above: the same answers,
+ * recorded under torch.accelerator.* (masq_function picks these for that
+ * module). */
+PyMethodDef td_accel_query_methods[] = {
+    {"is_available", q_accel_is_available, METH_NOARGS,
+     "is_available() -> bool\n\nTrue under the masquerade; torch's own "
+     "modules and the configured packages are told the truth."},
+    {"device_count", q_accel_device_count, METH_NOARGS,
+     "device_count() -> int\n\nThe one device the masquerade runs on."},
     {NULL, NULL, 0, NULL},
 };

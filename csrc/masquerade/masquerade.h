@@ -91,6 +91,8 @@ int td_masq_record(td_state *st, const char *api);
 /* Logs through the logger "TorchDevice" at debug level, when enabled. */
 int td_masq_debug(td_state *st, const char *fmt, ...);
 extern PyMethodDef td_cuda_query_methods[];
+/* The same queries recorded as torch.accelerator.* */
+extern PyMethodDef td_accel_query_methods[];
 
 /* The DeviceProperties object (borrowed), built by props_factory on first
  * use; NULL with an exception set when it cannot be had. */
