@@ -224,8 +224,7 @@ def _register_multiprocessing_exit() -> None:
     except ImportError:     # pragma: no cover - multiprocessing is stdlib
         return
     util.register_after_fork(_after_fork_anchor, _mp_child_started)
-    if util._finalizer_registry is not None:   # in this process too
-        util.Finalize(None, _finish, exitpriority=-100)
+    util.Finalize(None, _finish, exitpriority=-100)   # in this process too
 
 
 class _Anchor:

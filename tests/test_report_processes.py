@@ -78,8 +78,8 @@ if __name__ == "__main__":
         time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 0)
     torch.zeros(1, device="cuda")                          # site:main
     print("ready", flush=True)
-    if how == "sleep":
-        time.sleep(60)
+    if how in ("sleep", "wait"):
+        time.sleep(60)                 # until the test's signal
 '''
 
 
@@ -171,7 +171,7 @@ def wait_ready(proc: subprocess.Popen) -> None:
 
 @cpu_profile
 def test_sigterm_writes_the_report_and_exits_by_the_signal(tmp_path):
-    proc = launch(tmp_path, "none")
+    proc = launch(tmp_path, "wait")
     wait_ready(proc)
     subprocess.run(["kill", "-TERM", str(proc.pid)], check=True)
     out, err = proc.communicate(timeout=120)
@@ -186,7 +186,7 @@ def test_sigterm_writes_the_report_and_exits_by_the_signal(tmp_path):
 def test_sigterm_status_as_a_shell_sees_it(tmp_path):
     script = tmp_path / "prog.py"
     script.write_text(PROGRAM)
-    shell = (f"{sys.executable} -m TorchDevice run --report {script} none "
+    shell = (f"{sys.executable} -m TorchDevice run --report {script} wait "
              f"> out.txt 2> err.txt & pid=$!; "
              f"until grep -q ready out.txt; do sleep 0.1; done; "
              f"kill $pid; wait $pid; echo status=$?")
