@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 import TorchDevice
-from TorchDevice import _tdcore
+from TorchDevice import _report, _tdcore
 
 
 def _loops(dev: str, n: int) -> Dict[str, Callable[[], None]]:
@@ -78,6 +78,7 @@ def measure(number: int, repeat: int) -> List[Tuple[str, float, float, float]]:
         native_target = "mps:0"
     TorchDevice.configure(log_level=logging.WARNING, report=False)
     TorchDevice.clear_report()
+    _report.ensure_site_rules()      # as when the report is turned on
     redirected = _loops("cuda", number)
     native = _loops(native_target, number)
     rows = []
@@ -122,6 +123,7 @@ def measure_queries(number: int, repeat: int
                     ) -> List[Tuple[str, float, float, float]]:
     TorchDevice.configure(log_level=logging.WARNING, report=False)
     TorchDevice.clear_report()
+    _report.ensure_site_rules()
     loops = _query_loops(number)
     baseline = loops.pop("baseline")
     rows = []
