@@ -13,7 +13,6 @@ class (``from TorchDevice import TorchDevice``).
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 import threading
 import warnings
@@ -51,12 +50,31 @@ def _effective_profile(cfg: Config) -> str:
 def _push_config(cfg: Config) -> None:
     profile = _effective_profile(cfg)
     _tdcore.configure(profile, cfg.mode, cfg.float64)
-    _log.logger.setLevel(cfg.log_level)
-    recording = cfg.log_level <= logging.INFO
-    if recording:
-        _log.ensure_handler()
-    _tdcore.set_report(_report.activate(cfg.report) or recording)
+    _log.apply_level(cfg.log_level)
+    _report.activate(cfg.report)
+    _sync_recording()
     _masquerade.configure(cfg.cuda_truthful, cfg.truth_for)
+
+
+def _sync_recording() -> None:
+    """Recording is on while the report needs it or the "TorchDevice"
+    logger is enabled for INFO, however logging was configured.  Runs at
+    each configuration change and after every change of logging's levels
+    (_log.watch_configuration); takes no lock of ours, since logging may
+    call it while holding its own."""
+    logged = _log.wants_records()
+    if logged:
+        _log.ensure_handler()
+    recording = _report.needs_recording() or logged
+    if recording:
+        _report.ensure_site_rules()
+    _tdcore.set_report(recording)
+
+
+def _logging_changed() -> None:
+    _sync_recording()
+    if _patches.is_applied():
+        _masquerade.push_logging()
 
 
 def configure(**changes: Any) -> Config:
@@ -163,6 +181,7 @@ def _initial_config() -> Config:
 
 
 _config_now = _initial_config()
+_log.watch_configuration(_logging_changed)
 try:
     _effective_profile(_config_now)
 except ValueError as exc:

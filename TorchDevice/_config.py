@@ -29,7 +29,10 @@ class Config:
     float64: on MPS, "downcast" float64 requests to float32 (logged) or
         raise an "error".
     log_level: level of the "TorchDevice" logger; INFO or lower logs each
-        new redirected call site.
+        new redirected call site.  None (the default) leaves the logger to
+        the standard `logging` configuration: whatever makes the logger
+        "TorchDevice" enabled for INFO (its own level, a parent's, the
+        root's through logging.basicConfig) turns logging and recording on.
     report: False (off), True (a table of call sites on stderr at exit) or
         a path: the table plus a JSON file there ("{pid}" in it is replaced
         by the process id).  See docs/report.md.
@@ -43,7 +46,7 @@ class Config:
     target: Optional[str] = None
     mode: str = "accelerate"
     float64: str = "downcast"
-    log_level: int = logging.WARNING
+    log_level: Optional[int] = None
     report: Union[bool, str] = False
     cuda_truthful: bool = False
     truth_for: Tuple[str, ...] = ()
@@ -81,7 +84,9 @@ class Config:
         return replace(self, **changes).validated()  # type: ignore[arg-type]
 
 
-def parse_level(value: object) -> int:
+def parse_level(value: object) -> Optional[int]:
+    if value is None:
+        return None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):

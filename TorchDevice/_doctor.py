@@ -3,14 +3,20 @@ code.
 
 Each finding is one of two kinds:
 
-* ``handled``: TorchDevice takes care of it at run time (a ``"cuda"`` device
-  string, ``.cuda()``, ``torch.cuda.*`` queries, ``map_location``, cuDNN
-  flags, an optional import guarded by ``try/except ImportError``);
+* ``handled``: TorchDevice takes care of it at run time (a ``"cuda"`` or
+  ``"mps"`` device string, ``.cuda()``, ``torch.cuda.*`` and ``torch.mps.*``,
+  ``map_location``, cuDNN flags, the ``"nccl"`` backend and DDP's device
+  arguments, an optional import guarded by ``try/except ImportError``, a
+  call that cannot work but sits in a ``try`` whose ``except`` catches what
+  it raises);
 * ``cannot``: nothing at run time can make it work without an NVIDIA GPU
-  (CUDA-only packages, NCCL, CUDA graph capture, custom CUDA kernels).
+  (CUDA-only packages, CUDA graph capture, direct NCCL calls, custom CUDA
+  kernels), and the program does not catch the failure.
 
 The exit status is 1 when there is a finding of the second kind, so the scan
-can gate CI; a line ending in ``# torchdevice: ignore`` is not reported.
+can gate CI; each verdict is checked against real runs
+(tests/test_doctor.py).  A line ending in ``# torchdevice: ignore`` is not
+reported.
 The scan reads source with ``ast``: nothing is imported or run.
 """
 from __future__ import annotations
@@ -53,6 +59,10 @@ CUDA_ONLY_PACKAGES: Dict[str, str] = {
     "flashinfer": "FlashInfer's kernels are CUDA-only",
 }
 
+_NCCL_WHY = ("the NCCL backend becomes gloo at run time where there is no "
+             "NVIDIA GPU")
+_DEVICE_WHY = "device string: redirected to the device that is present"
+
 # Dotted torch APIs, matched by longest prefix.
 TORCH_APIS: Dict[str, Tuple[str, str]] = {
     "torch.cuda": (HANDLED, "torch.cuda is answered from the device that "
@@ -71,25 +81,38 @@ TORCH_APIS: Dict[str, Tuple[str, str]] = {
                                   "NVIDIA GPUs: run eagerly"),
     "torch.cuda.jiterator": (CANNOT, "jiterator compiles CUDA C++ at run "
                                      "time"),
-    "torch.cuda.nccl": (CANNOT, "NCCL needs NVIDIA GPUs"),
+    "torch.cuda.nccl": (CANNOT, "torch.cuda.nccl calls NCCL directly: use "
+                                "torch.distributed"),
     "torch.cuda.cudart": (CANNOT, "the CUDA runtime API has no equivalent"),
     "torch.backends.cudnn": (HANDLED, "cuDNN flags are accepted and "
                                       "harmless"),
     "torch.backends.cuda": (HANDLED, "CUDA backend flags are accepted and "
                                      "harmless"),
+    "torch.mps": (HANDLED, "torch.mps is answered from the device that is "
+                           "present"),
+    "torch.backends.mps": (HANDLED, "torch.backends.mps is answered from the "
+                                    "device that is present"),
     "torch.utils.cpp_extension.CUDAExtension": (
         CANNOT, "builds CUDA kernels (.cu): they need nvcc and an NVIDIA "
                 "GPU"),
-    "torch.distributed.Backend.NCCL": (
-        CANNOT, "NCCL needs NVIDIA GPUs: use the 'gloo' backend"),
+    "torch.distributed.Backend.NCCL": (HANDLED, _NCCL_WHY),
 }
 
-_CUDA_STRING = re.compile(r"cuda(:\d+)?")
+_DEVICE_STRING = re.compile(r"(cuda|mps)(:\d+)?")
+# Keyword arguments that name CUDA devices for torch.distributed and
+# DataParallel, dropped at run time (docs/compile-checkpoints-distributed.md).
+_DEVICE_KEYWORDS = {"device_ids", "output_device", "device_id"}
 _IGNORE = re.compile(r"#\s*torchdevice:\s*ignore\b")
 _SKIP_DIRS = {"__pycache__", "site-packages", "node_modules", "build", "dist",
               "venv", "env"}
 _IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception",
                   "BaseException"}
+# What the constructs that cannot run raise here (RuntimeError from the
+# masquerade, AssertionError/AttributeError from torch's CPU build, OSError
+# from the extension builder): a try that catches one handles them.
+_RUNTIME_ERRORS = {"RuntimeError", "AssertionError", "AttributeError",
+                   "OSError", "NotImplementedError", "Exception",
+                   "BaseException"}
 
 
 @dataclass(frozen=True)
@@ -124,13 +147,16 @@ def _package_of(module: str) -> Optional[str]:
     return None
 
 
-def _handles_import_error(handler: ast.ExceptHandler) -> bool:
+def _catches(handler: ast.ExceptHandler, names: set) -> bool:
     if handler.type is None:
         return True
     types = handler.type.elts if isinstance(handler.type, ast.Tuple) \
         else [handler.type]
-    return any(isinstance(t, ast.Name) and t.id in _IMPORT_ERRORS
-               for t in types)
+    return any(isinstance(t, ast.Name) and t.id in names for t in types)
+
+
+def _handles_import_error(handler: ast.ExceptHandler) -> bool:
+    return _catches(handler, _IMPORT_ERRORS)
 
 
 class _Scanner(ast.NodeVisitor):
@@ -140,13 +166,18 @@ class _Scanner(ast.NodeVisitor):
         self.aliases: Dict[str, str] = {}
         self.findings: List[Finding] = []
         self.guarded = 0    # depth of try blocks that catch ImportError
+        self.caught = 0     # depth of try blocks that catch runtime errors
 
     # -- helpers ---------------------------------------------------------
-    def add(self, node: ast.AST, kind: str, what: str, why: str) -> None:
+    def add(self, node: ast.AST, kind: str, what: str, why: str,
+            catchable: bool = True) -> None:
         line = getattr(node, "lineno", 0)
         if 0 < line <= len(self.lines) and _IGNORE.search(
                 self.lines[line - 1]):
             return
+        if kind == CANNOT and catchable and self.caught:
+            kind, why = HANDLED, (f"raises at run time, and the surrounding "
+                                  f"try/except handles it; {why}")
         col = getattr(node, "col_offset", 0) + 1   # editors count from 1
         self.findings.append(Finding(self.filename, line, col, kind, what,
                                      why))
@@ -162,10 +193,13 @@ class _Scanner(ast.NodeVisitor):
     # -- imports ---------------------------------------------------------
     def visit_Try(self, node: ast.Try) -> None:
         guarded = any(_handles_import_error(h) for h in node.handlers)
+        caught = any(_catches(h, _RUNTIME_ERRORS) for h in node.handlers)
         self.guarded += guarded
+        self.caught += caught
         for stmt in node.body:
             self.visit(stmt)
         self.guarded -= guarded
+        self.caught -= caught
         for part in (node.handlers, node.orelse, node.finalbody):
             for stmt in part:
                 self.visit(stmt)
@@ -182,7 +216,7 @@ class _Scanner(ast.NodeVisitor):
                      f"fallback runs; {CUDA_ONLY_PACKAGES[pkg]}")
         else:
             self.add(node, CANNOT, f"import {module}",
-                     CUDA_ONLY_PACKAGES[pkg])
+                     CUDA_ONLY_PACKAGES[pkg], catchable=False)
 
     def visit_Import(self, node: ast.Import) -> None:
         for a in node.names:
@@ -227,11 +261,16 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
-        if isinstance(func, ast.Attribute) and func.attr == "cuda" \
+        if isinstance(func, ast.Attribute) and func.attr in ("cuda", "mps") \
                 and self.dotted(func) is None:
-            self.add(node, HANDLED, ".cuda()",
+            self.add(node, HANDLED, f".{func.attr}()",
                      "moves to the device that is present")
         for kw in node.keywords:
+            if kw.arg in _DEVICE_KEYWORDS:
+                self.add(kw.value, HANDLED, f"{kw.arg}=",
+                         "CUDA device ordinals for torch.distributed / "
+                         "DataParallel: dropped at run time where there "
+                         "is no NVIDIA GPU")
             if kw.arg == "map_location":
                 self.add(kw.value, HANDLED, "map_location=",
                          "not needed under TorchDevice: CUDA checkpoints "
@@ -246,13 +285,10 @@ class _Scanner(ast.NodeVisitor):
         value = node.value
         if not isinstance(value, str):
             return
-        if _CUDA_STRING.fullmatch(value):
-            self.add(node, HANDLED, repr(value),
-                     "device string: redirected to the device that is "
-                     "present")
+        if _DEVICE_STRING.fullmatch(value):
+            self.add(node, HANDLED, repr(value), _DEVICE_WHY)
         elif value == "nccl":
-            self.add(node, CANNOT, "'nccl'",
-                     "NCCL needs NVIDIA GPUs: use the 'gloo' backend")
+            self.add(node, HANDLED, "'nccl'", _NCCL_WHY)
         elif value == "CUDA_VISIBLE_DEVICES":
             self.add(node, HANDLED, "'CUDA_VISIBLE_DEVICES'",
                      "harmless without NVIDIA GPUs")
@@ -263,10 +299,8 @@ class _Scanner(ast.NodeVisitor):
     def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
         first = node.values[0] if node.values else None
         if isinstance(first, ast.Constant) and isinstance(first.value, str) \
-                and first.value.startswith("cuda:"):
-            self.add(node, HANDLED, "f'cuda:{...}'",
-                     "device string: redirected to the device that is "
-                     "present")
+                and first.value.startswith(("cuda:", "mps:")):
+            self.add(node, HANDLED, f"f'{first.value}{{...}}'", _DEVICE_WHY)
             return
         self.generic_visit(node)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -163,8 +163,12 @@ def format_text(info: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _level_name(level: int) -> str:
+def _level_name(level: Optional[int]) -> str:
     import logging
+    if level is None:
+        effective = logging.getLogger("TorchDevice").getEffectiveLevel()
+        return (f"not set: logging's configuration "
+                f"({logging.getLevelName(effective)})")
     return logging.getLevelName(level)
 
 

@@ -1,14 +1,28 @@
 """The "TorchDevice" logger and the sink that _tdcore calls for each new
 call site.  Nothing here runs unless recording is on, and then only once per
-(site, API, what, from -> to): repeated hits are counted in C."""
+(site, API, what, from -> to): repeated hits are counted in C.
+
+The logger is an ordinary `logging` logger: configuring it the standard way
+(`logging.getLogger("TorchDevice").setLevel(logging.INFO)` and a handler,
+`logging.basicConfig(level=logging.INFO)`, dictConfig) turns TorchDevice's
+log on, at any time.  TorchDevice notices through the one place every level
+change goes through, `logging`'s cache of enabled levels
+(Manager._clear_cache, called by Logger.setLevel, logging.disable and the
+configuration functions), so that an intercepted call still pays nothing
+while the logger is off (docs/configuration.md)."""
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Callable, Optional
 
 logger = logging.getLogger("TorchDevice")
 
 _handler: logging.Handler | None = None
+# The level TorchDevice's own configuration put on the logger (None: the
+# level is logging's business).
+_own_level: Optional[int] = None
+_watching = False
 
 # What happened at a site: the words _tdcore and the masquerade record.
 REDIRECTED = "redirected"    # the device changed
@@ -17,15 +31,56 @@ UNSUPPORTED = "unsupported"  # no faithful equivalent
 TOGGLED = "toggled"          # "cpu:-1" flipped the CPU override
 
 
+def apply_level(level: Optional[int]) -> None:
+    """TORCHDEVICE_LOG_LEVEL / configure(log_level=...): sets the logger's
+    level; None hands it back to logging (only undoing our own level, never
+    one the application set)."""
+    global _own_level
+    if level is None:
+        if _own_level is not None and logger.level == _own_level:
+            logger.setLevel(logging.NOTSET)
+        _own_level = None
+        return
+    _own_level = level
+    logger.setLevel(level)
+
+
+def wants_records() -> bool:
+    """Whether the log shows new call sites (INFO), so they are recorded."""
+    return logger.isEnabledFor(logging.INFO)
+
+
 def ensure_handler() -> None:
-    """Gives the logger a stderr handler when the application configured
-    none, so that TORCHDEVICE_LOG_LEVEL=INFO shows something."""
+    """Gives the logger a stderr handler when TorchDevice's own setting
+    asked for the log and nothing in the application would show it, so
+    that TORCHDEVICE_LOG_LEVEL=INFO shows something."""
     global _handler
-    if _handler is not None or logger.handlers:
+    if _handler is not None or _own_level is None or logger.hasHandlers():
         return
     _handler = logging.StreamHandler(sys.stderr)
     _handler.setFormatter(logging.Formatter("[TorchDevice] %(message)s"))
     logger.addHandler(_handler)
+
+
+def watch_configuration(changed: Callable[[], None]) -> None:
+    """Calls `changed()` after every change of logging's levels.  Every
+    such change clears the loggers' caches of enabled levels through the
+    manager; the manager's method is wrapped on that one object."""
+    global _watching
+    manager = logging.Logger.manager
+    original = getattr(manager, "_clear_cache", None)
+    if _watching or original is None:
+        return
+
+    def _clear_cache() -> None:
+        original()
+        try:
+            changed()
+        except Exception:   # logging's configuration must never fail here
+            pass
+
+    manager._clear_cache = _clear_cache  # type: ignore[method-assign]
+    _watching = True
 
 
 def describe(api: str, what: str, src: str, dst: str) -> str:

@@ -386,10 +386,11 @@ def _name_for_pickle(owner: Any, name: str) -> None:
 
 
 def _lifecycle_hooks(event: str) -> None:
-    """What is not an attribute patch: the torch.compile polyfills (_compile)
-    and the checkpoint deserializer (_checkpoint)."""
-    from . import _checkpoint, _compile
-    for module in (_checkpoint, _compile):
+    """What is not an attribute patch: the torch.compile polyfills (_compile),
+    the checkpoint deserializer (_checkpoint) and the DataLoader's pinning
+    warning filter (_dataloader)."""
+    from . import _checkpoint, _compile, _dataloader
+    for module in (_checkpoint, _compile, _dataloader):
         getattr(module, event)()
 
 

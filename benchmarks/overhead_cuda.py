@@ -1,7 +1,9 @@
 """Per-call cost of the CUDA masquerade's hottest replacements.
 
-For torch.cuda.is_available(), device_count() and memory_allocated() it
-prints nanoseconds per call under TorchDevice beside a trivial native C
+For torch.cuda.is_available(), device_count() and memory_allocated(), and
+torch.accelerator's is_available(), device_count() and
+current_accelerator(), it prints nanoseconds per call under TorchDevice
+(logging and report off) beside a trivial native C
 call of torch (torch._C._get_cudnn_enabled, a function that returns a bool)
 measured in the same run, and torch's own function for comparison (with
 TorchDevice disabled; on a machine without CUDA it answers False/0 without
@@ -34,12 +36,17 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=200_000)
     args = parser.parse_args()
 
-    names = ("is_available", "device_count", "memory_allocated")
+    names = ("cuda.is_available", "cuda.device_count",
+             "cuda.memory_allocated", "accelerator.is_available",
+             "accelerator.device_count", "accelerator.current_accelerator")
+
+    def lookup(name: str) -> Callable[[], object]:
+        space, fn = name.split(".")
+        return getattr(getattr(torch, space), fn)
     TorchDevice.disable()
-    native: Dict[str, Callable[[], object]] = {
-        n: getattr(torch.cuda, n) for n in names}
+    native: Dict[str, Callable[[], object]] = {n: lookup(n) for n in names}
     TorchDevice.enable()
-    ours = {n: getattr(torch.cuda, n) for n in names}
+    ours = {n: lookup(n) for n in names}
     baseline_fn = torch._C._get_cudnn_enabled
 
     rows: List[Tuple[str, float, float]] = []
@@ -54,10 +61,10 @@ def main() -> None:
           f"torch {torch.__version__}, Python {platform.python_version()}, "
           f"{platform.machine()}")
     print(f"baseline torch._C._get_cudnn_enabled(): {base:7.1f} ns/call")
-    print(f"{'torch.cuda.<name>()':28} {'TorchDevice':>12} {'- baseline':>11} "
+    print(f"{'torch.<name>()':36} {'TorchDevice':>12} {'- baseline':>11} "
           f"{'torch native':>13}")
     for name, ns, nat in rows:
-        print(f"{name + '()':28} {ns:9.1f} ns {ns - base:8.1f} ns "
+        print(f"{name + '()':36} {ns:9.1f} ns {ns - base:8.1f} ns "
               f"{nat:10.1f} ns")
     print("memory_allocated on the CPU reads the resident set at most every "
           "50 us (docs/masquerade.md).")

@@ -8,6 +8,12 @@ policy would pick, so that the three columns do the same work; "off" is
 TorchDevice enabled with logging and the report off (the default); "on"
 records every call (TORCHDEVICE_REPORT).  The "on - off" column is the
 price of recording; the target is at most 300 ns (docs/performance.md).
+
+A second table does the same for the device queries the masquerade answers
+and records (profiles cpu and mps): there "native" is a trivial C call of
+torch (torch._C._get_cudnn_enabled), the reference of
+benchmarks/overhead_cuda.py, since torch's own queries answer something
+else here.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 import TorchDevice
-from TorchDevice import _tdcore
+from TorchDevice import _report, _tdcore
 
 
 def _loops(dev: str, n: int) -> Dict[str, Callable[[], None]]:
@@ -72,6 +78,7 @@ def measure(number: int, repeat: int) -> List[Tuple[str, float, float, float]]:
         native_target = "mps:0"
     TorchDevice.configure(log_level=logging.WARNING, report=False)
     TorchDevice.clear_report()
+    _report.ensure_site_rules()      # as when the report is turned on
     redirected = _loops("cuda", number)
     native = _loops(native_target, number)
     rows = []
@@ -92,6 +99,60 @@ def measure(number: int, repeat: int) -> List[Tuple[str, float, float, float]]:
     return rows
 
 
+def _query_loops(n: int) -> Dict[str, Callable[[], None]]:
+    """The masquerade's recorded queries, called from this file, and the
+    baseline called the same way."""
+    def loop(fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(n):
+                fn()
+        return run
+    acc = torch.accelerator
+    base = torch._C._get_cudnn_enabled
+    return {
+        "baseline": loop(lambda: base()),
+        "cuda.is_available": loop(lambda: torch.cuda.is_available()),
+        "cuda.device_count": loop(lambda: torch.cuda.device_count()),
+        "acc.is_available": loop(lambda: acc.is_available()),
+        "acc.device_count": loop(lambda: acc.device_count()),
+        "acc.current_acc": loop(lambda: acc.current_accelerator()),
+    }
+
+
+def measure_queries(number: int, repeat: int
+                    ) -> List[Tuple[str, float, float, float]]:
+    TorchDevice.configure(log_level=logging.WARNING, report=False)
+    TorchDevice.clear_report()
+    _report.ensure_site_rules()
+    loops = _query_loops(number)
+    baseline = loops.pop("baseline")
+    rows = []
+    for name, fn in loops.items():
+        best = {"native": float("inf"), "off": float("inf"),
+                "on": float("inf")}
+        for _ in range(repeat):
+            for mode in best:
+                if mode != "native":
+                    _tdcore.set_report(mode == "on")
+                run = baseline if mode == "native" else fn
+                start = time.perf_counter_ns()
+                run()
+                best[mode] = min(best[mode],
+                                 (time.perf_counter_ns() - start) / number)
+        _tdcore.set_report(False)
+        rows.append((name, best["native"], best["off"], best["on"]))
+    return rows
+
+
+def _print(rows: List[Tuple[str, float, float, float]]) -> None:
+    head = (f"{'call':18} {'native':>8} {'off':>8} {'on':>8} "
+            f"{'off-nat':>8} {'on-off':>8}")
+    print(head)
+    for name, nat, off, on in rows:
+        print(f"{name:18} {nat:8.0f} {off:8.0f} {on:8.0f} {off - nat:8.0f} "
+              f"{on - off:8.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--number", type=int, default=1000,
@@ -110,6 +171,10 @@ def main() -> None:
     for name, nat, off, on in rows:
         print(f"{name:14} {nat:8.0f} {off:8.0f} {on:8.0f} {off / nat:8.2f} "
               f"{on / nat:8.2f} {on - off:8.0f}")
+    if TorchDevice.hardware_profile() != "cuda":
+        print("masquerade queries (native: torch._C._get_cudnn_enabled via a "
+              "lambda, as the queries are called here)")
+        _print(measure_queries(args.number, args.repeat))
     TorchDevice.clear_report()
 
 

@@ -177,17 +177,26 @@ def error_setup():
 
 
 def report_setup():
-    """Recording on: the same call sites hit again and again only count."""
+    """Recording on: the same call sites hit again and again only count
+    (the masquerade's recorded queries included, where it is installed)."""
+    from TorchDevice import _report
     previous = _tdcore.get_report()
+    _report.ensure_site_rules()
     _tdcore.set_report(True)
     cuda = fresh("cuda")
     t = torch.ones(2)
+    masquerade = TorchDevice.hardware_profile() != "cuda"
 
     def round_() -> None:
         torch.zeros(1, device=cuda)
         torch.device(cuda)
         t.to(cuda)
         t.cuda()
+        if masquerade:
+            torch.cuda.is_available()
+            torch.cuda.device_count()
+            torch.accelerator.is_available()
+            torch.accelerator.current_accelerator()
     return round_, [cuda, t, *_targets()], \
         lambda: _tdcore.set_report(previous)
 

@@ -111,6 +111,9 @@ SKIPPED=(
     --ignore=tests/test_doctor.py
     --ignore=tests/test_mps_script.py
     --ignore=tests/test_demos.py
+    --ignore=tests/test_report_processes.py  # the launcher, torchrun: ditto
+    --deselect=tests/test_compat.py::test_transformers_masked_lm_in_the_original_style
+    --deselect=tests/test_report.py::test_compile_and_autocast_report_only_the_users_lines
     --deselect=tests/test_masquerade.py::test_64mb_tensor_raises_allocated_and_peak_survives_free
 )
 if [[ $# -eq 0 ]]; then

@@ -91,3 +91,48 @@ def test_workers_stay_on_cpu_on_an_accelerator_profile(tmp_path):
         assert r["worker_devices"] == ["cpu"]
         assert r["worker_override"] is True
         assert r["moved"] == "meta"
+
+
+PINNING = '''
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+assert torch.cuda.is_available()          # what the program was told
+loader = DataLoader(TensorDataset(torch.arange(8.)), batch_size=4,
+                    pin_memory=True)
+for (batch,) in loader:
+    assert not batch.is_pinned()          # nothing is pinned on the CPU ...
+    assert not batch.pin_memory().is_pinned()   # ... at any level
+    batch.cuda(non_blocking=True)
+print("done")
+'''
+
+
+def test_pin_memory_on_the_cpu_profile_warns_nothing(tmp_path):
+    """A program told that CUDA is available gets no "no accelerator is
+    found" warning from DataLoader(pin_memory=True); pinning is the identity
+    everywhere on that profile.  -W error turns any warning into a crash."""
+    import TorchDevice
+    if TorchDevice.hardware_profile() != "cpu":
+        pytest.skip("pinning is real where there is an accelerator")
+    script = tmp_path / "pinning.py"
+    script.write_text(PINNING)
+    proc = run_python("import sys, runpy; sys.argv = ['TorchDevice', 'run', "
+                      f"{str(script)!r}]; "
+                      "runpy.run_module('TorchDevice', run_name='__main__')",
+                      env={"PYTHONWARNINGS": "error::UserWarning"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "done"
+    assert "pin_memory" not in proc.stderr
+    # The filter goes with TorchDevice: disabled, torch's warning is back.
+    proc = run_python("""
+        import warnings
+        import torch, TorchDevice
+        from torch.utils.data import DataLoader
+        TorchDevice.disable()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            list(DataLoader([1, 2], pin_memory=True))
+        print(any("pin_memory" in str(w.message) for w in caught))
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "True"

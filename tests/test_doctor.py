@@ -8,6 +8,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+import TorchDevice
 from TorchDevice import _doctor
 
 SOURCE = '''\
@@ -27,7 +30,7 @@ model = torch.nn.Linear(2, 2).cuda()                    # expect:handled
 x = torch.randn(2, 2, device=f"cuda:{0}")               # expect:handled
 torch.backends.cudnn.benchmark = True                   # expect:handled
 g = torch.cuda.CUDAGraph()                              # expect:cannot
-dist.init_process_group(backend="nccl")                 # expect:cannot
+dist.init_process_group(backend="nccl")                 # expect:handled
 torch.cuda.memory.memory_allocated()                    # expect:handled
 fn = torch.cuda.make_graphed_callables(model, (x,))     # expect:handled
 import cupy  # torchdevice: ignore
@@ -145,3 +148,163 @@ def test_walk_skips_environments_and_reports_unparseable(tmp_path):
         "why": "device string: redirected to the device that is present"}]
     assert data["skipped"] == [{"file": "./src/old.py",
                                 "why": "syntax error, line 1"}]
+
+
+# ---- the verdict against real runs ------------------------------------------
+#
+# Doctor's exit status says "this runs under TorchDevice" (0) or "something
+# here cannot run" (1).  Each program below, and each example, is scanned
+# and then really run with `python -m TorchDevice run`; the two must agree.
+
+DDP = '''\
+import os
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"],
+                  RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+dist.init_process_group(backend="nccl", device_id=torch.device("cuda:0"))
+torch.cuda.set_device(0)
+model = DDP(torch.nn.Linear(4, 2).cuda(), device_ids=[0], output_device=0)
+model(torch.randn(3, 4, device="cuda")).sum().backward()
+dist.barrier(device_ids=[0])
+dist.destroy_process_group()
+'''
+
+PROGRAMS = {
+    "nccl_ddp": DDP,
+    "nccl_backend_enum": DDP.replace('backend="nccl"',
+                                     "backend=dist.Backend.NCCL"),
+    "amp": '''\
+import torch
+model = torch.nn.Linear(4, 4).cuda()
+scaler = torch.cuda.amp.GradScaler()
+with torch.cuda.amp.autocast():
+    loss = model(torch.randn(2, 4, device="cuda")).sum()
+scaler.scale(loss).backward()
+''',
+    "mps_written": '''\
+import torch
+device = torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+x = torch.ones(3, device="mps:0") + torch.ones(3).to(device)
+torch.mps.synchronize()
+print(torch.mps.current_allocated_memory() >= 0)
+''',
+    "checkpoint": '''\
+import io, os, torch
+os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+buf = io.BytesIO()
+torch.save(torch.nn.Linear(2, 2).cuda().state_dict(), buf)
+buf.seek(0)
+state = torch.load(buf, map_location="cuda:0")
+torch.backends.cudnn.benchmark = True
+''',
+    "optional_package": '''\
+try:
+    import flash_attn
+except ImportError:
+    flash_attn = None
+import torch
+print(flash_attn, torch.zeros(1, device="cuda").device)
+''',
+    "graph_caught": '''\
+import torch
+try:
+    graph = torch.cuda.CUDAGraph()
+except RuntimeError:
+    graph = None
+print(graph)
+''',
+    "graph": '''\
+import torch
+graph = torch.cuda.CUDAGraph()
+''',
+    "graph_context": '''\
+import torch
+with torch.cuda.graph(torch.cuda.CUDAGraph()):
+    pass
+''',
+    "package": '''\
+import flash_attn
+''',
+    "nvml": '''\
+import pynvml
+pynvml.nvmlInit()
+''',
+    "jiterator": '''\
+import torch
+code = "template <typename T> T double_it(T x) { return x * 2; }"
+fn = torch.cuda.jiterator._create_jit_fn(code)
+print(fn(torch.ones(2, device="cuda")))
+''',
+    "nccl_direct": '''\
+import torch
+torch.cuda.nccl.all_reduce([torch.ones(2, device="cuda")])
+''',
+    "cudart": '''\
+import torch
+torch.cuda.cudart().cudaProfilerStart()
+''',
+    "cuda_kernel": '''\
+from torch.utils.cpp_extension import load_inline
+load_inline("k", cpp_sources="", cuda_sources="__global__ void k() {}")
+''',
+}
+
+
+def _verdict(path: Path) -> int:
+    proc = doctor(str(path), cwd=path.parent)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode
+
+
+def _run(path: Path, *args: str,
+         cwd: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+    import socket
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TORCHDEVICE")}
+    with socket.socket() as s:       # a free port for the DDP programs
+        s.bind(("127.0.0.1", 0))
+        env["PORT"] = str(s.getsockname()[1])
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "TorchDevice", "run",
+                           str(path), *args], capture_output=True, text=True,
+                          cwd=str(cwd or path.parent), env=env, timeout=600)
+
+
+def _assert_agree(path: Path, *args: str, cwd: Path | None = None) -> None:
+    verdict = _verdict(path)
+    proc = _run(path, *args, cwd=cwd)
+    ran = proc.returncode == 0
+    assert ran == (verdict == 0), (
+        f"doctor says {'runs' if verdict == 0 else 'cannot run'}, the run "
+        f"{'succeeded' if ran else 'failed'}:\n"
+        f"{doctor(str(path), cwd=path.parent).stdout}\n{proc.stderr[-2000:]}")
+
+
+@pytest.mark.skipif(TorchDevice.hardware_profile() == "cuda",
+                    reason="on NVIDIA everything CUDA-only runs natively")
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_verdict_matches_the_run(tmp_path, name):
+    path = tmp_path / f"{name}.py"
+    path.write_text(PROGRAMS[name])
+    _assert_agree(path)
+
+
+EXAMPLE_ARGS = {
+    "train_cuda_research.py": ["--epochs", "1", "--train-size", "64",
+                               "--val-size", "32", "--out-dir", "OUT"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", sorted(
+    p.name for p in (Path(__file__).resolve().parent.parent
+                     / "examples").glob("*.py")))
+def test_verdict_matches_the_run_for_each_example(tmp_path, example):
+    path = Path(__file__).resolve().parent.parent / "examples" / example
+    args = [str(tmp_path / "out") if a == "OUT" else a
+            for a in EXAMPLE_ARGS.get(example, [])]
+    assert _verdict(path) == 0, doctor(str(path), cwd=path.parent).stdout
+    _assert_agree(path, *args, cwd=tmp_path)

@@ -367,3 +367,46 @@ def test_mps_script_runs_on_cuda_through_the_launcher(tmp_path):
     proc = python_m("mps_script.py", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cuda"
+
+
+RANKS = '''\
+import sys
+import torch.distributed as dist
+dist.init_process_group("gloo")
+print("rank", dist.get_rank(), "says hello", flush=True)
+print("rank", dist.get_rank(), "on stderr", file=sys.stderr, flush=True)
+dist.barrier()
+if dist.get_rank() == 1:
+    raise ValueError("rank 1 fails")
+dist.destroy_process_group()
+'''
+
+
+def _prefixed(text: str) -> list:
+    """The lines torchrun and torch.distributed prefix with the rank."""
+    import re
+    return sorted(line for line in text.splitlines()
+                  if re.match(r"\[(rank|default)\d+\]:", line))
+
+
+@pytest.mark.parametrize("mode", [[], ["--tee", "3"], ["--log-dir", "LOGS"]])
+def test_torchrun_line_prefixes_as_direct(progs, mode):
+    """`python -m TorchDevice run -m torch.distributed.run ...` shows the
+    ranks' lines with the prefixes torchrun and torch.distributed give
+    them (`[default0]:` with --tee, `[rank1]:` on a rank's traceback),
+    exactly as torchrun alone does."""
+    (progs / "ranks.py").write_text(RANKS)
+
+    def launch(*prefix: str, logs: str):
+        opts = [logs if o == "LOGS" else o for o in mode]
+        return python_m(*prefix, "-m", "torch.distributed.run",
+                        "--standalone", "--nproc_per_node", "2", *opts,
+                        "ranks.py", cwd=progs)
+
+    direct = launch(logs=str(progs / "direct-logs"))
+    through = launch("-m", "TorchDevice", "run", logs=str(progs / "td-logs"))
+    assert direct.returncode == through.returncode != 0
+    expected = _prefixed(direct.stdout + direct.stderr)
+    assert any("[rank1]: ValueError: rank 1 fails" in line
+               for line in expected)
+    assert _prefixed(through.stdout + through.stderr) == expected

@@ -284,13 +284,15 @@ def test_broken_log_handler_does_not_break_the_call(recording, monkeypatch):
             raise RuntimeError("handler broke")
     handler = Broken()
     _log.logger.addHandler(handler)
-    _log.logger.setLevel(logging.INFO)   # the fixture puts it back
+    level = _log.logger.level
+    _log.logger.setLevel(logging.INFO)
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     try:
         x = torch.zeros(1, device="cuda")
     finally:
         _log.logger.removeHandler(handler)
+        _log.logger.setLevel(level)
     assert x.device.type == "cpu"
     assert len(unraisable) == 1
     assert "handler broke" in str(unraisable[0].exc_value)
@@ -324,10 +326,12 @@ def test_json_document_schema(recording, tmp_path):
     assert doc["profile"] == TorchDevice.hardware_profile()
     assert set(doc) == {"schema", "torchdevice", "torch", "python",
                         "platform", "pid", "argv", "profile", "mode",
-                        "records"}
+                        "processes", "records"}
+    assert doc["processes"] == 1
     (row,) = doc["records"]
     assert set(row) == {"file", "line", "function", "api", "what", "from",
-                        "to", "count"}
+                        "to", "count", "processes"}
+    assert row["processes"] == 1
     assert row["file"] == __file__ and isinstance(row["line"], int)
     assert "written to" in (tmp_path / "table.txt").read_text()
 
@@ -336,24 +340,245 @@ def test_empty_report_says_so():
     assert "no call site needed a change" in _report.format_table([], "cpu")
 
 
+# ---- which line is the site (docs/report.md) -------------------------------
+
+
+def run_launcher(*args: str, env: dict | None = None, cwd: Path):
+    """python -m TorchDevice run ARGS, in a fresh process."""
+    import os
+    import subprocess
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith("TORCHDEVICE")}
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "TorchDevice", "run", *args],
+                          capture_output=True, text=True, env=full,
+                          cwd=str(cwd), timeout=600)
+
+
+def test_site_classes_of_files():
+    import contextlib
+    import _pytest
+    from TorchDevice import _report
+    _report.ensure_site_rules()
+    assert _tdcore.site_class(__file__) == _report.USER
+    assert _tdcore.site_class("<string>") == _report.USER
+    assert _tdcore.site_class(contextlib.__file__) == _report.STDLIB
+    assert _tdcore.site_class("<frozen runpy>") == _report.STDLIB
+    assert _tdcore.site_class(_pytest.__file__) == _report.LIBRARY
+    assert _tdcore.site_class(torch.__file__) == _report.INTERNAL
+    assert _tdcore.site_class(_report.__file__) == _report.INTERNAL
+    assert _tdcore.site_class("<eval_with_key>.3") == _report.INTERNAL
+
+
+COMPILED = '''\
+import torch
+
+def step(x):
+    return (x * 2).sum()
+
+x = torch.ones(3, device="cuda")
+with torch.autocast("cuda"):                     # site:autocast
+    y = torch.ones(2, device="cuda") @ torch.ones(2, device="cuda")
+with torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16):
+    z = torch.ones(2, device="cuda")
+compiled = torch.compile(step)
+print(compiled(torch.ones(4, device="cuda")))    # site:compiled
+'''
+
+
 @cpu_profile
-def test_spawned_worker_leaves_the_report_to_its_parent(tmp_path):
-    script = tmp_path / "pool.py"
-    script.write_text(textwrap.dedent("""\
-        import multiprocessing as mp
-        import torch, TorchDevice
-
-        def child():
-            import torch, TorchDevice
-            torch.zeros(1, device="cuda")
-
-        if __name__ == "__main__":
-            p = mp.get_context("spawn").Process(target=child)
-            p.start(); p.join()
-            torch.zeros(1, device="cuda")
-    """))
-    proc = run_python(script=script, env={"TORCHDEVICE_REPORT": "1"},
-                      cwd=tmp_path)
+def test_compile_and_autocast_report_only_the_users_lines(tmp_path):
+    """No frame of contextlib, functools or torch is ever a site: the
+    autocast context managers and torch.compile's tracing are reported at
+    the user's line that entered them."""
+    script = tmp_path / "compiled.py"
+    script.write_text(COMPILED)
+    out = tmp_path / "r.json"
+    proc = run_launcher(f"--report={out}", str(script), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("TorchDevice report") == 1
-    assert "1 call site, 1 call" in proc.stderr
+    doc = json.loads(out.read_text())
+    assert {r["file"] for r in doc["records"]} == {str(script)}
+    lines = marker_lines(script)
+    apis = {(r["line"], r["api"]) for r in doc["records"]}
+    assert (lines["autocast"], "torch.autocast") in apis
+    assert any(line == lines["compiled"] for line, _ in apis)
+
+
+LIBRARY = '''\
+import torch
+
+def make():
+    return torch.zeros(2, device="cuda")
+
+def ask():
+    return torch.cuda.is_available()
+'''
+
+USES_LIBRARY = '''\
+import fakelib
+fakelib.make()                                    # site:make
+fakelib.ask()                                     # site:ask
+'''
+
+
+@cpu_profile
+def test_installed_library_reports_the_users_calling_line(tmp_path):
+    """A library installed in site-packages is not the user's code: the
+    site is the user's line that called into it."""
+    lib = tmp_path / "site-packages"
+    lib.mkdir()
+    (lib / "fakelib.py").write_text(LIBRARY)
+    (lib / "fakeprog.py").write_text(LIBRARY + "make()\nask()\n")
+    script = tmp_path / "prog.py"
+    script.write_text(USES_LIBRARY)
+    out = tmp_path / "r.json"
+    env = {"PYTHONPATH": str(lib)}
+    proc = run_launcher(f"--report={out}", str(script), env=env,
+                        cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = marker_lines(script)
+    got = {(r["file"], r["line"], r["api"])
+           for r in json.loads(out.read_text())["records"]}
+    assert got == {(str(script), lines["make"], "torch.zeros"),
+                   (str(script), lines["ask"], "torch.cuda.is_available")}
+    # The program itself lives in site-packages (python -m an installed
+    # tool): no frame is the user's, so its own lines are the sites.
+    proc = run_launcher(f"--report={out}", "-m", "fakeprog", env=env,
+                        cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    got = {(r["file"], r["line"], r["api"])
+           for r in json.loads(out.read_text())["records"]}
+    assert got == {(str(lib / "fakeprog.py"), 4, "torch.zeros"),
+                   (str(lib / "fakeprog.py"), 7, "torch.cuda.is_available")}
+
+
+# ---- queries the masquerade answers (docs/report.md) -----------------------
+
+
+masquerade = pytest.mark.skipif(
+    TorchDevice.hardware_profile() == "cuda",
+    reason="on NVIDIA the torch.cuda queries are torch's own")
+
+
+@masquerade
+def test_queries_are_recorded_once_per_site(recording):
+    for _ in range(100):
+        torch.cuda.is_available(); torch.cuda.device_count()  # noqa: E702
+    torch.accelerator.is_available(); torch.accelerator.device_count()  # noqa: E702
+    torch.accelerator.current_accelerator()
+    here = [r for r in TorchDevice.report() if r["file"] == __file__]
+    got = {(r["api"], r["what"], r["from"], r["count"]) for r in here}
+    assert got == {
+        ("torch.cuda.is_available", "emulated", "cuda", 100),
+        ("torch.cuda.device_count", "emulated", "cuda", 100),
+        ("torch.accelerator.is_available", "emulated", "cuda", 1),
+        ("torch.accelerator.device_count", "emulated", "cuda", 1),
+        ("torch.accelerator.current_accelerator", "emulated", "cuda", 1),
+    }
+    assert len({r["line"] for r in here if r["count"] == 100}) == 1
+    assert {r["to"] for r in here} == {TorchDevice.hardware_profile()}
+
+
+@masquerade
+def test_queries_torch_makes_itself_are_not_recorded(recording):
+    """torch's own code is told the truth and is not the user's to port."""
+    code = compile("torch.cuda.is_available(); torch.cuda.device_count();"
+                   "torch.accelerator.is_available()", __file__, "exec")
+    exec(code, {"__name__": "torch.utils.fake", "torch": torch})
+    assert TorchDevice.report() == []
+
+
+@masquerade
+def test_queries_are_not_recorded_when_the_report_is_off(restore_config):
+    TorchDevice.clear_report()
+    torch.cuda.is_available()
+    torch.accelerator.current_accelerator()
+    assert TorchDevice.report() == []
+
+
+ACCELERATOR_PROGRAM = '''\
+import torch
+if torch.accelerator.is_available():
+    device = torch.accelerator.current_accelerator()
+else:
+    device = torch.device("cpu")
+print(device.type)
+'''
+
+
+@cpu_profile
+def test_device_chosen_through_torch_accelerator_is_reported(tmp_path):
+    """The way pytorch/examples pick their device now: the report shows
+    where it was answered instead of "no call site needed a change"."""
+    script = tmp_path / "acc.py"
+    script.write_text(ACCELERATOR_PROGRAM)
+    proc = run_launcher("--report", str(script), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "no call site needed a change" not in proc.stderr
+    assert "acc.py:2" in proc.stderr and "acc.py:3" in proc.stderr
+    assert "torch.accelerator.current_accelerator" in proc.stderr
+
+
+# ---- standard logging configuration (docs/configuration.md) ---------------
+
+
+@cpu_profile
+@pytest.mark.parametrize("setup", [
+    # the logger's own level and handler, before TorchDevice is imported
+    """logging.getLogger("TorchDevice").setLevel(logging.DEBUG)
+logging.getLogger("TorchDevice").addHandler(logging.StreamHandler(sys.stdout))
+import TorchDevice""",
+    # the same after the import
+    """import TorchDevice
+logging.getLogger("TorchDevice").setLevel(logging.INFO)
+logging.getLogger("TorchDevice").addHandler(logging.StreamHandler(sys.stdout))""",
+    # the root's level, as most applications configure it
+    """import TorchDevice
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")""",
+])
+def test_standard_logging_configuration_turns_the_log_on(setup):
+    proc = run_python(f"""
+import logging, sys
+import torch
+from TorchDevice import _tdcore
+{setup}
+assert _tdcore.get_report()
+torch.zeros(2, device="cuda")
+logging.getLogger("TorchDevice").setLevel(logging.WARNING)
+assert not _tdcore.get_report()
+torch.ones(2, device="cuda")
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert "<string>:" in proc.stdout and "torch.zeros: cuda -> cpu" \
+        in proc.stdout
+    assert "torch.ones" not in proc.stdout + proc.stderr
+
+
+def test_logging_off_leaves_recording_off():
+    proc = run_python("""
+import logging
+import torch, TorchDevice
+from TorchDevice import _tdcore
+assert not _tdcore.get_report()
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("other").setLevel(logging.DEBUG)
+assert not _tdcore.get_report()
+logging.getLogger().setLevel(logging.INFO)
+assert _tdcore.get_report()
+logging.disable(logging.INFO)
+assert not _tdcore.get_report()
+print("ok")
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_environment_log_level_is_not_undone_by_the_application_logger():
+    """TORCHDEVICE_LOG_LEVEL=INFO shows call sites on stderr with
+    TorchDevice's own handler when the application configured none."""
+    proc = run_python("""
+import torch, TorchDevice
+torch.zeros(2, device="cuda")
+""", env={"TORCHDEVICE_LOG_LEVEL": "INFO"})
+    assert proc.returncode == 0, proc.stderr
+    assert "[TorchDevice] <string>:3" in proc.stderr

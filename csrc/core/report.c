@@ -12,7 +12,12 @@
  * a key is first seen, and the table is turned into Python objects only when
  * records() is asked for.
  *
- * The frame is read in C: no inspect, no traceback objects.
+ * The frame is read in C: no inspect, no traceback objects.  Which frame is
+ * the user's follows the site rule of docs/report.md: each code object's
+ * file is classified once per file name (user code, an installed library,
+ * the standard library, torch/TorchDevice) by prefixes that the Python layer
+ * computes (set_site_rules), and the walk takes the first user frame, else
+ * the first library frame, else the first standard-library frame.
  */
 #include "tdcore.h"
 
@@ -38,6 +43,15 @@ typedef struct {
     int line;
 } td_site;
 
+/* What a code object's file is, for the site rule (docs/report.md). */
+typedef enum {
+    TD_FILE_USER = 0,       /* the program: reported */
+    TD_FILE_LIBRARY = 1,    /* an installed package (site-packages) */
+    TD_FILE_STDLIB = 2,     /* the standard library, frozen modules */
+    TD_FILE_INTERNAL = 3,   /* torch and TorchDevice: never reported */
+    TD_FILE_CLASSES = 4,
+} td_file_class;
+
 typedef struct {
     PyObject_HEAD
     td_site *slots;
@@ -46,6 +60,14 @@ typedef struct {
     PyObject *lines;        /* set (dict) of report lines already logged */
     PyObject *what_redirected;
     PyObject *what_toggled;
+    PyObject *what_emulated;
+    PyObject *from_cuda;    /* "cuda": what a masquerade query stands for */
+    PyObject *query_api[TD_QUERY_COUNT];
+    /* The site rule: a tuple of (prefix, class) pairs, longest prefix
+     * first, and the class of each file name seen so far.  Both NULL until
+     * set_site_rules(); then skip_prefixes alone decides. */
+    PyObject *rules;
+    PyObject *file_class;
 } td_sites;
 
 #if PY_VERSION_HEX >= 0x030D0000
@@ -83,32 +105,133 @@ skipped(td_install *st, PyObject *filename)
     return 0;
 }
 
-/* The first frame outside torch and TorchDevice: *code gets a new reference
- * to its code object (None when there is no such frame) and *offset its
- * instruction offset. */
-static void
-user_frame(td_install *st, PyObject **code, int *offset)
+static td_file_class
+class_by_rules(PyObject *rules, PyObject *filename)
 {
+    Py_ssize_t n = PyTuple_GET_SIZE(rules);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *rule = PyTuple_GET_ITEM(rules, i);
+        Py_ssize_t r = PyUnicode_Tailmatch(
+            filename, PyTuple_GET_ITEM(rule, 0), 0, PY_SSIZE_T_MAX, -1);
+        if (r < 0) {
+            PyErr_Clear();
+            return TD_FILE_USER;
+        }
+        if (r) {
+            return (td_file_class)PyLong_AsLong(PyTuple_GET_ITEM(rule, 1));
+        }
+    }
+    return TD_FILE_USER;
+}
+
+/* The class of a file name: one dict probe once the name has been seen.
+ * The report is best effort: a failure here (memory) reads as user code and
+ * never reaches the user's call. */
+static td_file_class
+file_class(td_install *st, PyObject *rules, PyObject *cache,
+           PyObject *filename)
+{
+    if (rules == NULL || cache == NULL) {
+        return skipped(st, filename) ? TD_FILE_INTERNAL : TD_FILE_USER;
+    }
+    if (!PyUnicode_Check(filename)) {
+        return TD_FILE_USER;
+    }
+    PyObject *known;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyDict_GetItemRef(cache, filename, &known) < 0) {
+        PyErr_Clear();
+        return TD_FILE_USER;
+    }
+#else
+    known = Py_XNewRef(PyDict_GetItemWithError(cache, filename));
+    if (known == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return TD_FILE_USER;
+    }
+#endif
+    if (known != NULL) {
+        long c = PyLong_AsLong(known);
+        Py_DECREF(known);
+        return c >= 0 && c < TD_FILE_CLASSES ? (td_file_class)c
+                                             : TD_FILE_USER;
+    }
+    td_file_class c = class_by_rules(rules, filename);
+    PyObject *v = PyLong_FromLong((long)c);
+    if (v == NULL || PyDict_SetItem(cache, filename, v) < 0) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(v);
+    return c;
+}
+
+/* The rules and their cache, with new references (NULL, NULL before
+ * set_site_rules()). */
+static void
+rules_snapshot(td_sites *t, PyObject **rules, PyObject **cache)
+{
+    TD_LOCK(t);
+    *rules = Py_XNewRef(t->rules);
+    *cache = Py_XNewRef(t->file_class);
+    TD_UNLOCK();
+}
+
+static int
+frame_offset(PyFrameObject *frame)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(frame);
+#else
+    return PyFrame_GetLineNumber(frame);
+#endif
+}
+
+/* The site of a call (docs/report.md): the first frame of user code, else
+ * the first frame of an installed library (a program that lives in
+ * site-packages), else the first standard-library frame; torch and
+ * TorchDevice never.  *code gets a new reference to its code object (None
+ * when there is no such frame) and *offset its instruction offset. */
+static void
+user_frame(td_install *st, td_sites *t, PyObject **code, int *offset)
+{
+    PyObject *rules, *cache;
+    PyObject *found[TD_FILE_CLASSES] = {NULL, NULL, NULL, NULL};
+    int offsets[TD_FILE_CLASSES] = {0, 0, 0, 0};
+    rules_snapshot(t, &rules, &cache);
     PyFrameObject *frame = PyEval_GetFrame();   /* borrowed */
     Py_XINCREF(frame);
-    *code = Py_NewRef(Py_None);
-    *offset = 0;
     while (frame != NULL) {
         PyCodeObject *c = PyFrame_GetCode(frame);
-        if (!skipped(st, c->co_filename)) {
-#if PY_VERSION_HEX >= 0x030B0000
-            *offset = PyFrame_GetLasti(frame);
-#else
-            *offset = PyFrame_GetLineNumber(frame);
-#endif
-            Py_SETREF(*code, (PyObject *)c);
-            Py_DECREF(frame);
-            return;
+        td_file_class k = file_class(st, rules, cache, c->co_filename);
+        if (k != TD_FILE_INTERNAL && found[k] == NULL) {
+            found[k] = (PyObject *)c;
+            offsets[k] = frame_offset(frame);
+            c = NULL;
         }
-        Py_DECREF(c);
+        Py_XDECREF(c);
+        if (k == TD_FILE_USER) {
+            break;
+        }
         PyFrameObject *back = PyFrame_GetBack(frame);
         Py_DECREF(frame);
         frame = back;
+    }
+    Py_XDECREF(frame);
+    Py_XDECREF(rules);
+    Py_XDECREF(cache);
+    *code = NULL;
+    *offset = 0;
+    for (int k = TD_FILE_USER; k < TD_FILE_INTERNAL; k++) {
+        if (found[k] != NULL && *code == NULL) {
+            *code = found[k];
+            *offset = offsets[k];
+        }
+        else {
+            Py_XDECREF(found[k]);
+        }
+    }
+    if (*code == NULL) {
+        *code = Py_NewRef(Py_None);
     }
 }
 
@@ -449,7 +572,7 @@ record(td_sites *t, td_install *st, td_key *k, td_text_fn make_text)
     if (t == NULL) {
         return 0;
     }
-    user_frame(st, &k->code, &k->offset);
+    user_frame(st, t, &k->code, &k->offset);
     int rc = add_hit(st, t, k, make_text, &hit);
     Py_CLEAR(k->code);
     if (rc < 0) {
@@ -525,6 +648,21 @@ td_record(PyObject *table, td_install *st, PyObject *api, PyObject *what,
     return rc;
 }
 
+int
+td_record_query(PyObject *table, td_install *st, td_query q, PyObject *to)
+{
+    td_sites *t = (td_sites *)table;
+    if (t == NULL || (int)q < 0 || q >= TD_QUERY_COUNT
+        || to == NULL || !PyUnicode_Check(to))
+    {
+        return 0;
+    }
+    /* Interned texts throughout: the key hashes cached hashes only. */
+    td_key k = {NULL, t->query_api[q], t->what_emulated, t->from_cuda, to,
+                0, TD_NO_SPEC, TD_NO_SPEC, 0, 0};
+    return record(t, st, &k, spec_text);
+}
+
 /* ---- the table type ------------------------------------------------------ */
 
 static void
@@ -558,6 +696,13 @@ sites_dealloc(PyObject *self)
     Py_CLEAR(t->lines);
     Py_CLEAR(t->what_redirected);
     Py_CLEAR(t->what_toggled);
+    Py_CLEAR(t->what_emulated);
+    Py_CLEAR(t->from_cuda);
+    for (int q = 0; q < TD_QUERY_COUNT; q++) {
+        Py_CLEAR(t->query_api[q]);
+    }
+    Py_CLEAR(t->rules);
+    Py_CLEAR(t->file_class);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -573,6 +718,15 @@ static PyType_Spec sites_spec = {
     .basicsize = sizeof(td_sites),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = sites_slots,
+};
+
+/* The API names of td_query, in its order. */
+static const char *const query_names[TD_QUERY_COUNT] = {
+    "torch.cuda.is_available",
+    "torch.cuda.device_count",
+    "torch.accelerator.is_available",
+    "torch.accelerator.device_count",
+    "torch.accelerator.current_accelerator",
 };
 
 PyObject *
@@ -592,15 +746,29 @@ td_sites_new(PyObject *module)
     if (t == NULL) {
         return NULL;
     }
+    t->what_emulated = t->from_cuda = NULL;
+    for (int q = 0; q < TD_QUERY_COUNT; q++) {
+        t->query_api[q] = NULL;
+    }
     t->slots = NULL;
     t->capacity = 0;
     t->used = 0;
+    t->rules = NULL;
+    t->file_class = NULL;
     t->lines = PyDict_New();
     t->what_redirected = PyUnicode_InternFromString("redirected");
     t->what_toggled = PyUnicode_InternFromString("toggled");
-    if (t->lines == NULL || t->what_redirected == NULL
-        || t->what_toggled == NULL)
-    {
+    t->what_emulated = PyUnicode_InternFromString("emulated");
+    t->from_cuda = PyUnicode_InternFromString("cuda");
+    int ok = t->lines != NULL && t->what_redirected != NULL
+             && t->what_toggled != NULL && t->what_emulated != NULL
+             && t->from_cuda != NULL;
+    for (int q = 0; q < TD_QUERY_COUNT; q++) {
+        t->query_api[q] = ok ? PyUnicode_InternFromString(query_names[q])
+                             : NULL;
+        ok = ok && t->query_api[q] != NULL;
+    }
+    if (!ok) {
         Py_DECREF(t);
         return NULL;
     }
@@ -702,6 +870,80 @@ report_clear(PyObject *module, PyObject *Py_UNUSED(a))
     Py_RETURN_NONE;
 }
 
+/* set_site_rules(rules): a sequence of (prefix, class) pairs, class 0 user,
+ * 1 library, 2 standard library, 3 torch/TorchDevice; None goes back to
+ * skip_prefixes alone.  Checked here, so that the walk needs no checks. */
+static PyObject *
+report_set_site_rules(PyObject *module, PyObject *arg)
+{
+    td_sites *t = (td_sites *)td_module_state(module)->records;
+    PyObject *rules = NULL, *cache = NULL;
+    if (t == NULL) {
+        Py_RETURN_NONE;
+    }
+    if (arg != Py_None) {
+        rules = PySequence_Tuple(arg);
+        if (rules == NULL) {
+            return NULL;
+        }
+        Py_ssize_t n = PyTuple_GET_SIZE(rules);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *r = PyTuple_GET_ITEM(rules, i);
+            long c = -1;
+            if (PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2
+                && PyUnicode_Check(PyTuple_GET_ITEM(r, 0))
+                && PyLong_Check(PyTuple_GET_ITEM(r, 1)))
+            {
+                c = PyLong_AsLong(PyTuple_GET_ITEM(r, 1));
+            }
+            if (c < 0 || c >= TD_FILE_CLASSES) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_ValueError,
+                                "set_site_rules: (prefix: str, class: 0..3) "
+                                "pairs");
+                Py_DECREF(rules);
+                return NULL;
+            }
+        }
+        cache = PyDict_New();
+        if (cache == NULL) {
+            Py_DECREF(rules);
+            return NULL;
+        }
+    }
+    PyObject *old_rules, *old_cache;
+    TD_LOCK(t);
+    old_rules = t->rules;
+    old_cache = t->file_class;
+    t->rules = rules;
+    t->file_class = cache;
+    TD_UNLOCK();
+    Py_XDECREF(old_rules);
+    Py_XDECREF(old_cache);
+    Py_RETURN_NONE;
+}
+
+/* site_class(filename) -> int: what the rules make of a file name. */
+static PyObject *
+report_site_class(PyObject *module, PyObject *arg)
+{
+    td_sites *t = (td_sites *)td_module_state(module)->records;
+    PyObject *rules = NULL, *cache = NULL;
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "site_class(filename: str)");
+        return NULL;
+    }
+    if (t != NULL) {
+        rules_snapshot(t, &rules, &cache);
+    }
+    td_install *st = td_install_acquire();   /* may be NULL */
+    td_file_class c = file_class(st, rules, cache, arg);
+    Py_XDECREF(st);
+    Py_XDECREF(rules);
+    Py_XDECREF(cache);
+    return PyLong_FromLong((long)c);
+}
+
 PyMethodDef td_report_methods[] = {
     {"record", (PyCFunction)(void (*)(void))report_record, METH_FASTCALL,
      "record(api, what, from, to)\n\nAdds a hit at the caller's site (the "
@@ -712,5 +954,13 @@ PyMethodDef td_report_methods[] = {
      "records() -> dict\n\n{(file, line, function, api, what, from, to): "
      "count}"},
     {"clear_records", report_clear, METH_NOARGS, "Forgets all records."},
+    {"set_site_rules", report_set_site_rules, METH_O,
+     "set_site_rules(rules)\n\nWhich frame is the user's (docs/report.md): "
+     "(prefix, class) pairs, longest prefix first; class 0 user code, 1 an "
+     "installed library, 2 the standard library, 3 torch and TorchDevice.  "
+     "None: only skip_prefixes."},
+    {"site_class", report_site_class, METH_O,
+     "site_class(filename) -> int\n\nThe class the site rules give a "
+     "file name (0 user, 1 library, 2 standard library, 3 internal)."},
     {NULL, NULL, 0, NULL},
 };

@@ -196,6 +196,20 @@ int td_report(td_install *st, PyObject *api, td_request req,
  * call-site table, `inst` the installation (may be NULL: no sink). */
 int td_record(PyObject *table, td_install *inst, PyObject *api,
               PyObject *what, PyObject *from, PyObject *to);
+/* The masquerade's queries that the report records when their answer was
+ * made up for the user's code (docs/report.md). */
+typedef enum {
+    TD_QUERY_CUDA_IS_AVAILABLE = 0,
+    TD_QUERY_CUDA_DEVICE_COUNT,
+    TD_QUERY_ACCEL_IS_AVAILABLE,
+    TD_QUERY_ACCEL_DEVICE_COUNT,
+    TD_QUERY_ACCEL_CURRENT,
+    TD_QUERY_COUNT,
+} td_query;
+/* An "emulated" hit of query q, cuda -> to (a str), at the caller's site;
+ * builds no object on a repeated hit.  Callers check td_get_report(). */
+int td_record_query(PyObject *table, td_install *inst, td_query q,
+                    PyObject *to);
 PyObject *td_sites_new(PyObject *module);
 extern PyMethodDef td_report_methods[];
 

@@ -180,6 +180,20 @@ call_truth(PyObject *truth)
     return PyObject_CallNoArgs(truth);
 }
 
+/* A made-up answer given to the user's code, for the report: one relaxed
+ * load when the report is off. */
+static int
+record_query(td_state *st, td_masq *m, td_query q)
+{
+    if (!td_get_report() || m->target_type == NULL) {
+        return 0;
+    }
+    td_install *inst = td_install_acquire();   /* may be NULL: no sink */
+    int rc = td_record_query(st->records, inst, q, m->target_type);
+    Py_XDECREF(inst);
+    return rc;
+}
+
 /* Shared by the reverse direction (mps_reverse.c): the same policy with
  * another truth. */
 PyObject *
@@ -191,9 +205,26 @@ td_masq_is_available_with(td_state *st, td_masq *m, PyObject *truth)
     Py_RETURN_TRUE;
 }
 
+static PyObject *
+is_available_as(td_state *st, td_masq *m, td_query q)
+{
+    if (m->truthful || caller_sees_truth(m, st)) {
+        return call_truth(m->orig_is_available);
+    }
+    if (record_query(st, m, q) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
 TD_MASQ_NOARGS(q_is_available)
 {
-    return td_masq_is_available_with(st, m, m->orig_is_available);
+    return is_available_as(st, m, TD_QUERY_CUDA_IS_AVAILABLE);
+}
+
+TD_MASQ_NOARGS(q_accel_is_available)
+{
+    return is_available_as(st, m, TD_QUERY_ACCEL_IS_AVAILABLE);
 }
 
 /* ---- device selection ------------------------------------------------- */
@@ -202,6 +233,29 @@ static PyObject *
 q_device_count(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
     return PyLong_FromLong(1);
+}
+
+/* The count, recorded when the user's code (not torch's) asked for it. */
+static PyObject *
+device_count_as(td_state *st, td_masq *m, td_query q)
+{
+    PyObject *n = q_device_count(NULL, NULL);
+    if (n != NULL && td_get_report() && !td_called_from_torch(st->str_name)
+        && record_query(st, m, q) < 0)
+    {
+        Py_CLEAR(n);
+    }
+    return n;
+}
+
+TD_MASQ_NOARGS(q_cuda_device_count)
+{
+    return device_count_as(st, m, TD_QUERY_CUDA_DEVICE_COUNT);
+}
+
+TD_MASQ_NOARGS(q_accel_device_count)
+{
+    return device_count_as(st, m, TD_QUERY_ACCEL_DEVICE_COUNT);
 }
 
 TD_MASQ_NOARGS(q_is_initialized)
@@ -422,6 +476,9 @@ TD_MASQ_FASTKW(q_current_accelerator)
         PyObject *fn = original(m, "current_accelerator");
         return fn ? PyObject_Vectorcall(fn, args, nargs, kwnames) : NULL;
     }
+    if (record_query(st, m, TD_QUERY_ACCEL_CURRENT) < 0) {
+        return NULL;
+    }
     return Py_NewRef(m->target_device);
 }
 
@@ -483,7 +540,7 @@ PyMethodDef td_cuda_query_methods[] = {
     {"is_available", q_is_available, METH_NOARGS,
      "is_available() -> bool\n\nTrue under the masquerade; torch's own "
      "modules and the configured packages are told the truth."},
-    {"device_count", q_device_count, METH_NOARGS,
+    {"device_count", q_cuda_device_count, METH_NOARGS,
      "device_count() -> int\n\nThe one device the masquerade runs on."},
     {"is_initialized", q_is_initialized, METH_NOARGS,
      "is_initialized() -> bool"},
@@ -523,5 +580,17 @@ PyMethodDef td_cuda_query_methods[] = {
      "synchronize(device=None, /): torch.cuda.synchronize()"},
     {"get_device_module", TD_FASTKW(q_get_device_module),
      "get_device_module(device=None) -> module"},
+    {NULL, NULL, 0, NULL},
+};
+
+/* torch.accelerator's own names for the queries above: the same answers,
+ * recorded under torch.accelerator.* (masq_function picks these for that
+ * module). */
+PyMethodDef td_accel_query_methods[] = {
+    {"is_available", q_accel_is_available, METH_NOARGS,
+     "is_available() -> bool\n\nTrue under the masquerade; torch's own "
+     "modules and the configured packages are told the truth."},
+    {"device_count", q_accel_device_count, METH_NOARGS,
+     "device_count() -> int\n\nThe one device the masquerade runs on."},
     {NULL, NULL, 0, NULL},
 };

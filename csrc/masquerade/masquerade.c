@@ -286,6 +286,14 @@ masq_function(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyMethodDef *const reverse[] = {td_mps_reverse_methods};
         return find_function(module, reverse, 1, name + 4, args[1]);
     }
+    /* torch.accelerator's queries are recorded under their own names. */
+    if (PyUnicode_CompareWithASCIIString(args[1], "torch.accelerator") == 0) {
+        for (PyMethodDef *def = td_accel_query_methods; def->ml_name; def++) {
+            if (strcmp(name, def->ml_name) == 0) {
+                return PyCFunction_NewEx(def, module, args[1]);
+            }
+        }
+    }
     return find_function(module, function_tables,
                          sizeof(function_tables) / sizeof(function_tables[0]),
                          name, args[1]);

@@ -158,6 +158,8 @@ int td_masq_debug(td_masq *m, const char *fmt, ...);
 PyObject *td_masq_is_available_with(td_state *st, td_masq *m,
                                     PyObject *truth);
 extern PyMethodDef td_cuda_query_methods[];
+/* The same queries recorded as torch.accelerator.* */
+extern PyMethodDef td_accel_query_methods[];
 
 /* The DeviceProperties object (borrowed from m, which the caller holds),
  * built by props_factory on first use; NULL with an exception set when it

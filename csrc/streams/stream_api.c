@@ -378,14 +378,24 @@ set_stream(PyObject *module, PyObject *stream)
     Py_RETURN_NONE;
 }
 
+/* torch.cuda.stream(stream): stream= by keyword as torch allows; omitted
+ * it is None (a no-op context), as the original TorchDevice's demos call
+ * it (docs/compatibility.md). */
 static PyObject *
-stream_fn(PyObject *module, PyObject *stream)
+stream_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
+          PyObject *kwnames)
 {
+    static const char *const kw_stream[] = {"stream"};
+    static const td_args_spec spec = {"stream", kw_stream, 1, 0, 1};
+    PyObject *stream = NULL;
     td_streams *ss = module_streams(module);
-    if (ss == NULL) {
+    if (ss == NULL
+        || td_args_parse(&spec, args, PyVectorcall_NARGS(nargsf), kwnames,
+                         &stream) < 0)
+    {
         return NULL;
     }
-    return td_stream_context_new(ss, stream);
+    return td_stream_context_new(ss, stream ? stream : Py_None);
 }
 
 static PyObject *
@@ -692,9 +702,10 @@ PyMethodDef td_streams_methods[] = {
     {"set_stream", set_stream, METH_O,
      "set_stream(stream)\n\nMakes stream the calling thread's current stream;"
      " None does nothing (torch.cuda.set_stream)."},
-    {"stream", stream_fn, METH_O,
-     "stream(stream) -> StreamContext\n\nContext manager selecting stream "
-     "(torch.cuda.stream); None makes it a no-op."},
+    {"stream", (PyCFunction)(void (*)(void))stream_fn,
+     METH_FASTCALL | METH_KEYWORDS,
+     "stream(stream=None) -> StreamContext\n\nContext manager selecting "
+     "stream (torch.cuda.stream); None makes it a no-op."},
     {"synchronize", (PyCFunction)(void (*)(void))synchronize,
      METH_FASTCALL | METH_KEYWORDS,
      "synchronize(device=None)\n\nWaits for all work on the device "

@@ -1,0 +1,242 @@
+"""One program, one report (docs/report.md, "Several processes" and
+"Signals"): what children started by multiprocessing, mp.spawn, DataLoader
+workers and torchrun do is merged into the report of the process that
+launched them, counted per site with the number of processes that hit it;
+a run ended by SIGTERM still writes its report and dies of the signal."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import TorchDevice
+
+from conftest import ROOT
+
+cpu_profile = pytest.mark.skipif(
+    TorchDevice.hardware_profile() != "cpu",
+    reason="expected targets are written for the cpu profile")
+needs_fork = pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(),
+    reason="no fork on this platform")
+
+PROGRAM = '''\
+import sys
+import time
+
+import torch
+import torch.multiprocessing as mp
+
+
+def child(n):
+    torch.zeros(n, device="cuda")                          # site:child
+    return n
+
+
+def ranked(rank):
+    torch.ones(1, device="cuda")                           # site:ranked
+
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.full((2,), float(i), device="cuda")   # site:item
+
+
+if __name__ == "__main__":
+    how = sys.argv[1]
+    if how in ("fork", "spawn", "forkserver"):
+        for n in (1, 2):
+            p = mp.get_context(how).Process(target=child, args=(n,))
+            p.start()
+            p.join()
+    elif how in ("fork-pool", "spawn-pool"):
+        ctx = mp.get_context(how.split("-")[0])
+        with ctx.Pool(2) as pool:
+            assert pool.map(child, [1, 2, 3, 4]) == [1, 2, 3, 4]
+    elif how == "mp.spawn":
+        mp.spawn(ranked, nprocs=2)
+    elif how == "dataloader":
+        loader = torch.utils.data.DataLoader(Data(), batch_size=2,
+                                             num_workers=2)
+        assert sum(len(b) for b in loader) == 4
+    elif how == "sleep":
+        ctx = mp.get_context("fork")
+        p = ctx.Process(target=child, args=(3,))
+        p.start()
+        p.join()
+        time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    torch.zeros(1, device="cuda")                          # site:main
+    print("ready", flush=True)
+    if how in ("sleep", "wait"):
+        time.sleep(60)                 # until the test's signal
+'''
+
+
+def markers(text: str) -> dict:
+    return {line.split("# site:")[1].strip(): n
+            for n, line in enumerate(text.splitlines(), 1)
+            if "# site:" in line}
+
+
+LINES = markers(PROGRAM)
+
+
+def environment() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TORCHDEVICE")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def launch(tmp_path: Path, *args: str, **popen) -> subprocess.Popen:
+    script = tmp_path / "prog.py"
+    script.write_text(PROGRAM)
+    cmd = [sys.executable, "-m", "TorchDevice", "run",
+           f"--report={tmp_path / 'report.json'}", str(script), *args]
+    return subprocess.Popen(cmd, cwd=str(tmp_path), env=environment(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def sites(doc: dict) -> dict:
+    """{(marker line, api): (count, processes)}"""
+    return {(r["line"], r["api"]): (r["count"], r["processes"])
+            for r in doc["records"]}
+
+
+CASES = {
+    # how: (expected {(line, api): (count, processes)}, processes in all)
+    "spawn": ({(LINES["child"], "torch.zeros"): (2, 2)}, 3),
+    "forkserver": ({(LINES["child"], "torch.zeros"): (2, 2)}, 3),
+    "fork": ({(LINES["child"], "torch.zeros"): (2, 2)}, 3),
+    "mp.spawn": ({(LINES["ranked"], "torch.ones"): (2, 2)}, 3),
+    "dataloader": ({(LINES["item"], "torch.full"): (4, 2)}, 3),
+}
+
+
+@cpu_profile
+@pytest.mark.parametrize("how", sorted(CASES))
+def test_children_are_merged_into_the_parents_report(tmp_path, how):
+    if how in ("fork", "forkserver") and \
+            how not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {how} here")
+    proc = launch(tmp_path, how)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert err.count("TorchDevice report") == 2, err   # table + "written to"
+    doc = json.loads((tmp_path / "report.json").read_text())
+    expected, processes = CASES[how]
+    expected = {**expected, (LINES["main"], "torch.zeros"): (1, 1)}
+    assert sites(doc) == expected
+    assert doc["processes"] == processes
+    assert f"in {processes} processes" in err
+    assert err.splitlines()[1].split()[-1] == "processes"
+
+
+@cpu_profile
+@pytest.mark.parametrize("how", ["fork-pool", "spawn-pool"])
+def test_pool_workers_stopped_by_terminate_are_counted(tmp_path, how):
+    """`with Pool() as p:` ends with terminate(): SIGTERM to each worker,
+    possibly while it is already leaving; every call is still counted."""
+    if how == "fork-pool" and "fork" not in \
+            multiprocessing.get_all_start_methods():
+        pytest.skip("no fork here")
+    proc = launch(tmp_path, how)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    doc = json.loads((tmp_path / "report.json").read_text())
+    got = sites(doc)
+    count, workers = got[(LINES["child"], "torch.zeros")]
+    assert count == 4 and 1 <= workers <= 2
+    assert got[(LINES["main"], "torch.zeros")] == (1, 1)
+
+
+def wait_ready(proc: subprocess.Popen) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", (line, proc.stderr.read()
+                                     if proc.poll() is not None else "")
+
+
+@cpu_profile
+def test_sigterm_writes_the_report_and_exits_by_the_signal(tmp_path):
+    proc = launch(tmp_path, "wait")
+    wait_ready(proc)
+    subprocess.run(["kill", "-TERM", str(proc.pid)], check=True)
+    out, err = proc.communicate(timeout=120)
+    # Died of SIGTERM, as without TorchDevice: a shell shows status 143.
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "1 call site, 1 call" in err
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert sites(doc) == {(LINES["main"], "torch.zeros"): (1, 1)}
+
+
+@cpu_profile
+def test_sigterm_status_as_a_shell_sees_it(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text(PROGRAM)
+    shell = (f"{sys.executable} -m TorchDevice run --report {script} wait "
+             f"> out.txt 2> err.txt & pid=$!; "
+             f"until grep -q ready out.txt; do sleep 0.1; done; "
+             f"kill $pid; wait $pid; echo status=$?")
+    proc = subprocess.run(["sh", "-c", shell], cwd=str(tmp_path),
+                          env=environment(), capture_output=True, text=True,
+                          timeout=120)
+    assert "status=143" in proc.stdout, (proc.stdout, proc.stderr)
+    assert "1 call site, 1 call" in (tmp_path / "err.txt").read_text()
+
+
+@cpu_profile
+@needs_fork
+def test_sigterm_to_the_process_group_merges_the_children(tmp_path):
+    """`timeout` and schedulers signal the whole group: the child that was
+    already done and the parent both end up in the one report."""
+    proc = launch(tmp_path, "sleep", start_new_session=True)
+    wait_ready(proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM, err
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert sites(doc) == {(LINES["child"], "torch.zeros"): (1, 1),
+                          (LINES["main"], "torch.zeros"): (1, 1)}
+
+
+@cpu_profile
+def test_torchrun_ranks_make_one_report(tmp_path):
+    """`run --report -m torch.distributed.run`: the ranks' calls in the
+    launcher's one table, and no extra empty table of the launcher's."""
+    (tmp_path / "rank.py").write_text(textwrap.dedent("""\
+        import torch
+        torch.zeros(2, device="cuda")
+    """))
+    proc = subprocess.run(
+        [sys.executable, "-m", "TorchDevice", "run", "--report",
+         "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--standalone", "rank.py"],
+        cwd=str(tmp_path), env=environment(), capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("TorchDevice report") == 1, proc.stderr
+    assert "no call site needed a change" not in proc.stderr
+    assert "1 call site, 2 calls in 2 processes" in proc.stderr
+
+
+def test_merge_counts_processes():
+    from TorchDevice import _report
+    row = {"file": "a.py", "line": 3, "function": "f", "api": "torch.zeros",
+           "what": "redirected", "from": "cuda", "to": "cpu", "count": 2}
+    other = {**row, "line": 4, "count": 1}
+    merged = _report.merge([[row], [row, other], [{**row, "count": 5}]])
+    assert [(r["line"], r["count"], r["processes"]) for r in merged] == [
+        (3, 9, 3), (4, 1, 1)]
