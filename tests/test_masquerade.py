@@ -92,9 +92,13 @@ def test_other_queries():
     assert c.can_device_access_peer(0, 0) is False
     assert isinstance(c.is_bf16_supported(), bool)
     assert c.is_bf16_supported(including_emulation=False) in (True, False)
-    assert c.get_arch_list() == []          # truthful: nothing compiled
-    assert torch.backends.cuda.is_built() is False
-    assert torch.version.cuda is None
+    # Consistent with is_available() (docs/masquerade.md).
+    assert c.get_device_capability() == (8, 0)
+    assert c.get_arch_list() == ["sm_80"]
+    assert c.get_gencode_flags() == "-gencode compute=compute_80,code=sm_80"
+    assert c.get_allocator_backend() == "native"
+    assert torch.backends.cuda.is_built() is True
+    assert torch.version.cuda is None       # only TORCHDEVICE_CUDA_VERSION
     c.init()
     assert c.is_initialized() is True
 

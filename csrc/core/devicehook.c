@@ -85,9 +85,20 @@ device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                 {
                     return NULL;
                 }
-                return Py_NewRef(td_target_device(st, res.target));
+                return Py_NewRef(td_intent_device(st, res.target,
+                                                  TD_INTENT_ACCEL));
             }
         }
+    }
+    /* torch.device(d) of a device the program built keeps what d asked
+     * for (moves.c reads it by identity). */
+    if (PyTuple_GET_SIZE(args) == 1 && (kwargs == NULL
+                                        || PyDict_GET_SIZE(kwargs) == 0)
+        && Py_TYPE(PyTuple_GET_ITEM(args, 0)) == st->device_type
+        && td_moves_active()
+        && td_intent_of_arg(st, PyTuple_GET_ITEM(args, 0)) != TD_INTENT_NONE)
+    {
+        return Py_NewRef(PyTuple_GET_ITEM(args, 0));
     }
     PyObject *dev = orig_device_new(type, args, kwargs);
     /* A TorchFunctionMode may hand back something else: leave it alone. */
@@ -97,6 +108,13 @@ device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     td_request req = td_request_from_device(dev);
     td_resolution res = td_resolve_now(st, req);
     if (res.target == TD_TARGET_KEEP) {
+        /* One object per device the program names, so that a move can
+         * tell "cpu" from a device read off a tensor (moves.c). */
+        PyObject *cached = td_intent_cached(st, dev);
+        if (cached != NULL) {
+            Py_DECREF(dev);
+            return Py_NewRef(cached);
+        }
         return dev;
     }
     /* Torch's own code compares against the devices it names (GradScaler's
@@ -112,7 +130,8 @@ device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     Py_DECREF(dev);
-    return Py_NewRef(td_target_device(st, res.target));
+    return Py_NewRef(td_intent_device(st, res.target,
+                                      td_intent_of_kind(req.kind)));
 }
 
 /* torch.Generator(device=None): the device is parsed in C++, not through

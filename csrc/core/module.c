@@ -49,6 +49,54 @@ clear_torch_refs(td_state *st)
     Py_CLEAR(st->mode_stack_len);
     Py_CLEAR(st->skip_prefixes);
     Py_CLEAR(st->report_sink);
+    Py_CLEAR(st->tensor_type);
+    Py_CLEAR(st->tensor_storage);
+    Py_CLEAR(st->tensor_clone);
+    Py_CLEAR(st->intent_accel_cpu);
+    Py_CLEAR(st->intent_host_cuda);
+    Py_CLEAR(st->intent_host_mps);
+}
+
+/* What moves.c needs, made from what install() was handed (before the
+ * torch.device hook is in place, so that the devices are new objects):
+ * the tensor type and its untyped_storage, and one more device object per
+ * target that the hook hands out for the other intent. */
+static int
+install_moves(td_state *st)
+{
+    PyObject *owner = PyObject_GetAttrString(st->tensor_to, "__objclass__");
+    if (owner == NULL) {
+        return -1;
+    }
+    if (!PyType_Check(owner)) {
+        Py_DECREF(owner);
+        PyErr_SetString(PyExc_TypeError,
+                        "install(): tensor_to must be a method of the tensor "
+                        "type");
+        return -1;
+    }
+    st->tensor_type = (PyTypeObject *)owner;
+    st->tensor_storage = PyObject_GetAttrString(owner, "untyped_storage");
+    st->tensor_clone = st->tensor_storage
+                       ? PyObject_GetAttrString(owner, "clone") : NULL;
+    PyObject *dev = (PyObject *)st->device_type;
+    st->intent_accel_cpu = PyObject_CallOneArg(dev, st->dev_cpu);
+    st->intent_host_cuda = st->intent_accel_cpu
+                           ? PyObject_CallOneArg(dev, st->dev_cuda) : NULL;
+    st->intent_host_mps = st->intent_host_cuda
+                          ? PyObject_CallOneArg(dev, st->dev_mps) : NULL;
+    if (st->tensor_clone == NULL || st->intent_host_mps == NULL) {
+        return -1;
+    }
+    if (st->intent_accel_cpu == st->dev_cpu
+        || st->intent_host_cuda == st->dev_cuda
+        || st->intent_host_mps == st->dev_mps)
+    {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "install(): torch.device is still hooked");
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- policy, exposed for tests and for the Python layer ---------------- */
@@ -230,11 +278,12 @@ tdcore_settings(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
     static const char *modes[] = {"accelerate", "cpu-stays-cpu"};
     static const char *f64[] = {"downcast", "error"};
-    return Py_BuildValue("{sssssssO}", "profile",
+    return Py_BuildValue("{sssssssOss}", "profile",
                          td_profile_name(td_get_profile()), "mode",
                          modes[td_get_mode()], "float64",
                          f64[td_get_float64()], "cpu_override",
-                         td_get_cpu_override() ? Py_True : Py_False);
+                         td_get_cpu_override() ? Py_True : Py_False, "moves",
+                         td_get_move_copies() ? "copy" : "alias");
 }
 
 /* ---- install / uninstall ------------------------------------------------ */
@@ -285,7 +334,7 @@ tdcore_install(PyObject *module, PyObject *args, PyObject *kwargs)
     st->mode_stack_len = Py_NewRef(o[10]);
     st->skip_prefixes = Py_NewRef(o[12]);
     st->report_sink = Py_NewRef(o[13]);
-    if (td_device_check_layout(st, o[14]) < 0) {
+    if (td_device_check_layout(st, o[14]) < 0 || install_moves(st) < 0) {
         goto error;
     }
     td_set_installed_state(st, module);
@@ -379,6 +428,7 @@ tdcore_exec(PyObject *module)
     INTERN(str_name, "__name__");
     INTERN(api_device, "torch.device");
     INTERN(api_generator, "torch.Generator");
+    INTERN(str_accel_mark, "_torchdevice_on_accelerator");
 #undef INTERN
     st->kw_device = PyTuple_Pack(1, st->str_device);
     st->records = td_sites_new(module);
@@ -389,6 +439,7 @@ tdcore_exec(PyObject *module)
         || add_functions(module, td_hook_methods) < 0
         || add_functions(module, td_report_methods) < 0
         || add_functions(module, td_trace_methods) < 0
+        || add_functions(module, td_moves_methods) < 0
         || add_functions(module, td_streams_methods) < 0
         || td_streams_exec(module, st) < 0
         || td_masq_init(module, st) < 0)
@@ -424,6 +475,12 @@ tdcore_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->mode_stack_len);
     Py_VISIT(st->skip_prefixes);
     Py_VISIT(st->report_sink);
+    Py_VISIT(st->tensor_type);
+    Py_VISIT(st->tensor_storage);
+    Py_VISIT(st->tensor_clone);
+    Py_VISIT(st->intent_accel_cpu);
+    Py_VISIT(st->intent_host_cuda);
+    Py_VISIT(st->intent_host_mps);
     Py_VISIT(st->records);
     Py_VISIT(st->streams);
     Py_VISIT(st->masq);
@@ -452,6 +509,7 @@ tdcore_clear(PyObject *module)
     Py_CLEAR(st->kw_device);
     Py_CLEAR(st->api_device);
     Py_CLEAR(st->api_generator);
+    Py_CLEAR(st->str_accel_mark);
     return 0;
 }
 

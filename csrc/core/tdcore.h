@@ -41,6 +41,16 @@ typedef struct {
     PyObject *streams;             /* streams.h: td_streams */
     PyObject *masq;                /* masquerade.h: td_masq */
 
+    /* moves.c, made at install from the objects above: */
+    PyTypeObject *tensor_type;     /* torch._C.TensorBase (tensor_to's) */
+    PyObject *tensor_storage;      /* TensorBase.untyped_storage */
+    PyObject *tensor_clone;        /* TensorBase.clone */
+    PyObject *intent_accel_cpu;    /* torch.device("cpu") handed out for an
+                                      accelerator request (profile cpu) */
+    PyObject *intent_host_cuda;    /* torch.device("cuda") handed out for a
+                                      promoted host request */
+    PyObject *intent_host_mps;     /* same for the MPS target */
+
     /* Interned names. */
     PyObject *str_device;
     PyObject *str_dtype;
@@ -51,6 +61,7 @@ typedef struct {
     PyObject *kw_device;           /* ("device",) */
     PyObject *api_device;          /* "torch.device" */
     PyObject *api_generator;       /* "torch.Generator" */
+    PyObject *str_accel_mark;      /* storage attribute: on the accelerator */
 } td_state;
 
 /* flags.c: process-wide settings, read on every intercepted call. */
@@ -84,6 +95,34 @@ int td_called_from_torch(td_state *st);
 const char *td_caller_module(td_state *st, Py_ssize_t *size);
 /* Resolves with the current settings and applies an override toggle. */
 td_resolution td_resolve_now(td_state *st, td_request req);
+
+/* moves.c: moves copy, as on CUDA (docs/policy.md) */
+typedef enum {
+    TD_INTENT_NONE = 0,    /* no device, or one read from a tensor */
+    TD_INTENT_HOST = 1,
+    TD_INTENT_ACCEL = 2,
+} td_intent;
+int td_get_move_copies(void);
+/* Whether copies may have to be forced: host and accelerator requests can
+ * land on one device. */
+int td_moves_active(void);
+td_intent td_intent_of_kind(td_req_kind kind);
+td_intent td_intent_of_arg(td_state *st, PyObject *arg);
+/* Borrowed device object for a target, carrying the intent by identity. */
+PyObject *td_intent_device(td_state *st, td_target target, td_intent intent);
+/* Borrowed cached object equal to `dev` (a device torch built), or NULL. */
+PyObject *td_intent_cached(td_state *st, PyObject *dev);
+int td_module_intent(void);
+int td_swap_module_intent(int intent);
+int td_on_accelerator(td_state *st, PyObject *tensor);
+void td_mark_accelerator(td_state *st, PyObject *tensor);
+/* Whether moving `tensor` with this intent must copy to be CUDA's move. */
+int td_move_must_copy(td_state *st, PyObject *tensor, td_intent intent);
+/* Finishes a move: a copy where `force` and torch returned `self`, and the
+ * mark on a new result that went to the accelerator.  Steals `result`. */
+PyObject *td_move_done(td_state *st, PyObject *self, td_intent intent,
+                       int force, PyObject *result);
+extern PyMethodDef td_moves_methods[];
 
 /* devicehook.c */
 int td_hooks_install(td_state *st, PyObject *gen_type);

@@ -82,12 +82,28 @@ is_target_kind(td_req_kind kind)
     return 0;
 }
 
+/* An index the program names, as shown: past the devices shown it
+ * collapses to 0, as the policy collapses "cuda:N" to the one device. */
+static long
+shown_index(td_masq *m, long v)
+{
+    return v < atomic_load_explicit(&m->device_count, memory_order_relaxed)
+           ? v : 0;
+}
+
+static long
+current_index(td_masq *m)
+{
+    return atomic_load_explicit(&m->current_index, memory_order_relaxed);
+}
+
 int
 td_masq_device_index(td_state *st, PyObject *arg, int optional, long *index)
 {
+    td_masq *m = TD_MASQ(st);
     if (arg == NULL || arg == Py_None) {
         if (optional) {
-            *index = 0;
+            *index = current_index(m);
             return 0;
         }
         PyErr_SetString(PyExc_ValueError,
@@ -101,13 +117,15 @@ td_masq_device_index(td_state *st, PyObject *arg, int optional, long *index)
         if (v == -1 && PyErr_Occurred()) {
             return -1;
         }
-        *index = (overflow < 0 || v < 0) ? -1 : 0;
+        *index = (overflow < 0 || v < 0) ? -1
+                 : overflow > 0 ? 0 : shown_index(m, v);
         return 0;
     }
     if (PyUnicode_Check(arg) || Py_TYPE(arg) == st->device_type) {
         td_request req = td_request_from_object(st, arg);
         if (req.kind == TD_REQ_CUDA || is_target_kind(req.kind)) {
-            *index = 0;
+            *index = req.kind == TD_REQ_CUDA && req.index >= 0
+                     ? shown_index(m, req.index) : current_index(m);
             return 0;
         }
         PyErr_Format(PyExc_ValueError, "Expected a cuda device, but got: %S",
@@ -216,10 +234,6 @@ q_is_available(PyObject *module, PyObject *Py_UNUSED(a))
     Py_RETURN_TRUE;
 }
 
-/* Shared by the reverse direction (mps_reverse.c): the same policy with
- * another truth. */
-PyObject *td_masq_is_available_with(PyObject *module, PyObject *truth);
-
 PyObject *
 td_masq_is_available_with(PyObject *module, PyObject *truth)
 {
@@ -235,10 +249,14 @@ td_masq_is_available_with(PyObject *module, PyObject *truth)
 
 /* ---- device selection ------------------------------------------------- */
 
+/* 1, or what the launch asks for (LOCAL_WORLD_SIZE under torchrun, or
+ * the configured count): every one is the device really present. */
 static PyObject *
-q_device_count(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+q_device_count(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    return PyLong_FromLong(1);
+    td_masq *m = TD_MASQ(module_state(module));
+    return PyLong_FromLong(atomic_load_explicit(&m->device_count,
+                                                memory_order_relaxed));
 }
 
 static PyObject *
@@ -263,8 +281,20 @@ q_init(PyObject *module, PyObject *Py_UNUSED(a))
 static PyObject *
 q_current_device(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    mark_initialized(TD_MASQ(module_state(module)));
-    return PyLong_FromLong(0);
+    td_masq *m = TD_MASQ(module_state(module));
+    mark_initialized(m);
+    return PyLong_FromLong(current_index(m));
+}
+
+/* Selects `index` (>= 0) and returns the previous one. */
+static long
+exchange_index(td_masq *m, long index)
+{
+    if (index < 0) {
+        return current_index(m);
+    }
+    return atomic_exchange_explicit(&m->current_index, (int)index,
+                                    memory_order_relaxed);
 }
 
 static PyObject *
@@ -288,6 +318,7 @@ q_set_device(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     }
     if (index >= 0) {
         mark_initialized(TD_MASQ(st));
+        (void)exchange_index(TD_MASQ(st), index);
     }
     if (td_masq_record(st, "torch.cuda.set_device") < 0) {
         return NULL;
@@ -334,16 +365,20 @@ q_get_device_index(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     return PyLong_FromLong(index);
 }
 
-/* torch.cuda._exchange_device(idx) -> previous index: with one device the
- * previous one is always 0 (or -1 when nothing is selected). */
+/* torch.cuda._exchange_device(idx) -> previous index (-1 when idx is
+ * "no device": nothing is selected then). */
 static PyObject *
 q_exchange_device(PyObject *module, PyObject *arg)
 {
+    td_state *st = module_state(module);
     long index;
-    if (td_masq_device_index(module_state(module), arg, 0, &index) < 0) {
+    if (td_masq_device_index(st, arg, 0, &index) < 0) {
         return NULL;
     }
-    return PyLong_FromLong(index < 0 ? -1 : 0);
+    if (index < 0) {
+        return PyLong_FromLong(-1);
+    }
+    return PyLong_FromLong(exchange_index(TD_MASQ(st), index));
 }
 
 /* ---- properties ------------------------------------------------------- */
@@ -471,19 +506,71 @@ q_is_tf32_supported(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
     Py_RETURN_FALSE;
 }
 
+/* torch.backends.cuda.is_built(): what is_available() says, to the same
+ * callers (a CUDA that is available was built). */
 static PyObject *
-q_is_built(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+q_is_built(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    Py_RETURN_TRUE;
+    td_masq *m = TD_MASQ(module_state(module));
+    return td_masq_is_available_with(module,
+                                     td_masq_original(m, "cuda.is_built"));
+}
+
+/* torch.cuda.get_arch_list(): the architecture of the capability shown
+ * (["sm_80"]), so that it agrees with is_available() and
+ * get_device_capability(), also for torch.cuda.get_gencode_flags(), which
+ * calls it; the truth when cuda_truthful is on. */
+static PyObject *
+q_get_arch_list(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    td_state *st = module_state(module);
+    td_masq *m = TD_MASQ(st);
+    PyObject *truth = td_masq_original(m, "cuda.get_arch_list");
+    if (truth != NULL
+        && atomic_load_explicit(&m->truthful, memory_order_relaxed))
+    {
+        return PyObject_CallNoArgs(truth);
+    }
+    if (m->capability == NULL || !PyTuple_Check(m->capability)
+        || PyTuple_GET_SIZE(m->capability) != 2)
+    {
+        return PyList_New(0);
+    }
+    PyObject *arch = PyUnicode_FromFormat(
+        "sm_%S%S", PyTuple_GET_ITEM(m->capability, 0),
+        PyTuple_GET_ITEM(m->capability, 1));
+    if (arch == NULL) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(1);
+    if (list == NULL) {
+        Py_DECREF(arch);
+        return NULL;
+    }
+    PyList_SET_ITEM(list, 0, arch);
+    return list;
+}
+
+/* torch.cuda.get_allocator_backend(): CUDA's default caching allocator;
+ * the memory functions answer as it would. */
+static PyObject *
+q_get_allocator_backend(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    return PyUnicode_FromString("native");
 }
 
 /* ---- torch.accelerator and torch.get_device_module ---------------------- */
 
+PyObject *
+td_masq_original(td_masq *m, const char *name)
+{
+    return m->originals ? PyDict_GetItemString(m->originals, name) : NULL;
+}
+
 static PyObject *
 original(td_masq *m, const char *name)
 {
-    PyObject *fn = m->originals ? PyDict_GetItemString(m->originals, name)
-                                : NULL;
+    PyObject *fn = td_masq_original(m, name);
     if (fn == NULL) {
         PyErr_Format(PyExc_RuntimeError,
                      "TorchDevice: no original recorded for %s", name);
@@ -580,7 +667,8 @@ PyMethodDef td_cuda_query_methods[] = {
      "is_available() -> bool\n\nTrue under the masquerade; torch's own "
      "modules and the configured packages are told the truth."},
     {"device_count", q_device_count, METH_NOARGS,
-     "device_count() -> int\n\nThe one device the masquerade runs on."},
+     "device_count() -> int\n\n1, or the launch's LOCAL_WORLD_SIZE, or the "
+     "configured count: all the one device really present."},
     {"is_initialized", q_is_initialized, METH_NOARGS,
      "is_initialized() -> bool"},
     {"init", q_init, METH_NOARGS, "init()\n\nNothing to initialise."},
@@ -612,7 +700,13 @@ PyMethodDef td_cuda_query_methods[] = {
      "is_bf16_supported(including_emulation=True) -> bool"},
     {"is_tf32_supported", q_is_tf32_supported, METH_NOARGS,
      "is_tf32_supported() -> False"},
-    {"is_built", q_is_built, METH_NOARGS, "is_built() -> True"},
+    {"is_built", q_is_built, METH_NOARGS,
+     "is_built() -> bool\n\nAs is_available(), to the same callers."},
+    {"get_arch_list", q_get_arch_list, METH_NOARGS,
+     "get_arch_list() -> list\n\nThe architecture of the capability shown "
+     "(['sm_80'])."},
+    {"get_allocator_backend", q_get_allocator_backend, METH_NOARGS,
+     "get_allocator_backend() -> 'native'"},
     {"current_accelerator", FASTKW(q_current_accelerator),
      "current_accelerator(check_available=False) -> torch.device"},
     {"synchronize", FASTKW(q_accel_synchronize),

@@ -43,9 +43,6 @@ static const struct {
     OBJ_FIELD(orig_summary),
     OBJ_FIELD(log_debug),
     OBJ_FIELD(log_info),
-    OBJ_FIELD(amp_dtypes),
-    OBJ_FIELD(amp_default),
-    OBJ_FIELD(float16),
     OBJ_FIELD(cuda_module),
     OBJ_FIELD(target_type),
     OBJ_FIELD(record),
@@ -65,7 +62,7 @@ static const struct {
 
 #define N_OBJ_FIELDS (sizeof(obj_fields) / sizeof(obj_fields[0]))
 /* Fields before this index are handed over by masq_install(). */
-#define N_INSTALLED 23
+#define N_INSTALLED 20
 
 static PyObject **
 field_at(td_masq *m, size_t i)
@@ -288,12 +285,17 @@ masq_names(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 static PyObject *
 masq_configure(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"truthful", "truth_for", NULL};
+    static char *kwlist[] = {"truthful", "truth_for", "device_count", NULL};
     td_masq *m = TD_MASQ(module_state(module));
     PyObject *truthful = NULL, *truth_for = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OO:masq_configure",
-                                     kwlist, &truthful, &truth_for))
+    int count = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOi:masq_configure",
+                                     kwlist, &truthful, &truth_for, &count))
     {
+        return NULL;
+    }
+    if (count < 0) {
+        PyErr_SetString(PyExc_ValueError, "device_count must be >= 1");
         return NULL;
     }
     int on = -1;
@@ -317,6 +319,12 @@ masq_configure(PyObject *module, PyObject *args, PyObject *kwargs)
     if (on >= 0) {
         atomic_store(&m->truthful, on);
     }
+    if (count > 0) {
+        atomic_store(&m->device_count, count);
+        if (atomic_load(&m->current_index) >= count) {
+            atomic_store(&m->current_index, 0);
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -325,10 +333,11 @@ masq_settings(PyObject *module, PyObject *Py_UNUSED(a))
 {
     td_masq *m = TD_MASQ(module_state(module));
     PyObject *truth_for = m->truth_for ? m->truth_for : Py_None;
-    return Py_BuildValue("{sOsOsL}", "truthful",
+    return Py_BuildValue("{sOsOsLsi}", "truthful",
                          atomic_load(&m->truthful) ? Py_True : Py_False,
                          "truth_for", truth_for, "total_memory",
-                         m->total_memory);
+                         m->total_memory, "device_count",
+                         atomic_load(&m->device_count));
 }
 
 static PyMethodDef masq_methods[] = {
@@ -344,8 +353,9 @@ static PyMethodDef masq_methods[] = {
      "masq_names() -> list\n\nEvery name masq_function() knows."},
     {"masq_configure", (PyCFunction)(void (*)(void))masq_configure,
      METH_VARARGS | METH_KEYWORDS,
-     "masq_configure(*, truthful=None, truth_for=None)\n\nWho sees the "
-     "truth from torch.cuda.is_available()."},
+     "masq_configure(*, truthful=None, truth_for=None, device_count=0)\n\n"
+     "Who sees the truth from torch.cuda.is_available(); how many devices "
+     "are shown (0: unchanged)."},
     {"masq_settings", masq_settings, METH_NOARGS,
      "masq_settings() -> dict"},
     {NULL, NULL, 0, NULL},
@@ -383,6 +393,8 @@ td_masq_init(PyObject *module, td_state *st)
     m->is_mps = 0;
     m->bf16 = 0;
     atomic_init(&m->truthful, 0);
+    atomic_init(&m->device_count, 1);
+    atomic_init(&m->current_index, 0);
     atomic_init(&m->initialized, 0);
     atomic_init(&m->hwm_trusted, 1);
     atomic_init(&m->fraction_ppm, 1000000);
@@ -421,7 +433,6 @@ td_masq_init(PyObject *module, td_state *st)
         return -1;
     }
     if (add_type(module, &td_props_spec) < 0
-        || add_type(module, &td_devtype_arg_spec) < 0
         || add_type(module, &td_cuda_graph_spec) < 0
         || PyModule_AddFunctions(module, masq_methods) < 0)
     {

@@ -22,8 +22,6 @@ module_state(PyObject *module)
     return (td_state *)PyModule_GetState(module);
 }
 
-PyObject *td_masq_is_available_with(PyObject *module, PyObject *truth);
-
 /* Calls torch.cuda.<name>(*args[:nkeep]): the MPS spellings add a device
  * argument ("mps") that CUDA's would misread, so it is dropped. */
 static PyObject *
@@ -55,10 +53,14 @@ rv_is_available(PyObject *module, PyObject *Py_UNUSED(a))
     return td_masq_is_available_with(module, truth);
 }
 
+/* As is_available(), to the same callers: an MPS that is available was
+ * built. */
 static PyObject *
-rv_is_built(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+rv_is_built(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    Py_RETURN_TRUE;
+    td_masq *m = TD_MASQ(module_state(module));
+    return td_masq_is_available_with(module,
+                                     td_masq_original(m, "mps.is_built"));
 }
 
 static PyObject *
@@ -183,7 +185,8 @@ PyMethodDef td_mps_reverse_methods[] = {
     {"is_available", rv_is_available, METH_NOARGS,
      "is_available() -> bool\n\nTrue on CUDA; torch's own modules and the "
      "configured packages are told the truth."},
-    {"is_built", rv_is_built, METH_NOARGS, "is_built() -> True"},
+    {"is_built", rv_is_built, METH_NOARGS,
+     "is_built() -> bool\n\nAs is_available(), to the same callers."},
     {"synchronize", rv_synchronize, METH_NOARGS,
      "synchronize(): torch.cuda.synchronize()"},
     {"empty_cache", rv_empty_cache, METH_NOARGS,

@@ -1,0 +1,299 @@
+/* Moves copy, as on CUDA (docs/policy.md, "Moves copy").
+ *
+ * On CUDA every move between host and device returns a new tensor.  Where
+ * TorchDevice lands a host request and an accelerator request on the same
+ * device (profile cpu; profiles cuda and mps in "accelerate" mode), torch
+ * would return the tensor itself, and in-place edits of the "moved" tensor
+ * would leak back.  So the wrappers force the copy when the program's view
+ * of the move crosses devices:
+ *
+ *   - a request's *intent*: accelerator ("cuda", "mps", an ordinal,
+ *     .cuda(), .mps(), a torch.device the program built for one of them),
+ *     host ("cpu", .cpu(), a torch.device the program built for "cpu"), or
+ *     none (a device read from a tensor, `x.to(y.device)`: where y is);
+ *   - a tensor's place, as the program sees it: on the accelerator when
+ *     its storage came from an accelerator request (a factory or a move),
+ *     marked on the storage object, which views, detach(), state_dict()
+ *     and .data share; on the host otherwise.
+ *
+ * Python equivalent:
+ *
+ *     def move(t, intent, call):
+ *         on_acc = getattr(t.untyped_storage(), MARK, False)
+ *         force = (intent == ACCEL) != on_acc and intent != NONE
+ *         out = call()                  # torch's move, errors and all
+ *         if force and out is t:
+ *             out = t.clone()           # what .to(copy=True) makes
+ *         if intent == ACCEL and out is not t:
+ *             out.untyped_storage().MARK = True
+ *         return out
+ *
+ * The torch.device objects the program builds carry their intent by
+ * identity: the hook (devicehook.c) hands out one cached object per
+ * (target, intent), td_intent_device() below.
+ */
+#include "tdcore.h"
+
+#include <stdatomic.h>
+
+static atomic_int td_move_copies_v = 1;
+
+#if defined(_MSC_VER)
+#define TD_THREAD_LOCAL __declspec(thread)
+#else
+#define TD_THREAD_LOCAL _Thread_local
+#endif
+/* The intent of the Module.to/.cuda/.cpu call running in this thread:
+ * torch re-parses the module's device argument into a new torch.device
+ * before it reaches Tensor.to, so the intent travels beside it. */
+static TD_THREAD_LOCAL int td_module_intent_v = TD_INTENT_NONE;
+
+int
+td_get_move_copies(void)
+{
+    return atomic_load_explicit(&td_move_copies_v, memory_order_relaxed);
+}
+
+int
+td_moves_active(void)
+{
+    if (!td_get_move_copies()) {
+        return 0;
+    }
+    /* Elsewhere host and accelerator requests land on different devices
+     * and torch copies by itself. */
+    return td_get_profile() == TD_PROFILE_CPU
+           || td_get_mode() == TD_MODE_ACCELERATE;
+}
+
+td_intent
+td_intent_of_kind(td_req_kind kind)
+{
+    switch (kind) {
+    case TD_REQ_CUDA:
+    case TD_REQ_MPS:
+        return TD_INTENT_ACCEL;
+    case TD_REQ_CPU:
+    case TD_REQ_CPU_TOGGLE:
+        return TD_INTENT_HOST;
+    case TD_REQ_NONE:
+    case TD_REQ_META:
+    case TD_REQ_OTHER:
+        break;
+    }
+    return TD_INTENT_NONE;
+}
+
+td_intent
+td_intent_of_arg(td_state *st, PyObject *arg)
+{
+    if (arg == NULL || arg == Py_None) {
+        return TD_INTENT_NONE;
+    }
+    if (Py_TYPE(arg) == st->device_type) {
+        if (arg == st->intent_accel_cpu || arg == st->dev_mps
+            || arg == st->dev_cuda)
+        {
+            return TD_INTENT_ACCEL;
+        }
+        if (arg == st->dev_cpu || arg == st->intent_host_mps
+            || arg == st->intent_host_cuda)
+        {
+            return TD_INTENT_HOST;
+        }
+        return TD_INTENT_NONE;
+    }
+    return td_intent_of_kind(td_request_from_object(st, arg).kind);
+}
+
+PyObject *
+td_intent_device(td_state *st, td_target target, td_intent intent)
+{
+    if (!td_moves_active()) {
+        return td_target_device(st, target);
+    }
+    switch (target) {
+    case TD_TARGET_CPU:
+        return intent == TD_INTENT_ACCEL ? st->intent_accel_cpu : st->dev_cpu;
+    case TD_TARGET_MPS:
+        return intent == TD_INTENT_HOST ? st->intent_host_mps : st->dev_mps;
+    case TD_TARGET_CUDA:
+        return intent == TD_INTENT_HOST ? st->intent_host_cuda : st->dev_cuda;
+    case TD_TARGET_KEEP:
+        break;
+    }
+    return NULL;
+}
+
+PyObject *
+td_intent_cached(td_state *st, PyObject *dev)
+{
+    if (!td_moves_active()) {
+        return NULL;
+    }
+    td_request req = td_request_from_device(dev);
+    td_request mine;
+    PyObject *cached[] = {st->dev_cpu, st->dev_cuda, st->dev_mps};
+    for (size_t i = 0; i < sizeof(cached) / sizeof(cached[0]); i++) {
+        mine = td_request_from_device(cached[i]);
+        if (mine.kind == req.kind && mine.index == req.index) {
+            return cached[i];
+        }
+    }
+    return NULL;
+}
+
+int
+td_module_intent(void)
+{
+    return td_module_intent_v;
+}
+
+int
+td_swap_module_intent(int intent)
+{
+    int previous = td_module_intent_v;
+    td_module_intent_v = intent;
+    return previous;
+}
+
+/* The storage object of a tensor, or NULL (no exception) for tensors that
+ * have none Python can see (sparse, functorch wrappers). */
+static PyObject *
+storage_of(td_state *st, PyObject *tensor)
+{
+    if (st->tensor_type == NULL
+        || !PyObject_TypeCheck(tensor, st->tensor_type))
+    {
+        return NULL;
+    }
+    PyObject *storage = PyObject_CallOneArg(st->tensor_storage, tensor);
+    if (storage == NULL) {
+        PyErr_Clear();
+    }
+    return storage;
+}
+
+static int
+lookup_mark(PyObject *storage, PyObject *name, PyObject **value)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(storage, name, value);
+#else
+    return _PyObject_LookupAttr(storage, name, value);
+#endif
+}
+
+int
+td_on_accelerator(td_state *st, PyObject *tensor)
+{
+    PyObject *storage = storage_of(st, tensor);
+    if (storage == NULL) {
+        return 0;
+    }
+    PyObject *value = NULL;
+    int found = lookup_mark(storage, st->str_accel_mark, &value);
+    Py_DECREF(storage);
+    if (found < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int on = found > 0 && value == Py_True;
+    Py_XDECREF(value);
+    return on;
+}
+
+void
+td_mark_accelerator(td_state *st, PyObject *tensor)
+{
+    PyObject *storage = storage_of(st, tensor);
+    if (storage == NULL) {
+        return;
+    }
+    if (PyObject_SetAttr(storage, st->str_accel_mark, Py_True) < 0) {
+        PyErr_Clear();   /* a storage without a __dict__: left unmarked */
+    }
+    Py_DECREF(storage);
+}
+
+int
+td_move_must_copy(td_state *st, PyObject *tensor, td_intent intent)
+{
+    if (intent == TD_INTENT_NONE) {
+        return 0;
+    }
+    return (intent == TD_INTENT_ACCEL) != td_on_accelerator(st, tensor);
+}
+
+PyObject *
+td_move_done(td_state *st, PyObject *self, td_intent intent, int force,
+             PyObject *result)
+{
+    if (result == NULL) {
+        return NULL;
+    }
+    if (force && result == self) {
+        /* Torch returned the tensor itself (same device, dtype and
+         * layout): its copy=True would have cloned it. */
+        Py_SETREF(result, PyObject_CallOneArg(st->tensor_clone, self));
+        if (result == NULL) {
+            return NULL;
+        }
+    }
+    if (result != self && intent == TD_INTENT_ACCEL) {
+        td_mark_accelerator(st, result);
+    }
+    return result;
+}
+
+/* ---- Python entry points ------------------------------------------------ */
+
+static PyObject *
+moves_set(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    atomic_store(&td_move_copies_v, on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+moves_get(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(td_get_move_copies());
+}
+
+static PyObject *
+moves_on_accelerator(PyObject *module, PyObject *tensor)
+{
+    td_state *st = (td_state *)PyModule_GetState(module);
+    return PyBool_FromLong(td_on_accelerator(st, tensor));
+}
+
+static PyObject *
+moves_intent(PyObject *module, PyObject *arg)
+{
+    static const char *const names[] = {"none", "host", "accelerator"};
+    td_state *st = (td_state *)PyModule_GetState(module);
+    if (st->device_type == NULL) {
+        return PyUnicode_FromString(names[TD_INTENT_NONE]);
+    }
+    return PyUnicode_FromString(names[td_intent_of_arg(st, arg)]);
+}
+
+PyMethodDef td_moves_methods[] = {
+    {"set_move_copies", moves_set, METH_O,
+     "set_move_copies(on)\n\nWhether moves between host and accelerator "
+     "copy where both land on one device (docs/policy.md)."},
+    {"get_move_copies", moves_get, METH_NOARGS, "get_move_copies() -> bool"},
+    {"on_accelerator", moves_on_accelerator, METH_O,
+     "on_accelerator(tensor) -> bool\n\nWhether the program sees the "
+     "tensor on the accelerator (its storage came from an accelerator "
+     "request)."},
+    {"device_intent", moves_intent, METH_O,
+     "device_intent(device) -> 'none' | 'host' | 'accelerator'\n\nWhat a "
+     "device argument asks for, as the move rule reads it."},
+    {NULL, NULL, 0, NULL},
+};
