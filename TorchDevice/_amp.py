@@ -116,6 +116,12 @@ def _note(api: str, want: Any, used: Any, target: str) -> None:
                          target)
 
 
+def _report(api: str, source: str, target: str) -> None:
+    """A "redirected" record of the call site (when recording is on)."""
+    if _tdcore.get_report() and not torch.compiler.is_compiling():
+        _tdcore.record(api, "redirected", source, target)
+
+
 def _redirected(device_type: Any) -> Optional[str]:
     if type(device_type) is not str:
         return None
@@ -141,6 +147,7 @@ def _autocast_init(original: Callable[..., None]) -> Callable[..., None]:
             # accepts, then compute in float32 (its kernels honour it).
             original(self, target, accepted[0], enabled, cache_enabled)
             self.fast_dtype = used
+        _report("torch.autocast", device_type, target)
         if used is not want:
             _note("torch.autocast", want, used, target)
     return __init__
@@ -152,6 +159,8 @@ def _scaler_init(original: Callable[..., None]) -> Callable[..., None]:
                  growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000, enabled: bool = True) -> None:
         target = _redirected(device)
+        if target is not None:
+            _report("torch.amp.GradScaler", device, target)
         original(self, device if target is None else target, init_scale,
                  growth_factor, backoff_factor, growth_interval, enabled)
     return __init__

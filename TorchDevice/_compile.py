@@ -451,6 +451,8 @@ def _inline_amp(entries: Sequence[Any]) -> None:
     handlers = TorchInGraphFunctionVariable._get_handlers()
     for _owner, _name, original, replacement in entries:
         original, replacement = _unwrap(original), _unwrap(replacement)
+        if id(replacement) in _registered:
+            continue
         for table in (rules, handlers):
             value = table.pop(replacement, None)
             if value is not None and original not in table:

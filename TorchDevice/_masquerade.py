@@ -391,10 +391,8 @@ def install(profile: str) -> None:
         props=props,
         props_factory=lazy_props,
         capability=capability(bf16),
-        # What torch.device("cuda") is for user code: the device object
-        # that says "accelerator" (docs/policy.md, "Moves copy").
         target_device=torch.device("mps", 0) if is_mps
-        else torch.device("cuda"),
+        else torch.device("cpu"),
         target_type=profile,
         generator=_target_generator(profile),
         is_mps=is_mps,

@@ -8,6 +8,7 @@ nothing new.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -78,6 +79,24 @@ def move(api: str, request: str, fallback: Callable[[], Any]):
 
 def simple(api: str, kind: int):
     return lambda orig: _wrapper(orig, kind, api)
+
+
+def _module_apply(original: Any) -> Any:
+    """Module._apply, through which every module conversion runs: one that
+    is not a move (half(), float(), to(dtype)) leaves the tensors on the
+    accelerator where they were (docs/policy.md, "Moves copy")."""
+    keep_place = _tdcore.keep_place
+
+    @functools.wraps(original)
+    def _apply(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "_torchdevice_keeps_place", False):
+            return original(self, fn, *args, **kwargs)
+
+        def convert(t: Any) -> Any:
+            return keep_place(t, fn(t))
+        convert._torchdevice_keeps_place = True   # type: ignore[attr-defined]
+        return original(self, convert, *args, **kwargs)
+    return _apply
 
 
 def _owner_value(owner: Any, name: str) -> Tuple[bool, Any]:
@@ -164,6 +183,7 @@ def patch_table() -> List[Patch]:
         Patch(M, "cpu", move("Module.cpu", "cpu", module_to)),
         Patch(M, "mps", move("Module.mps", "mps", module_to)),
         Patch(M, "to_empty", factory("Module.to_empty", False)),
+        Patch(M, "_apply", _module_apply),
     ]
     table += _import("TorchDevice._streams").patches()
     table += _import("TorchDevice._masquerade").patches()

@@ -309,39 +309,7 @@ def test_two_runs_of_a_seeded_cuda_script_match():
 # ---- 5. AMP --------------------------------------------------------------
 
 
-def test_autocast_cuda_runs_on_target():
-    profile = TorchDevice.hardware_profile()
-    a = torch.randn(4, 4, device="cuda")
-    with warnings.catch_warnings():
-        # "CUDA is not available ... Disabling" is a UserWarning; torch's
-        # own deprecation notices (FutureWarning) are not ours to silence.
-        warnings.simplefilter("error", UserWarning)
-        with torch.autocast("cuda"):
-            assert (a @ a).dtype == torch.float16
-            assert torch.is_autocast_enabled("cuda")
-            assert torch.is_autocast_enabled()
-            assert torch.get_autocast_dtype("cuda") == torch.float16
-        with torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16):
-            if profile == "cpu":
-                assert (a @ a).dtype == torch.bfloat16
-        with torch.cuda.amp.autocast() if hasattr(torch.cuda, "amp") \
-                else torch.autocast("cuda"):
-            assert (a @ a).dtype == torch.float16
-    assert not torch.is_autocast_enabled("cuda")
-
-
-def test_autocast_unsupported_dtype_is_replaced_and_logged(restore_config,
-                                                           caplog):
-    TorchDevice.configure(log_level="INFO")
-    # float64 is not an autocast dtype anywhere: the target's default is
-    # used instead, and the change is logged.
-    with caplog.at_level(logging.INFO, logger="TorchDevice"):
-        with torch.autocast("cuda", dtype=torch.float64):
-            dtype = torch.get_autocast_dtype("cuda")
-    assert dtype in _masquerade._amp_dtypes(
-        TorchDevice.hardware_profile())[0]
-    assert any("float64 is not supported by autocast" in r.getMessage()
-               for r in caplog.records)
+# Autocast's device types and dtypes: tests/test_amp.py.
 
 
 def test_amp_training_loop_trains():

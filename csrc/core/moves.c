@@ -272,6 +272,25 @@ moves_on_accelerator(PyObject *module, PyObject *tensor)
     return PyBool_FromLong(td_on_accelerator(st, tensor));
 }
 
+/* keep_place(src, dst) -> dst: a module's conversion that is not a move
+ * (Module.half(), .to(dtype), ...) leaves its tensors where they were. */
+static PyObject *
+moves_keep_place(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "keep_place(src, dst)");
+        return NULL;
+    }
+    td_state *st = (td_state *)PyModule_GetState(module);
+    if (args[1] != args[0] && st->device_type != NULL && td_moves_active()
+        && td_module_intent() == TD_INTENT_NONE
+        && td_on_accelerator(st, args[0]))
+    {
+        td_mark_accelerator(st, args[1]);
+    }
+    return Py_NewRef(args[1]);
+}
+
 static PyObject *
 moves_intent(PyObject *module, PyObject *arg)
 {
@@ -292,6 +311,10 @@ PyMethodDef td_moves_methods[] = {
      "on_accelerator(tensor) -> bool\n\nWhether the program sees the "
      "tensor on the accelerator (its storage came from an accelerator "
      "request)."},
+    {"keep_place", (PyCFunction)(void (*)(void))moves_keep_place,
+     METH_FASTCALL,
+     "keep_place(src, dst) -> dst\n\nMarks dst on the accelerator when "
+     "src is and no module move is under way (Module._apply)."},
     {"device_intent", moves_intent, METH_O,
      "device_intent(device) -> 'none' | 'host' | 'accelerator'\n\nWhat a "
      "device argument asks for, as the move rule reads it."},

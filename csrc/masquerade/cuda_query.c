@@ -593,7 +593,13 @@ q_current_accelerator(PyObject *module, PyObject *const *args,
         PyObject *fn = original(m, "current_accelerator");
         return fn ? PyObject_Vectorcall(fn, args, nargs, kwnames) : NULL;
     }
-    return Py_NewRef(m->target_device);
+    /* The object torch.device("cuda") gives user code, which says
+     * "accelerator" to a move (moves.c). */
+    td_target t = td_get_profile() == TD_PROFILE_MPS ? TD_TARGET_MPS
+                  : TD_TARGET_CPU;
+    PyObject *dev = st->device_type != NULL
+                    ? td_intent_device(st, t, TD_INTENT_ACCEL) : NULL;
+    return Py_NewRef(dev != NULL ? dev : m->target_device);
 }
 
 /* torch.get_device_module("cuda"): torch.cuda, whose functions answer for
