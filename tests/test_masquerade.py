@@ -72,6 +72,57 @@ def test_set_device_accepts_int_str_and_device():
         c.set_device()
 
 
+def test_device_count_follows_the_launch():
+    """torchrun sets LOCAL_WORLD_SIZE: that many devices are shown, all the
+    one really present; set_device(LOCAL_RANK) selects one of them."""
+    proc = run_python("""
+        import torch, TorchDevice
+        c = torch.cuda
+        print(c.device_count(), torch.accelerator.device_count())
+        c.set_device(1)
+        print(c.current_device(), torch.accelerator.current_device_index())
+        with c.device(0):
+            print(c.current_device())
+        print(c.current_device(), c.get_device_name(1) == c.get_device_name(0))
+        print(torch.zeros(1, device="cuda:1").device, c.get_device_properties(
+            torch.device("cuda", 1)).total_memory > 0)
+        c.set_device("cuda:5")          # past the devices shown: collapses
+        print(c.current_device())
+    """, env={"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["2 2", "1 1", "0", "1 True",
+                                        "cpu True", "0"]
+
+
+@pytest.mark.parametrize("env, count", [
+    ({"TORCHDEVICE_DEVICE_COUNT": "4"}, 4),
+    ({"TORCHDEVICE_DEVICE_COUNT": "3", "LOCAL_WORLD_SIZE": "2"}, 3),
+    ({"LOCAL_WORLD_SIZE": "garbage"}, 1),
+    ({}, 1),
+])
+def test_device_count_configuration(env, count):
+    proc = run_python("""
+        import torch, TorchDevice
+        print(torch.cuda.device_count())
+    """, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(count)
+
+
+def test_device_count_at_run_time(restore_config):
+    c = torch.cuda
+    try:
+        TorchDevice.configure(device_count=2)
+        assert c.device_count() == 2
+        c.set_device(1)
+        assert c.current_device() == 1
+    finally:
+        TorchDevice.configure(device_count=None)
+    assert c.device_count() == 1 and c.current_device() == 0
+    with pytest.raises(ValueError):
+        TorchDevice.configure(device_count=0)
+
+
 def test_device_context_managers_and_negative_index():
     c = torch.cuda
     with c.device(0):
