@@ -139,8 +139,8 @@ def _autocast_init(original: Callable[..., None]) -> Callable[..., None]:
             return
         want = _DEFAULTS.get(device_type) if dtype is None else dtype
         used = _DTYPES[device_type].get(want, want)
-        accepted = _ACCEPTED.get(target, ())
-        if used in accepted or target == "cuda":
+        accepted = _ACCEPTED.get(target)
+        if accepted is None or used in accepted:
             original(self, target, used, enabled, cache_enabled)
         else:
             # float32 on the CPU: open the region with a dtype its autocast
@@ -296,8 +296,8 @@ def install(profile: str, keep_float16: bool,
         _DTYPES[source] = dtype_table(target, keep_float16, bf16_fast,
                                       bf16_ok)
         _DEFAULTS.setdefault(source, torch.float16)
-    # torch's own lists (torch/amp/autocast_mode.py): CUDA takes any
-    # floating dtype, the others bfloat16 and float16.
+    # torch's own lists (torch/amp/autocast_mode.py) for the devices whose
+    # autocast refuses other dtypes; CUDA's takes any floating dtype.
     _ACCEPTED.update({"cpu": (torch.bfloat16, torch.float16),
                       "mps": (torch.float16, torch.bfloat16)})
 

@@ -343,6 +343,8 @@ def announced(profile: Optional[str] = None) -> Tuple[str, ...]:
         return ("cuda", "mps")
     if profile == "mps":
         return ("mps", "cuda")
+    # Neither kind is real (profile cpu; any profile whose device is
+    # another kind): the configured one.
     return (_announce,)
 
 
@@ -383,7 +385,7 @@ def install(profile: str) -> None:
         total_memory = _total_memory()
     if not is_mps:
         originals["utilization"] = _cpu_utilization
-    if profile == "cpu" and _announce == "mps":
+    if "cuda" not in announced(profile):
         # torch.mps answered from the masquerade's functions, which are not
         # installed on torch.cuda: CUDA is not announced.
         common["cuda_module"] = _masquerade_namespace()
@@ -555,7 +557,7 @@ def patches() -> List[Any]:
     table = _amp_patches(profile)
     if profile == "cuda":
         return table + _reverse_patches()
-    if profile == "cpu" and _announce == "mps":
+    if "cuda" not in announced(profile):
         return (table + _reverse_patches()
                 + _fn_patches(torch.accelerator, ACCELERATOR,
                               "torch.accelerator"))

@@ -136,8 +136,8 @@ def patches() -> List[Any]:
     setup()
     from . import _masquerade
     if "cuda" not in _masquerade.announced():
-        # Profile cpu with MPS announced: torch.mps.Event on the CPU
-        # backend; torch.cuda stays torch's (CUDA is not announced).
+        # MPS announced where neither kind is real: torch.mps.Event on the
+        # CPU backend; torch.cuda stays torch's (CUDA is not announced).
         return _mps_patches()
     if _tdcore.settings()["profile"] == "cuda":
         return _mps_patches()

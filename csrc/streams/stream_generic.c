@@ -50,8 +50,11 @@ route_of(td_state *st, PyObject *dev)
     }
     td_request req = td_request_from_object(st, dev);
     td_profile profile = td_get_profile();
+    /* "mps" where neither kind is real: a hard-coded request, redirected
+     * like device="mps" whichever kind is announced. */
+    int neither = profile != TD_PROFILE_CUDA && profile != TD_PROFILE_MPS;
     if ((profile != TD_PROFILE_CUDA && req.kind == TD_REQ_CUDA)
-        || (profile == TD_PROFILE_CPU && req.kind == TD_REQ_MPS))
+        || (neither && req.kind == TD_REQ_MPS))
     {
         return ROUTE_OURS;
     }
