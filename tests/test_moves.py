@@ -104,6 +104,17 @@ def test_a_device_read_from_a_tensor_means_that_tensor_s_place():
     assert _tdcore.device_intent(torch.device(torch.device("cuda"))) \
         == "accelerator"
     assert _tdcore.device_intent("mps:0") == "accelerator"
+    # A cuda device built where TorchDevice was not enabled yet is still a
+    # request for the accelerator: no tensor here is on "cuda".
+    TorchDevice.disable()
+    try:
+        native = torch.device("cuda", 0)
+    finally:
+        TorchDevice.enable()
+    assert native.type == "cuda"
+    assert _tdcore.device_intent(native) == "accelerator"
+    h = torch.zeros(2)
+    assert h.to(native) is not h and h.to(native).to(native) is not h
 
 
 MODULE_MOVES = [

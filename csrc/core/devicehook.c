@@ -94,9 +94,7 @@ device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
      * for (moves.c reads it by identity). */
     if (PyTuple_GET_SIZE(args) == 1 && (kwargs == NULL
                                         || PyDict_GET_SIZE(kwargs) == 0)
-        && Py_TYPE(PyTuple_GET_ITEM(args, 0)) == st->device_type
-        && td_moves_active()
-        && td_intent_of_arg(st, PyTuple_GET_ITEM(args, 0)) != TD_INTENT_NONE)
+        && td_intent_kept(st, PyTuple_GET_ITEM(args, 0)))
     {
         return Py_NewRef(PyTuple_GET_ITEM(args, 0));
     }

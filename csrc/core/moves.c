@@ -101,6 +101,16 @@ td_intent_of_arg(td_state *st, PyObject *arg)
         {
             return TD_INTENT_HOST;
         }
+        /* A device of a kind no tensor here is on was built for a request
+         * (before TorchDevice was enabled, or by torch's own code), not
+         * read off a tensor. */
+        td_req_kind kind = td_request_from_device(arg).kind;
+        td_profile profile = td_get_profile();
+        if ((kind == TD_REQ_CUDA && profile != TD_PROFILE_CUDA)
+            || (kind == TD_REQ_MPS && profile != TD_PROFILE_MPS))
+        {
+            return TD_INTENT_ACCEL;
+        }
         return TD_INTENT_NONE;
     }
     return td_intent_of_kind(td_request_from_object(st, arg).kind);
@@ -141,6 +151,26 @@ td_intent_cached(td_state *st, PyObject *dev)
         }
     }
     return NULL;
+}
+
+int
+td_intent_kept(td_state *st, PyObject *dev)
+{
+    if (!td_moves_active()) {
+        return 0;
+    }
+    PyObject *mine[] = {st->dev_cpu, st->dev_cuda, st->dev_mps,
+                        st->intent_accel_cpu, st->intent_host_cuda,
+                        st->intent_host_mps};
+    for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++) {
+        if (dev == mine[i]) {
+            td_resolution res = td_resolve(td_request_from_device(dev),
+                                           td_get_profile(), td_get_mode(),
+                                           td_get_cpu_override(), 0);
+            return res.target == TD_TARGET_KEEP && !res.toggle_override;
+        }
+    }
+    return 0;
 }
 
 int

@@ -112,6 +112,9 @@ td_intent td_intent_of_arg(td_state *st, PyObject *arg);
 PyObject *td_intent_device(td_state *st, td_target target, td_intent intent);
 /* Borrowed cached object equal to `dev` (a device torch built), or NULL. */
 PyObject *td_intent_cached(td_state *st, PyObject *dev);
+/* Whether `dev` is one of the objects above that the policy keeps as it
+ * is: torch.device(dev) may then be `dev` itself. */
+int td_intent_kept(td_state *st, PyObject *dev);
 int td_module_intent(void);
 int td_swap_module_intent(int intent);
 int td_on_accelerator(td_state *st, PyObject *tensor);
