@@ -85,11 +85,12 @@ def _module_apply(original: Any) -> Any:
     """Module._apply, through which every module conversion runs: one that
     is not a move (half(), float(), to(dtype)) leaves the tensors on the
     accelerator where they were (docs/policy.md, "Moves copy")."""
-    keep_place = _tdcore.keep_place
+    keep_place, keeps_place = _tdcore.keep_place, _tdcore.keeps_place
 
     @functools.wraps(original)
     def _apply(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(fn, "_torchdevice_keeps_place", False):
+        if (not keeps_place()
+                or getattr(fn, "_torchdevice_keeps_place", False)):
             return original(self, fn, *args, **kwargs)
 
         def convert(t: Any) -> Any:

@@ -321,6 +321,16 @@ moves_keep_place(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_NewRef(args[1]);
 }
 
+/* keeps_place() -> bool: whether a module conversion must carry the marks
+ * over (moves copy, and no module move is under way: that one marks its
+ * tensors itself). */
+static PyObject *
+moves_keeps_place(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(td_moves_active()
+                           && td_module_intent() == TD_INTENT_NONE);
+}
+
 static PyObject *
 moves_intent(PyObject *module, PyObject *arg)
 {
@@ -345,6 +355,9 @@ PyMethodDef td_moves_methods[] = {
      METH_FASTCALL,
      "keep_place(src, dst) -> dst\n\nMarks dst on the accelerator when "
      "src is and no module move is under way (Module._apply)."},
+    {"keeps_place", moves_keeps_place, METH_NOARGS,
+     "keeps_place() -> bool\n\nWhether a module conversion running now "
+     "must carry the accelerator mark over (Module._apply)."},
     {"device_intent", moves_intent, METH_O,
      "device_intent(device) -> 'none' | 'host' | 'accelerator'\n\nWhat a "
      "device argument asks for, as the move rule reads it."},
