@@ -302,7 +302,14 @@ def install(profile: str, keep_float16: bool,
                       "mps": (torch.float16, torch.bfloat16)})
 
 
-def uninstall() -> None:
+def on_apply() -> None:
+    """Called at the end of _patches.apply(): install() has run already
+    (from the masquerade's patch entries)."""
+
+
+def on_restore() -> None:
+    """Called by _patches.restore(): a replacement captured before (``from
+    torch import is_autocast_enabled``) is torch's own again."""
     _TYPES.clear()
 
 

@@ -293,10 +293,10 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
 
 
 def _lifecycle_hooks(event: str) -> None:
-    """What is not an attribute patch: the torch.compile polyfills (_compile)
-    and the checkpoint deserializer (_checkpoint)."""
-    from . import _checkpoint, _compile
-    for module in (_checkpoint, _compile):
+    """What is not an attribute patch: the torch.compile polyfills (_compile),
+    the checkpoint deserializer (_checkpoint) and the AMP tables (_amp)."""
+    from . import _amp, _checkpoint, _compile
+    for module in (_checkpoint, _compile, _amp):
         getattr(module, event)()
 
 

@@ -346,3 +346,20 @@ def test_float16_change_is_logged(restore_config, caplog):
             pass
     assert any("autocast torch.float16 runs as" in r.getMessage()
                for r in caplog.records)
+
+
+@cpu_only
+def test_a_captured_replacement_is_torch_s_own_after_disable():
+    captured = torch.is_autocast_enabled
+    TorchDevice.disable()
+    try:
+        torch.set_autocast_enabled("cpu", True)
+        try:
+            assert captured("cpu") is True
+            assert captured("cuda") is False    # CUDA's own state again
+        finally:
+            torch.set_autocast_enabled("cpu", False)
+    finally:
+        TorchDevice.enable()
+    with torch.autocast("cuda"):
+        assert captured("cuda") is True
