@@ -5,7 +5,6 @@ program makes between host and accelerator still returns a new tensor, and
 a move that is a no-op on CUDA still returns the tensor itself."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
