@@ -53,7 +53,10 @@ def _push_config(cfg: Config) -> None:
     _log.apply_level(cfg.log_level)
     _report.activate(cfg.report)
     _sync_recording()
-    _masquerade.configure(cfg.cuda_truthful, cfg.truth_for)
+    _tdcore.set_move_copies(cfg.moves == "copy")
+    _masquerade.set_keep_float16(cfg.keep_float16)
+    _masquerade.configure(cfg.cuda_truthful, cfg.truth_for,
+                          cfg.device_count, cfg.announce)
 
 
 def _sync_recording() -> None:
@@ -79,23 +82,26 @@ def _logging_changed() -> None:
 
 def configure(**changes: Any) -> Config:
     """Changes settings at run time: target, mode, float64, log_level,
-    report (False, True, or a JSON path).
+    report (False, True, or a JSON path), cuda_truthful, truth_for, moves,
+    announce, device_count, keep_float16 (docs/configuration.md).
 
     Unknown or invalid values raise ValueError and change nothing.
     """
     global _config_now
     with _lock:
-        unknown = set(changes) - {"target", "mode", "float64", "log_level",
-                                  "report", "cuda_truthful", "truth_for"}
+        unknown = set(changes) - set(Config.__dataclass_fields__)
         if unknown:
             raise TypeError(f"configure() got unknown settings {sorted(unknown)}")
         new = _config_now.with_changes(**changes)
-        profile_changes = _effective_profile(new) != _effective_profile(
-            _config_now)
+        profile_changes = (
+            _effective_profile(new) != _effective_profile(_config_now)
+            or new.announce != _config_now.announce
+            or new.keep_float16 != _config_now.keep_float16)
         _config_now = new
         if profile_changes and _patches.is_applied():
             # Which torch.cuda / torch.mps names are replaced depends on the
-            # profile: re-apply the whole table for the new one.
+            # profile and the kind announced, and the AMP tables on both:
+            # re-apply the whole table.
             _patches.restore()
             _push_config(new)
             _patches.apply()

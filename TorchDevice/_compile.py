@@ -45,7 +45,8 @@ QUERIES = frozenset({
     "torch.cuda.current_device", "torch.cuda.is_initialized",
     "torch.cuda.get_device_name", "torch.cuda.get_device_capability",
     "torch.cuda.get_device_properties", "torch.cuda.is_bf16_supported",
-    "torch.cuda.get_arch_list", "torch.backends.cuda.is_built",
+    "torch.cuda.get_arch_list", "torch.cuda.get_allocator_backend",
+    "torch.backends.cuda.is_built",
     "torch.backends.mps.is_available", "torch.backends.mps.is_built",
     "torch.mps.is_available", "torch.mps.device_count",
     "torch.accelerator.is_available", "torch.accelerator.device_count",
@@ -446,9 +447,12 @@ def register(entries: Optional[Sequence[Any]] = None) -> None:
             return
         if entries is None:
             entries = _patches.replaced()
+        amp = [e for e in entries if _is_amp(e[3])]
+        entries = [e for e in entries if not _is_amp(e[3])]
         _substitute(_tdcore.trace_plan, _trace_plan_traced, fold=True)
         _install_tensor_handlers()
         _share_handlers(entries)
+        _inline_amp(amp)
         for owner, name, original, replacement in entries:
             original, replacement = _unwrap(original), _unwrap(replacement)
             if not callable(replacement) or replacement is original:
@@ -463,6 +467,40 @@ def register(entries: Optional[Sequence[Any]] = None) -> None:
                 as_user = _as_user(replacement)
                 _substitute(as_user, _constant_only(as_user), fold=True)
                 _substitute(replacement, _forward_to(as_user))
+
+
+def _is_amp(replacement: Any) -> bool:
+    from . import _amp
+    return any(replacement is r for r in _amp.replacements())
+
+
+def _inline_amp(entries: Sequence[Any]) -> None:
+    """The AMP replacements (TorchDevice/_amp.py) are Python functions that
+    dynamo inlines like user code; the torch functions they call keep the
+    rules dynamo has for them (is_autocast_enabled and get_autocast_dtype
+    are folded to constants at trace time).  Dynamo builds those tables by
+    reading ``torch.<name>``: when TorchDevice was enabled first, the
+    entries name the replacements, so they are moved back to the
+    originals."""
+    from torch._dynamo.trace_rules import get_torch_obj_rule_map
+    from torch._dynamo.variables import torch as dynamo_torch
+    from torch._dynamo.variables.torch import TorchInGraphFunctionVariable
+    rules = get_torch_obj_rule_map()
+    folds = dynamo_torch.constant_fold_functions
+    handlers = TorchInGraphFunctionVariable._get_handlers()
+    for _owner, _name, original, replacement in entries:
+        original, replacement = _unwrap(original), _unwrap(replacement)
+        if id(replacement) in _registered:
+            continue
+        for table in (rules, handlers):
+            value = table.pop(replacement, None)
+            if value is not None and original not in table:
+                table[original] = value
+        if replacement in folds:
+            del folds[replacement]
+            folds[original] = None
+        _registered.add(id(replacement))
+        _keep.append(replacement)
 
 
 def _trace_plan_traced(*args: Any, **kwargs: Any) -> Any:

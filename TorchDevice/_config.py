@@ -9,6 +9,8 @@ from typing import Optional, Tuple, Union
 PROFILES = ("cuda", "mps", "cpu")
 MODES = ("accelerate", "cpu-stays-cpu")
 FLOAT64 = ("downcast", "error")
+MOVES = ("copy", "alias")
+ANNOUNCE = ("cuda", "mps")
 
 ENV_TARGET = "TORCHDEVICE_TARGET"
 ENV_MODE = "TORCHDEVICE_MODE"
@@ -17,6 +19,13 @@ ENV_LOG_LEVEL = "TORCHDEVICE_LOG_LEVEL"
 ENV_REPORT = "TORCHDEVICE_REPORT"
 ENV_CUDA_TRUTHFUL = "TORCHDEVICE_CUDA_TRUTHFUL"
 ENV_TRUTH_FOR = "TORCHDEVICE_TRUTH_FOR"
+ENV_MOVES = "TORCHDEVICE_MOVES"
+ENV_ANNOUNCE = "TORCHDEVICE_ANNOUNCE"
+ENV_DEVICE_COUNT = "TORCHDEVICE_DEVICE_COUNT"
+ENV_KEEP_FLOAT16 = "TORCHDEVICE_KEEP_FLOAT16"
+
+_TRUE = ("1", "true", "on", "yes")
+_BOOLS = _TRUE + ("0", "false", "off", "no")
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,16 @@ class Config:
         except for torch's own modules and the truth_for packages.
     truth_for: package names (e.g. "accelerate") whose modules are always
         told the truth by torch.cuda.is_available().
+    moves: "copy" (a move between host and accelerator returns a new tensor,
+        as on CUDA, also where both land on the same device) or "alias"
+        (such a move returns the tensor itself: faster, not CUDA's
+        semantics).  See docs/policy.md.
+    announce: the accelerator kind user code is told about on a machine
+        with neither CUDA nor MPS: "cuda" or "mps" (for MPS-written code).
+    device_count: devices torch.cuda shows (all the one device really
+        present); None: the launcher's LOCAL_WORLD_SIZE, else 1.
+    keep_float16: CUDA's float16 autocast stays float16 on the CPU (by
+        default it becomes bfloat16 or float32, docs/policy.md).
     """
 
     target: Optional[str] = None
@@ -50,6 +69,10 @@ class Config:
     report: Union[bool, str] = False
     cuda_truthful: bool = False
     truth_for: Tuple[str, ...] = ()
+    moves: str = "copy"
+    announce: str = "cuda"
+    device_count: Optional[int] = None
+    keep_float16: bool = False
 
     def validated(self) -> "Config":
         if self.target is not None and self.target not in PROFILES:
@@ -72,6 +95,20 @@ class Config:
                 and all(isinstance(p, str) and p for p in self.truth_for)):
             raise ValueError(
                 f"truth_for must be package names, not {self.truth_for!r}")
+        if self.moves not in MOVES:
+            raise ValueError(f"moves must be one of {MOVES}, not {self.moves!r}")
+        if self.announce not in ANNOUNCE:
+            raise ValueError(
+                f"announce must be one of {ANNOUNCE}, not {self.announce!r}")
+        if self.device_count is not None and not (
+                type(self.device_count) is int and self.device_count >= 1):
+            raise ValueError(
+                f"device_count must be a positive int or None, not "
+                f"{self.device_count!r}")
+        if not isinstance(self.keep_float16, bool):
+            raise ValueError(
+                f"keep_float16 must be True or False, not "
+                f"{self.keep_float16!r}")
         return self
 
     def with_changes(self, **changes: object) -> "Config":
@@ -123,7 +160,8 @@ def from_environment(env: Optional[dict] = None) -> Config:
     env = os.environ if env is None else env
     values: dict = {}
     for var, field in ((ENV_TARGET, "target"), (ENV_MODE, "mode"),
-                       (ENV_FLOAT64, "float64")):
+                       (ENV_FLOAT64, "float64"), (ENV_MOVES, "moves"),
+                       (ENV_ANNOUNCE, "announce")):
         raw = env.get(var, "").strip().lower()
         if raw:
             values[field] = raw
@@ -132,13 +170,20 @@ def from_environment(env: Optional[dict] = None) -> Config:
         if raw_level:
             values["log_level"] = parse_level(raw_level)
         values["report"] = parse_report(env.get(ENV_REPORT, ""))
-        truthful = env.get(ENV_CUDA_TRUTHFUL, "").strip().lower()
-        if truthful:
-            if truthful not in ("0", "1", "true", "false", "on", "off",
-                                "yes", "no"):
+        for var, field in ((ENV_CUDA_TRUTHFUL, "cuda_truthful"),
+                           (ENV_KEEP_FLOAT16, "keep_float16")):
+            flag = env.get(var, "").strip().lower()
+            if flag:
+                if flag not in _BOOLS:
+                    raise ValueError(f"{var} must be 1 or 0, not {flag!r}")
+                values[field] = flag in _TRUE
+        count = env.get(ENV_DEVICE_COUNT, "").strip()
+        if count:
+            if not count.isdigit() or int(count) < 1:
                 raise ValueError(
-                    f"{ENV_CUDA_TRUTHFUL} must be 1 or 0, not {truthful!r}")
-            values["cuda_truthful"] = truthful in ("1", "true", "on", "yes")
+                    f"{ENV_DEVICE_COUNT} must be a positive integer, not "
+                    f"{count!r}")
+            values["device_count"] = int(count)
         values["truth_for"] = parse_names(env.get(ENV_TRUTH_FOR, ""))
         return Config(**values).validated()
     except ValueError as exc:

@@ -32,8 +32,9 @@ QUERY = (
     "current_device", "set_device", "_get_device_index", "_exchange_device",
     "_maybe_exchange_device", "get_device_name", "get_device_capability",
     "get_device_properties", "can_device_access_peer", "is_bf16_supported",
-    "is_tf32_supported",
+    "is_tf32_supported", "get_arch_list", "get_allocator_backend",
 )
+CUDA_BACKENDS = ("is_built",)
 MEMORY = (
     "memory_allocated", "max_memory_allocated", "memory_reserved",
     "max_memory_reserved", "memory_cached", "max_memory_cached",
@@ -74,6 +75,11 @@ MPS_REVERSE = (
 MPS_BACKENDS_REVERSE = ("is_available", "is_built")
 
 ENV_CUDA_VERSION = "TORCHDEVICE_CUDA_VERSION"
+ENV_LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
+
+# The accelerator kind announced on a machine with neither CUDA nor MPS
+# (docs/masquerade.md, "Which accelerator is announced").
+_announce = "cuda"
 
 # torch's own objects, read once before anything is patched.
 _originals: Dict[str, Any] = {}
@@ -199,17 +205,25 @@ def device_properties(profile: str) -> Any:
                             torch.mps.recommended_max_memory)
     else:
         fields = cpu_fields()
+    fields["major"], fields["minor"] = capability(_bf16(profile))
     return _tdcore.DeviceProperties(**fields)
 
 
-def _amp_dtypes(profile: str) -> Tuple[Tuple[torch.dtype, ...], torch.dtype]:
-    """(dtypes autocast supports on the target, the one it picks by
-    default)."""
+def capability(bf16: bool) -> Tuple[int, int]:
+    """The compute capability shown: (8, 0) where the device computes
+    bfloat16, else (7, 0) (docs/masquerade.md, "Compute capability").
+
+    Real programs compare it with (7, 0) to refuse old GPUs and with (8, 0)
+    to pick bfloat16 and TF32; a CPU or an Apple GPU does both of what an
+    (8, 0) branch then asks (TF32 requests are no-ops there).  Nothing
+    higher is claimed: (8, 9) and (9, 0) gate FP8 and Hopper kernels."""
+    return (8, 0) if bf16 else (7, 0)
+
+
+def _bf16(profile: str) -> bool:
     if profile == "mps":
-        macos14 = torch.backends.mps.is_macos_or_newer(14, 0)
-        dtypes = (torch.float16,) + ((torch.bfloat16,) if macos14 else ())
-        return dtypes, torch.float16
-    return (torch.bfloat16, torch.float16), torch.get_autocast_dtype("cpu")
+        return bool(torch.backends.mps.is_macos_or_newer(14, 0))
+    return True
 
 
 def _mem_info_cpu() -> Tuple[int, int]:
@@ -266,6 +280,9 @@ def _capture_originals() -> None:
         "current_accelerator": torch.accelerator.current_accelerator,
         "get_device_module": torch.get_device_module,
         "mps.is_available": torch.backends.mps.is_available,
+        "mps.is_built": torch.backends.mps.is_built,
+        "cuda.is_built": torch.backends.cuda.is_built,
+        "cuda.get_arch_list": torch.cuda.get_arch_list,
         "OrderedDict": collections.OrderedDict,
     })
 
@@ -287,18 +304,49 @@ def push_logging() -> None:
 
 
 def configure(truthful: Optional[bool] = None,
-              truth_for: Optional[Tuple[str, ...]] = None) -> None:
+              truth_for: Optional[Tuple[str, ...]] = None,
+              device_count: Optional[int] = None,
+              announce: Optional[str] = None) -> None:
     """Who sees the truth from torch.cuda.is_available() (and
     torch.accelerator.is_available, torch.backends.mps.is_available on
     profile cuda): everyone when `truthful`, else torch's own modules and
-    the packages named in `truth_for`."""
+    the packages named in `truth_for`.  `device_count`: the devices shown
+    (None: LOCAL_WORLD_SIZE where a launcher set it, else 1).  `announce`:
+    the kind announced on a machine with neither accelerator (takes effect
+    at the next enable)."""
+    global _announce
     kwargs: Dict[str, Any] = {}
     if truthful is not None:
         kwargs["truthful"] = bool(truthful)
     if truth_for is not None:
         kwargs["truth_for"] = tuple(str(p) for p in truth_for)
+    kwargs["device_count"] = (launch_device_count() if device_count is None
+                              else int(device_count))
+    if announce is not None:
+        _announce = announce
     _tdcore.masq_configure(**kwargs)
     push_logging()
+
+
+def launch_device_count(env: Optional[Dict[str, str]] = None) -> int:
+    """The devices a launcher asks for: LOCAL_WORLD_SIZE (torchrun, and
+    launchers that follow it) when it is a positive integer, else 1."""
+    env = os.environ if env is None else env   # type: ignore[assignment]
+    raw = env.get(ENV_LOCAL_WORLD_SIZE, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 1
+
+
+def announced(profile: Optional[str] = None) -> Tuple[str, ...]:
+    """The accelerator kinds user code is told about on `profile` (default:
+    the one in force): the real one and one more at most."""
+    profile = profile or _tdcore.settings()["profile"]
+    if profile == "cuda":
+        return ("cuda", "mps")
+    if profile == "mps":
+        return ("mps", "cuda")
+    # Neither kind is real (profile cpu; any profile whose device is
+    # another kind): the configured one.
+    return (_announce,)
 
 
 def install(profile: str) -> None:
@@ -308,6 +356,9 @@ def install(profile: str) -> None:
         "current_accelerator": _originals["current_accelerator"],
         "get_device_module": _originals["get_device_module"],
         "mps.is_available": _originals["mps.is_available"],
+        "mps.is_built": _originals["mps.is_built"],
+        "cuda.is_built": _originals["cuda.is_built"],
+        "cuda.get_arch_list": _originals["cuda.get_arch_list"],
         "OrderedDict": _originals["OrderedDict"],
     }
     common: Dict[str, Any] = dict(
@@ -315,7 +366,6 @@ def install(profile: str) -> None:
         orig_summary=_originals["cuda.memory_summary"],
         cuda_module=torch.cuda,
         record=_tdcore.record,
-        float16=torch.float16,
         originals=originals,
     )
     if profile == "cuda":
@@ -323,30 +373,33 @@ def install(profile: str) -> None:
         push_logging()
         return
     is_mps = profile == "mps"
+    bf16 = _bf16(profile)
     if is_mps:
         props = device_properties(profile)
         lazy_props = None
-        capability, total_memory = (props.major, props.minor), props.total_memory
+        total_memory = props.total_memory
     else:
         # Built at first use: psutil's import costs more than the rest of
         # enabling TorchDevice.
         props = None
         lazy_props = functools.partial(device_properties, profile)
-        capability, total_memory = (0, 0), _total_memory()
-    amp_dtypes, amp_default = _amp_dtypes(profile)
+        total_memory = _total_memory()
     if not is_mps:
         originals["utilization"] = _cpu_utilization
+    if "cuda" not in announced(profile):
+        # torch.mps answered from the masquerade's functions, which are not
+        # installed on torch.cuda: CUDA is not announced.
+        common["cuda_module"] = _masquerade_namespace()
     _tdcore.masq_install(
         props=props,
         props_factory=lazy_props,
-        capability=capability,
+        capability=capability(bf16),
         target_device=torch.device("mps", 0) if is_mps
         else torch.device("cpu"),
         target_type=profile,
         generator=_target_generator(profile),
         is_mps=is_mps,
-        bf16=(torch.backends.mps.is_macos_or_newer(14, 0) if is_mps
-              else True),
+        bf16=bf16,
         total_memory=total_memory,
         mps_allocated=torch.mps.current_allocated_memory if is_mps else None,
         mps_driver=torch.mps.driver_allocated_memory if is_mps else None,
@@ -355,8 +408,6 @@ def install(profile: str) -> None:
                           if is_mps else None),
         rss=_rss_reader(),
         mem_info=_mem_info_mps if is_mps else _mem_info_cpu,
-        amp_dtypes=amp_dtypes,
-        amp_default=amp_default,
         **common,
     )
     push_logging()
@@ -402,41 +453,45 @@ def _value_patch(owner: Any, name: str, value: Any) -> Any:
     return Patch(owner, name, lambda orig: value)
 
 
-def _amp_patches() -> List[Any]:
+def _amp_patches(profile: str) -> List[Any]:
+    """torch.autocast / GradScaler / the autocast state functions, where the
+    policy redirects a device type (TorchDevice/_amp.py)."""
     from ._patches import Patch
     from torch.amp import autocast_mode, grad_scaler
-    DTA = _tdcore.DeviceTypeArg
-
-    def init_of(cls: type, api: str, argname: str, **kw: Any) -> Any:
-        return Patch(cls, "__init__",
-                     lambda orig: DTA(orig, api, argname, 1, **kw))
-
+    from . import _amp
+    _amp.install(profile, _keep_float16, bf16_ok=_bf16(profile))
+    if not _amp.redirected_types(profile):
+        return []
     patches = [
-        init_of(autocast_mode.autocast, "torch.autocast", "device_type",
-                autocast=True),
-        init_of(grad_scaler.GradScaler, "torch.amp.GradScaler", "device",
-                default_cuda=True),
+        Patch(autocast_mode.autocast, "__init__",
+              lambda orig: _amp.replacement("autocast.__init__")),
+        Patch(grad_scaler.GradScaler, "__init__",
+              lambda orig: _amp.replacement("GradScaler.__init__")),
     ]
-    for name, default_cuda in (("is_autocast_enabled", True),
-                               ("get_autocast_dtype", False),
-                               ("set_autocast_dtype", False),
-                               ("set_autocast_enabled", False)):
-        patches.append(Patch(
-            torch, name,
-            lambda orig, n=name, d=default_cuda: DTA(
-                orig, f"torch.{n}", "device_type", 0, default_cuda=d)))
+    for name in ("is_autocast_enabled", "get_autocast_dtype",
+                 "set_autocast_dtype", "set_autocast_enabled"):
+        patches.append(Patch(torch, name,
+                             lambda orig, n=name: _amp.replacement(n)))
     return patches
 
 
+_keep_float16 = False
+
+
+def set_keep_float16(keep: bool) -> None:
+    """TORCHDEVICE_KEEP_FLOAT16: takes effect at the next enable."""
+    global _keep_float16
+    _keep_float16 = bool(keep)
+
+
 def _version_patches() -> List[Any]:
-    """torch.version.cuda / torch.backends.cuda.is_built() stay truthful
-    unless TORCHDEVICE_CUDA_VERSION names a version to report."""
+    """torch.version.cuda stays truthful (None on a CPU wheel) unless
+    TORCHDEVICE_CUDA_VERSION names a version to report: torch's own modules
+    read it too, and a module attribute cannot tell them apart."""
     version = os.environ.get(ENV_CUDA_VERSION, "").strip()
     if not version:
         return []
-    return [_value_patch(torch.version, "cuda", version),
-            *_fn_patches(torch.backends.cuda, ("is_built",),
-                         "torch.backends.cuda", aliases=False)]
+    return [_value_patch(torch.version, "cuda", version)]
 
 
 def _masquerade_patches(profile: str) -> List[Any]:
@@ -458,9 +513,27 @@ def _masquerade_patches(profile: str) -> List[Any]:
     table += _fn_patches(torch.accelerator, ACCELERATOR, "torch.accelerator")
     table += _fn_patches(torch, ("get_device_module",), "torch",
                          aliases=False)
-    table += _amp_patches()
+    table += _fn_patches(torch.backends.cuda, CUDA_BACKENDS,
+                         "torch.backends.cuda", aliases=False)
     table += _version_patches()
     return table
+
+
+# The torch.cuda functions torch.mps answers through (mps_reverse.c).
+_MPS_VIA_CUDA = (
+    "empty_cache", "memory_allocated", "memory_reserved", "mem_get_info",
+    "manual_seed", "seed", "get_rng_state", "set_rng_state",
+    "set_per_process_memory_fraction", "device_count",
+)
+
+
+def _masquerade_namespace() -> Any:
+    """The masquerade's torch.cuda functions, not installed anywhere: what
+    torch.mps answers through when MPS, not CUDA, is announced on a machine
+    with neither."""
+    import types
+    names = {n: _function(n, "torch.cuda") for n in _MPS_VIA_CUDA}
+    return types.SimpleNamespace(synchronize=_tdcore.synchronize, **names)
 
 
 def _reverse_patches() -> List[Any]:
@@ -476,16 +549,21 @@ def _reverse_patches() -> List[Any]:
 
 def patches() -> List[Any]:
     """The patch-table entries for the profile in force (called by
-    _patches.patch_table() at enable time)."""
+    _patches.patch_table() at enable time).
+
+    Never more than one accelerator kind is announced that is not there:
+    on profile cuda MPS is (for MPS-written code), on profile mps CUDA is,
+    and on profile cpu the configured one, CUDA by default."""
     profile = _tdcore.settings()["profile"]
     install(profile)
+    table = _amp_patches(profile)
     if profile == "cuda":
-        return _reverse_patches()
-    if profile == "cpu":
-        # MPS-written code on a machine with neither accelerator: torch.mps
-        # answers through the torch.cuda masquerade, i.e. from the CPU.
-        return _masquerade_patches(profile) + _reverse_patches()
-    return _masquerade_patches(profile)
+        return table + _reverse_patches()
+    if "cuda" not in announced(profile):
+        return (table + _reverse_patches()
+                + _fn_patches(torch.accelerator, ACCELERATOR,
+                              "torch.accelerator"))
+    return table + _masquerade_patches(profile)
 
 
 def replaced_names() -> Dict[str, Tuple[str, ...]]:
@@ -494,6 +572,7 @@ def replaced_names() -> Dict[str, Tuple[str, ...]]:
     return {
         "torch.cuda": QUERY + MEMORY + RNG + MISC
         + ("default_generators", "CUDAGraph"),
+        "torch.backends.cuda": CUDA_BACKENDS,
         "torch.cuda.memory": MEMORY_PRIVATE,
         "torch.cuda.nvtx": NVTX,
         "torch.accelerator": ACCELERATOR,
@@ -501,6 +580,6 @@ def replaced_names() -> Dict[str, Tuple[str, ...]]:
                   "get_autocast_dtype", "set_autocast_dtype",
                   "set_autocast_enabled"),
         "torch.autocast / torch.amp.GradScaler": ("__init__",),
-        "torch.mps (profile cuda)": MPS_REVERSE,
-        "torch.backends.mps (profile cuda)": MPS_BACKENDS_REVERSE,
+        "torch.mps (MPS announced)": MPS_REVERSE,
+        "torch.backends.mps (MPS announced)": MPS_BACKENDS_REVERSE,
     }

@@ -8,6 +8,7 @@ nothing new.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
@@ -79,6 +80,25 @@ def move(api: str, request: str, fallback: Callable[[], Any]):
 
 def simple(api: str, kind: int):
     return lambda orig: _wrapper(orig, kind, api, _grammar.NONE)
+
+
+def _module_apply(original: Any) -> Any:
+    """Module._apply, through which every module conversion runs: one that
+    is not a move (half(), float(), to(dtype)) leaves the tensors on the
+    accelerator where they were (docs/policy.md, "Moves copy")."""
+    keep_place, keeps_place = _tdcore.keep_place, _tdcore.keeps_place
+
+    @functools.wraps(original)
+    def _apply(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if (not keeps_place()
+                or getattr(fn, "_torchdevice_keeps_place", False)):
+            return original(self, fn, *args, **kwargs)
+
+        def convert(t: Any) -> Any:
+            return keep_place(t, fn(t))
+        convert._torchdevice_keeps_place = True   # type: ignore[attr-defined]
+        return original(self, convert, *args, **kwargs)
+    return _apply
 
 
 def _owner_value(owner: Any, name: str) -> Tuple[bool, Any]:
@@ -191,6 +211,7 @@ def patch_table() -> List[Patch]:
         Patch(M, "cpu", move("Module.cpu", "cpu", module_to)),
         Patch(M, "mps", move("Module.mps", "mps", module_to)),
         Patch(M, "to_empty", factory("Module.to_empty", _grammar.FACTORY)),
+        Patch(M, "_apply", _module_apply),
     ]
     table += _import("TorchDevice._streams").patches()
     table += _import("TorchDevice._masquerade").patches()
@@ -370,7 +391,7 @@ def _name_for_pickle(owner: Any, name: str) -> None:
     module, qualname = _pickle_path(owner, name)
     if _lookup(module, qualname) is not value:
         return
-    if isinstance(value, (_tdcore.Wrapper, _tdcore.DeviceTypeArg)):
+    if isinstance(value, _tdcore.Wrapper):
         # Their __qualname__ stays torch's (introspection); C's __reduce__
         # reads this name instead.  __module__ changes only where torch's
         # does not hold it (torch._C._fft for torch.fft.*).
@@ -387,10 +408,10 @@ def _name_for_pickle(owner: Any, name: str) -> None:
 
 def _lifecycle_hooks(event: str) -> None:
     """What is not an attribute patch: the torch.compile polyfills (_compile),
-    the checkpoint deserializer (_checkpoint) and the DataLoader's pinning
-    warning filter (_dataloader)."""
-    from . import _checkpoint, _compile, _dataloader
-    for module in (_checkpoint, _compile, _dataloader):
+    the checkpoint deserializer (_checkpoint), the DataLoader's pinning
+    warning filter (_dataloader) and the AMP tables (_amp)."""
+    from . import _amp, _checkpoint, _compile, _dataloader
+    for module in (_checkpoint, _compile, _dataloader, _amp):
         getattr(module, event)()
 
 

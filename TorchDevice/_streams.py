@@ -10,9 +10,13 @@ are handed.
 * profile cuda: ``torch.mps.Event`` becomes the same C type with the CUDA
   backend (native ``torch.cuda.Event`` underneath), and ``torch.mps``'s
   stream functions, where the installed torch has them, are torch.cuda's.
+* profile cpu with MPS announced (``TORCHDEVICE_ANNOUNCE=mps``):
+  ``torch.mps.Event`` is the C type with the CPU backend; ``torch.cuda`` is
+  left as torch has it.
 * every profile: ``torch.Stream("cuda")`` / ``torch.Event("cuda")`` give our
-  objects where CUDA is emulated, and ``"mps"`` means the GPU on profile cuda
-  (tp_new hooks in ``csrc/streams/stream_generic.c``).
+  objects where CUDA is emulated (and ``"mps"`` on profile cpu), and
+  ``"mps"`` means the GPU on profile cuda (tp_new hooks in
+  ``csrc/streams/stream_generic.c``).
 
 Which set of attributes is replaced follows the profile in force when
 ``enable()`` runs; the backend of each new stream or event follows the
@@ -139,6 +143,11 @@ def patches() -> List[Any]:
     """Sets the backends up and returns the patch-table entries for the
     profile in force (called by _patches.patch_table() during apply())."""
     setup()
+    from . import _masquerade
+    if "cuda" not in _masquerade.announced():
+        # MPS announced where neither kind is real: torch.mps.Event on the
+        # CPU backend; torch.cuda stays torch's (CUDA is not announced).
+        return _mps_patches()
     if _tdcore.settings()["profile"] == "cuda":
         return _mps_patches()
     return _cuda_patches()

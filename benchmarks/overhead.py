@@ -41,6 +41,10 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
     cuda_obj, native_obj = torch.device("cuda"), torch.device(NATIVE)
     if was:
         TorchDevice.enable()
+    # Moves copy, as on CUDA (docs/policy.md): a host tensor moved to "cuda"
+    # is a new tensor, whose native counterpart is an explicit copy; one
+    # already "on cuda" is moved by the no-op torch makes natively.
+    acc = torch.ones(4, device="cuda") if was else t
     return [
         ("torch.device('cuda')", lambda: torch.device("cuda"),
          lambda: torch.device(NATIVE), 1.5),
@@ -49,9 +53,15 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
         ("torch.zeros(4, device=<obj>)",
          lambda: torch.zeros(4, device=cuda_obj),
          lambda: torch.zeros(4, device=native_obj), None),
-        ("t.to('cuda')", lambda: t.to("cuda"), lambda: t.to(NATIVE), 1.05),
-        ("t.to(<obj>)", lambda: t.to(cuda_obj), lambda: t.to(native_obj),
-         None),
+        ("host t.to('cuda') (copy)", lambda: t.to("cuda"),
+         lambda: t.to(NATIVE, copy=True), 1.05),
+        ("cuda t.to('cuda') (no-op)", lambda: acc.to("cuda"),
+         lambda: t.to(NATIVE), 1.05),
+        ("cuda t.to(<obj>) (no-op)", lambda: acc.to(cuda_obj),
+         lambda: t.to(native_obj), None),
+        ("cuda t.cpu() (copy)", lambda: acc.cpu(),
+         lambda: t.to("cpu", copy=True), None),
+        ("host t.cpu() (no-op)", lambda: t.cpu(), lambda: t.cpu(), None),
         ("nn.Linear(256,256).to('cuda')", lambda: lin.to("cuda"),
          lambda: lin.to(NATIVE), 1.05),
     ]

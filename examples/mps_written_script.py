@@ -8,6 +8,9 @@ NVIDIA machine with
 
     python -m TorchDevice run examples/mps_written_script.py [--out r.pt]
 
+(on a machine with neither GPU, with TORCHDEVICE_ANNOUNCE=mps: MPS, not CUDA,
+is then the accelerator announced to the program).
+
 `--out` saves the losses and final parameters (tests/test_mps_script.py
 compares them with the same program written for the CPU by hand).
 """

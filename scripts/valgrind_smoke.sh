@@ -79,6 +79,11 @@ def calls():
         t.is_pinned()
         m.to("cuda")
         m.cuda()
+        w = t.cuda()                    # moves copy (csrc/core/moves.c)
+        w.cuda(); w.cpu(); w.to("cpu"); w.to(w.device)
+        m.cpu(); m.half().float(); m.to(torch.device("cuda"), torch.float64)
+        _tdcore.keep_place(w, t); _tdcore.on_accelerator(w)
+        _tdcore.device_intent(torch.device(torch.device("cuda")))
         torch.device("cuda")
         torch.device("cuda", 3)
         torch.device(1)
@@ -112,7 +117,9 @@ if c.is_available():      # the masquerade and events
     for _ in range(N):
         c.device_count(); c.current_device(); c.get_device_name(0)
         c.get_device_properties(0); c.memory_allocated()
-        c.max_memory_allocated()
+        c.max_memory_allocated(); c.get_arch_list(); c.set_device(0)
+        c.get_allocator_backend(); torch.backends.cuda.is_built()
+        torch.Stream(device="mps"); torch.Event(device="mps")
     if hasattr(c, "Event"):
         a, b = c.Event(enable_timing=True), c.Event(enable_timing=True)
         for _ in range(N):

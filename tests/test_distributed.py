@@ -173,3 +173,108 @@ except Exception as exc:
     print("INIT", type(exc).__name__, exc)
 ''' % _free_port(), timeout=60)
     assert "INIT ok" not in proc.stdout, proc.stdout
+
+
+# A program in the style of pytorch/examples' distributed ones: it refuses
+# to run on fewer GPUs than ranks ("Unable to locate sufficient 2 gpus",
+# exit 0 having trained nothing), picks its device by LOCAL_RANK and trains
+# with DDP.  Under torchrun the device count is the launch's
+# (docs/masquerade.md, "Device count").
+NEEDS_TWO = '''
+import json, os, sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+import TorchDevice
+
+if torch.cuda.device_count() < 2:
+    print("Unable to locate sufficient 2 gpus to run this example. Exiting.")
+    sys.exit(0)
+local_rank = int(os.environ["LOCAL_RANK"])
+torch.cuda.set_device(local_rank)
+dist.init_process_group("nccl")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 2).to(local_rank)
+ddp = DDP(model, device_ids=[local_rank])
+opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+g = torch.Generator().manual_seed(rank)
+x, y = torch.randn(8, 4, generator=g), torch.randn(8, 2, generator=g)
+losses = []
+for _ in range(5):
+    opt.zero_grad()
+    loss = ((ddp(x.to(local_rank)) - y.to(local_rank)) ** 2).mean()
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"rank{rank}.json"),
+          "w") as fh:
+    json.dump({"rank": rank, "count": torch.cuda.device_count(),
+               "accel_count": torch.accelerator.device_count(),
+               "current": torch.cuda.current_device(),
+               "losses": losses,
+               "params": [p.detach().cpu().tolist()
+                          for p in model.parameters()]}, fh)
+dist.destroy_process_group()
+'''
+
+
+def _torchrun(path, tmp_path, nproc: int = 2):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TORCHDEVICE")}
+    env["OMP_NUM_THREADS"] = "1"
+    env["TD_RESULT_DIR"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run",
+         f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+         f"--master_port={_free_port()}", str(path)],
+        capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_program_that_needs_two_gpus_trains_on_both_ranks(tmp_path):
+    path = tmp_path / "needs_two.py"
+    path.write_text(NEEDS_TWO)
+    proc = _torchrun(path, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "Unable to locate" not in proc.stdout
+    ranks = sorted(_results(tmp_path), key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for r in ranks:
+        assert r["count"] == r["accel_count"] == 2
+        assert r["current"] == r["rank"]
+        assert len(r["losses"]) == 5 and r["losses"][-1] < r["losses"][0]
+    # DDP kept the two replicas in step.
+    assert ranks[0]["params"] == ranks[1]["params"]
+
+
+SPAWNED = '''
+import json, os, sys
+import torch
+import torch.multiprocessing as mp
+import TorchDevice
+
+def worker(rank, out):
+    torch.cuda.set_device(rank)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
+        json.dump({"rank": rank, "count": torch.cuda.device_count(),
+                   "current": torch.cuda.current_device(),
+                   "device": str(torch.zeros(1, device=f"cuda:{rank}").device)},
+                  fh)
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1],), nprocs=torch.cuda.device_count())
+'''
+
+
+def test_mp_spawn_starts_one_process_per_configured_device(tmp_path):
+    path = tmp_path / "spawned.py"
+    path.write_text(SPAWNED)
+    proc = run_python("", str(tmp_path), script=path, timeout=180,
+                      env={"TORCHDEVICE_DEVICE_COUNT": "2",
+                           "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = sorted(_results(tmp_path), key=lambda r: r["rank"])
+    assert [(r["rank"], r["count"], r["current"], r["device"])
+            for r in ranks] == [(0, 2, 0, "cpu"), (1, 2, 1, "cpu")]

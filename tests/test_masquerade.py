@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import pickle
-import warnings
 
 import pytest
 import torch
@@ -72,6 +71,57 @@ def test_set_device_accepts_int_str_and_device():
         c.set_device()
 
 
+def test_device_count_follows_the_launch():
+    """torchrun sets LOCAL_WORLD_SIZE: that many devices are shown, all the
+    one really present; set_device(LOCAL_RANK) selects one of them."""
+    proc = run_python("""
+        import torch, TorchDevice
+        c = torch.cuda
+        print(c.device_count(), torch.accelerator.device_count())
+        c.set_device(1)
+        print(c.current_device(), torch.accelerator.current_device_index())
+        with c.device(0):
+            print(c.current_device())
+        print(c.current_device(), c.get_device_name(1) == c.get_device_name(0))
+        print(torch.zeros(1, device="cuda:1").device, c.get_device_properties(
+            torch.device("cuda", 1)).total_memory > 0)
+        c.set_device("cuda:5")          # past the devices shown: collapses
+        print(c.current_device())
+    """, env={"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["2 2", "1 1", "0", "1 True",
+                                        "cpu True", "0"]
+
+
+@pytest.mark.parametrize("env, count", [
+    ({"TORCHDEVICE_DEVICE_COUNT": "4"}, 4),
+    ({"TORCHDEVICE_DEVICE_COUNT": "3", "LOCAL_WORLD_SIZE": "2"}, 3),
+    ({"LOCAL_WORLD_SIZE": "garbage"}, 1),
+    ({}, 1),
+])
+def test_device_count_configuration(env, count):
+    proc = run_python("""
+        import torch, TorchDevice
+        print(torch.cuda.device_count())
+    """, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(count)
+
+
+def test_device_count_at_run_time(restore_config):
+    c = torch.cuda
+    try:
+        TorchDevice.configure(device_count=2)
+        assert c.device_count() == 2
+        c.set_device(1)
+        assert c.current_device() == 1
+    finally:
+        TorchDevice.configure(device_count=None)
+    assert c.device_count() == 1 and c.current_device() == 0
+    with pytest.raises(ValueError):
+        TorchDevice.configure(device_count=0)
+
+
 def test_device_context_managers_and_negative_index():
     c = torch.cuda
     with c.device(0):
@@ -92,9 +142,13 @@ def test_other_queries():
     assert c.can_device_access_peer(0, 0) is False
     assert isinstance(c.is_bf16_supported(), bool)
     assert c.is_bf16_supported(including_emulation=False) in (True, False)
-    assert c.get_arch_list() == []          # truthful: nothing compiled
-    assert torch.backends.cuda.is_built() is False
-    assert torch.version.cuda is None
+    # Consistent with is_available() (docs/masquerade.md).
+    assert c.get_device_capability() == (8, 0)
+    assert c.get_arch_list() == ["sm_80"]
+    assert c.get_gencode_flags() == "-gencode compute=compute_80,code=sm_80"
+    assert c.get_allocator_backend() == "native"
+    assert torch.backends.cuda.is_built() is True
+    assert torch.version.cuda is None       # only TORCHDEVICE_CUDA_VERSION
     c.init()
     assert c.is_initialized() is True
 
@@ -305,39 +359,7 @@ def test_two_runs_of_a_seeded_cuda_script_match():
 # ---- 5. AMP --------------------------------------------------------------
 
 
-def test_autocast_cuda_runs_on_target():
-    profile = TorchDevice.hardware_profile()
-    a = torch.randn(4, 4, device="cuda")
-    with warnings.catch_warnings():
-        # "CUDA is not available ... Disabling" is a UserWarning; torch's
-        # own deprecation notices (FutureWarning) are not ours to silence.
-        warnings.simplefilter("error", UserWarning)
-        with torch.autocast("cuda"):
-            assert (a @ a).dtype == torch.float16
-            assert torch.is_autocast_enabled("cuda")
-            assert torch.is_autocast_enabled()
-            assert torch.get_autocast_dtype("cuda") == torch.float16
-        with torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16):
-            if profile == "cpu":
-                assert (a @ a).dtype == torch.bfloat16
-        with torch.cuda.amp.autocast() if hasattr(torch.cuda, "amp") \
-                else torch.autocast("cuda"):
-            assert (a @ a).dtype == torch.float16
-    assert not torch.is_autocast_enabled("cuda")
-
-
-def test_autocast_unsupported_dtype_is_replaced_and_logged(restore_config,
-                                                           caplog):
-    TorchDevice.configure(log_level="INFO")
-    # float64 is not an autocast dtype anywhere: the target's default is
-    # used instead, and the change is logged.
-    with caplog.at_level(logging.INFO, logger="TorchDevice"):
-        with torch.autocast("cuda", dtype=torch.float64):
-            dtype = torch.get_autocast_dtype("cuda")
-    assert dtype in _masquerade._amp_dtypes(
-        TorchDevice.hardware_profile())[0]
-    assert any("float64 is not supported by autocast" in r.getMessage()
-               for r in caplog.records)
+# Autocast's device types and dtypes: tests/test_amp.py.
 
 
 def test_amp_training_loop_trains():

@@ -30,8 +30,10 @@ def test_reference_variant_changes_only_mps_lines():
                     reason="compares against the CPU: a CPU-only machine")
 def test_mps_script_runs_on_cpu_bit_for_bit(tmp_path):
     td_out, ref_out = tmp_path / "torchdevice.pt", tmp_path / "reference.pt"
+    # MPS, not CUDA, is what this program looks for on a machine with
+    # neither (docs/masquerade.md, "Which accelerator is announced").
     td = start([sys.executable, "-m", "TorchDevice", "run", str(EXAMPLE),
-                "--out", str(td_out)])
+                "--out", str(td_out)], env={"TORCHDEVICE_ANNOUNCE": "mps"})
     ref = start([sys.executable, str(REFERENCE), "--out", str(ref_out)])
     out, _ = finish(td), finish(ref)
     got = torch.load(td_out, weights_only=True)

@@ -78,3 +78,62 @@ def test_cuda_program_matches_cpu_program_bit_for_bit(name, tmp_path):
     mib = [float(m) for m in re.findall(r"([\d.]+) MiB", td_stdout)]
     assert mib and all(m > 0 for m in mib), td_stdout
     assert "no CPU event timing" in ref_stdout
+
+
+# transformers' generation test "compile model forward, fullgraph" for a
+# tiny random model, run as a zero-edit program under TORCHDEVICE=1: greedy
+# decoding with the model's forward compiled (fullgraph, static cache) gives
+# the eager tokens, and a second batch of the same shape compiles nothing
+# new.  Nemotron's layer norm opens an autocast region inside the compiled
+# forward (transformers' maybe_autocast), as Llama's rotary embedding did in
+# earlier transformers releases.
+COMPILE_GENERATE = '''
+import sys
+import torch
+import transformers
+from transformers import CompileConfig
+
+arch, backend = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+config = getattr(transformers, arch + "Config")(
+    vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    pad_token_id=0, bos_token_id=1, eos_token_id=2)
+model = getattr(transformers, arch + "ForCausalLM")(config).to("cuda").eval()
+assert type(model)._can_compile_fullgraph
+ids = torch.randint(3, 99, (4, 7), device="cuda")
+batches = [dict(input_ids=ids[:2], attention_mask=torch.ones_like(ids[:2])),
+           dict(input_ids=ids[2:], attention_mask=torch.ones_like(ids[2:]))]
+compile_config = CompileConfig(fullgraph=True, dynamic=False, backend=backend)
+compile_config._compile_all_devices = True
+kwargs = dict(use_cache=True, do_sample=False, max_new_tokens=5,
+              return_dict_in_generate=True, output_scores=True,
+              compile_config=compile_config)
+with torch.compiler.set_stance("force_eager"):
+    eager = [model.generate(**b, **kwargs) for b in batches]
+torch.compiler.reset()
+compiled = [model.generate(**batches[0], **kwargs,
+                           cache_implementation="static")]
+with torch.compiler.set_stance("fail_on_recompile"):
+    compiled.append(model.generate(**batches[1], **kwargs,
+                                   cache_implementation="static"))
+assert hasattr(model, "_compiled_call"), "the forward was not compiled"
+for e, c in zip(eager, compiled):
+    assert torch.equal(e.sequences, c.sequences), (e.sequences, c.sequences)
+    for a, b in zip(e.scores, c.scores):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+print("compiled generation matches", eager[0].sequences.device)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, backend", [("Llama", "inductor"),
+                                           ("Nemotron", "eager")])
+def test_generate_compile_model_forward_fullgraph(tmp_path, arch, backend):
+    script = tmp_path / "compile_generate.py"
+    script.write_text(COMPILE_GENERATE)
+    env = dict(HF_ENV, TORCHDEVICE="1")
+    if HAS_CUDA or HAS_MPS:
+        env["TORCHDEVICE_TARGET"] = "cpu"
+    out = finish(start([sys.executable, str(script), arch, backend], env))
+    assert "compiled generation matches cpu" in out, out

@@ -77,9 +77,18 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
                 {
                     return NULL;
                 }
-                return Py_NewRef(td_target_device(st, res.target));
+                return Py_NewRef(td_intent_device(st, res.target,
+                                                  TD_INTENT_ACCEL));
             }
         }
+    }
+    /* torch.device(d) of a device the program built keeps what d asked
+     * for (moves.c reads it by identity). */
+    if (PyTuple_GET_SIZE(args) == 1 && (kwargs == NULL
+                                        || PyDict_GET_SIZE(kwargs) == 0)
+        && td_intent_kept(st, PyTuple_GET_ITEM(args, 0)))
+    {
+        return Py_NewRef(PyTuple_GET_ITEM(args, 0));
     }
     PyObject *dev = orig_device_new(type, args, kwargs);
     /* A TorchFunctionMode may hand back something else: leave it alone. */
@@ -89,6 +98,13 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
     td_request req = td_request_from_device(dev);
     td_resolution res = td_resolve_now(st, req);
     if (res.target == TD_TARGET_KEEP) {
+        /* One object per device the program names, so that a move can
+         * tell "cpu" from a device read off a tensor (moves.c). */
+        PyObject *cached = td_intent_cached(st, dev);
+        if (cached != NULL) {
+            Py_DECREF(dev);
+            return Py_NewRef(cached);
+        }
         return dev;
     }
     /* Torch's own code compares against the devices it names (GradScaler's
@@ -104,7 +120,8 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
         return NULL;
     }
     Py_DECREF(dev);
-    return Py_NewRef(td_target_device(st, res.target));
+    return Py_NewRef(td_intent_device(st, res.target,
+                                      td_intent_of_kind(req.kind)));
 }
 
 /* The hook holds the installation for the whole call (tdcore.h). */

@@ -243,11 +243,12 @@ tdcore_settings(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
     static const char *modes[] = {"accelerate", "cpu-stays-cpu"};
     static const char *f64[] = {"downcast", "error"};
-    return Py_BuildValue("{sssssssO}", "profile",
+    return Py_BuildValue("{sssssssOss}", "profile",
                          td_profile_name(td_get_profile()), "mode",
                          modes[td_get_mode()], "float64",
                          f64[td_get_float64()], "cpu_override",
-                         td_get_cpu_override() ? Py_True : Py_False);
+                         td_get_cpu_override() ? Py_True : Py_False, "moves",
+                         td_get_move_copies() ? "copy" : "alias");
 }
 
 static PyMethodDef tdcore_methods[] = {
@@ -303,7 +304,7 @@ tdcore_exec(PyObject *module)
     PyMethodDef *const tables[] = {
         td_install_methods, td_slot_methods, td_flags_methods,
         td_hook_methods, td_devarg_methods, td_report_methods,
-        td_trace_methods, td_streams_methods,
+        td_trace_methods, td_moves_methods, td_streams_methods,
     };
     for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
         if (PyModule_AddFunctions(module, tables[i]) < 0) {

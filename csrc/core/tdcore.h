@@ -41,7 +41,8 @@
     X(str_is_cpu, "is_cpu")                                                 \
     X(str_name, "__name__")                                                 \
     X(api_device, "torch.device")                                           \
-    X(api_generator, "torch.Generator")
+    X(api_generator, "torch.Generator")                                     \
+    X(str_accel_mark, "_torchdevice_on_accelerator")
 #define TD_DECLARE_NAME(field, text) PyObject *field;
 
 typedef struct {
@@ -80,6 +81,15 @@ typedef struct {
      * streams_setup() handed each backend (td_backends; NULL before) */
     PyObject *streams;
     PyObject *backends;
+    /* moves.c, made at install from the objects above */
+    PyTypeObject *tensor_type;     /* torch._C.TensorBase (tensor_to's) */
+    PyObject *tensor_storage;      /* TensorBase.untyped_storage */
+    PyObject *tensor_clone;        /* TensorBase.clone */
+    PyObject *intent_accel_cpu;    /* torch.device("cpu") handed out for an
+                                      accelerator request (profile cpu) */
+    PyObject *intent_host_cuda;    /* torch.device("cuda") handed out for a
+                                      promoted host request */
+    PyObject *intent_host_mps;     /* same for the MPS target */
     TD_NAME_FIELDS(TD_DECLARE_NAME)
     PyObject *kw_device;           /* ("device",) */
 } td_install;
@@ -168,13 +178,48 @@ td_resolution td_resolve_now(td_install *st, td_request req);
 int td_default_device_active(td_install *st);
 extern PyMethodDef td_devarg_methods[];
 
+/* moves.c: moves copy, as on CUDA (docs/policy.md) */
+typedef enum {
+    TD_INTENT_NONE = 0,    /* no device, or one read from a tensor */
+    TD_INTENT_HOST = 1,
+    TD_INTENT_ACCEL = 2,
+} td_intent;
+int td_get_move_copies(void);
+/* Whether copies may have to be forced: host and accelerator requests can
+ * land on one device. */
+int td_moves_active(void);
+/* Derives the installation's moves fields (before torch.device is hooked:
+ * the intent devices must be new objects). */
+int td_moves_setup(td_install *st);
+td_intent td_intent_of_kind(td_req_kind kind);
+td_intent td_intent_of_arg(td_install *st, PyObject *arg);
+/* Borrowed device object for a target, carrying the intent by identity. */
+PyObject *td_intent_device(td_install *st, td_target target,
+                           td_intent intent);
+/* Borrowed cached object equal to `dev` (a device torch built), or NULL. */
+PyObject *td_intent_cached(td_install *st, PyObject *dev);
+/* Whether `dev` is one of the objects above that the policy keeps as it
+ * is: torch.device(dev) may then be `dev` itself. */
+int td_intent_kept(td_install *st, PyObject *dev);
+int td_module_intent(void);
+int td_swap_module_intent(int intent);
+int td_on_accelerator(td_install *st, PyObject *tensor);
+void td_mark_accelerator(td_install *st, PyObject *tensor);
+/* Whether moving `tensor` with this intent must copy to be CUDA's move. */
+int td_move_must_copy(td_install *st, PyObject *tensor, td_intent intent);
+/* Finishes a move: a copy where `force` and torch returned `self`, and the
+ * mark on a new result that went to the accelerator.  Steals `result`. */
+PyObject *td_move_done(td_install *st, PyObject *self, td_intent intent,
+                       int force, PyObject *result);
+extern PyMethodDef td_moves_methods[];
+
 /* devicehook.c */
 int td_hooks_install(td_install *st, PyObject *gen_type);
 extern PyMethodDef td_hook_methods[];
 
 /* wrapper.c */
 extern PyType_Spec td_wrapper_spec;
-/* What every function-like type of ours (Wrapper, DeviceTypeArg) shares:
+/* What every function-like type of ours (Wrapper) shares:
  * binds like a function (tp_descr_get), and pickles by the __module__ and
  * _td_pickle_name in its __dict__, which the patch table sets to where the
  * object is installed, as torch's own callables pickle by name. */

@@ -192,8 +192,8 @@ undo_toggle_on_error(PyObject *result, td_resolution res)
 }
 
 static PyObject *
-call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
-             Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
+call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
+                 Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
 {
     PyObject *arg = slot >= 0 ? args[slot] : NULL;
     td_subst subst[2];
@@ -244,6 +244,21 @@ call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
         res);
 }
 
+/* A tensor made for an accelerator request is on the accelerator for the
+ * program, whatever device it landed on (moves.c). */
+static PyObject *
+call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
+             Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
+{
+    PyObject *result = call_factory_now(w, st, args, nargs, kwnames, slot);
+    if (result != NULL && slot >= 0 && td_moves_active()
+        && td_intent_of_arg(st, args[slot]) == TD_INTENT_ACCEL)
+    {
+        td_mark_accelerator(st, result);
+    }
+    return result;
+}
+
 static PyObject *
 wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
@@ -259,8 +274,8 @@ wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
  * .to(device=..., dtype=...); Module.to takes the same forms.  args[0] is
  * the instance. */
 static PyObject *
-wrapper_to(td_wrapper *w, td_install *st, PyObject *const *args,
-           Py_ssize_t nargs, PyObject *kwnames)
+wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
+               Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_ssize_t slot = find_kw(kwnames, nargs, w->device_kw);
     Py_ssize_t dslot = -1;
@@ -305,6 +320,66 @@ wrapper_to(td_wrapper *w, td_install *st, PyObject *const *args,
         res);
 }
 
+/* The device argument of a .to() call, or NULL. */
+static PyObject *
+to_device_arg(td_wrapper *w, td_install *st, PyObject *const *args,
+              Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t slot = find_kw(kwnames, nargs, w->device_kw);
+    if (slot >= 0) {
+        return args[slot];
+    }
+    Py_ssize_t pos = w->device_pos;
+    if (pos >= 0 && nargs > pos && args[pos] != Py_None
+        && td_is_device_arg(st, args[pos]))
+    {
+        return args[pos];
+    }
+    return NULL;
+}
+
+/* A module's move: torch re-parses its device argument before each
+ * tensor's .to(), so the intent rides along in this thread (moves.c). */
+static PyObject *
+module_move(PyObject *fn, PyObject *const *args, size_t nargsf,
+            PyObject *kwnames, td_intent intent)
+{
+    int previous = td_swap_module_intent(intent);
+    PyObject *result = PyObject_Vectorcall(fn, args, nargsf, kwnames);
+    td_swap_module_intent(previous);
+    return result;
+}
+
+/* Tensor.to with CUDA's copies (moves.c), around the device policy. */
+static PyObject *
+wrapper_to(td_wrapper *w, td_install *st, PyObject *const *args,
+           Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 1 || !td_moves_active()) {
+        return wrapper_to_now(w, st, args, nargs, kwnames);
+    }
+    PyObject *dev = to_device_arg(w, st, args, nargs, kwnames);
+    td_intent intent = td_intent_of_arg(st, dev);
+    if (!PyObject_TypeCheck(args[0], st->tensor_type)) {
+        if (intent == TD_INTENT_NONE) {
+            return wrapper_to_now(w, st, args, nargs, kwnames);
+        }
+        int previous = td_swap_module_intent(intent);
+        PyObject *result = wrapper_to_now(w, st, args, nargs, kwnames);
+        td_swap_module_intent(previous);
+        return result;
+    }
+    if (intent == TD_INTENT_NONE && dev != NULL) {
+        intent = (td_intent)td_module_intent();
+    }
+    if (intent == TD_INTENT_NONE) {
+        return wrapper_to_now(w, st, args, nargs, kwnames);
+    }
+    int force = td_move_must_copy(st, args[0], intent);
+    return td_move_done(st, args[0], intent, force,
+                        wrapper_to_now(w, st, args, nargs, kwnames));
+}
+
 /* .cuda(device=None, non_blocking=False, memory_format=...), .cpu(...),
  * .mps(...): when the policy keeps the request, the original runs; when it
  * moves it, the move becomes fallback(self, target, **keywords). */
@@ -324,8 +399,12 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
     td_request req = {w->request, -1};
     if (arg != NULL && arg != Py_None) {
         req = td_request_from_object(st, arg);
-        if (PyLong_CheckExact(arg)) {
-            req.kind = w->request;   /* .cuda(1) means cuda:1 */
+        if (PyLong_CheckExact(arg)
+            || td_intent_of_arg(st, arg) == TD_INTENT_ACCEL)
+        {
+            /* .cuda(1) means cuda:1; .cuda(torch.device("cuda")) the
+             * device that became. */
+            req.kind = w->request;
         }
         if (req.kind == TD_REQ_OTHER || req.kind == TD_REQ_META) {
             /* Torch validates what it does not recognise. */
@@ -336,13 +415,32 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
         }
     }
     td_resolution res = td_resolve_now(st, req);
+    /* moves.c: where the program's move crosses devices, it copies. */
+    td_intent intent = TD_INTENT_NONE;
+    int force = 0;
+    if (td_moves_active()) {
+        intent = td_intent_of_kind(w->request);
+        if (PyObject_TypeCheck(args[0], st->tensor_type)) {
+            force = td_move_must_copy(st, args[0], intent);
+        }
+        else if (res.target == TD_TARGET_KEEP && w->wrapped != Py_None) {
+            /* A module: each of its tensors decides (wrapper_to/_move). */
+            return undo_toggle_on_error(
+                module_move(w->wrapped, args, (size_t)nargs, kwnames,
+                            intent), res);
+        }
+    }
     if (res.target == TD_TARGET_KEEP && w->wrapped != Py_None) {
-        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+        return td_move_done(
+            st, args[0], intent, force,
+            PyObject_Vectorcall(w->wrapped, args, nargs, kwnames));
     }
     if (maybe_report(st, w, req, res, arg) < 0) {
         return undo_toggle_on_error(NULL, res);
     }
-    PyObject *target = td_target_device(st, res.target);
+    PyObject *target = intent != TD_INTENT_NONE
+        ? td_intent_device(st, res.target, intent)
+        : td_target_device(st, res.target);
     if (target == NULL) {
         /* Kept, but torch has no such method (Tensor.mps): move there. */
         target = st->target[req.kind == TD_REQ_MPS ? TD_TARGET_MPS
@@ -389,10 +487,19 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
             return undo_toggle_on_error(NULL, res);
         }
     }
-    result = PyObject_Vectorcall(w->fallback, small, 2,
-                                 k ? names : NULL);
+    if (intent != TD_INTENT_NONE
+        && !PyObject_TypeCheck(args[0], st->tensor_type))
+    {
+        result = module_move(w->fallback, small, 2, k ? names : NULL,
+                             intent);
+    }
+    else {
+        result = PyObject_Vectorcall(w->fallback, small, 2,
+                                     k ? names : NULL);
+    }
     Py_DECREF(names);
-    return undo_toggle_on_error(result, res);
+    return undo_toggle_on_error(
+        td_move_done(st, args[0], intent, force, result), res);
 }
 
 static PyObject *

@@ -74,12 +74,38 @@ is_target_kind(td_req_kind kind)
     return 0;
 }
 
+/* An index the program names, as shown: past the devices shown it
+ * collapses to 0, as the policy collapses "cuda:N" to the one device. */
+static long
+shown_index(td_masq *m, long v)
+{
+    return v < m->device_count ? v : 0;
+}
+
+static long
+current_index(td_masq *m)
+{
+    return atomic_load_explicit(&TD_MC(m)->current_index,
+                                memory_order_relaxed);
+}
+
+/* Selects `index` (>= 0) and returns the previous one. */
+static long
+exchange_index(td_masq *m, long index)
+{
+    if (index < 0) {
+        return current_index(m);
+    }
+    return atomic_exchange_explicit(&TD_MC(m)->current_index, (int)index,
+                                    memory_order_relaxed);
+}
+
 int
 td_masq_device_index(td_masq *m, PyObject *arg, int optional, long *index)
 {
     if (arg == NULL || arg == Py_None) {
         if (optional) {
-            *index = 0;
+            *index = current_index(m);
             return 0;
         }
         PyErr_SetString(PyExc_ValueError,
@@ -93,7 +119,8 @@ td_masq_device_index(td_masq *m, PyObject *arg, int optional, long *index)
         if (v == -1 && PyErr_Occurred()) {
             return -1;
         }
-        *index = (overflow < 0 || v < 0) ? -1 : 0;
+        *index = (overflow < 0 || v < 0) ? -1
+                 : overflow > 0 ? 0 : shown_index(m, v);
         return 0;
     }
     PyTypeObject *device_type = (PyTypeObject *)m->device_type;
@@ -102,7 +129,8 @@ td_masq_device_index(td_masq *m, PyObject *arg, int optional, long *index)
     {
         td_request req = td_request_from_value(device_type, arg);
         if (req.kind == TD_REQ_CUDA || is_target_kind(req.kind)) {
-            *index = 0;
+            *index = req.kind == TD_REQ_CUDA && req.index >= 0
+                     ? shown_index(m, req.index) : current_index(m);
             return 0;
         }
         PyErr_Format(PyExc_ValueError, "Expected a cuda device, but got: %S",
@@ -229,17 +257,19 @@ TD_MASQ_NOARGS(q_accel_is_available)
 
 /* ---- device selection ------------------------------------------------- */
 
+/* 1, or what the launch asks for (LOCAL_WORLD_SIZE under torchrun, or
+ * the configured count): every one is the device really present. */
 static PyObject *
-q_device_count(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+device_count_of(td_masq *m)
 {
-    return PyLong_FromLong(1);
+    return PyLong_FromLong(m->device_count);
 }
 
 /* The count, recorded when the user's code (not torch's) asked for it. */
 static PyObject *
 device_count_as(td_state *st, td_masq *m, td_query q)
 {
-    PyObject *n = q_device_count(NULL, NULL);
+    PyObject *n = device_count_of(m);
     if (n != NULL && td_get_report() && !td_called_from_torch(st->str_name)
         && record_query(st, m, q) < 0)
     {
@@ -276,7 +306,7 @@ TD_MASQ_NOARGS(q_init)
 TD_MASQ_NOARGS(q_current_device)
 {
     mark_initialized(m);
-    return PyLong_FromLong(0);
+    return PyLong_FromLong(current_index(m));
 }
 
 TD_MASQ_FASTKW(q_set_device)
@@ -297,6 +327,7 @@ TD_MASQ_FASTKW(q_set_device)
     }
     if (index >= 0) {
         mark_initialized(m);
+        (void)exchange_index(m, index);
     }
     if (td_masq_record(st, m, "torch.cuda.set_device") < 0) {
         return NULL;
@@ -325,13 +356,18 @@ TD_MASQ_FASTKW(q_get_device_index)
 
 /* torch.cuda._exchange_device(idx) -> previous index: with one device the
  * previous one is always 0 (or -1 when nothing is selected). */
+/* torch.cuda._exchange_device(idx) -> previous index (-1 when idx is
+ * "no device": nothing is selected then). */
 TD_MASQ_O(q_exchange_device)
 {
     long index;
     if (td_masq_device_index(m, arg, 0, &index) < 0) {
         return NULL;
     }
-    return PyLong_FromLong(index < 0 ? -1 : 0);
+    if (index < 0) {
+        return PyLong_FromLong(-1);
+    }
+    return PyLong_FromLong(exchange_index(m, index));
 }
 
 /* ---- properties ------------------------------------------------------- */
@@ -446,19 +482,64 @@ q_is_tf32_supported(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
     Py_RETURN_FALSE;
 }
 
-static PyObject *
-q_is_built(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+/* torch.backends.cuda.is_built(): what is_available() says, to the same
+ * callers (a CUDA that is available was built). */
+TD_MASQ_NOARGS(q_is_built)
 {
-    Py_RETURN_TRUE;
+    return td_masq_is_available_with(st, m,
+                                     td_masq_original(m, "cuda.is_built"));
+}
+
+/* torch.cuda.get_arch_list(): the architecture of the capability shown
+ * (["sm_80"]), so that it agrees with is_available() and
+ * get_device_capability(), also for torch.cuda.get_gencode_flags(), which
+ * calls it; the truth when cuda_truthful is on. */
+TD_MASQ_NOARGS(q_get_arch_list)
+{
+    PyObject *truth = td_masq_original(m, "cuda.get_arch_list");
+    if (truth != NULL && m->truthful) {
+        return PyObject_CallNoArgs(truth);
+    }
+    if (m->capability == NULL || !PyTuple_Check(m->capability)
+        || PyTuple_GET_SIZE(m->capability) != 2)
+    {
+        return PyList_New(0);
+    }
+    PyObject *arch = PyUnicode_FromFormat(
+        "sm_%S%S", PyTuple_GET_ITEM(m->capability, 0),
+        PyTuple_GET_ITEM(m->capability, 1));
+    if (arch == NULL) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(1);
+    if (list == NULL) {
+        Py_DECREF(arch);
+        return NULL;
+    }
+    PyList_SET_ITEM(list, 0, arch);
+    return list;
+}
+
+/* torch.cuda.get_allocator_backend(): CUDA's default caching allocator;
+ * the memory functions answer as it would. */
+static PyObject *
+q_get_allocator_backend(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    return PyUnicode_FromString("native");
 }
 
 /* ---- torch.accelerator and torch.get_device_module ---------------------- */
 
+PyObject *
+td_masq_original(td_masq *m, const char *name)
+{
+    return m->originals ? PyDict_GetItemString(m->originals, name) : NULL;
+}
+
 static PyObject *
 original(td_masq *m, const char *name)
 {
-    PyObject *fn = m->originals ? PyDict_GetItemString(m->originals, name)
-                                : NULL;
+    PyObject *fn = td_masq_original(m, name);
     if (fn == NULL) {
         PyErr_Format(PyExc_RuntimeError,
                      "TorchDevice: no original recorded for %s", name);
@@ -479,7 +560,16 @@ TD_MASQ_FASTKW(q_current_accelerator)
     if (record_query(st, m, TD_QUERY_ACCEL_CURRENT) < 0) {
         return NULL;
     }
-    return Py_NewRef(m->target_device);
+    /* The object torch.device("cuda") gives user code, which says
+     * "accelerator" to a move (moves.c). */
+    td_target t = td_get_profile() == TD_PROFILE_MPS ? TD_TARGET_MPS
+                  : TD_TARGET_CPU;
+    td_install *inst = td_install_acquire();
+    PyObject *dev = inst != NULL ? td_intent_device(inst, t, TD_INTENT_ACCEL)
+                                 : NULL;
+    PyObject *result = Py_NewRef(dev != NULL ? dev : m->target_device);
+    Py_XDECREF(inst);
+    return result;
 }
 
 /* torch.get_device_module("cuda"): torch.cuda, whose functions answer for
@@ -541,7 +631,8 @@ PyMethodDef td_cuda_query_methods[] = {
      "is_available() -> bool\n\nTrue under the masquerade; torch's own "
      "modules and the configured packages are told the truth."},
     {"device_count", q_cuda_device_count, METH_NOARGS,
-     "device_count() -> int\n\nThe one device the masquerade runs on."},
+     "device_count() -> int\n\n1, or the launch's LOCAL_WORLD_SIZE, or the "
+     "configured count: all the one device really present."},
     {"is_initialized", q_is_initialized, METH_NOARGS,
      "is_initialized() -> bool"},
     {"init", q_init, METH_NOARGS, "init()\n\nNothing to initialise."},
@@ -573,7 +664,13 @@ PyMethodDef td_cuda_query_methods[] = {
      "is_bf16_supported(including_emulation=True) -> bool"},
     {"is_tf32_supported", q_is_tf32_supported, METH_NOARGS,
      "is_tf32_supported() -> False"},
-    {"is_built", q_is_built, METH_NOARGS, "is_built() -> True"},
+    {"is_built", q_is_built, METH_NOARGS,
+     "is_built() -> bool\n\nAs is_available(), to the same callers."},
+    {"get_arch_list", q_get_arch_list, METH_NOARGS,
+     "get_arch_list() -> list\n\nThe architecture of the capability shown "
+     "(['sm_80'])."},
+    {"get_allocator_backend", q_get_allocator_backend, METH_NOARGS,
+     "get_allocator_backend() -> 'native'"},
     {"current_accelerator", TD_FASTKW(q_current_accelerator),
      "current_accelerator(check_available=False) -> torch.device"},
     {"synchronize", TD_FASTKW(q_accel_synchronize),
@@ -591,6 +688,7 @@ PyMethodDef td_accel_query_methods[] = {
      "is_available() -> bool\n\nTrue under the masquerade; torch's own "
      "modules and the configured packages are told the truth."},
     {"device_count", q_accel_device_count, METH_NOARGS,
-     "device_count() -> int\n\nThe one device the masquerade runs on."},
+     "device_count() -> int\n\n1, or the launch's LOCAL_WORLD_SIZE, or the "
+     "configured count: all the one device really present."},
     {NULL, NULL, 0, NULL},
 };

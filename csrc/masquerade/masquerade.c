@@ -46,9 +46,6 @@ static const struct {
     OBJ_FIELD(orig_summary),
     OBJ_FIELD(log_debug),
     OBJ_FIELD(log_info),
-    OBJ_FIELD(amp_dtypes),
-    OBJ_FIELD(amp_default),
-    OBJ_FIELD(float16),
     OBJ_FIELD(cuda_module),
     OBJ_FIELD(target_type),
     OBJ_FIELD(record),
@@ -133,6 +130,7 @@ masq_copy(td_masq *src)
     m->is_mps = src->is_mps;
     m->bf16 = src->bf16;
     m->truthful = src->truthful;
+    m->device_count = src->device_count;
     PyObject_GC_Track((PyObject *)m);
     return m;
 }
@@ -337,12 +335,17 @@ masq_names(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 static PyObject *
 masq_configure(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"truthful", "truth_for", NULL};
+    static char *kwlist[] = {"truthful", "truth_for", "device_count", NULL};
     td_state *st = td_module_state(module);
     PyObject *truthful = NULL, *truth_for = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OO:masq_configure",
-                                     kwlist, &truthful, &truth_for))
+    int count = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOi:masq_configure",
+                                     kwlist, &truthful, &truth_for, &count))
     {
+        return NULL;
+    }
+    if (count < 0) {
+        PyErr_SetString(PyExc_ValueError, "device_count must be >= 1");
         return NULL;
     }
     int on = -1;
@@ -376,6 +379,12 @@ masq_configure(PyObject *module, PyObject *args, PyObject *kwargs)
     if (on >= 0) {
         m->truthful = on;
     }
+    if (count > 0) {
+        m->device_count = count;
+        if (atomic_load(&TD_MC(m)->current_index) >= count) {
+            atomic_store(&TD_MC(m)->current_index, 0);
+        }
+    }
     masq_publish(st, m);
     Py_RETURN_NONE;
 }
@@ -383,10 +392,11 @@ masq_configure(PyObject *module, PyObject *args, PyObject *kwargs)
 TD_MASQ_NOARGS(masq_settings)
 {
     PyObject *truth_for = m->truth_for ? m->truth_for : Py_None;
-    return Py_BuildValue("{sOsOsL}", "truthful",
+    return Py_BuildValue("{sOsOsLsi}", "truthful",
                          m->truthful ? Py_True : Py_False,
                          "truth_for", truth_for, "total_memory",
-                         m->total_memory);
+                         m->total_memory, "device_count",
+                         m->device_count);
 }
 
 static PyMethodDef masq_methods[] = {
@@ -402,8 +412,9 @@ static PyMethodDef masq_methods[] = {
      "masq_names() -> list\n\nEvery name masq_function() knows."},
     {"masq_configure", (PyCFunction)(void (*)(void))masq_configure,
      METH_VARARGS | METH_KEYWORDS,
-     "masq_configure(*, truthful=None, truth_for=None)\n\nWho sees the "
-     "truth from torch.cuda.is_available()."},
+     "masq_configure(*, truthful=None, truth_for=None, device_count=0)\n\n"
+     "Who sees the truth from torch.cuda.is_available(); how many devices "
+     "are shown (0: unchanged)."},
     {"masq_settings", masq_settings, METH_NOARGS,
      "masq_settings() -> dict"},
     {NULL, NULL, 0, NULL},
@@ -435,6 +446,7 @@ td_masq_init(PyObject *module, td_state *st)
         return -1;
     }
     atomic_init(&c->initialized, 0);
+    atomic_init(&c->current_index, 0);
     atomic_init(&c->hwm_trusted, 1);
     atomic_init(&c->fraction_ppm, 1000000);
     atomic_init(&c->peak_allocated, 0);
@@ -460,6 +472,7 @@ td_masq_init(PyObject *module, td_state *st)
     }
     memset((char *)m + sizeof(PyObject), 0, sizeof(td_masq) - sizeof(PyObject));
     m->counters = (PyObject *)c;
+    m->device_count = 1;
     PyObject_GC_Track((PyObject *)m);
     st->masq = (PyObject *)m;
 
@@ -487,7 +500,6 @@ td_masq_init(PyObject *module, td_state *st)
         return -1;
     }
     if (add_type(module, &td_props_spec) < 0
-        || add_type(module, &td_devtype_arg_spec) < 0
         || add_type(module, &td_cuda_graph_spec) < 0
         || PyModule_AddFunctions(module, masq_methods) < 0)
     {

@@ -1,6 +1,6 @@
 /* Private declarations of the CUDA masquerade: torch.cuda.* answered for the
  * device that is really present (cuda_query.c, cuda_props.c, cuda_memory.c,
- * cuda_rng.c, cuda_amp.c, cuda_misc.c) and torch.mps.* answered from CUDA
+ * cuda_rng.c, cuda_misc.c) and torch.mps.* answered from CUDA
  * (mps_reverse.c).
  *
  * The state is an immutable snapshot (td_masq) that the module state points
@@ -22,6 +22,7 @@
 typedef struct {
     PyObject_HEAD
     atomic_int initialized;     /* init() or any query ran */
+    atomic_int current_index;   /* set_device()'s index, < device_count */
     atomic_int hwm_trusted;     /* the OS peak counts since our last reset */
     atomic_llong fraction_ppm;  /* per-process fraction, in millionths */
     atomic_llong peak_allocated;
@@ -59,9 +60,6 @@ typedef struct {
     PyObject *orig_summary;     /* torch.cuda.memory_summary (formatter) */
     PyObject *log_debug;        /* callable(msg): logger.debug, or None */
     PyObject *log_info;         /* callable(msg): logger.info, or None */
-    PyObject *amp_dtypes;       /* tuple: dtypes autocast supports there */
-    PyObject *amp_default;      /* dtype autocast picks there by default */
-    PyObject *float16;          /* torch.float16: CUDA autocast's default */
     PyObject *cuda_module;      /* torch.cuda */
     PyObject *target_type;      /* "cpu" / "mps" (profile cuda: "cuda") */
     PyObject *record;           /* _tdcore.record */
@@ -90,6 +88,7 @@ typedef struct {
     int is_mps;                 /* memory comes from torch.mps */
     int bf16;                   /* is_bf16_supported() */
     int truthful;               /* is_available() tells everyone the truth */
+    int device_count;           /* devices shown (all the one real device) */
 } td_masq;
 
 /* The counters of a snapshot. */
@@ -145,11 +144,15 @@ td_masq *td_masq_hold(td_state *st);
 #define TD_MASQ_FASTKW(name) TD_MASQ_ENTRY(name, TD_MASQ_PARAMS_FASTKW, FASTKW)
 
 /* cuda_query.c */
-/* Index of the device a torch.cuda argument names (None -> current when
- * optional).  Indexes past the one device collapse to it, as the policy
- * does for "cuda:N".  Returns 0, or -1 with ValueError set. */
+/* Index of the device a torch.cuda argument names (None and "cuda" ->
+ * the current one when optional).  Every index names the one real device;
+ * indexes past device_count collapse to 0, as the policy collapses
+ * "cuda:N".  Returns 0, or -1 with ValueError set. */
 int td_masq_device_index(td_masq *m, PyObject *arg, int optional,
                          long *index);
+/* Borrowed torch callable recorded under `name` in masq_install's
+ * originals, or NULL (no exception set). */
+PyObject *td_masq_original(td_masq *m, const char *name);
 /* Adds an "emulated" record for api when recording is on. */
 int td_masq_record(td_state *st, td_masq *m, const char *api);
 /* Logs through the logger "TorchDevice" at debug level, when enabled. */
@@ -174,9 +177,6 @@ extern PyMethodDef td_cuda_memory_methods[];
 
 /* cuda_rng.c */
 extern PyMethodDef td_cuda_rng_methods[];
-
-/* cuda_amp.c */
-extern PyType_Spec td_devtype_arg_spec;
 
 /* cuda_misc.c */
 extern PyMethodDef td_cuda_misc_methods[];

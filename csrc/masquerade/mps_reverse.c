@@ -44,10 +44,12 @@ TD_MASQ_NOARGS(rv_is_available)
     return td_masq_is_available_with(st, m, truth);
 }
 
-static PyObject *
-rv_is_built(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+/* As is_available(), to the same callers: an MPS that is available was
+ * built. */
+TD_MASQ_NOARGS(rv_is_built)
 {
-    Py_RETURN_TRUE;
+    return td_masq_is_available_with(st, m,
+                                     td_masq_original(m, "mps.is_built"));
 }
 
 TD_MASQ_NOARGS(rv_synchronize)
@@ -151,7 +153,8 @@ PyMethodDef td_mps_reverse_methods[] = {
     {"is_available", rv_is_available, METH_NOARGS,
      "is_available() -> bool\n\nTrue on CUDA; torch's own modules and the "
      "configured packages are told the truth."},
-    {"is_built", rv_is_built, METH_NOARGS, "is_built() -> True"},
+    {"is_built", rv_is_built, METH_NOARGS,
+     "is_built() -> bool\n\nAs is_available(), to the same callers."},
     {"synchronize", rv_synchronize, METH_NOARGS,
      "synchronize(): torch.cuda.synchronize()"},
     {"empty_cache", rv_empty_cache, METH_NOARGS,

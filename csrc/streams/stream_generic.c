@@ -4,9 +4,10 @@
  * devicehook.c) the real types stay in place and only their tp_new slots are
  * swapped.  The hooks change two requests and pass everything else on:
  *
- *   - "cuda" on profile cpu or mps: torch has no CUDA stream to give, so the
- *     answer is the stream or event torch.cuda.Stream()/Event() gives there
- *     (ours), which works with torch.cuda.current_stream() and friends;
+ *   - "cuda" on profile cpu or mps, and "mps" on profile cpu: torch has no
+ *     such stream to give, so the answer is the stream or event
+ *     torch.cuda.Stream()/Event() gives there (ours, on the backend really
+ *     there), which works with torch.cuda.current_stream() and friends;
  *   - "mps" on profile cuda: torch is asked for device "cuda" instead, so
  *     the answer is a genuine torch.Stream / torch.Event on the GPU.
  *
@@ -44,7 +45,12 @@ route_of(td_install *st, PyObject *dev)
     }
     td_request req = td_request_from_object(st, dev);
     td_profile profile = td_get_profile();
-    if (profile != TD_PROFILE_CUDA && req.kind == TD_REQ_CUDA) {
+    /* "mps" where neither kind is real: a hard-coded request, redirected
+     * like device="mps" whichever kind is announced. */
+    int neither = profile != TD_PROFILE_CUDA && profile != TD_PROFILE_MPS;
+    if ((profile != TD_PROFILE_CUDA && req.kind == TD_REQ_CUDA)
+        || (neither && req.kind == TD_REQ_MPS))
+    {
         return ROUTE_OURS;
     }
     if (profile == TD_PROFILE_CUDA && req.kind == TD_REQ_MPS) {
@@ -85,6 +91,30 @@ call_on_cuda(td_install *st, newfunc orig, PyTypeObject *type, PyObject *args,
     return result;
 }
 
+/* Calls `type` with the first positional or the device= keyword dropped. */
+static PyObject *
+call_without_device(td_install *st, PyTypeObject *type, PyObject *args,
+                    PyObject *kwargs)
+{
+    PyObject *rest = kwargs ? PyDict_Copy(kwargs) : PyDict_New();
+    PyObject *pos = NULL, *result = NULL;
+    if (rest == NULL) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(args) >= 1) {
+        pos = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+    }
+    else if (PyDict_DelItem(rest, st->str_device) == 0) {
+        pos = PyTuple_New(0);
+    }
+    if (pos != NULL) {
+        result = PyObject_Call((PyObject *)type, pos, rest);
+    }
+    Py_XDECREF(pos);
+    Py_DECREF(rest);
+    return result;
+}
+
 static PyObject *
 stream_new(td_install *st, newfunc orig_stream_new, PyTypeObject *type,
            PyObject *args, PyObject *kwargs)
@@ -95,6 +125,12 @@ stream_new(td_install *st, newfunc orig_stream_new, PyTypeObject *type,
     }
     switch (route_of(st, dev)) {
     case ROUTE_OURS:
+        if (td_request_from_object(st, dev).kind == TD_REQ_MPS) {
+            /* "mps" on profile cpu: the current device, as torch.cuda's
+             * own Stream() would pick (it takes no "mps"). */
+            return call_without_device(st, TD_STREAMS(st)->stream_type,
+                                       args, kwargs);
+        }
         /* Same parameters: (device=None, priority=0). */
         return PyObject_Call((PyObject *)TD_STREAMS(st)->stream_type, args,
                              kwargs);

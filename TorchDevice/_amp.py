@@ -1,0 +1,320 @@
+"""Automatic mixed precision for the device really used (docs/masquerade.md,
+"AMP").
+
+``torch.autocast("cuda")``, ``torch.amp.GradScaler("cuda")`` and the
+autocast state functions take a device *type*.  Where the policy redirects
+that type (``"cuda"`` on profiles cpu and mps, ``"mps"`` on profiles cpu
+and cuda), the replacements below call torch's own with the type really
+used, and autocast gets a dtype that device computes well:
+
+* ``float32`` stays ``float32`` (CUDA autocast accepts it and then computes
+  in float32; torch's CPU autocast would refuse it and disable itself, so the
+  region is opened with a dtype it accepts and then given float32, which its
+  kernels honour: the numbers are those of plain float32);
+* ``bfloat16`` stays ``bfloat16`` where the device computes it, else
+  ``float32``;
+* ``float16`` (CUDA's default) becomes what the device computes fastest
+  without losing range: on the CPU ``bfloat16`` where it has bfloat16
+  arithmetic, ``float32`` elsewhere; on MPS and CUDA ``float16``.
+  ``TORCHDEVICE_KEEP_FLOAT16=1`` keeps ``float16`` everywhere.
+
+Every change of dtype is recorded (report ``dtype`` row) and logged at INFO.
+
+The replacements are plain Python functions with torch's names, docs and
+signatures (``functools.wraps``), so ``torch.compile`` inlines them: the
+type table is a module global that dynamo reads (and guards on), and the
+originals they call are torch's own, which dynamo already knows.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from . import _log, _tdcore
+
+# Device type the program names -> device type that runs it; filled by
+# install() from the policy.  Empty while TorchDevice is disabled.
+_TYPES: Dict[str, str] = {}
+# Requested autocast dtype -> the one used, per program device type.
+_DTYPES: Dict[str, Dict[Any, Any]] = {}
+# Autocast's default dtype for each program device type (CUDA and MPS:
+# float16), or what the program set with torch.set_autocast_dtype.
+_DEFAULTS: Dict[str, Any] = {}
+# Dtypes torch's autocast accepts on each real device type.
+_ACCEPTED: Dict[str, Tuple[Any, ...]] = {}
+
+_originals: Dict[str, Any] = {}
+_built: Dict[str, Any] = {}
+
+
+# ---- what float16 becomes -------------------------------------------------
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith(("flags", "features")):
+                    return line.split(":", 1)[1]
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        import subprocess
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"],
+                                 capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return "bf16" if out.stdout.strip() == "1" else ""
+    return ""
+
+
+def cpu_has_bfloat16(flags: Optional[str] = None) -> bool:
+    """Whether the CPU computes bfloat16 in hardware (x86: AVX512-BF16 or
+    AMX-BF16; Arm: the BF16 extension)."""
+    words = set((_cpu_flags() if flags is None else flags).split())
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def float16_choice(target: str, keep: bool, bf16_fast: bool,
+                   bf16_ok: bool = True) -> Any:
+    """What CUDA's float16 autocast becomes on `target` (docs/policy.md)."""
+    if keep or target != "cpu":
+        return torch.float16
+    return torch.bfloat16 if bf16_fast and bf16_ok else torch.float32
+
+
+def dtype_table(target: str, keep_float16: bool, bf16_fast: bool,
+                bf16_ok: bool) -> Dict[Any, Any]:
+    """Requested autocast dtype -> dtype used on `target`."""
+    table = {
+        torch.float32: torch.float32,
+        torch.bfloat16: torch.bfloat16 if bf16_ok else torch.float32,
+        torch.float16: float16_choice(target, keep_float16, bf16_fast,
+                                      bf16_ok),
+    }
+    if target == "mps":
+        table[torch.float64] = torch.float32   # MPS has no float64
+    return table
+
+
+# ---- the replacements -----------------------------------------------------
+
+
+def _note(api: str, want: Any, used: Any, target: str) -> None:
+    """Report and log a changed autocast dtype (never while compiling)."""
+    if torch.compiler.is_compiling():
+        return
+    if _tdcore.get_report():
+        _tdcore.record(api, "dtype", str(want), str(used))
+    if _log.logger.isEnabledFor(logging.INFO):
+        _log.logger.info("%s: autocast %s runs as %s on %s", api, want, used,
+                         target)
+
+
+def _report(api: str, source: str, target: str) -> None:
+    """A "redirected" record of the call site (when recording is on)."""
+    if _tdcore.get_report() and not torch.compiler.is_compiling():
+        _tdcore.record(api, "redirected", source, target)
+
+
+def _redirected(device_type: Any) -> Optional[str]:
+    if type(device_type) is not str:
+        return None
+    return _TYPES.get(device_type)
+
+
+def _autocast_init(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: Any, device_type: str, dtype: Any = None,
+                 enabled: bool = True,
+                 cache_enabled: Optional[bool] = None) -> None:
+        target = _redirected(device_type)
+        if target is None:
+            original(self, device_type, dtype, enabled, cache_enabled)
+            return
+        want = _DEFAULTS.get(device_type) if dtype is None else dtype
+        used = _DTYPES[device_type].get(want, want)
+        accepted = _ACCEPTED.get(target)
+        if accepted is None or used in accepted:
+            original(self, target, used, enabled, cache_enabled)
+        else:
+            # float32 on the CPU: open the region with a dtype its autocast
+            # accepts, then compute in float32 (its kernels honour it).
+            original(self, target, accepted[0], enabled, cache_enabled)
+            self.fast_dtype = used
+        _report("torch.autocast", device_type, target)
+        if used is not want:
+            _note("torch.autocast", want, used, target)
+    return __init__
+
+
+def _scaler_init(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: Any, device: str = "cuda", init_scale: float = 2.0**16,
+                 growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000, enabled: bool = True) -> None:
+        target = _redirected(device)
+        if target is not None:
+            _report("torch.amp.GradScaler", device, target)
+        original(self, device if target is None else target, init_scale,
+                 growth_factor, backoff_factor, growth_interval, enabled)
+    return __init__
+
+
+def _is_enabled(original: Callable[..., bool]) -> Callable[..., bool]:
+    @functools.wraps(original)
+    def is_autocast_enabled(*args: Any, **kwargs: Any) -> bool:
+        if not args and not kwargs:
+            # No argument means CUDA's state.
+            target = _TYPES.get("cuda")
+            return original() if target is None else original(target)
+        if args:
+            target = _redirected(args[0])
+            if target is not None:
+                args = (target,) + args[1:]
+        elif "device_type" in kwargs:
+            target = _redirected(kwargs["device_type"])
+            if target is not None:
+                kwargs = dict(kwargs, device_type=target)
+        return original(*args, **kwargs)
+    return is_autocast_enabled
+
+
+def _first_arg(original: Callable[..., Any]) -> Callable[..., Any]:
+    """set_autocast_enabled(device_type, enabled)."""
+    @functools.wraps(original)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if args:
+            target = _redirected(args[0])
+            if target is not None:
+                args = (target,) + args[1:]
+        elif "device_type" in kwargs:
+            target = _redirected(kwargs["device_type"])
+            if target is not None:
+                kwargs = dict(kwargs, device_type=target)
+        return original(*args, **kwargs)
+    return call
+
+
+def _get_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def get_autocast_dtype(*args: Any, **kwargs: Any) -> Any:
+        device_type = args[0] if args else kwargs.get("device_type")
+        target = _redirected(device_type)
+        if target is None:
+            return original(*args, **kwargs)
+        if _originals["is_autocast_enabled"](target):
+            return original(target)      # inside a region: its dtype
+        want = _DEFAULTS.get(device_type)
+        return _DTYPES[device_type].get(want, want)
+    return get_autocast_dtype
+
+
+def _set_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def set_autocast_dtype(*args: Any, **kwargs: Any) -> Any:
+        device_type = args[0] if args else kwargs.get("device_type")
+        dtype = args[1] if len(args) > 1 else kwargs.get("dtype")
+        target = _redirected(device_type)
+        if target is None:
+            return original(*args, **kwargs)
+        _DEFAULTS[device_type] = dtype
+        used = _DTYPES[device_type].get(dtype, dtype)
+        if used is not dtype:
+            _note("torch.set_autocast_dtype", dtype, used, target)
+        return original(target, used)
+    return set_autocast_dtype
+
+
+# ---- installation -----------------------------------------------------------
+
+
+def _capture() -> None:
+    if _originals:
+        return
+    from torch.amp import autocast_mode, grad_scaler
+    _originals.update({
+        "autocast.__init__": autocast_mode.autocast.__dict__["__init__"],
+        "GradScaler.__init__": grad_scaler.GradScaler.__dict__["__init__"],
+        "is_autocast_enabled": torch.is_autocast_enabled,
+        "get_autocast_dtype": torch.get_autocast_dtype,
+        "set_autocast_dtype": torch.set_autocast_dtype,
+        "set_autocast_enabled": torch.set_autocast_enabled,
+    })
+
+
+_BUILDERS: Dict[str, Callable[[Any], Any]] = {
+    "autocast.__init__": _autocast_init,
+    "GradScaler.__init__": _scaler_init,
+    "is_autocast_enabled": _is_enabled,
+    "get_autocast_dtype": _get_dtype,
+    "set_autocast_dtype": _set_dtype,
+    "set_autocast_enabled": _first_arg,
+}
+
+
+def replacement(name: str) -> Any:
+    """The replacement for torch's `name` (built once)."""
+    _capture()
+    fn = _built.get(name)
+    if fn is None:
+        fn = _built[name] = _BUILDERS[name](_originals[name])
+    return fn
+
+
+def replacements() -> List[Any]:
+    return [replacement(name) for name in _BUILDERS]
+
+
+def redirected_types(profile: str) -> Dict[str, str]:
+    """Program device type -> real one, as the policy redirects devices."""
+    table: Dict[str, str] = {}
+    for kind in ("cuda", "mps"):
+        if kind == profile:
+            continue
+        res = _tdcore.resolve(kind, profile)
+        if res["target"] != "keep":
+            table[kind] = res["target"]
+    return table
+
+
+def install(profile: str, keep_float16: bool,
+            bf16_ok: bool = True) -> None:
+    """Fills the tables the replacements read (at every enable)."""
+    _capture()
+    _TYPES.clear()
+    _DTYPES.clear()
+    _ACCEPTED.clear()
+    _TYPES.update(redirected_types(profile))
+    bf16_fast = cpu_has_bfloat16() if profile == "cpu" else True
+    for source, target in _TYPES.items():
+        _DTYPES[source] = dtype_table(target, keep_float16, bf16_fast,
+                                      bf16_ok)
+        _DEFAULTS.setdefault(source, torch.float16)
+    # torch's own lists (torch/amp/autocast_mode.py) for the devices whose
+    # autocast refuses other dtypes; CUDA's takes any floating dtype.
+    _ACCEPTED.update({"cpu": (torch.bfloat16, torch.float16),
+                      "mps": (torch.float16, torch.bfloat16)})
+
+
+def on_apply() -> None:
+    """Called at the end of _patches.apply(): install() has run already
+    (from the masquerade's patch entries)."""
+
+
+def on_restore() -> None:
+    """Called by _patches.restore(): a replacement captured before (``from
+    torch import is_autocast_enabled``) is torch's own again."""
+    _TYPES.clear()
+
+
+def settings() -> Dict[str, Any]:
+    """What each program device type's autocast dtypes become."""
+    return {source: {str(k): str(v) for k, v in table.items()}
+            for source, table in _DTYPES.items() if source in _TYPES}
+

@@ -1,0 +1,442 @@
+/* Moves copy, as on CUDA (docs/policy.md, "Moves copy").
+ *
+ * On CUDA every move between host and device returns a new tensor.  Where
+ * TorchDevice lands a host request and an accelerator request on the same
+ * device (profile cpu; profiles cuda and mps in "accelerate" mode), torch
+ * would return the tensor itself, and in-place edits of the "moved" tensor
+ * would leak back.  So the wrappers force the copy when the program's view
+ * of the move crosses devices:
+ *
+ *   - a request's *intent*: accelerator ("cuda", "mps", an ordinal,
+ *     .cuda(), .mps(), a torch.device the program built for one of them),
+ *     host ("cpu", .cpu(), a torch.device the program built for "cpu"), or
+ *     none (a device read from a tensor, `x.to(y.device)`: where y is);
+ *   - a tensor's place, as the program sees it: on the accelerator when
+ *     its storage came from an accelerator request (a factory or a move),
+ *     marked on the storage object, which views, detach(), state_dict()
+ *     and .data share; on the host otherwise.
+ *
+ * Python equivalent:
+ *
+ *     def move(t, intent, call):
+ *         on_acc = getattr(t.untyped_storage(), MARK, False)
+ *         force = (intent == ACCEL) != on_acc and intent != NONE
+ *         out = call()                  # torch's move, errors and all
+ *         if force and out is t:
+ *             out = t.clone()           # what .to(copy=True) makes
+ *         if intent == ACCEL and out is not t:
+ *             out.untyped_storage().MARK = True
+ *         return out
+ *
+ * The torch.device objects the program builds carry their intent by
+ * identity: the hook (devicehook.c) hands out one cached object per
+ * (target, intent), td_intent_device() below.
+ */
+#include "tdcore.h"
+
+#include <stdatomic.h>
+
+static atomic_int td_move_copies_v = 1;
+
+#if defined(_MSC_VER)
+#define TD_THREAD_LOCAL __declspec(thread)
+#else
+#define TD_THREAD_LOCAL _Thread_local
+#endif
+/* The intent of the Module.to/.cuda/.cpu call running in this thread:
+ * torch re-parses the module's device argument into a new torch.device
+ * before it reaches Tensor.to, so the intent travels beside it. */
+static TD_THREAD_LOCAL int td_module_intent_v = TD_INTENT_NONE;
+
+int
+td_get_move_copies(void)
+{
+    return atomic_load_explicit(&td_move_copies_v, memory_order_relaxed);
+}
+
+int
+td_moves_active(void)
+{
+    if (!td_get_move_copies()) {
+        return 0;
+    }
+    /* Elsewhere host and accelerator requests land on different devices
+     * and torch copies by itself. */
+    return td_get_profile() == TD_PROFILE_CPU
+           || td_get_mode() == TD_MODE_ACCELERATE;
+}
+
+/* A new torch.device equal to `dev`, made by torch's own tp_new (the hook,
+ * if a previous installation still has it, would hand back a cached one). */
+static int
+new_device_like(td_install *st, PyObject *dev, PyObject **out)
+{
+    newfunc make = td_slot_type(TD_SLOT_DEVICE) != NULL
+                   ? td_slot_original(TD_SLOT_DEVICE)
+                   : st->device_type->tp_new;
+    PyObject *args = PyTuple_Pack(1, dev);
+    if (args == NULL) {
+        return -1;
+    }
+    *out = make(st->device_type, args, NULL);
+    Py_DECREF(args);
+    return *out == NULL ? -1 : 0;
+}
+
+/* What the move rule needs, made from what install() was handed (before
+ * the torch.device hook is in place, so that the devices are new objects):
+ * the tensor type with its untyped_storage and clone, and one more device
+ * object per target that the hook hands out for the other intent. */
+int
+td_moves_setup(td_install *st)
+{
+    PyObject *owner = PyObject_GetAttrString(st->tensor_to, "__objclass__");
+    if (owner == NULL) {
+        return -1;
+    }
+    if (!PyType_Check(owner)) {
+        Py_DECREF(owner);
+        PyErr_SetString(PyExc_TypeError,
+                        "install(): tensor_to must be a method of the tensor "
+                        "type");
+        return -1;
+    }
+    st->tensor_type = (PyTypeObject *)owner;
+    st->tensor_storage = PyObject_GetAttrString(owner, "untyped_storage");
+    st->tensor_clone = st->tensor_storage
+                       ? PyObject_GetAttrString(owner, "clone") : NULL;
+    if (st->tensor_clone == NULL
+        || new_device_like(st, st->target[TD_TARGET_CPU],
+                           &st->intent_accel_cpu) < 0
+        || new_device_like(st, st->target[TD_TARGET_CUDA],
+                           &st->intent_host_cuda) < 0
+        || new_device_like(st, st->target[TD_TARGET_MPS],
+                           &st->intent_host_mps) < 0)
+    {
+        return -1;
+    }
+    if (st->intent_accel_cpu == st->target[TD_TARGET_CPU]
+        || st->intent_host_cuda == st->target[TD_TARGET_CUDA]
+        || st->intent_host_mps == st->target[TD_TARGET_MPS])
+    {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "install(): torch.device is still hooked");
+        return -1;
+    }
+    return 0;
+}
+
+td_intent
+td_intent_of_kind(td_req_kind kind)
+{
+    switch (kind) {
+    case TD_REQ_CUDA:
+    case TD_REQ_MPS:
+        return TD_INTENT_ACCEL;
+    case TD_REQ_CPU:
+    case TD_REQ_CPU_TOGGLE:
+        return TD_INTENT_HOST;
+    case TD_REQ_NONE:
+    case TD_REQ_META:
+    case TD_REQ_OTHER:
+        break;
+    }
+    return TD_INTENT_NONE;
+}
+
+td_intent
+td_intent_of_arg(td_install *st, PyObject *arg)
+{
+    if (arg == NULL || arg == Py_None) {
+        return TD_INTENT_NONE;
+    }
+    if (Py_TYPE(arg) == st->device_type) {
+        if (arg == st->intent_accel_cpu || arg == st->target[TD_TARGET_MPS]
+            || arg == st->target[TD_TARGET_CUDA])
+        {
+            return TD_INTENT_ACCEL;
+        }
+        if (arg == st->target[TD_TARGET_CPU] || arg == st->intent_host_mps
+            || arg == st->intent_host_cuda)
+        {
+            return TD_INTENT_HOST;
+        }
+        /* A device of a kind no tensor here is on was built for a request
+         * (before TorchDevice was enabled, or by torch's own code), not
+         * read off a tensor. */
+        td_req_kind kind = td_request_from_device(arg).kind;
+        td_profile profile = td_get_profile();
+        if ((kind == TD_REQ_CUDA && profile != TD_PROFILE_CUDA)
+            || (kind == TD_REQ_MPS && profile != TD_PROFILE_MPS))
+        {
+            return TD_INTENT_ACCEL;
+        }
+        return TD_INTENT_NONE;
+    }
+    return td_intent_of_kind(td_request_from_object(st, arg).kind);
+}
+
+PyObject *
+td_intent_device(td_install *st, td_target target, td_intent intent)
+{
+    if (!td_moves_active()) {
+        return td_target_device(st, target);
+    }
+    switch (target) {
+    case TD_TARGET_CPU:
+        return intent == TD_INTENT_ACCEL ? st->intent_accel_cpu
+                                         : st->target[TD_TARGET_CPU];
+    case TD_TARGET_MPS:
+        return intent == TD_INTENT_HOST ? st->intent_host_mps
+                                        : st->target[TD_TARGET_MPS];
+    case TD_TARGET_CUDA:
+        return intent == TD_INTENT_HOST ? st->intent_host_cuda
+                                        : st->target[TD_TARGET_CUDA];
+    case TD_TARGET_KEEP:
+    case TD_TARGET_COUNT:
+        break;
+    }
+    return NULL;
+}
+
+PyObject *
+td_intent_cached(td_install *st, PyObject *dev)
+{
+    if (!td_moves_active()) {
+        return NULL;
+    }
+    td_request req = td_request_from_device(dev);
+    td_request mine;
+    PyObject *cached[] = {st->target[TD_TARGET_CPU],
+                          st->target[TD_TARGET_CUDA],
+                          st->target[TD_TARGET_MPS]};
+    for (size_t i = 0; i < sizeof(cached) / sizeof(cached[0]); i++) {
+        mine = td_request_from_device(cached[i]);
+        if (mine.kind == req.kind && mine.index == req.index) {
+            return cached[i];
+        }
+    }
+    return NULL;
+}
+
+int
+td_intent_kept(td_install *st, PyObject *dev)
+{
+    if (!td_moves_active()) {
+        return 0;
+    }
+    PyObject *mine[] = {st->target[TD_TARGET_CPU], st->target[TD_TARGET_CUDA],
+                        st->target[TD_TARGET_MPS],
+                        st->intent_accel_cpu, st->intent_host_cuda,
+                        st->intent_host_mps};
+    for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++) {
+        if (dev == mine[i]) {
+            td_resolution res = td_resolve(td_request_from_device(dev),
+                                           td_get_profile(), td_get_mode(),
+                                           td_get_cpu_override(), 0);
+            return res.target == TD_TARGET_KEEP && !res.toggle_override;
+        }
+    }
+    return 0;
+}
+
+int
+td_module_intent(void)
+{
+    return td_module_intent_v;
+}
+
+int
+td_swap_module_intent(int intent)
+{
+    int previous = td_module_intent_v;
+    td_module_intent_v = intent;
+    return previous;
+}
+
+/* The storage object of a tensor, or NULL (no exception) for tensors that
+ * have none Python can see (sparse, functorch wrappers). */
+static PyObject *
+storage_of(td_install *st, PyObject *tensor)
+{
+    if (st->tensor_type == NULL
+        || !PyObject_TypeCheck(tensor, st->tensor_type))
+    {
+        return NULL;
+    }
+    PyObject *storage = PyObject_CallOneArg(st->tensor_storage, tensor);
+    if (storage == NULL) {
+        PyErr_Clear();
+    }
+    return storage;
+}
+
+static int
+lookup_mark(PyObject *storage, PyObject *name, PyObject **value)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(storage, name, value);
+#else
+    return _PyObject_LookupAttr(storage, name, value);
+#endif
+}
+
+int
+td_on_accelerator(td_install *st, PyObject *tensor)
+{
+    PyObject *storage = storage_of(st, tensor);
+    if (storage == NULL) {
+        return 0;
+    }
+    PyObject *value = NULL;
+    int found = lookup_mark(storage, st->str_accel_mark, &value);
+    Py_DECREF(storage);
+    if (found < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int on = found > 0 && value == Py_True;
+    Py_XDECREF(value);
+    return on;
+}
+
+void
+td_mark_accelerator(td_install *st, PyObject *tensor)
+{
+    PyObject *storage = storage_of(st, tensor);
+    if (storage == NULL) {
+        return;
+    }
+    if (PyObject_SetAttr(storage, st->str_accel_mark, Py_True) < 0) {
+        PyErr_Clear();   /* a storage without a __dict__: left unmarked */
+    }
+    Py_DECREF(storage);
+}
+
+int
+td_move_must_copy(td_install *st, PyObject *tensor, td_intent intent)
+{
+    if (intent == TD_INTENT_NONE) {
+        return 0;
+    }
+    return (intent == TD_INTENT_ACCEL) != td_on_accelerator(st, tensor);
+}
+
+PyObject *
+td_move_done(td_install *st, PyObject *self, td_intent intent, int force,
+             PyObject *result)
+{
+    if (result == NULL) {
+        return NULL;
+    }
+    if (force && result == self) {
+        /* Torch returned the tensor itself (same device, dtype and
+         * layout): its copy=True would have cloned it. */
+        Py_SETREF(result, PyObject_CallOneArg(st->tensor_clone, self));
+        if (result == NULL) {
+            return NULL;
+        }
+    }
+    if (result != self && intent == TD_INTENT_ACCEL) {
+        td_mark_accelerator(st, result);
+    }
+    return result;
+}
+
+/* ---- Python entry points ------------------------------------------------ */
+
+static PyObject *
+moves_set(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    atomic_store(&td_move_copies_v, on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+moves_get(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(td_get_move_copies());
+}
+
+static PyObject *
+moves_on_accelerator(PyObject *Py_UNUSED(module), PyObject *tensor)
+{
+    td_install *st = td_install_acquire();
+    if (st == NULL) {
+        Py_RETURN_FALSE;
+    }
+    int on = td_on_accelerator(st, tensor);
+    Py_DECREF(st);
+    return PyBool_FromLong(on);
+}
+
+/* keep_place(src, dst) -> dst: a module's conversion that is not a move
+ * (Module.half(), .to(dtype), ...) leaves its tensors where they were. */
+static PyObject *
+moves_keep_place(PyObject *Py_UNUSED(module), PyObject *const *args,
+                 Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "keep_place(src, dst)");
+        return NULL;
+    }
+    if (args[1] != args[0] && td_moves_active()
+        && td_module_intent() == TD_INTENT_NONE)
+    {
+        td_install *st = td_install_acquire();
+        if (st != NULL && td_on_accelerator(st, args[0])) {
+            td_mark_accelerator(st, args[1]);
+        }
+        Py_XDECREF(st);
+    }
+    return Py_NewRef(args[1]);
+}
+
+/* keeps_place() -> bool: whether a module conversion must carry the marks
+ * over (moves copy, and no module move is under way: that one marks its
+ * tensors itself). */
+static PyObject *
+moves_keeps_place(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(td_moves_active()
+                           && td_module_intent() == TD_INTENT_NONE);
+}
+
+static PyObject *
+moves_intent(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    static const char *const names[] = {"none", "host", "accelerator"};
+    td_install *st = td_install_acquire();
+    if (st == NULL) {
+        return PyUnicode_FromString(names[TD_INTENT_NONE]);
+    }
+    td_intent intent = td_intent_of_arg(st, arg);
+    Py_DECREF(st);
+    return PyUnicode_FromString(names[intent]);
+}
+
+PyMethodDef td_moves_methods[] = {
+    {"set_move_copies", moves_set, METH_O,
+     "set_move_copies(on)\n\nWhether moves between host and accelerator "
+     "copy where both land on one device (docs/policy.md)."},
+    {"get_move_copies", moves_get, METH_NOARGS, "get_move_copies() -> bool"},
+    {"on_accelerator", moves_on_accelerator, METH_O,
+     "on_accelerator(tensor) -> bool\n\nWhether the program sees the "
+     "tensor on the accelerator (its storage came from an accelerator "
+     "request)."},
+    {"keep_place", (PyCFunction)(void (*)(void))moves_keep_place,
+     METH_FASTCALL,
+     "keep_place(src, dst) -> dst\n\nMarks dst on the accelerator when "
+     "src is and no module move is under way (Module._apply)."},
+    {"keeps_place", moves_keeps_place, METH_NOARGS,
+     "keeps_place() -> bool\n\nWhether a module conversion running now "
+     "must carry the accelerator mark over (Module._apply)."},
+    {"device_intent", moves_intent, METH_O,
+     "device_intent(device) -> 'none' | 'host' | 'accelerator'\n\nWhat a "
+     "device argument asks for, as the move rule reads it."},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,241 @@
+"""Moves copy, as on CUDA (docs/policy.md, "Moves copy").
+
+On a machine where "cuda" and "cpu" land on the same device, a move the
+program makes between host and accelerator still returns a new tensor, and
+a move that is a no-op on CUDA still returns the tensor itself."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import TorchDevice
+from TorchDevice import _tdcore
+from conftest import HAS_CUDA, HAS_MPS, run_python
+
+pytestmark = pytest.mark.skipif(
+    HAS_CUDA or HAS_MPS,
+    reason="profile cpu; the mps profile is simulated below")
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+TO_CUDA = [
+    ("cuda()", lambda t: t.cuda()),
+    ("cuda(0)", lambda t: t.cuda(0)),
+    ("cuda(non_blocking)", lambda t: t.cuda(non_blocking=True)),
+    ("to('cuda')", lambda t: t.to("cuda")),
+    ("to('cuda:0')", lambda t: t.to("cuda:0")),
+    ("to(0)", lambda t: t.to(0)),
+    ("to(device='cuda')", lambda t: t.to(device="cuda")),
+    ("to(torch.device('cuda'))", lambda t: t.to(torch.device("cuda"))),
+    ("to(torch.device('cuda', 0))", lambda t: t.to(torch.device("cuda", 0))),
+    ("to('cuda', non_blocking)", lambda t: t.to("cuda", non_blocking=True)),
+    ("mps()", lambda t: t.mps()),
+    ("to('mps')", lambda t: t.to("mps")),
+]
+
+TO_HOST = [
+    ("cpu()", lambda t: t.cpu()),
+    ("to('cpu')", lambda t: t.to("cpu")),
+    ("to(torch.device('cpu'))", lambda t: t.to(torch.device("cpu"))),
+    ("to(device='cpu')", lambda t: t.to(device="cpu")),
+]
+
+
+@pytest.mark.parametrize("name,move", TO_CUDA, ids=[n for n, _ in TO_CUDA])
+def test_host_tensor_moved_to_the_accelerator_is_a_copy(name, move):
+    x = torch.zeros(3)
+    y = move(x)
+    y.add_(1)
+    assert x.tolist() == [0.0, 0.0, 0.0], name
+    assert not _same_storage(x, y)
+    assert _tdcore.on_accelerator(y)
+    # ...and moving it there again is CUDA's no-op.
+    assert move(y) is y
+
+
+@pytest.mark.parametrize("name,move", TO_CUDA, ids=[n for n, _ in TO_CUDA])
+def test_accelerator_tensor_moved_there_again_is_itself(name, move):
+    w = torch.ones(2, device="cuda")
+    assert move(w) is w, name
+    p = torch.nn.Linear(2, 2).cuda().weight
+    assert move(p) is p
+
+
+@pytest.mark.parametrize("name,move", TO_HOST, ids=[n for n, _ in TO_HOST])
+def test_accelerator_tensor_moved_to_host_is_a_copy(name, move):
+    z = torch.ones(3, device="cuda")
+    h = move(z)
+    h[0] = 7
+    assert z.tolist() == [1.0, 1.0, 1.0], name
+    assert not _tdcore.on_accelerator(h)
+    assert move(h) is h            # host to host: CUDA's no-op
+
+
+@pytest.mark.parametrize("name,move", TO_HOST, ids=[n for n, _ in TO_HOST])
+def test_host_tensor_moved_to_host_is_itself(name, move):
+    x = torch.arange(3.0)
+    assert move(x) is x, name
+
+
+def test_numpy_of_a_copy_does_not_write_back():
+    z = torch.ones(3, device="cuda")
+    arr = z.cpu().numpy()
+    arr[0] = 7
+    assert z.tolist() == [1.0, 1.0, 1.0]
+    # numpy() of a host tensor shares its memory, as in torch.
+    x = torch.zeros(2)
+    x.numpy()[0] = 5
+    assert x[0] == 5
+
+
+def test_a_device_read_from_a_tensor_means_that_tensor_s_place():
+    a = torch.ones(2, device="cuda")
+    b = torch.zeros(2, device="cuda")
+    assert a.to(b.device) is a
+    h = torch.zeros(2)
+    assert h.to(a.device) is h      # cpu == cpu here: torch's own answer
+    assert _tdcore.device_intent(a.device) == "none"
+    assert _tdcore.device_intent(torch.device("cuda")) == "accelerator"
+    assert _tdcore.device_intent(torch.device("cpu")) == "host"
+    assert _tdcore.device_intent(torch.device(torch.device("cuda"))) \
+        == "accelerator"
+    assert _tdcore.device_intent("mps:0") == "accelerator"
+    # A cuda device built where TorchDevice was not enabled yet is still a
+    # request for the accelerator: no tensor here is on "cuda".
+    TorchDevice.disable()
+    try:
+        native = torch.device("cuda", 0)
+    finally:
+        TorchDevice.enable()
+    assert native.type == "cuda"
+    assert _tdcore.device_intent(native) == "accelerator"
+    h = torch.zeros(2)
+    assert h.to(native) is not h and h.to(native).to(native) is not h
+
+
+MODULE_MOVES = [
+    ("cuda()", lambda m: m.cuda()),
+    ("to('cuda')", lambda m: m.to("cuda")),
+    ("to(device)", lambda m: m.to(torch.device("cuda"))),
+    ("to(0)", lambda m: m.to(0)),
+    ("to(device, dtype)", lambda m: m.to(torch.device("cuda"), torch.float64)),
+    ("cuda().half()", lambda m: m.cuda().half()),
+    ("cuda().to(bfloat16)", lambda m: m.cuda().to(torch.bfloat16)),
+]
+
+
+@pytest.mark.parametrize("name,move", MODULE_MOVES,
+                         ids=[n for n, _ in MODULE_MOVES])
+def test_best_weights_snapshot_stays_put(name, move):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4),
+                                torch.nn.BatchNorm1d(4))
+    host = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model[0].weight
+    assert move(model) is model
+    assert model[0].weight is weight          # the Parameter object stays
+    snap = {k: v.cpu() for k, v in model.state_dict().items()}
+    for k, v in model.state_dict().items():
+        assert _tdcore.on_accelerator(v), (name, k)
+        assert not _same_storage(v, snap[k]), (name, k)
+    with torch.no_grad():
+        model[0].weight.add_(100)
+    assert not torch.equal(snap["0.weight"], model[0].weight)
+    # The host tensors the model had before the move were left alone.
+    torch.testing.assert_close(host["0.weight"].to(snap["0.weight"].dtype),
+                               snap["0.weight"])
+    # Moving it there again copies nothing.
+    ptr = model[0].weight.data_ptr()
+    model.cuda()
+    model.to("cuda")
+    assert model[0].weight.data_ptr() == ptr
+
+
+def test_module_built_on_cuda_and_moved_to_host():
+    model = torch.nn.Linear(2, 2, device="cuda")
+    assert _tdcore.on_accelerator(model.weight)
+    ptr = model.weight.data_ptr()
+    model.cpu()
+    assert model.weight.data_ptr() != ptr
+    assert not _tdcore.on_accelerator(model.weight)
+    host = model.weight.data_ptr()
+    model.cpu()
+    assert model.weight.data_ptr() == host
+
+
+def test_training_after_module_cuda_updates_the_optimizer_s_parameters():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.cuda()
+    x = torch.randn(16, 4).cuda()
+    y = x.sum(1, keepdim=True)
+    first = None
+    for _ in range(20):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < first / 2
+
+
+def test_gradients_flow_through_a_copying_move():
+    x = torch.ones(2, requires_grad=True)
+    y = x.cuda()
+    (y * 3).sum().backward()
+    assert x.grad.tolist() == [3.0, 3.0]
+
+
+def test_moves_alias_is_the_opt_out(restore_config):
+    TorchDevice.configure(moves="alias")
+    assert TorchDevice.policy()["moves"] == "alias"
+    x = torch.zeros(3)
+    assert x.cuda() is x
+    z = torch.ones(2, device="cuda")
+    assert z.cpu() is z
+    TorchDevice.configure(moves="copy")
+    assert x.cuda() is not x
+
+
+def test_moves_alias_from_the_environment():
+    proc = run_python("""
+        import torch, TorchDevice
+        x = torch.zeros(3)
+        print(TorchDevice.policy()["moves"], x.cuda() is x)
+    """, env={"TORCHDEVICE_MOVES": "alias"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["alias", "True"]
+
+
+def test_issue_examples_in_a_fresh_process():
+    """The three leaks that a move which is not a copy lets through."""
+    proc = run_python("""
+        import torch, TorchDevice
+        x = torch.zeros(3); y = x.cuda(); y.add_(1)
+        model = torch.nn.Linear(2, 2).cuda()
+        snap = {k: v.cpu() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            model.weight.add_(100)
+        z = torch.ones(3, device="cuda")
+        arr = z.cpu().numpy(); arr[0] = 7
+        print(x.tolist() == [0, 0, 0],
+              not torch.equal(snap["weight"], model.weight),
+              z.tolist() == [1, 1, 1])
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True"]
+
+
+def test_simulated_mps_profile_copies_in_accelerate_mode(simulated_mps):
+    """SimulatedMPS (meta stands for the MPS device): in accelerate mode a
+    host tensor already lands on the accelerator, so its .cuda() copies."""
+    x = torch.zeros(3)
+    assert x.device == simulated_mps
+    y = x.cuda()
+    assert y is not x and y.device == simulated_mps
+    assert y.cuda() is y
+    assert y.cpu() is not y
