@@ -482,12 +482,19 @@ def _inline_amp(entries: Sequence[Any]) -> None:
     reading ``torch.<name>``: when TorchDevice was enabled first, the
     entries name the replacements, so they are moved back to the
     originals."""
-    from torch._dynamo.trace_rules import get_torch_obj_rule_map
-    from torch._dynamo.variables import torch as dynamo_torch
-    from torch._dynamo.variables.torch import TorchInGraphFunctionVariable
-    rules = get_torch_obj_rule_map()
-    folds = dynamo_torch.constant_fold_functions
-    handlers = TorchInGraphFunctionVariable._get_handlers()
+    trace_rules = _torch_compat.get("dynamo_trace_rules")
+    variable = _torch_compat.get("dynamo_TorchInGraphFunctionVariable")
+    if trace_rules is None or variable is None:
+        return
+    try:
+        rules = trace_rules.get_torch_obj_rule_map()
+        folds = sys.modules[variable.__module__].constant_fold_functions
+        handlers = variable._get_handlers()
+    except AttributeError as exc:
+        _log.warning("TorchDevice: torch %s changed torch._dynamo (%s); "
+                     "autocast inside torch.compile may graph-break",
+                     torch.__version__, exc)
+        return
     for _owner, _name, original, replacement in entries:
         original, replacement = _unwrap(original), _unwrap(replacement)
         if id(replacement) in _registered:

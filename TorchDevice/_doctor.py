@@ -92,6 +92,11 @@ TORCH_APIS: Dict[str, Tuple[str, str]] = {
                            "present"),
     "torch.backends.mps": (HANDLED, "torch.backends.mps is answered from the "
                                     "device that is present"),
+    # Availability: the truth for the kind that is not announced.
+    "torch.backends.mps.is_available": (HANDLED, "_ANNOUNCED_mps"),
+    "torch.backends.mps.is_built": (HANDLED, "_ANNOUNCED_mps"),
+    "torch.mps.is_available": (HANDLED, "_ANNOUNCED_mps"),
+    "torch.cuda.is_available": (HANDLED, "_ANNOUNCED_cuda"),
     "torch.utils.cpp_extension.CUDAExtension": (
         CANNOT, "builds CUDA kernels (.cu): they need nvcc and an NVIDIA "
                 "GPU"),
@@ -129,11 +134,30 @@ class Finding:
                 f"{self.what} -- {self.why}")
 
 
+def _announced() -> str:
+    """The kind announced on a machine with neither CUDA nor MPS, as `run`
+    will configure it (docs/masquerade.md)."""
+    return os.environ.get("TORCHDEVICE_ANNOUNCE", "cuda").strip().lower() \
+        or "cuda"
+
+
+def _availability_why(kind: str) -> str:
+    if _announced() == kind:
+        return (f"answers True: {kind} is the kind announced where neither "
+                f"CUDA nor MPS is present")
+    other = "cuda" if kind == "mps" else "mps"
+    return (f"answers False where neither CUDA nor MPS is present ({other} "
+            f"is announced): the program takes its non-{kind} branch; "
+            f"TORCHDEVICE_ANNOUNCE={kind} announces {kind} instead")
+
+
 def _lookup_api(dotted: str) -> Optional[Tuple[str, str]]:
     parts = dotted.split(".")
     for n in range(len(parts), 0, -1):
         hit = TORCH_APIS.get(".".join(parts[:n]))
         if hit is not None:
+            if hit[1].startswith("_ANNOUNCED_"):
+                return hit[0], _availability_why(hit[1][len("_ANNOUNCED_"):])
             return hit
     return None
 

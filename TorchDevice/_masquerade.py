@@ -536,14 +536,23 @@ def _masquerade_namespace() -> Any:
     return types.SimpleNamespace(synchronize=_tdcore.synchronize, **names)
 
 
-def _reverse_patches() -> List[Any]:
+# What torch.mps answers that does not announce MPS: the actions a
+# program written for MPS calls after choosing its device (hard-coded
+# requests, redirected like device="mps" whichever kind is announced).
+MPS_ACTIONS = tuple(n for n in MPS_REVERSE
+                    if n not in ("is_available", "device_count"))
+
+
+def _reverse_patches(announce_mps: bool = True) -> List[Any]:
     import torch.backends.mps
     table: List[Any] = []
-    table += _fn_patches(torch.mps, MPS_REVERSE, "torch.mps",
+    table += _fn_patches(torch.mps, MPS_REVERSE if announce_mps
+                         else MPS_ACTIONS, "torch.mps",
                          lookup_prefix="mps.", aliases=False)
-    table += _fn_patches(torch.backends.mps, MPS_BACKENDS_REVERSE,
-                         "torch.backends.mps", lookup_prefix="mps.",
-                         aliases=False)
+    if announce_mps:
+        table += _fn_patches(torch.backends.mps, MPS_BACKENDS_REVERSE,
+                             "torch.backends.mps", lookup_prefix="mps.",
+                             aliases=False)
     return table
 
 
@@ -563,7 +572,12 @@ def patches() -> List[Any]:
         return (table + _reverse_patches()
                 + _fn_patches(torch.accelerator, ACCELERATOR,
                               "torch.accelerator"))
-    return table + _masquerade_patches(profile)
+    if profile == "mps":
+        return table + _masquerade_patches(profile)
+    # Neither kind is real and CUDA is announced: torch.mps still does
+    # what an MPS-written program asks of it, but does not say it is there.
+    return (table + _masquerade_patches(profile)
+            + _reverse_patches(announce_mps=False))
 
 
 def replaced_names() -> Dict[str, Tuple[str, ...]]:

@@ -123,6 +123,18 @@ HARD_CODED = {
     "torch.autocast('mps')": "autocast_runs('mps')",
 }
 
+# torch.mps's actions (not its availability) work with CUDA announced: an
+# MPS-written program that checks availability takes its other branch, one
+# that does not is redirected like device="mps".
+MPS_ACTIONS = {
+    "torch.mps.synchronize()": "torch.mps.synchronize() is None",
+    "torch.mps.manual_seed(0)": "torch.mps.manual_seed(0) is None",
+    "torch.mps.current_allocated_memory()":
+        "torch.mps.current_allocated_memory() >= 0",
+    "torch.mps.empty_cache()": "torch.mps.empty_cache() is None",
+    "torch.mps.device_count() == 0": "torch.mps.device_count() == 0",
+}
+
 CHILD = r'''
 import json, sys, warnings
 import torch
@@ -183,7 +195,8 @@ def answers():
         apis = CUDA_APIS if kind == "cuda" else MPS_APIS
         other = "mps" if kind == "cuda" else "cuda"
         unannounced = {q: f"not {q}" for q in QUERIES[other]}
-        table[setting] = _run(setting, {**apis, **unannounced, **{
+        actions = MPS_ACTIONS if kind == "cuda" else {}
+        table[setting] = _run(setting, {**apis, **unannounced, **actions, **{
             f"hard-coded {k}": v for k, v in HARD_CODED.items()}})
     return table
 
@@ -263,3 +276,12 @@ def test_announce_switches_at_run_time(restore_config):
         TorchDevice.configure(announce="cuda")
     assert torch.cuda.is_available() is True
     assert torch.backends.mps.is_available() is False
+
+
+ACTIONS = [(s, n) for s in ("default", "cuda") for n in MPS_ACTIONS]
+
+
+@pytest.mark.parametrize("setting,name", ACTIONS,
+                         ids=[f"{s}:{n}" for s, n in ACTIONS])
+def test_mps_actions_work_while_cuda_is_announced(answers, setting, name):
+    assert answers[setting][name] == "ok"

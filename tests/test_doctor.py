@@ -53,6 +53,20 @@ def test_each_construct_is_classified():
     assert {line: {kind} for line, kind in expected.items()} == by_line
 
 
+def test_availability_says_which_kind_is_announced(monkeypatch):
+    src = ("import torch\n"
+           "a = torch.backends.mps.is_available()\n"
+           "b = torch.cuda.is_available()\n")
+    monkeypatch.delenv("TORCHDEVICE_ANNOUNCE", raising=False)
+    mps, cuda = _doctor.scan_source(src, "x.py")
+    assert (mps.kind, cuda.kind) == ("handled", "handled")
+    assert "answers False" in mps.why and "TORCHDEVICE_ANNOUNCE=mps" in mps.why
+    assert "answers True" in cuda.why
+    monkeypatch.setenv("TORCHDEVICE_ANNOUNCE", "mps")
+    mps, cuda = _doctor.scan_source(src, "x.py")
+    assert "answers True" in mps.why and "answers False" in cuda.why
+
+
 def test_map_location_and_device_strings():
     src = 'import torch\nsd = torch.load("m.pt", map_location="cuda:1")\n'
     findings = _doctor.scan_source(src, "load.py")
@@ -96,10 +110,14 @@ def test_plain_code_has_no_findings():
     assert _doctor.scan_source(src, "p.py") == []
 
 
-def doctor(*args: str, cwd: Path):
+def doctor(*args: str, cwd: Path, extra_env: dict | None = None):
+    import os
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TORCHDEVICE")}
+    env.update(extra_env or {})
     return subprocess.run([sys.executable, "-m", "TorchDevice", "doctor",
                            *args], capture_output=True, text=True,
-                          cwd=str(cwd), timeout=300)
+                          cwd=str(cwd), timeout=300, env=env)
 
 
 def test_exit_status_gates_ci(tmp_path):
@@ -252,18 +270,19 @@ load_inline("k", cpp_sources="", cuda_sources="__global__ void k() {}")
 }
 
 
-def _verdict(path: Path) -> int:
-    proc = doctor(str(path), cwd=path.parent)
+def _verdict(path: Path, extra_env: dict | None = None) -> int:
+    proc = doctor(str(path), cwd=path.parent, extra_env=extra_env)
     assert proc.returncode in (0, 1), proc.stderr
     return proc.returncode
 
 
-def _run(path: Path, *args: str,
-         cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _run(path: Path, *args: str, cwd: Path | None = None,
+         extra_env: dict | None = None) -> subprocess.CompletedProcess:
     import os
     import socket
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TORCHDEVICE")}
+    env.update(extra_env or {})
     with socket.socket() as s:       # a free port for the DDP programs
         s.bind(("127.0.0.1", 0))
         env["PORT"] = str(s.getsockname()[1])
@@ -273,9 +292,10 @@ def _run(path: Path, *args: str,
                           cwd=str(cwd or path.parent), env=env, timeout=600)
 
 
-def _assert_agree(path: Path, *args: str, cwd: Path | None = None) -> None:
-    verdict = _verdict(path)
-    proc = _run(path, *args, cwd=cwd)
+def _assert_agree(path: Path, *args: str, cwd: Path | None = None,
+                  extra_env: dict | None = None) -> None:
+    verdict = _verdict(path, extra_env)
+    proc = _run(path, *args, cwd=cwd, extra_env=extra_env)
     ran = proc.returncode == 0
     assert ran == (verdict == 0), (
         f"doctor says {'runs' if verdict == 0 else 'cannot run'}, the run "
@@ -296,6 +316,10 @@ EXAMPLE_ARGS = {
     "train_cuda_research.py": ["--epochs", "1", "--train-size", "64",
                                "--val-size", "32", "--out-dir", "OUT"],
 }
+# Examples written for MPS run with MPS announced, as their docstrings say.
+EXAMPLE_ENV = {
+    "mps_written_script.py": {"TORCHDEVICE_ANNOUNCE": "mps"},
+}
 
 
 @pytest.mark.slow
@@ -306,5 +330,7 @@ def test_verdict_matches_the_run_for_each_example(tmp_path, example):
     path = Path(__file__).resolve().parent.parent / "examples" / example
     args = [str(tmp_path / "out") if a == "OUT" else a
             for a in EXAMPLE_ARGS.get(example, [])]
-    assert _verdict(path) == 0, doctor(str(path), cwd=path.parent).stdout
-    _assert_agree(path, *args, cwd=tmp_path)
+    env = EXAMPLE_ENV.get(example)
+    assert _verdict(path, env) == 0, doctor(str(path), cwd=path.parent,
+                                            extra_env=env).stdout
+    _assert_agree(path, *args, cwd=tmp_path, extra_env=env)
