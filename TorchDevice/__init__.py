@@ -20,7 +20,8 @@ from typing import Any, Dict, Iterator, List
 
 import torch  # noqa: F401  (TorchDevice patches torch; import it first)
 
-from . import _config, _log, _masquerade, _patches, _report, _tdcore
+from . import (_capabilities, _config, _log, _masquerade, _patches, _report,
+               _tdcore)
 from ._config import Config
 from ._device import TorchDevice
 
@@ -49,7 +50,9 @@ def _effective_profile(cfg: Config) -> str:
 
 def _push_config(cfg: Config) -> None:
     profile = _effective_profile(cfg)
-    _tdcore.configure(profile, cfg.mode, cfg.float64)
+    record = _capabilities.record_for(profile, cfg.capabilities)
+    _tdcore.configure(profile, cfg.mode, cfg.float64,
+                      device_float64=record.float64)
     _log.apply_level(cfg.log_level)
     _report.activate(cfg.report)
     _sync_recording()
@@ -83,7 +86,8 @@ def _logging_changed() -> None:
 def configure(**changes: Any) -> Config:
     """Changes settings at run time: target, mode, float64, log_level,
     report (False, True, or a JSON path), cuda_truthful, truth_for, moves,
-    announce, device_count, keep_float16 (docs/configuration.md).
+    announce, device_count, keep_float16, capabilities
+    (docs/configuration.md).
 
     Unknown or invalid values raise ValueError and change nothing.
     """
@@ -96,7 +100,8 @@ def configure(**changes: Any) -> Config:
         profile_changes = (
             _effective_profile(new) != _effective_profile(_config_now)
             or new.announce != _config_now.announce
-            or new.keep_float16 != _config_now.keep_float16)
+            or new.keep_float16 != _config_now.keep_float16
+            or new.capabilities != _config_now.capabilities)
         _config_now = new
         if profile_changes and _patches.is_applied():
             # Which torch.cuda / torch.mps names are replaced depends on the
@@ -125,13 +130,20 @@ def config() -> Config:
 
 
 def hardware_profile() -> str:
-    """The profile in force: "cuda", "mps" or "cpu"."""
+    """The profile in force: "cuda", "mps", "accelerator" or "cpu"."""
     return _tdcore.settings()["profile"]
 
 
 def policy() -> Dict[str, Any]:
-    """The policy in force (profile, mode, float64, cpu_override)."""
-    return _tdcore.settings()
+    """The policy in force (profile, mode, float64, cpu_override, moves),
+    the device type accelerator requests land on ("device": "cuda", "mps",
+    "xpu", ..., "cpu") and the capability record in force
+    ("capabilities")."""
+    settings = _tdcore.settings()
+    settings["device"] = _patches.device_type_of(settings["profile"])
+    settings["capabilities"] = _capabilities.record_for(
+        settings["profile"], _config_now.capabilities).name
+    return settings
 
 
 def enable() -> None:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import _log, _tdcore
+from . import _capabilities, _log, _tdcore
 
 # Device type the program names -> device type that runs it; filled by
 # install() from the policy.  Empty while TorchDevice is disabled.
@@ -81,24 +81,36 @@ def cpu_has_bfloat16(flags: Optional[str] = None) -> bool:
 
 
 def float16_choice(target: str, keep: bool, bf16_fast: bool,
-                   bf16_ok: bool = True) -> Any:
-    """What CUDA's float16 autocast becomes on `target` (docs/policy.md)."""
-    if keep or target != "cpu":
+                   bf16_ok: bool = True,
+                   record: Optional[_capabilities.Capabilities] = None) -> Any:
+    """What CUDA's float16 autocast becomes on `target` (docs/policy.md):
+    its capability record says (by default the record of that device
+    type's own profile)."""
+    record = record or _record_of(target)
+    if keep or record.float16_autocast == "float16":
         return torch.float16
     return torch.bfloat16 if bf16_fast and bf16_ok else torch.float32
 
 
+def _record_of(target: str) -> _capabilities.Capabilities:
+    return _capabilities.RECORDS.get(target,
+                                     _capabilities.RECORDS["accelerator"])
+
+
 def dtype_table(target: str, keep_float16: bool, bf16_fast: bool,
-                bf16_ok: bool) -> Dict[Any, Any]:
+                bf16_ok: bool,
+                record: Optional[_capabilities.Capabilities] = None
+                ) -> Dict[Any, Any]:
     """Requested autocast dtype -> dtype used on `target`."""
+    record = record or _record_of(target)
     table = {
         torch.float32: torch.float32,
         torch.bfloat16: torch.bfloat16 if bf16_ok else torch.float32,
         torch.float16: float16_choice(target, keep_float16, bf16_fast,
-                                      bf16_ok),
+                                      bf16_ok, record),
     }
-    if target == "mps":
-        table[torch.float64] = torch.float32   # MPS has no float64
+    if not record.float64:
+        table[torch.float64] = torch.float32   # e.g. MPS has none
     return table
 
 
@@ -273,14 +285,33 @@ def replacements() -> List[Any]:
 
 def redirected_types(profile: str) -> Dict[str, str]:
     """Program device type -> real one, as the policy redirects devices."""
+    from . import _patches
     table: Dict[str, str] = {}
     for kind in ("cuda", "mps"):
         if kind == profile:
             continue
         res = _tdcore.resolve(kind, profile)
         if res["target"] != "keep":
-            table[kind] = res["target"]
+            table[kind] = (_patches.device_type_of(profile)
+                           if res["target"] == "accel" else res["target"])
     return table
+
+
+def _accepted_by(device_type: str) -> Optional[Tuple[Any, ...]]:
+    """The dtypes torch's autocast accepts on a device type, where it
+    refuses others (torch/amp/autocast_mode.py): the CPU's and MPS's lists,
+    a PrivateUse1 backend's get_amp_supported_dtype(); None: any."""
+    if device_type == "cpu":
+        return (torch.bfloat16, torch.float16)
+    if device_type == "mps":
+        return (torch.float16, torch.bfloat16)
+    if device_type == getattr(torch._C, "_get_privateuse1_backend_name",
+                              lambda: None)():
+        supported = getattr(getattr(torch, device_type, None),
+                            "get_amp_supported_dtype", None)
+        if supported is not None:
+            return tuple(supported())
+    return None
 
 
 def install(profile: str, keep_float16: bool,
@@ -291,15 +322,17 @@ def install(profile: str, keep_float16: bool,
     _DTYPES.clear()
     _ACCEPTED.clear()
     _TYPES.update(redirected_types(profile))
-    bf16_fast = cpu_has_bfloat16() if profile == "cpu" else True
+    record = _capabilities.current()
+    bf16_fast = cpu_has_bfloat16() if record.float16_autocast == "host" \
+        else True
     for source, target in _TYPES.items():
         _DTYPES[source] = dtype_table(target, keep_float16, bf16_fast,
-                                      bf16_ok)
+                                      bf16_ok, record)
         _DEFAULTS.setdefault(source, torch.float16)
-    # torch's own lists (torch/amp/autocast_mode.py) for the devices whose
-    # autocast refuses other dtypes; CUDA's takes any floating dtype.
-    _ACCEPTED.update({"cpu": (torch.bfloat16, torch.float16),
-                      "mps": (torch.float16, torch.bfloat16)})
+    for target in set(_TYPES.values()):
+        accepted = _accepted_by(target)
+        if accepted is not None:
+            _ACCEPTED[target] = accepted
 
 
 def on_apply() -> None:

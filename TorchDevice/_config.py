@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple, Union
 
-PROFILES = ("cuda", "mps", "cpu")
+PROFILES = ("cuda", "mps", "accelerator", "cpu")
 MODES = ("accelerate", "cpu-stays-cpu")
 FLOAT64 = ("downcast", "error")
 MOVES = ("copy", "alias")
@@ -23,6 +23,9 @@ ENV_MOVES = "TORCHDEVICE_MOVES"
 ENV_ANNOUNCE = "TORCHDEVICE_ANNOUNCE"
 ENV_DEVICE_COUNT = "TORCHDEVICE_DEVICE_COUNT"
 ENV_KEEP_FLOAT16 = "TORCHDEVICE_KEEP_FLOAT16"
+ENV_CAPABILITIES = "TORCHDEVICE_CAPABILITIES"
+# The capability records (TorchDevice/_capabilities.py, docs/hardware.md).
+CAPABILITIES = ("cpu", "cuda", "mps", "accelerator")
 
 _TRUE = ("1", "true", "on", "yes")
 _BOOLS = _TRUE + ("0", "false", "off", "no")
@@ -32,11 +35,12 @@ _BOOLS = _TRUE + ("0", "false", "off", "no")
 class Config:
     """The settings in force.
 
-    target: force the hardware profile ("cuda", "mps", "cpu"); None detects.
+    target: force the hardware profile ("cuda", "mps", "accelerator",
+        "cpu"); None detects.
     mode: "accelerate" (None and "cpu" go to the accelerator too, the
         default) or "cpu-stays-cpu" (only accelerator requests move).
-    float64: on MPS, "downcast" float64 requests to float32 (logged) or
-        raise an "error".
+    float64: on a device without float64 (MPS; its capability record),
+        "downcast" float64 requests to float32 (logged) or raise an "error".
     log_level: level of the "TorchDevice" logger; INFO or lower logs each
         new redirected call site.  None (the default) leaves the logger to
         the standard `logging` configuration: whatever makes the logger
@@ -60,6 +64,9 @@ class Config:
         present); None: the launcher's LOCAL_WORLD_SIZE, else 1.
     keep_float16: CUDA's float16 autocast stays float16 on the CPU (by
         default it becomes bfloat16 or float32, docs/policy.md).
+    capabilities: on profile accelerator, the capability record the device
+        is used with ("mps", "cuda", "cpu", "accelerator"); None: the
+        generic one (docs/hardware.md).  Other profiles keep their own.
     """
 
     target: Optional[str] = None
@@ -73,6 +80,7 @@ class Config:
     announce: str = "cuda"
     device_count: Optional[int] = None
     keep_float16: bool = False
+    capabilities: Optional[str] = None
 
     def validated(self) -> "Config":
         if self.target is not None and self.target not in PROFILES:
@@ -105,6 +113,11 @@ class Config:
             raise ValueError(
                 f"device_count must be a positive int or None, not "
                 f"{self.device_count!r}")
+        if self.capabilities is not None \
+                and self.capabilities not in CAPABILITIES:
+            raise ValueError(
+                f"capabilities must be one of {CAPABILITIES} or None, not "
+                f"{self.capabilities!r}")
         if not isinstance(self.keep_float16, bool):
             raise ValueError(
                 f"keep_float16 must be True or False, not "
@@ -161,7 +174,8 @@ def from_environment(env: Optional[dict] = None) -> Config:
     values: dict = {}
     for var, field in ((ENV_TARGET, "target"), (ENV_MODE, "mode"),
                        (ENV_FLOAT64, "float64"), (ENV_MOVES, "moves"),
-                       (ENV_ANNOUNCE, "announce")):
+                       (ENV_ANNOUNCE, "announce"),
+                       (ENV_CAPABILITIES, "capabilities")):
         raw = env.get(var, "").strip().lower()
         if raw:
             values[field] = raw

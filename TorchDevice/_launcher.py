@@ -13,7 +13,7 @@ import builtins
 import os
 import sys
 import types
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import TorchDevice
 
@@ -27,6 +27,7 @@ OPTIONS: Dict[str, str] = {
     "--float64": _config.ENV_FLOAT64,
     "--log-level": _config.ENV_LOG_LEVEL,
     "--report": _config.ENV_REPORT,
+    "--capabilities": _config.ENV_CAPABILITIES,
 }
 
 USAGE = """\
@@ -39,9 +40,11 @@ options:
   --report[=PATH]      print a table of call sites at exit (and write the
                        JSON report to PATH; "{pid}" becomes the process id)
   --log-level LEVEL    log each new call site (INFO) or less (WARNING)
-  --target PROFILE     force the profile: cuda, mps or cpu
+  --target PROFILE     force the profile: cuda, mps, accelerator or cpu
   --mode MODE          accelerate (default) or cpu-stays-cpu
   --float64 POLICY     downcast (default) or error
+  --capabilities NAME  profile accelerator: use the device with this
+                       capability record (mps, cuda, cpu, accelerator)
 """
 
 
@@ -49,12 +52,21 @@ class UsageError(Exception):
     """Bad command line: printed with the usage, exit status 2."""
 
 
-def early_environment() -> Dict[str, str]:
-    """Variables that torch reads when it loads, so they must be in the
-    environment before `import torch`: on Apple, operators that MPS lacks
-    fall back to the CPU instead of raising."""
-    if sys.platform == "darwin":
-        return {"PYTORCH_ENABLE_MPS_FALLBACK": "1"}
+def early_environment(record: Optional[Any] = None) -> Dict[str, str]:
+    """Variables that torch (or the device's library) reads when it loads,
+    so they must be in the environment before `import torch`: the fallback
+    variable of the device's capability record (on Apple,
+    PYTORCH_ENABLE_MPS_FALLBACK), so that operators the device lacks run on
+    the host instead of raising.  `record`: the record of the detected
+    device with TORCHDEVICE_CAPABILITIES applied, by default."""
+    if record is None:
+        from . import _capabilities, _patches
+        override = os.environ.get(_config.ENV_CAPABILITIES, "").strip()
+        record = _capabilities.record_for(
+            _patches.detect_profile(),
+            override if override in _capabilities.RECORDS else None)
+    if record.fallback_variable:
+        return {record.fallback_variable: "1"}
     return {}
 
 
@@ -243,6 +255,8 @@ def run(argv: Sequence[str]) -> int:
             return 0
         sys.stderr.write(USAGE + f"error: {exc}\n")
         return 2
+    # The options first: --capabilities decides the fallback variable.
+    os.environ.update(env)
     _reexec_if_needed(early_environment())
     try:
         _configure(env)

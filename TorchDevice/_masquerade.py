@@ -2,8 +2,8 @@
 _tdcore's callables on each profile, and the facts about the real device
 that those callables answer from (docs/masquerade.md).
 
-On profiles "mps" and "cpu", torch.cuda answers as if one CUDA device were
-present, with the truth of the real device behind it.  On profile "cuda",
+On profiles "mps", "accelerator" and "cpu", torch.cuda answers as if one
+CUDA device were present, with the truth of the real device behind it.  On profile "cuda",
 torch.cuda is left exactly as it is and torch.mps / torch.backends.mps
 answer from CUDA instead.
 
@@ -197,12 +197,37 @@ def _complete(fields: Dict[str, Any]) -> Dict[str, Any]:
     return base
 
 
+def accelerator_fields(module: Any, device: torch.device) -> Dict[str, Any]:
+    """CUDA's property fields for a generic accelerator, from its device
+    module's get_device_properties() (name, total_memory, and whatever
+    else of CUDA's fields it has)."""
+    fields: Dict[str, Any] = {"name": device.type, "device_type": device.type,
+                              "multi_processor_count": 1}
+    get = getattr(module, "get_device_properties", None)
+    props = get(device) if get is not None else None
+    for name in ("name", "total_memory", "multi_processor_count",
+                 "max_threads_per_block", "warp_size", "L2_cache_size",
+                 "is_integrated", "clock_rate", "uuid"):
+        value = getattr(props, name, None)
+        if value is not None:
+            fields[name] = value if name in ("name", "uuid") else int(value)
+    if "uuid" in fields:
+        fields["uuid"] = str(fields["uuid"])
+    if "total_memory" not in fields:
+        info = getattr(module, "mem_get_info", None)
+        fields["total_memory"] = int(info(device)[1]) if info else 0
+    return _complete(fields)
+
+
 def device_properties(profile: str) -> Any:
-    """The DeviceProperties object of the one device (profile mps or cpu)."""
+    """The DeviceProperties object of the one device (profiles mps,
+    accelerator and cpu)."""
     if profile == "mps":
         fields = mps_fields(torch.backends.mps.get_name,
                             torch.backends.mps.get_core_count,
                             torch.mps.recommended_max_memory)
+    elif profile == "accelerator":
+        fields = accelerator_fields(_device_module(), _accel_device())
     else:
         fields = cpu_fields()
     fields["major"], fields["minor"] = capability(_bf16(profile))
@@ -221,9 +246,83 @@ def capability(bf16: bool) -> Tuple[int, int]:
 
 
 def _bf16(profile: str) -> bool:
+    """Whether the device really used computes bfloat16: its capability
+    record says, or the device is asked."""
+    from . import _capabilities
+    record = _capabilities.current()
+    if record.bfloat16 is not None:
+        return record.bfloat16
     if profile == "mps":
         return bool(torch.backends.mps.is_macos_or_newer(14, 0))
+    if profile == "accelerator":
+        ask = getattr(_device_module(), "is_bf16_supported", None)
+        return bool(ask()) if ask is not None else True
     return True
+
+
+def _accel_device() -> torch.device:
+    from . import _patches
+    device = _patches.accelerator_device()
+    assert device is not None, "profile accelerator without an accelerator"
+    return device
+
+
+def _device_module() -> Any:
+    """The generic accelerator's module (torch.xpu, torch.simaccel, ...),
+    through torch's own get_device_module."""
+    _capture_originals()
+    return _originals["get_device_module"](_accel_device().type)
+
+
+def _device_generator(module: Any, index: int) -> Optional[torch.Generator]:
+    """The default generator a device module draws from, where it shows it:
+    CUDA-style default_generators, or a default_generator (object, or a
+    function of the index)."""
+    generators = getattr(module, "default_generators", None)
+    if generators and index < len(generators):
+        return generators[index]
+    default = getattr(module, "default_generator", None)
+    if isinstance(default, torch.Generator):
+        return default
+    if callable(default):
+        found = default(index)
+        if isinstance(found, torch.Generator):
+            return found
+    return None
+
+
+def _device_memory(module: Any) -> Dict[str, Any]:
+    """The generic accelerator's memory counters for masq_install, from its
+    device module (torch.accelerator's where the module lacks one)."""
+    from . import _capabilities
+    accel = _originals.get("accelerator", {})
+
+    def fn(name: str, accel_name: Optional[str] = None) -> Any:
+        found = getattr(module, name, None)
+        return found if found is not None else accel.get(accel_name or name)
+    counters = {
+        "device_allocated": fn("memory_allocated"),
+        "device_reserved": fn("memory_reserved"),
+        "device_empty_cache": fn("empty_cache"),
+        "device_set_fraction": fn("set_per_process_memory_fraction"),
+    }
+    if _capabilities.current().memory == "device":
+        counters.update(
+            device_max_allocated=fn("max_memory_allocated"),
+            device_max_reserved=fn("max_memory_reserved"),
+            device_reset_peak=fn("reset_peak_memory_stats"))
+    return counters
+
+
+def _mem_info_accel() -> Tuple[int, int]:
+    module = _device_module()
+    info = getattr(module, "mem_get_info", None)
+    if info is None:
+        info = _originals.get("accelerator", {}).get("get_memory_info")
+    if info is None:
+        return _mem_info_cpu()
+    free, total = info()
+    return int(free), int(total)
 
 
 def _mem_info_cpu() -> Tuple[int, int]:
@@ -265,9 +364,12 @@ def _total_memory() -> int:
 
 
 def _target_generator(profile: str) -> Optional[torch.Generator]:
+    """The generator "cuda" code draws from on the device really used."""
     if profile == "mps":
         default_mps = _torch_compat.get("default_mps_generator")
         return default_mps() if default_mps is not None else None
+    if profile == "accelerator":
+        return _device_generator(_device_module(), _accel_device().index or 0)
     return torch.default_generator
 
 
@@ -284,6 +386,16 @@ def _capture_originals() -> None:
         "cuda.is_built": torch.backends.cuda.is_built,
         "cuda.get_arch_list": torch.cuda.get_arch_list,
         "OrderedDict": collections.OrderedDict,
+        # torch.accelerator's own, which the masquerade replaces
+        "accelerator": {name: getattr(torch.accelerator, name)
+                        for name in ("memory_allocated", "memory_reserved",
+                                     "max_memory_allocated",
+                                     "max_memory_reserved",
+                                     "reset_peak_memory_stats",
+                                     "empty_cache", "get_memory_info",
+                                     "synchronize")
+                        if hasattr(torch, "accelerator")
+                        and hasattr(torch.accelerator, name)},
     })
 
 
@@ -373,18 +485,38 @@ def install(profile: str) -> None:
         push_logging()
         return
     is_mps = profile == "mps"
+    is_accel = profile == "accelerator"
     bf16 = _bf16(profile)
+    memory: Dict[str, Any] = dict.fromkeys(
+        ("device_allocated", "device_reserved", "device_empty_cache",
+         "device_set_fraction", "device_max_allocated",
+         "device_max_reserved", "device_reset_peak"))
     if is_mps:
         props = device_properties(profile)
         lazy_props = None
         total_memory = props.total_memory
+        memory.update(
+            device_allocated=torch.mps.current_allocated_memory,
+            device_reserved=torch.mps.driver_allocated_memory,
+            device_empty_cache=torch.mps.empty_cache,
+            device_set_fraction=torch.mps.set_per_process_memory_fraction)
+        mem_info: Callable[[], Tuple[int, int]] = _mem_info_mps
+        target = torch.device("mps", 0)
+    elif is_accel:
+        props = device_properties(profile)
+        lazy_props = None
+        total_memory = props.total_memory
+        memory.update(_device_memory(_device_module()))
+        mem_info = _mem_info_accel
+        target = _accel_device()
     else:
         # Built at first use: psutil's import costs more than the rest of
         # enabling TorchDevice.
         props = None
         lazy_props = functools.partial(device_properties, profile)
         total_memory = _total_memory()
-    if not is_mps:
+        mem_info = _mem_info_cpu
+        target = torch.device("cpu")
         originals["utilization"] = _cpu_utilization
     if "cuda" not in announced(profile):
         # torch.mps answered from the masquerade's functions, which are not
@@ -394,20 +526,15 @@ def install(profile: str) -> None:
         props=props,
         props_factory=lazy_props,
         capability=capability(bf16),
-        target_device=torch.device("mps", 0) if is_mps
-        else torch.device("cpu"),
-        target_type=profile,
+        target_device=target,
+        target_type=target.type,
         generator=_target_generator(profile),
-        is_mps=is_mps,
+        device_memory=is_mps or is_accel,
         bf16=bf16,
         total_memory=total_memory,
-        mps_allocated=torch.mps.current_allocated_memory if is_mps else None,
-        mps_driver=torch.mps.driver_allocated_memory if is_mps else None,
-        mps_empty_cache=torch.mps.empty_cache if is_mps else None,
-        mps_set_fraction=(torch.mps.set_per_process_memory_fraction
-                          if is_mps else None),
         rss=_rss_reader(),
-        mem_info=_mem_info_mps if is_mps else _mem_info_cpu,
+        mem_info=mem_info,
+        **memory,
         **common,
     )
     push_logging()
@@ -574,8 +701,9 @@ def patches() -> List[Any]:
                               "torch.accelerator"))
     if profile == "mps":
         return table + _masquerade_patches(profile)
-    # Neither kind is real and CUDA is announced: torch.mps still does
-    # what an MPS-written program asks of it, but does not say it is there.
+    # Neither kind is real (profile cpu, or another accelerator) and CUDA
+    # is announced: torch.mps still does what an MPS-written program asks
+    # of it, but does not say it is there.
     return (table + _masquerade_patches(profile)
             + _reverse_patches(announce_mps=False))
 

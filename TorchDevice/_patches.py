@@ -223,24 +223,70 @@ def patch_table() -> List[Patch]:
 
 _originals: Dict[str, Any] = {}
 _profile_detected: Optional[str] = None
+_accelerator: Optional[torch.device] = None
+
+
+def _generic_accelerator() -> Optional[torch.device]:
+    """The device torch.accelerator names, when it is neither CUDA, MPS nor
+    the CPU (Intel XPU, Gaudi HPU, Ascend NPU, a PrivateUse1 backend), with
+    its current index; None on a torch without torch.accelerator."""
+    accelerator = getattr(torch, "accelerator", None)
+    current = getattr(accelerator, "current_accelerator", None)
+    if current is None:
+        return None
+    try:
+        found = current(check_available=True)
+    except TypeError:           # torch 2.6: no check_available
+        found = current() if accelerator.is_available() else None
+    if found is None or found.type in ("cpu", "cuda", "mps", "meta"):
+        return None
+    index = found.index
+    if index is None:
+        index = accelerator.current_device_index()
+    return torch.device(found.type, max(int(index), 0))
 
 
 def detect_profile() -> str:
-    """The hardware profile, asked of torch's original functions once."""
-    global _profile_detected
+    """The hardware profile, asked of torch's original functions once:
+    CUDA, else MPS, else the accelerator torch.accelerator names, else the
+    CPU (docs/policy.md)."""
+    global _profile_detected, _accelerator
     if _profile_detected is None:
         if torch.cuda.is_available():
             _profile_detected = "cuda"
         elif torch.backends.mps.is_available():
             _profile_detected = "mps"
         else:
-            _profile_detected = "cpu"
+            _accelerator = _generic_accelerator()
+            _profile_detected = "cpu" if _accelerator is None \
+                else "accelerator"
     return _profile_detected
+
+
+def accelerator_device() -> Optional[torch.device]:
+    """The generic accelerator's device (profile accelerator detected), or
+    None."""
+    detect_profile()
+    return _accelerator
+
+
+def accelerator_type() -> Optional[str]:
+    """Its device type ("xpu", "simaccel", ...), or None."""
+    dev = accelerator_device()
+    return None if dev is None else dev.type
+
+
+def device_type_of(profile: str) -> str:
+    """The device type a profile's accelerator requests land on."""
+    if profile == "accelerator":
+        return accelerator_type() or "cpu"
+    return profile
 
 
 def available_profiles() -> Tuple[str, ...]:
     found = detect_profile()
     return {"cuda": ("cuda", "cpu"), "mps": ("mps", "cpu"),
+            "accelerator": ("accelerator", "cpu"),
             "cpu": ("cpu",)}[found]
 
 
@@ -297,6 +343,9 @@ def core_objects(mps_device: Optional[torch.device] = None
             "cuda": torch.device("cuda"),
             "mps": (mps_device if mps_device is not None
                     else torch.device("mps", 0)),
+            # a new torch.device object: the core hands it out by identity
+            "accel": (None if accelerator_device() is None
+                      else torch.device(str(accelerator_device()))),
         },
         layout_probes=(torch.device("cpu"), torch.device("cuda"),
                        torch.device("mps", 0)),

@@ -2,11 +2,13 @@
 ``csrc/streams/stream.c`` / ``csrc/streams/event.c``, and the torch objects their backends
 are handed.
 
-* profile cpu or mps: ``torch.cuda.Stream``, ``ExternalStream``, ``Event``,
-  ``StreamContext``, ``stream``, ``current_stream``, ``default_stream``,
-  ``set_stream``, ``synchronize``, ``get_stream_from_external`` and
-  ``Tensor.record_stream`` are replaced; the backend is CPU (host clock) or
-  Metal (``torch.mps.Event`` / ``torch.mps.synchronize``).
+* profile cpu, mps or accelerator: ``torch.cuda.Stream``,
+  ``ExternalStream``, ``Event``, ``StreamContext``, ``stream``,
+  ``current_stream``, ``default_stream``, ``set_stream``, ``synchronize``,
+  ``get_stream_from_external`` and ``Tensor.record_stream`` are replaced;
+  the backend is CPU (host clock), Metal (``torch.mps.Event`` /
+  ``torch.mps.synchronize``, or the accelerator's ``torch.Event`` where its
+  capability record is MPS's) or device (the accelerator's ``torch.Event``).
 * profile cuda: ``torch.mps.Event`` becomes the same C type with the CUDA
   backend (native ``torch.cuda.Event`` underneath), and ``torch.mps``'s
   stream functions, where the installed torch has them, are torch.cuda's.
@@ -37,6 +39,7 @@ _CUDA_EVENT = torch.cuda.streams.Event
 _CUDA_SYNCHRONIZE = torch.cuda.synchronize
 _MPS_EVENT = torch.mps.Event
 _MPS_SYNCHRONIZE = torch.mps.synchronize
+_TORCH_EVENT = getattr(torch, "Event", None)
 
 # torch.mps stream API of newer torch releases (absent from 2.13).
 _MPS_STREAM_NAMES = ("Stream", "StreamContext", "stream", "current_stream",
@@ -53,18 +56,52 @@ def ops_of(event_cls: Any, synchronize: Callable[[], Any]) -> Ops:
             event_cls.query, event_cls.synchronize, event_cls.elapsed_time)
 
 
+def device_ops(device: torch.device, synchronize: Callable[[], Any]) -> Ops:
+    """The ops tuple of a generic accelerator: its torch.Event (made with
+    CUDA's keywords, or torch.mps's one positional enable_timing, which is
+    how the Metal backend calls it) and torch.Event's methods."""
+    event_type = _TORCH_EVENT
+
+    def event(enable_timing: bool = False, blocking: bool = False,
+              interprocess: bool = False) -> Any:
+        return event_type(device=device, enable_timing=enable_timing,
+                          blocking=blocking, interprocess=interprocess)
+    return (event, synchronize, event_type.record, event_type.wait,
+            event_type.query, event_type.synchronize,
+            event_type.elapsed_time)
+
+
+def _accelerator_ops() -> Tuple[Optional[Ops], Optional[Ops]]:
+    """(metal_ops, device_ops) of the generic accelerator: its capability
+    record chooses the backend (MPS's: one queue, Metal's code)."""
+    from . import _capabilities, _masquerade, _patches
+    device = _patches.accelerator_device()
+    if device is None or _TORCH_EVENT is None:
+        return None, None
+    module = _masquerade._device_module()
+    synchronize = getattr(module, "synchronize", None) \
+        or torch.accelerator.synchronize
+    ops = device_ops(device, synchronize)
+    if _capabilities.current().events == "metal":
+        return ops, None
+    return None, ops
+
+
 def setup(metal: Optional[Any] = None, cuda: Optional[Any] = None) -> None:
     """Hands the backends their torch objects (needs the core installed).
 
     `metal` is a torch.mps-like module with ``Event`` and ``synchronize``;
-    by default the real torch.mps where MPS hardware is present.  `cuda` is
-    the same for torch.cuda (default: the real one where CUDA is present).
-    Tests pass simulated ones: no Apple hardware is available to this
-    project, and CI has no GPU.
+    by default the real torch.mps where MPS hardware is present, or the
+    generic accelerator's events where its capability record is MPS's.
+    `cuda` is the same for torch.cuda (default: the real one where CUDA is
+    present).  Tests pass simulated ones: no Apple hardware is available to
+    this project, and CI has no GPU.
     """
     from . import _patches
     hardware = _patches.detect_profile()
-    metal_ops = None
+    metal_ops = accel_ops = None
+    if hardware == "accelerator":
+        metal_ops, accel_ops = _accelerator_ops()
     if metal is not None:
         metal_ops = ops_of(metal.Event, metal.synchronize)
     elif hardware == "mps":
@@ -77,6 +114,7 @@ def setup(metal: Optional[Any] = None, cuda: Optional[Any] = None) -> None:
     _tdcore.streams_setup(
         metal_ops=metal_ops,
         cuda_ops=cuda_ops,
+        device_ops=accel_ops,
         record_stream=torch.Tensor.record_stream,
         generic_stream=getattr(torch, "Stream", None),
         generic_event=getattr(torch, "Event", None),

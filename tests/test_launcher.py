@@ -249,17 +249,21 @@ def test_early_environment_restarts_before_torch_loads(progs):
     assert lines[-1] == "early 1 ['early.py', 'arg']"
 
 
-def test_early_environment_on_apple():
-    from TorchDevice import _launcher
-    saved = sys.platform
-    try:
-        sys.platform = "darwin"
-        assert _launcher.early_environment() == {
-            "PYTORCH_ENABLE_MPS_FALLBACK": "1"}
-        sys.platform = "linux"
-        assert _launcher.early_environment() == {}
-    finally:
-        sys.platform = saved
+def test_early_environment_is_the_capability_records_fallback_variable():
+    """MPS's record names PYTORCH_ENABLE_MPS_FALLBACK (set before torch
+    loads, as on Apple); the other records name none."""
+    from TorchDevice import _capabilities, _launcher
+    records = _capabilities.RECORDS
+    assert _launcher.early_environment(records["mps"]) == {
+        "PYTORCH_ENABLE_MPS_FALLBACK": "1"}
+    for name in ("cpu", "cuda", "accelerator"):
+        assert _launcher.early_environment(records[name]) == {}
+    # Without a record: this machine's, TORCHDEVICE_CAPABILITIES applied.
+    expected = _capabilities.record_for(
+        TorchDevice._patches.detect_profile(),
+        os.environ.get("TORCHDEVICE_CAPABILITIES") or None)
+    assert _launcher.early_environment() == _launcher.early_environment(
+        expected)
 
 
 # ---- zero-edit activation -------------------------------------------------

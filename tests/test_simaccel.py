@@ -425,6 +425,33 @@ def test_mps_rules_refuse_float64_with_mps_error(mps_rules):
     assert torch.float64 not in caps and torch.float32 in caps
 
 
+def test_mps_rules_print_tensors_as_torch_prints_mps_ones(mps_rules):
+    """torch formats MPS tensors through float32 (it names MPS); printing a
+    tensor of the device refusing float64 raised MPS's TypeError."""
+    text = repr(torch.tensor([1.5, -2.0], device=DEV))
+    assert text == "tensor([ 1.5000, -2.0000], device='simaccel:0')"
+    assert "1.5000" in str(torch.full((2, 2), 1.5, device=DEV))
+    simaccel.set_mps_rules(False)
+    assert repr(torch.tensor([1.5], dtype=torch.float64, device=DEV)).startswith(
+        "tensor([1.5000]")
+
+
+def test_mps_rules_honour_mps_own_fallback_variable():
+    """Behaving like MPS, the device reads PYTORCH_ENABLE_MPS_FALLBACK when
+    it loads (TorchDevice's launcher sets it for MPS's capability record)."""
+    code = """
+        import warnings, torch, simaccel
+        simaccel.load()
+        print(simaccel.fallback_enabled())
+    """
+    base = {"SIMACCEL_MPS_RULES": "1", "PYTORCH_ENABLE_MPS_FALLBACK": "1"}
+    out = run_child(code, env=base)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"]
+    out = run_child(code, env={"PYTORCH_ENABLE_MPS_FALLBACK": "1"})
+    assert out.stdout.split() == ["False"]            # only with the MPS rules
+
+
 def _grid_sample(dev):
     g = torch.Generator().manual_seed(0)
     inp = torch.randn(1, 1, 2, 2, 2, generator=g).to(dev)

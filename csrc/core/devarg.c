@@ -63,12 +63,49 @@ td_device_check_layout(PyTypeObject *device_type, PyObject *probes)
     return 0;
 }
 
+td_accel_type
+td_accel_of(td_install *st)
+{
+    td_accel_type a = {NULL, 0, -1};
+    if (st == NULL || st->accel_name == NULL
+        || st->target[TD_TARGET_ACCEL] == NULL)
+    {
+        return a;
+    }
+    Py_ssize_t n;
+    /* UTF-8 cached in the str object: no allocation after the first. */
+    const char *s = PyUnicode_AsUTF8AndSize(st->accel_name, &n);
+    if (s == NULL) {
+        PyErr_Clear();
+        return a;
+    }
+    int index;
+    device_fields(st->target[TD_TARGET_ACCEL], &a.code, &index);
+    a.name = s;
+    a.len = (size_t)n;
+    return a;
+}
+
+int
+td_same_device(PyObject *a, PyObject *b)
+{
+    int ta, ia, tb, ib;
+    device_fields(a, &ta, &ia);
+    device_fields(b, &tb, &ib);
+    return ta == tb && ia == ib;
+}
+
 td_request
-td_request_from_device(PyObject *dev)
+td_request_from_device(PyObject *dev, const td_accel_type *accel)
 {
     td_request r = {TD_REQ_OTHER, -1};
     int type, index;
     device_fields(dev, &type, &index);
+    if (accel != NULL && accel->name != NULL && type == accel->code) {
+        r.kind = TD_REQ_ACCEL;
+        r.index = index;
+        return r;
+    }
     switch (type) {
     case TD_C10_CPU:
         r.kind = TD_REQ_CPU;
@@ -90,7 +127,8 @@ td_request_from_device(PyObject *dev)
 }
 
 td_request
-td_request_from_value(PyTypeObject *device_type, PyObject *obj)
+td_request_from_value(PyTypeObject *device_type, const td_accel_type *accel,
+                      PyObject *obj)
 {
     td_request r = {TD_REQ_OTHER, -1};
     if (obj == NULL || obj == Py_None) {
@@ -98,7 +136,7 @@ td_request_from_value(PyTypeObject *device_type, PyObject *obj)
         return r;
     }
     if (device_type != NULL && Py_TYPE(obj) == device_type) {
-        return td_request_from_device(obj);
+        return td_request_from_device(obj, accel);
     }
     if (PyUnicode_Check(obj)) {
         Py_ssize_t n;
@@ -108,13 +146,13 @@ td_request_from_value(PyTypeObject *device_type, PyObject *obj)
             PyErr_Clear();
             return r;
         }
-        return td_parse_device_string(s, (size_t)n);
+        return td_parse_device_string(s, (size_t)n, accel);
     }
     if (PyBytes_Check(obj)) {
         /* torch reads b"cuda:1" as "cuda:1" (torch.device, factories,
          * .to), so it is the same request. */
         return td_parse_device_string(PyBytes_AS_STRING(obj),
-                                      (size_t)PyBytes_GET_SIZE(obj));
+                                      (size_t)PyBytes_GET_SIZE(obj), accel);
     }
     if (PyLong_CheckExact(obj)) {
         int overflow = 0;
@@ -136,7 +174,8 @@ td_request_from_value(PyTypeObject *device_type, PyObject *obj)
 td_request
 td_request_from_object(td_install *st, PyObject *obj)
 {
-    return td_request_from_value(st->device_type, obj);
+    td_accel_type accel = td_accel_of(st);
+    return td_request_from_value(st->device_type, &accel, obj);
 }
 
 int
@@ -213,6 +252,22 @@ td_called_from_torch(PyObject *name_key)
         }
     }
     return 1;
+}
+
+void
+td_float64_error(td_install *st, PyObject *api)
+{
+    if (td_get_profile() == TD_PROFILE_ACCEL && st->accel_name != NULL) {
+        PyErr_Format(PyExc_TypeError,
+                     "%U: the %U device does not support float64 (its "
+                     "capability record, TORCHDEVICE_CAPABILITIES); set "
+                     "TORCHDEVICE_FLOAT64=downcast to use float32 instead",
+                     api, st->accel_name);
+        return;
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "%U: MPS does not support float64; set "
+                 "TORCHDEVICE_FLOAT64=downcast to use float32 instead", api);
 }
 
 td_resolution

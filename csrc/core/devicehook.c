@@ -95,7 +95,8 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
     if (dev == NULL || Py_TYPE(dev) != st->device_type) {
         return dev;
     }
-    td_request req = td_request_from_device(dev);
+    td_accel_type accel = td_accel_of(st);
+    td_request req = td_request_from_device(dev, &accel);
     td_resolution res = td_resolve_now(st, req);
     if (res.target == TD_TARGET_KEEP) {
         /* One object per device the program names, so that a move can

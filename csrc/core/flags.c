@@ -12,6 +12,9 @@
 static atomic_int td_profile_v = TD_PROFILE_CPU;
 static atomic_int td_mode_v = TD_MODE_ACCELERATE;
 static atomic_int td_float64_v = TD_FLOAT64_DOWNCAST;
+/* The capability record's float64 (docs/hardware.md): whether the
+ * profile's accelerator computes float64. */
+static atomic_int td_accel_float64_v = 1;
 static atomic_int td_override_v = 0;
 static atomic_int td_report_v = 0;
 
@@ -49,6 +52,12 @@ td_get_float64(void)
 }
 
 int
+td_get_accel_float64(void)
+{
+    return atomic_load_explicit(&td_accel_float64_v, memory_order_relaxed);
+}
+
+int
 td_get_cpu_override(void)
 {
     int scoped = td_scope_v;
@@ -83,11 +92,13 @@ td_get_report(void)
 }
 
 void
-td_set_config(td_profile profile, td_mode mode, td_float64_policy f64)
+td_set_config(td_profile profile, td_mode mode, td_float64_policy f64,
+              int accel_float64)
 {
     atomic_store(&td_profile_v, (int)profile);
     atomic_store(&td_mode_v, (int)mode);
     atomic_store(&td_float64_v, (int)f64);
+    atomic_store(&td_accel_float64_v, accel_float64 ? 1 : 0);
 }
 
 void

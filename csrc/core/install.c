@@ -5,7 +5,8 @@
  *     @dataclass(frozen=True)
  *     class Installation:            # one per enable(); never changed
  *         device_type: type; dtype_type: type
- *         target: dict               # td_target -> torch.device
+ *         target: dict               # td_target -> torch.device (the
+ *                                    # generic accelerator's: or None)
  *         float64: dtype; float32: dtype
  *         tensor_to; tensor_cpu; module_to        # torch's originals
  *         mode_stack_len; mode_stack_at; device_context
@@ -130,7 +131,39 @@ static const td_args_spec install_spec = {
     "install", install_names, A_COUNT, A_COUNT, 0,
 };
 
-/* targets: {"cpu": dev, "cuda": dev, "mps": dev}, one per td_target. */
+/* The generic accelerator's target: None where there is none; else a
+ * device of a type other than the three the policy names itself, whose
+ * type name requests use ("xpu", "simaccel", ...). */
+static int
+take_accel(td_install *inst, PyObject *dev)
+{
+    if (dev == Py_None) {
+        return 0;
+    }
+    td_request own = td_request_from_device(dev, NULL);
+    if (own.kind != TD_REQ_OTHER) {
+        PyErr_SetString(PyExc_ValueError,
+                        "install(): targets['accel'] must be a device of "
+                        "another type than cpu, cuda, mps or meta");
+        return -1;
+    }
+    PyObject *name = PyObject_GetAttrString(dev, "type");
+    if (name == NULL) {
+        return -1;
+    }
+    if (!PyUnicode_Check(name)) {
+        Py_DECREF(name);
+        PyErr_SetString(PyExc_TypeError,
+                        "install(): targets['accel'].type must be a str");
+        return -1;
+    }
+    inst->accel_name = name;
+    inst->target[TD_TARGET_ACCEL] = Py_NewRef(dev);
+    return 0;
+}
+
+/* targets: {"cpu": dev, "cuda": dev, "mps": dev, "accel": dev or None},
+ * one per td_target. */
 static int
 take_targets(td_install *inst, PyObject *targets)
 {
@@ -148,6 +181,14 @@ take_targets(td_install *inst, PyObject *targets)
         }
         const char *name = td_target_name((td_target)t);
         PyObject *dev = PyDict_GetItemString(targets, name);   /* borrowed */
+        if (t == TD_TARGET_ACCEL && dev != NULL
+            && (dev == Py_None || Py_TYPE(dev) == inst->device_type))
+        {
+            if (take_accel(inst, dev) < 0) {
+                return -1;
+            }
+            continue;
+        }
         if (dev == NULL || Py_TYPE(dev) != inst->device_type) {
             PyErr_Format(PyExc_TypeError,
                          "install(): targets['%s'] must be a torch.device",

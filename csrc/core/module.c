@@ -80,10 +80,15 @@ parse_profile(PyObject *obj, td_profile *out)
             *out = TD_PROFILE_MPS;
             return 0;
         }
+        if (strcmp(s, "accelerator") == 0) {
+            *out = TD_PROFILE_ACCEL;
+            return 0;
+        }
     }
     PyErr_Clear();
     PyErr_Format(PyExc_ValueError,
-                 "profile must be 'cuda', 'mps' or 'cpu', not %R", obj);
+                 "profile must be 'cuda', 'mps', 'accelerator' or 'cpu', "
+                 "not %R", obj);
     return -1;
 }
 
@@ -127,20 +132,38 @@ parse_float64(PyObject *obj, td_float64_policy *out)
     return -1;
 }
 
+/* A request as the wrappers read it; the generic accelerator's type is
+ * the installed one's, or `accel` when given (a str: tests of the pure
+ * policy for any device type). */
 static int
-request_for_test(PyObject *obj, td_request *out)
+request_for_test(PyObject *obj, PyObject *accel_obj, td_request *out)
 {
-    if (obj == Py_None || PyUnicode_Check(obj) || PyLong_CheckExact(obj)) {
-        *out = td_request_from_value(NULL, obj);
-        return 0;
-    }
     td_install *st = td_install_acquire();
+    td_accel_type accel = td_accel_of(st);
+    if (accel_obj != NULL && accel_obj != Py_None) {
+        Py_ssize_t n;
+        accel.name = PyUnicode_Check(accel_obj)
+                     ? PyUnicode_AsUTF8AndSize(accel_obj, &n) : NULL;
+        if (accel.name == NULL) {
+            Py_XDECREF(st);
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError, "accelerator must be a str");
+            return -1;
+        }
+        accel.len = (size_t)n;
+    }
     int is_device = st != NULL && Py_TYPE(obj) == st->device_type;
-    Py_XDECREF(st);
-    if (is_device) {
-        *out = td_request_from_device(obj);
+    if (obj == Py_None || PyUnicode_Check(obj) || PyLong_CheckExact(obj)
+        || is_device)
+    {
+        /* accel.name borrows from accel_obj or the installation's str,
+         * both alive until this returns. */
+        *out = td_request_from_value(st != NULL ? st->device_type : NULL,
+                                     &accel, obj);
+        Py_XDECREF(st);
         return 0;
     }
+    Py_XDECREF(st);
     PyErr_Format(PyExc_TypeError,
                  "request must be None, str, int or torch.device, not %.100s",
                  Py_TYPE(obj)->tp_name);
@@ -159,18 +182,18 @@ static PyObject *
 tdcore_resolve(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"request", "profile", "mode", "cpu_override",
-                             "from_torch", NULL};
-    PyObject *request, *profile_obj, *mode_obj = NULL;
+                             "from_torch", "accelerator", NULL};
+    PyObject *request, *profile_obj, *mode_obj = NULL, *accel = NULL;
     int override = 0, from_torch = 0;
     td_profile profile;
     td_mode mode = TD_MODE_ACCELERATE;
     td_request req;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Opp:resolve", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OppO:resolve", kwlist,
                                      &request, &profile_obj, &mode_obj,
-                                     &override, &from_torch)
+                                     &override, &from_torch, &accel)
         || parse_profile(profile_obj, &profile) < 0
         || (mode_obj != NULL && parse_mode(mode_obj, &mode) < 0)
-        || request_for_test(request, &req) < 0)
+        || request_for_test(request, accel, &req) < 0)
     {
         return NULL;
     }
@@ -182,36 +205,45 @@ static PyObject *
 tdcore_float64_action(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"request", "profile", "mode", "cpu_override",
-                             "float64", NULL};
+                             "float64", "device_float64", "accelerator",
+                             NULL};
     PyObject *request, *profile_obj, *mode_obj = NULL, *f64_obj = NULL;
+    PyObject *dev_f64_obj = Py_None, *accel = NULL;
     int override = 0;
     td_profile profile;
     td_mode mode = TD_MODE_ACCELERATE;
     td_float64_policy f64 = TD_FLOAT64_DOWNCAST;
     td_request req;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OpO:float64_action",
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OpOOO:float64_action",
                                      kwlist, &request, &profile_obj,
-                                     &mode_obj, &override, &f64_obj)
+                                     &mode_obj, &override, &f64_obj,
+                                     &dev_f64_obj, &accel)
         || parse_profile(profile_obj, &profile) < 0
         || (mode_obj != NULL && parse_mode(mode_obj, &mode) < 0)
         || (f64_obj != NULL && parse_float64(f64_obj, &f64) < 0)
-        || request_for_test(request, &req) < 0)
+        || request_for_test(request, accel, &req) < 0)
     {
+        return NULL;
+    }
+    /* None: the profile's own record (MPS computes no float64). */
+    int dev_f64 = dev_f64_obj == Py_None ? profile != TD_PROFILE_MPS
+                                         : PyObject_IsTrue(dev_f64_obj);
+    if (dev_f64 < 0) {
         return NULL;
     }
     td_resolution res = td_resolve(req, profile, mode, override, 0);
     static const char *names[] = {"keep", "float32", "error"};
     return PyUnicode_FromString(
-        names[td_float64_action(profile, req, res, f64)]);
+        names[td_float64_action(profile, dev_f64, req, res, f64)]);
 }
 
 static PyObject *
 tdcore_parse(PyObject *Py_UNUSED(module), PyObject *obj)
 {
     static const char *names[] = {"none", "cpu", "cuda", "mps", "meta",
-                                  "cpu-toggle", "other"};
+                                  "cpu-toggle", "other", "accelerator"};
     td_request req;
-    if (request_for_test(obj, &req) < 0) {
+    if (request_for_test(obj, NULL, &req) < 0) {
         return NULL;
     }
     return Py_BuildValue("(sl)", names[req.kind], req.index);
@@ -221,20 +253,28 @@ static PyObject *
 tdcore_configure(PyObject *Py_UNUSED(module), PyObject *args,
                  PyObject *kwargs)
 {
-    static char *kwlist[] = {"profile", "mode", "float64", NULL};
-    PyObject *profile_obj, *mode_obj, *f64_obj;
+    static char *kwlist[] = {"profile", "mode", "float64", "device_float64",
+                             NULL};
+    PyObject *profile_obj, *mode_obj, *f64_obj, *dev_f64_obj = Py_None;
     td_profile profile;
     td_mode mode;
     td_float64_policy f64;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO:configure", kwlist,
-                                     &profile_obj, &mode_obj, &f64_obj)
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:configure", kwlist,
+                                     &profile_obj, &mode_obj, &f64_obj,
+                                     &dev_f64_obj)
         || parse_profile(profile_obj, &profile) < 0
         || parse_mode(mode_obj, &mode) < 0
         || parse_float64(f64_obj, &f64) < 0)
     {
         return NULL;
     }
-    td_set_config(profile, mode, f64);
+    /* None: the profile's own record (MPS computes no float64). */
+    int dev_f64 = dev_f64_obj == Py_None ? profile != TD_PROFILE_MPS
+                                         : PyObject_IsTrue(dev_f64_obj);
+    if (dev_f64 < 0) {
+        return NULL;
+    }
+    td_set_config(profile, mode, f64, dev_f64);
     Py_RETURN_NONE;
 }
 
@@ -243,29 +283,35 @@ tdcore_settings(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
     static const char *modes[] = {"accelerate", "cpu-stays-cpu"};
     static const char *f64[] = {"downcast", "error"};
-    return Py_BuildValue("{sssssssOss}", "profile",
+    return Py_BuildValue("{sssssssOsssO}", "profile",
                          td_profile_name(td_get_profile()), "mode",
                          modes[td_get_mode()], "float64",
                          f64[td_get_float64()], "cpu_override",
                          td_get_cpu_override() ? Py_True : Py_False, "moves",
-                         td_get_move_copies() ? "copy" : "alias");
+                         td_get_move_copies() ? "copy" : "alias",
+                         "device_float64",
+                         td_get_accel_float64() ? Py_True : Py_False);
 }
 
 static PyMethodDef tdcore_methods[] = {
     {"resolve", (PyCFunction)(void (*)(void))tdcore_resolve,
      METH_VARARGS | METH_KEYWORDS,
      "resolve(request, profile, mode='accelerate', cpu_override=False, "
-     "from_torch=False) -> dict\n\nThe pure policy: no state is read or "
-     "changed."},
+     "from_torch=False, accelerator=None) -> dict\n\nThe pure policy: no "
+     "state is read or changed.  accelerator: the generic accelerator's "
+     "type name (default: the installed one's)."},
     {"float64_action", (PyCFunction)(void (*)(void))tdcore_float64_action,
      METH_VARARGS | METH_KEYWORDS,
      "float64_action(request, profile, mode='accelerate', "
-     "cpu_override=False, float64='downcast') -> 'keep'|'float32'|'error'"},
+     "cpu_override=False, float64='downcast', device_float64=None, "
+     "accelerator=None) -> 'keep'|'float32'|'error'"},
     {"parse", tdcore_parse, METH_O,
      "parse(request) -> (kind, index)\n\nClassifies a device request."},
     {"configure", (PyCFunction)(void (*)(void))tdcore_configure,
      METH_VARARGS | METH_KEYWORDS,
-     "configure(profile, mode, float64)\n\nSets the policy in force."},
+     "configure(profile, mode, float64, device_float64=None)\n\nSets the "
+     "policy in force; device_float64: whether the accelerator computes "
+     "float64 (None: all but MPS)."},
     {"settings", tdcore_settings, METH_NOARGS,
      "settings() -> dict\n\nThe policy in force."},
     {NULL, NULL, 0, NULL},

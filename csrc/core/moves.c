@@ -111,13 +111,18 @@ td_moves_setup(td_install *st)
         || new_device_like(st, st->target[TD_TARGET_CUDA],
                            &st->intent_host_cuda) < 0
         || new_device_like(st, st->target[TD_TARGET_MPS],
-                           &st->intent_host_mps) < 0)
+                           &st->intent_host_mps) < 0
+        || (st->target[TD_TARGET_ACCEL] != NULL
+            && new_device_like(st, st->target[TD_TARGET_ACCEL],
+                               &st->intent_host_accel) < 0))
     {
         return -1;
     }
     if (st->intent_accel_cpu == st->target[TD_TARGET_CPU]
         || st->intent_host_cuda == st->target[TD_TARGET_CUDA]
-        || st->intent_host_mps == st->target[TD_TARGET_MPS])
+        || st->intent_host_mps == st->target[TD_TARGET_MPS]
+        || (st->intent_host_accel != NULL
+            && st->intent_host_accel == st->target[TD_TARGET_ACCEL]))
     {
         PyErr_SetString(PyExc_RuntimeError,
                         "install(): torch.device is still hooked");
@@ -132,6 +137,7 @@ td_intent_of_kind(td_req_kind kind)
     switch (kind) {
     case TD_REQ_CUDA:
     case TD_REQ_MPS:
+    case TD_REQ_ACCEL:
         return TD_INTENT_ACCEL;
     case TD_REQ_CPU:
     case TD_REQ_CPU_TOGGLE:
@@ -152,19 +158,21 @@ td_intent_of_arg(td_install *st, PyObject *arg)
     }
     if (Py_TYPE(arg) == st->device_type) {
         if (arg == st->intent_accel_cpu || arg == st->target[TD_TARGET_MPS]
-            || arg == st->target[TD_TARGET_CUDA])
+            || arg == st->target[TD_TARGET_CUDA]
+            || arg == st->target[TD_TARGET_ACCEL])
         {
             return TD_INTENT_ACCEL;
         }
         if (arg == st->target[TD_TARGET_CPU] || arg == st->intent_host_mps
-            || arg == st->intent_host_cuda)
+            || arg == st->intent_host_cuda
+            || arg == st->intent_host_accel)
         {
             return TD_INTENT_HOST;
         }
         /* A device of a kind no tensor here is on was built for a request
          * (before TorchDevice was enabled, or by torch's own code), not
          * read off a tensor. */
-        td_req_kind kind = td_request_from_device(arg).kind;
+        td_req_kind kind = td_request_from_device(arg, NULL).kind;
         td_profile profile = td_get_profile();
         if ((kind == TD_REQ_CUDA && profile != TD_PROFILE_CUDA)
             || (kind == TD_REQ_MPS && profile != TD_PROFILE_MPS))
@@ -192,6 +200,9 @@ td_intent_device(td_install *st, td_target target, td_intent intent)
     case TD_TARGET_CUDA:
         return intent == TD_INTENT_HOST ? st->intent_host_cuda
                                         : st->target[TD_TARGET_CUDA];
+    case TD_TARGET_ACCEL:
+        return intent == TD_INTENT_HOST ? st->intent_host_accel
+                                        : st->target[TD_TARGET_ACCEL];
     case TD_TARGET_KEEP:
     case TD_TARGET_COUNT:
         break;
@@ -205,14 +216,12 @@ td_intent_cached(td_install *st, PyObject *dev)
     if (!td_moves_active()) {
         return NULL;
     }
-    td_request req = td_request_from_device(dev);
-    td_request mine;
     PyObject *cached[] = {st->target[TD_TARGET_CPU],
                           st->target[TD_TARGET_CUDA],
-                          st->target[TD_TARGET_MPS]};
+                          st->target[TD_TARGET_MPS],
+                          st->target[TD_TARGET_ACCEL]};
     for (size_t i = 0; i < sizeof(cached) / sizeof(cached[0]); i++) {
-        mine = td_request_from_device(cached[i]);
-        if (mine.kind == req.kind && mine.index == req.index) {
+        if (cached[i] != NULL && td_same_device(cached[i], dev)) {
             return cached[i];
         }
     }
@@ -228,10 +237,13 @@ td_intent_kept(td_install *st, PyObject *dev)
     PyObject *mine[] = {st->target[TD_TARGET_CPU], st->target[TD_TARGET_CUDA],
                         st->target[TD_TARGET_MPS],
                         st->intent_accel_cpu, st->intent_host_cuda,
-                        st->intent_host_mps};
+                        st->intent_host_mps, st->target[TD_TARGET_ACCEL],
+                        st->intent_host_accel};
+    td_accel_type accel = td_accel_of(st);
     for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++) {
         if (dev == mine[i]) {
-            td_resolution res = td_resolve(td_request_from_device(dev),
+            td_resolution res = td_resolve(td_request_from_device(dev,
+                                                                  &accel),
                                            td_get_profile(), td_get_mode(),
                                            td_get_cpu_override(), 0);
             return res.target == TD_TARGET_KEEP && !res.toggle_override;

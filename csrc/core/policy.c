@@ -11,7 +11,7 @@ type_is(const char *s, size_t n, const char *name)
 }
 
 td_request
-td_parse_device_string(const char *s, size_t n)
+td_parse_device_string(const char *s, size_t n, const td_accel_type *accel)
 {
     td_request r = {TD_REQ_OTHER, -1};
     size_t colon = n;
@@ -33,6 +33,11 @@ td_parse_device_string(const char *s, size_t n)
     }
     else if (type_is(s, colon, "meta")) {
         kind = TD_REQ_META;
+    }
+    else if (accel != NULL && accel->name != NULL && colon == accel->len
+             && memcmp(s, accel->name, colon) == 0)
+    {
+        kind = TD_REQ_ACCEL;
     }
     else {
         return r;
@@ -76,6 +81,8 @@ accelerator_of(td_profile profile)
         return TD_TARGET_CUDA;
     case TD_PROFILE_MPS:
         return TD_TARGET_MPS;
+    case TD_PROFILE_ACCEL:
+        return TD_TARGET_ACCEL;
     case TD_PROFILE_CPU:
         break;
     }
@@ -108,8 +115,12 @@ td_resolve(td_request req, td_profile profile, td_mode mode,
         res.toggle_override = mode == TD_MODE_ACCELERATE && !from_torch;
         break;
     case TD_REQ_CUDA:
+        /* Every index names the one device used, as on MPS. */
         if (profile == TD_PROFILE_MPS) {
             res.target = TD_TARGET_MPS;
+        }
+        else if (profile == TD_PROFILE_ACCEL) {
+            res.target = TD_TARGET_ACCEL;
         }
         else if (profile == TD_PROFILE_CPU) {
             res.target = TD_TARGET_CPU;
@@ -119,12 +130,16 @@ td_resolve(td_request req, td_profile profile, td_mode mode,
         if (profile == TD_PROFILE_CUDA) {
             res.target = TD_TARGET_CUDA;
         }
+        else if (profile == TD_PROFILE_ACCEL) {
+            res.target = TD_TARGET_ACCEL;
+        }
         else if (profile == TD_PROFILE_CPU) {
             res.target = TD_TARGET_CPU;
         }
         break;
     case TD_REQ_META:
     case TD_REQ_OTHER:
+    case TD_REQ_ACCEL:     /* the device's own type: native */
         break;
     }
     res.redirected = res.target != TD_TARGET_KEEP
@@ -134,14 +149,21 @@ td_resolve(td_request req, td_profile profile, td_mode mode,
 }
 
 td_dtype_action
-td_float64_action(td_profile profile, td_request req, td_resolution res,
-                  td_float64_policy p)
+td_float64_action(td_profile profile, int accel_float64, td_request req,
+                  td_resolution res, td_float64_policy p)
 {
-    int lands_on_mps = res.target == TD_TARGET_MPS
-                       || (res.target == TD_TARGET_KEEP
-                           && profile == TD_PROFILE_MPS
-                           && req.kind == TD_REQ_MPS);
-    if (!lands_on_mps) {
+    if (accel_float64) {
+        return TD_DTYPE_KEEP;
+    }
+    /* Where the request lands: the accelerator, redirected there or asked
+     * for by its own type. */
+    int lands_on_accel =
+        res.target == TD_TARGET_MPS || res.target == TD_TARGET_ACCEL
+        || (res.target == TD_TARGET_KEEP
+            && ((profile == TD_PROFILE_MPS && req.kind == TD_REQ_MPS)
+                || (profile == TD_PROFILE_ACCEL
+                    && req.kind == TD_REQ_ACCEL)));
+    if (!lands_on_accel) {
         return TD_DTYPE_KEEP;
     }
     return p == TD_FLOAT64_ERROR ? TD_DTYPE_ERROR : TD_DTYPE_TO_FLOAT32;
@@ -155,6 +177,8 @@ td_profile_name(td_profile p)
         return "cuda";
     case TD_PROFILE_MPS:
         return "mps";
+    case TD_PROFILE_ACCEL:
+        return "accelerator";
     case TD_PROFILE_CPU:
         break;
     }
@@ -171,6 +195,8 @@ td_target_name(td_target t)
         return "cuda";
     case TD_TARGET_MPS:
         return "mps";
+    case TD_TARGET_ACCEL:
+        return "accel";
     case TD_TARGET_KEEP:
     case TD_TARGET_COUNT:
         break;

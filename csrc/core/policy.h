@@ -12,6 +12,9 @@ typedef enum {
     TD_PROFILE_CPU = 0,
     TD_PROFILE_CUDA = 1,
     TD_PROFILE_MPS = 2,
+    /* Neither CUDA nor MPS: the accelerator torch.accelerator names (XPU,
+     * HPU, a PrivateUse1 backend, ...), used as one device. */
+    TD_PROFILE_ACCEL = 3,
 } td_profile;
 
 typedef enum {
@@ -34,6 +37,7 @@ typedef enum {
     TD_REQ_META = 4,
     TD_REQ_CPU_TOGGLE = 5, /* "cpu:-1" / torch.device("cpu", -1) */
     TD_REQ_OTHER = 6,      /* anything else: left to torch, errors included */
+    TD_REQ_ACCEL = 7,      /* the generic accelerator's own type */
 } td_req_kind;
 
 typedef struct {
@@ -46,8 +50,19 @@ typedef enum {
     TD_TARGET_CPU = 1,
     TD_TARGET_CUDA = 2,    /* "cuda" without index: the current CUDA device */
     TD_TARGET_MPS = 3,     /* mps:0; MPS has one device */
-    TD_TARGET_COUNT = 4,   /* size of tables indexed by td_target */
+    TD_TARGET_ACCEL = 4,   /* the generic accelerator's device (profile
+                              accelerator) */
+    TD_TARGET_COUNT = 5,   /* size of tables indexed by td_target */
 } td_target;
+
+/* The generic accelerator's device type, as requests name it: "xpu",
+ * "hpu", a PrivateUse1 backend's name.  `name` is NULL where there is none
+ * (profiles cpu, cuda, mps): then no request is TD_REQ_ACCEL. */
+typedef struct {
+    const char *name;
+    size_t len;
+    int code;              /* its c10::DeviceType value */
+} td_accel_type;
 
 typedef struct {
     td_target target;
@@ -63,9 +78,11 @@ typedef enum {
 
 /* Parses a device string with torch's grammar: "type" or "type:N", N a
  * non-negative decimal without leading zeros.  Only the types the policy
- * cares about are classified; everything else, malformed strings included,
+ * cares about are classified (the generic accelerator's when `accel` names
+ * one; it may be NULL); everything else, malformed strings included,
  * becomes TD_REQ_OTHER so that torch raises its own error for it. */
-td_request td_parse_device_string(const char *s, size_t n);
+td_request td_parse_device_string(const char *s, size_t n,
+                                  const td_accel_type *accel);
 
 /* The policy table.  `from_torch` is true when the request was made by
  * torch's own Python code: a host-side "cpu" or None there is never promoted
@@ -73,9 +90,12 @@ td_request td_parse_device_string(const char *s, size_t n);
 td_resolution td_resolve(td_request req, td_profile profile, td_mode mode,
                          int cpu_override, int from_torch);
 
-/* What a float64 request becomes on the device a resolution lands on. */
-td_dtype_action td_float64_action(td_profile profile, td_request req,
-                                  td_resolution res, td_float64_policy p);
+/* What a float64 request becomes on the device a resolution lands on;
+ * `accel_float64` says whether the profile's accelerator computes float64
+ * (its capability record, docs/hardware.md: MPS does not). */
+td_dtype_action td_float64_action(td_profile profile, int accel_float64,
+                                  td_request req, td_resolution res,
+                                  td_float64_policy p);
 
 const char *td_profile_name(td_profile p);
 const char *td_target_name(td_target t);

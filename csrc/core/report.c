@@ -277,8 +277,11 @@ static PyObject *
 request_text(td_request req, PyObject *orig)
 {
     static const char *const names[] = {"default", "cpu", "cuda", "mps",
-                                        "meta", "cpu:-1", "other"};
-    if (req.kind == TD_REQ_OTHER && orig != NULL) {
+                                        "meta", "cpu:-1", "other",
+                                        "accelerator"};
+    if ((req.kind == TD_REQ_OTHER || req.kind == TD_REQ_ACCEL)
+        && orig != NULL)
+    {
         return PyObject_Str(orig);
     }
     if (req.index >= 0 && req.kind != TD_REQ_CPU_TOGGLE) {
@@ -604,7 +607,7 @@ td_report(td_install *st, PyObject *api, td_request req, td_resolution res,
     td_key k = {NULL, api,
                 res.toggle_override ? t->what_toggled : t->what_redirected,
                 NULL, NULL, req.index, (int)req.kind, (int)res.target, 0, 0};
-    if (req.kind != TD_REQ_OTHER) {
+    if (req.kind != TD_REQ_OTHER && req.kind != TD_REQ_ACCEL) {
         return record(t, st, &k, spec_text);
     }
     /* Only str() describes it: key on the texts. */

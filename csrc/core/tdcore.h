@@ -62,7 +62,11 @@ typedef struct {
     PyTypeObject *device_type;     /* torch.device (static C type) */
     PyTypeObject *dtype_type;      /* torch.dtype */
     PyObject *target[TD_TARGET_COUNT];   /* torch.device per td_target;
-                                            [TD_TARGET_KEEP] is NULL */
+                                            [TD_TARGET_KEEP] is NULL, and
+                                            [TD_TARGET_ACCEL] where there is
+                                            no generic accelerator */
+    PyObject *accel_name;          /* str: target[TD_TARGET_ACCEL].type,
+                                      or NULL */
     PyObject *float64;
     PyObject *float32;
     /* torch's originals the wrappers fall back on */
@@ -90,6 +94,8 @@ typedef struct {
     PyObject *intent_host_cuda;    /* torch.device("cuda") handed out for a
                                       promoted host request */
     PyObject *intent_host_mps;     /* same for the MPS target */
+    PyObject *intent_host_accel;   /* same for the generic accelerator's
+                                      (NULL where there is none) */
     TD_NAME_FIELDS(TD_DECLARE_NAME)
     PyObject *kw_device;           /* ("device",) */
 } td_install;
@@ -134,11 +140,13 @@ extern PyMethodDef td_slot_methods[];
 td_profile td_get_profile(void);
 td_mode td_get_mode(void);
 td_float64_policy td_get_float64(void);
+int td_get_accel_float64(void);
 int td_get_cpu_override(void);
 int td_exchange_cpu_override(int value);
 void td_toggle_cpu_override(void);
 int td_get_report(void);
-void td_set_config(td_profile profile, td_mode mode, td_float64_policy f64);
+void td_set_config(td_profile profile, td_mode mode, td_float64_policy f64,
+                   int accel_float64);
 void td_set_report(int on);
 extern PyMethodDef td_flags_methods[];
 
@@ -157,10 +165,17 @@ int td_args_parse(const td_args_spec *spec, PyObject *const *args,
 
 /* devarg.c: Python device arguments <-> policy requests. */
 int td_device_check_layout(PyTypeObject *device_type, PyObject *probes);
-td_request td_request_from_device(PyObject *dev);
+/* The generic accelerator's type as the parser takes it (name NULL where
+ * there is none, or st is NULL). */
+td_accel_type td_accel_of(td_install *st);
+/* `accel` may be NULL: its type is then TD_REQ_OTHER. */
+td_request td_request_from_device(PyObject *dev, const td_accel_type *accel);
+/* Whether two torch.device objects name the same device. */
+int td_same_device(PyObject *a, PyObject *b);
 /* A value that is not a device request gives TD_REQ_OTHER.  device_type
  * may be NULL (not installed): then only str, bytes and int are read. */
-td_request td_request_from_value(PyTypeObject *device_type, PyObject *obj);
+td_request td_request_from_value(PyTypeObject *device_type,
+                                 const td_accel_type *accel, PyObject *obj);
 td_request td_request_from_object(td_install *st, PyObject *obj);
 int td_is_device_arg(td_install *st, PyObject *obj);
 /* Borrowed reference to the device object for a target (not KEEP). */
@@ -171,6 +186,8 @@ int td_called_from_torch(PyObject *name_key);
 /* The calling Python code's module __name__ (UTF-8, borrowed from the
  * frame's globals), or NULL when there is none. */
 const char *td_caller_module(PyObject *name_key, Py_ssize_t *size);
+/* The TypeError of TORCHDEVICE_FLOAT64=error, naming the call `api`. */
+void td_float64_error(td_install *st, PyObject *api);
 /* Resolves with the current settings and applies an override toggle. */
 td_resolution td_resolve_now(td_install *st, td_request req);
 /* Whether torch's default-device context (`with torch.device(...)`,

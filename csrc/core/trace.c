@@ -28,15 +28,14 @@ plan(td_install *st, PyObject *request, PyObject *dtype, int none_policy,
     td_resolution res = td_resolve(req, profile, td_get_mode(),
                                    td_get_cpu_override(), 0);
     PyObject *new_dtype = dtype;
-    if (profile == TD_PROFILE_MPS && dtype == st->float64) {
-        switch (td_float64_action(profile, req, res, td_get_float64())) {
+    if (dtype == st->float64) {
+        switch (td_float64_action(profile, td_get_accel_float64(), req, res,
+                                  td_get_float64()))
+        {
         case TD_DTYPE_KEEP:
             break;
         case TD_DTYPE_ERROR:
-            PyErr_Format(PyExc_TypeError,
-                         "%U: MPS does not support float64; set "
-                         "TORCHDEVICE_FLOAT64=downcast to use float32 instead",
-                         PyUnicode_Check(api) ? api : st->api_device);
+            td_float64_error(st, PyUnicode_Check(api) ? api : st->api_device);
             return NULL;
         case TD_DTYPE_TO_FLOAT32:
             new_dtype = st->float32;

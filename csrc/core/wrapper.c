@@ -140,7 +140,8 @@ done:
     return result;
 }
 
-/* MPS has no float64: a float64 request that lands there becomes float32
+/* MPS has no float64, nor may another accelerator (its capability record,
+ * docs/hardware.md): a float64 request that lands there becomes float32
  * (reported) or an error, by configuration.  Returns 0, or -1 with an error
  * set; on 0, *subst is filled when the dtype slot must be replaced. */
 static int
@@ -151,14 +152,13 @@ float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
     if (dslot < 0 || args[dslot] != st->float64) {
         return 0;
     }
-    switch (td_float64_action(td_get_profile(), req, res, td_get_float64())) {
+    switch (td_float64_action(td_get_profile(), td_get_accel_float64(), req,
+                              res, td_get_float64()))
+    {
     case TD_DTYPE_KEEP:
         return 0;
     case TD_DTYPE_ERROR:
-        PyErr_Format(PyExc_TypeError,
-                     "%U: MPS does not support float64; set "
-                     "TORCHDEVICE_FLOAT64=downcast to use float32 instead",
-                     w->api);
+        td_float64_error(st, w->api);
         return -1;
     case TD_DTYPE_TO_FLOAT32:
         break;
@@ -214,7 +214,7 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
             res.redirected = 0;
         }
     }
-    if (td_get_profile() == TD_PROFILE_MPS
+    if (!td_get_accel_float64()
         && float64_check(st, w, req, res, args,
                          find_kw(kwnames, nargs, w->dtype_kw), subst,
                          &nsubst) < 0)
@@ -299,7 +299,7 @@ wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
     int nsubst = 0;
     td_request req = td_request_from_object(st, args[slot]);
     td_resolution res = td_resolve_now(st, req);
-    if (td_get_profile() == TD_PROFILE_MPS
+    if (!td_get_accel_float64()
         && float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0)
     {
         return undo_toggle_on_error(NULL, res);
@@ -710,7 +710,7 @@ wrapper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     td_req_kind req = TD_REQ_OTHER;
     if (request != NULL) {
-        req = td_parse_device_string(request, strlen(request)).kind;
+        req = td_parse_device_string(request, strlen(request), NULL).kind;
     }
     if (kind == TD_KIND_MOVE && req != TD_REQ_CUDA && req != TD_REQ_CPU
         && req != TD_REQ_MPS)

@@ -3,12 +3,13 @@
  * Python equivalent:
  *
  *     def sample():                       # (allocated, reserved) bytes now
- *         if MPS: return mps.current_allocated_memory(),
- *                        mps.driver_allocated_memory()
+ *         if device_memory:               # MPS, a generic accelerator
+ *             return device_allocated(), device_reserved()
  *         rss = process_rss(); return rss, rss        # CPU: the process
  *     def memory_allocated(device=None):
  *         a, r = sample(); peaks.update(a, r); return a
  *     def max_memory_allocated(device=None):
+ *         if device_max_allocated: return device_max_allocated()
  *         return max(peak_allocated, os_peak_rss_since_reset)
  *     def memory_stats(device=None): CUDA's key names, from the same numbers
  *
@@ -180,14 +181,14 @@ atomic_max(atomic_llong *slot, long long v)
 static int
 sample(td_masq *m, long long *allocated, long long *reserved)
 {
-    if (m->is_mps) {
-        if (m->mps_allocated == NULL || m->mps_driver == NULL) {
+    if (m->device_memory) {
+        if (m->device_allocated == NULL || m->device_reserved == NULL) {
             PyErr_SetString(PyExc_RuntimeError,
                             "TorchDevice: MPS memory counters missing");
             return -1;
         }
-        if (call_int(m->mps_allocated, allocated) < 0
-            || call_int(m->mps_driver, reserved) < 0)
+        if (call_int(m->device_allocated, allocated) < 0
+            || call_int(m->device_reserved, reserved) < 0)
         {
             return -1;
         }
@@ -226,7 +227,7 @@ os_peak(td_masq *m)
 {
 #if !defined(_WIN32)
     struct rusage ru;
-    if (!m->is_mps && atomic_load(&TD_MC(m)->hwm_trusted)
+    if (!m->device_memory && atomic_load(&TD_MC(m)->hwm_trusted)
         && getrusage(RUSAGE_SELF, &ru) == 0)
     {
 #if defined(__APPLE__)
@@ -294,13 +295,25 @@ DEVICE_FN(mem_reserved, "memory_reserved")
     return PyLong_FromLongLong(r);
 }
 
-/* Samples, then the peaks including the OS high-water mark. */
+/* Samples, then the peaks: the device's own where it keeps them (a peak
+ * between two samples is not lost), else the samples' and the OS
+ * high-water mark. */
 static int
 peaks(td_masq *m, long long *a, long long *r, long long *peak_a,
       long long *peak_r)
 {
     if (sample(m, a, r) < 0) {
         return -1;
+    }
+    if (m->device_memory && m->device_max_allocated != NULL
+        && m->device_max_reserved != NULL)
+    {
+        if (call_int(m->device_max_allocated, peak_a) < 0
+            || call_int(m->device_max_reserved, peak_r) < 0)
+        {
+            return -1;
+        }
+        return 0;
     }
     long long hwm = os_peak(m);
     *peak_a = atomic_load(&TD_MC(m)->peak_allocated);
@@ -335,6 +348,13 @@ DEVICE_FN(mem_max_reserved, "max_memory_reserved")
 DEVICE_FN(mem_reset_peak, "reset_peak_memory_stats")
 {
     long long a, r;
+    if (m->device_memory && m->device_reset_peak != NULL) {
+        PyObject *done = PyObject_CallNoArgs(m->device_reset_peak);
+        if (done == NULL) {
+            return NULL;
+        }
+        Py_DECREF(done);
+    }
     /* The reading is fresh: a reset must not keep a stale value. */
     atomic_store(&TD_MC(m)->rss_cache_ns, 0);
     if (sample(m, &a, &r) < 0) {
@@ -342,7 +362,7 @@ DEVICE_FN(mem_reset_peak, "reset_peak_memory_stats")
     }
     atomic_store(&TD_MC(m)->peak_allocated, a);
     atomic_store(&TD_MC(m)->peak_reserved, r);
-    if (!m->is_mps) {
+    if (!m->device_memory) {
 #if defined(__linux__)
         atomic_store(&TD_MC(m)->hwm_trusted, linux_reset_hwm() == 0);
 #else
@@ -515,15 +535,16 @@ DEVICE_FN(mem_get_info, "mem_get_info")
     return PyObject_CallNoArgs(m->mem_info);
 }
 
-/* empty_cache(): MPS frees its cached blocks; on the CPU the C allocator
- * hands unused heap back to the system, the nearest equivalent. */
+/* empty_cache(): MPS (an accelerator) frees its cached blocks; on the CPU
+ * the C allocator hands unused heap back to the system, the nearest
+ * equivalent. */
 TD_MASQ_NOARGS(mem_empty_cache)
 {
     if (td_masq_record(st, m, "torch.cuda.empty_cache") < 0) {
         return NULL;
     }
-    if (m->is_mps && m->mps_empty_cache != NULL) {
-        return PyObject_CallNoArgs(m->mps_empty_cache);
+    if (m->device_memory && m->device_empty_cache != NULL) {
+        return PyObject_CallNoArgs(m->device_empty_cache);
     }
 #if defined(__GLIBC__)
     malloc_trim(0);
@@ -561,8 +582,8 @@ TD_MASQ_FASTKW(mem_set_fraction)
     {
         return NULL;
     }
-    if (m->is_mps && m->mps_set_fraction != NULL) {
-        PyObject *r = PyObject_CallOneArg(m->mps_set_fraction, fraction);
+    if (m->device_memory && m->device_set_fraction != NULL) {
+        PyObject *r = PyObject_CallOneArg(m->device_set_fraction, fraction);
         if (r == NULL) {
             return NULL;
         }
@@ -636,7 +657,8 @@ DEVICE_FN(mem_utilization, "utilization")
 PyMethodDef td_cuda_memory_methods[] = {
     {"memory_allocated", TD_FASTKW(mem_allocated),
      "memory_allocated(device=None) -> int\n\nBytes in use on the device "
-     "really used (MPS: tensors; CPU: the process's resident memory)."},
+     "really used (MPS, an accelerator: tensors; CPU: the process's "
+     "resident memory)."},
     {"max_memory_allocated", TD_FASTKW(mem_max_allocated),
      "max_memory_allocated(device=None) -> int"},
     {"memory_reserved", TD_FASTKW(mem_reserved),

@@ -68,10 +68,25 @@ is_target_kind(td_req_kind kind)
         return kind == TD_REQ_CPU;
     case TD_PROFILE_MPS:
         return kind == TD_REQ_MPS;
+    case TD_PROFILE_ACCEL:
+        return kind == TD_REQ_ACCEL;
     case TD_PROFILE_CUDA:
         break;
     }
     return 0;
+}
+
+/* A device argument as the policy reads it, the generic accelerator's
+ * type included (the installation's, when there is one). */
+static td_request
+masq_request(td_masq *m, PyObject *arg)
+{
+    td_install *inst = td_install_acquire();
+    td_accel_type accel = td_accel_of(inst);
+    td_request req = td_request_from_value((PyTypeObject *)m->device_type,
+                                           &accel, arg);
+    Py_XDECREF(inst);
+    return req;
 }
 
 /* An index the program names, as shown: past the devices shown it
@@ -127,7 +142,7 @@ td_masq_device_index(td_masq *m, PyObject *arg, int optional, long *index)
     if (PyUnicode_Check(arg)
         || (device_type != NULL && Py_TYPE(arg) == device_type))
     {
-        td_request req = td_request_from_value(device_type, arg);
+        td_request req = masq_request(m, arg);
         if (req.kind == TD_REQ_CUDA || is_target_kind(req.kind)) {
             *index = req.kind == TD_REQ_CUDA && req.index >= 0
                      ? shown_index(m, req.index) : current_index(m);
@@ -562,8 +577,10 @@ TD_MASQ_FASTKW(q_current_accelerator)
     }
     /* The object torch.device("cuda") gives user code, which says
      * "accelerator" to a move (moves.c). */
-    td_target t = td_get_profile() == TD_PROFILE_MPS ? TD_TARGET_MPS
-                  : TD_TARGET_CPU;
+    td_profile profile = td_get_profile();
+    td_target t = profile == TD_PROFILE_MPS ? TD_TARGET_MPS
+                  : profile == TD_PROFILE_ACCEL ? TD_TARGET_ACCEL
+                                                : TD_TARGET_CPU;
     td_install *inst = td_install_acquire();
     PyObject *dev = inst != NULL ? td_intent_device(inst, t, TD_INTENT_ACCEL)
                                  : NULL;
@@ -591,7 +608,7 @@ TD_MASQ_FASTKW(q_get_device_module)
     if (device != NULL && m->cuda_module != NULL
         && (PyUnicode_Check(device)
             || (device_type != NULL && Py_TYPE(device) == device_type))
-        && td_request_from_value(device_type, device).kind == TD_REQ_CUDA)
+        && masq_request(m, device).kind == TD_REQ_CUDA)
     {
         return Py_NewRef(m->cuda_module);
     }

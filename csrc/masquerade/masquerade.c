@@ -37,10 +37,13 @@ static const struct {
     OBJ_FIELD(orig_is_available),
     OBJ_FIELD(truth_for),
     OBJ_FIELD(generator),
-    OBJ_FIELD(mps_allocated),
-    OBJ_FIELD(mps_driver),
-    OBJ_FIELD(mps_empty_cache),
-    OBJ_FIELD(mps_set_fraction),
+    OBJ_FIELD(device_allocated),
+    OBJ_FIELD(device_reserved),
+    OBJ_FIELD(device_empty_cache),
+    OBJ_FIELD(device_set_fraction),
+    OBJ_FIELD(device_max_allocated),
+    OBJ_FIELD(device_max_reserved),
+    OBJ_FIELD(device_reset_peak),
     OBJ_FIELD(rss),
     OBJ_FIELD(mem_info),
     OBJ_FIELD(orig_summary),
@@ -127,7 +130,7 @@ masq_copy(td_masq *src)
     }
     td_fields_copy((PyObject *)m, (PyObject *)src, MASQ_FIELDS);
     m->total_memory = src->total_memory;
-    m->is_mps = src->is_mps;
+    m->device_memory = src->device_memory;
     m->bf16 = src->bf16;
     m->truthful = src->truthful;
     m->device_count = src->device_count;
@@ -165,7 +168,8 @@ masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
         if (k == NULL) {
             return NULL;
         }
-        int known = strcmp(k, "total_memory") == 0 || strcmp(k, "is_mps") == 0
+        int known = strcmp(k, "total_memory") == 0
+                    || strcmp(k, "device_memory") == 0
                     || strcmp(k, "bf16") == 0;
         for (size_t i = 0; i < N_INSTALLED && !known; i++) {
             known = strcmp(k, obj_fields[i].name) == 0;
@@ -185,8 +189,8 @@ masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    int flags[2] = {old->is_mps, old->bf16};
-    const char *flag_names[2] = {"is_mps", "bf16"};
+    int flags[2] = {old->device_memory, old->bf16};
+    const char *flag_names[2] = {"device_memory", "bf16"};
     for (int i = 0; i < 2; i++) {
         PyObject *v = PyDict_GetItemString(kwargs, flag_names[i]);
         if (v != NULL && (flags[i] = PyObject_IsTrue(v)) < 0) {
@@ -210,7 +214,7 @@ masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
         }
     }
     m->total_memory = total_memory;
-    m->is_mps = flags[0];
+    m->device_memory = flags[0];
     m->bf16 = flags[1];
     td_install *inst = td_install_acquire();
     if (inst != NULL) {

@@ -51,10 +51,17 @@ typedef struct {
     PyObject *orig_is_available; /* torch.cuda.is_available, unpatched */
     PyObject *truth_for;        /* tuple of package names seeing the truth */
     PyObject *generator;        /* default generator of the target device */
-    PyObject *mps_allocated;    /* MPS: () -> bytes held by tensors */
-    PyObject *mps_driver;       /* MPS: () -> bytes the driver holds */
-    PyObject *mps_empty_cache;  /* MPS: torch.mps.empty_cache */
-    PyObject *mps_set_fraction; /* MPS: torch.mps.set_per_process_... */
+    /* The device's own counters (device_memory; MPS, a generic
+     * accelerator): */
+    PyObject *device_allocated;    /* () -> bytes held by tensors */
+    PyObject *device_reserved;     /* () -> bytes the allocator holds */
+    PyObject *device_empty_cache;  /* torch.mps.empty_cache, ... */
+    PyObject *device_set_fraction; /* torch.mps.set_per_process_... */
+    /* Where the device keeps peaks itself (not MPS: there they are the
+     * samples' maximum): () -> bytes, and their reset. */
+    PyObject *device_max_allocated;
+    PyObject *device_max_reserved;
+    PyObject *device_reset_peak;
     PyObject *rss;              /* () -> int, where /proc is not there */
     PyObject *mem_info;         /* () -> (free, total) of the target */
     PyObject *orig_summary;     /* torch.cuda.memory_summary (formatter) */
@@ -85,7 +92,8 @@ typedef struct {
     PyObject *counters;         /* td_masq_counters, shared */
 
     long long total_memory;     /* bytes, fixed at install */
-    int is_mps;                 /* memory comes from torch.mps */
+    int device_memory;          /* memory comes from the device's counters,
+                                   not the process's resident set */
     int bf16;                   /* is_bf16_supported() */
     int truthful;               /* is_available() tells everyone the truth */
     int device_count;           /* devices shown (all the one real device) */

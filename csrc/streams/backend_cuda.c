@@ -1,11 +1,15 @@
-/* The CUDA backend: events for MPS-written code on profile "cuda".
+/* The CUDA backend: events for MPS-written code on profile "cuda"; and the
+ * device backend, the same code over the generic accelerator's native
+ * torch.Event (profile accelerator, docs/streams.md).
  *
  * Each of our events wraps a native torch.cuda.Event, so record, wait and
  * elapsed_time are the GPU's own.  torch.mps events take no stream; when a
  * stream is given anyway it may be one of ours (its native stream, if any, is
  * used) or a native torch.cuda.Stream / torch.Stream, passed through as is.
  * Without one, torch.cuda's current stream is used, as torch.cuda.Event
- * does.  The torch.cuda objects are handed over by streams_setup(cuda_ops=).
+ * does.  The torch.cuda objects are handed over by streams_setup(cuda_ops=),
+ * the accelerator's by streams_setup(device_ops=): an event factory taking
+ * CUDA's keywords, torch.Event's methods, the device's synchronize.
  */
 #include "streams.h"
 
@@ -115,6 +119,24 @@ cuda_stream_synchronize(td_stream *s)
 const td_backend td_backend_cuda = {
     .id = TD_BACKEND_CUDA,
     .name = "cuda",
+    .accepts_foreign = 1,
+    .event_create = cuda_event_create,
+    .event_record = cuda_event_record,
+    .event_wait = cuda_event_wait,
+    .event_query = cuda_event_query,
+    .event_synchronize = cuda_event_synchronize,
+    .event_elapsed_ms = cuda_event_elapsed_ms,
+    .stream_query = cuda_stream_query,
+    .stream_synchronize = cuda_stream_synchronize,
+    .device_synchronize = cuda_device_synchronize,
+};
+
+/* The generic accelerator: torch.Event(device=<it>) behaves as CUDA's
+ * events do (record on a stream, wait, query, elapsed_time), and streams
+ * without a native one of their own use the device's current stream. */
+const td_backend td_backend_device = {
+    .id = TD_BACKEND_DEVICE,
+    .name = "device",
     .accepts_foreign = 1,
     .event_create = cuda_event_create,
     .event_record = cuda_event_record,

@@ -95,7 +95,10 @@ td_stream_check_device(td_install *st, int backend, PyObject *device,
         /* torch.device("cuda") has already become the device in use. */
         if (Py_TYPE(device) == st->device_type
             && ((backend == TD_BACKEND_CPU && req.kind == TD_REQ_CPU)
-                || (backend == TD_BACKEND_METAL && req.kind == TD_REQ_MPS)))
+                || (backend == TD_BACKEND_METAL && req.kind == TD_REQ_MPS)
+                || ((backend == TD_BACKEND_METAL
+                     || backend == TD_BACKEND_DEVICE)
+                    && req.kind == TD_REQ_ACCEL)))
         {
             return 0;
         }

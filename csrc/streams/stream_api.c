@@ -119,11 +119,12 @@ add_type(PyObject *module, PyType_Spec *spec, PyTypeObject *base)
 int
 td_streams_exec(PyObject *module, td_state *st)
 {
-    static const char *const dev_names[] = {"cpu", "mps", "cuda"};
+    static const char *const dev_names[] = {"cpu", "mps", "cuda",
+                                            "accelerator"};
     /* What code that reaches each backend asked for. */
-    static const char *const req_names[] = {"cuda", "cuda", "mps"};
+    static const char *const req_names[] = {"cuda", "cuda", "mps", "cuda"};
     static const char *const api_prefix[] = {"torch.cuda.", "torch.cuda.",
-                                             "torch.mps."};
+                                             "torch.mps.", "torch.cuda."};
     PyTypeObject *state_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &td_streams_state_spec, NULL);
     if (state_type == NULL) {
@@ -187,6 +188,8 @@ td_backend_of(td_backend_id id)
         return &td_backend_metal;
     case TD_BACKEND_CUDA:
         return &td_backend_cuda;
+    case TD_BACKEND_DEVICE:
+        return &td_backend_device;
     default:
         return &td_backend_cpu;
     }
@@ -203,6 +206,13 @@ td_streams_active(td_install *st)
             break;
         case TD_PROFILE_CUDA:
             b = TD_BACKEND_CUDA;
+            break;
+        case TD_PROFILE_ACCEL:
+            /* The record chose: Metal's one queue was handed ops, or the
+             * device's native events were. */
+            b = st != NULL && TD_BACKENDS(st) != NULL
+                        && TD_BACKENDS(st)->ops[TD_BACKEND_METAL] != NULL
+                    ? TD_BACKEND_METAL : TD_BACKEND_DEVICE;
             break;
         default:
             b = TD_BACKEND_CPU;
@@ -283,8 +293,13 @@ td_streams_report(td_install *st, PyObject *api, int backend)
         return 0;
     }
     td_streams *ss = TD_STREAMS(st);
+    /* On profile accelerator the work runs on that device, whichever
+     * backend its record chose. */
+    PyObject *dev = backend != TD_BACKEND_CPU && st->accel_name != NULL
+                    && td_get_profile() == TD_PROFILE_ACCEL
+                    ? st->accel_name : ss->dev_name[backend];
     return td_record(st->records, st, api, ss->what_emulated,
-                     ss->req_name[backend], ss->dev_name[backend]);
+                     ss->req_name[backend], dev);
 }
 
 /* ---- the functions torch.cuda gets --------------------------------------- */
@@ -523,7 +538,7 @@ check_ops(PyObject *ops, const char *name)
 /* The backends' objects, as a new td_backends. */
 static td_backends *
 make_backends(td_install *st, td_streams *ss, PyObject *metal, PyObject *cuda,
-              PyObject *rec)
+              PyObject *device, PyObject *rec)
 {
     td_backends *bk = (td_backends *)new_state_object(ss->backends_type,
                                                       sizeof(td_backends));
@@ -531,14 +546,29 @@ make_backends(td_install *st, td_streams *ss, PyObject *metal, PyObject *cuda,
         return NULL;
     }
     PyObject_GC_Track((PyObject *)bk);
+    /* Metal's one queue serves MPS, or the generic accelerator when its
+     * record is MPS's. */
+    PyObject *accel = st->target[TD_TARGET_ACCEL];
     bk->device[TD_BACKEND_CPU] = Py_NewRef(st->target[TD_TARGET_CPU]);
-    bk->device[TD_BACKEND_METAL] = Py_NewRef(st->target[TD_TARGET_MPS]);
+    bk->device[TD_BACKEND_METAL] = Py_NewRef(
+        accel != NULL ? accel : st->target[TD_TARGET_MPS]);
     bk->device[TD_BACKEND_CUDA] = Py_NewRef(st->target[TD_TARGET_CUDA]);
+    bk->device[TD_BACKEND_DEVICE] = Py_XNewRef(accel);
     if (metal != Py_None) {
         bk->ops[TD_BACKEND_METAL] = Py_NewRef(metal);
     }
     if (cuda != Py_None) {
         bk->ops[TD_BACKEND_CUDA] = Py_NewRef(cuda);
+    }
+    if (device != Py_None) {
+        if (accel == NULL) {
+            Py_DECREF(bk);
+            PyErr_SetString(PyExc_ValueError,
+                            "streams_setup(): device_ops without a generic "
+                            "accelerator installed");
+            return NULL;
+        }
+        bk->ops[TD_BACKEND_DEVICE] = Py_NewRef(device);
     }
     if (rec != Py_None) {
         bk->record_stream = Py_NewRef(rec);
@@ -566,21 +596,21 @@ streams_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
 {
     static const char *const names[] = {"metal_ops", "cuda_ops",
                                         "record_stream", "generic_stream",
-                                        "generic_event"};
-    static const td_args_spec spec = {"streams_setup", names, 5, 0, 0};
-    PyObject *a[5];
+                                        "generic_event", "device_ops"};
+    static const td_args_spec spec = {"streams_setup", names, 6, 0, 0};
+    PyObject *a[6];
     td_state *mst = td_module_state(module);
     if (td_args_parse(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         if (a[i] == NULL) {
             a[i] = Py_None;
         }
     }
-    int has_metal = check_ops(a[0], "metal_ops");
-    int has_cuda = check_ops(a[1], "cuda_ops");
-    if (has_metal < 0 || has_cuda < 0) {
+    if (check_ops(a[0], "metal_ops") < 0 || check_ops(a[1], "cuda_ops") < 0
+        || check_ops(a[5], "device_ops") < 0)
+    {
         return NULL;
     }
     td_install *st = td_install_acquire();
@@ -591,7 +621,8 @@ streams_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     td_install *next = NULL;
-    td_backends *bk = make_backends(st, TD_STREAMS(st), a[0], a[1], a[2]);
+    td_backends *bk = make_backends(st, TD_STREAMS(st), a[0], a[1], a[5],
+                                    a[2]);
     if (bk != NULL) {
         next = td_install_copy(st);
     }
@@ -619,7 +650,7 @@ streams_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
 static PyObject *
 streams_force_backend(PyObject *Py_UNUSED(module), PyObject *name)
 {
-    static const char *const names[] = {"cpu", "metal", "cuda"};
+    static const char *const names[] = {"cpu", "metal", "cuda", "device"};
     int value = -1;
     if (name != Py_None) {
         for (int b = 0; b < TD_BACKEND_COUNT; b++) {
@@ -631,8 +662,8 @@ streams_force_backend(PyObject *Py_UNUSED(module), PyObject *name)
         }
         if (value < 0) {
             PyErr_Format(PyExc_ValueError,
-                         "backend must be 'cpu', 'metal', 'cuda' or None, "
-                         "not %R", name);
+                         "backend must be 'cpu', 'metal', 'cuda', 'device' "
+                         "or None, not %R", name);
             return NULL;
         }
     }
@@ -719,10 +750,12 @@ PyMethodDef td_streams_methods[] = {
      "Tensor.record_stream."},
     {"streams_setup", TD_FASTKW(streams_setup),
      "streams_setup(*, metal_ops=None, cuda_ops=None, record_stream=None, "
-     "generic_stream=None, generic_event=None)\n\nHands the torch objects of "
+     "generic_stream=None, generic_event=None, device_ops=None)\n\nHands "
+     "the torch objects of "
      "each backend over (after install()) and hooks torch.Stream/Event."},
     {"streams_force_backend", streams_force_backend, METH_O,
-     "streams_force_backend(name) -> previous\n\n'cpu', 'metal', 'cuda', or "
+     "streams_force_backend(name) -> previous\n\n'cpu', 'metal', 'cuda', "
+     "'device', or "
      "None to follow the profile.  For tests."},
     {"streams_info", streams_info, METH_NOARGS,
      "streams_info() -> dict\n\nThe active backend and what is set up."},

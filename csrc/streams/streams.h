@@ -21,7 +21,9 @@ typedef enum {
     TD_BACKEND_CPU = 0,     /* synchronous work, host monotonic clock */
     TD_BACKEND_METAL = 1,   /* torch.mps.Event / torch.mps.synchronize */
     TD_BACKEND_CUDA = 2,    /* native torch.cuda.Event (profile cuda) */
-    TD_BACKEND_COUNT = 3,
+    TD_BACKEND_DEVICE = 3,  /* native torch.Event of the generic accelerator
+                               (profile accelerator) */
+    TD_BACKEND_COUNT = 4,
 } td_backend_id;
 
 /* Positions in a backend's ops tuple, handed over by streams_setup(): the
@@ -88,6 +90,7 @@ struct td_backend {
 extern const td_backend td_backend_cpu;
 extern const td_backend td_backend_metal;
 extern const td_backend td_backend_cuda;
+extern const td_backend td_backend_device;
 
 /* The module-wide part: types and names, made at module exec and never
  * changed after. */
@@ -113,7 +116,9 @@ typedef struct {
 } td_streams;
 
 /* What streams_setup() handed over, part of the installation (tdcore.h):
- * immutable, dropped by uninstall(). */
+ * immutable, dropped by uninstall().  On profile accelerator the device's
+ * capability record picks the backend: Metal (one queue, MPS's record) or
+ * the native device backend; ops are handed to that one only. */
 typedef struct {
     PyObject_HEAD
     PyObject *ops[TD_BACKEND_COUNT];          /* CPU's stays NULL */

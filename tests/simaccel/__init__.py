@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from . import _build
 
@@ -130,8 +131,13 @@ def _load(build: bool) -> None:
     global _unsupported, _cpu_only
     _unsupported = _normalise(_env_ops("SIMACCEL_UNSUPPORTED_OPS", DEFAULT_UNSUPPORTED_OPS))
     _cpu_only = _normalise(_env_ops("SIMACCEL_CPU_ONLY_OPS", DEFAULT_CPU_ONLY_OPS))
-    torch.ops.simaccel.set_fallback_enabled(_env_flag("SIMACCEL_ENABLE_FALLBACK"))
-    _apply_mps_rules(_env_flag("SIMACCEL_MPS_RULES"))
+    mps_rules = _env_flag("SIMACCEL_MPS_RULES")
+    # Behaving like MPS, the device also reads MPS's own variable, which
+    # TorchDevice's launcher sets for a device with MPS's capability record.
+    torch.ops.simaccel.set_fallback_enabled(
+        _env_flag("SIMACCEL_ENABLE_FALLBACK")
+        or (mps_rules and _env_flag("PYTORCH_ENABLE_MPS_FALLBACK")))
+    _apply_mps_rules(mps_rules)
 
 
 def _require() -> None:
@@ -162,15 +168,34 @@ def _normalise(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _apply_mps_rules(enabled: bool) -> None:
+_torch_totype: Any = None
+
+
+def _printing_totype(t: Any) -> Any:
+    """torch._tensor_str.tensor_totype for a device that behaves like MPS:
+    torch prints MPS (and XPU without float64) tensors through float32,
+    naming those devices; the simulated one is named too while it refuses
+    float64, or printing one of its tensors would raise."""
     import torch
 
-    global _mps_rules
+    if t.device.type == NAME:
+        return t.to(dtype=torch.float)
+    return _torch_totype(t)
+
+
+def _apply_mps_rules(enabled: bool) -> None:
+    import torch
+    import torch._tensor_str as tensor_str
+
+    global _mps_rules, _torch_totype
     torch.ops.simaccel.set_mps_rules(enabled)
     if enabled:
         torch.ops.simaccel.set_op_lists(list(_unsupported), list(_cpu_only))
     else:
         torch.ops.simaccel.set_op_lists([], [])
+    if _torch_totype is None:
+        _torch_totype = tensor_str.tensor_totype
+    tensor_str.tensor_totype = _printing_totype if enabled else _torch_totype
     _mps_rules = enabled
 
 
