@@ -1,8 +1,10 @@
 # TorchDevice: two commands on a fresh machine.
 #   make demo   set up .venv, build _tdcore, run a CUDA-written demo here
 #   make test   set up .venv, build _tdcore, run the test suite
+#   make test-accel  the same suite with the simulated accelerator
+#                  (tests/simaccel/README.md) as the machine's accelerator,
+#                  used with MPS's capability record (docs/hardware.md)
 #   make simaccel  build the simulated accelerator the tests use
-#                  (tests/simaccel/README.md)
 # The local CPU wheel is pinned (torch==2.13.0); the package itself accepts
 # any torch >= 2.5.
 PYTHON ?= python3
@@ -10,7 +12,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test check bench simaccel clean
+.PHONY: setup demo test test-accel check bench simaccel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,16 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Every process of the run loads the simulated accelerator before
+# TorchDevice looks for hardware (SIMACCEL_AUTOLOAD), which makes it behave
+# like MPS (SIMACCEL_MPS_RULES); TorchDevice uses it with MPS's capability
+# record.  Tests marked accel_duplicate (pytest.ini) repeat on this run
+# what the CPU run covers, at length: left out here.
+ACCEL_ENV := SIMACCEL_AUTOLOAD=1 SIMACCEL_MPS_RULES=1 \
+	TORCHDEVICE_CAPABILITIES=mps
+test-accel: simaccel
+	$(ACCEL_ENV) $(BIN)/python -m pytest -q
 
 # The C hygiene checks CI runs after the tests (docs/reliability.md).
 check: setup

@@ -1,10 +1,12 @@
 """Shared test helpers.  Tests run against the real, installed torch."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,20 @@ ROOT = Path(__file__).resolve().parent.parent
 import torch  # noqa: E402
 import TorchDevice  # noqa: E402
 
-HAS_CUDA = TorchDevice._patches.detect_profile() == "cuda"
-HAS_MPS = TorchDevice._patches.detect_profile() == "mps"
+PROFILE = TorchDevice._patches.detect_profile()
+HAS_CUDA = PROFILE == "cuda"
+HAS_MPS = PROFILE == "mps"
+# `make test-accel`: the simulated accelerator (tests/simaccel) is the
+# machine's accelerator, used with MPS's capability record
+# (docs/hardware.md); ACCEL is its device, None in the plain CPU run.
+ACCEL = TorchDevice._patches.accelerator_device()
+MPS_LIKE = PROFILE == "accelerator" and TorchDevice.policy()["capabilities"] == "mps"
+# The device "cuda" requests land on in this run.
+TARGET = ACCEL if ACCEL is not None else torch.device("cpu")
+# Variables that describe the machine, not TorchDevice's policy: kept for
+# the child processes of tests (the simulated accelerator's SIMACCEL_*
+# are never dropped).
+MACHINE_VARIABLES = ("TORCHDEVICE_CAPABILITIES",)
 
 
 def run_python(code: str = "", *args: str, env: dict | None = None,
@@ -24,7 +38,7 @@ def run_python(code: str = "", *args: str, env: dict | None = None,
     """Runs Python in a fresh process (TorchDevice not imported unless the
     code does), returning the completed process (text mode)."""
     full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith("TORCHDEVICE")}
+                if not k.startswith("TORCHDEVICE") or k in MACHINE_VARIABLES}
     full_env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     if env:
         full_env.update(env)
@@ -61,20 +75,74 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def host(t: torch.Tensor) -> torch.Tensor:
+    """`t` on the host, for comparing with a native CPU result: in
+    accelerate mode `.cpu()` itself lands on the accelerator."""
+    with TorchDevice.cpu_override():
+        return t.cpu()
+
+
+@contextlib.contextmanager
+def mps_fallback():
+    """Operators the device lacks run on the host, as under TorchDevice's
+    launcher, which sets the fallback variable of the device's capability
+    record (MPS's PYTORCH_ENABLE_MPS_FALLBACK; the simulated accelerator
+    honours it).  Nothing to do elsewhere."""
+    if not MPS_LIKE:
+        yield
+        return
+    import simaccel
+    before = simaccel.fallback_enabled()
+    simaccel.set_fallback_enabled(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore",
+                                    message=simaccel.FALLBACK_WARNING_PATTERN)
+            yield
+    finally:
+        simaccel.set_fallback_enabled(before)
+
+
+def configure_mps_like(mode: str = "accelerate",
+                       float64: str = "downcast") -> None:
+    """Sets the policy of MPS's code paths (inside `simulated_mps`): the
+    accelerator profile with MPS's record in `make test-accel`, the mps
+    profile with the meta stand-in otherwise."""
+    from TorchDevice import _tdcore
+    if MPS_LIKE:
+        _tdcore.configure("accelerator", mode, float64, device_float64=False)
+    else:
+        _tdcore.configure("mps", mode, float64)
+
+
 @pytest.fixture
 def simulated_mps():
-    """SimulatedMPS: the mps profile on a machine without Apple hardware.
+    """MPS's code paths on a machine without Apple hardware; yields the
+    device MPS requests land on.
 
-    Everything runs for real (policy, wrappers, torch) except that the MPS
-    target device is torch's `meta` device, so "where did it land" and
-    "which dtype" are observable without Metal.  Yields the stand-in device.
+    In `make test-accel`: the simulated accelerator with MPS's capability
+    record, as the run is set up: real tensors, real copies, torch's own
+    device-mismatch checks.
+
+    In the plain CPU run: SimulatedMPS, the mps profile with torch's `meta`
+    device as the MPS target.  Everything runs for real (policy, wrappers,
+    torch) except that nothing is computed, so "where did it land" and
+    "which dtype" are observable without Metal.
     """
-    from TorchDevice import _patches, _tdcore
+    from TorchDevice import _patches
     saved = TorchDevice.config()
+    if MPS_LIKE:
+        configure_mps_like("accelerate", saved.float64)
+        try:
+            yield ACCEL
+        finally:
+            TorchDevice.configure(target=saved.target, mode=saved.mode,
+                                  float64=saved.float64)
+        return
     TorchDevice.disable()
     stand_in = torch.device("meta")
     _patches.apply(mps_device=stand_in)
-    _tdcore.configure("mps", "accelerate", saved.float64)
+    configure_mps_like("accelerate", saved.float64)
     try:
         yield stand_in
     finally:

@@ -11,7 +11,7 @@ import torch
 
 import TorchDevice
 from TorchDevice import _masquerade, _tdcore
-from conftest import HAS_CUDA, run_python
+from conftest import HAS_CUDA, TARGET, run_python
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="the masquerade is off on profile cuda "
@@ -34,12 +34,13 @@ def masq_config():
 
 def test_device_queries_answer_for_the_real_device():
     profile = TorchDevice.hardware_profile()
+    device_type = TorchDevice.policy()["device"]
     c = torch.cuda
     assert c.is_available() is True
     assert c.device_count() == 1
     assert c.current_device() == 0
     props = c.get_device_properties(0)
-    assert props.device_type == profile
+    assert props.device_type == device_type
     if profile == "cpu":
         import psutil
         assert props.total_memory == psutil.virtual_memory().total
@@ -90,7 +91,7 @@ def test_device_count_follows_the_launch():
     """, env={"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["2 2", "1 1", "0", "1 True",
-                                        "cpu True", "0"]
+                                        f"{TARGET} True", "0"]
 
 
 @pytest.mark.parametrize("env, count", [
@@ -246,6 +247,7 @@ def test_peak_seen_without_a_sample_in_between():
 
 def test_memory_stats_have_cuda_keys_and_summary_formats():
     c = torch.cuda
+    held = torch.ones(1024, device="cuda")     # something in use   # noqa: F841
     stats = c.memory_stats()
     for key in ("allocated_bytes.all.current", "allocated_bytes.all.peak",
                 "reserved_bytes.all.current", "active_bytes.all.current",
@@ -328,7 +330,7 @@ def test_seeding_cuda_reproduces_results():
     c.seed()
     c.seed_all()
     assert c.default_generators[0].device.type == \
-        TorchDevice.hardware_profile()
+        TorchDevice.policy()["device"]
 
 
 def test_fork_rng_and_generator_on_cuda():
@@ -443,14 +445,16 @@ def test_accelerator_and_device_module_agree():
     assert torch.get_device_module("cuda") is torch.cuda
     # A torch.device("cuda") object is already the device really used.
     assert torch.get_device_module(torch.device("cuda", 0)) is \
-        torch.get_device_module(TorchDevice.hardware_profile())
-    assert torch.get_device_module("cpu") is torch.cpu
+        torch.get_device_module(TorchDevice.policy()["device"])
+    # "cpu" goes where the policy sends it (accelerate mode: the device).
+    assert torch.get_device_module("cpu") is \
+        torch.get_device_module(TorchDevice.policy()["device"])
     acc = torch.accelerator
     assert acc.is_available() is torch.cuda.is_available()
     assert acc.device_count() == torch.cuda.device_count()
     assert acc.current_device_index() == torch.cuda.current_device()
     assert acc.current_accelerator() == torch.device("cuda")
-    assert acc.current_accelerator().type == TorchDevice.hardware_profile()
+    assert acc.current_accelerator().type == TorchDevice.policy()["device"]
     assert acc.memory_allocated() == torch.cuda.memory_allocated()
     acc.set_device_index(0)
     acc.synchronize()

@@ -1,4 +1,4 @@
-"""The pure policy, table-driven, for all three hardware profiles.
+"""The pure policy, table-driven, for all four hardware profiles.
 
 `_tdcore.resolve` is the C policy itself: it reads no state and changes
 none, so the mps and cuda profiles are tested here on a CPU-only machine
@@ -13,28 +13,45 @@ from TorchDevice import _tdcore
 
 ACC = "accelerate"
 CSC = "cpu-stays-cpu"
-PROFILES = ("mps", "cuda", "cpu")
+PROFILES = ("mps", "cuda", "accelerator", "cpu")
 
 # request -> {profile: target} for the default mode, override off.
 # Rows of the table in docs/policy.md.
 DEFAULT_TABLE = {
-    None: {"mps": "mps", "cuda": "cuda", "cpu": "keep"},
-    "cpu": {"mps": "mps", "cuda": "cuda", "cpu": "keep"},
-    "cpu:0": {"mps": "mps", "cuda": "cuda", "cpu": "keep"},
-    "cpu:3": {"mps": "mps", "cuda": "cuda", "cpu": "keep"},
-    "cuda": {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
-    "cuda:0": {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
-    "cuda:1": {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
-    "cuda:15": {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
-    0: {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
-    3: {"mps": "mps", "cuda": "keep", "cpu": "cpu"},
-    "mps": {"mps": "keep", "cuda": "cuda", "cpu": "cpu"},
-    "mps:0": {"mps": "keep", "cuda": "cuda", "cpu": "cpu"},
-    "meta": {"mps": "keep", "cuda": "keep", "cpu": "keep"},
-    "meta:1": {"mps": "keep", "cuda": "keep", "cpu": "keep"},
-    "xpu": {"mps": "keep", "cuda": "keep", "cpu": "keep"},
-    "hpu:2": {"mps": "keep", "cuda": "keep", "cpu": "keep"},
-    "cpu:-1": {"mps": "cpu", "cuda": "cpu", "cpu": "cpu"},
+    None: {"mps": "mps", "cuda": "cuda",
+          "accelerator": "accel", "cpu": "keep"},
+    "cpu": {"mps": "mps", "cuda": "cuda",
+           "accelerator": "accel", "cpu": "keep"},
+    "cpu:0": {"mps": "mps", "cuda": "cuda",
+             "accelerator": "accel", "cpu": "keep"},
+    "cpu:3": {"mps": "mps", "cuda": "cuda",
+             "accelerator": "accel", "cpu": "keep"},
+    "cuda": {"mps": "mps", "cuda": "keep",
+            "accelerator": "accel", "cpu": "cpu"},
+    "cuda:0": {"mps": "mps", "cuda": "keep",
+              "accelerator": "accel", "cpu": "cpu"},
+    "cuda:1": {"mps": "mps", "cuda": "keep",
+              "accelerator": "accel", "cpu": "cpu"},
+    "cuda:15": {"mps": "mps", "cuda": "keep",
+               "accelerator": "accel", "cpu": "cpu"},
+    0: {"mps": "mps", "cuda": "keep",
+       "accelerator": "accel", "cpu": "cpu"},
+    3: {"mps": "mps", "cuda": "keep",
+       "accelerator": "accel", "cpu": "cpu"},
+    "mps": {"mps": "keep", "cuda": "cuda",
+           "accelerator": "accel", "cpu": "cpu"},
+    "mps:0": {"mps": "keep", "cuda": "cuda",
+             "accelerator": "accel", "cpu": "cpu"},
+    "meta": {"mps": "keep", "cuda": "keep",
+            "accelerator": "keep", "cpu": "keep"},
+    "meta:1": {"mps": "keep", "cuda": "keep",
+              "accelerator": "keep", "cpu": "keep"},
+    "xpu": {"mps": "keep", "cuda": "keep",
+           "accelerator": "keep", "cpu": "keep"},
+    "hpu:2": {"mps": "keep", "cuda": "keep",
+             "accelerator": "keep", "cpu": "keep"},
+    "cpu:-1": {"mps": "cpu", "cuda": "cpu",
+              "accelerator": "cpu", "cpu": "cpu"},
 }
 
 HOST_REQUESTS = [None, "cpu", "cpu:0", "cpu:3"]
@@ -93,7 +110,7 @@ def test_cpu_minus_one_toggles_only_in_default_mode(profile):
     assert csc["target"] == "cpu" and csc["toggle"] is False
 
 
-@pytest.mark.parametrize("profile", ("mps", "cuda"))
+@pytest.mark.parametrize("profile", ("mps", "cuda", "accelerator"))
 @pytest.mark.parametrize("request_", HOST_REQUESTS)
 def test_requests_from_torch_internals_stay_on_host(request_, profile):
     res = _tdcore.resolve(request_, profile, ACC, from_torch=True)
@@ -144,6 +161,21 @@ def test_parse(text, expected):
     assert _tdcore.parse(text) == expected
 
 
+def test_parse_names_the_generic_accelerators_type():
+    """Only the type installed (or named) is the accelerator's; the index
+    grammar is torch's."""
+    import TorchDevice
+    own = TorchDevice._patches.accelerator_type()
+    if own is not None:
+        assert _tdcore.parse(own) == ("accelerator", -1)
+        assert _tdcore.parse(f"{own}:0") == ("accelerator", 0)
+        assert _tdcore.parse(_native_device(f"{own}:0")) == ("accelerator", 0)
+    else:
+        assert _tdcore.parse("xpu") == ("other", -1)
+    assert _tdcore.resolve("xpu:01", "accelerator",
+                           accelerator="xpu")["target"] == "keep"
+
+
 @pytest.mark.parametrize("bad", [1.5, b"cuda", object(), True, [0]])
 def test_pure_policy_rejects_non_requests(bad):
     with pytest.raises(TypeError):
@@ -177,6 +209,41 @@ def test_pure_policy_rejects_unknown_profile_and_mode():
 def test_float64_downcast(request_, profile, mode, override, expected):
     assert _tdcore.float64_action(request_, profile, mode,
                                   cpu_override=override) == expected
+
+
+# Profile accelerator: the device's capability record says whether it
+# computes float64 (MPS's record: no); its own type's requests ("xpu")
+# land there too.
+@pytest.mark.parametrize("request_, mode, override, expected", [
+    ("cuda", ACC, False, "float32"),
+    ("mps", ACC, False, "float32"),
+    ("xpu", ACC, False, "float32"),
+    ("xpu:0", CSC, False, "float32"),
+    (None, ACC, False, "float32"),
+    ("cpu", ACC, True, "keep"),
+    (None, CSC, False, "keep"),
+    ("meta", ACC, False, "keep"),
+    ("hpu", ACC, False, "keep"),              # another type: not this one
+])
+def test_float64_on_an_accelerator_without_it(request_, mode, override,
+                                              expected):
+    assert _tdcore.float64_action(request_, "accelerator", mode,
+                                  cpu_override=override,
+                                  device_float64=False,
+                                  accelerator="xpu") == expected
+    # The generic record computes float64: nothing changes.
+    assert _tdcore.float64_action(request_, "accelerator", mode,
+                                  cpu_override=override,
+                                  accelerator="xpu") == "keep"
+
+
+def test_the_accelerators_own_type_is_native_on_every_profile():
+    for profile in PROFILES:
+        for text in ("xpu", "xpu:1"):
+            res = _tdcore.resolve(text, profile, ACC, accelerator="xpu")
+            assert res["target"] == "keep" and not res["redirected"]
+    assert _tdcore.resolve("cuda:1", "accelerator", ACC,
+                           accelerator="xpu")["redirected"] is True
 
 
 def test_float64_error_policy():

@@ -98,6 +98,15 @@ def test_creation_and_copies_to_from_and_on_the_device():
     assert torch.nn.Linear(2, 2).simaccel().weight.device == DEV
 
 
+def test_factories_that_call_a_dispatch_stub_run_the_cpu_kernel():
+    """kaiser_window is composite but calls a DispatchStub with the device's
+    type, which only CPU and CUDA fill: it raised an internal assert."""
+    for args in ((4,), (5, False), (5, False, 3.0)):
+        got = torch.kaiser_window(*args, device=DEV)
+        assert got.device == DEV
+        assert torch.equal(got.cpu(), torch.kaiser_window(*args))
+
+
 def test_views_share_storage():
     base = torch.arange(12., device=DEV)
     for view in (base.view(3, 4), base.reshape(4, 3), base[2:8], base.view(3, 4).t(),
@@ -434,6 +443,21 @@ def test_mps_rules_print_tensors_as_torch_prints_mps_ones(mps_rules):
     simaccel.set_mps_rules(False)
     assert repr(torch.tensor([1.5], dtype=torch.float64, device=DEV)).startswith(
         "tensor([1.5000]")
+
+
+def test_mps_rules_grad_scaler_unscales_as_on_mps(mps_rules):
+    """GradScaler.unscale_ takes the inverse scale in float64 except on MPS
+    (torch names MPS): on the device refusing float64 it raised."""
+    model = torch.nn.Linear(3, 1).to(DEV)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler(simaccel.NAME)
+    scaler.scale(model(torch.ones(2, 3, device=DEV)).sum()).backward()
+    scaler.unscale_(opt)
+    assert model.weight.grad.device == DEV
+    assert torch.allclose(model.weight.grad.cpu(), torch.full((1, 3), 2.0))
+    scaler.step(opt)
+    scaler.update()
+    assert scaler._scale.device == DEV
 
 
 def test_mps_rules_honour_mps_own_fallback_variable():

@@ -534,18 +534,44 @@ wrapper_numpy(td_wrapper *w, td_install *st, PyObject *const *args,
 }
 
 /* Without an accelerator there is no pinned memory: pinning is the
- * identity and nothing is pinned.  With one, torch decides. */
+ * identity and nothing is pinned.  With one, a host tensor that the policy
+ * placed on the accelerator (accelerate mode: "cpu" and None land there)
+ * is already where pinning is for: pin_memory() gives a copy, as CUDA's
+ * does (the tensor itself where moves alias), instead of torch's "only
+ * dense CPU tensors can be pinned".  Otherwise torch decides: a tensor the
+ * program put on the accelerator raises as it does on CUDA. */
 static PyObject *
-wrapper_pin(td_wrapper *w, td_install *Py_UNUSED(st), PyObject *const *args,
+wrapper_pin(td_wrapper *w, td_install *st, PyObject *const *args,
             Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (td_get_profile() != TD_PROFILE_CPU || nargs < 1) {
+    if (nargs < 1) {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
-    if (w->kind == TD_KIND_IS_PINNED) {
-        Py_RETURN_FALSE;
+    if (td_get_profile() == TD_PROFILE_CPU) {
+        if (w->kind == TD_KIND_IS_PINNED) {
+            Py_RETURN_FALSE;
+        }
+        return Py_NewRef(args[0]);
     }
-    return Py_NewRef(args[0]);
+    if (w->kind == TD_KIND_PIN_MEMORY && td_get_mode() == TD_MODE_ACCELERATE
+        && PyObject_TypeCheck(args[0], st->tensor_type))
+    {
+        PyObject *is_cpu = PyObject_GetAttr(args[0], st->str_is_cpu);
+        if (is_cpu == NULL) {
+            return NULL;
+        }
+        int on_host = PyObject_IsTrue(is_cpu);
+        Py_DECREF(is_cpu);
+        if (on_host < 0) {
+            return NULL;
+        }
+        if (!on_host && !td_on_accelerator(st, args[0])) {
+            return td_get_move_copies()
+                       ? PyObject_CallOneArg(st->tensor_clone, args[0])
+                       : Py_NewRef(args[0]);
+        }
+    }
+    return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
 }
 
 static PyObject *

@@ -168,14 +168,17 @@ def _normalise(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+# torch's own code that avoids float64 on MPS by naming MPS: printing a
+# tensor (torch._tensor_str.tensor_totype) and GradScaler.unscale_ (its
+# inverse scale).  While the device refuses float64 it is named there too,
+# or those would raise where they work on MPS.
 _torch_totype: Any = None
+_torch_unscale: Any = None
 
 
 def _printing_totype(t: Any) -> Any:
-    """torch._tensor_str.tensor_totype for a device that behaves like MPS:
-    torch prints MPS (and XPU without float64) tensors through float32,
-    naming those devices; the simulated one is named too while it refuses
-    float64, or printing one of its tensors would raise."""
+    """torch._tensor_str.tensor_totype: torch prints MPS (and XPU without
+    float64) tensors through float32."""
     import torch
 
     if t.device.type == NAME:
@@ -183,11 +186,30 @@ def _printing_totype(t: Any) -> Any:
     return _torch_totype(t)
 
 
+def _unscale(self: Any, optimizer: Any) -> Any:
+    """GradScaler.unscale_: torch takes the inverse of the scale in float64
+    except on MPS.  Taken on a host copy of the scale here (the same value:
+    the scale is a power of two); the gradients stay on the device."""
+    import torch
+
+    scale = self._scale
+    if scale is None or scale.device.type != NAME:
+        return _torch_unscale(self, optimizer)
+    # The copy by torch's own operator: a program's `.cpu()` may be
+    # redirected (TorchDevice sends "cpu" to the accelerator by default).
+    self._scale = torch.ops.aten._to_copy.default(scale, device="cpu")
+    try:
+        return _torch_unscale(self, optimizer)
+    finally:
+        self._scale = scale
+
+
 def _apply_mps_rules(enabled: bool) -> None:
     import torch
     import torch._tensor_str as tensor_str
+    from torch.amp import grad_scaler
 
-    global _mps_rules, _torch_totype
+    global _mps_rules, _torch_totype, _torch_unscale
     torch.ops.simaccel.set_mps_rules(enabled)
     if enabled:
         torch.ops.simaccel.set_op_lists(list(_unsupported), list(_cpu_only))
@@ -195,7 +217,9 @@ def _apply_mps_rules(enabled: bool) -> None:
         torch.ops.simaccel.set_op_lists([], [])
     if _torch_totype is None:
         _torch_totype = tensor_str.tensor_totype
+        _torch_unscale = grad_scaler.GradScaler.unscale_
     tensor_str.tensor_totype = _printing_totype if enabled else _torch_totype
+    grad_scaler.GradScaler.unscale_ = _unscale if enabled else _torch_unscale
     _mps_rules = enabled
 
 

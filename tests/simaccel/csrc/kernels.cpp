@@ -861,12 +861,17 @@ TORCH_LIBRARY_IMPL(aten, Negative, m) {
 
 // Operators with both a CPU kernel and a generic (composite) one: a backend
 // without its own kernel would get the generic one, which rounds
-// differently; the device runs the CPU kernel, as for every other operator.
+// differently (or cannot run at all: kaiser_window); the device runs the
+// CPU kernel, as for every other operator.
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   for (const char* name : {"addr", "addr.out", "all.dims_out", "any.dims_out",
                            "native_group_norm", "native_layer_norm", "narrow_copy",
                            "pixel_shuffle", "pixel_unshuffle", "_stack", "_stack.out",
-                           "linalg__powsum"}) {
+                           "linalg__powsum",
+                           // composite, but it calls a DispatchStub with the
+                           // device's type, which only CPU and CUDA fill
+                           "kaiser_window", "kaiser_window.periodic",
+                           "kaiser_window.beta"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&simaccel::host_fallback>());
   }
 }
