@@ -299,19 +299,21 @@ def redirected_types(profile: str) -> Dict[str, str]:
 
 def _accepted_by(device_type: str) -> Optional[Tuple[Any, ...]]:
     """The dtypes torch's autocast accepts on a device type, where it
-    refuses others (torch/amp/autocast_mode.py): the CPU's and MPS's lists,
-    a PrivateUse1 backend's get_amp_supported_dtype(); None: any."""
-    if device_type == "cpu":
+    refuses others (torch/amp/autocast_mode.py): the CPU's, MPS's and XPU's
+    lists, a PrivateUse1 backend's get_amp_supported_dtype(); None: any
+    floating dtype (CUDA's)."""
+    if device_type in ("cpu", "xpu"):
         return (torch.bfloat16, torch.float16)
     if device_type == "mps":
         return (torch.float16, torch.bfloat16)
-    if device_type == getattr(torch._C, "_get_privateuse1_backend_name",
-                              lambda: None)():
-        supported = getattr(getattr(torch, device_type, None),
-                            "get_amp_supported_dtype", None)
-        if supported is not None:
-            return tuple(supported())
-    return None
+    if device_type == "cuda":
+        return None
+    try:
+        module = torch.get_device_module(device_type)
+    except (RuntimeError, ValueError, AttributeError):
+        return None
+    supported = getattr(module, "get_amp_supported_dtype", None)
+    return tuple(supported()) if supported is not None else None
 
 
 def install(profile: str, keep_float16: bool,

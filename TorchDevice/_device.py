@@ -117,7 +117,8 @@ class TorchDevice(str, metaclass=_OriginalAPI):
 
     @staticmethod
     def get_default_device() -> str:
-        """"cuda", "mps" or "cpu": where a factory without device= lands
-        now (the profile, or "cpu" under the CPU override)."""
+        """"cuda", "mps", "cpu" or the accelerator's type ("xpu", ...):
+        where a factory without device= lands now (the profile's device, or
+        "cpu" under the CPU override)."""
         from . import _patches
         return _patches.resolve_device().type

@@ -458,9 +458,11 @@ def _name_for_pickle(owner: Any, name: str) -> None:
 def _lifecycle_hooks(event: str) -> None:
     """What is not an attribute patch: the torch.compile polyfills (_compile),
     the checkpoint deserializer (_checkpoint), the DataLoader's pinning
-    warning filter (_dataloader) and the AMP tables (_amp)."""
-    from . import _amp, _checkpoint, _compile, _dataloader
-    for module in (_checkpoint, _compile, _dataloader, _amp):
+    warning filter (_dataloader), the AMP tables (_amp) and the reducer of
+    tensors sent to other processes (_multiprocessing)."""
+    from . import _amp, _checkpoint, _compile, _dataloader, _multiprocessing
+    for module in (_checkpoint, _compile, _dataloader, _amp,
+                   _multiprocessing):
         getattr(module, event)()
 
 

@@ -81,7 +81,7 @@ def test_failure_at_each_step_leaves_torch_as_it_was(disabled, step):
     for path in NAMESPACES:
         assert after[0][path] == before[0][path], path
     TorchDevice.enable()
-    assert torch.device("cuda").type == TorchDevice.hardware_profile()
+    assert torch.device("cuda").type == TorchDevice.policy()["device"]
     assert _tdcore.hooked_slots() == _tdcore.install_steps()
 
 
@@ -107,7 +107,7 @@ def test_module_teardown_gives_the_slots_back(disabled):
     other.streams_setup(generic_stream=torch.Stream,
                         generic_event=torch.Event)
     assert _tdcore.hooked_slots() == _tdcore.install_steps()
-    assert torch.device("cuda").type == "cpu"
+    assert torch.device("cuda").type == TorchDevice.policy()["device"]
     del other, spec
     gc.collect()
     assert _tdcore.hooked_slots() == ()
@@ -145,7 +145,7 @@ def test_exit_with_redirected_calls_in_atexit_and_finalizers():
     """)
     proc = run_python(code, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    profile = TorchDevice.hardware_profile()
+    profile = TorchDevice.policy()["device"]
     assert f"main {profile} {profile}" in proc.stdout
     assert f"atexit {profile} {profile}" in proc.stdout
     assert f"cycle {profile} {profile}" in proc.stdout

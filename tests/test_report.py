@@ -476,7 +476,7 @@ def test_queries_are_recorded_once_per_site(recording):
         ("torch.accelerator.current_accelerator", "emulated", "cuda", 1),
     }
     assert len({r["line"] for r in here if r["count"] == 100}) == 1
-    assert {r["to"] for r in here} == {TorchDevice.hardware_profile()}
+    assert {r["to"] for r in here} == {TorchDevice.policy()["device"]}
 
 
 @masquerade

@@ -61,7 +61,7 @@ def test_each_private_name_missing(monkeypatch, restore_config, p):
             _use(p)
             assert TorchDevice.is_enabled()
             assert torch.zeros(1, device="cuda").device.type == \
-                TorchDevice.hardware_profile()
+                TorchDevice.policy()["device"]
         texts = [str(w.message) for w in caught
                  if issubclass(w.category, RuntimeWarning)]
         mine = [t for t in texts if p.feature in t]
@@ -98,7 +98,7 @@ for w in caught:
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = proc.stdout.splitlines()[0].split()
-    assert first == ["True", TorchDevice.hardware_profile()]
+    assert first == ["True", TorchDevice.policy()["device"]]
     for feature in (_torch_compat.DEFAULT_DEVICE, _torch_compat.CONSTRUCTORS,
                     _torch_compat.DATALOADER, _torch_compat.LAZY):
         assert feature in proc.stdout, proc.stdout

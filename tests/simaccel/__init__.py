@@ -120,6 +120,15 @@ def _load(build: bool) -> None:
 
     from . import _device
 
+    # Resolved once, now: torch.ops builds an operator's Python object on
+    # first use, through torch.jit's private builtins table, which a
+    # program (or a test of missing private names) may have removed later.
+    for op in ("device_count", "default_generator", "memory_stats",
+               "reset_peak_memory_stats", "reset_accumulated_memory_stats",
+               "fallback_enabled", "set_fallback_enabled", "set_mps_rules",
+               "set_op_lists"):
+        getattr(torch.ops.simaccel, op)
+
     if taken != NAME:
         torch.utils.rename_privateuse1_backend(NAME)
     if not hasattr(torch, NAME):

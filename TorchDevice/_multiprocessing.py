@@ -1,0 +1,85 @@
+"""Tensors sent between processes from a device torch cannot share.
+
+torch sends a tensor to another process (``multiprocessing`` pools and
+queues, ``torch.multiprocessing``) through shared memory on the CPU and CUDA
+IPC on NVIDIA; any other device (MPS, a generic accelerator) fails with
+"_share_fd_: only available on CPU".  CUDA-written code sends what it made
+with ``device="cuda"``, and under TorchDevice also what it made without a
+device (accelerate mode places it on the accelerator), so on those devices
+the tensor goes as a host copy and is put back on the same device in the
+receiving process, with its place as the program sees it ("Moves copy",
+docs/policy.md).  Unlike CUDA IPC the receiver holds a copy: writes there
+do not reach the sender (docs/compile-checkpoints-distributed.md).
+"""
+from __future__ import annotations
+
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+
+# Devices torch sends itself (shared memory, CUDA IPC, nothing to send).
+_NATIVE = ("cpu", "cuda", "meta")
+_MARK = "_torchdevice_on_accelerator"     # csrc/core/tdcore.h, moves.c
+
+_torch_reduce: Optional[Callable[[Any], Any]] = None
+_registered = False
+
+
+def _rebuild(host: torch.Tensor, device: str, requires_grad: bool,
+             on_accelerator: bool, parameter: bool) -> torch.Tensor:
+    """The receiving side: the tensor back on its device (the same device:
+    one machine), with the place the program saw and its autograd flag."""
+    from . import _patches
+    to = _patches._originals.get("tensor_to", torch.Tensor.to)
+    tensor = to(host, device)
+    if on_accelerator:
+        try:
+            setattr(tensor.untyped_storage(), _MARK, True)
+        except (AttributeError, RuntimeError):
+            pass
+    if parameter:
+        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
+    return tensor.requires_grad_(requires_grad) if requires_grad else tensor
+
+
+def reduce_tensor(tensor: torch.Tensor) -> Tuple[Any, ...]:
+    """ForkingPickler's reducer for tensors while TorchDevice is enabled."""
+    assert _torch_reduce is not None
+    device = tensor.device
+    if (device.type in _NATIVE or tensor.layout != torch.strided
+            or (tensor.requires_grad and not tensor.is_leaf)):
+        return _torch_reduce(tensor)       # torch's own, errors included
+    from . import _patches, _tdcore
+    to_host = _patches._originals.get("tensor_cpu", torch.Tensor.cpu)
+    host = to_host(tensor.detach())
+    if host is tensor:
+        host = host.clone()
+    return (_rebuild, (host, str(device), tensor.requires_grad,
+                       _tdcore.on_accelerator(tensor),
+                       isinstance(tensor, torch.nn.Parameter)))
+
+
+def _classes() -> Tuple[type, ...]:
+    return (torch.Tensor, torch.nn.parameter.Parameter)
+
+
+def on_apply() -> None:
+    """Puts the reducer in front of torch's for tensors and parameters."""
+    global _torch_reduce, _registered
+    import torch.multiprocessing.reductions as reductions
+    if _torch_reduce is None:
+        _torch_reduce = reductions.reduce_tensor
+    for cls in _classes():
+        ForkingPickler.register(cls, reduce_tensor)
+    _registered = True
+
+
+def on_restore() -> None:
+    """torch's reducer again."""
+    global _registered
+    if not _registered or _torch_reduce is None:
+        return
+    for cls in _classes():
+        ForkingPickler.register(cls, _torch_reduce)
+    _registered = False
