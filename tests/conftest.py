@@ -103,6 +103,22 @@ def mps_fallback():
         simaccel.set_fallback_enabled(before)
 
 
+# The same in a child process (code run by run_python): put first in the
+# child's code, after `import torch`.
+SIMULATED_MPS_CHILD = """
+import TorchDevice as _td
+from TorchDevice import _patches as _td_patches, _tdcore as _td_core
+if not (_td.hardware_profile() == "accelerator"
+        and _td.policy()["capabilities"] == "mps"):
+    # SimulatedMPS: the mps profile, `meta` standing in for the MPS device
+    _td.disable()
+    _td_patches.apply(mps_device=torch.device("meta"))
+    _td_core.configure("mps", "accelerate", "downcast")
+"""
+# Where MPS requests land in simulated_mps / SIMULATED_MPS_CHILD.
+MPS_LIKE_DEVICE = str(ACCEL) if MPS_LIKE else "meta"
+
+
 def configure_mps_like(mode: str = "accelerate",
                        float64: str = "downcast") -> None:
     """Sets the policy of MPS's code paths (inside `simulated_mps`): the
