@@ -39,8 +39,11 @@ def _deserialize(obj: Any, location: str) -> Any:
     kind = location.split(":", 1)[0]
     if kind not in _TAGS:          # e.g. "cudaX": torch reports it
         return None
-    target = torch.device(location)            # the policy, through the hook
-    if target.type == kind:
+    # The policy without side effects: torch.device() here would record a
+    # "torch.device" row at the user's torch.load line, a call the user's
+    # code never made.
+    target, _ = _tdcore.trace_plan(location)
+    if target is None or target.type == kind:
         return None                            # native: torch's own path
     _tdcore.record("torch.load", "redirected", location, str(target))
     if obj.device == target:

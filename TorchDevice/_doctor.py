@@ -8,7 +8,9 @@ Each finding is one of two kinds:
   ``map_location``, cuDNN flags, the ``"nccl"`` backend and DDP's device
   arguments, an optional import guarded by ``try/except ImportError``, a
   call that cannot work but sits in a ``try`` whose ``except`` catches what
-  it raises);
+  it raises; a device's ``.type`` compared with ``"cuda"`` or ``"mps"`` and
+  a tensor's ``.is_cuda`` / ``.is_mps``, which run but answer False without
+  that hardware, so the finding says that the other branch runs);
 * ``cannot``: nothing at run time can make it work without an NVIDIA GPU
   (CUDA-only packages, CUDA graph capture, direct NCCL calls, custom CUDA
   kernels), and the program does not catch the failure.
@@ -104,6 +106,23 @@ TORCH_APIS: Dict[str, Tuple[str, str]] = {
 }
 
 _DEVICE_STRING = re.compile(r"(cuda|mps)(:\d+)?")
+# What a device type or a tensor's is_cuda/is_mps says where that hardware
+# is absent: tensors and devices always name the device really used
+# (docs/policy.md), so the test is False and the program takes its other
+# branch.
+_HARDWARE = {"cuda": ("CUDA", "an NVIDIA GPU"), "mps": ("MPS", "an Apple GPU")}
+
+
+def _type_test_why(kind: str) -> str:
+    name, hardware = _HARDWARE[kind]
+    return (f"False without {hardware}: devices and tensors name the device "
+            f"really used, so the program takes its non-{name} branch here")
+
+
+def _is_kind_why(kind: str) -> str:
+    name, hardware = _HARDWARE[kind]
+    return (f"False without {hardware}: the tensor is on the device really "
+            f"used, so the program takes its non-{name} branch here")
 # Keyword arguments that name CUDA devices for torch.distributed and
 # DataParallel, dropped at run time (docs/compile-checkpoints-distributed.md).
 _DEVICE_KEYWORDS = {"device_ids", "output_device", "device_id"}
@@ -191,6 +210,7 @@ class _Scanner(ast.NodeVisitor):
         self.findings: List[Finding] = []
         self.guarded = 0    # depth of try blocks that catch ImportError
         self.caught = 0     # depth of try blocks that catch runtime errors
+        self.explained: set = set()   # ids of strings reported with a test
 
     # -- helpers ---------------------------------------------------------
     def add(self, node: ast.AST, kind: str, what: str, why: str,
@@ -281,7 +301,32 @@ class _Scanner(ast.NodeVisitor):
         dotted = self.dotted(node)
         if dotted is not None and self._api(node, dotted):
             return   # the outermost chain speaks for its parts
+        if dotted is None and node.attr in ("is_cuda", "is_mps"):
+            self.add(node, HANDLED, f".{node.attr}",
+                     _is_kind_why(node.attr[len("is_"):]))
         self.generic_visit(node)
+
+    def visit_Compare(self, node: ast.Compare) -> None:
+        """`x.type == "cuda"` (and !=, in, not in, either way round): a
+        device type tested against an accelerator kind."""
+        left = node.left
+        for op, right in zip(node.ops, node.comparators):
+            if isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn)):
+                for side, other in ((left, right), (right, left)):
+                    if isinstance(other, ast.Attribute) \
+                            and other.attr == "type":
+                        self._type_test(side)
+            left = right
+        self.generic_visit(node)
+
+    def _type_test(self, node: ast.AST) -> None:
+        items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) \
+            else [node]
+        for item in items:
+            if isinstance(item, ast.Constant) and item.value in _HARDWARE:
+                self.add(item, HANDLED, f".type compared with {item.value!r}",
+                         _type_test_why(item.value))
+                self.explained.add(id(item))
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
@@ -307,7 +352,7 @@ class _Scanner(ast.NodeVisitor):
     # -- strings ---------------------------------------------------------
     def visit_Constant(self, node: ast.Constant) -> None:
         value = node.value
-        if not isinstance(value, str):
+        if not isinstance(value, str) or id(node) in self.explained:
             return
         if _DEVICE_STRING.fullmatch(value):
             self.add(node, HANDLED, repr(value), _DEVICE_WHY)

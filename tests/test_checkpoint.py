@@ -131,3 +131,27 @@ def test_disabled_torchdevice_leaves_loading_to_torch(cuda_checkpoint,
         torch.load(state)
     TorchDevice.enable()
     assert torch.load(state)["step"] == 7
+
+
+@pytest.mark.parametrize("where", ["none", "str cuda", "dict"])
+def test_report_names_torch_load_only(cuda_checkpoint, where,
+                                      restore_config):
+    """Loading a CUDA checkpoint is recorded as torch.load at the user's
+    line, once per storage moved; the device the loader resolves for each
+    storage is not a torch.device call of the user's."""
+    state, _ = cuda_checkpoint
+    kwargs = {}
+    if MAP_LOCATIONS[where] is not None:
+        kwargs["map_location"] = MAP_LOCATIONS[where]
+    TorchDevice.clear_report()
+    TorchDevice.configure(report=True)
+    try:
+        torch.load(state, **kwargs)
+        records = TorchDevice._tdcore.records()
+    finally:
+        TorchDevice.configure(report=False)
+        TorchDevice.clear_report()
+    apis = {key[3] for key in records}
+    assert apis == {"torch.load"}, records
+    storages = len(_expected()) + 1           # the state dict and "extra"
+    assert sum(records.values()) == storages

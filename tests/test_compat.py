@@ -146,3 +146,17 @@ def test_transformers_masked_lm_in_the_original_style(tmp_path):
     assert f"Default device: {TorchDevice.policy()['device']}" \
         in proc.stdout
     assert "logits on" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [("",), ()], ids=["empty string", "no argument"])
+def test_default_device_spellings_of_the_original_raise_as_torch_does(
+        args, restore_config):
+    """torch.device("") and torch.device() named the default device in the
+    original; here they are malformed specs and raise torch's own error."""
+    TorchDevice.disable()
+    with pytest.raises(Exception) as native:
+        torch.device(*args)
+    TorchDevice.enable()
+    with pytest.raises(type(native.value)) as here:
+        torch.device(*args)
+    assert str(here.value) == str(native.value)

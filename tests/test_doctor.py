@@ -334,3 +334,50 @@ def test_verdict_matches_the_run_for_each_example(tmp_path, example):
     assert _verdict(path, env) == 0, doctor(str(path), cwd=path.parent,
                                             extra_env=env).stdout
     _assert_agree(path, *args, cwd=tmp_path, extra_env=env)
+
+
+TYPE_TESTS = '''\
+import torch
+device = torch.accelerator.current_accelerator()
+x = torch.ones(2, device="cuda")
+print(device.type == "cuda",
+      "cuda" == x.device.type,
+      x.device.type in ("cuda", "xpu"),
+      x.is_cuda,
+      x.is_mps,
+      device.type != "mps")
+'''
+
+
+def test_device_type_tests_say_the_other_branch_runs():
+    """`device.type == "cuda"` and `tensor.is_cuda` run, but answer False
+    without the hardware: the finding says so instead of calling "cuda" a
+    device string that is redirected."""
+    findings = _doctor.scan_source(TYPE_TESTS, "branch.py")
+    by_line: dict = {}
+    for f in findings:
+        assert f.kind == "handled"
+        by_line.setdefault(f.line, []).append((f.what, f.why))
+    assert [w for w, _ in by_line[3]] == ["'cuda'"]      # a real device arg
+    for line in (4, 5, 6):
+        (what, why), = by_line[line]
+        assert what == ".type compared with 'cuda'"
+        assert why.startswith("False without an NVIDIA GPU")
+        assert "non-CUDA branch" in why
+    (what, why), = by_line[7]
+    assert what == ".is_cuda" and why.startswith("False without an NVIDIA GPU")
+    (what, why), = by_line[8]
+    assert what == ".is_mps" and why.startswith("False without an Apple GPU")
+    (what, why), = by_line[9]
+    assert what == ".type compared with 'mps'"
+    assert "non-MPS branch" in why
+
+
+@pytest.mark.skipif(TorchDevice.hardware_profile() != "cpu",
+                    reason="what these tests answer without CUDA or MPS")
+def test_device_type_tests_answer_what_doctor_says(tmp_path):
+    path = tmp_path / "branch.py"
+    path.write_text(TYPE_TESTS)
+    proc = _run(path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False"] * 5 + ["True"]

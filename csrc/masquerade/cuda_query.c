@@ -23,15 +23,33 @@
 
 /* ---- helpers shared by the masquerade files ----------------------------- */
 
+/* Whether torch itself asked, not the user's code: torch.manual_seed
+ * seeding every device, or inductor reading the machine's properties for
+ * its cache key while it compiles.  Dynamo's calls count as the user's
+ * (it runs the user's own torch.cuda calls while tracing), inductor's do
+ * not: it compiles graphs, which hold no torch.cuda calls. */
+static int
+asked_by_torch(td_state *st)
+{
+    if (td_called_from_torch(st->str_name)) {
+        return 1;
+    }
+    Py_ssize_t n;
+    const char *s = td_caller_module(st->str_name, &n);
+    static const char inductor[] = "torch._inductor";
+    const Py_ssize_t k = (Py_ssize_t)(sizeof(inductor) - 1);
+    return s != NULL && n >= k && memcmp(s, inductor, (size_t)k) == 0
+           && (n == k || s[k] == '.');
+}
+
 int
 td_masq_record(td_state *st, td_masq *m, const char *api)
 {
     if (!td_get_report() || m->record == NULL) {
         return 0;
     }
-    /* torch calling torch.cuda itself (torch.manual_seed seeding every
-     * device) is not something the user's code needs to port. */
-    if (td_called_from_torch(st->str_name)) {
+    /* Not something the user's code needs to port. */
+    if (asked_by_torch(st)) {
         return 0;
     }
     PyObject *to = m->target_type ? m->target_type : Py_None;
@@ -285,7 +303,7 @@ static PyObject *
 device_count_as(td_state *st, td_masq *m, td_query q)
 {
     PyObject *n = device_count_of(m);
-    if (n != NULL && td_get_report() && !td_called_from_torch(st->str_name)
+    if (n != NULL && td_get_report() && !asked_by_torch(st)
         && record_query(st, m, q) < 0)
     {
         Py_CLEAR(n);
