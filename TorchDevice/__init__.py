@@ -20,8 +20,8 @@ from typing import Any, Dict, Iterator, List
 
 import torch  # noqa: F401  (TorchDevice patches torch; import it first)
 
-from . import (_capabilities, _config, _log, _masquerade, _patches, _report,
-               _tdcore)
+from . import (_capabilities, _config, _fallback, _log, _masquerade, _patches,
+               _report, _tdcore)
 from ._config import Config
 from ._device import TorchDevice
 
@@ -75,6 +75,15 @@ def _sync_recording() -> None:
     if recording:
         _report.ensure_site_rules()
     _tdcore.set_report(recording)
+    _sync_fallback()
+
+
+def _sync_fallback() -> None:
+    """The host-fallback count (TorchDevice/_fallback.py) watches torch's
+    fallback warnings while TorchDevice is enabled, records, and the
+    device may fall back; otherwise `warnings` is left as it was."""
+    _fallback.sync(_patches.is_applied() and _tdcore.get_report()
+                   and _capabilities.current().host_fallback)
 
 
 def _logging_changed() -> None:
@@ -110,6 +119,7 @@ def configure(**changes: Any) -> Config:
             _patches.restore()
             _push_config(new)
             _patches.apply()
+            _sync_fallback()
         else:
             _push_config(new)
         _forget_compiled_code()
@@ -151,12 +161,14 @@ def enable() -> None:
     with _lock:
         _push_config(_config_now)
         _patches.apply()
+        _sync_fallback()
 
 
 def disable() -> None:
     """Restores every replaced attribute and slot to torch's original."""
     with _lock:
         _patches.restore()
+        _fallback.sync(False)
 
 
 def is_enabled() -> bool:

@@ -39,6 +39,10 @@ class Capabilities:
         process's resident memory), "sampled" (the device's counters, peaks
         the maximum of the samples: MPS keeps none) or "device" (the
         device's counters and its own peaks).
+    host_fallback: the device may run operators it lacks on the host with
+        torch's "will fall back to run on the CPU" warning, which the report
+        counts per operator and call site (docs/report.md); False: nothing
+        is installed to watch for it.
     """
 
     name: str
@@ -48,23 +52,26 @@ class Capabilities:
     events: str
     fallback_variable: Optional[str]
     memory: str
+    host_fallback: bool
 
 
 RECORDS: Dict[str, Capabilities] = {
     "cpu": Capabilities(name="cpu", float64=True, bfloat16=True,
                         float16_autocast="host", events="host",
-                        fallback_variable=None, memory="process"),
+                        fallback_variable=None, memory="process",
+                        host_fallback=False),
     "cuda": Capabilities(name="cuda", float64=True, bfloat16=None,
                          float16_autocast="float16", events="cuda",
-                         fallback_variable=None, memory="device"),
+                         fallback_variable=None, memory="device",
+                         host_fallback=False),
     "mps": Capabilities(name="mps", float64=False, bfloat16=None,
                         float16_autocast="float16", events="metal",
                         fallback_variable="PYTORCH_ENABLE_MPS_FALLBACK",
-                        memory="sampled"),
+                        memory="sampled", host_fallback=True),
     "accelerator": Capabilities(name="accelerator", float64=True,
                                 bfloat16=None, float16_autocast="float16",
                                 events="device", fallback_variable=None,
-                                memory="device"),
+                                memory="device", host_fallback=True),
 }
 
 NAMES = tuple(RECORDS)

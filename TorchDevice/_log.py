@@ -29,6 +29,7 @@ REDIRECTED = "redirected"    # the device changed
 EMULATED = "emulated"        # a torch.cuda call answered from another device
 UNSUPPORTED = "unsupported"  # no faithful equivalent
 TOGGLED = "toggled"          # "cpu:-1" flipped the CPU override
+FELL_BACK = "fell back"      # the device ran an operator on the host
 
 
 def apply_level(level: Optional[int]) -> None:
@@ -89,6 +90,8 @@ def describe(api: str, what: str, src: str, dst: str) -> str:
         return f"{api}({src}) toggled the CPU override"
     if what == REDIRECTED:
         return f"{api}: {src} -> {dst}"
+    if what == FELL_BACK:
+        return f"{api} fell back to the host ({src} -> {dst})"
     return f"{api}: {what} ({src} -> {dst})"
 
 

@@ -421,44 +421,88 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
 
+def _split(records: List[Dict[str, Any]]
+           ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(call-site records, host fallbacks)."""
+    calls = [r for r in records if r["what"] != _log.FELL_BACK]
+    fell = [r for r in records if r["what"] == _log.FELL_BACK]
+    return calls, fell
+
+
+def _site(r: Dict[str, Any], cwd: str) -> str:
+    site = f"{_short_path(r['file'], cwd)}:{r['line']}"
+    if r["function"] and r["function"] != "<module>":
+        site += f" ({r['function']})"
+    return site
+
+
+def _columns(head: Tuple[str, ...], body: List[Tuple[str, ...]],
+             left: int) -> List[str]:
+    """Aligned lines: the first `left` columns to the left, the rest (the
+    numbers) to the right."""
+    widths = [max(len(row[i]) for row in [head] + body)
+              for i in range(len(head))]
+    lines = []
+    for row in [head] + body:
+        cells = [row[i].ljust(widths[i]) for i in range(left)]
+        cells += [row[i].rjust(widths[i]) for i in range(left, len(row))]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
 def format_table(records: List[Dict[str, Any]],
                  profile: Optional[str] = None, processes: int = 1) -> str:
     """The human table: site, API, what happened, count (and, for several
-    processes, how many hit each site)."""
+    processes, how many hit each site); then the operators that fell back
+    to the host, if any."""
     if profile is None:
         profile = _tdcore.settings()["profile"]
-    if not records:
-        return (f"TorchDevice report (profile {profile}): no call site "
-                f"needed a change.\n")
+    calls, fell = _split(records)
     cwd = os.getcwd()
     several = processes > 1
-    head: Tuple[str, ...] = ("site", "api", "what", "from -> to", "count")
+    if not calls:
+        lines = [f"TorchDevice report (profile {profile}): no call site "
+                 f"needed a change."]
+    else:
+        head: Tuple[str, ...] = ("site", "api", "what", "from -> to", "count")
+        if several:
+            head += ("processes",)
+        body = []
+        for r in calls:
+            row: Tuple[str, ...] = (_site(r, cwd), r["api"], r["what"],
+                                    f"{r['from']} -> {r['to']}",
+                                    str(r["count"]))
+            if several:
+                row += (str(r.get("processes", 1)),)
+            body.append(row)
+        title = (f"TorchDevice report (profile {profile}): "
+                 f"{_plural(len(calls), 'call site')}, "
+                 f"{_plural(sum(r['count'] for r in calls), 'call')}")
+        if several:
+            title += f" in {processes} processes"
+        lines = [title] + _columns(head, body, 4)
+    if fell:
+        lines += _fallback_lines(fell, cwd, several)
+    return "\n".join(lines) + "\n"
+
+
+def _fallback_lines(fell: List[Dict[str, Any]], cwd: str,
+                    several: bool) -> List[str]:
+    ops = {r["api"] for r in fell}
+    title = (f"fell back to host: {_plural(len(ops), 'operator')} at "
+             f"{_plural(len(fell), 'call site')}, "
+             f"{_plural(sum(r['count'] for r in fell), 'call')}")
+    head: Tuple[str, ...] = ("site", "op", "device", "count")
     if several:
         head += ("processes",)
     body = []
-    for r in records:
-        site = f"{_short_path(r['file'], cwd)}:{r['line']}"
-        if r["function"] and r["function"] != "<module>":
-            site += f" ({r['function']})"
-        row: Tuple[str, ...] = (site, r["api"], r["what"],
-                                f"{r['from']} -> {r['to']}", str(r["count"]))
+    for r in fell:
+        row: Tuple[str, ...] = (_site(r, cwd), r["api"], r["from"],
+                                str(r["count"]))
         if several:
             row += (str(r.get("processes", 1)),)
         body.append(row)
-    widths = [max(len(row[i]) for row in [head] + body)
-              for i in range(len(head))]
-    calls = sum(r["count"] for r in records)
-    title = (f"TorchDevice report (profile {profile}): "
-             f"{_plural(len(records), 'call site')}, {_plural(calls, 'call')}")
-    if several:
-        title += f" in {processes} processes"
-    lines = [title]
-    for row in [head] + body:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]),
-                 row[2].ljust(widths[2]), row[3].ljust(widths[3])]
-        cells += [row[i].rjust(widths[i]) for i in range(4, len(row))]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines) + "\n"
+    return [title] + _columns(head, body, 3)
 
 
 def document(records: List[Dict[str, Any]],
@@ -470,6 +514,7 @@ def document(records: List[Dict[str, Any]],
 
     from . import __version__
     settings = _tdcore.settings()
+    calls, fell = _split(records)
     return {
         "schema": SCHEMA,
         "torchdevice": __version__,
@@ -482,7 +527,12 @@ def document(records: List[Dict[str, Any]],
         "mode": settings["mode"],
         "processes": processes,
         "records": [{**r, "processes": r.get("processes", 1)}
-                    for r in records],
+                    for r in calls],
+        "fell_back_to_host": [
+            {"op": r["api"], "device": r["from"], "count": r["count"],
+             "processes": r.get("processes", 1), "file": r["file"],
+             "line": r["line"], "function": r["function"]}
+            for r in fell],
     }
 
 

@@ -326,7 +326,8 @@ def test_json_document_schema(recording, tmp_path):
     assert doc["profile"] == TorchDevice.hardware_profile()
     assert set(doc) == {"schema", "torchdevice", "torch", "python",
                         "platform", "pid", "argv", "profile", "mode",
-                        "processes", "records"}
+                        "processes", "records", "fell_back_to_host"}
+    assert doc["fell_back_to_host"] == []
     assert doc["processes"] == 1
     (row,) = doc["records"]
     assert set(row) == {"file", "line", "function", "api", "what", "from",
