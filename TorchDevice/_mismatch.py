@@ -49,8 +49,10 @@ _previous_thread: Optional[Callable[..., Any]] = None
 
 def is_device_mismatch(exc: BaseException) -> bool:
     """Whether `exc` is torch's error for tensors on two devices."""
+    # The whole message: an error in a DataLoader worker comes back as
+    # "Caught RuntimeError in DataLoader worker process 0." + its traceback.
     return isinstance(exc, (RuntimeError, TypeError, ValueError)) and bool(
-        _PATTERN.search(str(exc).split("\n", 1)[0]))
+        _PATTERN.search(str(exc)))
 
 
 # ---- what the traceback says ---------------------------------------------
