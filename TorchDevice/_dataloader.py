@@ -57,7 +57,7 @@ def _placer() -> Optional[Callable[[Any], Any]]:
     if _tdcore.settings()["mode"] != "accelerate":
         return None
     target = _patches.resolve_device(None)
-    if target.type == "cpu":
+    if target.type in ("cpu", "meta"):     # meta: a stand-in holds no data
         return None
     import torch
     from torch.utils._pytree import tree_map
