@@ -16,11 +16,12 @@ import contextlib
 import sys
 import threading
 import warnings
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch  # noqa: F401  (TorchDevice patches torch; import it first)
 
-from . import (_capabilities, _config, _fallback, _log, _masquerade, _patches,
+from . import (_capabilities, _config, _fallback, _log, _masquerade,
+               _mismatch, _patches,
                _report, _tdcore)
 from ._config import Config
 from ._device import TorchDevice
@@ -28,7 +29,7 @@ from ._device import TorchDevice
 __all__ = [
     "TorchDevice", "Config", "enable", "disable", "is_enabled", "configure",
     "config", "cpu_override", "report", "clear_report", "hardware_profile",
-    "policy",
+    "policy", "explain",
 ]
 __version__ = "0.1.0"
 
@@ -195,6 +196,16 @@ def report() -> List[Dict[str, Any]]:
     Recording is on while the report is on (TORCHDEVICE_REPORT,
     configure(report=...)) or the log level is INFO or lower."""
     return _report.rows()
+
+
+def explain(exc: BaseException) -> Optional[str]:
+    """For a device-mismatch error that TorchDevice's redirection can have
+    caused (mode "accelerate"): adds a note to `exc` naming the failing
+    line, the devices of the tensors there, the lines TorchDevice sent to
+    the accelerator (with the report on) and what avoids it, and returns
+    it; None otherwise.  Uncaught errors get the note by themselves; this is
+    for programs (and notebooks) that catch them (docs/policy.md)."""
+    return _mismatch.explain(exc)
 
 
 def clear_report() -> None:

@@ -1,4 +1,5 @@
-"""DataLoader worker processes stay on the CPU.
+"""DataLoader worker processes stay on the CPU; batches go where host
+requests go.
 
 A worker is a child process that only prepares host data; MPS and CUDA
 contexts do not survive ``fork`` and a worker that allocates on the
@@ -9,6 +10,17 @@ the mode.  The loop function torch starts workers with is replaced by one
 that does this and then runs torch's own; it is a module-level function, so
 ``spawn`` and ``forkserver`` workers pickle it by reference (and importing
 it there enables TorchDevice in the child, with the parent's environment).
+
+Batches: torch collates them on the host (its own code, never promoted),
+so in mode "accelerate", where the program's host requests land on the
+accelerator, a batch would be the one host tensor among accelerator ones:
+`pred.cpu() == labels` fails.  So the loader's iterator hands them out
+where a device-less request goes now (the accelerator in "accelerate",
+unless the CPU override is on; the host otherwise), as host tensors for
+the program (a later `.cuda()` copies, as on CUDA).  Containers torch's
+pytree knows (tuples, lists, dicts, named tuples) are walked; other
+objects are left as they are (docs/policy.md, "Real programs under each
+mode").
 
 Pinned memory: on the cpu profile there is nothing to pin, so
 ``Tensor.pin_memory`` is the identity and ``is_pinned`` is False (the core's
@@ -23,7 +35,7 @@ TorchDevice is enabled on that profile that one warning is filtered
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from . import _tdcore, _torch_compat
 
@@ -38,18 +50,57 @@ def worker_loop(*args: Any, **kwargs: Any) -> Any:
     return _original_loop(*args, **kwargs)
 
 
+def _placer() -> Optional[Callable[[Any], Any]]:
+    """The function that moves a batch's host tensors where a device-less
+    request goes now, or None when that is the host."""
+    from . import _patches
+    if _tdcore.settings()["mode"] != "accelerate":
+        return None
+    target = _patches.resolve_device(None)
+    if target.type in ("cpu", "meta"):     # meta: a stand-in holds no data
+        return None
+    import torch
+    from torch.utils._pytree import tree_map
+    to = _original_to or torch.Tensor.to
+
+    def move(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu":
+            return to(x, target, non_blocking=x.is_pinned())
+        return x
+    return lambda batch: tree_map(move, batch)
+
+
+# torch's Tensor.to: the batch is a host tensor for the program, so the
+# move must not mark it "on the accelerator" (docs/policy.md, moves).
+_original_to: Any = None
+
+
+def make_next(original: Any) -> Any:
+    def __next__(self: Any) -> Any:
+        batch = original(self)
+        place = _placer()
+        return batch if place is None else place(batch)
+    __next__.__wrapped__ = original  # type: ignore[attr-defined]
+    __next__.__qualname__ = getattr(original, "__qualname__", "__next__")
+    __next__.__name__ = "__next__"
+    return __next__
+
+
 def patches() -> List[Any]:
     from ._patches import Patch
+    found: List[Any] = []
     worker = _torch_compat.get("worker_loop_module")
-    if worker is None or not _torch_compat.has("worker_loop"):
-        return []
-
-    def build(original: Any) -> Any:
-        global _original_loop
-        _original_loop = original
-        worker_loop.__wrapped__ = original  # type: ignore[attr-defined]
-        return worker_loop
-    return [Patch(worker, "_worker_loop", build)]
+    if worker is not None and _torch_compat.has("worker_loop"):
+        def build(original: Any) -> Any:
+            global _original_loop
+            _original_loop = original
+            worker_loop.__wrapped__ = original  # type: ignore[attr-defined]
+            return worker_loop
+        found.append(Patch(worker, "_worker_loop", build))
+    iterator = _torch_compat.get("BaseDataLoaderIter")
+    if iterator is not None:
+        found.append(Patch(iterator, "__next__", make_next))
+    return found
 
 
 # The one torch warning that contradicts the announced device, by message
@@ -61,8 +112,11 @@ _pin_filter: Optional[Tuple[Any, ...]] = None
 
 def on_apply() -> None:
     """Filters torch's "no accelerator is found" pinning warning on the cpu
-    profile (MPS and CUDA have an accelerator: torch's messages stay)."""
-    global _pin_filter
+    profile (MPS and CUDA have an accelerator: torch's messages stay), and
+    finds torch's Tensor.to for placing batches."""
+    global _pin_filter, _original_to
+    from . import _patches
+    _original_to = _patches._originals.get("tensor_to")
     if _pin_filter is not None or _tdcore.settings()["profile"] != "cpu":
         return
     warnings.filterwarnings("ignore", message=_PIN_MESSAGE,

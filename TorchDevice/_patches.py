@@ -459,10 +459,12 @@ def _lifecycle_hooks(event: str) -> None:
     """What is not an attribute patch: the torch.compile polyfills (_compile),
     the checkpoint deserializer (_checkpoint), the DataLoader's pinning
     warning filter (_dataloader), the AMP tables (_amp) and the reducer of
-    tensors sent to other processes (_multiprocessing)."""
-    from . import _amp, _checkpoint, _compile, _dataloader, _multiprocessing
+    tensors sent to other processes (_multiprocessing) and the note on
+    device mismatches (_mismatch)."""
+    from . import (_amp, _checkpoint, _compile, _dataloader, _mismatch,
+                   _multiprocessing)
     for module in (_checkpoint, _compile, _dataloader, _amp,
-                   _multiprocessing):
+                   _multiprocessing, _mismatch):
         getattr(module, event)()
 
 

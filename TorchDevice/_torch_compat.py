@@ -34,6 +34,7 @@ DEFAULT_DEVICE = "torch's default device (with torch.device(...), " \
                  "torch.set_default_device) deciding for factories"
 CONSTRUCTORS = "finding torch's device constructors by identity"
 DATALOADER = "DataLoader workers kept on the host"
+BATCHES = "DataLoader batches placed where host requests go"
 JIT = "TorchScript redirection (torch.jit.script)"
 COMPILE = "torch.compile support (polyfills for the redirected calls)"
 MPS_RNG = "seeding the MPS generator through torch.cuda"
@@ -52,6 +53,8 @@ PRIVATE: Tuple[Private, ...] = (
             DATALOADER),
     Private("worker_loop", "torch.utils.data._utils.worker", "_worker_loop",
             DATALOADER),
+    Private("BaseDataLoaderIter", "torch.utils.data.dataloader",
+            "_BaseDataLoaderIter", BATCHES),
     Private("jit_builtin_table", "torch.jit._builtins", "_get_builtin_table",
             JIT),
     Private("jit_register_builtin", "torch.jit._builtins",

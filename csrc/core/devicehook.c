@@ -159,6 +159,14 @@ generator_new(td_install *st, newfunc orig_generator_new, PyTypeObject *type,
         }
     }
     td_request req = td_request_from_object(st, arg);
+    /* A generator without a device, or a "cpu" one, stays on the host in
+     * every mode: torch's host-side sampling (DataLoader shuffling,
+     * random_split, randperm in samplers) accepts only host generators, and
+     * a factory that draws from one runs on the host and is moved where the
+     * policy sends it (wrapper.c), so the numbers are the native ones. */
+    if (req.kind == TD_REQ_NONE || req.kind == TD_REQ_CPU) {
+        return orig_generator_new(type, args, kwargs);
+    }
     td_resolution res = td_resolve_now(st, req);
     if (res.target == TD_TARGET_KEEP) {
         return orig_generator_new(type, args, kwargs);

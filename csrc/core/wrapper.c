@@ -191,6 +191,41 @@ undo_toggle_on_error(PyObject *result, td_resolution res)
     return result;
 }
 
+/* 1 when `gen` (a generator= argument) lives on the host, 0 when not or
+ * when it is None, -1 on error. */
+static int
+is_host_generator(td_install *st, PyObject *gen)
+{
+    if (gen == Py_None) {
+        return 0;
+    }
+    PyObject *dev = PyObject_GetAttr(gen, st->str_device);
+    if (dev == NULL) {
+        PyErr_Clear();          /* not a generator: torch will say so */
+        return 0;
+    }
+    td_request req = td_request_from_object(st, dev);
+    Py_DECREF(dev);
+    return req.kind == TD_REQ_CPU;
+}
+
+/* A constructor without a device that draws from a host generator, where
+ * the policy moves it: the numbers are drawn on the host, from that
+ * generator, as natively, and the result (`host`, a new reference) is moved
+ * where the policy sends the call.  Drawing on the device instead would
+ * need a device generator, and torch refuses a host one there. */
+static PyObject *
+move_drawn(td_install *st, PyObject *host, td_resolution res)
+{
+    if (host == NULL || !PyObject_TypeCheck(host, st->tensor_type)) {
+        return host;
+    }
+    PyObject *moved = PyObject_CallMethodOneArg(
+        host, st->str_to, td_target_device(st, res.target));
+    Py_DECREF(host);
+    return moved;
+}
+
 static PyObject *
 call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
                  Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
@@ -227,8 +262,16 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
     if (maybe_report(st, w, req, res, arg) < 0) {
         return undo_toggle_on_error(NULL, res);
     }
+    int host_draw = 0;
+    if (req.kind == TD_REQ_NONE && res.target != TD_TARGET_KEEP) {
+        Py_ssize_t g = find_kw(kwnames, nargs, st->str_generator);
+        host_draw = g >= 0 ? is_host_generator(st, args[g]) : 0;
+        if (host_draw < 0) {
+            return undo_toggle_on_error(NULL, res);
+        }
+    }
     PyObject *add = NULL;
-    if (res.target != TD_TARGET_KEEP) {
+    if (res.target != TD_TARGET_KEEP && !host_draw) {
         PyObject *target = td_target_device(st, res.target);
         if (slot >= 0) {
             subst[nsubst].index = slot;
@@ -239,9 +282,12 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
             add = target;
         }
     }
-    return undo_toggle_on_error(
-        forward(st, w->wrapped, args, nargs, kwnames, subst, nsubst, add),
-        res);
+    PyObject *result = forward(st, w->wrapped, args, nargs, kwnames, subst,
+                               nsubst, add);
+    if (host_draw) {
+        result = move_drawn(st, result, res);
+    }
+    return undo_toggle_on_error(result, res);
 }
 
 /* A tensor made for an accelerator request is on the accelerator for the

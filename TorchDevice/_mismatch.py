@@ -1,0 +1,245 @@
+"""One clear message when a host tensor meets an accelerator tensor because
+TorchDevice sent host requests to the accelerator (docs/policy.md, "When a
+host tensor meets an accelerator tensor").
+
+In mode "accelerate", device-less and "cpu" requests land on the
+accelerator, while some tensors are host tensors whatever the mode: those
+that share memory with host objects (`torch.from_numpy`, `torch.frombuffer`)
+and those torch's own code makes (DataLoader batches,
+`torch.load(map_location="cpu")`).  When the two meet, torch raises
+its bare "Expected all tensors to be on the same device".  This module adds
+a note to that exception saying what happened, where, which of the
+variables at the failing line are on which device, the lines where
+TorchDevice sent host requests to the accelerator (when the report records
+them), and what avoids it.
+
+Nothing here runs on the hot path: the note is built only for an exception
+that is already propagating -- by `sys.excepthook` and
+`threading.excepthook` for uncaught ones (installed while TorchDevice is
+enabled, chained to the hooks in place), and by `TorchDevice.explain(exc)`
+for a program that catches the error itself.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import types
+from typing import Any, Callable, List, Optional, Tuple
+
+from . import _tdcore
+
+# torch's messages for operands on different devices (CPU kernels, CUDA
+# and MPS kernels, convolution's type check, indexing, generators).
+_PATTERN = re.compile(
+    r"Expected all tensors to be on the same device"
+    r"|device type for generator but found"
+    r"|should be either on cpu or on the same device"
+    r"|is on (?:CPU|cpu), but expected (?:it|them) to be on"
+    r"|Expected object of device type"
+    r"|Input type \(.*\) and weight type \(.*\) should be the same")
+
+_MARK = "TorchDevice: "
+_MAX_SITES = 6
+
+_previous_sys: Optional[Callable[..., Any]] = None
+_previous_thread: Optional[Callable[..., Any]] = None
+
+
+def is_device_mismatch(exc: BaseException) -> bool:
+    """Whether `exc` is torch's error for tensors on two devices."""
+    # The whole message: an error in a DataLoader worker comes back as
+    # "Caught RuntimeError in DataLoader worker process 0." + its traceback.
+    return isinstance(exc, (RuntimeError, TypeError, ValueError)) and bool(
+        _PATTERN.search(str(exc)))
+
+
+# ---- what the traceback says ---------------------------------------------
+
+
+def _internal_prefixes() -> Tuple[str, ...]:
+    import torch
+    dirs = [os.path.dirname(os.path.abspath(torch.__file__)),
+            os.path.dirname(os.path.abspath(__file__))]
+    return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
+
+
+def _frames(tb: Optional[types.TracebackType]
+            ) -> List[types.TracebackType]:
+    out = []
+    while tb is not None:
+        out.append(tb)
+        tb = tb.tb_next
+    return out
+
+
+def _is_user(filename: str, internal: Tuple[str, ...]) -> bool:
+    path = os.path.abspath(filename)
+    return not (path.startswith(internal) or "site-packages" in path
+                or "dist-packages" in path or filename.startswith("<frozen"))
+
+
+def _site(tb: types.TracebackType) -> str:
+    code = tb.tb_frame.f_code
+    return f"{_short(code.co_filename)}:{tb.tb_lineno} (in {code.co_name})"
+
+
+def _short(filename: str) -> str:
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith(os.pardir) else rel
+
+
+def _devices_in(frame: types.FrameType) -> List[Tuple[str, str]]:
+    """(name, device) of the tensors among the frame's variables, and of a
+    module's own parameters and buffers when `self` is one."""
+    import torch
+    found: List[Tuple[str, str]] = []
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor) and len(found) < 8:
+            found.append((name, str(value.device)))
+
+    for name, value in list(frame.f_locals.items()):
+        if isinstance(value, (list, tuple)) and len(value) <= 4:
+            for i, item in enumerate(value):
+                add(f"{name}[{i}]", item)
+        elif isinstance(value, torch.nn.Module) and name == "self":
+            for kind in ("_parameters", "_buffers"):
+                for key, item in getattr(value, kind, {}).items():
+                    add(f"self.{key}", item)
+        else:
+            add(name, value)
+    return found
+
+
+def _redirected_sites(accel: str) -> List[str]:
+    """The lines where TorchDevice sent a host request (no device, "cpu")
+    to the accelerator, as the report recorded them."""
+    try:
+        from . import _report
+        rows = _report.rows()
+    except Exception:           # the report is an aid, never an error
+        return []
+    sites = []
+    for row in rows:
+        if row["what"] != "redirected" or row["from"] not in ("default",
+                                                               "cpu"):
+            continue
+        sites.append(f"{_short(row['file'])}:{row['line']} {row['api']} "
+                     f"({row['from']} -> {row['to']}, x{row['count']})")
+    return sites
+
+
+# ---- the note -------------------------------------------------------------
+
+
+def note_for(exc: BaseException) -> Optional[str]:
+    """The note TorchDevice adds to `exc`, or None when `exc` is not a
+    device mismatch TorchDevice's redirection can have caused (TorchDevice
+    disabled, mode "cpu-stays-cpu", no accelerator)."""
+    from . import _patches
+    if not _patches.is_applied() or not is_device_mismatch(exc):
+        return None
+    settings = _tdcore.settings()
+    if settings["mode"] != "accelerate" or settings["profile"] == "cpu":
+        return None
+    accel = _patches.device_type_of(settings["profile"])
+    frames = _frames(exc.__traceback__)
+    internal = _internal_prefixes()
+    user = [tb for tb in frames
+            if _is_user(tb.tb_frame.f_code.co_filename, internal)]
+    lines = [
+        f"{_MARK}a host tensor met an accelerator tensor"
+        + (f" at {_site(user[-1])}" if user else "") + "."]
+    lines.append(
+        f"  In mode \"accelerate\" TorchDevice sends device-less and \"cpu\" "
+        f"requests to {accel}, but these stay on the host: "
+        "torch.from_numpy and torch.frombuffer results (they share memory "
+        "with their source), DataLoader batches, "
+        "torch.load(map_location=\"cpu\") results, and tensors torch's own "
+        "code makes.")
+    if frames:
+        devices = _devices_in(frames[-1].tb_frame)
+        if any(d == "cpu" for _, d in devices) and any(
+                d != "cpu" for _, d in devices):
+            shown = ", ".join(f"{n} on {d}" for n, d in devices)
+            lines.append(f"  At {_site(frames[-1])}: {shown}.")
+    sites = _redirected_sites(accel)
+    if sites:
+        more = len(sites) - _MAX_SITES
+        lines.append("  Host requests TorchDevice sent to the accelerator: "
+                     + "; ".join(sites[:_MAX_SITES])
+                     + (f"; and {more} more" if more > 0 else "") + ".")
+    elif not _tdcore.get_report():
+        lines.append("  Run with --report (TORCHDEVICE_REPORT=1) to list "
+                     "the lines TorchDevice sent to the accelerator.")
+    lines.append(
+        "  To keep a tensor on the host, create it with device=\"cpu:-1\" "
+        "or inside `with TorchDevice.cpu_override():`; to move the host "
+        "tensor, call .to(device) on it as on CUDA; to keep every host "
+        "request on the host, set TORCHDEVICE_MODE=cpu-stays-cpu "
+        "(docs/policy.md).")
+    return "\n".join(lines)
+
+
+def explain(exc: BaseException) -> Optional[str]:
+    """Adds TorchDevice's note to a device-mismatch exception (once) and
+    returns it; None when there is nothing to add."""
+    notes = getattr(exc, "__notes__", None) or []
+    for note in notes:
+        if isinstance(note, str) and note.startswith(_MARK):
+            return note
+    try:
+        note = note_for(exc)
+    except Exception:           # never replace the user's error with ours
+        return None
+    if note is not None and hasattr(exc, "add_note"):
+        exc.add_note(note)
+    return note
+
+
+# ---- the hooks ------------------------------------------------------------
+
+
+def _sys_hook(kind: Any, value: Any, tb: Any) -> None:
+    if isinstance(value, BaseException):
+        explain(value)
+    hook = _previous_sys or sys.__excepthook__
+    hook(kind, value, tb)
+
+
+def _thread_hook(args: Any) -> None:
+    if isinstance(args.exc_value, BaseException):
+        explain(args.exc_value)
+    hook = _previous_thread or threading.__excepthook__
+    hook(args)
+
+
+def on_apply() -> None:
+    """Chains the hooks in, once: where a hook installed after ours still
+    calls ours (the launcher's), ours stays in its chain (_previous_* set)
+    and is not wrapped again."""
+    global _previous_sys, _previous_thread
+    if sys.excepthook is not _sys_hook and _previous_sys is None:
+        _previous_sys = sys.excepthook
+        sys.excepthook = _sys_hook
+    if threading.excepthook is not _thread_hook and _previous_thread is None:
+        _previous_thread = threading.excepthook
+        threading.excepthook = _thread_hook
+
+
+def on_restore() -> None:
+    """Takes the hooks out where they are still the ones in place; one
+    that a later hook calls stays in that chain and only forwards while
+    TorchDevice is disabled."""
+    global _previous_sys, _previous_thread
+    if sys.excepthook is _sys_hook:
+        sys.excepthook = _previous_sys or sys.__excepthook__
+        _previous_sys = None
+    if threading.excepthook is _thread_hook:
+        threading.excepthook = _previous_thread or threading.__excepthook__
+        _previous_thread = None

@@ -1,0 +1,284 @@
+"""The failure classes benchmarks/policy_matrix.py showed, on the simulated
+accelerator with MPS's capability record, in both modes (docs/policy.md,
+"Real programs under each mode").
+
+Each test runs a small program in a fresh process the way a user runs one
+(`python -m TorchDevice run`), with the simulated accelerator loaded before
+TorchDevice looks for hardware (tests/simaccel/README.md).  Skipped, with
+the reason, where the simulated accelerator is not built (`make
+simaccel`).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_python
+
+MODES = ("accelerate", "cpu-stays-cpu")
+ACCEL_ENV = {"SIMACCEL_AUTOLOAD": "1", "SIMACCEL_MPS_RULES": "1",
+             "TORCHDEVICE_CAPABILITIES": "mps"}
+
+
+@functools.lru_cache(maxsize=1)
+def simaccel_missing() -> str:
+    """Why the simulated accelerator cannot run here, or ""."""
+    proc = run_python("import torch; "
+                      "print(torch.accelerator.current_accelerator())",
+                      env=ACCEL_ENV, timeout=120)
+    if proc.returncode != 0:
+        return proc.stderr.strip().splitlines()[-1][:200]
+    if "simaccel" not in proc.stdout:
+        return ("the simulated accelerator's start-up hook is not installed "
+                "(make simaccel)")
+    return ""
+
+
+@pytest.fixture(autouse=True)
+def needs_simaccel():
+    why = simaccel_missing()
+    if why:
+        pytest.skip(f"simulated accelerator unavailable: {why}")
+
+
+def launch(tmp_path: Path, code: str, mode: str, *options: str,
+           native: bool = False) -> subprocess.CompletedProcess:
+    """Runs `code` as a script: with the launcher on the simulated
+    accelerator in `mode`, or (`native`) with plain Python, no accelerator,
+    no TorchDevice."""
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(code))
+    return run_script(script, mode, *options, native=native, cwd=tmp_path)
+
+
+def run_script(script: Path, mode: str, *options: str, native: bool = False,
+               cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TORCHDEVICE", "SIMACCEL"))}
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore")
+    if native:
+        cmd = [sys.executable, str(script)]
+    else:
+        env.update(ACCEL_ENV, TORCHDEVICE_MODE=mode)
+        cmd = [sys.executable, "-m", "TorchDevice", "run", *options,
+               str(script)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          cwd=str(cwd), timeout=300)
+
+
+# ---- host generators --------------------------------------------------------
+
+GENERATOR_PROGRAM = """
+import torch
+from torch.utils.data import DataLoader
+g = torch.Generator().manual_seed(0)
+order = [b.tolist() for b in DataLoader(list(range(8)), batch_size=4,
+                                        shuffle=True, generator=g)]
+print("order", order)
+g = torch.Generator().manual_seed(1)
+x = torch.randn(4, generator=g)
+print("drawn", x.tolist())
+print("randperm", torch.randperm(6, generator=g).tolist())
+print("generator", g.device.type)
+print("device", x.device.type)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_host_generator_shuffles_and_draws_as_natively(tmp_path, mode):
+    """`torch.Generator()` is a host generator in both modes: torch's
+    DataLoader shuffling accepts no other (accelerate mode used to make it
+    an accelerator generator: "Expected a 'cpu' device type for generator
+    but found 'simaccel'").  A factory drawing from it draws the native
+    numbers, and lands where the policy sends the call."""
+    native = launch(tmp_path, GENERATOR_PROGRAM, mode, native=True)
+    assert native.returncode == 0, native.stderr
+    got = launch(tmp_path, GENERATOR_PROGRAM, mode)
+    assert got.returncode == 0, got.stderr[-3000:]
+
+    def lines(out, *keys):
+        return [ln for ln in out.splitlines() if ln.split(" ")[0] in keys]
+    keys = ("order", "drawn", "randperm", "generator")
+    assert lines(got.stdout, *keys) == lines(native.stdout, *keys)
+    where = "simaccel" if mode == "accelerate" else "cpu"
+    assert f"device {where}" in got.stdout
+
+
+def test_device_generator_still_follows_the_request(tmp_path):
+    got = launch(tmp_path, """
+        import torch
+        print(torch.Generator(device="cuda").device.type)
+        print(torch.Generator("cuda").device.type)
+    """, "accelerate")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split() == ["simaccel", "simaccel"]
+
+
+@pytest.mark.slow
+def test_dataloader_program_with_workers_and_pinning_runs(tmp_path):
+    """benchmarks/programs/dataloader_workers.py (two workers, pinned
+    memory, a seeded shuffling generator) in the default mode."""
+    proc = run_script(ROOT / "benchmarks" / "programs" /
+                      "dataloader_workers.py", "accelerate", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESULT accuracy" in proc.stdout
+
+
+# ---- the note on device mismatches -----------------------------------------
+
+MISMATCH = """
+import numpy as np
+import torch
+
+scale = torch.ones(3)                           # line 5: redirected
+values = torch.from_numpy(np.arange(3, dtype=np.float32))
+total = values * scale                          # line 7: host meets device
+"""
+
+
+def test_mismatch_names_the_sites_and_the_way_out(tmp_path):
+    proc = launch(tmp_path, MISMATCH, "accelerate", "--report")
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert "Expected all tensors to be on the same device" in err
+    note = err[err.index("TorchDevice: a host tensor"):]
+    assert re.search(r"at \S*prog\.py:7 \(in <module>\)", note), note
+    assert "values on cpu" in note and "scale on simaccel:0" in note
+    assert re.search(r"prog\.py:5 torch\.ones \(default -> simaccel:0", note)
+    assert 'device="cpu:-1"' in note and "cpu_override()" in note
+    assert "TORCHDEVICE_MODE=cpu-stays-cpu" in note
+    # one note, after torch's message, before the report table
+    assert err.count("TorchDevice: a host tensor") == 1
+
+
+def test_mismatch_without_report_says_how_to_list_the_sites(tmp_path):
+    proc = launch(tmp_path, MISMATCH, "accelerate")
+    assert proc.returncode == 1
+    assert "Run with --report" in proc.stderr
+
+
+def test_no_note_where_torchdevice_did_not_cause_it(tmp_path):
+    """cpu-stays-cpu keeps host requests on the host: a mismatch there is
+    the program's own (it fails on CUDA too) and torch's message stands
+    alone."""
+    proc = launch(tmp_path, """
+        import torch
+        torch.ones(3, device="cuda") + torch.ones(3)
+    """, "cpu-stays-cpu")
+    assert proc.returncode == 1
+    assert "Expected all tensors to be on the same device" in proc.stderr
+    assert "TorchDevice:" not in proc.stderr
+
+
+def test_explain_for_caught_errors_and_threads(tmp_path):
+    proc = launch(tmp_path, """
+        import threading
+        import numpy as np
+        import torch
+        import TorchDevice
+
+        try:
+            torch.from_numpy(np.zeros(2, dtype=np.float32)) + torch.ones(2)
+        except RuntimeError as exc:
+            note = TorchDevice.explain(exc)
+            again = TorchDevice.explain(exc)
+            print("noted", note is not None and note == again,
+                  len(exc.__notes__))
+        print("other", TorchDevice.explain(ValueError("unrelated")))
+
+        def work():
+            torch.frombuffer(bytearray(8), dtype=torch.float32) + torch.ones(2)
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    """, "accelerate")
+    assert proc.returncode == 0, proc.stderr
+    assert "noted True 1" in proc.stdout
+    assert "other None" in proc.stdout
+    assert "TorchDevice: a host tensor met an accelerator tensor" in \
+        proc.stderr          # from threading.excepthook
+
+
+def test_hooks_leave_with_disable(tmp_path):
+    """disable() puts back the hooks it found; under the launcher, whose
+    hook calls ours, ours stays chained once (no loop after disable() and
+    enable()) and the note still comes."""
+    script = tmp_path / "plain.py"
+    script.write_text(textwrap.dedent("""
+        import sys, threading
+        before = sys.excepthook, threading.excepthook
+        import TorchDevice
+        assert sys.excepthook is not before[0]
+        TorchDevice.disable()
+        assert (sys.excepthook, threading.excepthook) == before
+        print("restored")
+    """))
+    plain = run_script(script, "accelerate", native=True, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "restored" in plain.stdout
+    proc = launch(tmp_path, """
+        import numpy as np
+        import torch
+        import TorchDevice
+        TorchDevice.disable()
+        TorchDevice.enable()
+        TorchDevice.disable()
+        TorchDevice.enable()
+        torch.from_numpy(np.zeros(2, dtype=np.float32)) + torch.ones(2)
+    """, "accelerate")
+    assert proc.returncode == 1
+    assert "RecursionError" not in proc.stderr
+    assert proc.stderr.count("TorchDevice: a host tensor") == 1
+
+
+# ---- the overrides in both modes --------------------------------------------
+
+OVERRIDES = """
+import torch
+import TorchDevice
+
+def where(**kw):
+    return torch.ones(1, **kw).device.type
+
+print("start", where(), where(device="cpu"), where(device="cuda"))
+print("escape", torch.ones(1, device="cpu:-1").device.type)
+print("after-escape", where(), where(device="cpu"), where(device="cuda"))
+torch.device("cpu:-1")
+print("toggled-back", where(), where(device="cpu"))
+with TorchDevice.cpu_override():
+    print("scoped", where(), where(device="cpu"), where(device="cuda"))
+print("after-scope", where(), where(device="cpu"))
+"""
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("accelerate", {
+        "start": "simaccel simaccel simaccel",
+        "escape": "cpu",
+        "after-escape": "cpu cpu simaccel",       # the toggle is on
+        "toggled-back": "simaccel simaccel",
+        "scoped": "cpu cpu simaccel",
+        "after-scope": "simaccel simaccel"}),
+    ("cpu-stays-cpu", {
+        "start": "cpu cpu simaccel",
+        "escape": "cpu",
+        "after-escape": "cpu cpu simaccel",       # no toggle in this mode
+        "toggled-back": "cpu cpu",
+        "scoped": "cpu cpu simaccel",
+        "after-scope": "cpu cpu"}),
+])
+def test_cpu_override_and_scope_in_both_modes(tmp_path, mode, expected):
+    proc = launch(tmp_path, OVERRIDES, mode)
+    assert proc.returncode == 0, proc.stderr
+    got = {}
+    for line in proc.stdout.splitlines():
+        key, _, rest = line.partition(" ")
+        got[key] = rest
+    assert got == expected
