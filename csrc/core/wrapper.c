@@ -191,6 +191,31 @@ undo_toggle_on_error(PyObject *result, td_resolution res)
     return result;
 }
 
+/* Whether the call draws from a host generator (generator= is keyword-only
+ * in torch's factories).  Such a draw is the host's random stream, as on
+ * CUDA, where a device-less `torch.randn(n, generator=g)` is a CPU tensor:
+ * promoting the request would make torch refuse the generator.  1, 0, or
+ * -1 with an error set. */
+static int
+draws_from_host_generator(td_install *st, PyObject *const *args,
+                          Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t slot = find_kw(kwnames, nargs, st->str_generator);
+    if (slot < 0 || args[slot] == Py_None) {
+        return 0;
+    }
+    PyObject *dev = PyObject_GetAttr(args[slot], st->str_device);
+    if (dev == NULL) {
+        /* not a generator: torch reports the bad argument */
+        PyErr_Clear();
+        return 0;
+    }
+    int host = Py_TYPE(dev) == st->device_type
+               && td_request_from_object(st, dev).kind == TD_REQ_CPU;
+    Py_DECREF(dev);
+    return host;
+}
+
 static PyObject *
 call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
                  Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
@@ -201,6 +226,18 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
     td_request req = td_request_from_object(st, arg);
     if (req.kind == TD_REQ_NONE && !w->none_policy) {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    if ((req.kind == TD_REQ_NONE || req.kind == TD_REQ_CPU)
+        && td_get_mode() == TD_MODE_ACCELERATE
+        && td_get_profile() != TD_PROFILE_CPU)
+    {
+        int host = draws_from_host_generator(st, args, nargs, kwnames);
+        if (host < 0) {
+            return NULL;
+        }
+        if (host) {
+            return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+        }
     }
     td_resolution res = td_resolve_now(st, req);
     if (req.kind == TD_REQ_NONE && res.target != TD_TARGET_KEEP) {
