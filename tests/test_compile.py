@@ -199,6 +199,7 @@ def test_disable_recompiles_and_enable_restores():
 SIMULATED_MPS = '''
 import json
 import torch
+from torch import zeros as zeros_alias
 import torch._dynamo
 import TorchDevice
 ''' + SIMULATED_MPS_CHILD + '''
@@ -214,7 +215,14 @@ with TorchDevice.cpu_override():
     x = torch.ones(3)
 eager = f(x)
 compiled = torch.compile(f, fullgraph=True, backend="eager")(x)
-print("RESULT" + json.dumps({"eager": eager, "compiled": compiled}))
+
+def g(t):
+    return zeros_alias(3) + t        # torch's own zeros: left on the host
+
+alias = [str(g(x).device),
+         str(torch.compile(g, fullgraph=True, backend="eager")(x).device)]
+print("RESULT" + json.dumps({"eager": eager, "compiled": compiled,
+                             "alias": alias}))
 '''
 
 
@@ -224,3 +232,6 @@ def test_simulated_mps_profile_compiles_like_eager():
     out = _run(SIMULATED_MPS)
     assert out["eager"] == [MPS_LIKE_DEVICE] * 6 + ["torch.float32"]
     assert out["compiled"] == out["eager"]
+    # The graph's code calls torch.zeros by name, which is the replacement:
+    # a host request there was decided when the graph was traced.
+    assert out["alias"] == ["cpu", "cpu"]
