@@ -1,6 +1,8 @@
 """torch.distributed for scripts written for NCCL, where there is no NCCL.
 
-Only on the cpu and mps profiles; on NVIDIA machines everything is native.
+On every profile but cuda; on NVIDIA machines everything is native.
+gloo reduces host tensors only: where "cuda" lands on another accelerator
+(MPS, ...) the rewrite warns that collectives cannot run there.
 
 * ``init_process_group`` / ``new_group``: the backend "nccl" becomes "gloo";
   in the per-device form ("cuda:nccl,cpu:gloo") every NCCL entry becomes
@@ -16,17 +18,22 @@ Only on the cpu and mps profiles; on NVIDIA machines everything is native.
   single-device module needs none).
 * ``dist.barrier(device_ids=[...])``: the ids are dropped (they name CUDA
   devices to run NCCL's barrier on).
-* ``nn.DataParallel`` is a pass-through: it finds no device to scatter to.
+* ``nn.DataParallel`` is a pass-through: it finds no device to scatter to
+  (scattering is CUDA's alone; one device runs the module itself).
 """
 from __future__ import annotations
 
 import functools
+import importlib
+import logging
 from typing import Any, Callable, List, Optional
 
 import torch
 import torch.distributed as dist
 
 from . import _tdcore
+
+_log = logging.getLogger("TorchDevice")
 
 _NCCL = "nccl"
 _GLOO = "gloo"
@@ -62,6 +69,23 @@ def rewrite_backend(backend: Any) -> Any:
     return ",".join(entries)
 
 
+def _warn_device_collectives(api: str) -> None:
+    """gloo, standing in for NCCL, reduces host (and CUDA) tensors only:
+    where "cuda" lands on another accelerator (MPS, ...), tensors there
+    cannot take part in collectives, and torch has no backend that can
+    (docs/compile-checkpoints-distributed.md)."""
+    profile = _tdcore.settings()["profile"]
+    if profile in ("cpu", "cuda"):
+        return
+    from ._patches import device_type_of
+    device = device_type_of(profile)
+    _log.warning(
+        "TorchDevice: %s: gloo stands in for NCCL and reduces host tensors "
+        "only; tensors on %s cannot take part in collectives "
+        "(DistributedDataParallel, all_reduce).  Run the ranks on the host "
+        "with TORCHDEVICE_TARGET=cpu.", api, device)
+
+
 def _init_builder(api: str) -> Callable[[Any], Any]:
     def build(original: Any) -> Any:
         @functools.wraps(original)
@@ -72,6 +96,7 @@ def _init_builder(api: str) -> Callable[[Any], Any]:
             new = rewrite_backend(backend)
             if new != backend:
                 _record(api, backend, new)
+                _warn_device_collectives(api)
             if (not _native() and kwargs.get("device_id") is not None):
                 _record(api, kwargs["device_id"], "no device_id")
                 kwargs["device_id"] = None
@@ -123,9 +148,11 @@ def _ddp_init_builder(original: Any) -> Any:
 def _dp_device_type_builder(original: Any) -> Any:
     @functools.wraps(original)
     def _get_available_device_type() -> Optional[str]:
-        # DataParallel scatters over CUDA devices; with none it is the
-        # module itself (torch's own behaviour without a GPU).
-        if _tdcore.settings()["profile"] == "cpu":
+        # DataParallel scatters with torch._C._scatter, which only CUDA
+        # builds have; everywhere else the one device the program runs on
+        # takes the module itself, which is what DataParallel over one GPU
+        # computes (torch's own behaviour without a GPU).
+        if _tdcore.settings()["profile"] != "cuda":
             return None
         return original()
     return _get_available_device_type
@@ -134,7 +161,9 @@ def _dp_device_type_builder(original: Any) -> Any:
 def patches() -> List[Any]:
     from ._patches import Patch
     import torch.distributed.distributed_c10d as c10d
-    import torch.nn.parallel.data_parallel as data_parallel
+    # `import torch.nn.parallel.data_parallel as m` would give the function
+    # torch.nn.parallel exports under the module's name, not the module.
+    data_parallel = importlib.import_module("torch.nn.parallel.data_parallel")
     from torch.nn.parallel import DistributedDataParallel
 
     table: List[Any] = []

@@ -13,7 +13,8 @@ Each finding is one of two kinds:
   that hardware, so the finding says that the other branch runs);
 * ``cannot``: nothing at run time can make it work without an NVIDIA GPU
   (CUDA-only packages, CUDA graph capture, direct NCCL calls, custom CUDA
-  kernels), and the program does not catch the failure.
+  kernels; the ``"nccl"`` backend where "cuda" lands on an accelerator
+  gloo cannot reduce), and the program does not catch the failure.
 
 The exit status is 1 when there is a finding of the second kind, so the scan
 can gate CI; each verdict is checked against real runs
@@ -102,7 +103,7 @@ TORCH_APIS: Dict[str, Tuple[str, str]] = {
     "torch.utils.cpp_extension.CUDAExtension": (
         CANNOT, "builds CUDA kernels (.cu): they need nvcc and an NVIDIA "
                 "GPU"),
-    "torch.distributed.Backend.NCCL": (HANDLED, _NCCL_WHY),
+    "torch.distributed.Backend.NCCL": (HANDLED, "_NCCL"),
 }
 
 _DEVICE_STRING = re.compile(r"(cuda|mps)(:\d+)?")
@@ -170,6 +171,22 @@ def _availability_why(kind: str) -> str:
             f"TORCHDEVICE_ANNOUNCE={kind} announces {kind} instead")
 
 
+def _nccl_verdict() -> Tuple[str, str]:
+    """gloo stands in for NCCL where "cuda" lands on the host; it reduces
+    host (and CUDA) tensors only, so where "cuda" lands on another
+    accelerator (MPS, ...) the program's collectives cannot run
+    (docs/compile-checkpoints-distributed.md).  The profile is the one
+    `run` configures on this machine, TORCHDEVICE_TARGET included."""
+    from . import policy
+    settings = policy()
+    if settings["profile"] in ("cpu", "cuda"):
+        return HANDLED, _NCCL_WHY
+    return CANNOT, (f"gloo stands in for NCCL and reduces host tensors "
+                    f"only: collectives of tensors on {settings['device']} "
+                    f"cannot run; TORCHDEVICE_TARGET=cpu runs the ranks on "
+                    f"the host")
+
+
 def _lookup_api(dotted: str) -> Optional[Tuple[str, str]]:
     parts = dotted.split(".")
     for n in range(len(parts), 0, -1):
@@ -177,6 +194,8 @@ def _lookup_api(dotted: str) -> Optional[Tuple[str, str]]:
         if hit is not None:
             if hit[1].startswith("_ANNOUNCED_"):
                 return hit[0], _availability_why(hit[1][len("_ANNOUNCED_"):])
+            if hit[1] == "_NCCL":
+                return _nccl_verdict()
             return hit
     return None
 
@@ -357,7 +376,8 @@ class _Scanner(ast.NodeVisitor):
         if _DEVICE_STRING.fullmatch(value):
             self.add(node, HANDLED, repr(value), _DEVICE_WHY)
         elif value == "nccl":
-            self.add(node, HANDLED, "'nccl'", _NCCL_WHY)
+            kind, why = _nccl_verdict()
+            self.add(node, kind, "'nccl'", why)
         elif value == "CUDA_VISIBLE_DEVICES":
             self.add(node, HANDLED, "'CUDA_VISIBLE_DEVICES'",
                      "harmless without NVIDIA GPUs")

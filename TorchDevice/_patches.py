@@ -101,6 +101,21 @@ def _module_apply(original: Any) -> Any:
     return _apply
 
 
+def _host_rng_state(original: Any) -> Any:
+    """torch.set_rng_state: an RNG state is host data (a CPU ByteTensor).
+    One a program loaded with map_location="cuda" and then took `.cpu()`
+    is still on the accelerator in accelerate mode (docs/policy.md);
+    torch's own Tensor.cpu brings it home, as `.cpu()` does on CUDA."""
+    to_host = _originals["tensor_cpu"]
+
+    @functools.wraps(original)
+    def set_rng_state(new_state: Any) -> None:
+        if isinstance(new_state, torch.Tensor) and not new_state.is_cpu:
+            new_state = to_host(new_state)
+        return original(new_state)
+    return set_rng_state
+
+
 def _owner_value(owner: Any, name: str) -> Tuple[bool, Any]:
     """(defined on owner itself?, the value to restore)."""
     if isinstance(owner, type):
@@ -212,6 +227,8 @@ def patch_table() -> List[Patch]:
         Patch(M, "mps", move("Module.mps", "mps", module_to)),
         Patch(M, "to_empty", factory("Module.to_empty", _grammar.FACTORY)),
         Patch(M, "_apply", _module_apply),
+        Patch(torch, "set_rng_state", _host_rng_state),
+        Patch(torch.random, "set_rng_state", _host_rng_state),
     ]
     table += _import("TorchDevice._streams").patches()
     table += _import("TorchDevice._masquerade").patches()

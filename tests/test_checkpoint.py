@@ -155,3 +155,34 @@ def test_report_names_torch_load_only(cuda_checkpoint, where,
     assert apis == {"torch.load"}, records
     storages = len(_expected()) + 1           # the state dict and "extra"
     assert sum(records.values()) == storages
+
+
+def test_rng_states_restored_from_a_checkpoint(tmp_path):
+    """A resumable CUDA script saves torch.get_rng_state() and
+    torch.cuda.get_rng_state_all(), loads them with map_location="cuda" and
+    restores them with `.cpu()`.  Where accelerate mode keeps that `.cpu()`
+    on the accelerator, every setter still gets the host state it needs, and
+    the draws repeat."""
+    path = tmp_path / "rng.pt"
+    torch.manual_seed(3)
+    torch.save({"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all()}, path)
+    with TorchDevice.cpu_override():
+        expected_host = torch.rand(4)
+    expected_cuda = torch.rand(4, device="cuda")
+    ck = torch.load(path, map_location="cuda")
+    assert ck["cpu"].device == TARGET
+    setters = [
+        (torch.set_rng_state,
+         lambda: torch.cuda.set_rng_state_all([s.cpu() for s in ck["cuda"]])),
+        (torch.random.set_rng_state,
+         lambda: torch.cuda.set_rng_state(ck["cuda"][0].cpu())),
+    ]
+    for set_host, set_cuda in setters:
+        # Where "cuda" is the CPU, both states are the one generator's:
+        # the draws come in the order they were made.
+        set_host(ck["cpu"].cpu())
+        set_cuda()
+        with TorchDevice.cpu_override():
+            assert torch.equal(torch.rand(4), expected_host)
+        assert torch.equal(torch.rand(4, device="cuda"), expected_cuda)

@@ -72,11 +72,15 @@ for _ in range(10):
     compiled(x)
 out["compilations_for_10_calls"] = counts["graphs"]
 # Code that captured the original before TorchDevice replaced it still
-# traces (in eager that alias is not redirected either).
+# traces (in eager that alias is not redirected either).  The input is made
+# on the host: in accelerate mode a device-less torch.ones lands on the
+# accelerator, and adding the alias's host zeros to it fails in eager too.
 torch._dynamo.reset()
 f = torch.compile(lambda t: zeros_alias(3) + t, fullgraph=True,
                   backend="eager")
-out["alias_device"] = str(f(torch.ones(3)).device)
+with TorchDevice.cpu_override():
+    host_ones = torch.ones(3)
+out["alias_device"] = str(f(host_ones).device)
 # torch.cuda queries answer in compiled code as they do in the user's code
 # (the masquerade tells torch's own callers the truth).
 def queries(t):
@@ -195,6 +199,7 @@ def test_disable_recompiles_and_enable_restores():
 SIMULATED_MPS = '''
 import json
 import torch
+from torch import zeros as zeros_alias
 import torch._dynamo
 import TorchDevice
 ''' + SIMULATED_MPS_CHILD + '''
@@ -210,7 +215,14 @@ with TorchDevice.cpu_override():
     x = torch.ones(3)
 eager = f(x)
 compiled = torch.compile(f, fullgraph=True, backend="eager")(x)
-print("RESULT" + json.dumps({"eager": eager, "compiled": compiled}))
+
+def g(t):
+    return zeros_alias(3) + t        # torch's own zeros: left on the host
+
+alias = [str(g(x).device),
+         str(torch.compile(g, fullgraph=True, backend="eager")(x).device)]
+print("RESULT" + json.dumps({"eager": eager, "compiled": compiled,
+                             "alias": alias}))
 '''
 
 
@@ -220,3 +232,6 @@ def test_simulated_mps_profile_compiles_like_eager():
     out = _run(SIMULATED_MPS)
     assert out["eager"] == [MPS_LIKE_DEVICE] * 6 + ["torch.float32"]
     assert out["compiled"] == out["eager"]
+    # The graph's code calls torch.zeros by name, which is the replacement:
+    # a host request there was decided when the graph was traced.
+    assert out["alias"] == ["cpu", "cpu"]

@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 
-from conftest import run_python
+from conftest import TARGET, run_python
 
 LOADER = '''
 import json, os, sys, warnings
@@ -74,7 +74,7 @@ def test_workers_pinning_and_non_blocking_cuda(tmp_path, ctx):
         [[float(i)] * 3 for i in range(4)],
         [[float(i)] * 3 for i in range(4, 8)]]
     for r in rows:
-        assert r["moved"] == "cpu"            # the cpu profile's target
+        assert r["moved"] == str(TARGET)      # where "cuda" lands
         assert out["main_pid"] not in r["worker_pids"]
         assert r["worker_devices"] == ["cpu"]
         assert r["worker_override"] is True
@@ -136,3 +136,40 @@ def test_pin_memory_on_the_cpu_profile_warns_nothing(tmp_path):
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "True"
+
+
+def test_a_generator_without_device_is_the_hosts_as_on_cuda(simulated_mps):
+    """On CUDA `torch.Generator()` is a host generator: torch's samplers
+    (DataLoader shuffling, random_split) require one, and a device-less draw
+    from it is a host tensor with the host's numbers.  Where accelerate mode
+    sends device-less tensors to the accelerator, the generator and the
+    draws from it still stay on the host."""
+    import torch
+    from torch.utils.data import DataLoader, random_split
+    import TorchDevice
+    assert str(torch.zeros(1).device) == str(simulated_mps)   # promoted
+    g = torch.Generator().manual_seed(3)
+    assert g.device.type == "cpu"
+    assert torch.Generator(device="cpu").device.type == "cpu"
+    (order,) = DataLoader(range(8), batch_size=8, shuffle=True,
+                          generator=torch.Generator().manual_seed(3))
+    halves = random_split(range(8), [4, 4],
+                          generator=torch.Generator().manual_seed(3))
+    draw = torch.randn(4, generator=torch.Generator().manual_seed(5))
+    host_draw = torch.randn(4, device="cpu",
+                            generator=torch.Generator().manual_seed(5))
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+    with TorchDevice.cpu_override():
+        (ref_order,) = DataLoader(range(8), batch_size=8, shuffle=True,
+                                  generator=torch.Generator().manual_seed(3))
+        ref_halves = random_split(range(8), [4, 4],
+                                  generator=torch.Generator().manual_seed(3))
+        ref_draw = torch.randn(4, generator=torch.Generator().manual_seed(5))
+        ref_perm = torch.randperm(8,
+                                  generator=torch.Generator().manual_seed(3))
+    assert order.tolist() == ref_order.tolist()
+    assert [list(h) for h in halves] == [list(h) for h in ref_halves]
+    for got in (draw, host_draw):
+        assert got.device.type == "cpu"
+        assert torch.equal(got, ref_draw)
+    assert perm.device.type == "cpu" and torch.equal(perm, ref_perm)

@@ -14,11 +14,17 @@ import pytest
 import torch
 
 from TorchDevice import _distributed
-from conftest import HAS_CUDA, ROOT, run_python
+from conftest import ACCEL, HAS_CUDA, ROOT, TARGET, run_python
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or HAS_CUDA,
     reason="needs torch.distributed; on NVIDIA machines NCCL is native")
+
+# gloo, standing in for NCCL, reduces host tensors only: where the machine
+# has another accelerator (make test-accel) the ranks run on the host, as
+# TorchDevice's warning tells such a program to
+# (docs/compile-checkpoints-distributed.md).
+RANKS_ENV = {"TORCHDEVICE_TARGET": "cpu"} if ACCEL is not None else {}
 
 # What a CUDA/NCCL training script looks like, unmodified but for the
 # import.  BACKEND and INIT are filled in per test.
@@ -125,6 +131,7 @@ def test_torchrun_two_ranks_on_gloo(tmp_path, reference, variant):
            if not k.startswith("TORCHDEVICE")}
     env["OMP_NUM_THREADS"] = "1"
     env["TD_RESULT_DIR"] = str(tmp_path)
+    env.update(RANKS_ENV)
     # The ranks import the tree under test, like the test process does.
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -149,6 +156,42 @@ def test_torchrun_two_ranks_on_gloo(tmp_path, reference, variant):
 
 def test_reference_run_uses_dataparallel_as_pass_through(reference):
     assert reference["dp_passthrough"] is True
+
+
+def test_dataparallel_over_one_device_is_the_module():
+    """DataParallel scatters with torch._C._scatter, which only CUDA builds
+    have: on every other profile it runs the module itself, as it does over
+    one GPU, and gives the module's numbers."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2).cuda()
+    dp = torch.nn.DataParallel(model)
+    x = torch.randn(8, 4).cuda()
+    assert dp.module is model and dp.device_ids == []
+    assert torch.equal(dp(x), model(x))
+
+
+def test_nccl_on_another_accelerator_warns_where_to_run(tmp_path):
+    """Where "cuda" lands on an accelerator gloo cannot reduce (MPS, the
+    simulated one), the rewrite says so and how to run the ranks."""
+    if ACCEL is None:
+        pytest.skip("on the host gloo reduces every tensor the program makes")
+    proc = run_python('''
+import torch, torch.distributed as dist
+import TorchDevice
+dist.init_process_group("nccl", init_method="tcp://127.0.0.1:%d",
+                        rank=0, world_size=1)
+t = torch.ones(2, device="cuda")
+try:
+    dist.all_reduce(t)
+    print("REDUCED")
+except RuntimeError as exc:
+    print("REFUSED")
+dist.destroy_process_group()
+''' % _free_port(), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REFUSED" in proc.stdout
+    assert "TORCHDEVICE_TARGET=cpu" in proc.stderr
+    assert f"tensors on {TARGET.type} cannot take part" in proc.stderr
 
 
 @pytest.mark.parametrize("asked, runs", [
@@ -224,6 +267,7 @@ def _torchrun(path, tmp_path, nproc: int = 2):
            if not k.startswith("TORCHDEVICE")}
     env["OMP_NUM_THREADS"] = "1"
     env["TD_RESULT_DIR"] = str(tmp_path)
+    env.update(RANKS_ENV)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     return subprocess.run(
@@ -277,4 +321,4 @@ def test_mp_spawn_starts_one_process_per_configured_device(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = sorted(_results(tmp_path), key=lambda r: r["rank"])
     assert [(r["rank"], r["count"], r["current"], r["device"])
-            for r in ranks] == [(0, 2, 0, "cpu"), (1, 2, 1, "cpu")]
+            for r in ranks] == [(0, 2, 0, str(TARGET)), (1, 2, 1, str(TARGET))]

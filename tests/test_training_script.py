@@ -17,7 +17,9 @@ import sys
 import pytest
 import torch
 
-from conftest import HAS_CUDA, HAS_MPS, ROOT, run_python
+import TorchDevice
+
+from conftest import ACCEL, HAS_CUDA, HAS_MPS, ROOT, TARGET, run_python
 from cpu_reference.audit import assert_identical
 
 SCRIPT = ROOT / "examples" / "train_cuda_research.py"
@@ -28,10 +30,11 @@ COMMON = ["--epochs", "3", "--train-size", "192", "--val-size", "96",
           "--save-every", "4", "--print-freq", "3"]
 
 
-def launch(*args: str) -> str:
+def launch(*args: str, env_extra: dict | None = None) -> str:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TORCHDEVICE")}
     env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore")
+    env.update(env_extra or {})
     # Bit-for-bit resumption is a property of the CPU kernels this machine
     # runs; cudnn.benchmark may pick nondeterministic GPU algorithms.
     target = ["--target", "cpu"] if HAS_CUDA or HAS_MPS else []
@@ -116,3 +119,33 @@ def test_checkpoint_loads_without_torchdevice(runs):
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[0] == "18"
+
+
+@pytest.mark.slow
+def test_float32_run_on_the_accelerator_matches_a_cpu_run(tmp_path):
+    """Without AMP (whose dtype is the device's: float16 here, another on
+    the CPU) the script computes in float32; on another accelerator, whose
+    kernels are the host's, its training equals a CPU run's.  Validation
+    is not compared: its loader's worker seeds come from the host
+    generator, which the CPU run also draws the model's initialisation
+    and dropout from, and the accelerator run draws them from the
+    accelerator's."""
+    if ACCEL is None:
+        pytest.skip("this run is the CPU run")
+    args = ["--epochs", "2", "--train-size", "96", "--val-size", "32",
+            "--save-every", "100", "--print-freq", "100", "--no-amp"]
+    here, cpu = tmp_path / "here", tmp_path / "cpu"
+    launch(*args, "--out-dir", str(here))
+    launch(*args, "--out-dir", str(cpu),
+           env_extra={"TORCHDEVICE_TARGET": "cpu"})
+    with TorchDevice.cpu_override():        # compared on the host
+        got = torch.load(here / "last.pt", weights_only=True,
+                         map_location="cpu")
+        want = torch.load(cpu / "last.pt", weights_only=True,
+                          map_location="cpu")
+    assert got["step"] == want["step"] == 6
+    for (step, a), (_, b) in zip(got["history"], want["history"]):
+        assert abs(a - b) <= 1e-5, (step, a, b)
+    for name, w in want["model"].items():
+        diff = (got["model"][name].double() - w.double()).abs().max()
+        assert diff <= 1e-5, (name, float(diff))

@@ -270,6 +270,48 @@ td_float64_error(td_install *st, PyObject *api)
                  "TORCHDEVICE_FLOAT64=downcast to use float32 instead", api);
 }
 
+/* Whether the caller is code FX generated for a graph (a GraphModule's
+ * forward: what torch.compile's eager backends and fx.symbolic_trace run).
+ * Such code has no module: FX compiles it under a "<eval_with_key>.N" file
+ * name into a namespace without __name__.  Its calls were traced, and
+ * their devices decided then (the compile polyfills, the wrappers under
+ * symbolic tracing), so a host request there is the trace's decision, not
+ * the user's: re-deciding it would make the graph compute somewhere its
+ * trace did not (docs/compile-checkpoints-distributed.md). */
+static int
+called_from_graph_code(td_install *st)
+{
+    PyObject *globals = PyEval_GetGlobals();   /* borrowed */
+    if (globals == NULL || !PyDict_CheckExact(globals)) {
+        return 0;
+    }
+    int has_name = PyDict_Contains(globals, st->str_name);
+    if (has_name != 0) {
+        if (has_name < 0) {
+            PyErr_Clear();
+        }
+        return 0;
+    }
+    PyFrameObject *frame = PyEval_GetFrame();  /* borrowed */
+    if (frame == NULL) {
+        return 0;
+    }
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    int found = 0;
+    if (PyUnicode_Check(code->co_filename)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(code->co_filename, &n);
+        if (s == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            found = starts_with(s, n, "<eval_with_key>");
+        }
+    }
+    Py_DECREF(code);
+    return found;
+}
+
 td_resolution
 td_resolve_now(td_install *st, td_request req)
 {
@@ -281,7 +323,8 @@ td_resolve_now(td_install *st, td_request req)
             || (profile != TD_PROFILE_CPU
                 && (req.kind == TD_REQ_NONE || req.kind == TD_REQ_CPU))))
     {
-        from_torch = td_called_from_torch(st->str_name);
+        from_torch = td_called_from_torch(st->str_name)
+                     || called_from_graph_code(st);
     }
     td_resolution res = td_resolve(req, profile, mode, td_get_cpu_override(),
                                    from_torch);

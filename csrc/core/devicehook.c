@@ -141,7 +141,14 @@ device_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 }
 
 /* torch.Generator(device=None): the device is parsed in C++, not through
- * torch.device, so the argument is rewritten before torch sees it. */
+ * torch.device, so the argument is rewritten before torch sees it.
+ *
+ * Only accelerator requests move.  A generator is a random stream, not
+ * memory: `torch.Generator()` is the host's stream on CUDA, the one torch's
+ * own samplers (DataLoader shuffling, random_split, randperm) require, and
+ * what seeds the same numbers everywhere; promoting it the way accelerate
+ * mode promotes a device-less tensor would break those and change the
+ * numbers (docs/policy.md). */
 static PyObject *
 generator_new(td_install *st, newfunc orig_generator_new, PyTypeObject *type,
               PyObject *args, PyObject *kwargs)

@@ -36,10 +36,10 @@
 #define TD_NAME_FIELDS(X)                                                   \
     X(str_device, "device")                                                 \
     X(str_dtype, "dtype")                                                   \
+    X(str_generator, "generator")                                           \
     X(str_non_blocking, "non_blocking")                                     \
     X(str_memory_format, "memory_format")                                   \
     X(str_is_cpu, "is_cpu")                                                 \
-    X(str_generator, "generator")                                           \
     X(str_to, "to")                                                         \
     X(str_name, "__name__")                                                 \
     X(api_device, "torch.device")                                           \

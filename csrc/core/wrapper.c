@@ -263,7 +263,9 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
         return undo_toggle_on_error(NULL, res);
     }
     int host_draw = 0;
-    if (req.kind == TD_REQ_NONE && res.target != TD_TARGET_KEEP) {
+    if ((req.kind == TD_REQ_NONE || req.kind == TD_REQ_CPU)
+        && res.target != TD_TARGET_KEEP && res.target != TD_TARGET_CPU)
+    {
         Py_ssize_t g = find_kw(kwnames, nargs, st->str_generator);
         host_draw = g >= 0 ? is_host_generator(st, args[g]) : 0;
         if (host_draw < 0) {

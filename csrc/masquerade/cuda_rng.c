@@ -44,6 +44,51 @@ call_gen(td_masq *m, PyObject *method, PyObject *arg)
     return PyObject_CallMethodOneArg(gen, method, arg);
 }
 
+/* A new reference to `state` on the host.  An RNG state is host data (a
+ * CPU ByteTensor) wherever the generator is, but a state a program saved
+ * and loaded with map_location="cuda" comes back on the accelerator, and
+ * its `.cpu()` stays there in accelerate mode (docs/policy.md): torch's
+ * original Tensor.cpu brings it home, as `.cpu()` does on CUDA.  Anything
+ * that is not a tensor goes to the generator, which reports it. */
+static PyObject *
+host_state(PyObject *state)
+{
+    td_install *inst = td_install_acquire();
+    if (inst == NULL) {
+        return Py_NewRef(state);
+    }
+    PyObject *result = NULL;
+    PyObject *is_cpu = PyObject_GetAttr(state, inst->str_is_cpu);
+    if (is_cpu == NULL) {
+        PyErr_Clear();
+        result = Py_NewRef(state);
+        goto done;
+    }
+    int host = PyObject_IsTrue(is_cpu);
+    Py_DECREF(is_cpu);
+    if (host > 0) {
+        result = Py_NewRef(state);
+    }
+    else if (host == 0) {
+        result = PyObject_CallOneArg(inst->tensor_cpu, state);
+    }
+done:
+    Py_DECREF(inst);
+    return result;
+}
+
+static PyObject *
+set_state(td_masq *m, PyObject *state)
+{
+    PyObject *host = host_state(state);
+    if (host == NULL) {
+        return NULL;
+    }
+    PyObject *r = call_gen(m, m->str_set_state, host);
+    Py_DECREF(host);
+    return r;
+}
+
 static PyObject *
 none_or_null(PyObject *r)
 {
@@ -118,7 +163,7 @@ TD_MASQ_FASTKW(rng_set_state)
     {
         return NULL;
     }
-    return none_or_null(call_gen(m, m->str_set_state, state));
+    return none_or_null(set_state(m, state));
 }
 
 TD_MASQ_NOARGS(rng_get_state_all)
@@ -145,7 +190,7 @@ TD_MASQ_O(rng_set_state_all)
         return NULL;
     }
     while ((item = PyIter_Next(it)) != NULL) {
-        PyObject *r = call_gen(m, m->str_set_state, item);
+        PyObject *r = set_state(m, item);
         Py_DECREF(item);
         if (r == NULL) {
             Py_DECREF(it);

@@ -87,3 +87,30 @@ def assert_identical(ref: Any, got: Any, where: str = "") -> None:
             f"{(ref.double() - got.double()).abs().max().item()}")
     else:
         assert ref == got, (where, ref, got)
+
+
+def assert_close(ref: Any, got: Any, where: str = "",
+                 atol: float = 1e-5) -> None:
+    """assert_identical for a run on another device whose kernels may pick
+    other algorithms (attention, reductions): same structure and types,
+    integer and bool tensors equal, floating ones within `atol`."""
+    assert type(ref) is type(got), (where, type(ref), type(got))
+    if isinstance(ref, dict):
+        assert ref.keys() == got.keys(), where
+        for key in ref:
+            assert_close(ref[key], got[key], f"{where}.{key}", atol)
+    elif isinstance(ref, (list, tuple)):
+        assert len(ref) == len(got), where
+        for i, (a, b) in enumerate(zip(ref, got)):
+            assert_close(a, b, f"{where}[{i}]", atol)
+    elif isinstance(ref, torch.Tensor):
+        assert ref.dtype == got.dtype and ref.shape == got.shape, where
+        if ref.is_floating_point() or ref.is_complex():
+            diff = (ref.double() - got.double()).abs().max().item()
+            assert diff <= atol, f"{where}: max abs difference {diff}"
+        else:
+            assert torch.equal(ref, got), where
+    elif isinstance(ref, float):
+        assert abs(ref - got) <= atol, (where, ref, got)
+    else:
+        assert ref == got, (where, ref, got)
