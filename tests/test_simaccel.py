@@ -360,6 +360,26 @@ def test_autograd_and_optimizer_step_match_the_cpu(optimizer_cls):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss", [torch.nn.functional.mse_loss,
+                                  torch.nn.functional.smooth_l1_loss])
+def test_losses_run_the_cpu_kernel_without_warnings(loss):
+    """torch's generic kernel of these losses calls the CPU's out= kernel,
+    which warned ("An output with one or more elements was resized") at
+    every call on the device."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 3, generator=g), torch.randn(16, 3, generator=g)
+    dev_a = a.to(DEV).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = loss(dev_a, b.to(DEV))
+        got.backward()
+    host_a = a.clone().requires_grad_()
+    want = loss(host_a, b)
+    want.backward()
+    assert got.device == DEV and torch.equal(got.cpu(), want)
+    assert torch.equal(dev_a.grad.cpu(), host_a.grad)
+
+
 @pytest.mark.parametrize("cell", [torch.nn.LSTM, torch.nn.GRU])
 def test_recurrent_layers_match_the_cpu(cell):
     # torch runs them on fused cells for CUDA and PrivateUse1 devices.
