@@ -403,7 +403,7 @@ static PyGetSetDef Event_getset[] = {
      "An opaque identifier once recorded, 0 before (no cudaEvent_t).", NULL},
     {"event_id", Event_get_handle_id, NULL, NULL, NULL},
     {"_td_backend", Event_get_backend, NULL,
-     "TorchDevice backend: 'cpu', 'metal' or 'cuda'.", NULL},
+     "TorchDevice backend: 'cpu', 'metal', 'cuda' or 'device'.", NULL},
     {"_td_native", Event_get_native, NULL,
      "The wrapped torch.mps.Event / torch.cuda.Event, or None (CPU).", NULL},
     {NULL, NULL, NULL, NULL, NULL},

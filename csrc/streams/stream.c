@@ -599,7 +599,7 @@ static PyGetSetDef Stream_getset[] = {
     {"native_handle", Stream_get_stream_id, NULL, NULL, NULL},
     {"priority", Stream_get_priority, NULL, NULL, NULL},
     {"_td_backend", Stream_get_backend, NULL,
-     "TorchDevice backend: 'cpu', 'metal' or 'cuda'.", NULL},
+     "TorchDevice backend: 'cpu', 'metal', 'cuda' or 'device'.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
