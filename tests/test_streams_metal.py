@@ -8,6 +8,11 @@ worker reaches them.  Everything on our side of the seam is the code that
 runs on a Mac: the C types, the backend, the ops tuple built by
 TorchDevice._streams.setup().  What the real torch.mps does with those calls
 was not run (see docs/streams.md).
+
+In `make test-accel` the Metal backend is also the one in use, over the
+simulated accelerator's own events (tests/test_streams.py); SimulatedMetal
+stays here because that device works synchronously and could not show
+timing that comes from a queue, or a query that answers "busy".
 """
 from __future__ import annotations
 
