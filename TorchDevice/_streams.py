@@ -40,6 +40,9 @@ _CUDA_SYNCHRONIZE = torch.cuda.synchronize
 _MPS_EVENT = torch.mps.Event
 _MPS_SYNCHRONIZE = torch.mps.synchronize
 _TORCH_EVENT = getattr(torch, "Event", None)
+# torch's own: setup() may run again while ours is installed (tests hand
+# simulated backends), and ours calls the one it was handed.
+_RECORD_STREAM = torch.Tensor.record_stream
 
 # torch.mps stream API of newer torch releases (absent from 2.13).
 _MPS_STREAM_NAMES = ("Stream", "StreamContext", "stream", "current_stream",
@@ -115,7 +118,7 @@ def setup(metal: Optional[Any] = None, cuda: Optional[Any] = None) -> None:
         metal_ops=metal_ops,
         cuda_ops=cuda_ops,
         device_ops=accel_ops,
-        record_stream=torch.Tensor.record_stream,
+        record_stream=_RECORD_STREAM,
         generic_stream=getattr(torch, "Stream", None),
         generic_event=getattr(torch, "Event", None),
     )

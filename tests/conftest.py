@@ -65,7 +65,8 @@ def restore_config():
     else:
         TorchDevice.disable()
     TorchDevice.configure(target=saved.target, mode=saved.mode,
-                          float64=saved.float64, log_level=saved.log_level)
+                          float64=saved.float64, log_level=saved.log_level,
+                          report=saved.report)
 
 
 def pytest_collection_modifyitems(config, items):

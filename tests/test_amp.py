@@ -14,13 +14,20 @@ import torch.nn.functional as F
 from torch.amp import autocast_mode, grad_scaler
 
 import TorchDevice
-from TorchDevice import _amp
-from conftest import HAS_CUDA, HAS_MPS, run_python
+from TorchDevice import _amp, _capabilities
+from conftest import HAS_CUDA, HAS_MPS, TARGET, host, run_python
 
+# CUDA autocast redirected: to the CPU (profile cpu) or to the accelerator
+# (profile accelerator, e.g. the simulated one with MPS's record).
 cpu_only = pytest.mark.skipif(HAS_CUDA or HAS_MPS,
-                              reason="profile cpu: CUDA autocast on the CPU")
+                              reason="CUDA autocast redirected: profiles cpu "
+                                     "and accelerator only")
 
-FLOAT16_BECOMES = _amp.float16_choice("cpu", False, _amp.cpu_has_bfloat16())
+# What CUDA's float16 autocast becomes on the device "cuda" lands on: the
+# capability record in force says (docs/policy.md, "Mixed precision").
+FLOAT16_BECOMES = _amp.float16_choice(TARGET.type, False,
+                                      _amp.cpu_has_bfloat16(),
+                                      record=_capabilities.current())
 
 
 # ---- a nanoGPT-style model and training step --------------------------------
@@ -116,10 +123,17 @@ class _null:
 @cpu_only
 def test_float32_autocast_trains_bit_for_bit_like_native_cpu():
     """nanoGPT --dtype=float32: autocast("cuda", float32) computes in
-    float32, so the numbers are those of the native CPU run."""
+    float32, so the numbers are those of a native float32 run without
+    autocast on the device really used, bit for bit.  On an accelerator
+    torch's optimizer and clipping take their multi-tensor (foreach) paths,
+    which round differently from the CPU's loops: there the losses also
+    equal a native CPU run's within 1e-5.  (Not the weights: the key bias
+    of attention has no true gradient, and AdamW turns its rounding noise
+    into steps of the learning rate.)"""
     TorchDevice.disable()
     try:
-        want_losses, want_state = train_gpt("cpu", torch.float32)
+        want_losses, want_state = train_gpt(str(TARGET), torch.float32)
+        cpu_losses, _ = train_gpt("cpu", torch.float32)
     finally:
         TorchDevice.enable()
     with warnings.catch_warnings():
@@ -127,7 +141,8 @@ def test_float32_autocast_trains_bit_for_bit_like_native_cpu():
         got_losses, got_state = train_gpt("cuda", torch.float32)
     assert got_losses == want_losses
     for name, value in want_state.items():
-        assert torch.equal(got_state[name], value), name
+        assert torch.equal(host(got_state[name]), host(value)), name
+    assert got_losses == pytest.approx(cpu_losses, rel=0, abs=1e-5)
 
 
 @cpu_only
@@ -238,7 +253,7 @@ def test_grad_scaler_is_enabled_as_on_cuda_and_trains():
     for scaler in (torch.amp.GradScaler(), torch.amp.GradScaler("cuda"),
                    torch.cuda.amp.GradScaler()):
         assert scaler.is_enabled()
-        assert scaler._device == "cpu"
+        assert scaler._device == TARGET.type
     losses, _ = train_gpt("cuda", torch.float16, steps=30)
     assert all(math.isfinite(v) for v in losses)
     assert max(losses[-3:]) < losses[0] * 0.8
@@ -339,13 +354,14 @@ def test_autocast_inside_compiled_code(dynamo_first):
 @cpu_only
 def test_float16_change_is_logged(restore_config, caplog):
     TorchDevice.configure(log_level="INFO")
-    if FLOAT16_BECOMES is torch.float16:
-        pytest.skip("this CPU keeps float16")
     with caplog.at_level(logging.INFO, logger="TorchDevice"):
         with torch.autocast("cuda"):
             pass
-    assert any("autocast torch.float16 runs as" in r.getMessage()
-               for r in caplog.records)
+    # Logged where it changes; where the device keeps float16 (a CPU
+    # without bfloat16 arithmetic keeps float32 instead) nothing is said.
+    changed = any("autocast torch.float16 runs as" in r.getMessage()
+                  for r in caplog.records)
+    assert changed is (FLOAT16_BECOMES is not torch.float16)
 
 
 @cpu_only

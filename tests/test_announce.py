@@ -35,10 +35,12 @@ CUDA_APIS = {
         "torch.cuda.get_allocator_backend() == 'native'",
     "torch.cuda.is_bf16_supported()":
         "isinstance(torch.cuda.is_bf16_supported(), bool)",
-    "torch.cuda.memory_allocated()": "torch.cuda.memory_allocated() > 0",
+    "torch.cuda.memory_allocated()":
+        "holding('cuda') and torch.cuda.memory_allocated() > 0",
     "torch.cuda.max_memory_allocated()":
-        "torch.cuda.max_memory_allocated() > 0",
-    "torch.cuda.memory_reserved()": "torch.cuda.memory_reserved() > 0",
+        "holding('cuda') and torch.cuda.max_memory_allocated() > 0",
+    "torch.cuda.memory_reserved()":
+        "holding('cuda') and torch.cuda.memory_reserved() > 0",
     "torch.cuda.mem_get_info()": "torch.cuda.mem_get_info()[1] > 0",
     "torch.cuda.memory_stats()": "len(torch.cuda.memory_stats()) > 0",
     "torch.cuda.memory_summary()": "bool(torch.cuda.memory_summary())",
@@ -80,9 +82,9 @@ MPS_APIS = {
     "torch.mps.synchronize()": "torch.mps.synchronize() is None",
     "torch.mps.empty_cache()": "torch.mps.empty_cache() is None",
     "torch.mps.current_allocated_memory()":
-        "torch.mps.current_allocated_memory() > 0",
+        "holding('mps') and torch.mps.current_allocated_memory() > 0",
     "torch.mps.driver_allocated_memory()":
-        "torch.mps.driver_allocated_memory() > 0",
+        "holding('mps') and torch.mps.driver_allocated_memory() > 0",
     "torch.mps.recommended_max_memory()":
         "torch.mps.recommended_max_memory() > 0",
     "torch.mps.set_per_process_memory_fraction(1.5)":
@@ -163,6 +165,14 @@ def autocast_runs(kind):
     with torch.autocast(kind):
         y = torch.ones(2, 2, device=kind) @ torch.ones(2, 2, device=kind)
         return torch.is_autocast_enabled(kind) and y.dtype != torch.float32
+
+HELD = []
+
+def holding(kind):
+    """A tensor kept on the device: a fresh process has nothing allocated
+    there (a device's counters read 0, as CUDA's do)."""
+    HELD.append(torch.ones(1 << 16, device=kind))
+    return True
 
 def tensor_runs(kind):
     return (torch.zeros(2, device=kind) + 1).sum().item() == 2

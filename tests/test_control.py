@@ -9,10 +9,17 @@ import torch
 import TorchDevice
 from TorchDevice import TorchDevice as TD
 from TorchDevice import _patches, _tdcore
-from conftest import HAS_CUDA, run_python
+from conftest import HAS_CUDA, PROFILE, TARGET, run_python
 
-CPU = torch.device("cpu")
-cpu_profile = pytest.mark.skipif(HAS_CUDA, reason="profile cpu expectations")
+# The host, and the device "cuda" requests land on (the CPU itself on
+# profile cpu; the accelerator on profile accelerator, where in the default
+# mode a device-less or "cpu" request lands too).  torch.device("cpu") is
+# itself redirected there in the default mode: the host device is built
+# under the override.
+with TorchDevice.cpu_override():
+    CPU = torch.device("cpu")
+cpu_profile = pytest.mark.skipif(HAS_CUDA, reason="CUDA redirected: "
+                                 "profiles cpu and accelerator only")
 
 
 def test_disable_restores_identical_originals(restore_config):
@@ -63,7 +70,7 @@ def test_import_order_and_silence():
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    assert proc.stdout.strip() in ("cpu", "mps", "cuda")
+    assert proc.stdout.strip() == _patches.device_type_of(PROFILE)
 
 
 @cpu_profile
@@ -147,22 +154,23 @@ class TestTorchDeviceObject:
     def test_default_and_requests(self):
         d = TD()
         assert isinstance(d.device, torch.device)
-        assert d.device == CPU and d.type == "cpu" and d.index is None
-        assert str(d) == "cpu"
-        assert repr(d) == "TorchDevice(device(type='cpu'))"
+        assert d.device == TARGET and d.type == TARGET.type
+        assert d.index == TARGET.index
+        assert str(d) == str(TARGET)
+        assert repr(d) == f"TorchDevice({TARGET!r})"
         c = TD("cuda")
-        assert c.device == CPU
-        assert TD("cuda", 1).device == CPU
-        assert TD(torch.device("mps")).device == CPU
+        assert c.device == TARGET
+        assert TD("cuda", 1).device == TARGET
+        assert TD(torch.device("mps")).device == TARGET
         assert TD("meta").device == torch.device("meta")
 
     def test_accepted_wherever_a_device_is(self):
         d = TD("cuda")
-        assert torch.zeros(2, device=d).device == CPU
+        assert torch.zeros(2, device=d).device == TARGET
         m = torch.nn.Linear(2, 2).to(TD())
-        assert m.weight.device == CPU
-        assert torch.ones(1).to(d).device == CPU
-        assert torch.device(d) == CPU
+        assert m.weight.device == TARGET
+        assert torch.ones(1).to(d).device == TARGET
+        assert torch.device(d) == TARGET
 
     def test_control_through_the_class(self, restore_config):
         TD.disable()
@@ -186,7 +194,7 @@ def test_logging_names_the_call_site(restore_config, caplog, tmp_path):
     assert len(rows) == 1
     assert rows[0]["count"] == 3
     assert rows[0]["file"] == __file__
-    assert rows[0]["from"] == "cuda" and rows[0]["to"] == "cpu"
+    assert rows[0]["from"] == "cuda" and rows[0]["to"] == str(TARGET)
     messages = [r.getMessage() for r in caplog.records]
     hits = [m for m in messages if "torch.zeros" in m]
     assert len(hits) == 1 and f"{__file__}:" in hits[0]
@@ -230,14 +238,23 @@ def test_torch_calling_torch_cuda_is_not_reported(tmp_path):
 @cpu_profile
 def test_enabling_does_not_import_psutil_until_it_is_needed():
     # psutil's import alone costs more than enabling TorchDevice: the CUDA
-    # properties that need it are built at first use.
+    # properties that need it (the CPU's, profile cpu) are built at first
+    # use.  An accelerator's come from its device module.
     proc = run_python("""
         import sys, torch, TorchDevice
         print('psutil' in sys.modules)
         props = torch.cuda.get_device_properties(0)
-        import psutil
-        print(props.total_memory == psutil.virtual_memory().total,
-              props.multi_processor_count == psutil.cpu_count(logical=False))
+        accel = TorchDevice._patches.accelerator_device()
+        if accel is None:
+            import psutil
+            print(props.total_memory == psutil.virtual_memory().total,
+                  props.multi_processor_count
+                  == psutil.cpu_count(logical=False))
+        else:
+            own = torch.get_device_module(accel.type).get_device_properties(
+                accel)
+            print(props.total_memory == own.total_memory,
+                  props.name == own.name)
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True", "True"]

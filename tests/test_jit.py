@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import TorchDevice
-from conftest import HAS_CUDA, HAS_MPS, run_python
+from conftest import HAS_CUDA, HAS_MPS, TARGET, run_python
 
 pytestmark = pytest.mark.skipif(
-    HAS_CUDA or HAS_MPS, reason="expectations of the cpu profile")
+    HAS_CUDA or HAS_MPS, reason="CUDA redirected: profiles cpu and "
+    "accelerator only")
 
 
 def cuda_function(x: torch.Tensor) -> torch.Tensor:
@@ -43,9 +44,9 @@ def test_scripted_function_runs_on_the_redirected_device():
     scripted = torch.jit.script(cuda_function)
     x = torch.tensor([1.0, 2.0, 3.0])
     out = scripted(x)
-    assert out.device.type == "cpu"
-    assert torch.equal(out, torch.tensor([4.0, 8.0, 12.0]))
-    assert _device_constants(scripted.graph) == {"cpu"}
+    assert out.device == TARGET
+    assert out.tolist() == [4.0, 8.0, 12.0]
+    assert _device_constants(scripted.graph) == {str(TARGET)}
     assert not scripted.graph.findAllNodes("aten::cuda")
 
 
@@ -54,7 +55,8 @@ def test_decorator_form():
     def f(n: int) -> torch.Tensor:
         return torch.ones(n, device="cuda") * 2
 
-    assert torch.equal(f(2), torch.tensor([2.0, 2.0]))
+    assert f(2).device == TARGET
+    assert f(2).tolist() == [2.0, 2.0]
 
 
 def test_scripted_module_with_helper(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,11 +11,16 @@ import torch
 
 import TorchDevice
 from TorchDevice import _info
+from conftest import MACHINE_VARIABLES
 
 
 def info(*args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "TORCHDEVICE_MODE": "cpu-stays-cpu",
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    # A bare environment, apart from what describes the machine (the
+    # simulated accelerator's SIMACCEL_* and its capability record).
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith("SIMACCEL") or k in MACHINE_VARIABLES}
+    env.update({"PATH": "/usr/bin:/bin", "TORCHDEVICE_MODE": "cpu-stays-cpu",
+                "PYTHONDONTWRITEBYTECODE": "1"})
     return subprocess.run([sys.executable, "-m", "TorchDevice", "info",
                            *args], capture_output=True, text=True, env=env,
                           timeout=300)

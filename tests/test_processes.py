@@ -18,9 +18,10 @@ import multiprocessing
 
 import pytest
 
-from conftest import HAS_CUDA, run_python
+from conftest import HAS_CUDA, TARGET, run_python
 
-pytestmark = pytest.mark.skipif(HAS_CUDA, reason="profile cpu expectations")
+pytestmark = pytest.mark.skipif(HAS_CUDA, reason="CUDA redirected: profiles "
+                                "cpu and accelerator only")
 
 SCRIPT = r'''
 import json, os, sys
@@ -135,14 +136,15 @@ def assert_all_worked(out: dict, *, mode: str = "accelerate") -> None:
     for info in infos:
         assert info["enabled"] is True, info
         assert "error" not in info, info
-        assert info["device"] == "cpu" and info["tensor"] == "cpu", info
+        assert info["device"] == str(TARGET), info
+        assert info["tensor"] == str(TARGET), info
         assert info["policy"]["mode"] == mode, info
         if "elapsed_ok" in info:
             assert info["elapsed_ok"] and info["cuda_available"], info
     pids = {c["pid"] for c in out["children"]}
     assert out["parent"]["pid"] not in pids
     assert out["values"] == [[float(i)] * 3 for i in range(4)]
-    assert out["returned_devices"] == ["cpu"] * 4
+    assert out["returned_devices"] == [str(TARGET)] * 4
     assert out["sum_after"] == 18.0
     assert out["loader"] == [[[0.0, 0.0], [1.0, 1.0]],
                              [[2.0, 2.0], [3.0, 3.0]]]

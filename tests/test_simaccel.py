@@ -4,6 +4,7 @@ tests check the device itself, not TorchDevice; they skip, with the reason,
 where it cannot be built (no compiler)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -63,16 +64,32 @@ def _torch_alone():
         td.enable()
 
 
-@pytest.fixture
-def mps_rules():
-    simaccel.set_mps_rules(True)
+@contextlib.contextmanager
+def _rules(enabled: bool):
+    """The MPS rules on or off for a test, and afterwards the settings this
+    process had (`make test-accel` loads the device with them on)."""
+    saved = (simaccel.mps_rules(), simaccel.fallback_enabled(),
+             simaccel.unsupported_ops(), simaccel.cpu_only_ops())
+    simaccel.set_mps_rules(enabled)
     try:
         yield
     finally:
-        simaccel.set_mps_rules(False)
-        simaccel.set_fallback_enabled(False)
-        simaccel.set_unsupported_ops(simaccel.DEFAULT_UNSUPPORTED_OPS)
-        simaccel.set_cpu_only_ops(simaccel.DEFAULT_CPU_ONLY_OPS)
+        simaccel.set_unsupported_ops(saved[2])
+        simaccel.set_cpu_only_ops(saved[3])
+        simaccel.set_fallback_enabled(saved[1])
+        simaccel.set_mps_rules(saved[0])
+
+
+@pytest.fixture
+def mps_rules():
+    with _rules(True):
+        yield
+
+
+@pytest.fixture
+def no_mps_rules():
+    with _rules(False):
+        yield
 
 
 # ------------------------------------------------------ creation and copies
@@ -343,6 +360,26 @@ def test_autograd_and_optimizer_step_match_the_cpu(optimizer_cls):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss", [torch.nn.functional.mse_loss,
+                                  torch.nn.functional.smooth_l1_loss])
+def test_losses_run_the_cpu_kernel_without_warnings(loss):
+    """torch's generic kernel of these losses calls the CPU's out= kernel,
+    which warned ("An output with one or more elements was resized") at
+    every call on the device."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 3, generator=g), torch.randn(16, 3, generator=g)
+    dev_a = a.to(DEV).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = loss(dev_a, b.to(DEV))
+        got.backward()
+    host_a = a.clone().requires_grad_()
+    want = loss(host_a, b)
+    want.backward()
+    assert got.device == DEV and torch.equal(got.cpu(), want)
+    assert torch.equal(dev_a.grad.cpu(), host_a.grad)
+
+
 @pytest.mark.parametrize("cell", [torch.nn.LSTM, torch.nn.GRU])
 def test_recurrent_layers_match_the_cpu(cell):
     # torch runs them on fused cells for CUDA and PrivateUse1 devices.
@@ -417,7 +454,20 @@ def test_pinned_memory():
 # ------------------------------------------------------ "behave like MPS"
 
 def test_mps_rules_are_off_by_default():
-    assert not simaccel.mps_rules()
+    """Off unless SIMACCEL_MPS_RULES=1 when the device loads (run_child
+    leaves the SIMACCEL_* variables out)."""
+    assert simaccel.mps_rules() is simaccel._env_flag("SIMACCEL_MPS_RULES")
+    done = run_child("""
+        import torch, simaccel
+        simaccel.load()
+        print(simaccel.mps_rules(),
+              torch.zeros(2, dtype=torch.float64, device="simaccel").dtype)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "torch.float64"]
+
+
+def test_without_mps_rules_float64_is_computed(no_mps_rules):
     assert torch.zeros(2, dtype=torch.float64, device=DEV).dtype == torch.float64
 
 
@@ -458,6 +508,18 @@ def test_mps_rules_grad_scaler_unscales_as_on_mps(mps_rules):
     scaler.step(opt)
     scaler.update()
     assert scaler._scale.device == DEV
+
+
+def test_mps_rules_disabled_grad_scaler_unscales_nothing(mps_rules):
+    """A disabled scaler (a float32 run's GradScaler(enabled=False)) has no
+    scale: its unscale_ did nothing in torch and raised AttributeError
+    here."""
+    model = torch.nn.Linear(3, 1).to(DEV)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler(simaccel.NAME, enabled=False)
+    scaler.scale(model(torch.ones(2, 3, device=DEV)).sum()).backward()
+    scaler.unscale_(opt)
+    assert torch.allclose(model.weight.grad.cpu(), torch.full((1, 3), 2.0))
 
 
 def test_mps_rules_honour_mps_own_fallback_variable():

@@ -1,5 +1,7 @@
-"""The whole wrapper path on the mps profile, with SimulatedMPS (see
-conftest): `meta` stands in for the MPS device, nothing else is faked."""
+"""The whole wrapper path on MPS's code paths (the `simulated_mps` fixture
+of conftest): in the plain run the mps profile with `meta` standing in for
+the MPS device, nothing else faked; in `make test-accel` the simulated
+accelerator with MPS's capability record, with real tensors."""
 from __future__ import annotations
 
 import pytest
@@ -7,12 +9,15 @@ import torch
 
 import TorchDevice
 from TorchDevice import _tdcore
+from conftest import configure_mps_like
 
-META = torch.device("meta")
-CPU = torch.device("cpu")
+# The host: torch.device("cpu") is itself redirected in the default mode.
+with TorchDevice.cpu_override():
+    CPU = torch.device("cpu")
 
 
 def test_accelerate_mode_moves_everything(simulated_mps):
+    META = simulated_mps
     assert torch.zeros(2, device="cuda").device == META
     assert torch.zeros(2, device="cuda:3").device == META
     assert torch.zeros(2).device == META            # None -> accelerator
@@ -23,6 +28,7 @@ def test_accelerate_mode_moves_everything(simulated_mps):
 
 
 def test_cpu_override_and_toggle(simulated_mps):
+    META = simulated_mps
     with TorchDevice.cpu_override():
         assert torch.zeros(2).device == CPU
         assert torch.zeros(2, device="cpu").device == CPU
@@ -35,13 +41,15 @@ def test_cpu_override_and_toggle(simulated_mps):
 
 
 def test_cpu_stays_cpu_mode(simulated_mps):
-    _tdcore.configure("mps", "cpu-stays-cpu", "downcast")
+    META = simulated_mps
+    configure_mps_like("cpu-stays-cpu", "downcast")
     assert torch.zeros(2).device == CPU
     assert torch.zeros(2, device="cpu").device == CPU
     assert torch.zeros(2, device="cuda").device == META
 
 
 def test_float64_becomes_float32(simulated_mps):
+    META = simulated_mps
     t = torch.zeros(2, dtype=torch.float64, device="cuda")
     assert t.device == META and t.dtype == torch.float32
     x = torch.ones(2, device="cpu:-1")    # override on: host tensor
@@ -53,8 +61,8 @@ def test_float64_becomes_float32(simulated_mps):
 
 
 def test_float64_error_policy(simulated_mps):
-    _tdcore.configure("mps", "accelerate", "error")
-    with pytest.raises(TypeError, match="MPS does not support float64"):
+    configure_mps_like("accelerate", "error")
+    with pytest.raises(TypeError, match="does not support float64"):
         torch.zeros(2, dtype=torch.float64, device="cuda")
     # On the host float64 is fine.
     with TorchDevice.cpu_override():
@@ -62,12 +70,14 @@ def test_float64_error_policy(simulated_mps):
 
 
 def test_default_device_context_still_wins(simulated_mps):
+    META = simulated_mps
     with torch.device("cpu"):
         # The context device is itself redirected (cpu -> accelerator).
         assert torch.zeros(2).device == META
 
 
 def test_requests_from_torch_internals_stay_on_host(simulated_mps):
+    META = simulated_mps
     # Code whose module is torch's own (optimizers' step counters, data
     # loading) asks for the host on purpose; torch.nn layers do not.
     def run_as(module_name):

@@ -1,6 +1,9 @@
-"""torch.cuda streams and events on this machine's profile (cpu): the CPU
-backend of csrc/streams/stream.c, csrc/streams/event.c and csrc/streams/backend_cpu.c, reached the
-way user code reaches it, through torch.cuda.*."""
+"""torch.cuda streams and events on this machine's profile: on profile cpu
+the CPU backend of csrc/streams/stream.c, csrc/streams/event.c and
+csrc/streams/backend_cpu.c; on profile accelerator the backend its
+capability record names (the simulated accelerator with MPS's record: the
+Metal backend over the device's torch.Event); reached the way user code
+reaches it, through torch.cuda.*."""
 from __future__ import annotations
 
 import pickle
@@ -11,12 +14,17 @@ import pytest
 import torch
 
 import TorchDevice
-from TorchDevice import _streams, _tdcore
-from conftest import HAS_CUDA, ROOT, run_python
+from TorchDevice import _capabilities, _streams, _tdcore
+from conftest import ACCEL, HAS_CUDA, ROOT, TARGET, run_python
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="torch.cuda is native on profile cuda "
     "(tests/test_streams_cuda.py covers that profile)")
+
+# The backend of new streams and events, as the capability record in force
+# names it (its "host" backend is called "cpu").
+BACKEND = {"host": "cpu"}.get(_capabilities.current().events,
+                              _capabilities.current().events)
 
 
 def _timed_pair(body, attempts=3):
@@ -51,7 +59,7 @@ def test_instances_of_the_torch_cuda_names():
     # torch.cuda.streams is where torch defines them; both names agree.
     assert torch.cuda.streams.Event is torch.cuda.Event
     assert torch.cuda.streams.Stream is torch.cuda.Stream
-    assert event._td_backend == stream._td_backend == "cpu"
+    assert event._td_backend == stream._td_backend == BACKEND
 
 
 def test_classes_captured_before_import_still_construct():
@@ -221,6 +229,24 @@ def test_stream_values_equality_hash_and_fields():
     assert torch.cuda.ExternalStream(77).cuda_stream == 77
 
 
+def test_stream_device_type_is_its_device_s():
+    """`device_type` is the c10 type of the device the work runs on, as
+    torch's own stream of that device has it (torch rebuilds a stream from
+    it), for every backend set up here.  It was read from a table of three
+    by the backend's position: past its end for the "device" backend, and
+    MPS's for the Metal backend on an accelerator."""
+    for backend in _tdcore.streams_info()["ready"]:
+        previous = _tdcore.streams_force_backend(backend)
+        try:
+            s = torch.cuda.Stream()
+            own = torch.Stream(device=s.device)
+            assert type(own) is torch.Stream, backend
+            assert s.device_type == own.device_type, backend
+            assert torch.cuda.current_stream().device_type == own.device_type
+        finally:
+            _tdcore.streams_force_backend(previous)
+
+
 def test_priority_is_clamped_to_cudas_range():
     assert torch.cuda.Stream.priority_range() == (0, -3)
     assert torch.cuda.Stream(priority=-1).priority == -1
@@ -357,6 +383,19 @@ def test_record_stream_with_emulated_and_native_streams():
     assert type(ours.value) is type(native.value)
 
 
+def test_setup_again_while_enabled_keeps_torch_s_record_stream():
+    """setup() runs again while TorchDevice is enabled (tests hand the
+    backends simulated devices): it handed our own record_stream as torch's,
+    which then called itself (RecursionError)."""
+    _streams.setup()
+    x = torch.ones(4, device="cuda")
+    with pytest.raises(Exception) as ours:
+        x.record_stream(None)
+    with pytest.raises(Exception) as native:
+        torch._C.TensorBase.record_stream(x, None)
+    assert type(ours.value) is type(native.value)
+
+
 def test_generic_torch_stream_and_event_for_cuda():
     s = torch.Stream("cuda")
     e = torch.Event(device="cuda", enable_timing=True)
@@ -417,7 +456,7 @@ def test_emulated_objects_are_reported(restore_config):
     rows = [r for r in TorchDevice.report() if r["what"] == "emulated"]
     apis = {r["api"] for r in rows}
     assert {"torch.cuda.Event", "torch.cuda.Stream"} <= apis, rows
-    assert all(r["from"] == "cuda" and r["to"] == "cpu" for r in rows)
+    assert all(r["from"] == "cuda" and r["to"] == TARGET.type for r in rows)
     assert all(r["file"] == __file__ for r in rows)
 
 
@@ -425,6 +464,56 @@ def test_demo_streams_events_runs():
     proc = run_python(script=ROOT / "examples" / "demo_streams_events.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "backend: cpu" in out
+    assert f"backend: {BACKEND}" in out
     assert "two streams agree with one: True" in out
     assert "current stream restored: True" in out
+
+
+DEVICE_BACKEND = """
+import torch, TorchDevice
+accel = TorchDevice._patches.accelerator_device()
+start = torch.cuda.Event(enable_timing=True)
+end = torch.cuda.Event(enable_timing=True)
+assert start._td_backend == "device", start._td_backend
+a = torch.randn(64, 64, device="cuda")
+start.record()
+b = a @ a
+end.record()
+end.synchronize()
+assert start.elapsed_time(end) >= 0.0 and end.query()
+assert start.device == accel, start.device
+s = torch.cuda.Stream()
+own = torch.Stream(device=accel)
+assert s.device == accel and s.device_type == own.device_type
+with torch.cuda.stream(s):
+    e = torch.cuda.Event()
+    e.record()
+s.wait_event(e)
+s.synchronize()
+assert s.query() and torch.cuda.current_stream().query()
+e.record(own)                      # the accelerator's own stream: passed on
+e.wait(own)
+for bad in (5, "stream", object()):
+    try:
+        e.record(bad)
+    except TypeError as exc:
+        assert "torch.Stream" in str(exc), exc
+    else:
+        raise AssertionError(f"record({bad!r}) accepted")
+torch.cuda.synchronize()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(ACCEL is None, reason="the device backend needs an "
+                    "accelerator (make test-accel)")
+def test_device_backend_of_the_generic_record():
+    """The generic capability record's backend (docs/streams.md): torch.cuda
+    events and streams over the accelerator's own torch.Event.  A stream
+    argument that is not a stream raised torch.Event's RuntimeError ("device
+    type IDEEP" for an int) instead of TypeError, and device_type was read
+    past the end of a table."""
+    proc = run_python(DEVICE_BACKEND,
+                      env={"TORCHDEVICE_CAPABILITIES": "accelerator"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"

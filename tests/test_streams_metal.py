@@ -8,6 +8,11 @@ worker reaches them.  Everything on our side of the seam is the code that
 runs on a Mac: the C types, the backend, the ops tuple built by
 TorchDevice._streams.setup().  What the real torch.mps does with those calls
 was not run (see docs/streams.md).
+
+In `make test-accel` the Metal backend is also the one in use, over the
+simulated accelerator's own events (tests/test_streams.py); SimulatedMetal
+stays here because that device works synchronously and could not show
+timing that comes from a queue, or a query that answers "busy".
 """
 from __future__ import annotations
 
@@ -20,10 +25,14 @@ import pytest
 import torch
 
 from TorchDevice import _streams, _tdcore
-from conftest import HAS_CUDA
+from conftest import ACCEL, HAS_CUDA
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="torch.cuda is native on profile cuda")
+
+# Where the Metal backend's work runs: MPS, or the accelerator whose
+# capability record is MPS's (profile accelerator).
+METAL_DEVICE = str(ACCEL) if ACCEL is not None else "mps:0"
 
 
 class SimulatedMetalEvent:
@@ -109,16 +118,27 @@ def _eventually(predicate, timeout=5.0):
     return False
 
 
+def _fresh_current_stream() -> None:
+    """This thread's current Metal stream becomes the default stream of the
+    backends now set up: a stream keeps the backend objects it was made
+    with, and a context left earlier pinned the previous default one (on
+    profile accelerator with MPS's record Metal is the backend in use)."""
+    torch.cuda.set_stream(torch.cuda.default_stream())
+
+
 @pytest.fixture
 def metal():
     sim = SimulatedMetal()
     _streams.setup(metal=sim)
     previous = _tdcore.streams_force_backend("metal")
+    _fresh_current_stream()
     try:
         yield sim
     finally:
-        _tdcore.streams_force_backend(previous)
         _streams.setup()
+        if "metal" in _tdcore.streams_info()["ready"]:
+            _fresh_current_stream()
+        _tdcore.streams_force_backend(previous)
         sim.close()
 
 
@@ -126,8 +146,9 @@ def test_backend_and_device(metal):
     e, s = torch.cuda.Event(), torch.cuda.Stream()
     assert e._td_backend == s._td_backend == "metal"
     assert isinstance(e._td_native, metal.Event)
-    # (torch.device("mps") itself is redirected to cpu on this profile.)
-    assert str(s.device) == "mps:0" == str(torch.cuda.current_stream().device)
+    # (torch.device("mps") itself is redirected on this profile.)
+    assert str(s.device) == METAL_DEVICE \
+        == str(torch.cuda.current_stream().device)
     assert _tdcore.streams_info()["active"] == "metal"
     assert metal.calls["Event"] == 1
 
@@ -220,9 +241,15 @@ def test_misuse_is_checked_before_the_backend(metal):
 
 
 def test_setup_without_metal_refuses_clearly():
+    # The backends handed no Metal objects (on profile accelerator with
+    # MPS's record, setup() hands it the device's).
+    _tdcore.streams_setup(record_stream=_streams._RECORD_STREAM,
+                          generic_stream=torch.Stream,
+                          generic_event=torch.Event)
     previous = _tdcore.streams_force_backend("metal")
     try:
         with pytest.raises(RuntimeError, match="metal backend is not set up"):
             torch.cuda.Event()
     finally:
+        _streams.setup()
         _tdcore.streams_force_backend(previous)

@@ -87,6 +87,14 @@ td_accel_of(td_install *st)
 }
 
 int
+td_device_type_code(PyObject *dev)
+{
+    int type, index;
+    device_fields(dev, &type, &index);
+    return type;
+}
+
+int
 td_same_device(PyObject *a, PyObject *b)
 {
     int ta, ia, tb, ib;

@@ -172,6 +172,8 @@ int td_device_check_layout(PyTypeObject *device_type, PyObject *probes);
 td_accel_type td_accel_of(td_install *st);
 /* `accel` may be NULL: its type is then TD_REQ_OTHER. */
 td_request td_request_from_device(PyObject *dev, const td_accel_type *accel);
+/* The c10 DeviceType of a torch.device object. */
+int td_device_type_code(PyObject *dev);
 /* Whether two torch.device objects name the same device. */
 int td_same_device(PyObject *a, PyObject *b);
 /* A value that is not a device request gives TD_REQ_OTHER.  device_type

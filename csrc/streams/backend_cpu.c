@@ -97,7 +97,7 @@ cpu_device_synchronize(PyObject *Py_UNUSED(ops))
 const td_backend td_backend_cpu = {
     .id = TD_BACKEND_CPU,
     .name = "cpu",
-    .accepts_foreign = 0,
+    .accepts_foreign = TD_FOREIGN_NONE,
     .event_create = cpu_event_create,
     .event_record = cpu_event_record,
     .event_wait = cpu_nothing_to_wait,

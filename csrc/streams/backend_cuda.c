@@ -119,7 +119,7 @@ cuda_stream_synchronize(td_stream *s)
 const td_backend td_backend_cuda = {
     .id = TD_BACKEND_CUDA,
     .name = "cuda",
-    .accepts_foreign = 1,
+    .accepts_foreign = TD_FOREIGN_ANY,
     .event_create = cuda_event_create,
     .event_record = cuda_event_record,
     .event_wait = cuda_event_wait,
@@ -137,7 +137,7 @@ const td_backend td_backend_cuda = {
 const td_backend td_backend_device = {
     .id = TD_BACKEND_DEVICE,
     .name = "device",
-    .accepts_foreign = 1,
+    .accepts_foreign = TD_FOREIGN_TORCH_STREAM,
     .event_create = cuda_event_create,
     .event_record = cuda_event_record,
     .event_wait = cuda_event_wait,

@@ -182,7 +182,7 @@ metal_stream_synchronize(td_stream *s)
 const td_backend td_backend_metal = {
     .id = TD_BACKEND_METAL,
     .name = "metal",
-    .accepts_foreign = 0,
+    .accepts_foreign = TD_FOREIGN_NONE,
     .event_create = metal_event_create,
     .event_record = metal_event_record,
     .event_wait = metal_event_wait,

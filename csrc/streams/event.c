@@ -76,6 +76,18 @@ td_event_new(td_backends *bk, PyTypeObject *type, int backend,
                              enable_timing, blocking, interprocess, external);
 }
 
+static int
+foreign_accepted(td_foreign rule, PyObject *stream)
+{
+    if (rule == TD_FOREIGN_TORCH_STREAM) {
+        /* torch.Stream as hooked; unknown (torch without it, or after
+         * disable()) leaves the check to torch. */
+        PyTypeObject *generic = td_slot_type(TD_SLOT_STREAM);
+        return generic == NULL || PyObject_TypeCheck(stream, generic);
+    }
+    return rule == TD_FOREIGN_ANY;
+}
+
 /* Splits a stream argument into ours (s) or a native one the backend may
  * accept (foreign); None means the calling thread's current stream.  *held
  * gets a new reference to the stream: the backend runs Python code, which
@@ -105,14 +117,16 @@ stream_arg(td_streams *ss, td_event *ev, PyObject *stream, const char *fname,
         *held = Py_NewRef(stream);
         return 0;
     }
-    if (ev->backend->accepts_foreign) {
+    if (foreign_accepted(ev->backend->accepts_foreign, stream)) {
         *foreign = stream;
         *held = Py_NewRef(stream);
         return 0;
     }
     PyErr_Format(PyExc_TypeError,
-                 "%s(): argument 'stream' must be torch.cuda.Stream or None, "
-                 "not %.100s", fname, Py_TYPE(stream)->tp_name);
+                 "%s(): argument 'stream' must be torch.cuda.Stream%s or "
+                 "None, not %.100s", fname,
+                 ev->backend->accepts_foreign == TD_FOREIGN_TORCH_STREAM
+                 ? ", torch.Stream" : "", Py_TYPE(stream)->tp_name);
     return -1;
 }
 
@@ -389,7 +403,7 @@ static PyGetSetDef Event_getset[] = {
      "An opaque identifier once recorded, 0 before (no cudaEvent_t).", NULL},
     {"event_id", Event_get_handle_id, NULL, NULL, NULL},
     {"_td_backend", Event_get_backend, NULL,
-     "TorchDevice backend: 'cpu', 'metal' or 'cuda'.", NULL},
+     "TorchDevice backend: 'cpu', 'metal', 'cuda' or 'device'.", NULL},
     {"_td_native", Event_get_native, NULL,
      "The wrapped torch.mps.Event / torch.cuda.Event, or None (CPU).", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -485,11 +485,12 @@ Stream_get_device(PyObject *self, void *Py_UNUSED(c))
     return Py_NewRef(((td_stream *)self)->device);
 }
 
+/* The backend does not tell the type: the Metal backend serves MPS or an
+ * accelerator with MPS's record, the device backend any accelerator. */
 static PyObject *
 Stream_get_device_type(PyObject *self, void *Py_UNUSED(c))
 {
-    static const int c10_types[] = {TD_C10_CPU, TD_C10_MPS, TD_C10_CUDA};
-    return PyLong_FromLong(c10_types[((td_stream *)self)->backend->id]);
+    return PyLong_FromLong(td_device_type_code(((td_stream *)self)->device));
 }
 
 static PyObject *
@@ -598,7 +599,7 @@ static PyGetSetDef Stream_getset[] = {
     {"native_handle", Stream_get_stream_id, NULL, NULL, NULL},
     {"priority", Stream_get_priority, NULL, NULL, NULL},
     {"_td_backend", Stream_get_backend, NULL,
-     "TorchDevice backend: 'cpu', 'metal' or 'cuda'.", NULL},
+     "TorchDevice backend: 'cpu', 'metal', 'cuda' or 'device'.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -68,13 +68,25 @@ typedef struct {
     int external;
 } td_event;
 
+/* Which streams that are not ours record/wait pass to the native event. */
+typedef enum {
+    TD_FOREIGN_NONE = 0,
+    /* anything: the native event checks it (torch.cuda.Event raises
+     * TypeError for what is not a CUDA stream) */
+    TD_FOREIGN_ANY = 1,
+    /* torch.Stream instances only: torch.Event's record/wait take other
+     * values (an int) and fail later with another error */
+    TD_FOREIGN_TORCH_STREAM = 2,
+} td_foreign;
+
 /* Every function returns 0 (or the boolean for the queries) on success and
  * -1 with an exception set.  `foreign` is a stream object that is not ours;
- * only the CUDA backend accepts one (a native torch.cuda.Stream). */
+ * only the CUDA and device backends accept one (a native torch.cuda.Stream,
+ * the accelerator's torch.Stream). */
 struct td_backend {
     td_backend_id id;
     const char *name;
-    int accepts_foreign;    /* record/wait take streams that are not ours */
+    td_foreign accepts_foreign;
     int (*event_create)(td_event *ev);
     int (*event_record)(td_event *ev, td_stream *s, PyObject *foreign);
     int (*event_wait)(td_event *ev, td_stream *s, PyObject *foreign);

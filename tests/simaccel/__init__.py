@@ -201,7 +201,8 @@ def _unscale(self: Any, optimizer: Any) -> Any:
     the scale is a power of two); the gradients stay on the device."""
     import torch
 
-    scale = self._scale
+    # A disabled scaler never made its scale: torch's own returns at once.
+    scale = getattr(self, "_scale", None)
     if scale is None or scale.device.type != NAME:
         return _torch_unscale(self, optimizer)
     # The copy by torch's own operator: a program's `.cpu()` may be

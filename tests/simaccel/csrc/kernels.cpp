@@ -868,6 +868,10 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
                            "native_group_norm", "native_layer_norm", "narrow_copy",
                            "pixel_shuffle", "pixel_unshuffle", "_stack", "_stack.out",
                            "linalg__powsum",
+                           // the generic one calls the CPU's out= kernel,
+                           // which resizes its reduced output with torch's
+                           // deprecation warning at every call
+                           "mse_loss", "smooth_l1_loss",
                            // composite, but it calls a DispatchStub with the
                            // device's type, which only CPU and CUDA fill
                            "kaiser_window", "kaiser_window.periodic",
