@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 
-from conftest import TARGET, run_python
+from conftest import MPS_LIKE, MPS_LIKE_DEVICE, TARGET, run_python
 
 LOADER = '''
 import json, os, sys, warnings
@@ -82,15 +82,16 @@ def test_workers_pinning_and_non_blocking_cuda(tmp_path, ctx):
 
 
 def test_workers_stay_on_cpu_on_an_accelerator_profile(tmp_path):
-    """SimulatedMPS: in the main process a device-less factory lands on the
-    accelerator (meta stands in for it); in the workers it stays on the
-    CPU, and the batches reach the main process as host tensors."""
-    out = _run(tmp_path, CONTEXTS[0], stand_in=True)
-    assert out["main_device"] == "meta"
+    """In the main process a device-less factory lands on the accelerator
+    (SimulatedMPS's meta stands in for it in the CPU run; make test-accel
+    has a real one); in the workers it stays on the CPU, and the batches
+    reach the main process as host tensors."""
+    out = _run(tmp_path, CONTEXTS[0], stand_in=not MPS_LIKE)
+    assert out["main_device"] == MPS_LIKE_DEVICE
     for r in out["rows"]:
         assert r["worker_devices"] == ["cpu"]
         assert r["worker_override"] is True
-        assert r["moved"] == "meta"
+        assert r["moved"] == MPS_LIKE_DEVICE
 
 
 PINNING = '''
