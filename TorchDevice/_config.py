@@ -70,7 +70,7 @@ class Config:
     """
 
     target: Optional[str] = None
-    mode: str = "accelerate"
+    mode: str = "cpu-stays-cpu"
     float64: str = "downcast"
     log_level: Optional[int] = None
     report: Union[bool, str] = False

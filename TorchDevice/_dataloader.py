@@ -60,7 +60,9 @@ def _placer() -> Optional[Callable[[Any], Any]]:
     if target.type in ("cpu", "meta"):     # meta: a stand-in holds no data
         return None
     import torch
-    from torch.utils._pytree import tree_map
+    tree_map = _torch_compat.get("pytree_tree_map")
+    if tree_map is None:
+        return None
     to = _original_to or torch.Tensor.to
 
     def move(x: Any) -> Any:
@@ -98,7 +100,9 @@ def patches() -> List[Any]:
             return worker_loop
         found.append(Patch(worker, "_worker_loop", build))
     iterator = _torch_compat.get("BaseDataLoaderIter")
-    if iterator is not None:
+    # Both are needed to place batches: asked for together, so that a
+    # missing one is reported when TorchDevice is enabled.
+    if iterator is not None and _torch_compat.has("pytree_tree_map"):
         found.append(Patch(iterator, "__next__", make_next))
     return found
 

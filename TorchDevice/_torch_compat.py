@@ -55,6 +55,7 @@ PRIVATE: Tuple[Private, ...] = (
             DATALOADER),
     Private("BaseDataLoaderIter", "torch.utils.data.dataloader",
             "_BaseDataLoaderIter", BATCHES),
+    Private("pytree_tree_map", "torch.utils._pytree", "tree_map", BATCHES),
     Private("jit_builtin_table", "torch.jit._builtins", "_get_builtin_table",
             JIT),
     Private("jit_register_builtin", "torch.jit._builtins",

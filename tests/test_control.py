@@ -129,12 +129,12 @@ class TestConfiguration:
             import TorchDevice
             print(TorchDevice.config())
             print(TorchDevice.policy())
-        """, env={"TORCHDEVICE_MODE": "cpu-stays-cpu",
+        """, env={"TORCHDEVICE_MODE": "accelerate",
                   "TORCHDEVICE_FLOAT64": "error",
                   "TORCHDEVICE_LOG_LEVEL": "debug",
                   "TORCHDEVICE_TARGET": "cpu"})
         assert proc.returncode == 0, proc.stderr
-        assert "mode='cpu-stays-cpu'" in proc.stdout
+        assert "mode='accelerate'" in proc.stdout
         assert "'float64': 'error'" in proc.stdout
         assert "log_level=10" in proc.stdout
         assert "target='cpu'" in proc.stdout
@@ -146,7 +146,7 @@ class TestConfiguration:
         """, env={"TORCHDEVICE_MODE": "sideways"})
         assert proc.returncode == 0, proc.stderr
         assert "TORCHDEVICE" in proc.stderr and "sideways" in proc.stderr
-        assert proc.stdout.strip() == "accelerate"
+        assert proc.stdout.strip() == "cpu-stays-cpu"   # docs/policy.md
 
 
 @cpu_profile

@@ -102,12 +102,11 @@ def test_cpu_stays_cpu_mode_still_redirects_accelerators(request_, profile):
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_cpu_minus_one_toggles_only_in_default_mode(profile):
-    assert _tdcore.resolve("cpu:-1", profile, ACC)["toggle"] is True
-    assert _tdcore.resolve("cpu:-1", profile, ACC,
-                           cpu_override=True)["toggle"] is True
-    csc = _tdcore.resolve("cpu:-1", profile, CSC)
-    assert csc["target"] == "cpu" and csc["toggle"] is False
+def test_cpu_minus_one_toggles_in_both_modes(profile):
+    for mode in (ACC, CSC):
+        assert _tdcore.resolve("cpu:-1", profile, mode)["toggle"] is True
+        res = _tdcore.resolve("cpu:-1", profile, mode, cpu_override=True)
+        assert res["target"] == "cpu" and res["toggle"] is True
 
 
 @pytest.mark.parametrize("profile", ("mps", "cuda", "accelerator"))

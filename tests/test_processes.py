@@ -129,7 +129,7 @@ def run(tmp_path, ctx: str, *, import_line: str = "import TorchDevice",
     return json.loads(line[0][len("RESULT"):])
 
 
-def assert_all_worked(out: dict, *, mode: str = "accelerate") -> None:
+def assert_all_worked(out: dict, *, mode: str = "cpu-stays-cpu") -> None:
     infos = [out["parent"], out["parent_after"], *out["children"]]
     if "raw_fork" in out:
         infos.append(out["raw_fork"])
@@ -160,8 +160,8 @@ def test_fork_after_enable(tmp_path):
     """Children forked from an enabled parent keep its settings (here a
     non-default mode) and work: os.fork, Pool, DataLoader workers."""
     out = run(tmp_path, "fork", raw_fork=True,
-              setup_line='TorchDevice.configure(mode="cpu-stays-cpu")')
-    assert_all_worked(out, mode="cpu-stays-cpu")
+              setup_line='TorchDevice.configure(mode="accelerate")')
+    assert_all_worked(out, mode="accelerate")
     assert out["raw_fork"]["pid"] != out["parent"]["pid"]
 
 

@@ -110,9 +110,12 @@ td_resolve(td_request req, td_profile profile, td_mode mode,
         break;
     case TD_REQ_CPU_TOGGLE:
         /* The string is not valid torch syntax, so it always becomes a
-         * plain cpu device.  Torch's own code never asks for it. */
+         * plain cpu device.  Torch's own code never asks for it.  It
+         * toggles in both modes: in "cpu-stays-cpu" the override moves
+         * nothing (host requests stay anyway), but programs written for the
+         * original TorchDevice read the flag back. */
         res.target = TD_TARGET_CPU;
-        res.toggle_override = mode == TD_MODE_ACCELERATE && !from_torch;
+        res.toggle_override = !from_torch;
         break;
     case TD_REQ_CUDA:
         /* Every index names the one device used, as on MPS. */
