@@ -31,10 +31,12 @@ test: setup
 # Every process of the run loads the simulated accelerator before
 # TorchDevice looks for hardware (SIMACCEL_AUTOLOAD), which makes it behave
 # like MPS (SIMACCEL_MPS_RULES); TorchDevice uses it with MPS's capability
-# record.  Tests marked accel_duplicate (pytest.ini) repeat on this run
-# what the CPU run covers, at length: left out here.
+# record, in mode "accelerate", where device-less and "cpu" requests go to
+# the device too: the mode that puts the most on it.  The default mode's
+# runs on it are the tests that set it (tests/test_demos.py,
+# tests/test_policy_matrix.py).
 ACCEL_ENV := SIMACCEL_AUTOLOAD=1 SIMACCEL_MPS_RULES=1 \
-	TORCHDEVICE_CAPABILITIES=mps
+	TORCHDEVICE_CAPABILITIES=mps TORCHDEVICE_MODE=accelerate
 test-accel: simaccel
 	$(ACCEL_ENV) $(BIN)/python -m pytest -q
 

@@ -6,7 +6,7 @@ with the native torch call that produces the same result on this machine
 same process, with interleaved repetitions; the median of the repetitions is
 reported.  Not a test: timings are printed, never asserted.
 
-    python benchmarks/overhead.py [--reps 15] [--json out.json]
+    python benchmarks/overhead.py [--reps 15] [--moves copy|alias] [--json out.json]
 """
 from __future__ import annotations
 
@@ -23,28 +23,35 @@ import torch
 
 import TorchDevice
 
-TARGET = TorchDevice.hardware_profile()            # where "cuda" lands
-NATIVE = {"cpu": "cpu", "mps": "mps", "cuda": "cuda"}[TARGET]
+TARGET = TorchDevice.hardware_profile()            # the profile in force
+# The device "cuda" lands on: cpu, mps, cuda, or the accelerator's own type
+# (the simulated accelerator of make test-accel: ratios against native calls
+# on that device).
+NATIVE = TorchDevice.policy()["device"]
 
 
 def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
                           Optional[float]]]:
     """(name, intercepted call, native call, target ratio or None for rows
     shown for information)."""
-    t = torch.ones(4, device=NATIVE)
-    lin = torch.nn.Linear(256, 256, device=NATIVE)
-    # Device objects built by native torch: a real cuda device for the
-    # intercepted call, the landing device for the native one.  Strings make
-    # torch parse on every call; objects show the wrapper's own cost.
     was = TorchDevice.is_enabled()
     TorchDevice.disable()
+    # Built by native torch: a host tensor, one on the landing device, a
+    # layer there, a real cuda device object for the intercepted call and
+    # the landing device's for the native one.  Strings make torch parse on
+    # every call; objects show the wrapper's own cost.
+    host = torch.ones(4)
+    dev = torch.ones(4, device=NATIVE)
+    lin = torch.nn.Linear(256, 256, device=NATIVE)
     cuda_obj, native_obj = torch.device("cuda"), torch.device(NATIVE)
     if was:
         TorchDevice.enable()
     # Moves copy, as on CUDA (docs/policy.md): a host tensor moved to "cuda"
-    # is a new tensor, whose native counterpart is an explicit copy; one
-    # already "on cuda" is moved by the no-op torch makes natively.
-    acc = torch.ones(4, device="cuda") if was else t
+    # is a new tensor, whose native counterpart is a copy (explicit where
+    # the landing device is the host); one already "on cuda" is moved by the
+    # no-op torch makes natively.
+    same = NATIVE == "cpu"
+    acc = torch.ones(4, device="cuda") if was else dev
     return [
         ("torch.device('cuda')", lambda: torch.device("cuda"),
          lambda: torch.device(NATIVE), 1.5),
@@ -53,15 +60,16 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
         ("torch.zeros(4, device=<obj>)",
          lambda: torch.zeros(4, device=cuda_obj),
          lambda: torch.zeros(4, device=native_obj), None),
-        ("host t.to('cuda') (copy)", lambda: t.to("cuda"),
-         lambda: t.to(NATIVE, copy=True), 1.05),
+        ("host t.to('cuda') (copy)", lambda: host.to("cuda"),
+         lambda: host.to(NATIVE, copy=same), 1.05),
         ("cuda t.to('cuda') (no-op)", lambda: acc.to("cuda"),
-         lambda: t.to(NATIVE), 1.05),
+         lambda: dev.to(NATIVE), 1.05),
         ("cuda t.to(<obj>) (no-op)", lambda: acc.to(cuda_obj),
-         lambda: t.to(native_obj), None),
+         lambda: dev.to(native_obj), None),
         ("cuda t.cpu() (copy)", lambda: acc.cpu(),
-         lambda: t.to("cpu", copy=True), None),
-        ("host t.cpu() (no-op)", lambda: t.cpu(), lambda: t.cpu(), None),
+         lambda: dev.to("cpu", copy=same), None),
+        ("host t.cpu() (no-op)", lambda: host.cpu(), lambda: host.cpu(),
+         None),
         ("nn.Linear(256,256).to('cuda')", lambda: lin.to("cuda"),
          lambda: lin.to(NATIVE), 1.05),
     ]
@@ -122,12 +130,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--moves", choices=("copy", "alias"),
+                        help="TorchDevice's moves setting (default: as "
+                             "configured, copy unless TORCHDEVICE_MOVES)")
     args = parser.parse_args()
+    if args.moves:
+        TorchDevice.configure(moves=args.moves)
 
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{platform.system()} {platform.release()}; python "
           f"{platform.python_version()}; torch {torch.__version__}; "
-          f"profile {TARGET}")
+          f"profile {TARGET} (lands on {NATIVE}), moves "
+          f"{TorchDevice.policy()['moves']}")
     results = measure(args.reps)
     print(f"{'intercepted call':<32}{'native ns':>11}{'TD ns':>9}"
           f"{'ratio':>8}{'target':>8}")

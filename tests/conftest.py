@@ -26,10 +26,13 @@ ACCEL = TorchDevice._patches.accelerator_device()
 MPS_LIKE = PROFILE == "accelerator" and TorchDevice.policy()["capabilities"] == "mps"
 # The device "cuda" requests land on in this run.
 TARGET = ACCEL if ACCEL is not None else torch.device("cpu")
-# Variables that describe the machine, not TorchDevice's policy: kept for
-# the child processes of tests (the simulated accelerator's SIMACCEL_*
-# are never dropped).
-MACHINE_VARIABLES = ("TORCHDEVICE_CAPABILITIES",)
+# The mode of this run: the default ("cpu-stays-cpu"), or the
+# TORCHDEVICE_MODE of the run (make test-accel: "accelerate").
+DEFAULT_MODE = TorchDevice.config().mode
+# Variables that describe the run, not what a test sets: kept for the
+# child processes of tests (the simulated accelerator's SIMACCEL_* are
+# never dropped; make test-accel's record and mode are kept).
+MACHINE_VARIABLES = ("TORCHDEVICE_CAPABILITIES", "TORCHDEVICE_MODE")
 
 
 def run_python(code: str = "", *args: str, env: dict | None = None,

@@ -102,3 +102,27 @@ def test_demo_numbers_match_a_cpu_run(demo):
     for g, w in zip(got, want):
         assert len(g) == len(w) and all(abs(a - b) <= 1e-5
                                         for a, b in zip(g, w)), (g, w)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("demo", [pytest.param(d, id=d.name) for d in DEMOS])
+def test_demo_in_the_default_mode_on_the_accelerator(demo):
+    """make test-accel runs in mode "accelerate"; users get the default,
+    "cpu-stays-cpu" (docs/policy.md): every demo runs to completion in it
+    too, and its float32 results equal a CPU run's within 1e-5."""
+    if ACCEL is None:
+        pytest.skip("this run is the CPU run")
+    here = run_python(script=demo, timeout=600,
+                      env={"TORCHDEVICE_MODE": "cpu-stays-cpu"})
+    assert here.returncode == 0, here.stdout[-2000:] + here.stderr[-4000:]
+    if demo.name not in RESULTS:
+        return
+    cpu = run_python(script=demo, timeout=600,
+                     env={"TORCHDEVICE_TARGET": "cpu"})
+    assert cpu.returncode == 0, cpu.stderr[-4000:]
+    got, want = _results(demo.name, here.stdout), _results(demo.name,
+                                                           cpu.stdout)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert len(g) == len(w) and all(abs(a - b) <= 1e-5
+                                        for a, b in zip(g, w)), (g, w)

@@ -18,7 +18,7 @@ import multiprocessing
 
 import pytest
 
-from conftest import HAS_CUDA, TARGET, run_python
+from conftest import DEFAULT_MODE, HAS_CUDA, TARGET, run_python
 
 pytestmark = pytest.mark.skipif(HAS_CUDA, reason="CUDA redirected: profiles "
                                 "cpu and accelerator only")
@@ -129,7 +129,7 @@ def run(tmp_path, ctx: str, *, import_line: str = "import TorchDevice",
     return json.loads(line[0][len("RESULT"):])
 
 
-def assert_all_worked(out: dict, *, mode: str = "cpu-stays-cpu") -> None:
+def assert_all_worked(out: dict, *, mode: str = DEFAULT_MODE) -> None:
     infos = [out["parent"], out["parent_after"], *out["children"]]
     if "raw_fork" in out:
         infos.append(out["raw_fork"])
