@@ -12,7 +12,7 @@ import pytest
 
 import TorchDevice
 from TorchDevice import _doctor
-from conftest import MPS_LIKE
+from conftest import MACHINE_VARIABLES, MPS_LIKE
 
 SOURCE = '''\
 import torch
@@ -141,7 +141,7 @@ def test_plain_code_has_no_findings():
 def doctor(*args: str, cwd: Path, extra_env: dict | None = None):
     import os
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TORCHDEVICE")}
+           if not k.startswith("TORCHDEVICE") or k in MACHINE_VARIABLES}
     env.update(extra_env or {})
     return subprocess.run([sys.executable, "-m", "TorchDevice", "doctor",
                            *args], capture_output=True, text=True,
@@ -309,7 +309,7 @@ def _run(path: Path, *args: str, cwd: Path | None = None,
     import os
     import socket
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TORCHDEVICE")}
+           if not k.startswith("TORCHDEVICE") or k in MACHINE_VARIABLES}
     env.update(extra_env or {})
     with socket.socket() as s:       # a free port for the DDP programs
         s.bind(("127.0.0.1", 0))

@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def start(cmd: List[str], env: Optional[Dict[str, str]] = None
           ) -> subprocess.Popen:
     """Starts a program in a fresh process, without TORCHDEVICE* settings
-    inherited from the test run, warnings off so that output is stable."""
+    inherited from the test run (except those describing the run: make
+    test-accel's record and mode), warnings off so that output is stable."""
+    from conftest import MACHINE_VARIABLES
     full = {k: v for k, v in os.environ.items()
-            if not k.startswith("TORCHDEVICE")}
+            if not k.startswith("TORCHDEVICE") or k in MACHINE_VARIABLES}
     full.update(PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore")
     full.update(env or {})
     return subprocess.Popen(cmd, stdout=subprocess.PIPE,
