@@ -122,6 +122,13 @@ def test_checkpoint_loads_without_torchdevice(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    ACCEL is not None, strict=False,
+    reason="in accelerate mode the Dataset is built on the accelerator while "
+           "the DataLoader workers stay on the host (docs/policy.md, "
+           "'Failure classes'); in the default mode the device's generator "
+           "draws what is asked of the device, as on CUDA, so the numbers "
+           "are not a one-generator CPU run's")
 def test_float32_run_on_the_accelerator_matches_a_cpu_run(tmp_path):
     """Without AMP (whose dtype is the device's: float16 here, another on
     the CPU) the script computes in float32; on another accelerator, whose
