@@ -550,6 +550,19 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
         td_move_done(st, args[0], intent, force, result), res);
 }
 
+/* `t.is_cpu`: 1, 0, or -1 with an error set. */
+static int
+tensor_is_cpu(td_install *st, PyObject *t)
+{
+    PyObject *is_cpu = PyObject_GetAttr(t, st->str_is_cpu);
+    if (is_cpu == NULL) {
+        return -1;
+    }
+    int on_host = PyObject_IsTrue(is_cpu);
+    Py_DECREF(is_cpu);
+    return on_host;
+}
+
 static PyObject *
 wrapper_numpy(td_wrapper *w, td_install *st, PyObject *const *args,
               Py_ssize_t nargs, PyObject *kwnames)
@@ -557,12 +570,7 @@ wrapper_numpy(td_wrapper *w, td_install *st, PyObject *const *args,
     if (td_get_profile() == TD_PROFILE_CPU || nargs < 1) {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
-    PyObject *is_cpu = PyObject_GetAttr(args[0], st->str_is_cpu);
-    if (is_cpu == NULL) {
-        return NULL;
-    }
-    int on_host = PyObject_IsTrue(is_cpu);
-    Py_DECREF(is_cpu);
+    int on_host = tensor_is_cpu(st, args[0]);
     if (on_host < 0) {
         return NULL;
     }
@@ -604,12 +612,7 @@ wrapper_pin(td_wrapper *w, td_install *st, PyObject *const *args,
     if (w->kind == TD_KIND_PIN_MEMORY && td_get_mode() == TD_MODE_ACCELERATE
         && PyObject_TypeCheck(args[0], st->tensor_type))
     {
-        PyObject *is_cpu = PyObject_GetAttr(args[0], st->str_is_cpu);
-        if (is_cpu == NULL) {
-            return NULL;
-        }
-        int on_host = PyObject_IsTrue(is_cpu);
-        Py_DECREF(is_cpu);
+        int on_host = tensor_is_cpu(st, args[0]);
         if (on_host < 0) {
             return NULL;
         }
