@@ -27,7 +27,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional, TextIO, Tuple, Union
 
-from . import _log, _tdcore
+from . import _log, _sigwake, _tdcore
 
 SCHEMA = "torchdevice-report/1"
 # "<root pid>:<directory>": where the processes of one program leave their
@@ -274,6 +274,11 @@ def _install_sigterm() -> None:
     except (ValueError, OSError):   # not the main interpreter
         return
     _sigterm_installed = True
+    _sigwake.start(signal.SIGTERM, _handler_is_ours)
+
+
+def _handler_is_ours() -> bool:
+    return signal.getsignal(signal.SIGTERM) is _on_sigterm
 
 
 def _restore_sigterm() -> None:
@@ -282,6 +287,7 @@ def _restore_sigterm() -> None:
             is threading.main_thread():
         if signal.getsignal(signal.SIGTERM) is _on_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigwake.stop()
         _sigterm_installed = False
 
 
@@ -291,6 +297,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     that arrives while the part is being written (a pool worker told to
     stop as it was leaving anyway) waits for the writing to end."""
     global _pending_signal
+    _sigwake.handler_started()
     if _finishing:
         _pending_signal = signum
         return

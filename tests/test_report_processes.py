@@ -12,14 +12,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import TorchDevice
-
-from conftest import ROOT
 
 cpu_profile = pytest.mark.skipif(
     TorchDevice.hardware_profile() != "cpu",
@@ -30,7 +27,6 @@ needs_fork = pytest.mark.skipif(
 
 PROGRAM = '''\
 import sys
-import time
 
 import torch
 import torch.multiprocessing as mp
@@ -240,3 +236,50 @@ def test_merge_counts_processes():
     merged = _report.merge([[row], [row, other], [{**row, "count": 5}]])
     assert [(r["line"], r["count"], r["processes"]) for r in merged] == [
         (3, 9, 3), (4, 1, 1)]
+
+
+BLOCKED = '''\
+import os
+import signal
+import threading
+
+import torch
+
+torch.zeros(1, device="cuda")
+
+
+def signal_myself():
+    time.sleep(0.5)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+
+threading.Thread(target=signal_myself).start()
+read, write = os.pipe()
+os.read(read, 1)           # blocks: nobody writes
+'''
+
+
+def test_sigterm_ends_a_main_thread_blocked_before_its_handler_ran(tmp_path):
+    """Python runs a signal handler in the main thread when it next checks;
+    a main thread that blocked before it checked (a pool worker waiting for
+    a task when `Pool.terminate()` signals it) never does.  Without a
+    handler SIGTERM ends the process; with the report's it waited forever
+    (and `with Pool() as pool:` hung in terminate()).  Here the signal is
+    delivered to another thread while the main thread is blocked."""
+    script = tmp_path / "blocked.py"
+    script.write_text(BLOCKED)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "TorchDevice", "run",
+         f"--report={tmp_path / 'report.json'}", str(script)],
+        cwd=str(tmp_path), env=environment(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail("still waiting a minute after SIGTERM: " + err[-2000:])
+    assert proc.returncode == -signal.SIGTERM, err
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert [(r["line"], r["api"]) for r in doc["records"]] == \
+        [(8, "torch.zeros")]
