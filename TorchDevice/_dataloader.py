@@ -35,7 +35,7 @@ TorchDevice is enabled on that profile that one warning is filtered
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import _tdcore, _torch_compat
 
@@ -44,20 +44,91 @@ _original_loop: Any = None
 
 
 def worker_loop(*args: Any, **kwargs: Any) -> Any:
-    """torch.utils.data's worker loop, with the CPU override on."""
+    """torch.utils.data's worker loop, with the CPU override on, and the
+    dataset's tensors that mode "accelerate" put on the accelerator brought
+    back to the host the worker computes on."""
+    target = _accelerator_target()
     _tdcore.set_cpu_override(True)
     assert _original_loop is not None    # only installed when found
+    if target is not None:
+        dataset = kwargs["dataset"] if "dataset" in kwargs else \
+            args[1] if len(args) > 1 else None
+        if dataset is not None:
+            _to_host(dataset, target.type, 0, set(), {})
     return _original_loop(*args, **kwargs)
+
+
+# How deep into a dataset's attributes, containers and nested datasets
+# (Subset, ConcatDataset, a user's wrapper) the worker looks for tensors.
+_DEPTH = 6
+
+
+def _to_host(obj: Any, device_type: str, depth: int, seen: Set[int],
+             copies: Dict[int, Any]) -> Any:
+    """`obj` with every tensor on `device_type` replaced by a host copy:
+    tensors and the containers holding them are rebuilt, other objects are
+    changed in place (the worker's own copy of the dataset: the training
+    process's is untouched).  A Dataset built in the training process holds
+    tensors made without a device, which "accelerate" placed on the
+    accelerator; the program wrote them as host tensors and the worker, on
+    the host, combines them with host tensors.  Modules, and what cannot be
+    moved (a device a forked child cannot use), are left as they are."""
+    import torch
+    if isinstance(obj, torch.Tensor):
+        if obj.device.type != device_type:
+            return obj
+        if id(obj) not in copies:      # one tensor held twice: one copy
+            try:
+                copies[id(obj)] = (_original_to or torch.Tensor.to)(obj, "cpu")
+            except RuntimeError:
+                copies[id(obj)] = obj
+        return copies[id(obj)]
+    if depth >= _DEPTH or id(obj) in seen or isinstance(
+            obj, (str, bytes, int, float, bool, type(None), torch.nn.Module,
+                  type)):
+        return obj
+    seen.add(id(obj))
+    if isinstance(obj, list):
+        for i, item in enumerate(obj):
+            moved = _to_host(item, device_type, depth + 1, seen, copies)
+            if moved is not item:
+                obj[i] = moved
+    elif isinstance(obj, tuple):
+        items = [_to_host(x, device_type, depth + 1, seen, copies)
+                 for x in obj]
+        if any(a is not b for a, b in zip(items, obj)):
+            try:
+                return type(obj)(*items) if hasattr(obj, "_fields") \
+                    else type(obj)(items)
+            except TypeError:       # a tuple type built some other way
+                return obj
+    elif isinstance(obj, dict):
+        for key, value in list(obj.items()):
+            moved = _to_host(value, device_type, depth + 1, seen, copies)
+            if moved is not value:
+                obj[key] = moved
+    else:
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            _to_host(attrs, device_type, depth, seen, copies)
+    return obj
+
+
+def _accelerator_target() -> Any:
+    """The accelerator device-less requests go to now (mode "accelerate",
+    the CPU override off), else None.  meta: a stand-in holds no data."""
+    from . import _patches
+    if _tdcore.settings()["mode"] != "accelerate":
+        return None
+    target = _patches.resolve_device(None)
+    return None if target.type in ("cpu", "meta") else target
 
 
 def _placer() -> Optional[Callable[[Any], Any]]:
     """The function that moves a batch's host tensors where a device-less
     request goes now, or None when that is the host."""
-    from . import _patches
-    if _tdcore.settings()["mode"] != "accelerate":
-        return None
-    target = _patches.resolve_device(None)
-    if target.type in ("cpu", "meta"):     # meta: a stand-in holds no data
+    target = _accelerator_target()
+    if target is None:
         return None
     import torch
     tree_map = _torch_compat.get("pytree_tree_map")

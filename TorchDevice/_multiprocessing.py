@@ -13,8 +13,9 @@ do not reach the sender (docs/compile-checkpoints-distributed.md).
 """
 from __future__ import annotations
 
+import weakref
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -43,6 +44,32 @@ def _rebuild(host: torch.Tensor, device: str, requires_grad: bool,
     return tensor.requires_grad_(requires_grad) if requires_grad else tensor
 
 
+# id(tensor) -> (its version, its host copy), while the tensor lives.  torch
+# sends the host copy through shared memory by its file descriptor; a
+# process started by spawn/forkserver receives the descriptor only when it
+# starts, after pickling (a Dataset handed to DataLoader workers), so the
+# copy must outlive the pickling, or the descriptor is closed by then
+# ("bad value(s) in fds_to_keep").  The same tensor sent again, unchanged,
+# reuses its copy.
+_host_copies: Dict[int, Tuple[int, torch.Tensor]] = {}
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    key = id(tensor)
+    held = _host_copies.get(key)
+    if held is not None and held[0] == tensor._version:
+        return held[1]
+    from . import _patches
+    to_host = _patches._originals.get("tensor_cpu", torch.Tensor.cpu)
+    host = to_host(tensor.detach())
+    if host is tensor:
+        host = host.clone()
+    if held is None:
+        weakref.finalize(tensor, _host_copies.pop, key, None)
+    _host_copies[key] = (tensor._version, host)
+    return host
+
+
 def reduce_tensor(tensor: torch.Tensor) -> Tuple[Any, ...]:
     """ForkingPickler's reducer for tensors while TorchDevice is enabled."""
     assert _torch_reduce is not None
@@ -50,12 +77,8 @@ def reduce_tensor(tensor: torch.Tensor) -> Tuple[Any, ...]:
     if (device.type in _NATIVE or tensor.layout != torch.strided
             or (tensor.requires_grad and not tensor.is_leaf)):
         return _torch_reduce(tensor)       # torch's own, errors included
-    from . import _patches, _tdcore
-    to_host = _patches._originals.get("tensor_cpu", torch.Tensor.cpu)
-    host = to_host(tensor.detach())
-    if host is tensor:
-        host = host.clone()
-    return (_rebuild, (host, str(device), tensor.requires_grad,
+    from . import _tdcore
+    return (_rebuild, (_host_copy(tensor), str(device), tensor.requires_grad,
                        _tdcore.on_accelerator(tensor),
                        isinstance(tensor, torch.nn.Parameter)))
 

@@ -12,7 +12,7 @@ import pytest
 
 import TorchDevice
 from TorchDevice import _doctor
-from conftest import MACHINE_VARIABLES, MPS_LIKE
+from conftest import MPS_LIKE, child_env
 
 SOURCE = '''\
 import torch
@@ -139,10 +139,7 @@ def test_plain_code_has_no_findings():
 
 
 def doctor(*args: str, cwd: Path, extra_env: dict | None = None):
-    import os
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TORCHDEVICE") or k in MACHINE_VARIABLES}
-    env.update(extra_env or {})
+    env = child_env(**(extra_env or {}))
     return subprocess.run([sys.executable, "-m", "TorchDevice", "doctor",
                            *args], capture_output=True, text=True,
                           cwd=str(cwd), timeout=300, env=env)
@@ -306,11 +303,8 @@ def _verdict(path: Path, extra_env: dict | None = None) -> int:
 
 def _run(path: Path, *args: str, cwd: Path | None = None,
          extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
     import socket
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TORCHDEVICE") or k in MACHINE_VARIABLES}
-    env.update(extra_env or {})
+    env = child_env(**(extra_env or {}))
     with socket.socket() as s:       # a free port for the DDP programs
         s.bind(("127.0.0.1", 0))
         env["PORT"] = str(s.getsockname()[1])
@@ -358,17 +352,7 @@ _FLOAT64_ON_HOST = pytest.mark.xfail(
     reason="x.cpu().double() in accelerate mode on a device without float64")
 
 
-# train_cuda_research builds its Dataset in the main process, where mode
-# "accelerate" puts device-less tensors on the accelerator, while the
-# DataLoader workers stay on the host: a failure class of that mode
-# (docs/policy.md, "Failure classes"); the scan does not know it.
-_DATASET_IN_MAIN = pytest.mark.xfail(
-    MPS_LIKE and TorchDevice.config().mode == "accelerate", strict=False,
-    raises=AssertionError,
-    reason="Dataset built on the accelerator, workers on the host "
-           "(accelerate mode)")
-_EXAMPLE_MARKS = {"demo_matrix_multiplication.py": [_FLOAT64_ON_HOST],
-                  "train_cuda_research.py": [_DATASET_IN_MAIN]}
+_EXAMPLE_MARKS = {"demo_matrix_multiplication.py": [_FLOAT64_ON_HOST]}
 
 
 @pytest.mark.slow

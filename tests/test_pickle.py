@@ -123,3 +123,36 @@ def test_partial_of_a_factory_runs_in_a_spawn_worker(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     where = TorchDevice.policy()["device"]
     assert proc.stdout.split() == [where, "4", where]
+
+
+def test_device_tensors_handed_to_a_spawned_process(tmp_path):
+    """Arguments of a spawned process are pickled before it starts and its
+    shared-memory descriptors are passed when it starts: the host copy of
+    an accelerator tensor must live until then (it was freed at once:
+    "bad value(s) in fds_to_keep").  A tensor changed after it was sent
+    goes with its new values."""
+    script = tmp_path / "spawn_args.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import torch
+        import TorchDevice
+
+        def show(t, queue):
+            queue.put((str(t.device), t.tolist()))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            t = torch.ones(3, device="cuda")
+            for step in range(2):
+                p = ctx.Process(target=show, args=(t, queue))
+                p.start()
+                print(*queue.get(timeout=120))
+                p.join()
+                t.add_(1)
+    """))
+    proc = run_python(script=script, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    where = str(TARGET)
+    assert proc.stdout.splitlines() == [f"{where} [1.0, 1.0, 1.0]",
+                                        f"{where} [2.0, 2.0, 2.0]"]

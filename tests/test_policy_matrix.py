@@ -17,10 +17,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Dict, Optional, Tuple
 
 import pytest
 
 from conftest import ROOT, run_python
+
+# Every program here runs with the environment the test gives it.
+pytestmark = pytest.mark.own_machine
 
 MODES = ("accelerate", "cpu-stays-cpu")
 ACCEL_ENV = {"SIMACCEL_AUTOLOAD": "1", "SIMACCEL_MPS_RULES": "1",
@@ -59,18 +63,28 @@ def launch(tmp_path: Path, code: str, mode: str, *options: str,
 
 
 def run_script(script: Path, mode: str, *options: str, native: bool = False,
-               cwd: Path = ROOT) -> subprocess.CompletedProcess:
+               cwd: Path = ROOT, args: Tuple[str, ...] = ()
+               ) -> subprocess.CompletedProcess:
+    if native:
+        cmd = [sys.executable, str(script), *args]
+    else:
+        cmd = [sys.executable, "-m", "TorchDevice", "run", *options,
+               str(script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True,
+                          env=_accel_env(None if native else mode),
+                          cwd=str(cwd), timeout=300)
+
+
+def _accel_env(mode: Optional[str]) -> Dict[str, str]:
+    """This run's environment without TorchDevice's and the simulated
+    accelerator's settings; with `mode`, the simulated accelerator (MPS's
+    record) in that mode."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TORCHDEVICE", "SIMACCEL"))}
     env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore")
-    if native:
-        cmd = [sys.executable, str(script)]
-    else:
+    if mode is not None:
         env.update(ACCEL_ENV, TORCHDEVICE_MODE=mode)
-        cmd = [sys.executable, "-m", "TorchDevice", "run", *options,
-               str(script)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          cwd=str(cwd), timeout=300)
+    return env
 
 
 # ---- host generators --------------------------------------------------------
@@ -129,6 +143,61 @@ def test_dataloader_program_with_workers_and_pinning_runs(tmp_path):
                       "dataloader_workers.py", "accelerate", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RESULT accuracy" in proc.stdout
+
+
+DATASET_IN_MAIN = """
+import sys
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+
+class Patterns(Dataset):
+    def __init__(self):
+        self.table = {"base": [torch.arange(4.0), torch.ones(4)]}
+        self.scale = torch.full((4,), 2.0)
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        base, ones = self.table["base"]
+        return base * self.scale + ones + torch.randn(4, generator=g)
+
+
+if __name__ == "__main__":
+    data = Patterns()
+    loader = DataLoader(Subset(data, range(6)), batch_size=3, num_workers=2,
+                        multiprocessing_context=sys.argv[1])
+    total = sum(batch.sum() for batch in loader)
+    print("total", round(float(total), 4))
+    print("dataset", data.scale.device.type)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_dataset_built_in_the_main_process_serves_host_workers(tmp_path,
+                                                             start):
+    """A Dataset built in the training process holds tensors made without a
+    device, which accelerate mode puts on the accelerator; its DataLoader
+    workers compute on the host (CPU override) and combine them with host
+    tensors.  They get the dataset's tensors on the host (the worker's copy;
+    the training process's stays where the policy put it) and compute the
+    native numbers."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent(DATASET_IN_MAIN))
+    script = tmp_path / "prog.py"
+    got = run_script(script, "accelerate", cwd=tmp_path, args=(start,))
+    assert got.returncode == 0, got.stderr[-3000:]
+    want = run_script(script, "accelerate", native=True, cwd=tmp_path,
+                      args=(start,))
+    assert want.returncode == 0, want.stderr[-3000:]
+    assert _line(got.stdout, "total") == _line(want.stdout, "total")
+    assert _line(got.stdout, "dataset") == "dataset simaccel"
+
+
+def _line(out: str, key: str) -> str:
+    return next(ln for ln in out.splitlines() if ln.split(" ")[0] == key)
 
 
 # ---- the note on device mismatches -----------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,8 @@ import torch
 
 import TorchDevice
 
-from conftest import ACCEL, HAS_CUDA, HAS_MPS, ROOT, TARGET, run_python
+from conftest import (ACCEL, HAS_CUDA, HAS_MPS, ROOT, SAME_BITS, child_env,
+                      run_python)
 from cpu_reference.audit import assert_identical
 
 SCRIPT = ROOT / "examples" / "train_cuda_research.py"
@@ -31,10 +31,8 @@ COMMON = ["--epochs", "3", "--train-size", "192", "--val-size", "96",
 
 
 def launch(*args: str, env_extra: dict | None = None) -> str:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TORCHDEVICE")}
-    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore")
-    env.update(env_extra or {})
+    env = child_env(PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore",
+                    **SAME_BITS, **(env_extra or {}))
     # Bit-for-bit resumption is a property of the CPU kernels this machine
     # runs; cudnn.benchmark may pick nondeterministic GPU algorithms.
     target = ["--target", "cpu"] if HAS_CUDA or HAS_MPS else []
@@ -122,13 +120,6 @@ def test_checkpoint_loads_without_torchdevice(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    ACCEL is not None, strict=False,
-    reason="in accelerate mode the Dataset is built on the accelerator while "
-           "the DataLoader workers stay on the host (docs/policy.md, "
-           "'Failure classes'); in the default mode the device's generator "
-           "draws what is asked of the device, as on CUDA, so the numbers "
-           "are not a one-generator CPU run's")
 def test_float32_run_on_the_accelerator_matches_a_cpu_run(tmp_path):
     """Without AMP (whose dtype is the device's: float16 here, another on
     the CPU) the script computes in float32; on another accelerator, whose
