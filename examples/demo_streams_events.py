@@ -53,7 +53,10 @@ done = main.record_event()
 done.synchronize()
 
 reference = torch.relu(x @ a) + torch.tanh(x @ b)
-agree = torch.allclose(combined, reference)
+# float32 products may round differently from one call to the next (the
+# BLAS can split them across threads differently), so compare with a
+# tolerance, as one compares any two float32 results.
+agree = torch.allclose(combined, reference, rtol=1e-4, atol=1e-3)
 print(f"two streams agree with one: {agree}")
 print(f"current stream restored: {torch.cuda.current_stream() == main}")
 assert agree

@@ -3,7 +3,6 @@ names its README and demos use keep working, as thin views of TorchDevice's
 own API."""
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 import torch

@@ -3,7 +3,6 @@ accelerator in `make test-accel`, where TARGET is the simulated device):
 the real type stays in place, only construction is redirected."""
 from __future__ import annotations
 
-import io
 import pickle
 import typing
 

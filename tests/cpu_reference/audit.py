@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -22,10 +21,9 @@ def start(cmd: List[str], env: Optional[Dict[str, str]] = None
     """Starts a program in a fresh process, without TORCHDEVICE* settings
     inherited from the test run (except those describing the run: make
     test-accel's record and mode), warnings off so that output is stable."""
-    from conftest import MACHINE_VARIABLES
-    full = {k: v for k, v in os.environ.items()
-            if not k.startswith("TORCHDEVICE") or k in MACHINE_VARIABLES}
-    full.update(PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore")
+    from conftest import SAME_BITS, child_env
+    full = child_env(PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore",
+                     **SAME_BITS)
     full.update(env or {})
     return subprocess.Popen(cmd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=full,
