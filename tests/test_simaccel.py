@@ -453,6 +453,7 @@ def test_pinned_memory():
 
 # ------------------------------------------------------ "behave like MPS"
 
+@pytest.mark.own_machine
 def test_mps_rules_are_off_by_default():
     """Off unless SIMACCEL_MPS_RULES=1 when the device loads (run_child
     leaves the SIMACCEL_* variables out)."""
@@ -522,6 +523,7 @@ def test_mps_rules_disabled_grad_scaler_unscales_nothing(mps_rules):
     assert torch.allclose(model.weight.grad.cpu(), torch.full((1, 3), 2.0))
 
 
+@pytest.mark.own_machine
 def test_mps_rules_honour_mps_own_fallback_variable():
     """Behaving like MPS, the device reads PYTORCH_ENABLE_MPS_FALLBACK when
     it loads (TorchDevice's launcher sets it for MPS's capability record)."""
@@ -587,6 +589,7 @@ def test_mps_rules_cpu_only_ops_warn_and_lists_are_configurable(mps_rules):
 
 # ------------------------------------------- other processes, build failure
 
+@pytest.mark.own_machine
 def test_environment_settings_at_load_and_several_devices():
     done = run_child("""
         import torch, simaccel
@@ -629,6 +632,7 @@ def _site_dir(tmp_path: Path) -> Path:
     return site
 
 
+@pytest.mark.own_machine
 def test_activation_variable_gives_every_process_the_device(tmp_path):
     site = _site_dir(tmp_path)
     probe = f"""
@@ -649,6 +653,7 @@ def test_activation_variable_gives_every_process_the_device(tmp_path):
     assert off.stdout.split() == ["privateuseone", "privateuseone", "None"]
 
 
+@pytest.mark.own_machine
 def test_activation_through_the_venv_install():
     import sysconfig
     installed = Path(sysconfig.get_paths()["purelib"]) / _build.AUTOLOAD_PTH
@@ -662,6 +667,7 @@ def test_activation_through_the_venv_install():
     assert off.stdout.strip() == "None", off.stderr[-3000:]
 
 
+@pytest.mark.own_machine
 def test_activation_reaches_spawned_workers(tmp_path):
     site = _site_dir(tmp_path)
     # A spawned worker starts a new interpreter: it finds the hook through
@@ -684,6 +690,7 @@ def test_activation_reaches_spawned_workers(tmp_path):
     assert done.stdout.strip() == "simaccel:0"
 
 
+@pytest.mark.own_machine
 def test_build_failure_gives_a_reason(tmp_path):
     done = run_child("""
         import simaccel
