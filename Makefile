@@ -43,7 +43,7 @@ test-accel: simaccel
 # The C hygiene checks CI runs after the tests (docs/reliability.md).
 check: setup
 	bash scripts/lint_c.sh
-	bash scripts/sanitize.sh
+	bash scripts/sanitize.sh --core
 	bash scripts/valgrind_smoke.sh
 
 # The simulated accelerator (tests/simaccel/README.md): builds

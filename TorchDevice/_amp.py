@@ -235,8 +235,16 @@ def _set_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
         target = _redirected(device_type)
         if target is None:
             return original(*args, **kwargs)
-        _DEFAULTS[device_type] = dtype
-        used = _DTYPES[device_type].get(dtype, dtype)
+        table = _DTYPES[device_type]
+        meant = _DEFAULTS.get(device_type)
+        # Setting back what get_autocast_dtype answers (a save and restore:
+        # torch.compile does one around every graph) keeps what the program
+        # meant; storing the answer would turn CUDA's float16 into the
+        # target's dtype for good (keep_float16 then ignored, the rewrite
+        # no longer reported).
+        if dtype is not table.get(meant, meant):
+            _DEFAULTS[device_type] = dtype
+        used = table.get(dtype, dtype)
         if used is not dtype:
             _note("torch.set_autocast_dtype", dtype, used, target)
         return original(target, used)
