@@ -188,27 +188,9 @@ def test_float16_becomes_what_the_cpu_computes_well(dtype, restore_config):
     TorchDevice.configure(report=False)
 
 
-@cpu_only
-def test_compile_keeps_the_programs_autocast_dtype():
-    """torch.compile saves and sets back the autocast dtype around every
-    graph, through get/set_autocast_dtype; that round trip stored the
-    translated dtype as the program's own, so CUDA's float16 default stayed
-    bfloat16 for good (keep_float16 ignored, the rewrite no longer
-    reported)."""
-    torch.compile(lambda x: x + 1, backend="eager")(torch.ones(2))
-    TorchDevice.configure(keep_float16=True)
-    try:
-        a = torch.randn(4, 4, device="cuda")
-        with torch.autocast("cuda"):
-            assert (a @ a).dtype == torch.float16
-    finally:
-        TorchDevice.configure(keep_float16=False)
-    with torch.autocast("cuda"):
-        assert torch.get_autocast_dtype("cuda") == FLOAT16_BECOMES
-
-
-@cpu_only
-def test_keep_float16_switch(restore_config):
+def _assert_keep_float16_switches() -> None:
+    """keep_float16 on: CUDA's float16 autocast stays float16; off again:
+    float16 becomes what the CPU computes well."""
     TorchDevice.configure(keep_float16=True)
     try:
         a = torch.randn(4, 4, device="cuda")
@@ -218,6 +200,23 @@ def test_keep_float16_switch(restore_config):
         TorchDevice.configure(keep_float16=False)
     with torch.autocast("cuda"):
         assert (a @ a).dtype == FLOAT16_BECOMES
+        assert torch.get_autocast_dtype("cuda") == FLOAT16_BECOMES
+
+
+@cpu_only
+def test_compile_keeps_the_programs_autocast_dtype():
+    """torch.compile saves and sets back the autocast dtype around every
+    graph, through get/set_autocast_dtype; that round trip stored the
+    translated dtype as the program's own, so CUDA's float16 default stayed
+    bfloat16 for good (keep_float16 ignored, the rewrite no longer
+    reported)."""
+    torch.compile(lambda x: x + 1, backend="eager")(torch.ones(2))
+    _assert_keep_float16_switches()
+
+
+@cpu_only
+def test_keep_float16_switch(restore_config):
+    _assert_keep_float16_switches()
 
 
 def test_keep_float16_from_the_environment():
