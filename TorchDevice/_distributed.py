@@ -20,12 +20,17 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
   devices to run NCCL's barrier on).
 * ``nn.DataParallel`` is a pass-through: it finds no device to scatter to
   (scattering is CUDA's alone; one device runs the module itself).
+* At exit, a process that was given gloo for NCCL releases the GIL for a
+  moment before the interpreter finalizes: gloo's worker threads end
+  their last collective then (see ``_gloo_exit_grace``).
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib
 import logging
+import time
 from typing import Any, Callable, List, Optional
 
 import torch
@@ -69,6 +74,32 @@ def rewrite_backend(backend: Any) -> Any:
     return ",".join(entries)
 
 
+# How long the main thread leaves the GIL to gloo's threads at exit.
+_GLOO_EXIT_GRACE_S = 0.05
+_grace_registered = False
+
+
+def _gloo_exit_grace() -> None:
+    """A gloo worker thread drops a finished collective (and the tensors it
+    held, which need the GIL to free their Python objects) a moment after
+    the program's wait on it returned.  If the interpreter has begun to
+    finalize by then, taking the GIL ends that C++ thread with
+    pthread_exit, whose unwinding aborts the process ("terminate called
+    without an active exception", exit status -6 after a run that
+    completed).  On CUDA, NCCL has no such race: so that a script given
+    gloo for NCCL ends as it would there, the main thread sleeps (without
+    the GIL) before the interpreter finalizes; atexit runs while it is
+    still whole."""
+    time.sleep(_GLOO_EXIT_GRACE_S)
+
+
+def _given_gloo() -> None:
+    global _grace_registered
+    if not _grace_registered:
+        atexit.register(_gloo_exit_grace)
+        _grace_registered = True
+
+
 def _warn_device_collectives(api: str) -> None:
     """gloo, standing in for NCCL, reduces host (and CUDA) tensors only:
     where "cuda" lands on another accelerator (MPS, ...), tensors there
@@ -97,6 +128,7 @@ def _init_builder(api: str) -> Callable[[Any], Any]:
             if new != backend:
                 _record(api, backend, new)
                 _warn_device_collectives(api)
+                _given_gloo()
             if (not _native() and kwargs.get("device_id") is not None):
                 _record(api, kwargs["device_id"], "no device_id")
                 kwargs["device_id"] = None
@@ -113,9 +145,12 @@ def _new_group_builder(original: Any) -> Any:
             kwargs["backend"] = rewrite_backend(old)
             if kwargs["backend"] != old:
                 _record("torch.distributed.new_group", old, kwargs["backend"])
+                _given_gloo()
         elif len(args) >= 3:
             old = args[2]
             args = args[:2] + (rewrite_backend(old),) + args[3:]
+            if args[2] != old:
+                _given_gloo()
         if not _native() and kwargs.get("device_id") is not None:
             kwargs["device_id"] = None
         return original(*args, **kwargs)

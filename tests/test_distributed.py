@@ -218,6 +218,43 @@ except Exception as exc:
     assert "INIT ok" not in proc.stdout, proc.stdout
 
 
+# gloo's worker thread frees a finished collective's tensors a moment after
+# the program's wait returned, and needs the GIL for it; this program's
+# thread needs the GIL at the same moment, once the main thread is done.
+# Forced GIL switches are made rare, so only a main thread that lets go of
+# the GIL before the interpreter finalizes lets the thread run.
+LAST_WORD = '''
+import sys, threading
+import torch, torch.distributed as dist
+import TorchDevice
+dist.init_process_group("nccl", init_method="tcp://127.0.0.1:%d",
+                        rank=0, world_size=1)
+t = torch.ones(2, device="cuda")
+dist.all_reduce(t)
+dist.destroy_process_group()
+
+def last_word():
+    threading.main_thread().join()      # returns once the program is done
+    with open(sys.argv[1], "w") as fh:
+        fh.write("freed")
+
+sys.setswitchinterval(5.0)
+threading.Thread(target=last_word, daemon=True).start()
+'''
+
+
+def test_gloo_threads_get_the_gil_before_the_interpreter_finalizes(tmp_path):
+    """A torchrun rank given gloo for NCCL could end with SIGABRT ("terminate
+    called without an active exception") after completing its work, in
+    about one run in five here: gloo's thread took the GIL to free the
+    tensors of the last collective after the interpreter had begun to
+    finalize (docs/compile-checkpoints-distributed.md, "At exit")."""
+    marker = tmp_path / "marker"
+    proc = run_python(LAST_WORD % _free_port(), str(marker), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.read_text() == "freed"
+
+
 # A program in the style of pytorch/examples' distributed ones: it refuses
 # to run on fewer GPUs than ranks ("Unable to locate sufficient 2 gpus",
 # exit 0 having trained nothing), picks its device by LOCAL_RANK and trains
