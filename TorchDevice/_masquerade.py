@@ -380,6 +380,7 @@ def _capture_originals() -> None:
         "cuda.is_available": torch.cuda.is_available,
         "cuda.memory_summary": torch.cuda.memory.memory_summary,
         "current_accelerator": torch.accelerator.current_accelerator,
+        "accelerator.is_available": torch.accelerator.is_available,
         "get_device_module": torch.get_device_module,
         "mps.is_available": torch.backends.mps.is_available,
         "mps.is_built": torch.backends.mps.is_built,
@@ -466,6 +467,7 @@ def install(profile: str) -> None:
     _capture_originals()
     originals = {
         "current_accelerator": _originals["current_accelerator"],
+        "accelerator.is_available": _originals["accelerator.is_available"],
         "get_device_module": _originals["get_device_module"],
         "mps.is_available": _originals["mps.is_available"],
         "mps.is_built": _originals["mps.is_built"],

@@ -139,6 +139,38 @@ def test_pin_memory_on_the_cpu_profile_warns_nothing(tmp_path):
     assert proc.stdout.strip() == "True"
 
 
+ACCEL_PINNING = '''
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+loader = DataLoader(TensorDataset(torch.arange(8.)), batch_size=4,
+                    pin_memory=True)
+for (batch,) in loader:
+    print(batch.is_pinned(), torch.accelerator.is_available())
+    break
+'''
+
+
+def test_pin_memory_on_an_accelerator_pins_as_natively(tmp_path):
+    """Where an accelerator is present, torch's DataLoader asks
+    torch.accelerator whether to pin, and pins natively.  It was given
+    CUDA's answer (none here), so the program's batches were not pinned and
+    torch warned that "no accelerator is found".  In the default mode: in
+    mode "accelerate" batches are handed out on the accelerator itself."""
+    if TARGET.type == "cpu":
+        pytest.skip("no accelerator in this run")
+    script = tmp_path / "pinning.py"
+    script.write_text(ACCEL_PINNING)
+    native = run_python(script=script)
+    assert native.returncode == 0, native.stderr[-3000:]
+    proc = run_python("import sys, runpy; sys.argv = ['TorchDevice', 'run', "
+                      f"{str(script)!r}]; "
+                      "runpy.run_module('TorchDevice', run_name='__main__')",
+                      env={"PYTHONWARNINGS": "error::UserWarning",
+                           "TORCHDEVICE_MODE": "cpu-stays-cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == native.stdout.split() == ["True", "True"]
+
+
 def test_a_generator_without_device_is_the_hosts_as_on_cuda(simulated_mps):
     """On CUDA `torch.Generator()` is a host generator: torch's samplers
     (DataLoader shuffling, random_split) require one, and a device-less draw

@@ -250,7 +250,8 @@ def test_gloo_threads_get_the_gil_before_the_interpreter_finalizes(tmp_path):
     tensors of the last collective after the interpreter had begun to
     finalize (docs/compile-checkpoints-distributed.md, "At exit")."""
     marker = tmp_path / "marker"
-    proc = run_python(LAST_WORD % _free_port(), str(marker), timeout=60)
+    proc = run_python(LAST_WORD % _free_port(), str(marker), timeout=60,
+                      env=RANKS_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.read_text() == "freed"
 

@@ -267,10 +267,10 @@ td_masq_is_available_with(td_state *st, td_masq *m, PyObject *truth)
 }
 
 static PyObject *
-is_available_as(td_state *st, td_masq *m, td_query q)
+is_available_as(td_state *st, td_masq *m, td_query q, PyObject *truth)
 {
     if (m->truthful || caller_sees_truth(m, st)) {
-        return call_truth(m->orig_is_available);
+        return call_truth(truth);
     }
     if (record_query(st, m, q) < 0) {
         return NULL;
@@ -280,12 +280,18 @@ is_available_as(td_state *st, td_masq *m, td_query q)
 
 TD_MASQ_NOARGS(q_is_available)
 {
-    return is_available_as(st, m, TD_QUERY_CUDA_IS_AVAILABLE);
+    return is_available_as(st, m, TD_QUERY_CUDA_IS_AVAILABLE,
+                           m->orig_is_available);
 }
 
+/* torch's own code asks torch.accelerator whether any accelerator is there
+ * (the DataLoader, to pin): its truth is torch.accelerator's, which names
+ * MPS or another device where CUDA's would say no. */
 TD_MASQ_NOARGS(q_accel_is_available)
 {
-    return is_available_as(st, m, TD_QUERY_ACCEL_IS_AVAILABLE);
+    PyObject *truth = td_masq_original(m, "accelerator.is_available");
+    return is_available_as(st, m, TD_QUERY_ACCEL_IS_AVAILABLE,
+                           truth != NULL ? truth : m->orig_is_available);
 }
 
 /* ---- device selection ------------------------------------------------- */
