@@ -266,11 +266,15 @@ td_masq_is_available_with(td_state *st, td_masq *m, PyObject *truth)
     Py_RETURN_TRUE;
 }
 
+/* `truth_name`: the original that answers where the truth is given (NULL:
+ * CUDA's is_available), looked up only then, not on the masquerade's path. */
 static PyObject *
-is_available_as(td_state *st, td_masq *m, td_query q, PyObject *truth)
+is_available_as(td_state *st, td_masq *m, td_query q, const char *truth_name)
 {
     if (m->truthful || caller_sees_truth(m, st)) {
-        return call_truth(truth);
+        PyObject *truth = truth_name != NULL
+                          ? td_masq_original(m, truth_name) : NULL;
+        return call_truth(truth != NULL ? truth : m->orig_is_available);
     }
     if (record_query(st, m, q) < 0) {
         return NULL;
@@ -280,8 +284,7 @@ is_available_as(td_state *st, td_masq *m, td_query q, PyObject *truth)
 
 TD_MASQ_NOARGS(q_is_available)
 {
-    return is_available_as(st, m, TD_QUERY_CUDA_IS_AVAILABLE,
-                           m->orig_is_available);
+    return is_available_as(st, m, TD_QUERY_CUDA_IS_AVAILABLE, NULL);
 }
 
 /* torch's own code asks torch.accelerator whether any accelerator is there
@@ -289,9 +292,8 @@ TD_MASQ_NOARGS(q_is_available)
  * MPS or another device where CUDA's would say no. */
 TD_MASQ_NOARGS(q_accel_is_available)
 {
-    PyObject *truth = td_masq_original(m, "accelerator.is_available");
     return is_available_as(st, m, TD_QUERY_ACCEL_IS_AVAILABLE,
-                           truth != NULL ? truth : m->orig_is_available);
+                           "accelerator.is_available");
 }
 
 /* ---- device selection ------------------------------------------------- */
