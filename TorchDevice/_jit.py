@@ -27,6 +27,7 @@ Python code, wrappers included, and records the devices they chose.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -190,9 +191,37 @@ def _redirect(obj: Any) -> Any:
     return obj
 
 
+def _frames_up_position(original: Callable[..., Any]) -> Optional[int]:
+    """Where torch.jit.script takes `_frames_up` among the arguments after
+    `obj`, or None where it has no such parameter."""
+    try:
+        names = list(inspect.signature(original).parameters)
+    except (TypeError, ValueError):
+        return None
+    if "_frames_up" not in names or names.index("_frames_up") == 0:
+        return None
+    return names.index("_frames_up") - 1
+
+
 def _build(original: Callable[..., Any]) -> Callable[..., Any]:
+    position = _frames_up_position(original)
+
+    def one_frame_up(args: Tuple[Any, ...],
+                     kwargs: Dict[str, Any]) -> Tuple[Any, ...]:
+        # torch.jit.script resolves the names a class uses in the frame
+        # `_frames_up` frames above its own, its caller's by default; this
+        # replacement is one frame more between them.
+        if position is None:
+            return args
+        if len(args) > position:
+            return (args[:position] + (args[position] + 1,)
+                    + args[position + 1:])
+        kwargs["_frames_up"] = kwargs.get("_frames_up", 0) + 1
+        return args
+
     @functools.wraps(original)
     def script(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        args = one_frame_up(args, kwargs)
         if not _patches.is_applied() or not _torch_compat.has(*_JIT_NAMES):
             return original(obj, *args, **kwargs)
         with _lock:

@@ -9,7 +9,7 @@ import torch
 import TorchDevice
 from conftest import HAS_CUDA, HAS_MPS, TARGET, run_python
 
-pytestmark = pytest.mark.skipif(
+redirected = pytest.mark.skipif(
     HAS_CUDA or HAS_MPS, reason="CUDA redirected: profiles cpu and "
     "accelerator only")
 
@@ -40,6 +40,7 @@ def _device_constants(graph) -> set:
             if n.output().type() == device and n.hasAttribute("value")}
 
 
+@redirected
 def test_scripted_function_runs_on_the_redirected_device():
     scripted = torch.jit.script(cuda_function)
     x = torch.tensor([1.0, 2.0, 3.0])
@@ -50,6 +51,7 @@ def test_scripted_function_runs_on_the_redirected_device():
     assert not scripted.graph.findAllNodes("aten::cuda")
 
 
+@redirected
 def test_decorator_form():
     @torch.jit.script
     def f(n: int) -> torch.Tensor:
@@ -59,6 +61,7 @@ def test_decorator_form():
     assert f(2).tolist() == [2.0, 2.0]
 
 
+@redirected
 def test_scripted_module_with_helper(tmp_path):
     torch.manual_seed(0)
     module = CudaModule().cuda()
@@ -80,6 +83,7 @@ print(json.dumps({"out": m(torch.tensor(json.loads(sys.argv[2]))).tolist(),
     assert torch.allclose(torch.tensor(got["out"]), module(x))
 
 
+@redirected
 def test_without_torchdevice_the_script_names_cuda(restore_config):
     """With TorchDevice off, scripting keeps "cuda" and running it fails
     on this machine: the rewrite above is what makes it work."""
@@ -93,3 +97,46 @@ def test_without_torchdevice_the_script_names_cuda(restore_config):
     assert "cuda" in _device_constants(scripted.graph)
     with pytest.raises(Exception):
         scripted(torch.ones(3))
+
+
+# A TorchScript class resolves the names it uses in the frame that called
+# torch.jit.script, which the replacement must not hide.
+SCRIPTED_CLASS = """
+import torch
+
+
+def scale() -> float:
+    return 2.0
+
+
+@torch.jit.script
+class Doubler:
+    def __init__(self, n: int):
+        self.n = n
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return x * scale() * self.n
+"""
+
+
+def test_scripted_class_sees_its_module_names(tmp_path, monkeypatch):
+    (tmp_path / "scripted_class_module.py").write_text(SCRIPTED_CLASS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import scripted_class_module
+
+    assert TorchDevice.is_enabled()
+    out = scripted_class_module.Doubler(3).apply(torch.ones(2))
+    assert out.tolist() == [6.0, 6.0]
+
+
+def test_torch_modules_that_script_classes_import_when_enabled():
+    """torch.distributed.optim scripts its functional optimizers (classes)
+    at import: DistributedOptimizer programs import it after TorchDevice."""
+    proc = run_python("""
+import TorchDevice, torch
+assert TorchDevice.is_enabled()
+import torch.distributed.optim
+print("imported")
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "imported"
