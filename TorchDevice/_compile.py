@@ -18,8 +18,6 @@ they are registered at once.  Either way the result is the same.
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.machinery
 import logging
 import sys
 import threading
@@ -27,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import torch
 
-from . import _grammar, _patches, _tdcore, _torch_compat
+from . import _grammar, _imports, _patches, _tdcore, _torch_compat
 
 _log = logging.getLogger("TorchDevice")
 
@@ -57,7 +55,6 @@ QUERIES = frozenset({
 _lock = threading.RLock()
 _registered: Set[int] = set()      # ids of objects dynamo now knows
 _keep: List[Any] = []              # keeps those objects (and their ids) alive
-_hook: Optional["_DynamoImportHook"] = None
 
 
 # ---- polyfills ---------------------------------------------------------------
@@ -540,52 +537,11 @@ def _register_quietly() -> None:
                      type(exc).__name__, exc)
 
 
-# ---- the import hook -----------------------------------------------------------
+# ---- after torch._dynamo's import -------------------------------------------
 
-class _Loader(importlib.abc.Loader):
-    """Runs torch._dynamo's own loader, then registers the polyfills."""
-
-    def __init__(self, inner: importlib.abc.Loader) -> None:
-        self._inner = inner
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._inner.exec_module(module)   # type: ignore[attr-defined]
-        _remove_hook()
-        if _patches.is_applied():
-            _register_quietly()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class _DynamoImportHook(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != _DYNAMO:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader,
-                                                       "exec_module"):
-                    spec.loader = _Loader(spec.loader)
-                return spec
-        return None
-
-
-def _remove_hook() -> None:
-    global _hook
-    with _lock:
-        if _hook is not None:
-            try:
-                sys.meta_path.remove(_hook)
-            except ValueError:
-                pass
-            _hook = None
+def _dynamo_imported() -> None:
+    if _patches.is_applied():
+        _register_quietly()
 
 
 def _reset_dynamo() -> None:
@@ -599,14 +555,12 @@ def _reset_dynamo() -> None:
 
 def on_apply() -> None:
     """Called at the end of _patches.apply()."""
-    global _hook
     with _lock:
         if _DYNAMO in sys.modules:
             _reset_dynamo()
             _register_quietly()
-        elif _hook is None:
-            _hook = _DynamoImportHook()
-            sys.meta_path.insert(0, _hook)
+        else:
+            _imports.after(_DYNAMO, _dynamo_imported)
 
 
 def on_restore() -> None:
@@ -614,5 +568,5 @@ def on_restore() -> None:
     keyed by the replacement objects, which are no longer installed, and the
     same objects come back on the next enable().  Compiled code is thrown
     away: it has the redirected devices baked in."""
-    _remove_hook()
+    _imports.cancel(_DYNAMO, _dynamo_imported)
     _reset_dynamo()

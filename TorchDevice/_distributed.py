@@ -4,7 +4,8 @@ On every profile but cuda; on NVIDIA machines everything is native.
 gloo reduces host tensors only: where "cuda" lands on another accelerator
 (MPS, ...) the rewrite warns that collectives cannot run there.
 
-* ``init_process_group`` / ``new_group``: the backend "nccl" becomes "gloo";
+* ``init_process_group`` / ``new_group``: the backend "nccl" becomes "gloo"
+  (and where "cuda" lands on the host, no backend at all becomes "gloo");
   in the per-device form ("cuda:nccl,cpu:gloo") every NCCL entry becomes
   gloo and the "cuda" entry is folded into "cpu" (tensors that CUDA code
   puts on "cuda" are on the host here), which leaves plain "gloo".  ``device_id=`` (a CUDA ordinal or
@@ -125,6 +126,12 @@ def _init_builder(api: str) -> Callable[[Any], Any]:
             if "backend" in kwargs:
                 backend = kwargs.pop("backend")
             new = rewrite_backend(backend)
+            if backend is None and _tdcore.settings()["profile"] == "cpu":
+                # On CUDA torch would choose NCCL (gloo for host tensors);
+                # left to choose here, it asks the machine's accelerator,
+                # which "cuda" does not land on (TORCHDEVICE_TARGET=cpu
+                # beside MPS or another device), and finds no backend.
+                new = _GLOO
             if new != backend:
                 _record(api, backend, new)
                 _warn_device_collectives(api)
@@ -211,6 +218,12 @@ def patches() -> List[Any]:
             Patch(owner, "new_group", _new_group_builder),
             Patch(owner, "barrier", _barrier_builder),
         ]
+    # DeviceMesh (init_device_mesh) starts the default group with the name
+    # it imported from distributed_c10d.
+    device_mesh = importlib.import_module("torch.distributed.device_mesh")
+    if getattr(device_mesh, "init_process_group", None) is not None:
+        table.append(Patch(device_mesh, "init_process_group",
+                           _init_builder("torch.distributed.init_process_group")))
     table += [
         Patch(DistributedDataParallel, "__init__", _ddp_init_builder),
         Patch(data_parallel, "_get_available_device_type",

@@ -476,12 +476,13 @@ def _lifecycle_hooks(event: str) -> None:
     """What is not an attribute patch: the torch.compile polyfills (_compile),
     the checkpoint deserializer (_checkpoint), the DataLoader's pinning
     warning filter (_dataloader), the AMP tables (_amp) and the reducer of
-    tensors sent to other processes (_multiprocessing) and the note on
-    device mismatches (_mismatch)."""
-    from . import (_amp, _checkpoint, _compile, _dataloader, _mismatch,
-                   _multiprocessing)
+    tensors sent to other processes (_multiprocessing), the note on
+    device mismatches (_mismatch) and DTensor's placements for the CPU's
+    attention (_dtensor)."""
+    from . import (_amp, _checkpoint, _compile, _dataloader, _dtensor,
+                   _mismatch, _multiprocessing)
     for module in (_checkpoint, _compile, _dataloader, _amp,
-                   _multiprocessing, _mismatch):
+                   _multiprocessing, _mismatch, _dtensor):
         getattr(module, event)()
 
 

@@ -39,6 +39,8 @@ JIT = "TorchScript redirection (torch.jit.script)"
 COMPILE = "torch.compile support (polyfills for the redirected calls)"
 MPS_RNG = "seeding the MPS generator through torch.cuda"
 LAZY = "lazy modules (nn.LazyLinear) with redirected tensor methods"
+DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
+          "where \"cuda\" lands on the host)"
 
 PRIVATE: Tuple[Private, ...] = (
     Private("len_torch_function_stack", "torch._C",
@@ -78,6 +80,16 @@ PRIVATE: Tuple[Private, ...] = (
     Private("dynamo_TorchInGraphFunctionVariable",
             "torch._dynamo.variables.torch",
             "TorchInGraphFunctionVariable", COMPILE),
+    Private("dtensor_register_op_strategy",
+            "torch.distributed.tensor._ops.utils", "register_op_strategy",
+            DTENSOR),
+    Private("dtensor_expand_to_full_mesh",
+            "torch.distributed.tensor._ops.utils",
+            "expand_to_full_mesh_op_strategy", DTENSOR),
+    Private("dtensor_OpStrategy", "torch.distributed.tensor._op_schema",
+            "OpStrategy", DTENSOR),
+    Private("dtensor_RuntimeSchemaInfo", "torch.distributed.tensor._op_schema",
+            "RuntimeSchemaInfo", DTENSOR),
 )
 
 _BY_KEY: Dict[str, Private] = {p.key: p for p in PRIVATE}

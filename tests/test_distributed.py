@@ -361,3 +361,29 @@ def test_mp_spawn_starts_one_process_per_configured_device(tmp_path):
     ranks = sorted(_results(tmp_path), key=lambda r: r["rank"])
     assert [(r["rank"], r["count"], r["current"], r["device"])
             for r in ranks] == [(0, 2, 0, str(TARGET)), (1, 2, 1, str(TARGET))]
+
+
+MESH = '''
+import os, sys
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1],
+                  RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+import TorchDevice
+mesh = init_device_mesh("cuda", (1,))
+t = torch.ones(2, device="cuda")
+dist.all_reduce(t)
+print(dist.get_backend(), t.tolist())
+dist.destroy_process_group()
+'''
+
+
+def test_device_mesh_without_a_backend_gets_gloo():
+    """init_device_mesh("cuda") starts the default group with no backend,
+    which on CUDA means NCCL: here it is gloo, named as such, also where
+    torch would ask an accelerator that "cuda" does not land on
+    (TORCHDEVICE_TARGET=cpu beside MPS) and find no backend for it."""
+    proc = run_python(MESH, str(_free_port()), env=RANKS_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["gloo", "[1.0,", "1.0]"]

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import TorchDevice
-from TorchDevice import _compile, _masquerade, _torch_compat
+from TorchDevice import _compile, _dtensor, _masquerade, _torch_compat
 from conftest import ROOT, run_python
 
 
@@ -46,6 +46,8 @@ def _use(p: _torch_compat.Private) -> None:
         _compile.register()
     elif p.feature == _torch_compat.MPS_RNG:
         _masquerade._target_generator("mps")
+    elif p.feature == _torch_compat.DTENSOR:
+        assert _dtensor.register() is False
 
 
 @pytest.mark.parametrize("p", _torch_compat.PRIVATE,

@@ -1,0 +1,123 @@
+"""Tensor-parallel attention written for CUDA runs where "cuda" is the host
+(docs/compile-checkpoints-distributed.md, "DTensor").
+
+torch's DTensor has placements for the attention kernels a GPU runs, none
+for the CPU's; TorchDevice adds them.  Two ranks under torchrun compute
+F.scaled_dot_product_attention on DTensors sharded on the heads and on the
+batch, with and without masks, and compare the result and the gradients
+with the same attention computed whole on each rank.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import HAS_CUDA, run_python
+from test_distributed import _results, _torchrun
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or HAS_CUDA,
+    reason="needs torch.distributed; on NVIDIA machines the GPU's "
+    "attention has torch's own placements")
+
+PROGRAM = '''
+import json, os
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+WITH_TORCHDEVICE
+
+mesh = init_device_mesh("cuda", (2,))
+rank = dist.get_rank()
+torch.manual_seed(0)
+B, H, L, E = 4, 4, 6, 8
+q, k, v = (torch.randn(B, H, L, E, device="cuda") for _ in range(3))
+grad = torch.randn(B, H, L, E, device="cuda")
+per_head = torch.rand(B, H, L, L, device="cuda") > 0.3
+broadcast = torch.rand(1, 1, L, L, device="cuda") > 0.3
+per_head[..., 0] = True
+broadcast[..., 0] = True
+
+def attend(q, k, v, **kw):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, **kw)
+    out.backward(grad if not hasattr(out, "placements")
+                 else distribute_tensor(grad, mesh, out.placements))
+    return [t.full_tensor() if hasattr(t, "full_tensor") else t
+            for t in (out, q.grad, k.grad, v.grad)]
+
+cases = {
+    "heads, causal": ([Shard(1)], {"is_causal": True}, None),
+    "heads, per-head mask": ([Shard(1)], {}, (per_head, [Shard(1)])),
+    "heads, broadcast mask": ([Shard(1)], {}, (broadcast, [Replicate()])),
+    "batch, per-head mask": ([Shard(0)], {}, (per_head, [Shard(0)])),
+    "batch, broadcast mask": ([Shard(0)], {}, (broadcast, [Replicate()])),
+    "replicated": ([Replicate()], {"is_causal": True}, None),
+}
+result = {"rank": rank}
+for name, (placement, kw, mask) in cases.items():
+    whole_kw, shard_kw = dict(kw), dict(kw)
+    if mask is not None:
+        whole_kw["attn_mask"] = mask[0]
+        shard_kw["attn_mask"] = distribute_tensor(mask[0], mesh, mask[1])
+    whole = attend(q, k, v, **whole_kw)
+    sharded = attend(*(distribute_tensor(t, mesh, placement)
+                       for t in (q, k, v)), **shard_kw)
+    result[name] = max((a - b).abs().max().item()
+                       for a, b in zip(whole, sharded))
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"{rank}.json"),
+          "w") as fh:
+    json.dump(result, fh)
+dist.destroy_process_group()
+'''
+
+
+def test_sharded_attention_equals_whole_attention(tmp_path):
+    path = tmp_path / "tp_attention.py"
+    path.write_text(PROGRAM.replace("WITH_TORCHDEVICE", "import TorchDevice"))
+    proc = _torchrun(path, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = _results(tmp_path)
+    assert sorted(r.pop("rank") for r in ranks) == [0, 1]
+    for r in ranks:
+        assert len(r) == 6
+        for case, diff in r.items():
+            assert diff < 1e-5, (case, diff)
+
+
+def test_registered_only_once_torch_distributed_tensor_is_imported():
+    proc = run_python("""
+import sys, TorchDevice
+from TorchDevice import _dtensor, _imports
+print("torch.distributed.tensor" in sys.modules, _dtensor._registered,
+      _imports.waiting("torch.distributed.tensor"))
+import torch.distributed.tensor
+print(_dtensor._registered, _imports.waiting("torch.distributed.tensor"))
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False", "True", "True", "False"]
+
+
+def test_disabled_before_the_import_registers_nothing():
+    proc = run_python("""
+import TorchDevice
+TorchDevice.disable()
+import torch.distributed.tensor
+from TorchDevice import _dtensor
+print(_dtensor._registered)
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False"]
+
+
+def test_registered_at_once_where_dtensor_is_already_imported():
+    proc = run_python("""
+import torch.distributed.tensor
+import TorchDevice
+from TorchDevice import _dtensor
+print(_dtensor._registered)
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True"]
