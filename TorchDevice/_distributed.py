@@ -94,8 +94,10 @@ def _gloo_exit_grace() -> None:
     time.sleep(_GLOO_EXIT_GRACE_S)
 
 
-def _given_gloo() -> None:
+def _given_gloo(api: str, asked: Any, runs: Any) -> None:
+    """Records a backend replaced for gloo, and guards the exit."""
     global _grace_registered
+    _record(api, asked, runs)
     if not _grace_registered:
         atexit.register(_gloo_exit_grace)
         _grace_registered = True
@@ -133,9 +135,8 @@ def _init_builder(api: str) -> Callable[[Any], Any]:
                 # beside MPS or another device), and finds no backend.
                 new = _GLOO
             if new != backend:
-                _record(api, backend, new)
+                _given_gloo(api, backend, new)
                 _warn_device_collectives(api)
-                _given_gloo()
             if (not _native() and kwargs.get("device_id") is not None):
                 _record(api, kwargs["device_id"], "no device_id")
                 kwargs["device_id"] = None
@@ -147,17 +148,17 @@ def _init_builder(api: str) -> Callable[[Any], Any]:
 def _new_group_builder(original: Any) -> Any:
     @functools.wraps(original)
     def new_group(*args: Any, **kwargs: Any) -> Any:
+        # new_group(ranks=None, timeout=None, backend=None, ...)
+        old = new = None
         if "backend" in kwargs:
             old = kwargs["backend"]
-            kwargs["backend"] = rewrite_backend(old)
-            if kwargs["backend"] != old:
-                _record("torch.distributed.new_group", old, kwargs["backend"])
-                _given_gloo()
+            kwargs["backend"] = new = rewrite_backend(old)
         elif len(args) >= 3:
             old = args[2]
-            args = args[:2] + (rewrite_backend(old),) + args[3:]
-            if args[2] != old:
-                _given_gloo()
+            new = rewrite_backend(old)
+            args = args[:2] + (new,) + args[3:]
+        if new != old:
+            _given_gloo("torch.distributed.new_group", old, new)
         if not _native() and kwargs.get("device_id") is not None:
             kwargs["device_id"] = None
         return original(*args, **kwargs)

@@ -387,3 +387,32 @@ def test_device_mesh_without_a_backend_gets_gloo():
     proc = run_python(MESH, str(_free_port()), env=RANKS_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["gloo", "[1.0,", "1.0]"]
+
+
+NEW_GROUPS = '''
+import os, sys
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1],
+                  RANK="0", WORLD_SIZE="1")
+import torch.distributed as dist
+import TorchDevice
+TorchDevice.configure(report=True)
+dist.init_process_group("nccl")
+by_keyword = dist.new_group([0], backend="nccl")
+by_position = dist.new_group([0], None, "nccl")
+print(dist.get_backend(by_keyword), dist.get_backend(by_position))
+print(sorted((r["line"], r["api"], r["from"], r["to"])
+             for r in TorchDevice.report()
+             if r["api"].startswith("torch.distributed")))
+dist.destroy_process_group()
+'''
+
+
+def test_new_group_backends_are_replaced_and_reported():
+    proc = run_python(NEW_GROUPS, str(_free_port()), env=RANKS_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    backends, rows = proc.stdout.splitlines()[:2]
+    assert backends.split() == ["gloo", "gloo"]
+    assert rows == str([
+        (8, "torch.distributed.init_process_group", "nccl", "gloo"),
+        (9, "torch.distributed.new_group", "nccl", "gloo"),
+        (10, "torch.distributed.new_group", "nccl", "gloo")])
