@@ -235,6 +235,7 @@ def patch_table() -> List[Patch]:
     table += _import("TorchDevice._dataloader").patches()
     table += _import("TorchDevice._jit").patches()
     table += _import("TorchDevice._distributed").patches()
+    table += _import("TorchDevice._sdpa").patches()
     return table
 
 

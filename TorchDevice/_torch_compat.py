@@ -39,6 +39,8 @@ JIT = "TorchScript redirection (torch.jit.script)"
 COMPILE = "torch.compile support (polyfills for the redirected calls)"
 MPS_RNG = "seeding the MPS generator through torch.cuda"
 LAZY = "lazy modules (nn.LazyLinear) with redirected tensor methods"
+SDPA = "the device's attention kernels added to a choice of CUDA's " \
+       "(sdpa_kernel)"
 DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
           "where \"cuda\" lands on the host)"
 
@@ -80,6 +82,7 @@ PRIVATE: Tuple[Private, ...] = (
     Private("dynamo_TorchInGraphFunctionVariable",
             "torch._dynamo.variables.torch",
             "TorchInGraphFunctionVariable", COMPILE),
+    Private("sdpa_kernel_flags", "torch.nn.attention", "_sdpa_kernel", SDPA),
     Private("dtensor_register_op_strategy",
             "torch.distributed.tensor._ops.utils", "register_op_strategy",
             DTENSOR),
