@@ -1,0 +1,143 @@
+"""The legacy CUDA tensor types, where "cuda" is not CUDA.
+
+Code written before torch 0.4 (and much that copied it since) picks a
+tensor type instead of a device::
+
+    Tensor = torch.cuda.FloatTensor if cuda else torch.FloatTensor
+    valid = Tensor(imgs.size(0), 1).fill_(1.0)
+    real = imgs.type(Tensor)
+    idx = torch.cuda.LongTensor([1, 2])
+    torch.set_default_tensor_type("torch.cuda.FloatTensor")
+
+Without CUDA torch's ``torch.cuda.FloatTensor`` and its siblings refuse to
+construct ("type torch.cuda.FloatTensor not available"), and ``.type()``
+and ``set_default_tensor_type`` with one of them try to start CUDA.  On
+every profile but cuda TorchDevice puts stand-ins at those names: calling
+one makes the host tensor its host twin (``torch.FloatTensor``) makes and
+moves it as ``.cuda()`` does; ``isinstance(x, torch.cuda.FloatTensor)``
+holds for a tensor of that dtype the program sees on the accelerator.
+``Tensor.type(t)`` with a CUDA type (the stand-in, torch's own, or its
+name) becomes ``.to("cuda", dtype)``, and ``set_default_tensor_type`` of
+one sets the dtype and ``set_default_device("cuda")``
+(docs/policy.md, "Legacy tensor types").
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from . import _patches, _tdcore
+
+# Name -> dtype of the legacy CUDA types torch.cuda exports.
+TYPES: Dict[str, torch.dtype] = {
+    "DoubleTensor": torch.float64, "FloatTensor": torch.float32,
+    "HalfTensor": torch.float16, "BFloat16Tensor": torch.bfloat16,
+    "LongTensor": torch.int64, "IntTensor": torch.int32,
+    "ShortTensor": torch.int16, "CharTensor": torch.int8,
+    "ByteTensor": torch.uint8, "BoolTensor": torch.bool,
+}
+_PREFIX = "torch.cuda."
+
+
+def _on_accelerator(obj: Any) -> bool:
+    """Whether the program sees `obj` on the accelerator ("cuda")."""
+    device = _patches.device_type_of(_tdcore.settings()["profile"])
+    if obj.device.type != device:
+        return False
+    if device == "cpu" and _tdcore.get_move_copies():
+        return _tdcore.on_accelerator(obj)
+    return True
+
+
+class _LegacyType(type):
+    """The class of the stand-ins: calling one constructs, isinstance()
+    asks for the dtype and the place."""
+
+    dtype: torch.dtype
+    _host: str
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        host = getattr(torch, cls._host)(*args, **kwargs)
+        return host.cuda()
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return (isinstance(obj, torch.Tensor) and obj.dtype == cls.dtype
+                and obj.layout == torch.strided and _on_accelerator(obj))
+
+    def __repr__(cls) -> str:
+        return f"<class '{_PREFIX}{cls.__name__}'>"
+
+
+def _stand_in(name: str) -> type:
+    cls = _LegacyType(name, (), {
+        "dtype": TYPES[name], "_host": name, "is_cuda": True,
+        "is_sparse": False, "layout": torch.strided,
+        "__module__": "torch.cuda", "__qualname__": name,
+        "__doc__": f"torch.cuda.{name} on the device \"cuda\" lands on "
+                   f"(TorchDevice)."})
+    return cls
+
+
+_STAND_INS: Dict[str, type] = {}
+
+
+def stand_in(name: str) -> type:
+    """The one stand-in class for torch.cuda.<name> (built once, so that
+    every enable() installs the same object)."""
+    if name not in _STAND_INS:
+        _STAND_INS[name] = _stand_in(name)
+    return _STAND_INS[name]
+
+
+def cuda_type_name(t: Any) -> Optional[str]:
+    """"FloatTensor" for torch.cuda.FloatTensor given as the stand-in,
+    torch's own type or its name; None for anything else."""
+    if isinstance(t, str):
+        name = t[len(_PREFIX):] if t.startswith(_PREFIX) else ""
+    elif isinstance(t, type) and getattr(t, "__module__", "") == "torch.cuda":
+        name = getattr(t, "__name__", "")
+    else:
+        return None
+    return name if name in TYPES else None
+
+
+def _type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def type(self: Any, dtype: Any = None, non_blocking: bool = False,
+             **kwargs: Any) -> Any:
+        name = cuda_type_name(dtype) if dtype is not None else None
+        if name is None or not _patches.is_applied():
+            if dtype is None and not kwargs and not non_blocking:
+                return original(self)
+            return original(self, dtype, non_blocking, **kwargs)
+        return self.to("cuda", TYPES[name], non_blocking=non_blocking)
+    return type
+
+
+def _default_type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def set_default_tensor_type(t: Any) -> None:
+        name = cuda_type_name(t)
+        if name is None or not _patches.is_applied():
+            return original(t)
+        # torch's own rule: floating types only, and the deprecation it
+        # warns with comes from the host twin.
+        original(getattr(torch, name))
+        torch.set_default_device("cuda")
+        return None
+    return set_default_tensor_type
+
+
+def patches() -> List[Any]:
+    from ._patches import Patch
+    if _tdcore.settings()["profile"] == "cuda":
+        return []
+    table = [Patch(torch.cuda, name, lambda orig, n=name: stand_in(n))
+             for name in TYPES if hasattr(torch.cuda, name)]
+    table += [
+        Patch(torch.Tensor, "type", _type_builder),
+        Patch(torch, "set_default_tensor_type", _default_type_builder),
+    ]
+    return table

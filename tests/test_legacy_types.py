@@ -1,0 +1,89 @@
+"""The legacy CUDA tensor types (torch.cuda.FloatTensor, ...) where "cuda"
+is not CUDA (docs/policy.md, "Legacy tensor types")."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import Variable
+
+import TorchDevice
+from conftest import HAS_CUDA, TARGET
+
+pytestmark = pytest.mark.skipif(
+    HAS_CUDA, reason="on NVIDIA machines torch's own types work")
+
+
+def test_the_pattern_of_pre_0_4_training_code():
+    # As GAN implementations of that time write it.
+    cuda = True if torch.cuda.is_available() else False
+    Tensor = torch.cuda.FloatTensor if cuda else torch.FloatTensor
+    imgs = torch.arange(6, dtype=torch.uint8).reshape(3, 2)
+    valid = Variable(Tensor(imgs.size(0), 1).fill_(1.0), requires_grad=False)
+    real = Variable(imgs.type(Tensor))
+    z = Variable(Tensor(np.full((3, 2), 0.5)))
+    for t in (valid, real, z):
+        assert t.device == TARGET and t.dtype == torch.float32
+        assert isinstance(t, torch.cuda.FloatTensor)
+    assert valid.tolist() == [[1.0]] * 3
+    assert real.tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert z.tolist() == [[0.5, 0.5]] * 3
+    idx = torch.cuda.LongTensor([2, 0])
+    assert idx.dtype == torch.int64 and idx.device == TARGET
+    assert real[idx].tolist() == [[4.0, 5.0], [0.0, 1.0]]
+
+
+def _host(dtype) -> torch.Tensor:
+    """A host tensor in every mode (mode "accelerate" sends device-less
+    factories to the accelerator; from_numpy shares host memory)."""
+    return torch.from_numpy(np.ones(2, dtype=dtype))
+
+
+def test_type_with_a_cuda_type_moves_as_cuda_does():
+    host = _host(np.int32)
+    for t in (torch.cuda.HalfTensor, "torch.cuda.HalfTensor"):
+        moved = host.type(t)
+        assert moved.dtype == torch.float16 and moved.device == TARGET
+        moved.add_(1)                  # a copy, as on CUDA
+        assert host.tolist() == [1, 1]
+        assert moved.type(t) is moved  # already there: the tensor itself
+    assert host.type() == "torch.IntTensor"
+    assert host.type(torch.float64).dtype == torch.float64
+    assert host.type("torch.FloatTensor").device.type == "cpu"
+
+
+def test_isinstance_sees_the_programs_place_and_dtype():
+    on_cuda = torch.ones(2, device="cuda")
+    assert isinstance(on_cuda, torch.cuda.FloatTensor)
+    assert not isinstance(on_cuda, torch.cuda.LongTensor)
+    assert not isinstance(_host(np.float32), torch.cuda.FloatTensor)
+    assert not isinstance("x", torch.cuda.FloatTensor)
+
+
+def test_default_tensor_type(restore_config):
+    try:
+        torch.set_default_tensor_type("torch.cuda.FloatTensor")
+        made = torch.zeros(2)
+        assert made.device == TARGET and made.dtype == torch.float32
+    finally:
+        torch.set_default_tensor_type(torch.FloatTensor)
+        torch.set_default_device(None)
+    assert torch.zeros(1).device == torch.device("cpu")
+
+
+def test_the_stand_ins_pickle_to_themselves():
+    for name in ("FloatTensor", "LongTensor"):
+        t = getattr(torch.cuda, name)
+        assert pickle.loads(pickle.dumps(t)) is t
+        assert repr(t) == f"<class 'torch.cuda.{name}'>"
+
+
+def test_disabled_torchs_own_types_are_back(restore_config):
+    stand_in = torch.cuda.FloatTensor
+    TorchDevice.disable()
+    assert torch.cuda.FloatTensor is not stand_in
+    assert torch.cuda.FloatTensor.__class__.__name__ == "tensortype"
+    TorchDevice.enable()
+    assert torch.cuda.FloatTensor is stand_in
