@@ -302,3 +302,23 @@ def test_wrapper_binds_as_method():
     m = torch.nn.Linear(1, 1)
     assert m.to.__self__ is m
     assert torch.Tensor.to(torch.ones(1), "cuda").device == WHERE
+
+
+@pytest.mark.skipif(TorchDevice.hardware_profile() != "cpu",
+                    reason="with an accelerator torch pins itself")
+@pytest.mark.parametrize("make", [
+    lambda: torch.empty(3, pin_memory=True).fill_(2),
+    lambda: torch.zeros(3, device="cuda", pin_memory=True) + 2,
+    lambda: torch.full((3,), 2.0, pin_memory=True),
+    lambda: torch.tensor([2.0, 2.0, 2.0], pin_memory=True),
+    lambda: torch.ones(1).new_full((3,), 2.0, pin_memory=True),
+    lambda: torch.empty_like(torch.ones(3), pin_memory=True).fill_(2),
+], ids=["empty", "zeros-cuda", "full", "tensor", "new_full", "empty_like"])
+def test_pin_memory_true_without_an_accelerator_is_unpinned(make):
+    """A CUDA program's pinned staging buffer: as Tensor.pin_memory() here,
+    nothing is pinned (docs/compile-checkpoints-distributed.md, DataLoader)."""
+    made = make()
+    assert made.tolist() == [2.0, 2.0, 2.0]
+    assert not made.is_pinned()
+    with pytest.raises(TypeError, match="pin_memory"):
+        torch.zeros(2, pin_memory="yes")

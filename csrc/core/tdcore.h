@@ -38,6 +38,7 @@
     X(str_dtype, "dtype")                                                   \
     X(str_generator, "generator")                                           \
     X(str_non_blocking, "non_blocking")                                     \
+    X(str_pin_memory, "pin_memory")                                         \
     X(str_memory_format, "memory_format")                                   \
     X(str_is_cpu, "is_cpu")                                                 \
     X(str_to, "to")                                                         \

@@ -307,6 +307,22 @@ call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
     return result;
 }
 
+/* Without an accelerator there is no pinned memory (wrapper_pin): a
+ * factory's pin_memory=True makes the tensor unpinned, as pin_memory()
+ * leaves it, where torch would refuse ("pin_memory=True requires a CUDA
+ * or other accelerator backend").  Anything but True is torch's to judge.
+ * Returns the slot of pin_memory=True, or -1. */
+static Py_ssize_t
+pin_to_clear(td_install *st, Py_ssize_t nargs, PyObject *const *args,
+             PyObject *kwnames)
+{
+    if (kwnames == NULL || td_get_profile() != TD_PROFILE_CPU) {
+        return -1;
+    }
+    Py_ssize_t pin = find_kw(kwnames, nargs, st->str_pin_memory);
+    return pin >= 0 && args[pin] == Py_True ? pin : -1;
+}
+
 static PyObject *
 wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
@@ -315,7 +331,20 @@ wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
     if (slot < 0 && w->device_pos >= 0 && w->device_pos < nargs) {
         slot = w->device_pos;
     }
-    return call_factory(w, st, args, nargs, kwnames, slot);
+    Py_ssize_t pin = pin_to_clear(st, nargs, args, kwnames);
+    if (pin < 0) {
+        return call_factory(w, st, args, nargs, kwnames, slot);
+    }
+    Py_ssize_t total = nargs + PyTuple_GET_SIZE(kwnames);
+    PyObject **copy = PyMem_Malloc((size_t)total * sizeof(PyObject *));
+    if (copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    memcpy(copy, args, (size_t)total * sizeof(PyObject *));
+    copy[pin] = Py_False;
+    PyObject *result = call_factory(w, st, copy, nargs, kwnames, slot);
+    PyMem_Free(copy);
+    return result;
 }
 
 /* Tensor.to(device, dtype, ...), .to(dtype, ...), .to(other, ...) and
