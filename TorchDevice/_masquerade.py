@@ -56,7 +56,7 @@ MISC = (
     "graph_pool_handle",
 )
 NVTX = ("range_push", "range_pop", "range_start", "range_end", "mark")
-MEMORY_PRIVATE = ("_record_memory_history",)
+MEMORY_PRIVATE = ("_record_memory_history", "_snapshot")
 ACCELERATOR = (
     "is_available", "current_accelerator", "device_count",
     "current_device_index", "set_device_index", "memory_allocated",

@@ -104,6 +104,7 @@ CASES: List[Tuple[str, Callable[[], Any], Any]] = [
     ("utilization", lambda: c.utilization(), int),
     ("memory._record_memory_history",
      lambda: c.memory._record_memory_history(None), type(None)),
+    ("memory._snapshot", lambda: c.memory._snapshot(), dict),
     # RNG
     ("manual_seed", lambda: c.manual_seed(0), type(None)),
     ("manual_seed_all", lambda: c.manual_seed_all(0), type(None)),
@@ -206,3 +207,14 @@ def test_cuda_name(name, call, expected):
         assert isinstance(result, expected), (name, type(result))
     else:
         assert expected(result), (name, result)
+
+
+def test_a_memory_snapshot_saves_and_loads(tmp_path):
+    """Memory-debugging code saves a snapshot for the visualizer; here it
+    is empty (no allocator keeps segments) and of CUDA's shape."""
+    import pickle
+    path = tmp_path / "snapshot.pickle"
+    torch.cuda.memory._record_memory_history(max_entries=100)
+    torch.cuda.memory._dump_snapshot(str(path))
+    snapshot = pickle.loads(path.read_bytes())
+    assert snapshot["segments"] == [] and snapshot["device_traces"] == [[]]

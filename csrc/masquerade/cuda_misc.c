@@ -69,6 +69,40 @@ TD_MASQ_FASTKW(misc_record_memory_history)
     return noop_logged(st, m, "torch.cuda.memory._record_memory_history");
 }
 
+/* _snapshot(device=None, augment_with_fx_traces=False): what
+ * torch.cuda.memory._dump_snapshot pickles and the memory visualizer
+ * reads.  No allocator here keeps segments or, with
+ * _record_memory_history a no-op, traces: an empty snapshot of the shape
+ * CUDA's has, so a program that saves one goes on. */
+TD_MASQ_FASTKW(misc_memory_snapshot)
+{
+    static const char *const names[] = {"device", "augment_with_fx_traces"};
+    static const td_args_spec spec = {"_snapshot", names, 2, 0, 2};
+    PyObject *a[2];
+    PyObject *snapshot = NULL, *settings = NULL;
+    if (td_args_parse(&spec, args, nargs, kwnames, a) < 0
+        || td_masq_record(st, m, "torch.cuda.memory._snapshot") < 0)
+    {
+        return NULL;
+    }
+    snapshot = Py_BuildValue("{s:[],s:[[]]}", "segments", "device_traces");
+    if (snapshot == NULL) {
+        goto error;
+    }
+    settings = PyDict_New();
+    if (settings == NULL
+        || PyDict_SetItemString(snapshot, "allocator_settings", settings) < 0)
+    {
+        goto error;
+    }
+    Py_DECREF(settings);
+    return snapshot;
+error:
+    Py_XDECREF(settings);
+    Py_XDECREF(snapshot);
+    return NULL;
+}
+
 TD_MASQ_FASTKW(misc_caching_allocator_enable)
 {
     (void)args;
@@ -172,6 +206,10 @@ PyMethodDef td_cuda_misc_methods[] = {
      "get_sync_debug_mode() -> 0"},
     {"_record_memory_history", TD_FASTKW(misc_record_memory_history),
      "_record_memory_history(...) (no-op)"},
+    {"_snapshot", TD_FASTKW(misc_memory_snapshot),
+     "_snapshot(device=None, augment_with_fx_traces=False) -> "
+     "{'segments': [], 'device_traces': [[]], "
+     "'allocator_settings': {}}"},
     {"caching_allocator_enable", TD_FASTKW(misc_caching_allocator_enable),
      "caching_allocator_enable(value=True) (no-op)"},
     {"make_graphed_callables", TD_FASTKW(misc_make_graphed_callables),
