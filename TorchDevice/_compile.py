@@ -527,21 +527,15 @@ def _forward_to(fn: Callable[..., Any]) -> Callable[..., Any]:
     return traced
 
 
-def _register_quietly() -> None:
-    try:
-        register()
-    except Exception as exc:  # never break the user's import of dynamo
-        _log.warning("TorchDevice: could not register torch.compile "
-                     "polyfills (%s: %s); compiled code that calls "
-                     "redirected APIs will graph-break",
-                     type(exc).__name__, exc)
+_FAILED = ("could not register torch.compile polyfills; compiled code "
+           "that calls redirected APIs will graph-break")
 
 
 # ---- after torch._dynamo's import -------------------------------------------
 
 def _dynamo_imported() -> None:
     if _patches.is_applied():
-        _register_quietly()
+        register()
 
 
 def _reset_dynamo() -> None:
@@ -558,9 +552,7 @@ def on_apply() -> None:
     with _lock:
         if _DYNAMO in sys.modules:
             _reset_dynamo()
-            _register_quietly()
-        else:
-            _imports.after(_DYNAMO, _dynamo_imported)
+        _imports.after(_DYNAMO, _dynamo_imported, _FAILED)
 
 
 def on_restore() -> None:

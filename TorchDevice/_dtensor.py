@@ -18,15 +18,12 @@ nothing else (docs/compile-checkpoints-distributed.md).
 """
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any, List, Optional
 
 import torch
 
 from . import _imports, _tdcore, _torch_compat
-
-_log = logging.getLogger("TorchDevice")
 
 _DTENSOR = "torch.distributed.tensor"
 # aten operator names (looked up on torch.ops.aten; absent in a torch that
@@ -109,19 +106,17 @@ def register() -> bool:
 
 
 def _dtensor_imported() -> None:
-    try:
-        register()
-    except Exception as exc:  # never break the user's import of DTensor
-        _log.warning("TorchDevice: could not teach DTensor to shard the "
-                     "CPU's attention (%s: %s); tensor-parallel attention "
-                     "on the host stops where torch's does",
-                     type(exc).__name__, exc)
+    register()
+
+
+_FAILED = ("could not teach DTensor to shard the CPU's attention; "
+           "tensor-parallel attention on the host stops where torch's does")
 
 
 def on_apply() -> None:
     """Called at the end of _patches.apply()."""
     if _tdcore.settings()["profile"] != "cuda":
-        _imports.after(_DTENSOR, _dtensor_imported)
+        _imports.after(_DTENSOR, _dtensor_imported, _FAILED)
 
 
 def on_restore() -> None:

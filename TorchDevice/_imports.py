@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import logging
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+_log = logging.getLogger("TorchDevice")
 _lock = threading.RLock()
-_waiting: Dict[str, List[Callable[[], None]]] = {}
+# module name -> [(fn, what its failure means)]
+_waiting: Dict[str, List[Tuple[Callable[[], None], str]]] = {}
 _finder: Optional["_Finder"] = None
+
+
+def _run(fn: Callable[[], None], failed: str) -> None:
+    """Runs fn; an error is logged, never raised: it must not break the
+    program's own import of the module."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - any error, logged
+        _log.warning("TorchDevice: %s (%s: %s)", failed, type(exc).__name__,
+                     exc)
 
 
 class _Loader(importlib.abc.Loader):
@@ -35,8 +48,8 @@ class _Loader(importlib.abc.Loader):
         with _lock:
             callbacks = _waiting.pop(self._name, [])
             _drop_finder_if_idle()
-        for fn in callbacks:
-            fn()
+        for fn, failed in callbacks:
+            _run(fn, failed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -69,28 +82,28 @@ def _drop_finder_if_idle() -> None:
         _finder = None
 
 
-def after(name: str, fn: Callable[[], None]) -> None:
+def after(name: str, fn: Callable[[], None], failed: str) -> None:
     """Runs fn now if module `name` is imported, else once right after it
-    is (once per call of after())."""
+    is (once per call of after()); an error in fn is logged as `failed`
+    says what it means."""
     global _finder
     with _lock:
         if name not in sys.modules:
-            _waiting.setdefault(name, [])
-            if fn not in _waiting[name]:
-                _waiting[name].append(fn)
+            callbacks = _waiting.setdefault(name, [])
+            if all(f is not fn for f, _ in callbacks):
+                callbacks.append((fn, failed))
             if _finder is None:
                 _finder = _Finder()
                 sys.meta_path.insert(0, _finder)
             return
-    fn()
+    _run(fn, failed)
 
 
 def cancel(name: str, fn: Callable[[], None]) -> None:
     """Forgets fn waiting for `name` (nothing if it does not wait)."""
     with _lock:
-        callbacks = _waiting.get(name, [])
-        if fn in callbacks:
-            callbacks.remove(fn)
+        callbacks = [c for c in _waiting.get(name, []) if c[0] is not fn]
+        _waiting[name] = callbacks
         if not callbacks:
             _waiting.pop(name, None)
         _drop_finder_if_idle()
