@@ -105,10 +105,6 @@ def register() -> bool:
     return True
 
 
-def _dtensor_imported() -> None:
-    register()
-
-
 _FAILED = ("could not teach DTensor to shard the CPU's attention; "
            "tensor-parallel attention on the host stops where torch's does")
 
@@ -116,10 +112,10 @@ _FAILED = ("could not teach DTensor to shard the CPU's attention; "
 def on_apply() -> None:
     """Called at the end of _patches.apply()."""
     if _tdcore.settings()["profile"] != "cuda":
-        _imports.after(_DTENSOR, _dtensor_imported, _FAILED)
+        _imports.after(_DTENSOR, register, _FAILED)
 
 
 def on_restore() -> None:
     """Called by _patches.restore(): an import still to come no longer
     registers; what is registered stays (see the module's docstring)."""
-    _imports.cancel(_DTENSOR, _dtensor_imported)
+    _imports.cancel(_DTENSOR, register)

@@ -71,24 +71,14 @@ class _LegacyType(type):
 
 
 def _stand_in(name: str) -> type:
-    cls = _LegacyType(name, (), {
+    """The stand-in class for torch.cuda.<name> (the patch table builds it
+    once and installs the same object at every enable())."""
+    return _LegacyType(name, (), {
         "dtype": TYPES[name], "_host": name, "is_cuda": True,
         "is_sparse": False, "layout": torch.strided,
         "__module__": "torch.cuda", "__qualname__": name,
         "__doc__": f"torch.cuda.{name} on the device \"cuda\" lands on "
                    f"(TorchDevice)."})
-    return cls
-
-
-_STAND_INS: Dict[str, type] = {}
-
-
-def stand_in(name: str) -> type:
-    """The one stand-in class for torch.cuda.<name> (built once, so that
-    every enable() installs the same object)."""
-    if name not in _STAND_INS:
-        _STAND_INS[name] = _stand_in(name)
-    return _STAND_INS[name]
 
 
 def cuda_type_name(t: Any) -> Optional[str]:
@@ -134,7 +124,7 @@ def patches() -> List[Any]:
     from ._patches import Patch
     if _tdcore.settings()["profile"] == "cuda":
         return []
-    table = [Patch(torch.cuda, name, lambda orig, n=name: stand_in(n))
+    table = [Patch(torch.cuda, name, lambda orig, n=name: _stand_in(n))
              for name in TYPES if hasattr(torch.cuda, name)]
     table += [
         Patch(torch.Tensor, "type", _type_builder),

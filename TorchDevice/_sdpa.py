@@ -33,10 +33,8 @@ def device_kernels(device_type: str) -> Tuple[str, ...]:
     return ("MATH",)
 
 
-def _names(backends: Any) -> List[str]:
-    items = backends if isinstance(backends, (list, tuple, set)) \
-        else [backends]
-    return [getattr(b, "name", str(b)) for b in items]
+def _names(backends: List[Any]) -> List[str]:
+    return [getattr(b, "name", str(b)) for b in backends]
 
 
 def _build(original: Callable[..., Any]) -> Callable[..., Any]:
