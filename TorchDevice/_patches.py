@@ -237,6 +237,7 @@ def patch_table() -> List[Patch]:
     table += _import("TorchDevice._distributed").patches()
     table += _import("TorchDevice._sdpa").patches()
     table += _import("TorchDevice._legacy").patches()
+    table += _import("TorchDevice._optim").patches()
     return table
 
 

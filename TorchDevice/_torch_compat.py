@@ -41,6 +41,8 @@ MPS_RNG = "seeding the MPS generator through torch.cuda"
 LAZY = "lazy modules (nn.LazyLinear) with redirected tensor methods"
 SDPA = "the device's attention kernels added to a choice of CUDA's " \
        "(sdpa_kernel)"
+CAPTURABLE = "optimizers with capturable=True where \"cuda\" lands on " \
+             "the host or MPS"
 DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
           "where \"cuda\" lands on the host)"
 
@@ -82,6 +84,8 @@ PRIVATE: Tuple[Private, ...] = (
     Private("dynamo_TorchInGraphFunctionVariable",
             "torch._dynamo.variables.torch",
             "TorchInGraphFunctionVariable", COMPILE),
+    Private("capturable_devices", "torch.optim.optimizer",
+            "_get_capturable_supported_devices", CAPTURABLE),
     Private("sdpa_kernel_flags", "torch.nn.attention", "_sdpa_kernel", SDPA),
     Private("dtensor_register_op_strategy",
             "torch.distributed.tensor._ops.utils", "register_op_strategy",

@@ -80,16 +80,22 @@ def test_import_works_with_every_private_name_gone():
     # Every module is imported first: torch's own imports need the names.
     removals = sorted({f"import {p.module}" for p in _torch_compat.PRIVATE
                        if p.attr and p.feature != _torch_compat.COMPILE})
+    hidden = []
     for p in _torch_compat.PRIVATE:
         if p.feature == _torch_compat.COMPILE:
             continue          # not imported by TorchDevice until dynamo is
         if not p.attr:
-            removals.append(f"sys.modules[{p.module!r}] = None")
+            hidden.append(f"sys.modules[{p.module!r}] = None")
         else:
+            # sys.modules, not attribute access: torch.optim deletes its
+            # submodules' names from its namespace.
             *path, last = p.attr.split(".")
-            owner = ".".join([p.module] + path)
+            owner = "".join([f"sys.modules[{p.module!r}]"]
+                            + [f".{part}" for part in path])
             removals.append(f"delattr({owner}, {last!r})")
-    code = "import sys, warnings, torch\n" + "\n".join(removals) + """
+    # Modules are hidden last: some names above live in them.
+    code = "import sys, warnings, torch\n" + "\n".join(removals + hidden) \
+        + """
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     import TorchDevice
