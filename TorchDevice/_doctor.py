@@ -65,6 +65,8 @@ CUDA_ONLY_PACKAGES: Dict[str, str] = {
 _NCCL_WHY = ("the NCCL backend becomes gloo at run time where there is no "
              "NVIDIA GPU")
 _DEVICE_WHY = "device string: redirected to the device that is present"
+_GRAPHS_WHY = ("CUDA graph capture records the operators; replay runs them "
+               "again on the device that is present")
 
 # Dotted torch APIs, matched by longest prefix.
 TORCH_APIS: Dict[str, Tuple[str, str]] = {
@@ -76,12 +78,9 @@ TORCH_APIS: Dict[str, Tuple[str, str]] = {
         HANDLED, "returns the callables, run eagerly"),
     "torch.cuda.graphs.make_graphed_callables": (
         HANDLED, "returns the callables, run eagerly"),
-    "torch.cuda.CUDAGraph": (CANNOT, "CUDA graph capture has no equivalent "
-                                     "off NVIDIA GPUs: run eagerly"),
-    "torch.cuda.graph": (CANNOT, "CUDA graph capture has no equivalent off "
-                                 "NVIDIA GPUs: run eagerly"),
-    "torch.cuda.graphs": (CANNOT, "CUDA graph capture has no equivalent off "
-                                  "NVIDIA GPUs: run eagerly"),
+    "torch.cuda.CUDAGraph": (HANDLED, _GRAPHS_WHY),
+    "torch.cuda.graph": (HANDLED, _GRAPHS_WHY),
+    "torch.cuda.graphs": (HANDLED, _GRAPHS_WHY),
     "torch.cuda.jiterator": (CANNOT, "jiterator compiles CUDA C++ at run "
                                      "time"),
     "torch.cuda.nccl": (CANNOT, "torch.cuda.nccl calls NCCL directly: use "

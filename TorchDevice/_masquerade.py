@@ -52,8 +52,7 @@ RNG = (
 )
 MISC = (
     "ipc_collect", "set_sync_debug_mode", "get_sync_debug_mode",
-    "make_graphed_callables", "is_current_stream_capturing",
-    "graph_pool_handle",
+    "make_graphed_callables",
 )
 NVTX = ("range_push", "range_pop", "range_start", "range_end", "mark")
 MEMORY_PRIVATE = ("_record_memory_history", "_snapshot")
@@ -636,9 +635,6 @@ def _masquerade_patches(profile: str) -> List[Any]:
     generator = _target_generator(profile)
     table.append(_value_patch(cuda, "default_generators",
                               (generator,) if generator is not None else ()))
-    table.append(_value_patch(cuda, "CUDAGraph", _tdcore.CUDAGraph))
-    table.append(_value_patch(torch.cuda.graphs, "CUDAGraph",
-                              _tdcore.CUDAGraph))
     table += _fn_patches(torch.accelerator, ACCELERATOR, "torch.accelerator")
     table += _fn_patches(torch, ("get_device_module",), "torch",
                          aliases=False)
@@ -715,7 +711,8 @@ def replaced_names() -> Dict[str, Tuple[str, ...]]:
     and the coverage test)."""
     return {
         "torch.cuda": QUERY + MEMORY + RNG + MISC
-        + ("default_generators", "CUDAGraph"),
+        + ("default_generators", "CUDAGraph", "is_current_stream_capturing",
+           "graph_pool_handle"),
         "torch.backends.cuda": CUDA_BACKENDS,
         "torch.cuda.memory": MEMORY_PRIVATE,
         "torch.cuda.nvtx": NVTX,

@@ -16,23 +16,33 @@ takes the same path it takes on CUDA.
 """
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Any, Callable, List
+
+import torch
 
 from . import _patches, _tdcore, _torch_compat
 
 
+def _with_landed(devices: List[str]) -> List[str]:
+    if _patches.is_applied():
+        landed = _patches.device_type_of(_tdcore.settings()["profile"])
+        if landed not in devices:
+            return devices + [landed]
+    return devices
+
+
 def _build(original: Callable[..., List[str]]) -> Callable[..., List[str]]:
-    @functools.wraps(original)
-    def _get_capturable_supported_devices(*args: Any,
-                                          **kwargs: Any) -> List[str]:
-        devices = original(*args, **kwargs)
-        if _patches.is_applied():
-            landed = _patches.device_type_of(_tdcore.settings()["profile"])
-            if landed not in devices:
-                devices = devices + [landed]
+    # Optimizers scripted by torch (torch.distributed.optim) compile their
+    # callees, this one too: TorchScript compiles torch's original and
+    # leaves out the branch for Python (its check is for eager steps).
+    def _get_capturable_supported_devices(supports_xla: bool = True
+                                          ) -> List[str]:
+        devices = original(supports_xla)
+        if not torch.jit.is_scripting():
+            devices = _with_landed(devices)
         return devices
+    _get_capturable_supported_devices.__doc__ = original.__doc__
     return _get_capturable_supported_devices
 
 

@@ -238,6 +238,7 @@ def patch_table() -> List[Patch]:
     table += _import("TorchDevice._sdpa").patches()
     table += _import("TorchDevice._legacy").patches()
     table += _import("TorchDevice._optim").patches()
+    table += _import("TorchDevice._graphs").patches()
     return table
 
 

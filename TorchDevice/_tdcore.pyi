@@ -210,6 +210,3 @@ class DeviceProperties:
     def __init__(self, **fields: Any) -> None: ...
     @classmethod
     def fields(cls) -> Tuple[str, ...]: ...
-
-class CUDAGraph:
-    """torch.cuda.CUDAGraph off CUDA: constructing one raises."""

@@ -43,6 +43,7 @@ SDPA = "the device's attention kernels added to a choice of CUDA's " \
        "(sdpa_kernel)"
 CAPTURABLE = "optimizers with capturable=True where \"cuda\" lands on " \
              "the host or MPS"
+GRAPHS = "CUDA graph capture and replay where \"cuda\" is not CUDA"
 DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
           "where \"cuda\" lands on the host)"
 
@@ -86,6 +87,8 @@ PRIVATE: Tuple[Private, ...] = (
             "TorchInGraphFunctionVariable", COMPILE),
     Private("capturable_devices", "torch.optim.optimizer",
             "_get_capturable_supported_devices", CAPTURABLE),
+    Private("TorchDispatchMode", "torch.utils._python_dispatch",
+            "TorchDispatchMode", GRAPHS),
     Private("sdpa_kernel_flags", "torch.nn.attention", "_sdpa_kernel", SDPA),
     Private("dtensor_register_op_strategy",
             "torch.distributed.tensor._ops.utils", "register_op_strategy",
@@ -155,3 +158,10 @@ def forget() -> None:
     with _lock:
         _found.clear()
         _warned.clear()
+
+
+def op_schema(op: Any) -> Optional[Any]:
+    """The FunctionSchema of a torch.ops operator (its private ``_schema``),
+    or None where this torch keeps it elsewhere (CUDA graph capture then
+    treats the operator as one that writes nothing)."""
+    return getattr(op, "_schema", None)

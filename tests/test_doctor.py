@@ -30,7 +30,7 @@ ok = torch.cuda.is_available()                          # expect:handled
 model = torch.nn.Linear(2, 2).cuda()                    # expect:handled
 x = torch.randn(2, 2, device=f"cuda:{0}")               # expect:handled
 torch.backends.cudnn.benchmark = True                   # expect:handled
-g = torch.cuda.CUDAGraph()                              # expect:cannot
+g = torch.cuda.CUDAGraph()                              # expect:handled
 dist.init_process_group(backend="nccl")                 # expect:handled
 torch.cuda.memory.memory_allocated()                    # expect:handled
 fn = torch.cuda.make_graphed_callables(model, (x,))     # expect:handled
@@ -116,8 +116,8 @@ def test_aliases_are_followed():
     got = [(f.line, f.kind, f.what) for f in _doctor.scan_source(src, "a.py")
            if f.line > 3]
     assert got == [(4, "handled", "torch.cuda.synchronize"),
-                   (5, "cannot", "torch.cuda.CUDAGraph"),
-                   (6, "cannot", "torch.cuda.graph")]
+                   (5, "handled", "torch.cuda.CUDAGraph"),
+                   (6, "handled", "torch.cuda.graph")]
 
 
 def test_custom_cuda_kernels_cannot_be_handled():

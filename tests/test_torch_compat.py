@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import TorchDevice
-from TorchDevice import _compile, _dtensor, _masquerade, _torch_compat
+from TorchDevice import (_compile, _dtensor, _graphs, _masquerade,
+                         _torch_compat)
 from conftest import ROOT, run_python
 
 
@@ -48,6 +49,8 @@ def _use(p: _torch_compat.Private) -> None:
         _masquerade._target_generator("mps")
     elif p.feature == _torch_compat.DTENSOR:
         assert _dtensor.register() is False
+    elif p.feature == _torch_compat.GRAPHS:
+        assert _graphs._mode_class() is None
 
 
 @pytest.mark.parametrize("p", _torch_compat.PRIVATE,

@@ -1,15 +1,13 @@
 /* torch.cuda calls that have no meaning off CUDA: NVTX annotations (no-ops),
- * CUDA graphs (an eager fallback where one exists, else an error naming the
- * call), IPC and debug switches (no-ops that log at debug level).
+ * make_graphed_callables (the eager equivalent: CUDAGraph itself is
+ * recorded and replayed in TorchDevice/_graphs.py), IPC and debug switches
+ * (no-ops that log at debug level).
  *
  * Python equivalent:
  *
  *     def range_push(msg): return 0           # nvtx: nothing to annotate
  *     def make_graphed_callables(callables, sample_args, *a, **k):
  *         return callables                     # run eagerly
- *     def is_current_stream_capturing(): return False
- *     class CUDAGraph:
- *         def __new__(cls, *a, **k): raise RuntimeError("... needs CUDA")
  *     def ipc_collect(): log.debug("no-op")
  */
 #include "masquerade.h"
@@ -111,20 +109,7 @@ TD_MASQ_FASTKW(misc_caching_allocator_enable)
     return noop_logged(st, m, "torch.cuda.caching_allocator_enable");
 }
 
-/* ---- CUDA graphs ------------------------------------------------------ */
-
-static PyObject *
-graphs_unsupported(td_masq *m, const char *api)
-{
-    PyObject *target = m->target_type;
-    PyErr_Format(PyExc_RuntimeError,
-                 "%s: CUDA graph capture and replay need an NVIDIA GPU; "
-                 "TorchDevice runs this program on %S, which has no "
-                 "equivalent. Run the code eagerly (torch.cuda."
-                 "make_graphed_callables returns the callables unchanged).",
-                 api, target ? target : Py_None);
-    return NULL;
-}
+/* ---- make_graphed_callables ------------------------------------------- */
 
 TD_MASQ_FASTKW(misc_make_graphed_callables)
 {
@@ -154,45 +139,6 @@ TD_MASQ_FASTKW(misc_make_graphed_callables)
     return Py_NewRef(callables);
 }
 
-static PyObject *
-misc_is_capturing(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
-{
-    Py_RETURN_FALSE;
-}
-
-TD_MASQ_NOARGS(misc_graph_pool_handle)
-{
-    return graphs_unsupported(m, "torch.cuda.graph_pool_handle");
-}
-
-static PyObject *
-CUDAGraph_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
-              PyObject *Py_UNUSED(kwargs))
-{
-    td_masq *m = td_masq_hold(td_type_state(type));
-    if (m == NULL) {
-        return NULL;
-    }
-    PyObject *r = graphs_unsupported(m, "torch.cuda.CUDAGraph");
-    Py_DECREF(m);
-    return r;
-}
-
-static PyType_Slot cuda_graph_slots[] = {
-    {Py_tp_new, CUDAGraph_new},
-    {Py_tp_doc,
-     "Stands in for torch.cuda.CUDAGraph where there is no CUDA: "
-     "constructing one raises a RuntimeError that says why."},
-    {0, NULL},
-};
-
-PyType_Spec td_cuda_graph_spec = {
-    .name = "TorchDevice._tdcore.CUDAGraph",
-    .basicsize = sizeof(PyObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = cuda_graph_slots,
-};
-
 PyMethodDef td_cuda_misc_methods[] = {
     {"range_push", TD_FASTKW(nvtx_depth), "range_push(msg) -> 0 (no-op)"},
     {"range_pop", TD_FASTKW(nvtx_depth), "range_pop() -> 0 (no-op)"},
@@ -215,9 +161,5 @@ PyMethodDef td_cuda_misc_methods[] = {
     {"make_graphed_callables", TD_FASTKW(misc_make_graphed_callables),
      "make_graphed_callables(callables, sample_args, ...) -> callables\n\n"
      "No CUDA graphs here: the callables run eagerly."},
-    {"is_current_stream_capturing", misc_is_capturing, METH_NOARGS,
-     "is_current_stream_capturing() -> False"},
-    {"graph_pool_handle", misc_graph_pool_handle, METH_NOARGS,
-     "graph_pool_handle(): raises, CUDA graphs need CUDA"},
     {NULL, NULL, 0, NULL},
 };

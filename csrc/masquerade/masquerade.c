@@ -504,7 +504,6 @@ td_masq_init(PyObject *module, td_state *st)
         return -1;
     }
     if (add_type(module, &td_props_spec) < 0
-        || add_type(module, &td_cuda_graph_spec) < 0
         || PyModule_AddFunctions(module, masq_methods) < 0)
     {
         return -1;

@@ -188,7 +188,6 @@ extern PyMethodDef td_cuda_rng_methods[];
 
 /* cuda_misc.c */
 extern PyMethodDef td_cuda_misc_methods[];
-extern PyType_Spec td_cuda_graph_spec;
 
 /* mps_reverse.c */
 extern PyMethodDef td_mps_reverse_methods[];

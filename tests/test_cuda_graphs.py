@@ -1,0 +1,252 @@
+"""torch.cuda.CUDAGraph where "cuda" is not CUDA: capture records the
+operators, replay runs them again on the same tensors
+(docs/masquerade.md, "CUDA graphs")."""
+from __future__ import annotations
+
+import sys
+from typing import List, Tuple
+
+import pytest
+import torch
+
+import TorchDevice
+from conftest import HAS_CUDA
+
+pytestmark = pytest.mark.skipif(
+    HAS_CUDA, reason="on NVIDIA machines CUDA graphs are torch's own")
+
+N, D_IN, H, D_OUT = 32, 8, 16, 4
+
+
+def _batches(n: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.rand(N, D_IN, generator=g), torch.rand(N, D_OUT, generator=g))
+            for _ in range(n)]
+
+
+def _setup(kind: str):
+    torch.manual_seed(0)
+    if kind == "sgd":
+        model = torch.nn.Sequential(torch.nn.Linear(D_IN, H), torch.nn.ReLU(),
+                                    torch.nn.Linear(H, D_OUT)).cuda()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:
+        model = torch.nn.Sequential(
+            torch.nn.Linear(D_IN, H), torch.nn.BatchNorm1d(H), torch.nn.GELU(),
+            torch.nn.Linear(H, D_OUT)).cuda()
+        opt = torch.optim.Adam(model.parameters(), lr=0.01, capturable=True,
+                               foreach=True)
+    return model, opt
+
+
+def _step(kind, model, opt, x, t):
+    if kind == "adam":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x)
+        loss = torch.nn.functional.mse_loss(out.float(), t)
+    else:
+        loss = torch.nn.functional.mse_loss(model(x), t)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def _state(model):
+    return [t.detach().clone() for t in model.state_dict().values()]
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_whole_network_capture_trains_as_eagerly(kind):
+    """The PyTorch documentation's whole-network capture: forward, backward
+    and optimizer step captured once, replayed over new data."""
+    data = _batches(6)
+    # Eagerly.
+    model, opt = _setup(kind)
+    x = torch.randn(N, D_IN, device="cuda")
+    t = torch.randn(N, D_OUT, device="cuda")
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        _step(kind, model, opt, x, t)
+    eager = []
+    for a, b in data:
+        opt.zero_grad(set_to_none=True)
+        eager.append(_step(kind, model, opt, a.cuda(), b.cuda()).item())
+    eager_state = _state(model)
+    # Captured and replayed.
+    model, opt = _setup(kind)
+    static_x = torch.randn(N, D_IN, device="cuda")
+    static_t = torch.randn(N, D_OUT, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            _step(kind, model, opt, static_x, static_t)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    before = _state(model)
+    with torch.cuda.graph(graph):
+        static_loss = _step(kind, model, opt, static_x, static_t)
+    # Capture changes nothing (on CUDA nothing runs until replay).
+    for was, now in zip(before, _state(model)):
+        assert torch.equal(was, now)
+    replayed = []
+    for a, b in data:
+        static_x.copy_(a)
+        static_t.copy_(b)
+        graph.replay()
+        replayed.append(static_loss.item())
+    assert replayed == eager
+    for e, r in zip(eager_state, _state(model)):
+        assert torch.equal(e, r)
+
+
+def test_inference_capture_follows_the_static_input():
+    model = torch.nn.Sequential(torch.nn.Linear(D_IN, H), torch.nn.Tanh()).cuda()
+    static_in = torch.zeros(N, D_IN, device="cuda")
+    with torch.inference_mode():
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = model(static_in) * 2
+    for x, _ in _batches(3):
+        static_in.copy_(x)
+        graph.replay()          # outside inference_mode, as programs do
+        with torch.no_grad():
+            assert torch.equal(static_out, model(x.cuda()) * 2)
+
+
+def test_capture_begin_and_end_by_hand():
+    w = torch.randn(D_IN, D_OUT, device="cuda")
+    x = torch.zeros(N, D_IN, device="cuda")
+    acc = torch.zeros(N, D_OUT, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    graph.capture_begin()
+    assert torch.cuda.is_current_stream_capturing()
+    acc.add_(x @ w)
+    graph.capture_end()
+    assert not torch.cuda.is_current_stream_capturing()
+    assert torch.count_nonzero(acc) == 0        # not run at capture
+    x.fill_(1.0)
+    graph.replay()
+    graph.replay()
+    torch.testing.assert_close(acc, 2 * (torch.ones(N, D_IN) @ w.cpu())
+                               .to(acc.device))
+
+
+def test_random_operators_draw_again_on_each_replay():
+    x = torch.ones(1000, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = torch.nn.functional.dropout(x, p=0.5)
+    graph.replay()
+    first = y.clone()
+    graph.replay()
+    assert not torch.equal(first, y)
+    assert set(torch.unique(y).tolist()) <= {0.0, 2.0}
+
+
+@pytest.mark.parametrize("read", ["item", "bool", "nonzero"])
+def test_reading_a_value_back_inside_a_capture_raises(read):
+    x = torch.ones(3, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="not permitted when stream is "
+                                           "capturing"):
+        with torch.cuda.graph(graph):
+            y = x * 2
+            if read == "item":
+                y.sum().item()
+            elif read == "bool":
+                bool(y.sum() > 0)
+            else:
+                torch.nonzero(y)
+    assert not torch.cuda.is_current_stream_capturing()
+    with pytest.raises(RuntimeError, match="has not been captured"):
+        graph.replay()
+
+
+def test_manual_capture_end_after_a_read_says_the_capture_was_lost():
+    x = torch.ones(3, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    graph.capture_begin()
+    with pytest.raises(RuntimeError):
+        x.sum().item()
+    with pytest.raises(RuntimeError, match="invalidated"):
+        graph.capture_end()
+    assert not torch.cuda.is_current_stream_capturing()
+
+
+def test_an_error_in_the_block_leaves_the_graph_uncaptured():
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ZeroDivisionError):
+        with torch.cuda.graph(graph):
+            torch.ones(2, device="cuda") + 1
+            1 / 0
+    with pytest.raises(RuntimeError, match="has not been captured"):
+        graph.replay()
+    graph.reset()
+    x = torch.ones(2, device="cuda")
+    with torch.cuda.graph(graph):       # the same graph captures again
+        y = x + 1
+    graph.replay()
+    assert y.tolist() == [2.0, 2.0]
+
+
+def test_replay_under_autocast_adds_no_casts():
+    w = torch.randn(D_IN, D_OUT, device="cuda")
+    x = torch.randn(N, D_IN, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = x @ w
+    graph.replay()
+    plain = y.clone()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        graph.replay()
+    assert y.dtype == torch.float32
+    assert torch.equal(plain, y)
+
+
+def test_pools_debug_dump_and_what_has_no_equivalent(tmp_path):
+    pool = torch.cuda.graph_pool_handle()
+    assert pool != torch.cuda.graph_pool_handle()
+    x = torch.ones(2, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        y = x.exp()
+    assert graph.pool() == pool
+    other = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(other, pool=graph.pool()):
+        z = y + 1
+    graph.replay()
+    other.replay()
+    torch.testing.assert_close(z, x.exp() + 1)
+    graph.enable_debug_mode()
+    graph.debug_dump(str(tmp_path / "graph.txt"))
+    assert "aten.exp" in (tmp_path / "graph.txt").read_text()
+    with pytest.raises(RuntimeError, match="no cudaGraph_t"):
+        graph.raw_cuda_graph()
+
+
+def test_a_capture_is_reported_at_the_with_line(restore_config):
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    graph = torch.cuda.CUDAGraph()
+    line = sys._getframe().f_lineno + 1
+    with torch.cuda.graph(graph):
+        torch.ones(2, device="cuda").exp()
+    rows = [r for r in TorchDevice.report()
+            if r["api"] == "torch.cuda.CUDAGraph"]
+    assert [(r["what"], r["line"]) for r in rows] == [("emulated", line)]
+
+
+def test_disable_gives_back_torchs_own_types():
+    ours = torch.cuda.CUDAGraph
+    TorchDevice.disable()
+    try:
+        import torch.cuda.graphs as graphs
+        assert torch.cuda.CUDAGraph is graphs.CUDAGraph
+        assert torch.cuda.CUDAGraph is not ours
+        assert torch.cuda.graph.__module__ == "torch.cuda.graphs"
+    finally:
+        TorchDevice.enable()
+    assert torch.cuda.CUDAGraph is ours
