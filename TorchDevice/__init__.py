@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch  # noqa: F401  (TorchDevice patches torch; import it first)
 
-from . import (_capabilities, _config, _fallback, _log, _masquerade,
+from . import (_capabilities, _config, _exit, _fallback, _log, _masquerade,
                _mismatch, _patches,
                _report, _tdcore)
 from ._config import Config
@@ -163,6 +163,9 @@ def enable() -> None:
         _push_config(_config_now)
         _patches.apply()
         _sync_fallback()
+        if _tdcore.settings()["profile"] in ("mps", "accelerator"):
+            # backward runs on autograd's device threads there
+            _exit.guard(always=False)
 
 
 def disable() -> None:

@@ -23,21 +23,19 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
   (scattering is CUDA's alone; one device runs the module itself).
 * At exit, a process that was given gloo for NCCL releases the GIL for a
   moment before the interpreter finalizes: gloo's worker threads end
-  their last collective then (see ``_gloo_exit_grace``).
+  their last collective then (TorchDevice/_exit.py).
 """
 from __future__ import annotations
 
-import atexit
 import functools
 import importlib
 import logging
-import time
 from typing import Any, Callable, List, Optional
 
 import torch
 import torch.distributed as dist
 
-from . import _tdcore
+from . import _exit, _tdcore
 
 _log = logging.getLogger("TorchDevice")
 
@@ -75,32 +73,12 @@ def rewrite_backend(backend: Any) -> Any:
     return ",".join(entries)
 
 
-# How long the main thread leaves the GIL to gloo's threads at exit.
-_GLOO_EXIT_GRACE_S = 0.05
-_grace_registered = False
-
-
-def _gloo_exit_grace() -> None:
-    """A gloo worker thread drops a finished collective (and the tensors it
-    held, which need the GIL to free their Python objects) a moment after
-    the program's wait on it returned.  If the interpreter has begun to
-    finalize by then, taking the GIL ends that C++ thread with
-    pthread_exit, whose unwinding aborts the process ("terminate called
-    without an active exception", exit status -6 after a run that
-    completed).  On CUDA, NCCL has no such race: so that a script given
-    gloo for NCCL ends as it would there, the main thread sleeps (without
-    the GIL) before the interpreter finalizes; atexit runs while it is
-    still whole."""
-    time.sleep(_GLOO_EXIT_GRACE_S)
-
-
 def _given_gloo(api: str, asked: Any, runs: Any) -> None:
-    """Records a backend replaced for gloo, and guards the exit."""
-    global _grace_registered
+    """Records a backend replaced for gloo, and guards the exit: on CUDA,
+    NCCL has no exit race, so a script given gloo for NCCL must not meet
+    gloo's (TorchDevice/_exit.py)."""
     _record(api, asked, runs)
-    if not _grace_registered:
-        atexit.register(_gloo_exit_grace)
-        _grace_registered = True
+    _exit.guard(always=True)
 
 
 def _warn_device_collectives(api: str) -> None:

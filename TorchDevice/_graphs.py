@@ -18,9 +18,10 @@ What capture does, as on CUDA:
   optimizer's ``_foreach_*_``, batch norm's running statistics) is recorded
   and not run, or run on copies when it also returns new tensors.  The
   first ``replay()`` is the first time the block's writes happen.
-- Views and in-place metadata changes (``view``, ``t``, ``squeeze_``) are
-  host-side bookkeeping on CUDA: they happen once, at capture, and replay
-  does not repeat them (the views share the memory that replay writes).
+- Views, in-place metadata changes (``view``, ``t``, ``squeeze_``) and
+  operators with no tensor in or out (profiler markers) are host-side
+  bookkeeping on CUDA: they happen once, at capture, and replay does not
+  repeat them (the views share the memory that replay writes).
 - Reading a value back to the host (``.item()``, ``bool(t)``,
   ``nonzero``...) raises, as CUDA does ("operation not permitted when
   stream is capturing"): its answer would be frozen into every replay.
@@ -224,8 +225,13 @@ def _capture(ops: List[_Op], func: Any, args: tuple, kwargs: dict) -> Any:
         return func(*args, **kwargs)
     if kind.how == _FUNCTIONAL:
         out = func(*args, **kwargs)
-        if func not in known.allocate:
-            ops.append(_Op(func, args, kwargs, _fresh_outputs(out, ())))
+        fresh = _fresh_outputs(out, ())
+        # Neither tensors in nor tensors out (the profiler's record_function
+        # markers): host bookkeeping, which CUDA does once, at capture.
+        host_only = not fresh and not any(
+            True for v in (*args, *kwargs.values()) for _ in _tensors(v))
+        if func not in known.allocate and not host_only:
+            ops.append(_Op(func, args, kwargs, fresh))
         return out
     schema = _torch_compat.op_schema(func)
     originals = {i: _argument(schema, args, kwargs, i) for i in kind.written}

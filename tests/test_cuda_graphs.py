@@ -192,6 +192,22 @@ def test_an_error_in_the_block_leaves_the_graph_uncaptured():
     assert y.tolist() == [2.0, 2.0]
 
 
+def test_host_bookkeeping_happens_once_at_capture():
+    """record_function markers are the host's: CUDA does not replay them."""
+    x = torch.ones(4, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        with torch.profiler.record_function("captured_block"):
+            y = x * 3
+    x.fill_(2.0)
+    with torch.profiler.profile() as prof:
+        graph.replay()
+    names = {e.key for e in prof.key_averages()}
+    assert "captured_block" not in names
+    assert any("mul" in n for n in names)
+    assert y.tolist() == [6.0] * 4
+
+
 def test_replay_under_autocast_adds_no_casts():
     w = torch.randn(D_IN, D_OUT, device="cuda")
     x = torch.randn(N, D_IN, device="cuda")

@@ -1,0 +1,74 @@
+"""A program ends cleanly right after its last backward() on an accelerator
+(docs/reliability.md, "At exit")."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import TorchDevice
+from TorchDevice import _exit
+from conftest import PROFILE, run_python
+
+ON_DEVICE_THREADS = PROFILE in ("mps", "accelerator")
+needs_device_threads = pytest.mark.skipif(
+    not ON_DEVICE_THREADS,
+    reason="backward runs on autograd's device threads on MPS and the "
+           "other accelerators only")
+
+# autograd's device thread drops the finished backward pass (and the
+# context backward() stashed for it, which needs the GIL) a moment after
+# backward() returned; this program's thread needs the GIL at the same
+# moment, once the main thread is done.  Forced GIL switches are made rare,
+# so only a main thread that lets go of the GIL before the interpreter
+# finalizes lets the thread run.
+LAST_BACKWARD = '''
+import os, sys, threading
+import torch
+import TorchDevice
+model = torch.nn.Linear(4, 4).cuda()
+with torch.autocast("cuda"):
+    loss = model(torch.randn(2, 4, device="cuda")).sum()
+loss.backward()
+marker = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)
+
+def last_word():
+    threading.main_thread().join()      # returns once the program is done
+    os.write(marker, b"freed")          # one call once it has the GIL
+
+sys.setswitchinterval(5.0)
+threading.Thread(target=last_word, daemon=True).start()
+'''
+
+
+@needs_device_threads
+def test_device_threads_get_the_gil_before_the_interpreter_finalizes(
+        tmp_path):
+    """Such a program ended with SIGABRT ("terminate called without an
+    active exception") in about one run in three here, after completing."""
+    marker = tmp_path / "marker"
+    proc = run_python(LAST_BACKWARD, str(marker), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.read_text() == "freed"
+
+
+@needs_device_threads
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="threads are listed through /proc")
+def test_the_device_threads_are_found():
+    model = torch.nn.Linear(2, 2).cuda()
+    model(torch.ones(1, 2, device="cuda")).sum().backward()
+    assert _exit._autograd_device_threads()
+
+
+@pytest.mark.skipif(ON_DEVICE_THREADS, reason="profile with device threads")
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="threads are listed through /proc")
+def test_no_pause_where_backward_stays_on_the_calling_thread():
+    """On the CPU (and CUDA) profile nothing is registered, and the check
+    finds no device thread: exit costs nothing."""
+    assert TorchDevice.is_enabled()
+    model = torch.nn.Linear(2, 2).cuda()
+    model(torch.ones(1, 2, device="cuda")).sum().backward()
+    assert not _exit._autograd_device_threads()
