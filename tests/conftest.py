@@ -46,6 +46,23 @@ SAME_BITS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
              "MKL_CBWR": "AUTO,STRICT"}
 
 
+# Ends a test program (which imports os, sys and threading): its own thread
+# needs the GIL once the program is done, with forced GIL switches made
+# rare, so it runs (and writes "freed" to the file named by argv[1]) only if
+# the main thread lets go of the GIL before the interpreter finalizes
+# (docs/reliability.md, "At exit").
+LAST_WORD = '''
+marker = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)
+
+def last_word():
+    threading.main_thread().join()      # returns once the program is done
+    os.write(marker, b"freed")          # one call once it has the GIL
+
+sys.setswitchinterval(5.0)
+threading.Thread(target=last_word, daemon=True).start()
+'''
+
+
 def child_env(**extra: str) -> Dict[str, str]:
     """The environment for a test's child process: this run's, without the
     TORCHDEVICE_* settings a test or a developer's shell may have set, except

@@ -20,7 +20,8 @@ N, D_IN, H, D_OUT = 32, 8, 16, 4
 
 def _batches(n: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
-    return [(torch.rand(N, D_IN, generator=g), torch.rand(N, D_OUT, generator=g))
+    return [(torch.rand(N, D_IN, generator=g),
+             torch.rand(N, D_OUT, generator=g))
             for _ in range(n)]
 
 
@@ -103,7 +104,8 @@ def test_whole_network_capture_trains_as_eagerly(kind):
 
 
 def test_inference_capture_follows_the_static_input():
-    model = torch.nn.Sequential(torch.nn.Linear(D_IN, H), torch.nn.Tanh()).cuda()
+    model = torch.nn.Sequential(torch.nn.Linear(D_IN, H),
+                                torch.nn.Tanh()).cuda()
     static_in = torch.zeros(N, D_IN, device="cuda")
     with torch.inference_mode():
         graph = torch.cuda.CUDAGraph()

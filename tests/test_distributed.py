@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from TorchDevice import _distributed
-from conftest import ACCEL, HAS_CUDA, ROOT, TARGET, run_python
+from conftest import ACCEL, HAS_CUDA, LAST_WORD, ROOT, TARGET, run_python
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or HAS_CUDA,
@@ -219,11 +219,9 @@ except Exception as exc:
 
 
 # gloo's worker thread frees a finished collective's tensors a moment after
-# the program's wait returned, and needs the GIL for it; this program's
-# thread needs the GIL at the same moment, once the main thread is done.
-# Forced GIL switches are made rare, so only a main thread that lets go of
-# the GIL before the interpreter finalizes lets the thread run.
-LAST_WORD = '''
+# the program's wait returned, and needs the GIL for it; so does this
+# program's own thread (conftest.LAST_WORD).
+LAST_COLLECTIVE = '''
 import os, sys, threading
 import torch, torch.distributed as dist
 import TorchDevice
@@ -232,16 +230,7 @@ dist.init_process_group("nccl", init_method="tcp://127.0.0.1:%d",
 t = torch.ones(2, device="cuda")
 dist.all_reduce(t)
 dist.destroy_process_group()
-
-marker = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)
-
-def last_word():
-    threading.main_thread().join()      # returns once the program is done
-    os.write(marker, b"freed")          # one call once it has the GIL
-
-sys.setswitchinterval(5.0)
-threading.Thread(target=last_word, daemon=True).start()
-'''
+''' + LAST_WORD
 
 
 def test_gloo_threads_get_the_gil_before_the_interpreter_finalizes(tmp_path):
@@ -251,7 +240,7 @@ def test_gloo_threads_get_the_gil_before_the_interpreter_finalizes(tmp_path):
     tensors of the last collective after the interpreter had begun to
     finalize (docs/compile-checkpoints-distributed.md, "At exit")."""
     marker = tmp_path / "marker"
-    proc = run_python(LAST_WORD % _free_port(), str(marker), timeout=60,
+    proc = run_python(LAST_COLLECTIVE % _free_port(), str(marker), timeout=60,
                       env=RANKS_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.read_text() == "freed"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from TorchDevice import _exit
-from conftest import PROFILE, run_python
+from conftest import LAST_WORD, PROFILE, run_python
 
 ON_DEVICE_THREADS = PROFILE in ("mps", "accelerator")
 needs_device_threads = pytest.mark.skipif(
@@ -18,10 +18,7 @@ needs_device_threads = pytest.mark.skipif(
 
 # autograd's device thread drops the finished backward pass (and the
 # context backward() stashed for it, which needs the GIL) a moment after
-# backward() returned; this program's thread needs the GIL at the same
-# moment, once the main thread is done.  Forced GIL switches are made rare,
-# so only a main thread that lets go of the GIL before the interpreter
-# finalizes lets the thread run.
+# backward() returned; so does this program's own thread (conftest.LAST_WORD).
 LAST_BACKWARD = '''
 import os, sys, threading
 import torch
@@ -30,15 +27,7 @@ model = torch.nn.Linear(4, 4).cuda()
 with torch.autocast("cuda"):
     loss = model(torch.randn(2, 4, device="cuda")).sum()
 loss.backward()
-marker = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)
-
-def last_word():
-    threading.main_thread().join()      # returns once the program is done
-    os.write(marker, b"freed")          # one call once it has the GIL
-
-sys.setswitchinterval(5.0)
-threading.Thread(target=last_word, daemon=True).start()
-'''
+''' + LAST_WORD
 
 
 @needs_device_threads
