@@ -271,7 +271,7 @@ def _capture(ops: List[_Op], func: Any, args: tuple, kwargs: dict) -> Any:
 def _no_autocast(stack: contextlib.ExitStack) -> None:
     """Replay runs the operators as captured: the casts autocast made are
     among them, and an autocast around replay() must not add more."""
-    landed = _patches.device_type_of(_tdcore.settings()["profile"])
+    landed = _patches.landed_type()
     for device_type in dict.fromkeys(("cpu", landed)):
         try:
             if torch.is_autocast_enabled(device_type):
@@ -347,7 +347,6 @@ class CUDAGraph:
         self._keep_graph = bool(keep_graph)
         self._ops: Optional[List[_Op]] = None
         self._mode: Any = None
-        self._ops_pending: List[_Op] = []
         self._pool = graph_pool_handle()
         self._debug = False
 
@@ -373,13 +372,10 @@ class CUDAGraph:
                 "capture needs")
         if pool is not None:
             self._pool = tuple(pool)
-        _tdcore.record(_API, "emulated", "cuda", _patches.device_type_of(
-            _tdcore.settings()["profile"]))
-        ops: List[_Op] = []
-        mode = mode_class(ops)
+        _tdcore.record(_API, "emulated", "cuda", _patches.landed_type())
+        mode = mode_class([])
         mode.__enter__()
         self._mode = mode
-        self._ops_pending: List[_Op] = ops
         _state.graph = self
 
     def capture_end(self) -> None:
@@ -391,11 +387,10 @@ class CUDAGraph:
         self._mode = None
         _state.graph = None
         mode.__exit__(None, None, None)
-        ops, self._ops_pending = self._ops_pending, []
         if mode.invalid is not None:
             raise RuntimeError(f"{_API}.capture_end: the capture was "
                                f"invalidated: {mode.invalid}")
-        self._ops = ops
+        self._ops = mode.ops
 
     def instantiate(self) -> None:
         self._captured("instantiate")

@@ -43,7 +43,7 @@ _PREFIX = "torch.cuda."
 
 def _on_accelerator(obj: Any) -> bool:
     """Whether the program sees `obj` on the accelerator ("cuda")."""
-    device = _patches.device_type_of(_tdcore.settings()["profile"])
+    device = _patches.landed_type()
     if obj.device.type != device:
         return False
     if device == "cpu" and _tdcore.get_move_copies():

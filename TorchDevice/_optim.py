@@ -26,7 +26,7 @@ from . import _patches, _tdcore, _torch_compat
 
 def _with_landed(devices: List[str]) -> List[str]:
     if _patches.is_applied():
-        landed = _patches.device_type_of(_tdcore.settings()["profile"])
+        landed = _patches.landed_type()
         if landed not in devices:
             return devices + [landed]
     return devices

@@ -304,6 +304,12 @@ def device_type_of(profile: str) -> str:
     return profile
 
 
+def landed_type() -> str:
+    """The device type accelerator requests land on now (the profile in
+    force)."""
+    return device_type_of(_tdcore.settings()["profile"])
+
+
 def available_profiles() -> Tuple[str, ...]:
     found = detect_profile()
     return {"cuda": ("cuda", "cpu"), "mps": ("mps", "cpu"),

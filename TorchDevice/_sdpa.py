@@ -49,8 +49,7 @@ def _build(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _with_device_kernels(backends: Iterable[Any]) -> Iterable[Any]:
     from torch.nn.attention import SDPBackend
-    kernels = device_kernels(_patches.device_type_of(
-        _tdcore.settings()["profile"]))
+    kernels = device_kernels(_patches.landed_type())
     asked = list(backends) if isinstance(backends, (list, tuple, set)) \
         else [backends]
     names = _names(asked)
