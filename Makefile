@@ -7,10 +7,14 @@
 #   make simaccel  build the simulated accelerator the tests use
 # The local CPU wheel is pinned (torch==2.13.0); the package itself accepts
 # any torch >= 2.5.
+# The suites run in JOBS pytest worker processes (pytest-xdist): most tests
+# start Python processes of their own, and one worker leaves half of a
+# 2-core machine idle while they import torch.  JOBS=0 runs them in one.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+JOBS   ?= 2
 
 .PHONY: setup demo test test-accel check bench simaccel clean
 
@@ -26,7 +30,7 @@ demo: setup
 	$(BIN)/python examples/demo_neural_network.py
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS)
 
 # Every process of the run loads the simulated accelerator before
 # TorchDevice looks for hardware (SIMACCEL_AUTOLOAD), which makes it behave
@@ -38,7 +42,7 @@ test: setup
 ACCEL_ENV := SIMACCEL_AUTOLOAD=1 SIMACCEL_MPS_RULES=1 \
 	TORCHDEVICE_CAPABILITIES=mps TORCHDEVICE_MODE=accelerate
 test-accel: simaccel
-	$(ACCEL_ENV) $(BIN)/python -m pytest -q
+	$(ACCEL_ENV) $(BIN)/python -m pytest -q -n $(JOBS)
 
 # The C hygiene checks CI runs after the tests (docs/reliability.md).
 check: setup

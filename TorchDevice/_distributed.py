@@ -21,9 +21,10 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
   devices to run NCCL's barrier on).
 * ``nn.DataParallel`` is a pass-through: it finds no device to scatter to
   (scattering is CUDA's alone; one device runs the module itself).
-* At exit, a process that was given gloo for NCCL releases the GIL for a
-  moment before the interpreter finalizes: gloo's worker threads end
-  their last collective then (TorchDevice/_exit.py).
+* At exit, a process that runs gloo (given for NCCL, or chosen by the
+  program) releases the GIL for a moment before the interpreter finalizes:
+  gloo's worker threads end their last collective then
+  (TorchDevice/_exit.py).
 """
 from __future__ import annotations
 
@@ -81,6 +82,15 @@ def _given_gloo(api: str, asked: Any, runs: Any) -> None:
     _exit.guard(always=True)
 
 
+def _guard_chosen_gloo(backend: Any) -> None:
+    """A program that chose gloo itself (its CPU groups beside NCCL's, a
+    script written for "gloo") meets the same exit race off CUDA: guard
+    it too, where TorchDevice runs the program at all."""
+    if (not _native() and isinstance(backend, str)
+            and _GLOO in backend.lower()):
+        _exit.guard(always=True)
+
+
 def _warn_device_collectives(api: str) -> None:
     """gloo, standing in for NCCL, reduces host (and CUDA) tensors only:
     where "cuda" lands on another accelerator (MPS, ...), tensors there
@@ -115,6 +125,8 @@ def _init_builder(api: str) -> Callable[[Any], Any]:
             if new != backend:
                 _given_gloo(api, backend, new)
                 _warn_device_collectives(api)
+            else:
+                _guard_chosen_gloo(new)
             if (not _native() and kwargs.get("device_id") is not None):
                 _record(api, kwargs["device_id"], "no device_id")
                 kwargs["device_id"] = None
@@ -137,6 +149,8 @@ def _new_group_builder(original: Any) -> Any:
             args = args[:2] + (new,) + args[3:]
         if new != old:
             _given_gloo("torch.distributed.new_group", old, new)
+        else:
+            _guard_chosen_gloo(new)
         if not _native() and kwargs.get("device_id") is not None:
             kwargs["device_id"] = None
         return original(*args, **kwargs)
