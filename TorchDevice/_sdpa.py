@@ -11,8 +11,10 @@ another device, such a choice gets that device's kernels added (they
 compute the same attention), with a ``redirected`` report row at the
 ``with`` line; a choice that names one of them is kept as it is.
 torch.compile reaches the same function (dynamo calls it when it traces
-the ``with``).  The flags ``torch.backends.cuda.enable_*_sdp()`` set one
-by one are left alone (docs/policy.md, "Attention kernels").
+the ``with``).  The same holds for the flags a program sets one by one,
+``torch.backends.cuda.enable_*_sdp()``: a call after which no kernel of
+the device is on turns that device's kernels on (docs/policy.md,
+"Attention kernels").
 """
 from __future__ import annotations
 
@@ -62,9 +64,52 @@ def _with_device_kernels(backends: Iterable[Any]) -> Iterable[Any]:
     return chosen
 
 
+# torch.backends.cuda's switch for each kernel, and its reading.
+_SWITCHES = {
+    "FLASH_ATTENTION": ("enable_flash_sdp", "flash_sdp_enabled"),
+    "EFFICIENT_ATTENTION": ("enable_mem_efficient_sdp",
+                            "mem_efficient_sdp_enabled"),
+    "MATH": ("enable_math_sdp", "math_sdp_enabled"),
+    "CUDNN_ATTENTION": ("enable_cudnn_sdp", "cudnn_sdp_enabled"),
+}
+
+
+def _switch_builder(name: str) -> Callable[[Any], Any]:
+    def build(original: Callable[[bool], None]) -> Callable[[bool], None]:
+        @functools.wraps(original)
+        def switch(enabled: bool) -> None:
+            original(enabled)
+            if _patches.is_applied():
+                _keep_a_device_kernel(name)
+        return switch
+    return build
+
+
+def _keep_a_device_kernel(api: str) -> None:
+    """After a program's switch: if kernels are on but none of the
+    device's, turns the device's on, as the ``with`` form adds them.  None
+    on at all fails on CUDA too, and may be a step on the way to the
+    program's choice: left alone."""
+    import torch
+    kernels = device_kernels(_patches.landed_type())
+    cuda = torch.backends.cuda
+    on = [k for k, (_, reading) in _SWITCHES.items()
+          if getattr(cuda, reading, lambda: False)()]
+    if not kernels or not on or any(k in kernels for k in on):
+        return
+    for kernel in kernels:
+        # Ours, if patched: it finds a device kernel on and stops there.
+        getattr(cuda, _SWITCHES[kernel][0])(True)
+    _tdcore.record("torch.backends.cuda." + api, "redirected",
+                   ", ".join(on), ", ".join(on + list(kernels)))
+
+
 def patches() -> List[Any]:
     from ._patches import Patch
+    import torch.backends.cuda as cuda
     import torch.nn.attention as attention
-    if _torch_compat.get("sdpa_kernel_flags") is None:
-        return []
-    return [Patch(attention, "_sdpa_kernel", _build)]
+    table = [Patch(cuda, name, _switch_builder(name))
+             for name, _ in _SWITCHES.values() if hasattr(cuda, name)]
+    if _torch_compat.get("sdpa_kernel_flags") is not None:
+        table.append(Patch(attention, "_sdpa_kernel", _build))
+    return table
