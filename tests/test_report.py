@@ -416,19 +416,30 @@ def make():
 
 def ask():
     return torch.cuda.is_available()
+
+import dataclasses
+
+@dataclasses.dataclass
+class Args:
+    n: int = 1
+
+    def __post_init__(self):
+        self.device = torch.device("cuda")
 '''
 
 USES_LIBRARY = '''\
 import fakelib
 fakelib.make()                                    # site:make
 fakelib.ask()                                     # site:ask
+fakelib.Args()                                    # site:args
 '''
 
 
 @cpu_profile
 def test_installed_library_reports_the_users_calling_line(tmp_path):
     """A library installed in site-packages is not the user's code: the
-    site is the user's line that called into it."""
+    site is the user's line that called into it, also through the
+    __init__ that dataclasses writes (transformers' TrainingArguments)."""
     lib = tmp_path / "site-packages"
     lib.mkdir()
     (lib / "fakelib.py").write_text(LIBRARY)
@@ -444,7 +455,8 @@ def test_installed_library_reports_the_users_calling_line(tmp_path):
     got = {(r["file"], r["line"], r["api"])
            for r in json.loads(out.read_text())["records"]}
     assert got == {(str(script), lines["make"], "torch.zeros"),
-                   (str(script), lines["ask"], "torch.cuda.is_available")}
+                   (str(script), lines["ask"], "torch.cuda.is_available"),
+                   (str(script), lines["args"], "torch.device")}
     # The program itself lives in site-packages (python -m an installed
     # tool): no frame is the user's, so its own lines are the sites.
     proc = run_launcher(f"--report={out}", "-m", "fakeprog", env=env,

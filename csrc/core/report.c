@@ -186,6 +186,31 @@ frame_offset(PyFrameObject *frame)
 #endif
 }
 
+/* dataclasses compiles the methods it writes for a class (the __init__
+ * that calls __post_init__) from "<string>", as nested functions of
+ * "__create_fn__": machinery, like contextlib, whatever the class's
+ * module, never the line a user can act on (docs/report.md). */
+static int
+written_by_dataclasses(PyCodeObject *c)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    if (!PyUnicode_Check(c->co_filename)
+        || PyUnicode_CompareWithASCIIString(c->co_filename, "<string>") != 0)
+    {
+        return 0;
+    }
+    const char *qualname = PyUnicode_AsUTF8(c->co_qualname);
+    if (qualname == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return strncmp(qualname, "__create_fn__.", 14) == 0;
+#else
+    (void)c;
+    return 0;
+#endif
+}
+
 /* The site of a call (docs/report.md): the first frame of user code, else
  * the first frame of an installed library (a program that lives in
  * site-packages), else the first standard-library frame; torch and
@@ -203,6 +228,9 @@ user_frame(td_install *st, td_sites *t, PyObject **code, int *offset)
     while (frame != NULL) {
         PyCodeObject *c = PyFrame_GetCode(frame);
         td_file_class k = file_class(st, rules, cache, c->co_filename);
+        if (k == TD_FILE_USER && written_by_dataclasses(c)) {
+            k = TD_FILE_STDLIB;
+        }
         if (k != TD_FILE_INTERNAL && found[k] == NULL) {
             found[k] = (PyObject *)c;
             offsets[k] = frame_offset(frame);
