@@ -178,7 +178,7 @@ def test_nccl_on_another_accelerator_warns_where_to_run(tmp_path):
     proc = run_python('''
 import torch, torch.distributed as dist
 import TorchDevice
-dist.init_process_group(sys.argv[2], init_method="tcp://127.0.0.1:%d",
+dist.init_process_group("nccl", init_method="tcp://127.0.0.1:%d",
                         rank=0, world_size=1)
 t = torch.ones(2, device="cuda")
 try:
