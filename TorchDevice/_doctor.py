@@ -85,7 +85,9 @@ TORCH_APIS: Dict[str, Tuple[str, str]] = {
                                      "time"),
     "torch.cuda.nccl": (CANNOT, "torch.cuda.nccl calls NCCL directly: use "
                                 "torch.distributed"),
-    "torch.cuda.cudart": (CANNOT, "the CUDA runtime API has no equivalent"),
+    "torch.cuda.cudart": (HANDLED, "the profiler's start/stop and host "
+                                   "memory registration succeed and do "
+                                   "nothing, as with no profiler attached"),
     "torch.backends.cudnn": (HANDLED, "cuDNN flags are accepted and "
                                       "harmless"),
     "torch.backends.cuda": (HANDLED, "CUDA backend flags are accepted and "

@@ -44,6 +44,8 @@ SDPA = "the device's attention kernels added to a choice of CUDA's " \
 CAPTURABLE = "optimizers with capturable=True where \"cuda\" lands on " \
              "the host or MPS"
 GRAPHS = "CUDA graph capture and replay where \"cuda\" is not CUDA"
+LIBRARIES = "CUDA's preferred linear algebra and BLAS library switches " \
+            "where \"cuda\" is not CUDA"
 DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
           "where \"cuda\" lands on the host)"
 
@@ -90,6 +92,10 @@ PRIVATE: Tuple[Private, ...] = (
     Private("TorchDispatchMode", "torch.utils._python_dispatch",
             "TorchDispatchMode", GRAPHS),
     Private("sdpa_kernel_flags", "torch.nn.attention", "_sdpa_kernel", SDPA),
+    Private("linalg_backends", "torch.backends.cuda", "_LinalgBackends",
+            LIBRARIES),
+    Private("blas_backends", "torch.backends.cuda", "_BlasBackends",
+            LIBRARIES),
     Private("dtensor_register_op_strategy",
             "torch.distributed.tensor._ops.utils", "register_op_strategy",
             DTENSOR),

@@ -1,0 +1,264 @@
+"""CUDA's tool switches where "cuda" is not CUDA: the profiler hooks, the
+CUDA runtime handle, NVTX ranges for autograd, the preferred linear
+algebra and BLAS libraries, and the cuFFT plan cache
+(docs/masquerade.md, "Flags and tools").
+
+A CUDA program calls these to tune or to profile, never for its results:
+``torch.cuda.profiler.start()`` / ``stop()`` / ``profile()`` tell an
+attached profiler (Nsight) where to record, ``emit_nvtx()`` labels the
+ranges it records, ``preferred_linalg_library("cusolver")`` picks among
+CUDA's libraries for the same operator.  On a torch built without CUDA
+each of them raises, so a CUDA program that profiles or tunes stops at
+that line.  Here each does what it does on a GPU with no profiler
+attached and no such library to pick: nothing that changes a result.
+The switches remember what they were set to and answer it back, as on
+CUDA, and the report gets an ``emulated`` row.
+"""
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import threading
+from typing import Any, Callable, Dict, List
+
+import torch
+
+from . import _patches, _tdcore, _torch_compat
+
+
+def _record(api: str) -> None:
+    _tdcore.record(api, "emulated", "cuda", _patches.landed_type())
+
+
+# ---- the CUDA runtime handle: torch.cuda.cudart() -----------------------
+
+
+class cudaError(enum.IntEnum):
+    """The codes torch.cuda.check_error and CudaError read."""
+    success = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorNotReady = 34
+
+
+class _Cudart:
+    """What torch's own Python asks of the CUDA runtime module: the
+    profiler's start and stop, host memory registration (pinning, which a
+    host tensor here does not need), memory info, the error strings."""
+    cudaError = cudaError
+
+    @staticmethod
+    def cudaGetErrorString(code: Any) -> str:
+        try:
+            return cudaError(int(code)).name
+        except ValueError:
+            return f"cudaError {int(code)}"
+
+    @staticmethod
+    def cudaProfilerStart() -> cudaError:
+        _record("torch.cuda.cudart().cudaProfilerStart")
+        return cudaError.success
+
+    @staticmethod
+    def cudaProfilerStop() -> cudaError:
+        _record("torch.cuda.cudart().cudaProfilerStop")
+        return cudaError.success
+
+    @staticmethod
+    def cudaHostRegister(ptr: int, size: int, flags: int) -> cudaError:
+        _record("torch.cuda.cudart().cudaHostRegister")
+        return cudaError.success
+
+    @staticmethod
+    def cudaHostUnregister(ptr: int) -> cudaError:
+        _record("torch.cuda.cudart().cudaHostUnregister")
+        return cudaError.success
+
+    @staticmethod
+    def cudaMemGetInfo(device: int) -> Any:
+        return torch.cuda.mem_get_info(device)
+
+    def __repr__(self) -> str:
+        return "<CUDA runtime (TorchDevice: no CUDA here, profiler calls " \
+               "and host registration succeed and do nothing)>"
+
+
+CUDART = _Cudart()
+
+
+def cudart() -> _Cudart:
+    """torch.cuda.cudart(): the runtime handle."""
+    return CUDART
+
+
+def check_error(res: int) -> None:
+    """torch.cuda.check_error: torch's CudaError for a code other than
+    success, with the handle's name for it."""
+    if res != cudaError.success:
+        error = torch.cuda.CudaError.__new__(torch.cuda.CudaError)
+        RuntimeError.__init__(
+            error, f"{CUDART.cudaGetErrorString(res)} ({int(res)})")
+        raise error
+
+
+# ---- NVTX ranges around autograd's operators ----------------------------
+
+
+class emit_nvtx(contextlib.ContextDecorator):
+    """torch.autograd.profiler.emit_nvtx: each operator becomes an NVTX
+    range, which only an attached Nsight records.  None is attached here,
+    so, as on a GPU without one, the ranges go nowhere."""
+
+    def __init__(self, enabled: bool = True,
+                 record_shapes: bool = False) -> None:
+        self.enabled = enabled
+        self.record_shapes = record_shapes
+        self.entered = False
+
+    def __enter__(self) -> "emit_nvtx":
+        if self.entered:
+            raise RuntimeError("NVTX annotation context manager is not "
+                               "reentrant")
+        self.entered = True
+        if self.enabled:
+            _record("torch.autograd.profiler.emit_nvtx")
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.entered = False
+        return False
+
+
+# ---- preferred libraries --------------------------------------------------
+
+
+def _preference(original: Callable[..., Any], api: str,
+                names: Dict[str, Any], enum_type: type) -> Callable[..., Any]:
+    """One of torch.backends.cuda's library preferences: torch's checks of
+    the value, and the value a program set, answered back (CUDA's
+    libraries are not there to pick from)."""
+    state = {"value": original()}
+    lock = threading.Lock()
+
+    @functools.wraps(original)
+    def preference(backend: Any = None) -> Any:
+        if backend is None:
+            return state["value"]
+        if isinstance(backend, str):
+            if backend not in names:
+                raise RuntimeError("Unknown input value. Choose from: "
+                                   + ", ".join(names) + ".")
+            backend = names[backend]
+        elif not isinstance(backend, enum_type):
+            raise RuntimeError("Unknown input value type.")
+        with lock:
+            state["value"] = backend
+        _record(api)
+        return backend
+    return preference
+
+
+def _preference_builder(name: str, names: Dict[str, Any]
+                        ) -> Callable[[Any], Any]:
+    def build(original: Callable[..., Any]) -> Callable[..., Any]:
+        # torch's answer is a member of the enum it accepts.
+        return _preference(original, "torch.backends.cuda." + name,
+                           dict(names), type(original()))
+    return build
+
+
+# ---- the cuFFT plan cache -------------------------------------------------
+
+
+class _PlanCache:
+    """One device's cuFFT plan cache: no plans are ever made here (FFTs run
+    on the device's own library), so its size is 0; its capacity is what
+    the program set."""
+
+    def __init__(self, index: int) -> None:
+        object.__setattr__(self, "device_index", index)
+        object.__setattr__(self, "_max_size", 4096)
+
+    @property
+    def size(self) -> int:
+        return 0
+
+    @size.setter
+    def size(self, value: Any) -> None:
+        raise RuntimeError(
+            ".size is a read-only property showing the number of plans "
+            "currently in the cache. To change the cache capacity, set "
+            "cufft_plan_cache.max_size.")
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    @max_size.setter
+    def max_size(self, value: int) -> None:
+        if int(value) < 0:
+            raise RuntimeError("cuFFT plan cache size must be non-negative, "
+                               f"but got {value}")
+        object.__setattr__(self, "_max_size", int(value))
+        _record("torch.backends.cuda.cufft_plan_cache")
+
+    def clear(self) -> None:
+        pass
+
+
+class PlanCacheManager:
+    """torch.backends.cuda.cufft_plan_cache: one cache per device shown,
+    the current device's when used directly."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "caches", [])
+
+    def __getitem__(self, device: Any) -> _PlanCache:
+        # Every index is the one device (docs/masquerade.md, "Devices
+        # shown"), and so is its cache.
+        if not isinstance(device, (int, str, torch.device)):
+            raise ValueError(f"Expected a torch.device, a string or an "
+                             f"integer; but got {device!r}")
+        if not self.caches:
+            self.caches.append(_PlanCache(0))
+        return self.caches[0]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self[torch.cuda.current_device()], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self[torch.cuda.current_device()], name, value)
+
+
+# ---- the patch table -------------------------------------------------------
+
+
+def patches() -> List[Any]:
+    from ._masquerade import announced
+    from ._patches import Patch
+    profile = _tdcore.settings()["profile"]
+    # Where torch.cuda is torch's own (CUDA, or CUDA not announced), so
+    # are these.
+    if profile == "cuda" or "cuda" not in announced(profile):
+        return []
+    import torch.autograd.profiler as autograd_profiler
+    import torch.backends.cuda as backends_cuda
+    import torch.cuda.profiler as cuda_profiler
+    table = [
+        Patch(torch.cuda, "cudart", lambda orig: cudart),
+        Patch(cuda_profiler, "cudart", lambda orig: cudart),
+        Patch(torch.cuda, "check_error", lambda orig: check_error),
+        Patch(cuda_profiler, "check_error", lambda orig: check_error),
+        Patch(autograd_profiler, "emit_nvtx", lambda orig: emit_nvtx),
+        Patch(backends_cuda, "cufft_plan_cache",
+              lambda orig: PlanCacheManager()),
+    ]
+    for name, key in (("preferred_linalg_library", "linalg_backends"),
+                      ("preferred_blas_library", "blas_backends")):
+        names = _torch_compat.get(key)
+        if getattr(backends_cuda, name, None) is None \
+                or not isinstance(names, dict):
+            continue
+        table.append(Patch(backends_cuda, name,
+                           _preference_builder(name, names)))
+    return table

@@ -1,0 +1,175 @@
+"""CUDA's profiler hooks and library switches where "cuda" is not CUDA
+(docs/masquerade.md, "Flags and tools"): each runs and changes no
+result."""
+from __future__ import annotations
+
+import pickle
+import sys
+
+import pytest
+import torch
+
+import TorchDevice
+from conftest import HAS_CUDA, run_python
+
+pytestmark = pytest.mark.skipif(
+    HAS_CUDA, reason="on NVIDIA machines these are torch's own")
+
+
+def _sites(api_prefix: str):
+    return [(r["api"], r["what"], r["line"]) for r in TorchDevice.report()
+            if r["api"].startswith(api_prefix) and r["file"] == __file__]
+
+
+def _linear():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).cuda()
+    x = torch.randn(5, 4, device="cuda", requires_grad=True)
+    return model, x
+
+
+def test_profiler_ranges_around_a_training_step_change_nothing(
+        restore_config):
+    """The Nsight recipe: cudaProfilerStart, emit_nvtx around the step,
+    cudaProfilerStop; torch.cuda.profiler.profile() the same."""
+    model, x = _linear()
+    plain = torch.autograd.grad(model(x).sum(), x)[0]
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    line = sys._getframe().f_lineno + 1
+    torch.cuda.check_error(torch.cuda.cudart().cudaProfilerStart())
+    with torch.autograd.profiler.emit_nvtx(record_shapes=True):
+        profiled = torch.autograd.grad(model(x).sum(), x)[0]
+    torch.cuda.check_error(torch.cuda.cudart().cudaProfilerStop())
+    torch.cuda.profiler.start()
+    torch.cuda.profiler.stop()
+    with torch.cuda.profiler.profile():
+        again = torch.autograd.grad(model(x).sum(), x)[0]
+    assert torch.equal(profiled, plain) and torch.equal(again, plain)
+    assert _sites("torch.") == [
+        ("torch.cuda.cudart().cudaProfilerStart", "emulated", line),
+        ("torch.autograd.profiler.emit_nvtx", "emulated", line + 1),
+        ("torch.cuda.cudart().cudaProfilerStop", "emulated", line + 3),
+        ("torch.cuda.cudart().cudaProfilerStart", "emulated", line + 4),
+        ("torch.cuda.cudart().cudaProfilerStop", "emulated", line + 5),
+        ("torch.cuda.cudart().cudaProfilerStart", "emulated", line + 6),
+        ("torch.cuda.cudart().cudaProfilerStop", "emulated", line + 6),
+    ]
+
+
+def test_emit_nvtx_as_torch_has_it():
+    """Not reentrant, and a decorator too, as torch's."""
+    ctx = torch.autograd.profiler.emit_nvtx()
+    with ctx:
+        with pytest.raises(RuntimeError, match="not reentrant"):
+            ctx.__enter__()
+
+    @torch.autograd.profiler.emit_nvtx(enabled=False)
+    def f(t):
+        return t * 2
+    assert torch.equal(f(torch.ones(2, device="cuda")), torch.full((2,), 2.))
+
+
+def test_error_codes_read_as_cuda_has_them():
+    assert torch.cuda.check_error(0) is None
+    with pytest.raises(torch.cuda.CudaError, match=r"\(1\)"):
+        torch.cuda.check_error(1)
+
+
+def test_host_registration_pins_as_torch_asks(restore_config):
+    """torch's own pinning helper registers host memory with the runtime;
+    a host tensor here needs none."""
+    from torch.cuda import _pin_memory_utils
+    t = torch.ones(8)
+    _pin_memory_utils.pin_memory(t.data_ptr(), t.nbytes)
+    _pin_memory_utils.unpin_memory(t.data_ptr())
+    assert torch.equal(t, torch.ones(8))
+
+
+@pytest.mark.parametrize("name,choices", [
+    ("preferred_linalg_library", ("cusolver", "magma", "default")),
+    ("preferred_blas_library", ("cublaslt", "cublas", "ck")),
+])
+def test_preferred_libraries_answer_what_was_set(name, choices,
+                                                 restore_config):
+    fn = getattr(torch.backends.cuda, name)
+    before = fn()
+    a = torch.randn(6, 6, device="cuda", generator=None)
+    a = a @ a.T + 6 * torch.eye(6, device="cuda")
+    expected = torch.linalg.cholesky(a)
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    line = sys._getframe().f_lineno + 3
+    try:
+        for choice in choices:
+            set_to = fn(choice)
+            assert set_to.name.lower() == choice
+            assert fn() == set_to               # answered back
+            assert fn(set_to) == set_to         # the enum form too
+            assert torch.equal(torch.linalg.cholesky(a), expected)
+        with pytest.raises(RuntimeError, match="Unknown input value. Choose"):
+            fn("nonsense")
+        with pytest.raises(RuntimeError, match="Unknown input value type"):
+            fn(3)
+        api = f"torch.backends.cuda.{name}"
+        assert sorted(_sites(api)) == [(api, "emulated", line),
+                                       (api, "emulated", line + 3)]
+        assert pickle.loads(pickle.dumps(fn)) is fn
+    finally:
+        fn(before)
+
+
+def test_cufft_plan_cache_holds_its_capacity():
+    cache = torch.backends.cuda.cufft_plan_cache
+    before = cache.max_size
+    try:
+        cache.max_size = 32
+        assert cache.max_size == 32 and cache[0].max_size == 32
+        assert cache.size == 0
+        cache.clear()
+        with pytest.raises(RuntimeError, match="read-only"):
+            cache.size = 3
+        # Every index is the one device (docs/masquerade.md, "Devices
+        # shown"), and so is its cache.
+        assert cache[torch.device("cuda", 0)] is cache[0]
+        x = torch.randn(16, device="cuda")
+        torch.testing.assert_close(torch.fft.ifft(torch.fft.fft(x)).real, x)
+    finally:
+        cache.max_size = before
+
+
+def test_without_torchdevice_each_one_raises():
+    """The program really needs it: a torch without CUDA raises at each."""
+    proc = run_python("""
+import torch
+failed = []
+for name, call in [
+        ("profiler.start", lambda: torch.cuda.profiler.start()),
+        ("emit_nvtx", lambda: torch.autograd.profiler.emit_nvtx().__enter__()),
+        ("linalg", lambda: torch.backends.cuda.preferred_linalg_library("cusolver")),
+        ("blas", lambda: torch.backends.cuda.preferred_blas_library("cublaslt")),
+        ("cufft", lambda: torch.backends.cuda.cufft_plan_cache.max_size)]:
+    try:
+        call()
+    except (RuntimeError, AssertionError, AttributeError):
+        failed.append(name)
+print(",".join(failed))
+""")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [
+        "profiler.start,emit_nvtx,linalg,blas,cufft"]
+
+
+def test_disable_gives_torch_its_own_back(restore_config):
+    import torch.cuda.profiler as cuda_profiler
+    ours = (torch.cuda.cudart, torch.autograd.profiler.emit_nvtx,
+            torch.backends.cuda.preferred_linalg_library,
+            torch.backends.cuda.cufft_plan_cache)
+    TorchDevice.disable()
+    theirs = (torch.cuda.cudart, torch.autograd.profiler.emit_nvtx,
+              torch.backends.cuda.preferred_linalg_library,
+              torch.backends.cuda.cufft_plan_cache)
+    assert all(a is not b for a, b in zip(ours, theirs))
+    assert cuda_profiler.cudart is torch.cuda.cudart
+    assert torch.autograd.profiler.emit_nvtx.__module__ == \
+        "torch.autograd.profiler"
