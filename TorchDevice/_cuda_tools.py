@@ -133,11 +133,13 @@ class emit_nvtx(contextlib.ContextDecorator):
 
 
 def _preference(original: Callable[..., Any], api: str,
-                names: Dict[str, Any], enum_type: type) -> Callable[..., Any]:
+                names: Dict[str, Any]) -> Callable[..., Any]:
     """One of torch.backends.cuda's library preferences: torch's checks of
     the value, and the value a program set, answered back (CUDA's
     libraries are not there to pick from)."""
     state = {"value": original()}
+    # torch's answer is a member of the enum it accepts.
+    enum_type = type(state["value"])
     lock = threading.Lock()
 
     @functools.wraps(original)
@@ -161,9 +163,8 @@ def _preference(original: Callable[..., Any], api: str,
 def _preference_builder(name: str, names: Dict[str, Any]
                         ) -> Callable[[Any], Any]:
     def build(original: Callable[..., Any]) -> Callable[..., Any]:
-        # torch's answer is a member of the enum it accepts.
         return _preference(original, "torch.backends.cuda." + name,
-                           dict(names), type(original()))
+                           dict(names))
     return build
 
 
@@ -176,8 +177,8 @@ class _PlanCache:
     the program set."""
 
     def __init__(self, index: int) -> None:
-        object.__setattr__(self, "device_index", index)
-        object.__setattr__(self, "_max_size", 4096)
+        self.device_index = index
+        self._max_size = 4096
 
     @property
     def size(self) -> int:
@@ -199,7 +200,7 @@ class _PlanCache:
         if int(value) < 0:
             raise RuntimeError("cuFFT plan cache size must be non-negative, "
                                f"but got {value}")
-        object.__setattr__(self, "_max_size", int(value))
+        self._max_size = int(value)
         _record("torch.backends.cuda.cufft_plan_cache")
 
     def clear(self) -> None:
@@ -207,21 +208,18 @@ class _PlanCache:
 
 
 class PlanCacheManager:
-    """torch.backends.cuda.cufft_plan_cache: one cache per device shown,
-    the current device's when used directly."""
+    """torch.backends.cuda.cufft_plan_cache: every device index is the one
+    device (docs/masquerade.md, "Devices shown"), and so is its cache,
+    also when the manager is used directly."""
 
     def __init__(self) -> None:
-        object.__setattr__(self, "caches", [])
+        object.__setattr__(self, "cache", _PlanCache(0))
 
     def __getitem__(self, device: Any) -> _PlanCache:
-        # Every index is the one device (docs/masquerade.md, "Devices
-        # shown"), and so is its cache.
         if not isinstance(device, (int, str, torch.device)):
             raise ValueError(f"Expected a torch.device, a string or an "
                              f"integer; but got {device!r}")
-        if not self.caches:
-            self.caches.append(_PlanCache(0))
-        return self.caches[0]
+        return self.cache
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self[torch.cuda.current_device()], name)

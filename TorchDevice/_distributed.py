@@ -74,18 +74,10 @@ def rewrite_backend(backend: Any) -> Any:
     return ",".join(entries)
 
 
-def _given_gloo(api: str, asked: Any, runs: Any) -> None:
-    """Records a backend replaced for gloo, and guards the exit: on CUDA,
-    NCCL has no exit race, so a script given gloo for NCCL must not meet
-    gloo's (TorchDevice/_exit.py)."""
-    _record(api, asked, runs)
-    _exit.guard(always=True)
-
-
-def _guard_chosen_gloo(backend: Any) -> None:
-    """A program that chose gloo itself (its CPU groups beside NCCL's, a
-    script written for "gloo") meets the same exit race off CUDA: guard
-    it too, where TorchDevice runs the program at all."""
+def _guard_gloo(backend: Any) -> None:
+    """Guards the exit of a process that runs gloo off CUDA, given for
+    NCCL or chosen by the program: on CUDA, NCCL has no exit race, so a
+    script written for it must not meet gloo's (TorchDevice/_exit.py)."""
     if (not _native() and isinstance(backend, str)
             and _GLOO in backend.lower()):
         _exit.guard(always=True)
@@ -123,10 +115,9 @@ def _init_builder(api: str) -> Callable[[Any], Any]:
                 # beside MPS or another device), and finds no backend.
                 new = _GLOO
             if new != backend:
-                _given_gloo(api, backend, new)
+                _record(api, backend, new)
                 _warn_device_collectives(api)
-            else:
-                _guard_chosen_gloo(new)
+            _guard_gloo(new)
             if (not _native() and kwargs.get("device_id") is not None):
                 _record(api, kwargs["device_id"], "no device_id")
                 kwargs["device_id"] = None
@@ -148,9 +139,8 @@ def _new_group_builder(original: Any) -> Any:
             new = rewrite_backend(old)
             args = args[:2] + (new,) + args[3:]
         if new != old:
-            _given_gloo("torch.distributed.new_group", old, new)
-        else:
-            _guard_chosen_gloo(new)
+            _record("torch.distributed.new_group", old, new)
+        _guard_gloo(new)
         if not _native() and kwargs.get("device_id") is not None:
             kwargs["device_id"] = None
         return original(*args, **kwargs)

@@ -16,9 +16,9 @@ hook: those run while the interpreter is still whole, and the threads
 finish then.  It is registered where a program runs on such threads
 under TorchDevice off CUDA: gloo (given for NCCL, or chosen by the
 program), and every profile whose device is neither the CPU nor CUDA (MPS,
-the other accelerators), where backward runs on a device thread.  For the second, on Linux the
-sleep happens only if autograd started a device thread
-(docs/reliability.md, "At exit").
+the other accelerators), where backward runs on a device thread.  For the
+second, on Linux the sleep happens only if autograd started a device
+thread (docs/reliability.md, "At exit").
 """
 from __future__ import annotations
 

@@ -49,14 +49,23 @@ def _build(original: Callable[..., Any]) -> Callable[..., Any]:
     return _sdpa_kernel
 
 
+def _kernels_to_add(names: List[str]) -> Tuple[str, ...]:
+    """The device's kernels where the kernels chosen (`names`) include
+    none of them; () where they include one, or are none at all (which
+    fails on CUDA too)."""
+    kernels = device_kernels(_patches.landed_type())
+    if not names or any(name in kernels for name in names):
+        return ()
+    return kernels
+
+
 def _with_device_kernels(backends: Iterable[Any]) -> Iterable[Any]:
     from torch.nn.attention import SDPBackend
-    kernels = device_kernels(_patches.landed_type())
     asked = list(backends) if isinstance(backends, (list, tuple, set)) \
         else [backends]
     names = _names(asked)
-    # No kernel at all fails on CUDA too.
-    if not kernels or not names or any(name in kernels for name in names):
+    kernels = _kernels_to_add(names)
+    if not kernels:
         return backends
     chosen = asked + [getattr(SDPBackend, k) for k in kernels]
     _tdcore.record(_API, "redirected", ", ".join(names),
@@ -91,11 +100,11 @@ def _keep_a_device_kernel(api: str) -> None:
     on at all fails on CUDA too, and may be a step on the way to the
     program's choice: left alone."""
     import torch
-    kernels = device_kernels(_patches.landed_type())
     cuda = torch.backends.cuda
     on = [k for k, (_, reading) in _SWITCHES.items()
           if getattr(cuda, reading, lambda: False)()]
-    if not kernels or not on or any(k in kernels for k in on):
+    kernels = _kernels_to_add(on)
+    if not kernels:
         return
     for kernel in kernels:
         # Ours, if patched: it finds a device kernel on and stops there.
