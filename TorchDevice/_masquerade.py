@@ -82,7 +82,7 @@ _announce = "cuda"
 
 # torch's own objects, read once before anything is patched.
 _originals: Dict[str, Any] = {}
-_functions: Dict[Tuple[str, str], Any] = {}
+_functions: Dict[Tuple[str, Any], Any] = {}
 
 
 # ---- facts about the real device ---------------------------------------
@@ -552,6 +552,29 @@ def _function(name: str, module_name: str) -> Any:
     return fn
 
 
+def _with_wrapped(fn: Any) -> Any:
+    """A Python function that calls `fn` and names it as ``__wrapped__``.
+
+    torch decorates some of the functions the masquerade replaces
+    (functools.lru_cache, typing_extensions.deprecated), and torch's own
+    modules read ``<function>.__wrapped__`` at import: torch._dynamo does
+    for ``torch.backends.mps.is_available`` since torch 2.14.  A C function
+    has no attributes, so there the replacement is this one, made once per
+    function (its identity is what pickle and dynamo's tables find)."""
+    key = ("__wrapped__", fn)
+    made = _functions.get(key)
+    if made is None:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = fn.__name__
+        call.__module__ = fn.__module__
+        call.__doc__ = fn.__doc__
+        call.__wrapped__ = fn  # type: ignore[attr-defined]
+        made = _functions[key] = call
+    return made
+
+
 def _fn_patches(owner: Any, names: Tuple[str, ...], module_name: str,
                 lookup_prefix: str = "", aliases: bool = True) -> List[Any]:
     """Patches owner.<name> for each name, and the same name in the
@@ -567,6 +590,8 @@ def _fn_patches(owner: Any, names: Tuple[str, ...], module_name: str,
         own_module = (defined_in if isinstance(defined_in, str)
                       and defined_in.startswith(module_name) else module_name)
         fn = _function(lookup_prefix + name, own_module)
+        if getattr(value, "__wrapped__", None) is not None:
+            fn = _with_wrapped(fn)
         patches.append(Patch(owner, name, lambda orig, fn=fn: fn))
         sub = sys.modules.get(defined_in or "")
         if (aliases and sub is not None and sub is not owner

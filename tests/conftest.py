@@ -15,6 +15,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 import torch  # noqa: E402
+
+# A CUDA build of torch (on a machine without a GPU here): torch's own
+# answers differ from a CPU build's ("Found no NVIDIA driver" where a CPU
+# build says "Torch not compiled with CUDA enabled", and more).
+CUDA_BUILD = torch.version.cuda is not None
+
 import TorchDevice  # noqa: E402
 
 PROFILE = TorchDevice._patches.detect_profile()

@@ -641,8 +641,9 @@ def test_activation_variable_gives_every_process_the_device(tmp_path):
         site.addsitedir({str(site)!r})                  # a second time: one hook
         assert importlib.util.find_spec("torch")         # asking is not importing
         import torch
+        # check_available: a CUDA build of torch names "cuda" without a GPU
         print(torch._C._get_privateuse1_backend_name(), torch.probe_saw,
-              torch.accelerator.current_accelerator())
+              torch.accelerator.current_accelerator(check_available=True))
     """
     on = run_child(probe, env={"SIMACCEL_AUTOLOAD": "1"})
     assert on.returncode == 0, on.stderr[-3000:]
@@ -659,7 +660,8 @@ def test_activation_through_the_venv_install():
     installed = Path(sysconfig.get_paths()["purelib"]) / _build.AUTOLOAD_PTH
     if not installed.is_file():
         pytest.skip("the start-up hook is not installed here (`make simaccel` installs it)")
-    probe = "import torch; print(torch.accelerator.current_accelerator())"
+    probe = ("import torch; "
+             "print(torch.accelerator.current_accelerator(check_available=True))")
     on = run_child(probe, env={"SIMACCEL_AUTOLOAD": "1"})
     assert on.returncode == 0, on.stderr[-3000:]
     assert on.stdout.strip() == "simaccel"

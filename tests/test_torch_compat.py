@@ -21,7 +21,7 @@ import torch
 
 import TorchDevice
 from TorchDevice import (_compile, _dtensor, _graphs, _masquerade,
-                         _torch_compat)
+                         _patches, _torch_compat)
 from conftest import ROOT, run_python
 
 
@@ -145,3 +145,53 @@ def test_no_other_module_reaches_a_private_torch_name():
         found += [f"{path.name}:{line}: {what}"
                   for line, what in _private_uses(path)]
     assert not found, found
+
+
+# torch's own modules read attributes of the functions TorchDevice replaces
+# when they are imported after it: torch._dynamo (torch 2.14) builds its
+# constant-folding table from ``torch.backends.mps.is_available.__wrapped__``
+# (an lru_cache).  Importing it failed where MPS is announced with
+# "'builtin_function_or_method' object has no attribute '__wrapped__'".
+
+def _decorated(entry) -> bool:
+    original = entry[2]
+    original = getattr(original, "__func__", original)
+    return getattr(original, "__wrapped__", None) is not None
+
+
+def test_replacements_of_decorated_functions_name_what_they_wrap():
+    missing = [f"{getattr(owner, '__name__', owner)}.{name}"
+               for owner, name, original, replacement in _patches.replaced()
+               if _decorated((owner, name, original))
+               and getattr(getattr(replacement, "__func__", replacement),
+                           "__wrapped__", None) is None]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("announce", ["cuda", "mps"])
+def test_dynamo_imported_after_enable(announce):
+    proc = run_python("""
+        import torch, TorchDevice
+        from TorchDevice import _patches
+        decorated = [(o, n, r) for o, n, orig, r in _patches.replaced()
+                     if getattr(getattr(orig, "__func__", orig),
+                                "__wrapped__", None) is not None]
+        for owner, name, replacement in decorated:
+            inner = getattr(replacement, "__func__", replacement).__wrapped__
+            assert callable(inner), (owner, name)
+        import torch._dynamo
+
+        def step(x):
+            if torch.backends.mps.is_available():
+                x = x + 1
+            if torch.cuda.is_available():
+                x = x * 2
+            return x
+
+        x = torch.arange(4.0, device="cuda")
+        compiled = torch.compile(step, backend="eager")
+        assert torch.equal(compiled(x), step(x)), (compiled(x), step(x))
+        print("ok", torch.backends.mps.is_available(), len(decorated))
+    """, env={"TORCHDEVICE_ANNOUNCE": announce})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok")

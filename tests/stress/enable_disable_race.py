@@ -38,7 +38,7 @@ s = torch.Stream("cuda")
 
 
 # What torch (or TorchDevice) says when the call ran while disabled.
-EXPLAINED = ("CUDA", "cuda", "TorchDevice", "dummy base class")
+EXPLAINED = ("CUDA", "cuda", "NVIDIA", "TorchDevice", "dummy base class")
 
 
 class _Quiet(logging.Handler):
@@ -69,7 +69,8 @@ def main() -> int:
                 exec(code, {"torch": torch})
             except Exception as exc:  # noqa: BLE001 - classified below
                 # Disabled in the middle: torch's own answer on a CPU-only
-                # build ("Torch not compiled with CUDA enabled", ...).
+                # build ("Torch not compiled with CUDA enabled", ...), or on
+                # a CUDA build without a GPU ("Found no NVIDIA driver").
                 text = str(exc)
                 if not any(word in text for word in EXPLAINED):
                     unexpected.append(f"{type(exc).__name__}: {text}")
