@@ -700,3 +700,20 @@ def test_build_failure_gives_a_reason(tmp_path):
     """, env={"SIMACCEL_BUILD_DIR": str(tmp_path / "build"), "CXX": "/nonexistent/c++"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "could not be built" in done.stdout
+
+
+@pytest.mark.own_machine
+def test_a_build_killed_before_does_not_stop_the_next(tmp_path):
+    """A build killed while torch built (a test run stopped with Ctrl-C)
+    left torch's lock file, and every later build, `make simaccel` and the
+    suites among them, waited for it forever without a word."""
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / _build.TORCH_BUILD_LOCK).write_text("")
+    done = run_child("""
+        import simaccel
+        print(simaccel.try_load(build=True))
+    """, env={"SIMACCEL_BUILD_DIR": str(build), "CXX": "/nonexistent/c++"},
+        timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "could not be built" in done.stdout

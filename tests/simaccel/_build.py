@@ -30,6 +30,9 @@ HEADERS = (HERE / "csrc" / "simaccel.h",)
 LIBRARY_NAME = "simaccel_backend"
 EXTRA_CFLAGS = ["-O1", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 AUTOLOAD_PTH = "simaccel_autoload.pth"
+# The lock file torch.utils.cpp_extension keeps in a build directory while it
+# builds there.
+TORCH_BUILD_LOCK = "lock"
 
 
 def build_dir() -> Path:
@@ -139,6 +142,10 @@ def _build_here(verbose: bool = False) -> Path:
 
         started = time.monotonic()
         (out_dir / "stamp.json").unlink(missing_ok=True)
+        # torch's own build lock: every build of this directory holds .lock
+        # first, so one found now was left by a build that was killed, and
+        # torch would wait for it forever without a word.
+        (out_dir / TORCH_BUILD_LOCK).unlink(missing_ok=True)
         try:
             cpp_extension.verify_ninja_availability()
             have_ninja = True
