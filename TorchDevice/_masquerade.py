@@ -82,7 +82,9 @@ _announce = "cuda"
 
 # torch's own objects, read once before anything is patched.
 _originals: Dict[str, Any] = {}
-_functions: Dict[Tuple[str, Any], Any] = {}
+_functions: Dict[Tuple[str, str], Any] = {}
+# C function -> the Python function that stands for it (_with_wrapped).
+_wrapped_calls: Dict[Any, Any] = {}
 
 
 # ---- facts about the real device ---------------------------------------
@@ -561,8 +563,7 @@ def _with_wrapped(fn: Any) -> Any:
     for ``torch.backends.mps.is_available`` since torch 2.14.  A C function
     has no attributes, so there the replacement is this one, made once per
     function (its identity is what pickle and dynamo's tables find)."""
-    key = ("__wrapped__", fn)
-    made = _functions.get(key)
+    made = _wrapped_calls.get(fn)
     if made is None:
         def call(*args: Any, **kwargs: Any) -> Any:
             return fn(*args, **kwargs)
@@ -571,7 +572,7 @@ def _with_wrapped(fn: Any) -> Any:
         call.__module__ = fn.__module__
         call.__doc__ = fn.__doc__
         call.__wrapped__ = fn  # type: ignore[attr-defined]
-        made = _functions[key] = call
+        made = _wrapped_calls[fn] = call
     return made
 
 

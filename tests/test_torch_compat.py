@@ -153,18 +153,15 @@ def test_no_other_module_reaches_a_private_torch_name():
 # (an lru_cache).  Importing it failed where MPS is announced with
 # "'builtin_function_or_method' object has no attribute '__wrapped__'".
 
-def _decorated(entry) -> bool:
-    original = entry[2]
-    original = getattr(original, "__func__", original)
-    return getattr(original, "__wrapped__", None) is not None
+def _wraps(obj):
+    """What a (static) function names as ``__wrapped__``, or None."""
+    return getattr(getattr(obj, "__func__", obj), "__wrapped__", None)
 
 
 def test_replacements_of_decorated_functions_name_what_they_wrap():
     missing = [f"{getattr(owner, '__name__', owner)}.{name}"
                for owner, name, original, replacement in _patches.replaced()
-               if _decorated((owner, name, original))
-               and getattr(getattr(replacement, "__func__", replacement),
-                           "__wrapped__", None) is None]
+               if _wraps(original) is not None and _wraps(replacement) is None]
     assert not missing, missing
 
 
