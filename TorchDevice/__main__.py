@@ -2,11 +2,13 @@
 
     python -m TorchDevice run [options] script.py [args ...]
     python -m TorchDevice run [options] -m module [args ...]
+    python -m TorchDevice [options] script.py [args ...]     (the same as run)
     python -m TorchDevice info [--json]
     python -m TorchDevice doctor [--only-cannot] [--json] PATH ...
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -15,11 +17,22 @@ usage: python -m TorchDevice {run,info,doctor} ...
 
   run [options] script.py [args ...]   run a program with TorchDevice enabled
   run [options] -m module [args ...]   (options: run --help)
+  [options] script.py [args ...]       the same as run (also -m module)
   info [--json]                        hardware, policy, configuration and
                                        what torch.cuda answers
   doctor [--only-cannot] [--json] PATH ...
                                        scan code for CUDA-specific calls
 """
+
+
+def _names_a_program(arg: str) -> bool:
+    """Whether the first argument starts what `run` takes: a script that
+    exists, `-m module`, or one of run's options."""
+    if arg.startswith("-"):
+        from ._launcher import OPTIONS
+        return arg.startswith("-m") or any(
+            arg == o or arg.startswith(o + "=") for o in OPTIONS)
+    return os.path.isfile(arg)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -37,6 +50,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "doctor":
         from . import _doctor
         return _doctor.main(rest)
+    if _names_a_program(command):
+        # `python -m TorchDevice train.py`, as `python -m cProfile train.py`
+        # is written: what a user tries first runs instead of failing.
+        from . import _launcher
+        return _launcher.run(args)
     sys.stderr.write(USAGE + f"error: unknown command {command!r}\n")
     return 2
 

@@ -214,6 +214,26 @@ def test_bad_option_values_are_usage_errors(progs):
     assert proc.returncode == 0 and proc.stdout.startswith("usage:")
 
 
+def test_run_may_be_left_out(progs):
+    # A user's first try, as with `python -m cProfile script.py`.
+    direct = python_m("probe.py", "a", "--flag", cwd=progs)
+    for how in (["probe.py"], ["--report", "probe.py"],
+                ["--log-level=INFO", "probe.py"]):
+        via = python_m("-m", "TorchDevice", *how, "a", "--flag", cwd=progs)
+        assert via.returncode == 0, via.stderr
+        assert via.stdout == direct.stdout
+    via = python_m("-m", "TorchDevice", "--report", "probe.py", cwd=progs)
+    assert "TorchDevice report" in via.stderr
+    direct = python_m("-m", "pkg.probe", "x", cwd=progs)
+    via = python_m("-m", "TorchDevice", "-m", "pkg.probe", "x", cwd=progs)
+    assert via.returncode == 0, via.stderr
+    assert via.stdout == direct.stdout
+    # A name that is neither a command nor a file is still an error, not a
+    # program to look for.
+    proc = python_m("-m", "TorchDevice", "missing.py", cwd=progs)
+    assert proc.returncode == 2 and "unknown command" in proc.stderr
+
+
 def test_parse():
     from TorchDevice._launcher import UsageError, parse
     assert parse(["--report", "s.py", "--report"]) == (
