@@ -186,3 +186,64 @@ def test_rng_states_restored_from_a_checkpoint(tmp_path):
         with TorchDevice.cpu_override():
             assert torch.equal(torch.rand(4), expected_host)
         assert torch.equal(torch.rand(4, device="cuda"), expected_cuda)
+
+
+def _cuda_generator_state(seed: int, offset: int, legacy: bool = False):
+    """What torch.cuda.get_rng_state() returns on an NVIDIA GPU: the
+    Philox seed and offset, 16 bytes (before torch 2.1: after 800 bytes of
+    retired MTGP32 states)."""
+    state = torch.tensor([seed, offset], dtype=torch.int64).view(torch.uint8)
+    if legacy:
+        state = torch.cat([torch.full((800,), 255, dtype=torch.uint8), state])
+    return state
+
+
+def test_rng_state_saved_on_an_nvidia_gpu_seeds_the_generator(tmp_path):
+    """A run resumed from a checkpoint written on an NVIDIA GPU restores
+    CUDA's generator state, which no other generator can take: the
+    generator is seeded from it, with a warning naming the line, and the run
+    goes on (docs/masquerade.md)."""
+    path = tmp_path / "gpu_rng.pt"
+    torch.save({"cuda": _cuda_generator_state(1234, 0),
+                "cuda_later": _cuda_generator_state(1234, 8192),
+                "cuda_2_0": [_cuda_generator_state(1234, 0, legacy=True)]},
+               path)
+    ck = torch.load(path, map_location="cuda")
+    torch.cuda.manual_seed(1234)
+    after_seeding = torch.rand(5, device="cuda")
+    TorchDevice.clear_report()
+    TorchDevice.configure(report=True)
+    try:
+        with pytest.warns(UserWarning, match=r"NVIDIA GPU's generator "
+                          r"\(seed 1234, offset 0\)") as caught:
+            torch.cuda.set_rng_state(ck["cuda"].cpu())
+        assert caught[0].filename == __file__
+        # Offset 0 is what torch.cuda.manual_seed(1234) leaves on the GPU.
+        assert torch.equal(torch.rand(5, device="cuda"), after_seeding)
+        with pytest.warns(UserWarning, match="offset 0"):
+            torch.cuda.set_rng_state_all([s.cpu() for s in ck["cuda_2_0"]])
+        assert torch.equal(torch.rand(5, device="cuda"), after_seeding)
+        # A later checkpoint does not repeat the stream of an earlier one,
+        # and the same checkpoint always resumes the same way.
+        with pytest.warns(UserWarning, match="offset 8192"):
+            torch.cuda.set_rng_state(ck["cuda_later"].cpu())
+        later = torch.rand(5, device="cuda")
+        assert not torch.equal(later, after_seeding)
+        with pytest.warns(UserWarning):
+            torch.cuda.set_rng_state(ck["cuda_later"].cpu())
+        assert torch.equal(torch.rand(5, device="cuda"), later)
+        records = TorchDevice._tdcore.records()
+    finally:
+        TorchDevice.configure(report=False)
+        TorchDevice.clear_report()
+    assert {(key[3], key[4]) for key in records} >= {
+        ("torch.cuda.set_rng_state", "emulated"),
+        ("torch.cuda.set_rng_state_all", "emulated")}, records
+    # The generator's own states still restore exactly, and a state of
+    # neither kind is still torch's error.
+    own = torch.cuda.get_rng_state()
+    expected = torch.rand(5, device="cuda")
+    torch.cuda.set_rng_state(own)
+    assert torch.equal(torch.rand(5, device="cuda"), expected)
+    with pytest.raises(RuntimeError):
+        torch.cuda.set_rng_state(torch.zeros(17, dtype=torch.uint8))

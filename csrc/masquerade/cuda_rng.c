@@ -9,7 +9,11 @@
  *     def seed(): GEN.seed()
  *     def initial_seed(): return GEN.initial_seed()
  *     def get_rng_state(device="cuda"): return GEN.get_state()
- *     def set_rng_state(new_state, device="cuda"): GEN.set_state(new_state)
+ *     def set_rng_state(new_state, device="cuda"):
+ *         if saved_by_cuda(new_state):      # a GPU's checkpoint
+ *             GEN.manual_seed(seed_of(new_state)); warn()
+ *         else:
+ *             GEN.set_state(new_state)
  *     def get_rng_state_all(): return [GEN.get_state()]
  *     def set_rng_state_all(new_states): for s in new_states: GEN.set_state(s)
  *
@@ -77,14 +81,142 @@ done:
     return result;
 }
 
+/* `obj.name()` as a C integer; -1 with an exception set on failure. */
+static Py_ssize_t
+call_size(PyObject *obj, const char *name)
+{
+    PyObject *r = PyObject_CallMethod(obj, name, NULL);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    return n;
+}
+
+/* A state saved by CUDA's generator, which no other generator can take:
+ * its 64-bit seed and 64-bit Philox offset, 16 bytes (torch 2.1 and later;
+ * before, 800 bytes of retired MTGP32 states came first: 816 bytes, 808
+ * without the offset).  A checkpoint written on an NVIDIA GPU holds one, and
+ * a program resuming from it restores it.  Returns 1 and the two numbers
+ * when `state` is one and the generator's own states differ in size, 0 when
+ * the generator should be handed `state` (and report on it), -1 on error. */
+static int
+cuda_saved_state(td_masq *m, PyObject *state, unsigned long long *seed,
+                 unsigned long long *offset)
+{
+    Py_ssize_t n = call_size(state, "numel");
+    if (n < 0) {
+        PyErr_Clear();          /* not a tensor: the generator says so */
+        return 0;
+    }
+    if (n != 16 && n != 808 && n != 816) {
+        return 0;
+    }
+    PyObject *dtype = PyObject_GetAttrString(state, "dtype");
+    PyObject *text = dtype ? PyObject_Str(dtype) : NULL;
+    Py_XDECREF(dtype);
+    if (text == NULL) {
+        return -1;
+    }
+    int is_bytes = PyUnicode_CompareWithASCIIString(text, "torch.uint8") == 0;
+    Py_DECREF(text);
+    if (!is_bytes) {
+        return 0;
+    }
+    PyObject *own = call_gen(m, m->str_get_state, NULL);
+    if (own == NULL) {
+        return -1;
+    }
+    Py_ssize_t own_n = call_size(own, "numel");
+    Py_DECREF(own);
+    if (own_n < 0) {
+        return -1;
+    }
+    if (own_n == n) {
+        return 0;               /* the generator's own format */
+    }
+    PyObject *list = PyObject_CallMethod(state, "tolist", NULL);
+    if (list == NULL) {
+        return -1;
+    }
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) != n) {
+        Py_DECREF(list);
+        return 0;
+    }
+    /* torch copies the two numbers in the machine's byte order: little
+     * endian on every platform it builds for. */
+    Py_ssize_t base = n == 16 ? 0 : 800;
+    unsigned long long v[2] = {0, 0};
+    for (int k = 0; k < (n == 808 ? 1 : 2); k++) {
+        for (int i = 7; i >= 0; i--) {
+            PyObject *item = PyList_GET_ITEM(list, base + 8 * k + i);
+            long byte = PyLong_AsLong(item);
+            if (byte == -1 && PyErr_Occurred()) {
+                Py_DECREF(list);
+                return -1;
+            }
+            v[k] = (v[k] << 8) | (unsigned long long)(byte & 0xff);
+        }
+    }
+    Py_DECREF(list);
+    *seed = v[0];
+    *offset = v[1];
+    return 1;
+}
+
+/* Seeds the generator from a CUDA state: with the seed itself where the
+ * offset is 0 (what torch.cuda.manual_seed(seed) leaves, so the program
+ * draws what it draws after that call here), else with the seed mixed
+ * with the offset, so that resuming from successive checkpoints does not
+ * repeat one stream.  CUDA's own stream cannot be continued elsewhere. */
 static PyObject *
-set_state(td_masq *m, PyObject *state)
+seed_from_cuda_state(td_state *st, td_masq *m, const char *api,
+                     unsigned long long seed, unsigned long long offset)
+{
+    unsigned long long mixed = offset == 0
+        ? seed : seed ^ (offset * 0x9E3779B97F4A7C15ULL);
+    PyObject *as_int = PyLong_FromUnsignedLongLong(mixed);
+    if (as_int == NULL) {
+        return NULL;
+    }
+    PyObject *r = call_gen(m, m->str_manual_seed, as_int);
+    Py_DECREF(as_int);
+    if (r == NULL) {
+        return NULL;
+    }
+    if (PyErr_WarnFormat(
+            PyExc_UserWarning, 1,
+            "TorchDevice: %s got the state of an NVIDIA GPU's generator "
+            "(seed %llu, offset %llu), which the %S generator cannot "
+            "continue; it was seeded from that state instead, so the random "
+            "numbers from here on differ from the GPU run's "
+            "(docs/masquerade.md)", api, seed, offset,
+            m->target_type ? m->target_type : Py_None) < 0
+        || td_masq_record(st, m, api) < 0)
+    {
+        Py_DECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
+static PyObject *
+set_state(td_state *st, td_masq *m, const char *api, PyObject *state)
 {
     PyObject *host = host_state(state);
     if (host == NULL) {
         return NULL;
     }
-    PyObject *r = call_gen(m, m->str_set_state, host);
+    unsigned long long seed, offset;
+    PyObject *r = NULL;
+    int cuda = cuda_saved_state(m, host, &seed, &offset);
+    if (cuda > 0) {
+        r = seed_from_cuda_state(st, m, api, seed, offset);
+    }
+    else if (cuda == 0) {
+        r = call_gen(m, m->str_set_state, host);
+    }
     Py_DECREF(host);
     return r;
 }
@@ -163,7 +295,8 @@ TD_MASQ_FASTKW(rng_set_state)
     {
         return NULL;
     }
-    return none_or_null(set_state(m, state));
+    return none_or_null(
+        set_state(st, m, "torch.cuda.set_rng_state", state));
 }
 
 TD_MASQ_NOARGS(rng_get_state_all)
@@ -190,7 +323,8 @@ TD_MASQ_O(rng_set_state_all)
         return NULL;
     }
     while ((item = PyIter_Next(it)) != NULL) {
-        PyObject *r = set_state(m, item);
+        PyObject *r = set_state(st, m, "torch.cuda.set_rng_state_all",
+                                 item);
         Py_DECREF(item);
         if (r == NULL) {
             Py_DECREF(it);
