@@ -148,8 +148,8 @@ cuda_saved_state(td_masq *m, PyObject *state, unsigned long long *seed,
      * endian on every platform it builds for. */
     Py_ssize_t base = n == 16 ? 0 : 800;
     unsigned long long v[2] = {0, 0};
-    for (int k = 0; k < (n == 808 ? 1 : 2); k++) {
-        for (int i = 7; i >= 0; i--) {
+    for (Py_ssize_t k = 0; k < (n == 808 ? 1 : 2); k++) {
+        for (Py_ssize_t i = 7; i >= 0; i--) {
             PyObject *item = PyList_GET_ITEM(list, base + 8 * k + i);
             long byte = PyLong_AsLong(item);
             if (byte == -1 && PyErr_Occurred()) {
