@@ -9,7 +9,11 @@ device (accelerate mode places it on the accelerator), so on those devices
 the tensor goes as a host copy and is put back on the same device in the
 receiving process, with its place as the program sees it ("Moves copy",
 docs/policy.md).  Unlike CUDA IPC the receiver holds a copy: writes there
-do not reach the sender (docs/compile-checkpoints-distributed.md).
+do not reach the sender.  So a tensor the program put in shared memory
+(``share_memory_()``, ``Module.share_memory()``: Hogwild training, whose
+workers write into the parameters the parent reads) is not sent as a copy,
+which would silently lose those writes, but refused with an error that
+says how to run the program (docs/compile-checkpoints-distributed.md).
 """
 from __future__ import annotations
 
@@ -23,8 +27,36 @@ import torch
 _NATIVE = ("cpu", "cuda", "meta")
 _MARK = "_torchdevice_on_accelerator"     # csrc/core/tdcore.h, moves.c
 
+# Set on a storage whose share_memory_() was called on such a device
+# (torch makes that a no-op there, as on CUDA, where memory is shared anyway).
+_SHARED = "_torchdevice_share_memory"
+
 _torch_reduce: Optional[Callable[[Any], Any]] = None
+_torch_share_memory: Optional[Callable[..., Any]] = None
 _registered = False
+
+_SHARED_MESSAGE = (
+    "TorchDevice: a tensor on {device} that the program put in shared "
+    "memory (share_memory_(), Module.share_memory()) is being sent to "
+    "another process. CUDA shares it, so that process's writes (Hogwild "
+    "training) reach this one; {device} memory cannot be shared between "
+    "processes, and a copy would lose those writes without a sign. Run the "
+    "program on the host, where shared memory works as on CUDA: "
+    "TORCHDEVICE_TARGET=cpu (docs/compile-checkpoints-distributed.md).")
+
+
+def _share_memory_(storage: Any, *args: Any, **kwargs: Any) -> Any:
+    """UntypedStorage.share_memory_ while TorchDevice is enabled: torch's,
+    and on a device torch cannot share, a note that the program wants the
+    storage shared between processes (read by reduce_tensor)."""
+    assert _torch_share_memory is not None
+    result = _torch_share_memory(storage, *args, **kwargs)
+    if storage.device.type not in _NATIVE:
+        try:
+            setattr(storage, _SHARED, True)
+        except (AttributeError, RuntimeError):
+            pass
+    return result
 
 
 def _rebuild(host: torch.Tensor, device: str, requires_grad: bool,
@@ -77,6 +109,8 @@ def reduce_tensor(tensor: torch.Tensor) -> Tuple[Any, ...]:
     if (device.type in _NATIVE or tensor.layout != torch.strided
             or (tensor.requires_grad and not tensor.is_leaf)):
         return _torch_reduce(tensor)       # torch's own, errors included
+    if getattr(tensor.untyped_storage(), _SHARED, False):
+        raise RuntimeError(_SHARED_MESSAGE.format(device=device.type))
     from . import _tdcore
     return (_rebuild, (_host_copy(tensor), str(device), tensor.requires_grad,
                        _tdcore.on_accelerator(tensor),
@@ -88,13 +122,17 @@ def _classes() -> Tuple[type, ...]:
 
 
 def on_apply() -> None:
-    """Puts the reducer in front of torch's for tensors and parameters."""
-    global _torch_reduce, _registered
+    """Puts the reducer in front of torch's for tensors and parameters,
+    and notes share_memory_() on the devices it sends copies from."""
+    global _torch_reduce, _torch_share_memory, _registered
     import torch.multiprocessing.reductions as reductions
     if _torch_reduce is None:
         _torch_reduce = reductions.reduce_tensor
+    if _torch_share_memory is None:
+        _torch_share_memory = torch.UntypedStorage.share_memory_
     for cls in _classes():
         ForkingPickler.register(cls, reduce_tensor)
+    torch.UntypedStorage.share_memory_ = _share_memory_  # type: ignore
     _registered = True
 
 
@@ -105,4 +143,6 @@ def on_restore() -> None:
         return
     for cls in _classes():
         ForkingPickler.register(cls, _torch_reduce)
+    if _torch_share_memory is not None:
+        torch.UntypedStorage.share_memory_ = _torch_share_memory  # type: ignore
     _registered = False

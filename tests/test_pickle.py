@@ -156,3 +156,63 @@ def test_device_tensors_handed_to_a_spawned_process(tmp_path):
     where = str(TARGET)
     assert proc.stdout.splitlines() == [f"{where} [1.0, 1.0, 1.0]",
                                         f"{where} [2.0, 2.0, 2.0]"]
+
+
+HOGWILD = """
+import torch, torch.nn as nn, torch.multiprocessing as mp
+import TorchDevice
+
+def train(model):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        loss = (model(torch.ones(2, 4, device="cuda")) - 3).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+if __name__ == "__main__":
+    mp.set_start_method("spawn", force=True)
+    model = nn.Linear(4, 1).cuda()
+    model.share_memory()
+    before = model.weight.detach().clone()
+    p = mp.Process(target=train, args=(model,))
+    p.start()
+    p.join()
+    print("exit", p.exitcode, "trained",
+          not torch.equal(before, model.weight.detach()))
+"""
+
+
+def test_hogwild_training_reaches_the_parent_or_is_refused(tmp_path):
+    """Hogwild training (pytorch/examples' mnist_hogwild): workers write
+    into the parameters the parent put in shared memory, and the parent
+    reads them after join().  On the host, as on CUDA, the writes arrive.
+    Another device's memory cannot be shared between processes, and the
+    copy TorchDevice sends lost them without a sign (the parent tested an
+    untrained model): sending such a tensor is now refused, with how to run
+    it (docs/compile-checkpoints-distributed.md)."""
+    script = tmp_path / "hogwild.py"
+    script.write_text(HOGWILD)
+    proc = run_python(script=script, timeout=300)
+    if TARGET.type == "cpu":
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.split() == ["exit", "0", "trained", "True"]
+        return
+    assert proc.returncode != 0
+    assert "trained" not in proc.stdout
+    assert (f"a tensor on {TARGET.type} that the program put in shared "
+            "memory") in proc.stderr
+    assert "TORCHDEVICE_TARGET=cpu" in proc.stderr
+    proc = run_python(script=script, env={"TORCHDEVICE_TARGET": "cpu"},
+                      timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["exit", "0", "trained", "True"]
+
+
+def test_share_memory_is_torchs_again_after_disable(restore_config):
+    original = TorchDevice._multiprocessing._torch_share_memory
+    assert torch.UntypedStorage.share_memory_ is not original
+    TorchDevice.disable()
+    assert torch.UntypedStorage.share_memory_ is original
+    TorchDevice.enable()
+    assert torch.UntypedStorage.share_memory_ is not original
