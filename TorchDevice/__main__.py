@@ -26,13 +26,14 @@ usage: python -m TorchDevice {run,info,doctor} ...
 
 
 def _names_a_program(arg: str) -> bool:
-    """Whether the first argument starts what `run` takes: a script that
-    exists, `-m module`, or one of run's options."""
+    """Whether the first argument starts what `run` takes: a script (a
+    file that exists, or a name ending in .py, so that a missing one gets
+    Python's own message), `-m module`, or one of run's options."""
     if arg.startswith("-"):
         from ._launcher import OPTIONS
         return arg.startswith("-m") or any(
             arg == o or arg.startswith(o + "=") for o in OPTIONS)
-    return os.path.isfile(arg)
+    return arg.endswith(".py") or os.path.isfile(arg)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -228,10 +228,14 @@ def test_run_may_be_left_out(progs):
     via = python_m("-m", "TorchDevice", "-m", "pkg.probe", "x", cwd=progs)
     assert via.returncode == 0, via.stderr
     assert via.stdout == direct.stdout
-    # A name that is neither a command nor a file is still an error, not a
-    # program to look for.
-    proc = python_m("-m", "TorchDevice", "missing.py", cwd=progs)
-    assert proc.returncode == 2 and "unknown command" in proc.stderr
+    # A missing script gets Python's message, as with run; a name that is
+    # neither a command, a script nor a file is still a usage error.
+    via = python_m("-m", "TorchDevice", "missing.py", cwd=progs)
+    direct = python_m("missing.py", cwd=progs)
+    assert via.returncode == direct.returncode == 2
+    assert via.stderr == direct.stderr
+    proc = python_m("-m", "TorchDevice", "trian", cwd=progs)
+    assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
 
 
 def test_parse():
