@@ -182,6 +182,18 @@ def test_torch_internals_see_the_truth(masq_config):
     assert eval("torch.accelerator.is_available()", user) is True
 
 
+def test_triton_sees_the_truth(masq_config):
+    """Triton, which torch.compile drives, picks its NVIDIA driver by asking
+    torch.cuda.is_available() (triton/backends/nvidia/driver.py): told
+    True, it took a CUDA driver on a machine without one, and its question
+    was reported as the user's at the torch.compile call."""
+    truth = _masquerade._originals["cuda.is_available"]()
+    driver = {"__name__": "triton.backends.nvidia.driver", "torch": torch}
+    assert eval("torch.cuda.is_available()", driver) is truth
+    other = {"__name__": "tritonclient.utils", "torch": torch}
+    assert eval("torch.cuda.is_available()", other) is True
+
+
 def test_carve_out_and_truthful_switch(masq_config):
     truth = _masquerade._originals["cuda.is_available"]()
     accel = {"__name__": "accelerate.state", "torch": torch}

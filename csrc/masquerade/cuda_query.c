@@ -3,7 +3,8 @@
  * Python equivalent (profiles mps and cpu; one device, index 0):
  *
  *     def is_available():
- *         if truthful or caller_module() in ("torch", "torch.*", *truth_for):
+ *         if truthful or caller_module() in ("torch", "torch.*", "triton",
+ *                                            "triton.*", *truth_for):
  *             return original_is_available()
  *         return True
  *     def device_count(): return 1
@@ -203,8 +204,10 @@ name_in_package(const char *s, Py_ssize_t n, const char *pkg, Py_ssize_t k)
 }
 
 /* Whether the calling Python code must be told the truth: torch's own
- * modules (they route work by it, e.g. DataLoader pinning and autocast) and
- * the configured packages.  Returns 0/1; never fails. */
+ * modules (they route work by it, e.g. DataLoader pinning and autocast),
+ * Triton, the kernel compiler torch.compile drives (it picks its NVIDIA
+ * driver by asking torch.cuda.is_available(), and that driver needs a real
+ * GPU), and the configured packages.  Returns 0/1; never fails. */
 static int
 caller_sees_truth(td_masq *m, td_state *st)
 {
@@ -213,7 +216,9 @@ caller_sees_truth(td_masq *m, td_state *st)
     if (s == NULL) {
         return 0;
     }
-    if (name_in_package(s, n, "torch", 5)) {
+    if (name_in_package(s, n, "torch", 5)
+        || name_in_package(s, n, "triton", 6))
+    {
         return 1;
     }
     PyObject *pkgs = m->truth_for;
