@@ -17,9 +17,10 @@ says how to run the program (docs/compile-checkpoints-distributed.md).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -32,7 +33,6 @@ _MARK = "_torchdevice_on_accelerator"     # csrc/core/tdcore.h, moves.c
 _SHARED = "_torchdevice_share_memory"
 
 _torch_reduce: Optional[Callable[[Any], Any]] = None
-_torch_share_memory: Optional[Callable[..., Any]] = None
 _registered = False
 
 _SHARED_MESSAGE = (
@@ -45,18 +45,25 @@ _SHARED_MESSAGE = (
     "TORCHDEVICE_TARGET=cpu (docs/compile-checkpoints-distributed.md).")
 
 
-def _share_memory_(storage: Any, *args: Any, **kwargs: Any) -> Any:
+def _build_share_memory(original: Callable[..., Any]) -> Callable[..., Any]:
     """UntypedStorage.share_memory_ while TorchDevice is enabled: torch's,
     and on a device torch cannot share, a note that the program wants the
     storage shared between processes (read by reduce_tensor)."""
-    assert _torch_share_memory is not None
-    result = _torch_share_memory(storage, *args, **kwargs)
-    if storage.device.type not in _NATIVE:
-        try:
-            setattr(storage, _SHARED, True)
-        except (AttributeError, RuntimeError):
-            pass
-    return result
+    @functools.wraps(original)
+    def share_memory_(storage: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(storage, *args, **kwargs)
+        if storage.device.type not in _NATIVE:
+            try:
+                setattr(storage, _SHARED, True)
+            except (AttributeError, RuntimeError):
+                pass
+        return result
+    return share_memory_
+
+
+def patches() -> List[Any]:
+    from ._patches import Patch
+    return [Patch(torch.UntypedStorage, "share_memory_", _build_share_memory)]
 
 
 def _rebuild(host: torch.Tensor, device: str, requires_grad: bool,
@@ -122,17 +129,13 @@ def _classes() -> Tuple[type, ...]:
 
 
 def on_apply() -> None:
-    """Puts the reducer in front of torch's for tensors and parameters,
-    and notes share_memory_() on the devices it sends copies from."""
-    global _torch_reduce, _torch_share_memory, _registered
+    """Puts the reducer in front of torch's for tensors and parameters."""
+    global _torch_reduce, _registered
     import torch.multiprocessing.reductions as reductions
     if _torch_reduce is None:
         _torch_reduce = reductions.reduce_tensor
-    if _torch_share_memory is None:
-        _torch_share_memory = torch.UntypedStorage.share_memory_
     for cls in _classes():
         ForkingPickler.register(cls, reduce_tensor)
-    torch.UntypedStorage.share_memory_ = _share_memory_  # type: ignore
     _registered = True
 
 
@@ -143,6 +146,4 @@ def on_restore() -> None:
         return
     for cls in _classes():
         ForkingPickler.register(cls, _torch_reduce)
-    if _torch_share_memory is not None:
-        torch.UntypedStorage.share_memory_ = _torch_share_memory  # type: ignore
     _registered = False

@@ -210,9 +210,15 @@ def test_hogwild_training_reaches_the_parent_or_is_refused(tmp_path):
 
 
 def test_share_memory_is_torchs_again_after_disable(restore_config):
-    original = TorchDevice._multiprocessing._torch_share_memory
+    entries = [e for e in _patches.replaced()
+               if e[0] is torch.UntypedStorage and e[1] == "share_memory_"]
+    assert len(entries) == 1
+    original = entries[0][2]
     assert torch.UntypedStorage.share_memory_ is not original
     TorchDevice.disable()
     assert torch.UntypedStorage.share_memory_ is original
+    assert "share_memory_" in torch.UntypedStorage.__dict__
     TorchDevice.enable()
     assert torch.UntypedStorage.share_memory_ is not original
+    assert pickle.loads(pickle.dumps(torch.UntypedStorage.share_memory_)) \
+        is torch.UntypedStorage.share_memory_
