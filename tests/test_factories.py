@@ -206,7 +206,35 @@ class TestTensorTo:
         with pytest.raises(TypeError, match="device"):
             torch.zeros(2, device=3.5)
         with pytest.raises(RuntimeError, match="must not be negative"):
-            torch.zeros(2, device=-1)
+            torch.zeros(2, device=-2)
+
+    def test_get_device_names_the_gpu_the_program_means(self):
+        # CUDA code hands a tensor's get_device() back as a device
+        # (`torch.zeros(n, device=x.get_device())`, `A.cuda(x.get_device())`).
+        # Where "cuda" lands on the CPU, every tensor answers -1, which is
+        # read as "cuda" (docs/policy.md); a device whose tensors answer
+        # their index needs nothing, and there a host tensor's -1 is
+        # refused as CUDA refuses it.
+        x = torch.randn(2, 3).cuda()
+        d = x.get_device()
+        made = [torch.zeros(2, device=d), torch.tensor([1.0], device=d),
+                torch.arange(3, device=d), x.new_zeros(2, device=d),
+                x.to(d), torch.ones(2).cuda(d),
+                torch.nn.Linear(2, 2).to(d).weight]
+        assert {t.device for t in made} == {WHERE}
+        assert torch.device(d) == WHERE
+        assert torch.Generator(d).device == WHERE
+        host_copy = torch.ones(2)
+        moved = host_copy.to(d)
+        moved.add_(1)
+        assert host_copy.tolist() == [1.0, 1.0]        # a move copies
+        if WHERE.type == "cpu":
+            assert d == -1
+            assert moved.cpu() is not moved             # on "cuda" for the program
+        else:
+            assert d == 0
+            with pytest.raises(RuntimeError, match="must not be negative"):
+                torch.zeros(2, device=-1)
 
     def test_parameter_subclass_keeps_type(self):
         p = torch.nn.Parameter(torch.ones(2))

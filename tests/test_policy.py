@@ -52,6 +52,8 @@ DEFAULT_TABLE = {
              "accelerator": "keep", "cpu": "keep"},
     "cpu:-1": {"mps": "cpu", "cuda": "cpu",
               "accelerator": "cpu", "cpu": "cpu"},
+    -1: {"mps": "keep", "cuda": "keep",
+        "accelerator": "keep", "cpu": "cpu"},
 }
 
 HOST_REQUESTS = [None, "cpu", "cpu:0", "cpu:3"]
@@ -95,7 +97,7 @@ def test_cpu_stays_cpu_mode_leaves_host_requests(request_, profile):
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-@pytest.mark.parametrize("request_", ACCEL_REQUESTS + ["meta", "xpu"])
+@pytest.mark.parametrize("request_", ACCEL_REQUESTS + ["meta", "xpu", -1])
 def test_cpu_stays_cpu_mode_still_redirects_accelerators(request_, profile):
     assert (_tdcore.resolve(request_, profile, CSC)["target"]
             == DEFAULT_TABLE[request_][profile])
@@ -153,7 +155,7 @@ def _native_device(text):
     ("CUDA", ("other", -1)), ("cuda:1:2", ("other", -1)),
     ("cpu:-1 ", ("other", -1)), ("", ("other", -1)),
     ("nonsense", ("other", -1)), ("cüda", ("other", -1)),
-    (5, ("cuda", 5)), (-1, ("other", -1)), (2 ** 40, ("other", -1)),
+    (5, ("cuda", 5)), (-1, ("cuda", -2)), (-2, ("other", -1)), (2 ** 40, ("other", -1)),
     (None, ("none", -1)),
 ])
 def test_parse(text, expected):

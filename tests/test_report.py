@@ -180,6 +180,15 @@ def test_records_in_process(recording):
 
 
 @cpu_profile
+def test_a_get_device_answer_is_named_in_the_report(recording):
+    x = torch.ones(2, device="cuda")
+    torch.zeros(1, device=x.get_device())
+    rows = [r for r in TorchDevice.report() if r["api"] == "torch.zeros"]
+    assert [(r["from"], r["to"]) for r in rows] \
+        == [("-1 (get_device() of a CPU tensor)", "cpu")]
+
+
+@cpu_profile
 def test_two_calls_on_one_line_share_a_row(recording):
     for _ in range(3):
         torch.zeros(1, device="cuda"); torch.zeros(2, device="cuda")  # noqa

@@ -165,6 +165,11 @@ td_request_from_value(PyTypeObject *device_type, const td_accel_type *accel,
     if (PyLong_CheckExact(obj)) {
         int overflow = 0;
         long v = PyLong_AsLongAndOverflow(obj, &overflow);
+        if (v == -1 && !overflow && !PyErr_Occurred()) {
+            r.kind = TD_REQ_CUDA;
+            r.index = TD_INDEX_HOST;
+            return r;
+        }
         if (overflow || v < 0 || v > 2147483647L) {
             if (v == -1 && PyErr_Occurred()) {
                 PyErr_Clear();

@@ -118,6 +118,9 @@ td_resolve(td_request req, td_profile profile, td_mode mode,
         res.toggle_override = !from_torch;
         break;
     case TD_REQ_CUDA:
+        if (req.index == TD_INDEX_HOST && profile != TD_PROFILE_CPU) {
+            break;
+        }
         /* Every index names the one device used, as on MPS. */
         if (profile == TD_PROFILE_MPS) {
             res.target = TD_TARGET_MPS;

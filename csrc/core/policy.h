@@ -45,6 +45,13 @@ typedef struct {
     long index;            /* -1 when no index was given */
 } td_request;
 
+/* The index of a TD_REQ_CUDA request made with the int -1: what
+ * Tensor.get_device() answers for a tensor on the CPU.  Where "cuda" lands
+ * on the CPU every tensor of the program answers it, and CUDA code hands
+ * it back (`torch.zeros(n, device=x.get_device())`) meaning x's GPU.
+ * Elsewhere it is left to torch, which refuses it as CUDA would. */
+#define TD_INDEX_HOST (-2L)
+
 typedef enum {
     TD_TARGET_KEEP = 0,    /* pass the request to torch unchanged */
     TD_TARGET_CPU = 1,

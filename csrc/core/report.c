@@ -315,6 +315,9 @@ request_text(td_request req, PyObject *orig)
     if (req.index >= 0 && req.kind != TD_REQ_CPU_TOGGLE) {
         return PyUnicode_FromFormat("%s:%ld", names[req.kind], req.index);
     }
+    if (req.kind == TD_REQ_CUDA && req.index == TD_INDEX_HOST) {
+        return PyUnicode_FromString("-1 (get_device() of a CPU tensor)");
+    }
     return PyUnicode_FromString(names[req.kind]);
 }
 
