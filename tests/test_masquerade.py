@@ -72,6 +72,21 @@ def test_set_device_accepts_int_str_and_device():
         c.set_device()
 
 
+def test_set_device_of_a_tensors_index():
+    # CUDA code selects the device of a tensor: set_device(x.device.index).
+    # Where "cuda" lands on the CPU that index is None, which names the one
+    # device; where tensors have an index, None is refused, as by torch.
+    x = torch.ones(1, device="cuda")
+    if TARGET.type == "cpu":
+        assert x.device.index is None
+        assert torch.cuda.set_device(x.device.index) is None
+        assert torch.cuda.current_device() == 0
+    else:
+        assert torch.cuda.set_device(x.device.index) is None
+        with pytest.raises(ValueError, match="got:None"):
+            torch.cuda.set_device(None)
+
+
 def test_device_count_follows_the_launch():
     """torchrun sets LOCAL_WORLD_SIZE: that many devices are shown, all the
     one really present; set_device(LOCAL_RANK) selects one of them."""

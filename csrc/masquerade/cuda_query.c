@@ -368,7 +368,12 @@ TD_MASQ_FASTKW(q_set_device)
                         "'device'");
         return NULL;
     }
-    if (td_masq_device_index(m, device, 0, &index) < 0) {
+    /* CUDA code passes a tensor's device.index (set_device(x.device.index));
+     * where "cuda" lands on the CPU every tensor's index is None, the one
+     * device: the current one, as set_device(0) would leave it.  Elsewhere
+     * the tensors have an index and None is refused, as torch refuses it. */
+    int optional = td_get_profile() == TD_PROFILE_CPU;
+    if (td_masq_device_index(m, device, optional, &index) < 0) {
         return NULL;
     }
     if (index >= 0) {
