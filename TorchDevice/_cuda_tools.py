@@ -1,7 +1,7 @@
 """CUDA's tool switches where "cuda" is not CUDA: the profiler hooks, the
-CUDA runtime handle, NVTX ranges for autograd, the preferred linear
-algebra and BLAS libraries, and the cuFFT plan cache
-(docs/masquerade.md, "Flags and tools").
+CUDA runtime handle, NVTX ranges for autograd, the profiler's CUDA
+activity, the preferred linear algebra and BLAS libraries, and the cuFFT
+plan cache (docs/masquerade.md, "Flags and tools").
 
 A CUDA program calls these to tune or to profile, never for its results:
 ``torch.cuda.profiler.start()`` / ``stop()`` / ``profile()`` tell an
@@ -228,6 +228,74 @@ class PlanCacheManager:
         setattr(self[torch.cuda.current_device()], name, value)
 
 
+# ---- torch.profiler.profile(activities=[..., ProfilerActivity.CUDA]) ------
+
+
+def _device_activities() -> List[Any]:
+    """What records the work of the device "cuda" lands on: the CPU's
+    activity, whose operators run or launch every kernel there (the CPU
+    itself; MPS, and a device without a profiler of its own, record
+    nothing else), and the device's own where torch's profiler has one."""
+    activity = torch.profiler.ProfilerActivity
+    landed = _patches.landed_type()
+    if landed in ("cpu", "mps"):
+        return [activity.CPU]
+    own = getattr(activity, landed.upper(), None)
+    if own is None:
+        own = getattr(activity, "PrivateUse1", None)
+    if own is None or own not in torch.profiler.supported_activities():
+        return [activity.CPU]
+    return [activity.CPU, own]
+
+
+def _profile_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A CUDA program profiles the GPU's work: ``activities=[CUDA]`` or
+    ``[CPU, CUDA]``.  Where CUDA is not there, torch drops the activity
+    with a warning, and a list that held only CUDA stops the program
+    ("No activities specified for the profiler").  The CUDA activity is
+    the device's here, as a device= "cuda" is (report row
+    ``redirected``); CUDA's own filters (kernel and memcpy names) name
+    nothing on another device, so a ``{CUDA: [...]}`` entry becomes the
+    device's whole activities."""
+    cuda = torch.profiler.ProfilerActivity.CUDA
+
+    def names_cuda(item: Any) -> bool:
+        return item == cuda or (isinstance(item, dict) and cuda in item)
+
+    def mapped(items: List[Any], into: List[Any]) -> List[Any]:
+        out: List[Any] = []
+        seen: set = set()
+        for item in items:
+            if isinstance(item, dict):
+                rest = {k: v for k, v in item.items() if k != cuda}
+                if rest:
+                    out.append(rest)
+                    seen.update(rest)
+                if cuda not in item:
+                    continue
+                item = cuda
+            for one in (into if item == cuda else [item]):
+                if one not in seen:
+                    out.append(one)
+                    seen.add(one)
+        return out
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        activities = kwargs.get("activities")
+        if activities is not None:
+            items = list(activities)
+            if any(names_cuda(item) for item in items):
+                into = _device_activities()
+                kwargs["activities"] = mapped(items, into)
+                _tdcore.record("torch.profiler.profile", "redirected",
+                               "cuda", _patches.landed_type())
+            else:
+                kwargs["activities"] = items
+        original(self, *args, **kwargs)
+    return __init__
+
+
 # ---- the patch table -------------------------------------------------------
 
 
@@ -248,6 +316,7 @@ def patches() -> List[Any]:
         Patch(torch.cuda, "check_error", lambda orig: check_error),
         Patch(cuda_profiler, "check_error", lambda orig: check_error),
         Patch(autograd_profiler, "emit_nvtx", lambda orig: emit_nvtx),
+        Patch(torch.profiler.profile, "__init__", _profile_init),
         Patch(backends_cuda, "cufft_plan_cache",
               lambda orig: PlanCacheManager()),
     ]

@@ -57,6 +57,39 @@ def test_profiler_ranges_around_a_training_step_change_nothing(
     ]
 
 
+def test_profiler_records_the_work_of_cuda_activities(restore_config):
+    """torch.profiler with CUDA's activity: where "cuda" is not CUDA, the
+    device's activity records the work.  Without TorchDevice a list of
+    CUDA alone stops the program (test below)."""
+    import warnings
+    from torch.profiler import ProfilerActivity, profile
+    model, x = _linear()
+    plain = model(x).sum()
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    for activities in ([ProfilerActivity.CUDA],
+                       [ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                       [{ProfilerActivity.CUDA: ["kernel"]},
+                        ProfilerActivity.CPU]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            line = sys._getframe().f_lineno + 1
+            with profile(activities=activities, record_shapes=True) as prof:
+                out = model(x).sum()
+        assert torch.equal(out, plain)
+        names = {e.key for e in prof.key_averages()}
+        assert "aten::linear" in names, names
+    assert [(api, what) for api, what, at in _sites("torch.profiler")
+            if at == line] == [("torch.profiler.profile", "redirected")]
+    row = [r for r in TorchDevice.report()
+           if r["api"] == "torch.profiler.profile"][0]
+    assert row["count"] == 3 and row["from"] == "cuda"
+    # A list without CUDA is torch's, as it was.
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    assert prof.key_averages()
+
+
 def test_emit_nvtx_as_torch_has_it():
     """Not reentrant, and a decorator too, as torch's."""
     ctx = torch.autograd.profiler.emit_nvtx()
@@ -148,7 +181,9 @@ for name, call in [
         ("emit_nvtx", lambda: torch.autograd.profiler.emit_nvtx().__enter__()),
         ("linalg", lambda: torch.backends.cuda.preferred_linalg_library("cusolver")),
         ("blas", lambda: torch.backends.cuda.preferred_blas_library("cublaslt")),
-        ("cufft", lambda: torch.backends.cuda.cufft_plan_cache.max_size)]:
+        ("cufft", lambda: torch.backends.cuda.cufft_plan_cache.max_size),
+        ("profiler", lambda: torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CUDA]).__enter__())]:
     try:
         call()
     except (RuntimeError, AssertionError, AttributeError):
@@ -158,8 +193,11 @@ print(",".join(failed))
     assert proc.returncode == 0, proc.stderr[-2000:]
     # A CUDA build of torch without a GPU takes a library preference.
     libraries = [] if CUDA_BUILD else ["linalg", "blas"]
+    # A CUDA build profiles CUDA through CUPTI, which needs no GPU to start.
+    profiler = [] if CUDA_BUILD else ["profiler"]
     assert proc.stdout.split() == [
-        ",".join(["profiler.start", "emit_nvtx", *libraries, "cufft"])]
+        ",".join(["profiler.start", "emit_nvtx", *libraries, "cufft",
+                  *profiler])]
 
 
 def test_disable_gives_torch_its_own_back(restore_config):
