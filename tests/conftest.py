@@ -69,6 +69,16 @@ threading.Thread(target=last_word, daemon=True).start()
 '''
 
 
+def settings_free_env() -> Dict[str, str]:
+    """This run's environment without TorchDevice's and the simulated
+    accelerator's settings, for a child that chooses its own.  Where the
+    simulated accelerator is built (SIMACCEL_BUILD_DIR) is not a setting:
+    it stays, or a child looks for a build that is not there."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("TORCHDEVICE", "SIMACCEL"))
+            or k == "SIMACCEL_BUILD_DIR"}
+
+
 def child_env(**extra: str) -> Dict[str, str]:
     """The environment for a test's child process: this run's, without the
     TORCHDEVICE_* settings a test or a developer's shell may have set, except

@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 
 import pytest
 
-from conftest import ROOT, run_python
+from conftest import ROOT, run_python, settings_free_env
 
 # Every program here runs with the environment the test gives it.
 pytestmark = pytest.mark.own_machine
@@ -79,8 +79,7 @@ def _accel_env(mode: Optional[str]) -> Dict[str, str]:
     """This run's environment without TorchDevice's and the simulated
     accelerator's settings; with `mode`, the simulated accelerator (MPS's
     record) in that mode."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TORCHDEVICE", "SIMACCEL"))}
+    env = settings_free_env()
     env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore")
     if mode is not None:
         env.update(ACCEL_ENV, TORCHDEVICE_MODE=mode)

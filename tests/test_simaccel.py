@@ -21,6 +21,8 @@ import torch
 import simaccel
 from simaccel import _build
 
+from conftest import settings_free_env
+
 REASON = simaccel.try_load(build=True)
 pytestmark = pytest.mark.skipif(REASON is not None,
                                 reason=f"simulated accelerator unavailable: {REASON}")
@@ -36,8 +38,7 @@ def run_child(code: str, env: dict[str, str] | None = None, script: Path | None 
               timeout: float = 240) -> subprocess.CompletedProcess:
     """A fresh interpreter with tests/ importable and no TorchDevice or
     SIMACCEL_* settings from this process."""
-    full = {k: v for k, v in os.environ.items()
-            if not k.startswith(("TORCHDEVICE", "SIMACCEL"))}
+    full = settings_free_env()
     full["PYTHONPATH"] = os.pathsep.join([str(TESTS), full.get("PYTHONPATH", "")])
     full.update(env or {})
     if script is not None:
