@@ -105,6 +105,14 @@ MPS_APIS = {
     "torch.get_device_module('mps')":
         "torch.get_device_module('mps').is_available()",
     "tensor on 'mps'": "tensor_runs('mps')",
+    # What a Mac program asks once MPS is there (transformers'
+    # is_torch_bf16_gpu_available() asks for macOS 14).
+    "torch.backends.mps.is_macos_or_newer(14, 0)":
+        "torch.backends.mps.is_macos_or_newer(14, 0)",
+    "torch.backends.mps.is_macos13_or_newer()":
+        "torch.backends.mps.is_macos13_or_newer()",
+    "torch.mps.profiler.profile()": "mps_profiler_runs()",
+    "torch.mps.profiler.metal_capture()": "metal_capture_runs()",
 }
 
 # Availability queries of each kind: False when it is not announced.
@@ -135,6 +143,7 @@ MPS_ACTIONS = {
         "torch.mps.current_allocated_memory() >= 0",
     "torch.mps.empty_cache()": "torch.mps.empty_cache() is None",
     "torch.mps.device_count() == 0": "torch.mps.device_count() == 0",
+    "torch.mps.profiler.profile()": "mps_profiler_runs()",
 }
 
 CHILD = r'''
@@ -165,6 +174,25 @@ def autocast_runs(kind):
     with torch.autocast(kind):
         y = torch.ones(2, 2, device=kind) @ torch.ones(2, 2, device=kind)
         return torch.is_autocast_enabled(kind) and y.dtype != torch.float32
+
+def mps_profiler_runs():
+    with torch.mps.profiler.profile(mode="interval,event"):
+        y = torch.ones(2, 2, device="mps") @ torch.ones(2, 2, device="mps")
+    torch.mps.profiler.start()
+    torch.mps.profiler.stop()
+    try:
+        torch.mps.profiler.start(mode="everything")
+    except RuntimeError:
+        return y.sum().item() == 8.0
+    return False
+
+def metal_capture_runs():
+    if torch.mps.profiler.is_metal_capture_enabled():
+        return False              # nothing here can capture Metal calls
+    with torch.mps.profiler.metal_capture("trace"):
+        assert not torch.mps.profiler.is_capturing_metal()
+        y = torch.ones(2, device="mps") * 3
+    return y.sum().item() == 6.0
 
 HELD = []
 
