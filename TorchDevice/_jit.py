@@ -21,14 +21,23 @@ calls the aten op directly, so TorchDevice's Python wrappers never see it.
 
 Devices that only exist at run time inside the script (a device built from
 a string argument) are not rewritten; devices and tensors handed in from
-Python already are.  ``torch.jit.trace`` needs nothing: tracing runs the
-Python code, wrappers included, and records the devices they chose.
+Python already are.  ``torch.jit.trace`` needs nothing for devices: tracing
+runs the Python code, wrappers included, and records the devices they
+chose.  Its check does: torch compares the trace's outputs with the
+function's in float64 (``.double()``), which MPS (and a device with MPS's
+record) refuses, so a trace made there fails in its own check, natively
+too.  ``_trace_build`` makes such a trace again without the check, and
+says so; and while it traces, moves do what torch does (no forced copy:
+the check re-traces with cloned inputs, which the moves-copy rule would
+read as host tensors), so the graph is the one CUDA records
+(docs/compile-checkpoints-distributed.md, "TorchScript").
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import threading
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -230,6 +239,51 @@ def _build(original: Callable[..., Any]) -> Callable[..., Any]:
     return script
 
 
+def _refused_float64(err: TypeError) -> bool:
+    """torch's refusal of float64 on MPS ("Cannot convert a MPS Tensor to
+    float64 dtype ..."), which a device with MPS's record repeats."""
+    text = str(err)
+    return "MPS" in text and "float64" in text
+
+
+def _trace_build(original: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def trace(*args: Any, **kwargs: Any) -> Any:
+        paused = _tdcore.pause_move_copies(True)
+        try:
+            return _traced(args, kwargs)
+        finally:
+            _tdcore.pause_move_copies(paused)
+
+    def _traced(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except TypeError as err:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError:
+                raise err from None
+            if not _refused_float64(err) \
+                    or not bound.arguments.get("check_trace", True):
+                raise
+        bound.arguments["check_trace"] = False
+        warnings.warn(
+            f"TorchDevice: {original.__name__}() checks a trace by comparing "
+            f"its outputs in float64, which {_patches.landed_type()} does "
+            f"not have; the trace was made again without that check "
+            f"(check_trace=False)", torch.jit.TracerWarning, stacklevel=3)
+        _tdcore.record(f"torch.jit.{original.__name__}", "emulated",
+                       "cuda", _patches.landed_type())
+        return original(*bound.args, **bound.kwargs)
+    return trace
+
+
 def patches() -> List[Any]:
     from ._patches import Patch
-    return [Patch(torch.jit, "script", _build)]
+    table = [Patch(torch.jit, "script", _build)]
+    if _tdcore.settings()["profile"] != "cuda":
+        table += [Patch(torch.jit, "trace", _trace_build),
+                  Patch(torch.jit, "trace_module", _trace_build)]
+    return table

@@ -140,3 +140,35 @@ print("imported")
 """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "imported"
+
+
+@redirected
+def test_trace_of_a_model_on_the_device_is_checked_or_remade(recwarn):
+    """torch.jit.trace checks a trace by re-tracing with cloned inputs and
+    comparing outputs in float64.  The clones must not make `.cuda()` copy
+    in one graph and not the other (the CPU profile failed "Graphs differed
+    across invocations"); a device without float64 (MPS's record) refuses
+    the comparison, natively too: there the trace is made again without
+    the check, with a warning.  A device with float64 keeps torch's check
+    and says nothing."""
+    from TorchDevice import _capabilities
+    torch.manual_seed(0)
+    model = CudaModule().cuda().eval()
+    x = torch.randn(2, 3, device="cuda")
+    traced = torch.jit.trace(model, x)
+    module_traced = torch.jit.trace_module(model, {"forward": x})
+    assert torch.equal(traced(x), model(x))
+    assert torch.equal(module_traced(x), model(x))
+    remade = [w for w in recwarn.list
+              if issubclass(w.category, torch.jit.TracerWarning)
+              and "without that check" in str(w.message)]
+    if _capabilities.current().float64 is False:
+        assert [w.filename for w in remade] == [__file__] * 2
+    else:
+        assert remade == []
+    with pytest.raises(TypeError, match="example_inputs|positional"):
+        torch.jit.trace()                      # torch's own errors stay
+    # Moves inside a trace are torch's (the graphs CUDA records); after it,
+    # a move from the host copies again.
+    host = torch.ones(2, device="cpu")
+    assert host.cuda() is not host

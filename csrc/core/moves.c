@@ -47,6 +47,12 @@ static atomic_int td_move_copies_v = 1;
  * torch re-parses the module's device argument into a new torch.device
  * before it reaches Tensor.to, so the intent travels beside it. */
 static TD_THREAD_LOCAL int td_module_intent_v = TD_INTENT_NONE;
+/* torch.jit.trace running in this thread: a trace records torch's moves.
+ * Its check re-traces with cloned inputs, which carry no mark, so a
+ * forced copy would put an aten::clone in one graph and not the other
+ * ("Graphs differed across invocations"); on CUDA both graphs hold the
+ * plain aten::to. */
+static TD_THREAD_LOCAL int td_moves_paused_v = 0;
 
 int
 td_get_move_copies(void)
@@ -57,7 +63,7 @@ td_get_move_copies(void)
 int
 td_moves_active(void)
 {
-    if (!td_get_move_copies()) {
+    if (!td_get_move_copies() || td_moves_paused_v) {
         return 0;
     }
     /* Elsewhere host and accelerator requests land on different devices
@@ -418,6 +424,20 @@ moves_keeps_place(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
                            && td_module_intent() == TD_INTENT_NONE);
 }
 
+/* pause_move_copies(on) -> bool: this thread's pause, returning the
+ * previous one (so that nested traces put it back). */
+static PyObject *
+moves_pause(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    int previous = td_moves_paused_v;
+    td_moves_paused_v = on;
+    return PyBool_FromLong(previous);
+}
+
 static PyObject *
 moves_intent(PyObject *Py_UNUSED(module), PyObject *arg)
 {
@@ -436,6 +456,9 @@ PyMethodDef td_moves_methods[] = {
      "set_move_copies(on)\n\nWhether moves between host and accelerator "
      "copy where both land on one device (docs/policy.md)."},
     {"get_move_copies", moves_get, METH_NOARGS, "get_move_copies() -> bool"},
+    {"pause_move_copies", moves_pause, METH_O,
+     "pause_move_copies(on) -> bool\n\nIn this thread only, moves do what "
+     "torch does (no forced copy) while on; returns the previous setting."},
     {"on_accelerator", moves_on_accelerator, METH_O,
      "on_accelerator(tensor) -> bool\n\nWhether the program sees the "
      "tensor on the accelerator (its storage came from an accelerator "
