@@ -284,6 +284,7 @@ def _profile_init(original: Callable[..., Any]) -> Callable[..., Any]:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         activities = kwargs.get("activities")
         if activities is not None:
+            # Read once: a generator handed in would be empty for torch.
             items = list(activities)
             if any(names_cuda(item) for item in items):
                 into = _device_activities()

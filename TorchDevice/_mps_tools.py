@@ -81,6 +81,9 @@ def metal_capture(fname: str) -> Iterator[None]:
     torch.mps.synchronize()
 
 
+# Cached as torch's own are (lru_cache): code that calls their
+# cache_clear(), or reads __wrapped__ as dynamo does of is_available, finds
+# the same attributes.
 @functools.lru_cache(maxsize=None)
 def is_macos_or_newer(major: int, minor: int) -> bool:
     """torch.backends.mps.is_macos_or_newer where MPS is announced but not
