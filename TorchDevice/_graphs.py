@@ -343,6 +343,10 @@ class CUDAGraph:
     operators the block dispatches, replay runs them again on the same
     tensors (module docstring)."""
 
+    # The name errors and the report give (the generic API's subclass has
+    # its own).
+    _api = _API
+
     def __init__(self, keep_graph: bool = False) -> None:
         self._keep_graph = bool(keep_graph)
         self._ops: Optional[List[_Op]] = None
@@ -359,20 +363,20 @@ class CUDAGraph:
                 f"`thread_local`, or `relaxed`, got {capture_error_mode}")
         if self._mode is not None or capturing():
             raise RuntimeError(
-                f"{_API}.capture_begin: a capture is already underway on "
+                f"{self._api}.capture_begin: a capture is already underway on "
                 "this thread")
         if self._ops is not None:
             raise RuntimeError(
-                f"{_API}.capture_begin: this graph was already captured; "
+                f"{self._api}.capture_begin: this graph was already captured; "
                 "call reset() first")
         mode_class = _mode_class()
         if mode_class is None:
             raise RuntimeError(
-                f"{_API}: this torch has no TorchDispatchMode, which "
+                f"{self._api}: this torch has no TorchDispatchMode, which "
                 "capture needs")
         if pool is not None:
             self._pool = tuple(pool)
-        _tdcore.record(_API, "emulated", "cuda", _patches.landed_type())
+        _tdcore.record(self._api, "emulated", "cuda", _patches.landed_type())
         mode = mode_class([])
         mode.__enter__()
         self._mode = mode
@@ -382,13 +386,13 @@ class CUDAGraph:
         mode = self._mode
         if mode is None or getattr(_state, "graph", None) is not self:
             raise RuntimeError(
-                f"{_API}.capture_end: no capture of this graph is underway "
-                "on this thread")
+                f"{self._api}.capture_end: no capture of this graph is "
+                "underway on this thread")
         self._mode = None
         _state.graph = None
         mode.__exit__(None, None, None)
         if mode.invalid is not None:
-            raise RuntimeError(f"{_API}.capture_end: the capture was "
+            raise RuntimeError(f"{self._api}.capture_end: the capture was "
                                f"invalidated: {mode.invalid}")
         self._ops = mode.ops
 
@@ -400,7 +404,7 @@ class CUDAGraph:
 
     def reset(self) -> None:
         if self._mode is not None:
-            raise RuntimeError(f"{_API}.reset: a capture is underway")
+            raise RuntimeError(f"{self._api}.reset: a capture is underway")
         self._ops = None
 
     def pool(self) -> Tuple[int, int]:
@@ -430,7 +434,7 @@ class CUDAGraph:
     def _captured(self, what: str) -> List[_Op]:
         if self._ops is None:
             raise RuntimeError(
-                f"{_API}.{what}: the graph has not been captured "
+                f"{self._api}.{what}: the graph has not been captured "
                 "(capture_begin/capture_end, or torch.cuda.graph)")
         return self._ops
 

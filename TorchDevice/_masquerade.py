@@ -742,7 +742,9 @@ def replaced_names() -> Dict[str, Tuple[str, ...]]:
         "torch.backends.cuda": CUDA_BACKENDS,
         "torch.cuda.memory": MEMORY_PRIVATE,
         "torch.cuda.nvtx": NVTX,
-        "torch.accelerator": ACCELERATOR,
+        "torch.accelerator": ACCELERATOR + (
+            "Graph", "current_stream", "set_stream", "device_index",
+            "get_device_capability", "empty_host_cache"),
         "torch": ("get_device_module", "is_autocast_enabled",
                   "get_autocast_dtype", "set_autocast_dtype",
                   "set_autocast_enabled"),

@@ -239,6 +239,7 @@ def patch_table() -> List[Patch]:
     table += _import("TorchDevice._legacy").patches()
     table += _import("TorchDevice._optim").patches()
     table += _import("TorchDevice._graphs").patches()
+    table += _import("TorchDevice._accelerator").patches()
     table += _import("TorchDevice._cuda_tools").patches()
     table += _import("TorchDevice._mps_tools").patches()
     table += _import("TorchDevice._multiprocessing").patches()

@@ -3,6 +3,7 @@ operators, replay runs them again on the same tensors
 (docs/masquerade.md, "CUDA graphs")."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import List, Tuple
 
@@ -56,8 +57,23 @@ def _state(model):
     return [t.detach().clone() for t in model.state_dict().values()]
 
 
+def _graph_and_block(api: str):
+    """A graph and the block that captures into it: torch.cuda's, or the
+    generic API's ``with stream, graph:`` (torch.accelerator.Graph's
+    docstring)."""
+    if api == "cuda":
+        graph = torch.cuda.CUDAGraph()
+        return graph, torch.cuda.graph(graph)
+    graph = torch.accelerator.Graph()
+    block = contextlib.ExitStack()
+    block.enter_context(torch.Stream())
+    block.enter_context(graph)
+    return graph, block
+
+
+@pytest.mark.parametrize("api", ["cuda", "accelerator"])
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
-def test_whole_network_capture_trains_as_eagerly(kind):
+def test_whole_network_capture_trains_as_eagerly(kind, api):
     """The PyTorch documentation's whole-network capture: forward, backward
     and optimizer step captured once, replayed over new data."""
     data = _batches(6)
@@ -84,10 +100,10 @@ def test_whole_network_capture_trains_as_eagerly(kind):
             opt.zero_grad(set_to_none=True)
             _step(kind, model, opt, static_x, static_t)
     torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
+    graph, block = _graph_and_block(api)
     opt.zero_grad(set_to_none=True)
     before = _state(model)
-    with torch.cuda.graph(graph):
+    with block:
         static_loss = _step(kind, model, opt, static_x, static_t)
     # Capture changes nothing (on CUDA nothing runs until replay).
     for was, now in zip(before, _state(model)):
@@ -134,6 +150,43 @@ def test_capture_begin_and_end_by_hand():
     graph.replay()
     torch.testing.assert_close(acc, 2 * (torch.ones(N, D_IN) @ w.cpu())
                                .to(acc.device))
+
+
+def test_accelerator_graph_by_hand_and_its_errors():
+    """torch.accelerator.Graph's own constructor arguments, capture by hand,
+    and the errors CUDAGraph gives, named for the generic API."""
+    x = torch.zeros(3, device="cuda")
+    graph = torch.accelerator.Graph(keep_graph=True,
+                                    capture_error_mode="thread_local")
+    with pytest.raises(RuntimeError,
+                       match=r"torch\.accelerator\.Graph\.replay: the graph "
+                             "has not been captured"):
+        graph.replay()
+    graph.capture_begin()
+    y = x + 10
+    graph.capture_end()
+    x.fill_(1.0)
+    graph.replay()
+    assert y.tolist() == [11.0] * 3
+    shared = torch.accelerator.Graph(pool=graph.pool())
+    with shared:
+        z = y * 2
+    shared.replay()
+    assert z.tolist() == [22.0] * 3 and shared.pool() == graph.pool()
+    with pytest.raises(RuntimeError, match="Unknown capture error mode"):
+        torch.accelerator.Graph(capture_error_mode="strict").capture_begin()
+
+
+def test_an_accelerator_graph_is_reported_at_the_with_line(restore_config):
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    graph = torch.accelerator.Graph()
+    line = sys._getframe().f_lineno + 1
+    with torch.Stream(), graph:
+        torch.ones(2, device="cuda").exp()
+    rows = [r for r in TorchDevice.report()
+            if r["api"] == "torch.accelerator.Graph"]
+    assert [(r["what"], r["line"]) for r in rows] == [("emulated", line)]
 
 
 def test_random_operators_draw_again_on_each_replay():
@@ -259,12 +312,16 @@ def test_a_capture_is_reported_at_the_with_line(restore_config):
 
 def test_disable_gives_back_torchs_own_types():
     ours = torch.cuda.CUDAGraph
+    ours_generic = torch.accelerator.Graph
     TorchDevice.disable()
     try:
+        import torch.accelerator.graphs as generic
         import torch.cuda.graphs as graphs
         assert torch.cuda.CUDAGraph is graphs.CUDAGraph
         assert torch.cuda.CUDAGraph is not ours
         assert torch.cuda.graph.__module__ == "torch.cuda.graphs"
+        assert torch.accelerator.Graph is generic.Graph is not ours_generic
     finally:
         TorchDevice.enable()
     assert torch.cuda.CUDAGraph is ours
+    assert torch.accelerator.Graph is ours_generic

@@ -11,7 +11,7 @@ import torch
 
 import TorchDevice
 from TorchDevice import _masquerade, _tdcore
-from conftest import CUDA_BUILD, HAS_CUDA, TARGET, run_python
+from conftest import ACCEL, CUDA_BUILD, HAS_CUDA, TARGET, run_python
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="the masquerade is off on profile cuda "
@@ -487,6 +487,38 @@ def test_accelerator_and_device_module_agree():
     acc.empty_cache()
     free, total = acc.get_memory_info()
     assert (free, total)[1] == torch.cuda.mem_get_info()[1] and free > 0
+
+
+def test_accelerator_streams_devices_and_capability():
+    """The rest of torch.accelerator.  Where "cuda" lands on the CPU torch
+    has no accelerator to ask, and each raised "Cannot access accelerator
+    device when none is available" although is_available() is True; they
+    answer as torch.cuda does.  On an accelerator they are torch's own."""
+    acc = torch.accelerator
+    stream = acc.current_stream()
+    if ACCEL is None:
+        assert stream == torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+    else:
+        assert stream.device.type == ACCEL.type
+        side = torch.Stream(ACCEL)
+    acc.set_stream(side)
+    try:
+        assert acc.current_stream() == side
+    finally:
+        acc.set_stream(stream)
+    assert acc.current_stream() == stream
+    with acc.device_index(0):
+        assert acc.current_device_index() == 0
+    with acc.device_index(None):
+        assert acc.current_device_index() == 0
+    supported = acc.get_device_capability()["supported_dtypes"]
+    assert {torch.float32, torch.bfloat16, torch.int64} <= supported
+    if ACCEL is None:       # the CPU computes every dtype torch has
+        assert supported == {v for v in vars(torch).values()
+                             if isinstance(v, torch.dtype)}
+    acc.empty_host_cache()
+    acc.memory.empty_host_cache()
 
 
 # ---- 7 (simulated here, real in test_masquerade_cuda.py) ----------------

@@ -452,6 +452,22 @@ def test_pinned_memory():
     assert pinned.to(DEV, non_blocking=True).device == DEV
 
 
+def test_host_allocator_is_registered():
+    """torch asks the device's host allocator in empty_host_cache() (and
+    torch.accelerator.Graph's capture); with none registered, the call
+    crashed the interpreter once the device was in use."""
+    proc = run_child("""
+        import torch, simaccel
+        simaccel.load()
+        torch.ones(2, device="simaccel")
+        torch.accelerator.empty_host_cache()
+        pinned = torch.ones(4).pin_memory()
+        print(pinned.is_pinned(), torch.ones(4).is_pinned())
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "False"]
+
+
 # ------------------------------------------------------ "behave like MPS"
 
 @pytest.mark.own_machine

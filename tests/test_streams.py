@@ -415,7 +415,37 @@ def test_generic_torch_stream_and_event_for_cuda():
     # Other devices stay torch's own objects.
     assert type(torch.Stream("cpu")) is torch.Stream
     assert type(torch.Event("cpu")) is torch.Event
-    assert type(torch.Stream()) is torch.Stream
+
+
+def test_torch_stream_and_event_without_a_device_are_the_accelerators():
+    """torch.Stream() and torch.Event() take the current accelerator, CUDA
+    where the program was written.  Where "cuda" lands on the CPU torch has
+    none, and gave a CPU stream and an event that cannot record ("cpu
+    backend doesn't support events") while torch.accelerator says one is
+    there.  The timing example of torch.accelerator.synchronize's
+    docstring:"""
+    start_event = torch.Event(enable_timing=True)
+    end_event = torch.Event(enable_timing=True)
+    start_event.record()
+    tensor = torch.randn(100, device=torch.accelerator.current_accelerator())
+    total = torch.sum(tensor)
+    end_event.record()
+    torch.accelerator.synchronize()
+    assert start_event.elapsed_time(end_event) >= 0.0
+    assert total.device == TARGET
+    stream = torch.Stream()
+    with stream:
+        assert torch.accelerator.current_stream() == stream
+        event = torch.Event()
+        event.record(stream)
+        stream.wait_event(event)
+    assert event.query() and stream.query()
+    if ACCEL is None:
+        assert isinstance(stream, torch.cuda.Stream)
+        assert isinstance(torch.Event(device=None), torch.cuda.Event)
+    else:               # the accelerator's own, as torch gives
+        assert type(stream) is torch.Stream
+        assert stream.device.type == ACCEL.type
 
 
 # ---- enable / disable, report -------------------------------------------------

@@ -9,7 +9,11 @@
  *     torch.cuda.Stream()/Event() gives there (ours, on the backend really
  *     there), which works with torch.cuda.current_stream() and friends;
  *   - "mps" on profile cuda: torch is asked for device "cuda" instead, so
- *     the answer is a genuine torch.Stream / torch.Event on the GPU.
+ *     the answer is a genuine torch.Stream / torch.Event on the GPU;
+ *   - no device on profile cpu: torch takes the current accelerator, which
+ *     is CUDA where the program was written, and torch.accelerator says
+ *     there is one; torch itself, finding none, would give a CPU stream or
+ *     an event that cannot record.  torch's own code keeps torch's.
  *
  * A torch.device object has already been redirected when it was built, so
  * only strings and ordinals can still say "cuda" here.
@@ -38,7 +42,12 @@ typedef enum {
 static route
 route_of(td_install *st, PyObject *dev)
 {
-    if (dev == NULL || Py_TYPE(dev) == st->device_type
+    if (dev == NULL || dev == Py_None) {
+        return td_get_profile() == TD_PROFILE_CPU
+                       && !td_called_from_torch(st->str_name)
+                   ? ROUTE_OURS : ROUTE_TORCH;
+    }
+    if (Py_TYPE(dev) == st->device_type
         || !(PyUnicode_Check(dev) || PyLong_CheckExact(dev)))
     {
         return ROUTE_TORCH;
@@ -125,7 +134,9 @@ stream_new(td_install *st, newfunc orig_stream_new, PyTypeObject *type,
     }
     switch (route_of(st, dev)) {
     case ROUTE_OURS:
-        if (td_request_from_object(st, dev).kind == TD_REQ_MPS) {
+        if (dev != NULL && dev != Py_None
+            && td_request_from_object(st, dev).kind == TD_REQ_MPS)
+        {
             /* "mps" on profile cpu: the current device, as torch.cuda's
              * own Stream() would pick (it takes no "mps"). */
             return call_without_device(st, TD_STREAMS(st)->stream_type,
@@ -160,7 +171,7 @@ event_new(td_install *st, newfunc orig_event_new, PyTypeObject *type,
         PyObject *empty = rest ? PyTuple_New(0) : NULL;
         PyObject *result = NULL;
         if (empty != NULL
-            && (PyTuple_GET_SIZE(args) == 1
+            && (PyTuple_GET_SIZE(args) == 1 || dev == NULL
                 || PyDict_DelItem(rest, st->str_device) == 0))
         {
             result = PyObject_Call((PyObject *)TD_STREAMS(st)->event_type,

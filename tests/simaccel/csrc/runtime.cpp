@@ -6,6 +6,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Operators.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/CachingHostAllocator.h>
 #include <ATen/detail/PrivateUse1HooksInterface.h>
 #include <ATen/native/Resize.h>
 #include <c10/core/CachingDeviceAllocator.h>
@@ -230,7 +231,10 @@ void free_pinned(void* data) {
   c10::free_cpu(data);
 }
 
-struct PinnedAllocator final : c10::Allocator {
+// Also torch's host allocator for the device (torch.accelerator's
+// empty_host_cache and graph capture ask it): nothing is cached, and a block
+// is reused only once its tensor is freed, so no event needs recording.
+struct PinnedAllocator final : at::HostAllocator {
   c10::DataPtr allocate(size_t nbytes) override {
     void* data = nbytes == 0 ? nullptr : c10::alloc_cpu(nbytes);
     if (data != nullptr) {
@@ -243,9 +247,17 @@ struct PinnedAllocator final : c10::Allocator {
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     std::memcpy(dest, src, count);
   }
+  bool record_event(void* /*ptr*/, void* /*ctx*/, c10::Stream /*stream*/) override {
+    return true;
+  }
+  void empty_cache() override {}
+  at::HostStats get_stats() override { return {}; }
+  void reset_accumulated_stats() override {}
+  void reset_peak_stats() override {}
 };
 
 PinnedAllocator g_pinned_allocator;
+REGISTER_HOST_ALLOCATOR(c10::DeviceType::PrivateUse1, &g_pinned_allocator)
 
 // ------------------------------------------------------ streams and events
 
