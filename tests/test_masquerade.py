@@ -469,9 +469,12 @@ def test_oom_error_catchable_and_no_op_calls(restore_config, caplog):
 
 def test_accelerator_and_device_module_agree():
     assert torch.get_device_module("cuda") is torch.cuda
-    # A torch.device("cuda") object is already the device really used.
-    assert torch.get_device_module(torch.device("cuda", 0)) is \
-        torch.get_device_module(TorchDevice.policy()["device"])
+    # A torch.device("cuda") object is already the device really used:
+    # an accelerator names its module; the CPU has none of the
+    # accelerator's functions, so there it is torch.cuda.
+    assert torch.get_device_module(torch.device("cuda", 0)) is (
+        torch.cuda if ACCEL is None
+        else torch.get_device_module(TorchDevice.policy()["device"]))
     # "cpu" goes where the policy sends it (accelerate mode: the device).
     assert torch.get_device_module("cpu") is \
         torch.get_device_module(TorchDevice.policy()["device"])
@@ -519,6 +522,33 @@ def test_accelerator_streams_devices_and_capability():
                              if isinstance(v, torch.dtype)}
     acc.empty_host_cache()
     acc.memory.empty_host_cache()
+
+
+def test_device_module_of_the_accelerator_the_program_was_told_of():
+    """Device-agnostic code asks torch.get_device_module() (the current
+    accelerator) or get_device_module(current_accelerator()) for the
+    accelerator's functions.  Where "cuda" lands on the CPU torch named
+    torch.cpu, which has no manual_seed, memory_allocated or timing Event."""
+    acc = torch.accelerator.current_accelerator()
+    module = torch.get_device_module(acc)
+    assert torch.get_device_module() is module
+    assert torch.get_device_module(None) is module
+    assert torch.get_device_module(torch.device("cpu")) is torch.cpu \
+        or ACCEL is not None
+    if ACCEL is not None:   # the accelerator's own module, as torch says
+        assert module is torch.get_device_module(ACCEL.type)
+        return
+    assert module is torch.cuda
+    module.manual_seed(0)
+    assert module.memory_allocated() >= 0
+    module.empty_cache()
+    start = module.Event(enable_timing=True)
+    end = module.Event(enable_timing=True)
+    start.record()
+    torch.ones(8, device=acc).sum()
+    end.record()
+    module.synchronize()
+    assert start.elapsed_time(end) >= 0.0
 
 
 # ---- 7 (simulated here, real in test_masquerade_cuda.py) ----------------

@@ -625,6 +625,35 @@ TD_MASQ_FASTKW(q_current_accelerator)
     return result;
 }
 
+/* Whether `device` stands for the accelerator the program was told of
+ * where that is the CPU: no device (torch's "the current accelerator"), or
+ * the object torch.device("cuda") and current_accelerator() hand out, told
+ * apart from torch.device("cpu") while moves copy.  torch would name
+ * torch.cpu, which has none of the accelerator's functions (manual_seed,
+ * memory_allocated, Event(enable_timing=...)); torch's own code keeps
+ * torch's answer. */
+static int
+means_announced_accelerator(td_state *st, PyObject *device)
+{
+    if (td_get_profile() != TD_PROFILE_CPU
+        || td_called_from_torch(st->str_name))
+    {
+        return 0;
+    }
+    if (device == NULL || device == Py_None) {
+        return 1;
+    }
+    td_install *inst = td_install_acquire();
+    if (inst == NULL) {
+        return 0;
+    }
+    PyObject *intent = td_intent_device(inst, TD_TARGET_CPU, TD_INTENT_ACCEL);
+    int found = intent != NULL && device == intent
+                && intent != td_target_device(inst, TD_TARGET_CPU);
+    Py_DECREF(inst);
+    return found;
+}
+
 /* torch.get_device_module("cuda"): torch.cuda, whose functions answer for
  * the device really used (torch.device("cuda").type alone would name the
  * target's module, which lacks most of them). */
@@ -646,6 +675,9 @@ TD_MASQ_FASTKW(q_get_device_module)
             || (device_type != NULL && Py_TYPE(device) == device_type))
         && masq_request(m, device).kind == TD_REQ_CUDA)
     {
+        return Py_NewRef(m->cuda_module);
+    }
+    if (m->cuda_module != NULL && means_announced_accelerator(st, device)) {
         return Py_NewRef(m->cuda_module);
     }
     PyObject *fn = original(m, "get_device_module");
