@@ -16,6 +16,7 @@ docs/masquerade.md, "torch.accelerator and torch.get_device_module".
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -96,10 +97,26 @@ class Graph(_graphs.CUDAGraph):
             self.reset()        # a block that did not finish is no graph
 
 
+def _for_user_code(ours: Any, torchs: Any) -> Any:
+    """`ours` for the program, torch's own function for torch's code: torch
+    routes its work by what its accelerator API answers (torch._dynamo asks
+    for the current stream when it starts tracing), as it does by
+    is_available() (docs/masquerade.md)."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller == "torch" or caller.startswith("torch."):
+            return torchs(*args, **kwargs)
+        return ours(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = torchs.__name__
+    call.__doc__ = torchs.__doc__
+    call.__wrapped__ = torchs  # type: ignore[attr-defined]
+    return call
+
+
 def _owners(name: str) -> List[Any]:
     """torch.accelerator and the submodule that defines `name`, where
     torch's own functions look it up."""
-    import sys
     owners: List[Any] = [torch.accelerator]
     value = getattr(torch.accelerator, name, None)
     sub = sys.modules.get(getattr(value, "__module__", None) or "")
@@ -125,8 +142,11 @@ def patches() -> List[Any]:
         replacements["Graph"] = Graph
     table: List[Any] = []
     for name, value in replacements.items():
-        if not hasattr(torch.accelerator, name):
+        torchs = getattr(torch.accelerator, name, None)
+        if torchs is None:
             continue                # an older torch
+        if not isinstance(value, type):
+            value = _for_user_code(value, torchs)
         table += [Patch(owner, name, lambda orig, value=value: value)
                   for owner in _owners(name)]
     return table

@@ -522,6 +522,15 @@ def test_accelerator_streams_devices_and_capability():
                              if isinstance(v, torch.dtype)}
     acc.empty_host_cache()
     acc.memory.empty_host_cache()
+    # torch's own code (torch._dynamo asks for the current stream when it
+    # starts tracing) is answered by torch: on the CPU, no accelerator.
+    in_torch = {"__name__": "torch._dynamo.variables.streams",
+                "torch": torch}
+    if ACCEL is None:
+        with pytest.raises(RuntimeError, match="none is available"):
+            eval("torch.accelerator.current_stream()", in_torch)
+    else:
+        assert eval("torch.accelerator.current_stream()", in_torch) == stream
 
 
 def test_device_module_of_the_accelerator_the_program_was_told_of():
