@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from . import _graphs, _tdcore
+from . import _graphs, _patches, _tdcore
 
 _GRAPH_API = "torch.accelerator.Graph"
 
@@ -51,6 +51,8 @@ class device_index:
 
     def __enter__(self) -> None:
         if self.idx is not None:
+            _tdcore.record("torch.accelerator.device_index", "emulated",
+                           "cuda", _patches.landed_type())
             self.prev_idx = _masquerade_function("_exchange_device")(self.idx)
 
     def __exit__(self, *exc_info: object) -> None:
@@ -97,15 +99,16 @@ class Graph(_graphs.CUDAGraph):
             self.reset()        # a block that did not finish is no graph
 
 
-def _for_user_code(ours: Any, torchs: Any) -> Any:
-    """`ours` for the program, torch's own function for torch's code: torch
-    routes its work by what its accelerator API answers (torch._dynamo asks
-    for the current stream when it starts tracing), as it does by
-    is_available() (docs/masquerade.md)."""
+def _for_user_code(ours: Any, torchs: Any, api: str) -> Any:
+    """`ours` for the program, recorded as emulated at its line; torch's own
+    function for torch's code: torch routes its work by what its
+    accelerator API answers (torch._dynamo asks for the current stream when
+    it starts tracing), as it does by is_available() (docs/masquerade.md)."""
     def call(*args: Any, **kwargs: Any) -> Any:
         caller = sys._getframe(1).f_globals.get("__name__", "")
         if caller == "torch" or caller.startswith("torch."):
             return torchs(*args, **kwargs)
+        _tdcore.record(api, "emulated", "cuda", _patches.landed_type())
         return ours(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = torchs.__name__
@@ -146,7 +149,7 @@ def patches() -> List[Any]:
         if torchs is None:
             continue                # an older torch
         if not isinstance(value, type):
-            value = _for_user_code(value, torchs)
+            value = _for_user_code(value, torchs, f"torch.accelerator.{name}")
         table += [Patch(owner, name, lambda orig, value=value: value)
                   for owner in _owners(name)]
     return table

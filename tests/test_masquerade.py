@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import pickle
+import sys
 
 import pytest
 import torch
@@ -532,6 +533,26 @@ def test_accelerator_streams_devices_and_capability():
         assert ACCEL is None and "none is available" in str(error)
     else:   # an accelerator torch knows (a test may have loaded one)
         assert type(torchs) is torch.Stream
+
+
+def test_accelerator_emulations_are_reported_at_the_users_line(
+        restore_config):
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    line = sys._getframe().f_lineno + 1
+    torch.accelerator.get_device_capability()
+    torch.accelerator.empty_host_cache()
+    with torch.accelerator.device_index(0):
+        pass
+    rows = {(r["api"], r["what"], r["line"]) for r in TorchDevice.report()
+            if r["api"].startswith("torch.accelerator.")}
+    if ACCEL is not None:       # torch's own: nothing made up
+        assert rows == set()
+        return
+    assert rows == {
+        ("torch.accelerator.get_device_capability", "emulated", line),
+        ("torch.accelerator.empty_host_cache", "emulated", line + 1),
+        ("torch.accelerator.device_index", "emulated", line + 2)}
 
 
 def test_device_module_of_the_accelerator_the_program_was_told_of():
