@@ -7,6 +7,7 @@ reaches it, through torch.cuda.*."""
 from __future__ import annotations
 
 import pickle
+import re
 import threading
 import time
 
@@ -140,7 +141,10 @@ def test_event_state_query_device_repr():
     e.synchronize()
     e.wait()
     e.wait(torch.cuda.Stream())
-    assert "uninitialized" not in repr(e)
+    # The event's id in hexadecimal (the format was printed verbatim).
+    assert re.fullmatch(r"<torch\.cuda\.Event 0x[0-9a-f]+ \(TorchDevice, "
+                        r"\w+ backend\)>", repr(e)), repr(e)
+    assert int(repr(e).split()[1], 16) == e.cuda_event
 
 
 def test_event_record_on_explicit_and_current_stream():

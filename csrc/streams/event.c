@@ -21,6 +21,8 @@
  */
 #include "streams.h"
 
+#include <stdio.h>
+
 #include "core/fields.h"
 
 #include <structmember.h>
@@ -365,9 +367,12 @@ Event_repr(PyObject *self)
             "<%s.Event uninitialized (TorchDevice, %s backend)>", api,
             ev->backend->name);
     }
-    return PyUnicode_FromFormat("<%s.Event %#llx (TorchDevice, %s backend)>",
-                                api, (unsigned long long)ev->event_id,
-                                ev->backend->name);
+    /* PyUnicode_FromFormat has no hexadecimal of a 64-bit value before
+     * Python 3.12 (it copied the rest of the format verbatim). */
+    char id[2 + 16 + 1];
+    snprintf(id, sizeof(id), "%#llx", (unsigned long long)ev->event_id);
+    return PyUnicode_FromFormat("<%s.Event %s (TorchDevice, %s backend)>",
+                                api, id, ev->backend->name);
 }
 
 #define METHOD_FAST(name, func, doc)                                        \
