@@ -370,7 +370,12 @@ Event_repr(PyObject *self)
     /* PyUnicode_FromFormat has no hexadecimal of a 64-bit value before
      * Python 3.12 (it copied the rest of the format verbatim). */
     char id[2 + 16 + 1];
-    snprintf(id, sizeof(id), "%#llx", (unsigned long long)ev->event_id);
+    int n = snprintf(id, sizeof(id), "%#llx",
+                     (unsigned long long)ev->event_id);
+    if (n < 0 || (size_t)n >= sizeof(id)) {
+        PyErr_SetString(PyExc_SystemError, "event id does not fit its repr");
+        return NULL;
+    }
     return PyUnicode_FromFormat("<%s.Event %s (TorchDevice, %s backend)>",
                                 api, id, ev->backend->name);
 }
