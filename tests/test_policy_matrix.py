@@ -124,6 +124,38 @@ def test_host_generator_shuffles_and_draws_as_natively(tmp_path, mode):
     assert f"device {where}" in got.stdout
 
 
+DEFAULT_DEVICE_GENERATOR = """
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+g = torch.Generator(device=torch.get_default_device()).manual_seed(11)
+print("generator", g.device.type)
+print("order", list(RandomSampler(range(12), generator=g)))
+(batch,) = DataLoader(range(12), batch_size=12, sampler=RandomSampler(
+    range(12), generator=g))
+print("batch", batch.tolist())
+print("randperm", torch.randperm(12, generator=g).tolist())
+"""
+
+
+def test_torchs_sampler_draws_from_a_generator_on_the_accelerator(tmp_path):
+    """accelerate's seedable sampler (HuggingFace's Trainer) makes its
+    generator on torch.get_default_device(), the accelerator in mode
+    "accelerate", and torch's sampler draws from it on the host: torch
+    refused ("Expected a 'cpu' device type for generator but found
+    'simaccel'").  The numbers are drawn from it, where it is, and are the
+    native ones (the device's generator is the host's algorithm)."""
+    native = launch(tmp_path, DEFAULT_DEVICE_GENERATOR, "accelerate",
+                    native=True)
+    assert native.returncode == 0, native.stderr
+    got = launch(tmp_path, DEFAULT_DEVICE_GENERATOR, "accelerate")
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert "generator simaccel" in got.stdout
+    rest = [ln for ln in got.stdout.splitlines()
+            if not ln.startswith("generator")]
+    assert rest == [ln for ln in native.stdout.splitlines()
+                    if not ln.startswith("generator")]
+
+
 def test_device_generator_still_follows_the_request(tmp_path):
     got = launch(tmp_path, """
         import torch

@@ -226,6 +226,43 @@ move_drawn(td_install *st, PyObject *host, td_resolution res)
     return moved;
 }
 
+/* In mode "accelerate" the program's generators land on the accelerator
+ * (torch.Generator() and torch.Generator("cpu") are requests like any
+ * other), but torch's own code keeps its tensors on the host, and draws
+ * from the program's generator without a device: the DataLoader's samplers
+ * call randperm(n, generator=g).  torch refuses the mix ("Expected a 'cpu'
+ * device type for generator").  The numbers are drawn where the generator
+ * is, from it, as the program asked, and brought to the host torch's code
+ * works on.  Only torch's code: a program mixing them gets torch's error,
+ * as on CUDA.  Returns a new reference to the device to draw on, or NULL
+ * (no error set) when the call is torch's to make as it is. */
+static PyObject *
+torch_draw_device(td_install *st, td_request req, td_resolution res,
+                  PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (res.target != TD_TARGET_KEEP || req.kind != TD_REQ_NONE
+        || kwnames == NULL || td_get_mode() != TD_MODE_ACCELERATE)
+    {
+        return NULL;
+    }
+    Py_ssize_t g = find_kw(kwnames, nargs, st->str_generator);
+    if (g < 0 || args[g] == Py_None) {
+        return NULL;
+    }
+    PyObject *dev = PyObject_GetAttr(args[g], st->str_device);
+    if (dev == NULL) {
+        PyErr_Clear();          /* not a generator: torch will say so */
+        return NULL;
+    }
+    if (td_request_from_object(st, dev).kind == TD_REQ_CPU
+        || !td_called_from_torch(st->str_name))
+    {
+        Py_DECREF(dev);
+        return NULL;
+    }
+    return dev;
+}
+
 static PyObject *
 call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
                  Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
@@ -257,7 +294,25 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
         return undo_toggle_on_error(NULL, res);
     }
     if (res.target == TD_TARGET_KEEP && nsubst == 0) {
-        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+        PyObject *draw = torch_draw_device(st, req, res, args, nargs,
+                                           kwnames);
+        if (draw == NULL) {
+            return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+        }
+        if (slot >= 0) {
+            subst[0].index = slot;
+            subst[0].value = draw;
+        }
+        PyObject *drawn = forward(st, w->wrapped, args, nargs, kwnames,
+                                  subst, slot >= 0, slot >= 0 ? NULL : draw);
+        Py_DECREF(draw);
+        if (drawn == NULL || !PyObject_TypeCheck(drawn, st->tensor_type)) {
+            return drawn;
+        }
+        PyObject *host = PyObject_CallMethodOneArg(
+            drawn, st->str_to, td_target_device(st, TD_TARGET_CPU));
+        Py_DECREF(drawn);
+        return host;
     }
     if (maybe_report(st, w, req, res, arg) < 0) {
         return undo_toggle_on_error(NULL, res);
