@@ -1,7 +1,8 @@
 """CUDA's tool switches where "cuda" is not CUDA: the profiler hooks, the
 CUDA runtime handle, NVTX ranges for autograd, the profiler's CUDA
-activity, the preferred linear algebra and BLAS libraries, and the cuFFT
-plan cache (docs/masquerade.md, "Flags and tools").
+activity, the preferred linear algebra and BLAS libraries, the cuFFT
+plan cache, and the caching allocator's memory pools (docs/masquerade.md,
+"Flags and tools").
 
 A CUDA program calls these to tune or to profile, never for its results:
 ``torch.cuda.profiler.start()`` / ``stop()`` / ``profile()`` tell an
@@ -300,6 +301,59 @@ def _profile_init(original: Callable[..., Any]) -> Callable[..., Any]:
 # ---- the patch table -------------------------------------------------------
 
 
+# ---- memory pools: torch.cuda.MemPool, torch.cuda.use_mem_pool ---------
+
+
+class MemPool:
+    """torch.cuda.MemPool where "cuda" is not CUDA's caching allocator: a
+    pool is a name for allocations that go to the device's own memory, as
+    every allocation there does.  Its id is unique, as CUDA's, and a graph
+    capture accepts it (``pool=``)."""
+
+    def __init__(self, allocator: Any = None, use_on_oom: bool = False,
+                 no_split: bool = False) -> None:
+        if allocator is not None:
+            raise RuntimeError(
+                "torch.cuda.MemPool(allocator=...): a CUDA allocator "
+                "(CUDAPluggableAllocator) needs CUDA; without one the pool "
+                "uses the device's own memory (docs/masquerade.md)")
+        from ._graphs import graph_pool_handle
+        _record("torch.cuda.MemPool")
+        self.allocator = None
+        self.use_on_oom = bool(use_on_oom)
+        self.no_split = bool(no_split)
+        self._id = graph_pool_handle()
+        self._in_use = 0
+
+    @property
+    def id(self) -> Any:
+        return self._id
+
+    def use_count(self) -> int:
+        """The pool, and each use_mem_pool block routing to it."""
+        return 1 + self._in_use
+
+    def snapshot(self, include_traces: bool = True) -> List[Any]:
+        """No segments are the pool's own: the device allocates them."""
+        return []
+
+
+@contextlib.contextmanager
+def use_mem_pool(pool: MemPool, device: Any = None) -> Any:
+    """Allocations in the block go where they go anyway (MemPool above)."""
+    if not isinstance(pool, MemPool):
+        raise TypeError(f"use_mem_pool(): expected a torch.cuda.MemPool, "
+                        f"got {type(pool).__name__}")
+    if device is not None:
+        torch.cuda._get_device_index(device)
+    _record("torch.cuda.use_mem_pool")
+    pool._in_use += 1
+    try:
+        yield
+    finally:
+        pool._in_use -= 1
+
+
 def patches() -> List[Any]:
     from ._masquerade import announced
     from ._patches import Patch
@@ -321,6 +375,12 @@ def patches() -> List[Any]:
         Patch(backends_cuda, "cufft_plan_cache",
               lambda orig: PlanCacheManager()),
     ]
+    import torch.cuda.memory as cuda_memory
+    for owner in (torch.cuda, cuda_memory):
+        table += [Patch(owner, name, lambda orig, value=value: value)
+                  for name, value in (("MemPool", MemPool),
+                                      ("use_mem_pool", use_mem_pool))
+                  if hasattr(owner, name)]
     for name, key in (("preferred_linalg_library", "linalg_backends"),
                       ("preferred_blas_library", "blas_backends")):
         names = _torch_compat.get(key)

@@ -171,6 +171,36 @@ def test_cufft_plan_cache_holds_its_capacity():
         cache.max_size = before
 
 
+def test_memory_pools_name_the_devices_own_memory(restore_config):
+    """torch.cuda.MemPool / use_mem_pool: allocations in the block go to
+    the device's own memory, as all of them do there; a pool's id is
+    unique, and a graph capture takes it."""
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    pool, other = torch.cuda.MemPool(), torch.cuda.memory.MemPool()
+    assert pool.id != other.id and pool.use_count() == 1
+    x = torch.ones(3, device="cuda")
+    with torch.cuda.use_mem_pool(pool):
+        assert pool.use_count() == 2
+        y = x * 2
+    assert pool.use_count() == 1 and pool.snapshot() == []
+    assert y.device == x.device and y.tolist() == [2.0] * 3
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool.id):
+        z = x + 1
+    graph.replay()
+    assert z.tolist() == [2.0] * 3
+    with pytest.raises(RuntimeError, match="CUDAPluggableAllocator"):
+        torch.cuda.MemPool(allocator=object())
+    with pytest.raises(TypeError, match="MemPool"):
+        with torch.cuda.use_mem_pool(object()):
+            pass
+    apis = {r["api"] for r in TorchDevice.report()}
+    assert {"torch.cuda.MemPool", "torch.cuda.use_mem_pool"} <= apis
+    assert pickle.loads(pickle.dumps(torch.cuda.MemPool)) is \
+        torch.cuda.MemPool
+
+
 def test_without_torchdevice_each_one_raises():
     """The program really needs it: a torch without CUDA raises at each."""
     proc = run_python("""
@@ -183,7 +213,8 @@ for name, call in [
         ("blas", lambda: torch.backends.cuda.preferred_blas_library("cublaslt")),
         ("cufft", lambda: torch.backends.cuda.cufft_plan_cache.max_size),
         ("profiler", lambda: torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CUDA]).__enter__())]:
+            activities=[torch.profiler.ProfilerActivity.CUDA]).__enter__()),
+        ("mempool", lambda: torch.cuda.MemPool())]:
     try:
         call()
     except (RuntimeError, AssertionError, AttributeError):
@@ -195,7 +226,7 @@ print(",".join(failed))
     libraries = [] if CUDA_BUILD else ["linalg", "blas"]
     assert proc.stdout.split() == [
         ",".join(["profiler.start", "emit_nvtx", *libraries, "cufft",
-                  "profiler"])]
+                  "profiler", "mempool"])]
 
 
 def test_disable_gives_torch_its_own_back(restore_config):
