@@ -344,8 +344,9 @@ def use_mem_pool(pool: MemPool, device: Any = None) -> Any:
     if not isinstance(pool, MemPool):
         raise TypeError(f"use_mem_pool(): expected a torch.cuda.MemPool, "
                         f"got {type(pool).__name__}")
-    if device is not None:
-        torch.cuda._get_device_index(device)
+    if device is not None:      # refused as torch.cuda refuses it
+        from ._masquerade import _function
+        _function("_get_device_index", "torch.cuda")(device)
     _record("torch.cuda.use_mem_pool")
     pool._in_use += 1
     try:

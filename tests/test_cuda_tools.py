@@ -183,6 +183,8 @@ def test_memory_pools_name_the_devices_own_memory(restore_config):
     with torch.cuda.use_mem_pool(pool):
         assert pool.use_count() == 2
         y = x * 2
+    with torch.cuda.use_mem_pool(other, device=0):
+        assert other.use_count() == 2
     assert pool.use_count() == 1 and pool.snapshot() == []
     assert y.device == x.device and y.tolist() == [2.0] * 3
     graph = torch.cuda.CUDAGraph()
