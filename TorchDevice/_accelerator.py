@@ -51,8 +51,7 @@ class device_index:
 
     def __enter__(self) -> None:
         if self.idx is not None:
-            _tdcore.record("torch.accelerator.device_index", "emulated",
-                           "cuda", _patches.landed_type())
+            _patches.record_emulated("torch.accelerator.device_index")
             self.prev_idx = _masquerade_function("_exchange_device")(self.idx)
 
     def __exit__(self, *exc_info: object) -> None:
@@ -108,7 +107,7 @@ def _for_user_code(ours: Any, torchs: Any, api: str) -> Any:
         caller = sys._getframe(1).f_globals.get("__name__", "")
         if caller == "torch" or caller.startswith("torch."):
             return torchs(*args, **kwargs)
-        _tdcore.record(api, "emulated", "cuda", _patches.landed_type())
+        _patches.record_emulated(api)
         return ours(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = torchs.__name__

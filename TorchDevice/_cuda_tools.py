@@ -28,10 +28,6 @@ import torch
 from . import _patches, _tdcore, _torch_compat
 
 
-def _record(api: str) -> None:
-    _tdcore.record(api, "emulated", "cuda", _patches.landed_type())
-
-
 # ---- the CUDA runtime handle: torch.cuda.cudart() -----------------------
 
 
@@ -57,22 +53,22 @@ class _Cudart:
 
     @staticmethod
     def cudaProfilerStart() -> cudaError:
-        _record("torch.cuda.cudart().cudaProfilerStart")
+        _patches.record_emulated("torch.cuda.cudart().cudaProfilerStart")
         return cudaError.success
 
     @staticmethod
     def cudaProfilerStop() -> cudaError:
-        _record("torch.cuda.cudart().cudaProfilerStop")
+        _patches.record_emulated("torch.cuda.cudart().cudaProfilerStop")
         return cudaError.success
 
     @staticmethod
     def cudaHostRegister(ptr: int, size: int, flags: int) -> cudaError:
-        _record("torch.cuda.cudart().cudaHostRegister")
+        _patches.record_emulated("torch.cuda.cudart().cudaHostRegister")
         return cudaError.success
 
     @staticmethod
     def cudaHostUnregister(ptr: int) -> cudaError:
-        _record("torch.cuda.cudart().cudaHostUnregister")
+        _patches.record_emulated("torch.cuda.cudart().cudaHostUnregister")
         return cudaError.success
 
     @staticmethod
@@ -122,7 +118,7 @@ class emit_nvtx(contextlib.ContextDecorator):
                                "reentrant")
         self.entered = True
         if self.enabled:
-            _record("torch.autograd.profiler.emit_nvtx")
+            _patches.record_emulated("torch.autograd.profiler.emit_nvtx")
         return self
 
     def __exit__(self, *exc: Any) -> bool:
@@ -156,7 +152,7 @@ def _preference(original: Callable[..., Any], api: str,
             raise RuntimeError("Unknown input value type.")
         with lock:
             state["value"] = backend
-        _record(api)
+        _patches.record_emulated(api)
         return backend
     return preference
 
@@ -202,7 +198,7 @@ class _PlanCache:
             raise RuntimeError("cuFFT plan cache size must be non-negative, "
                                f"but got {value}")
         self._max_size = int(value)
-        _record("torch.backends.cuda.cufft_plan_cache")
+        _patches.record_emulated("torch.backends.cuda.cufft_plan_cache")
 
     def clear(self) -> None:
         pass
@@ -318,7 +314,7 @@ class MemPool:
                 "(CUDAPluggableAllocator) needs CUDA; without one the pool "
                 "uses the device's own memory (docs/masquerade.md)")
         from ._graphs import graph_pool_handle
-        _record("torch.cuda.MemPool")
+        _patches.record_emulated("torch.cuda.MemPool")
         self.allocator = None
         self.use_on_oom = bool(use_on_oom)
         self.no_split = bool(no_split)
@@ -347,7 +343,7 @@ def use_mem_pool(pool: MemPool, device: Any = None) -> Any:
     if device is not None:      # refused as torch.cuda refuses it
         from ._masquerade import _function
         _function("_get_device_index", "torch.cuda")(device)
-    _record("torch.cuda.use_mem_pool")
+    _patches.record_emulated("torch.cuda.use_mem_pool")
     pool._in_use += 1
     try:
         yield

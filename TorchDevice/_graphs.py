@@ -376,7 +376,7 @@ class CUDAGraph:
                 "capture needs")
         if pool is not None:
             self._pool = tuple(pool)
-        _tdcore.record(self._api, "emulated", "cuda", _patches.landed_type())
+        _patches.record_emulated(self._api)
         mode = mode_class([])
         mode.__enter__()
         self._mode = mode

@@ -274,8 +274,7 @@ def _trace_build(original: Callable[..., Any]) -> Callable[..., Any]:
             f"its outputs in float64, which {_patches.landed_type()} does "
             f"not have; the trace was made again without that check "
             f"(check_trace=False)", torch.jit.TracerWarning, stacklevel=3)
-        _tdcore.record(f"torch.jit.{original.__name__}", "emulated",
-                       "cuda", _patches.landed_type())
+        _patches.record_emulated(f"torch.jit.{original.__name__}")
         return original(*bound.args, **bound.kwargs)
     return trace
 

@@ -28,10 +28,6 @@ from . import _patches, _tdcore
 _MODES = ("interval", "event", "interval,event")
 
 
-def _record(api: str) -> None:
-    _tdcore.record(api, "emulated", "mps", _patches.landed_type())
-
-
 def _check_mode(mode: Any) -> None:
     # torch lower-cases the mode and Metal refuses any other: so do we.
     if not isinstance(mode, str) \
@@ -44,12 +40,12 @@ def start(mode: str = "interval", wait_until_completed: bool = False
           ) -> None:
     """torch.mps.profiler.start: no signposts are recorded here."""
     _check_mode(mode)
-    _record("torch.mps.profiler.start")
+    _patches.record_emulated("torch.mps.profiler.start", "mps")
 
 
 def stop() -> None:
     """torch.mps.profiler.stop."""
-    _record("torch.mps.profiler.stop")
+    _patches.record_emulated("torch.mps.profiler.stop", "mps")
 
 
 @contextlib.contextmanager
@@ -76,7 +72,7 @@ def is_capturing_metal() -> bool:
 def metal_capture(fname: str) -> Iterator[None]:
     """torch.mps.profiler.metal_capture: the block runs, nothing is
     captured (no .gputrace is written)."""
-    _record("torch.mps.profiler.metal_capture")
+    _patches.record_emulated("torch.mps.profiler.metal_capture", "mps")
     yield
     torch.mps.synchronize()
 

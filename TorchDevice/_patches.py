@@ -314,6 +314,12 @@ def landed_type() -> str:
     return device_type_of(_tdcore.settings()["profile"])
 
 
+def record_emulated(api: str, requested: str = "cuda") -> None:
+    """A report row: `api`, asked of `requested`, answered by emulation on
+    the device requests land on now."""
+    _tdcore.record(api, "emulated", requested, landed_type())
+
+
 def available_profiles() -> Tuple[str, ...]:
     found = detect_profile()
     return {"cuda": ("cuda", "cpu"), "mps": ("mps", "cpu"),
