@@ -116,18 +116,6 @@ def _for_user_code(ours: Any, torchs: Any, api: str) -> Any:
     return call
 
 
-def _owners(name: str) -> List[Any]:
-    """torch.accelerator and the submodule that defines `name`, where
-    torch's own functions look it up."""
-    owners: List[Any] = [torch.accelerator]
-    value = getattr(torch.accelerator, name, None)
-    sub = sys.modules.get(getattr(value, "__module__", None) or "")
-    if sub is not None and sub is not torch.accelerator \
-            and getattr(sub, name, None) is value:
-        owners.append(sub)
-    return owners
-
-
 def patches() -> List[Any]:
     from ._patches import Patch
     from ._masquerade import announced
@@ -150,5 +138,5 @@ def patches() -> List[Any]:
         if not isinstance(value, type):
             value = _for_user_code(value, torchs, f"torch.accelerator.{name}")
         table += [Patch(owner, name, lambda orig, value=value: value)
-                  for owner in _owners(name)]
+                  for owner in _patches.homes(torch.accelerator, name)]
     return table

@@ -372,12 +372,10 @@ def patches() -> List[Any]:
         Patch(backends_cuda, "cufft_plan_cache",
               lambda orig: PlanCacheManager()),
     ]
-    import torch.cuda.memory as cuda_memory
-    for owner in (torch.cuda, cuda_memory):
-        table += [Patch(owner, name, lambda orig, value=value: value)
-                  for name, value in (("MemPool", MemPool),
-                                      ("use_mem_pool", use_mem_pool))
-                  if hasattr(owner, name)]
+    for name, value in (("MemPool", MemPool), ("use_mem_pool", use_mem_pool)):
+        if hasattr(torch.cuda, name):
+            table += [Patch(home, name, lambda orig, value=value: value)
+                      for home in _patches.homes(torch.cuda, name)]
     for name, key in (("preferred_linalg_library", "linalg_backends"),
                       ("preferred_blas_library", "blas_backends")):
         names = _torch_compat.get(key)

@@ -581,7 +581,7 @@ def _fn_patches(owner: Any, names: Tuple[str, ...], module_name: str,
     """Patches owner.<name> for each name, and the same name in the
     submodule that defines it (torch.cuda.memory, torch.cuda.random, ...),
     where torch's own functions look it up as a global."""
-    from ._patches import Patch
+    from ._patches import Patch, homes
     patches = []
     for name in names:
         value = getattr(owner, name, None)
@@ -593,12 +593,8 @@ def _fn_patches(owner: Any, names: Tuple[str, ...], module_name: str,
         fn = _function(lookup_prefix + name, own_module)
         if getattr(value, "__wrapped__", None) is not None:
             fn = _with_wrapped(fn)
-        patches.append(Patch(owner, name, lambda orig, fn=fn: fn))
-        sub = sys.modules.get(defined_in or "")
-        if (aliases and sub is not None and sub is not owner
-                and defined_in.startswith(owner.__name__ + ".")
-                and getattr(sub, name, None) is value):
-            patches.append(Patch(sub, name, lambda orig, fn=fn: fn))
+        patches += [Patch(home, name, lambda orig, fn=fn: fn)
+                    for home in (homes(owner, name) if aliases else [owner])]
     return patches
 
 

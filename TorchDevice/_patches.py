@@ -314,6 +314,22 @@ def landed_type() -> str:
     return device_type_of(_tdcore.settings()["profile"])
 
 
+def homes(owner: Any, name: str) -> List[Any]:
+    """`owner`, and the submodule of it that defines owner.<name> and holds
+    the same object (torch.cuda.memory for torch.cuda.MemPool), where
+    torch's own functions look the name up as a global: a replacement goes
+    into each."""
+    value = getattr(owner, name, None)
+    defined_in = getattr(value, "__module__", None)
+    sub = sys.modules.get(defined_in) if isinstance(defined_in, str) \
+        else None
+    if (sub is not None and sub is not owner
+            and defined_in.startswith(owner.__name__ + ".")
+            and getattr(sub, name, None) is value):
+        return [owner, sub]
+    return [owner]
+
+
 def record_emulated(api: str, requested: str = "cuda") -> None:
     """A report row: `api`, asked of `requested`, answered by emulation on
     the device requests land on now."""
