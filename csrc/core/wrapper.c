@@ -209,20 +209,22 @@ is_host_generator(td_install *st, PyObject *gen)
     return req.kind == TD_REQ_CPU;
 }
 
-/* A constructor without a device that draws from a host generator, where
- * the policy moves it: the numbers are drawn on the host, from that
- * generator, as natively, and the result (`host`, a new reference) is moved
- * where the policy sends the call.  Drawing on the device instead would
- * need a device generator, and torch refuses a host one there. */
+/* A constructor drawn where its generator is, not where the call goes:
+ * the result (`drawn`, a new reference) is moved to `target`.  A
+ * constructor without a device that draws from a host generator, where the
+ * policy moves it, draws on the host, as natively (a device draw would need
+ * a device generator, and torch refuses a host one there); torch's own
+ * draws from an accelerator generator come back to the host
+ * (torch_draw_device). */
 static PyObject *
-move_drawn(td_install *st, PyObject *host, td_resolution res)
+move_drawn(td_install *st, PyObject *drawn, td_target target)
 {
-    if (host == NULL || !PyObject_TypeCheck(host, st->tensor_type)) {
-        return host;
+    if (drawn == NULL || !PyObject_TypeCheck(drawn, st->tensor_type)) {
+        return drawn;
     }
     PyObject *moved = PyObject_CallMethodOneArg(
-        host, st->str_to, td_target_device(st, res.target));
-    Py_DECREF(host);
+        drawn, st->str_to, td_target_device(st, target));
+    Py_DECREF(drawn);
     return moved;
 }
 
@@ -306,13 +308,7 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
         PyObject *drawn = forward(st, w->wrapped, args, nargs, kwnames,
                                   subst, slot >= 0, slot >= 0 ? NULL : draw);
         Py_DECREF(draw);
-        if (drawn == NULL || !PyObject_TypeCheck(drawn, st->tensor_type)) {
-            return drawn;
-        }
-        PyObject *host = PyObject_CallMethodOneArg(
-            drawn, st->str_to, td_target_device(st, TD_TARGET_CPU));
-        Py_DECREF(drawn);
-        return host;
+        return move_drawn(st, drawn, TD_TARGET_CPU);
     }
     if (maybe_report(st, w, req, res, arg) < 0) {
         return undo_toggle_on_error(NULL, res);
@@ -342,7 +338,7 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
     PyObject *result = forward(st, w->wrapped, args, nargs, kwnames, subst,
                                nsubst, add);
     if (host_draw) {
-        result = move_drawn(st, result, res);
+        result = move_drawn(st, result, res.target);
     }
     return undo_toggle_on_error(result, res);
 }
