@@ -8,9 +8,10 @@ Each finding is one of two kinds:
   ``map_location``, cuDNN flags, the ``"nccl"`` backend and DDP's device
   arguments, an optional import guarded by ``try/except ImportError``, a
   call that cannot work but sits in a ``try`` whose ``except`` catches what
-  it raises; a device's ``.type`` compared with ``"cuda"`` or ``"mps"`` and
-  a tensor's ``.is_cuda`` / ``.is_mps``, which run but answer False without
-  that hardware, so the finding says that the other branch runs);
+  it raises; a device's ``.type`` compared with ``"cuda"`` or ``"mps"``,
+  which answers as on that hardware for a device the program asked for and
+  False for a tensor's device, and a tensor's ``.is_cuda`` / ``.is_mps``,
+  False without that hardware: the finding says which branch runs);
 * ``cannot``: nothing at run time can make it work without an NVIDIA GPU
   (CUDA-only packages, CUDA graph capture, direct NCCL calls, custom CUDA
   kernels; the ``"nccl"`` backend where "cuda" lands on an accelerator
@@ -109,16 +110,22 @@ TORCH_APIS: Dict[str, Tuple[str, str]] = {
 
 _DEVICE_STRING = re.compile(r"(cuda|mps)(:\d+)?")
 # What a device type or a tensor's is_cuda/is_mps says where that hardware
-# is absent: tensors and devices always name the device really used
-# (docs/policy.md), so the test is False and the program takes its other
-# branch.
+# is absent (docs/policy.md): a device the program asked for as "cuda"
+# reads "cuda", so a test of it answers as on CUDA; a tensor's device
+# (`x.device`) names the device really used, so a test of that is False and
+# the program takes its other branch.
 _HARDWARE = {"cuda": ("CUDA", "an NVIDIA GPU"), "mps": ("MPS", "an Apple GPU")}
 
 
-def _type_test_why(kind: str) -> str:
+def _type_test_why(kind: str, of_tensor: bool) -> str:
     name, hardware = _HARDWARE[kind]
-    return (f"False without {hardware}: devices and tensors name the device "
-            f"really used, so the program takes its non-{name} branch here")
+    if of_tensor:
+        return (f"never {kind!r} without {hardware}: a tensor's device names "
+                f"the device really used, so the program takes its "
+                f"non-{name} branch here")
+    return (f"a device the program asked for as {kind!r} reads {kind!r}, so "
+            f"this answers as on {name}; a tensor's device (x.device) names "
+            f"the device really used, never {kind!r} without {hardware}")
 
 
 def _is_kind_why(kind: str) -> str:
@@ -335,17 +342,20 @@ class _Scanner(ast.NodeVisitor):
                 for side, other in ((left, right), (right, left)):
                     if isinstance(other, ast.Attribute) \
                             and other.attr == "type":
-                        self._type_test(side)
+                        # `x.device.type`: most often a tensor's device.
+                        of_tensor = isinstance(other.value, ast.Attribute) \
+                            and other.value.attr == "device"
+                        self._type_test(side, of_tensor)
             left = right
         self.generic_visit(node)
 
-    def _type_test(self, node: ast.AST) -> None:
+    def _type_test(self, node: ast.AST, of_tensor: bool) -> None:
         items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) \
             else [node]
         for item in items:
             if isinstance(item, ast.Constant) and item.value in _HARDWARE:
                 self.add(item, HANDLED, f".type compared with {item.value!r}",
-                         _type_test_why(item.value))
+                         _type_test_why(item.value, of_tensor))
                 self.explained.add(id(item))
 
     def visit_Call(self, node: ast.Call) -> None:

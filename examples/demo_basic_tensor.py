@@ -10,7 +10,8 @@ TorchDevice.configure(log_level="INFO")   # show each redirected call site
 import torch
 
 device = torch.device("cuda")
-print(f"torch.device('cuda') -> {device}")
+print(f"torch.device('cuda') reads {device}, "
+      f"runs on {torch.empty(0, device=device).device}")
 
 a = torch.tensor([1.0, 2.0, 3.0], device="cuda")
 b = torch.ones(3).cuda()

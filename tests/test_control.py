@@ -45,9 +45,13 @@ def test_disable_restores_identical_originals(restore_config):
         with pytest.raises((RuntimeError, AssertionError)):
             torch.zeros(1, device="cuda")
     assert torch.device("cuda").type == "cuda"
+    assert torch.device("cuda") != torch.device("cpu")
     TorchDevice.enable()
     assert _tdcore.hooks_installed()
-    assert torch.device("cuda").type != "cuda" or HAS_CUDA
+    # Asked for "cuda", it reads so; what lands there is on the device used.
+    assert torch.device("cuda").type == "cuda"
+    assert torch.zeros(1, device=torch.device("cuda")).device.type != "cuda" \
+        or HAS_CUDA
     # Re-enabling reuses the same replacement objects.
     assert [r for *_, r in _patches.replaced()] == [r for *_, r in applied]
 

@@ -16,8 +16,8 @@ TO = re.escape(str(TARGET))
 # accelerator in make test-accel); demos not listed here must at least
 # finish with exit code 0 and print something.
 EXPECTED = {
-    "demo_basic_tensor.py": [rf"torch\.device\('cuda'\) -> {TO}",
-                             rf"line\s+15\s+torch\.tensor\s+cuda -> {TO}",
+    "demo_basic_tensor.py": [rf"torch\.device\('cuda'\) reads cuda(:0)?, runs on {TO}",
+                             rf"line\s+16\s+torch\.tensor\s+cuda -> {TO}",
                              rf"Tensor\.cuda\s+cuda -> {TO}"],
     "demo_matrix_multiplication.py": [rf"matmul on {TO}",
                                       r"max abs error", r"torch\.randn"],

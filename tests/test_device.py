@@ -1,8 +1,12 @@
 """torch.device redirection on this machine (profile cpu; profile
 accelerator in `make test-accel`, where TARGET is the simulated device):
-the real type stays in place, only construction is redirected."""
+the real type stays in place, only construction is redirected.  A device
+built for "cuda" or "mps" is the device really used and reads, to the
+program, as the kind it asked for (docs/policy.md, "What a device reads
+as")."""
 from __future__ import annotations
 
+import copy
 import pickle
 import typing
 
@@ -18,13 +22,102 @@ WHERE = TARGET.type
 SPELLED = str(TARGET)
 
 
+def shown(kind: str, form=repr) -> str:
+    """What a device asked for as `kind` reads as: the kind, with the index
+    of the device really used."""
+    index = TARGET.index
+    if form is repr:
+        return (f"device(type='{kind}')" if index is None
+                else f"device(type='{kind}', index={index})")
+    return kind if index is None else f"{kind}:{index}"
+
+
 @pytest.mark.parametrize("args", [("cuda",), ("cuda", 1), ("cuda:3",),
                                   ("mps",), ("mps:0",), (0,), (2,)])
 def test_accelerator_requests_become_cpu(args):
     d = torch.device(*args)
     assert d == TARGET
     assert type(d) is torch.device
-    assert repr(d) == repr(TARGET)
+    kind = args[0].split(":")[0] if isinstance(args[0], str) else "cuda"
+    assert d.type == kind
+    assert repr(d) == shown(kind) and str(d) == f"{d}" == shown(kind, str)
+    assert torch.zeros(1, device=d).device == TARGET
+
+
+def _read_as(module_name: str, dev):
+    """dev's type, str and repr read by code whose module is `module_name`."""
+    scope = {"__name__": module_name}
+    exec("def read(d):\n    return d.type, str(d), repr(d)\n", scope)
+    return scope["read"](dev)
+
+
+def test_a_device_reads_as_asked_to_the_program_only():
+    d = torch.device("cuda")
+    assert _read_as("user_code", d) == ("cuda", shown("cuda", str),
+                                        shown("cuda"))
+    # torch routes work by what it reads; TorchDevice reads the truth too.
+    for module in ("torch.serialization", "torch.nn.modules.module",
+                   "TorchDevice._amp"):
+        assert _read_as(module, d) == (WHERE, SPELLED, repr(TARGET))
+    # A device read off a tensor is torch's, and says where the tensor is.
+    x = torch.ones(1, device=d)
+    assert x.device.type == WHERE and str(x.device) == SPELLED
+    # torch.device("cpu") reads as where it lands (the accelerator in mode
+    # "accelerate"), devices of other kinds as themselves.
+    assert torch.device("cpu").type == torch.zeros(0, device="cpu").device.type
+    assert str(torch.device("meta")) == "meta"
+
+
+def test_code_written_for_cuda_gets_past_its_checks():
+    """What Lightning's CUDA accelerator checks before it starts, and what
+    programs pick their CUDA path by (the masquerade answers that path)."""
+    for d in (torch.device("cuda"), torch.device("cuda", 0), torch.device(0),
+              torch.device(type="cuda"),
+              torch.accelerator.current_accelerator()):
+        if d.type != "cuda":
+            raise AssertionError(f"Device should be GPU, got {d} instead")
+        assert "cuda" in str(d) and d == TARGET
+    device = torch.device("cuda")
+    torch.cuda.set_device(device)
+    use_amp = device.type == "cuda"
+    with torch.autocast(device_type=device.type, enabled=use_amp):
+        y = torch.nn.Linear(4, 4).to(device)(torch.ones(2, 4, device=device))
+    assert y.device == TARGET
+
+
+def test_copies_and_pickles_are_the_same_device():
+    d = torch.device("cuda")
+    assert copy.deepcopy(d) is d and copy.copy(d) is d
+    assert pickle.loads(pickle.dumps(d)) is d
+    assert torch.device(d) is d and torch.device(str(d)) is d
+    m = torch.device("mps")
+    assert pickle.loads(pickle.dumps(m)).type == "mps"
+
+
+def test_the_truth_for_everyone_when_truthful(restore_config):
+    d = torch.device("cuda")
+    TorchDevice.configure(cuda_truthful=True)
+    assert d.type == WHERE and str(d) == SPELLED
+    TorchDevice.configure(cuda_truthful=False, truth_for=("user_pkg",))
+    assert _read_as("user_pkg.sub", d)[0] == WHERE
+    assert _read_as("user_pkg_other", d)[0] == "cuda"
+
+
+def test_disable_shows_the_truth_and_gives_torch_its_own_back():
+    d = torch.device("cuda")
+    names = ("type", "__reduce__", "__str__", "__repr__")
+    TorchDevice.disable()
+    try:
+        native = {n: torch.device.__dict__[n] for n in names}
+        assert d.type == WHERE and repr(d) == repr(TARGET)
+        TorchDevice.enable()
+        assert torch.device.__dict__["type"] is not native["type"]
+        assert torch.device("cuda").type == "cuda"
+        TorchDevice.disable()
+        assert all(torch.device.__dict__[n] is native[n] for n in names)
+        assert str(torch.device("cuda")) == "cuda"
+    finally:
+        TorchDevice.enable()
 
 
 def test_real_type_is_kept():
@@ -34,8 +127,8 @@ def test_real_type_is_kept():
     assert (torch.device | None) == typing.Optional[torch.device]
     assert typing.get_args(typing.Optional[torch.device])[0] is torch.device
     from torch import device as aliased
-    assert aliased("cuda").type == WHERE
-    assert torch.device.__new__(torch.device, "cuda").type == WHERE
+    assert aliased("cuda") == TARGET and aliased("cuda").type == "cuda"
+    assert torch.device.__new__(torch.device, "cuda") == TARGET
 
 
 def test_meta_and_cpu_are_untouched():
@@ -52,7 +145,7 @@ def test_device_context_and_default_device():
         assert torch.nn.Linear(2, 2).weight.device.type == "meta"
     torch.set_default_device("cuda")
     try:
-        assert torch.get_default_device().type == WHERE
+        assert torch.get_default_device() == TARGET
         assert torch.ones(2).device.type == WHERE
     finally:
         torch.set_default_device(None)
@@ -71,7 +164,8 @@ def test_pickle_names_torch_device_and_loads_without_torchdevice(tmp_path):
         print(obj['d'], obj['m'])
     """)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [SPELLED, SPELLED]
+    # What the program asked for, as a pickle made on CUDA holds.
+    assert proc.stdout.split() == [shown("cuda", str), shown("mps", str)]
 
 
 def test_weights_only_load_of_devices(tmp_path):
@@ -141,8 +235,8 @@ def test_bad_devices_raise_like_torch(args, exc, words, restore_config):
 
 
 def test_keyword_forms():
-    assert torch.device(type="cuda", index=1).type == WHERE
-    assert torch.device(type="cuda").type == WHERE
+    assert torch.device(type="cuda", index=1) == TARGET
+    assert torch.device(type="cuda") == TARGET
 
 
 def _construct_as(module_name: str, *args):
@@ -157,7 +251,7 @@ def test_torch_internal_devices_are_the_truth(args):
     # e.g. torch/amp/grad_scaler.py compares against torch.device("mps:0").
     truth = _construct_as("torch.amp.grad_scaler", *args)
     assert truth.type == args[0].split(":")[0]
-    assert _construct_as("user_module", *args).type == WHERE
+    assert _construct_as("user_module", *args) == TARGET
 
 
 @pytest.mark.parametrize("module_name", [
@@ -167,4 +261,4 @@ def test_torch_internal_devices_are_the_truth(args):
 ])
 def test_code_run_for_the_user_is_redirected(module_name):
     # Layers, the default-device context and the compilers act for the user.
-    assert _construct_as(module_name, "cuda").type == WHERE
+    assert _construct_as(module_name, "cuda") == TARGET

@@ -388,8 +388,9 @@ print(device.type == "cuda",
 '''
 
 
-def test_device_type_tests_say_the_other_branch_runs():
-    """`device.type == "cuda"` and `tensor.is_cuda` run, but answer False
+def test_device_type_tests_say_which_branch_runs():
+    """`device.type == "cuda"` answers as on CUDA for a device the program
+    asked for, and `x.device.type == "cuda"` or `tensor.is_cuda` False
     without the hardware: the finding says so instead of calling "cuda" a
     device string that is redirected."""
     findings = _doctor.scan_source(TYPE_TESTS, "branch.py")
@@ -398,10 +399,13 @@ def test_device_type_tests_say_the_other_branch_runs():
         assert f.kind == "handled"
         by_line.setdefault(f.line, []).append((f.what, f.why))
     assert [w for w, _ in by_line[3]] == ["'cuda'"]      # a real device arg
-    for line in (4, 5, 6):
+    (what, why), = by_line[4]
+    assert what == ".type compared with 'cuda'"
+    assert why.startswith("a device the program asked for as 'cuda' reads")
+    for line in (5, 6):
         (what, why), = by_line[line]
         assert what == ".type compared with 'cuda'"
-        assert why.startswith("False without an NVIDIA GPU")
+        assert why.startswith("never 'cuda' without an NVIDIA GPU")
         assert "non-CUDA branch" in why
     (what, why), = by_line[7]
     assert what == ".is_cuda" and why.startswith("False without an NVIDIA GPU")
@@ -409,7 +413,7 @@ def test_device_type_tests_say_the_other_branch_runs():
     assert what == ".is_mps" and why.startswith("False without an Apple GPU")
     (what, why), = by_line[9]
     assert what == ".type compared with 'mps'"
-    assert "non-MPS branch" in why
+    assert "answers as on MPS" in why
 
 
 @pytest.mark.skipif(TorchDevice.hardware_profile() != "cpu",
@@ -419,4 +423,4 @@ def test_device_type_tests_answer_what_doctor_says(tmp_path):
     path.write_text(TYPE_TESTS)
     proc = _run(path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False"] * 5 + ["True"]
+    assert proc.stdout.split() == ["True"] + ["False"] * 4 + ["True"]

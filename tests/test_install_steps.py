@@ -1,8 +1,8 @@
 """Install and teardown are symmetric (docs/reliability.md).
 
 Every step of enabling (publishing the installation, hooking the tp_new
-slot of torch.device, torch.Generator, torch.Stream, torch.Event, then the
-patch table) has its undo, run in reverse order on any failure and at
+slot of torch.device, then what its objects read as, the tp_new slot of
+torch.Generator, torch.Stream, torch.Event, then the patch table) has its undo, run in reverse order on any failure and at
 module teardown.  A failure injected at each slot step leaves torch
 exactly as it was; a type that torch calls through a vectorcall entry
 (which would bypass the hook) is refused with a clear error; tearing a
@@ -24,7 +24,7 @@ from TorchDevice import _patches, _tdcore
 from conftest import run_python
 
 NAMESPACES = (
-    "torch", "torch.Tensor", "torch.nn.Module", "torch.cuda",
+    "torch", "torch.device", "torch.Tensor", "torch.nn.Module", "torch.cuda",
     "torch.cuda.streams", "torch.cuda.memory", "torch.mps",
     "torch.backends.mps", "torch.accelerator", "torch.jit",
     "torch.UntypedStorage", "torch.TypedStorage", "torch.distributed",
@@ -39,6 +39,11 @@ def _resolve(path: str):
     return obj
 
 
+def _used(kind: str) -> str:
+    """The type of the device a torch.device(kind) really is."""
+    return torch.zeros(0, device=torch.device(kind)).device.type
+
+
 def snapshot():
     """What TorchDevice can change: every attribute of the namespaces it
     patches (by identity), the hooked slots, and what torch.device,
@@ -48,7 +53,8 @@ def snapshot():
         ns = _resolve(path)
         attrs[path] = {k: id(v) for k, v in vars(ns).items()}
     behaviour = []
-    for make in (lambda: torch.device("cuda").type,
+    for make in (lambda: repr(torch.device("cuda")),
+                 lambda: _used("cuda"),
                  lambda: torch.Generator(device="cuda").device.type,
                  lambda: type(torch.Stream("cuda")).__module__,
                  lambda: type(torch.Event("cuda")).__module__):
@@ -81,7 +87,7 @@ def test_failure_at_each_step_leaves_torch_as_it_was(disabled, step):
     for path in NAMESPACES:
         assert after[0][path] == before[0][path], path
     TorchDevice.enable()
-    assert torch.device("cuda").type == TorchDevice.policy()["device"]
+    assert _used("cuda") == TorchDevice.policy()["device"]
     assert _tdcore.hooked_slots() == _tdcore.install_steps()
 
 
@@ -107,7 +113,7 @@ def test_module_teardown_gives_the_slots_back(disabled):
     other.streams_setup(generic_stream=torch.Stream,
                         generic_event=torch.Event)
     assert _tdcore.hooked_slots() == _tdcore.install_steps()
-    assert torch.device("cuda").type == TorchDevice.policy()["device"]
+    assert _used("cuda") == TorchDevice.policy()["device"]
     del other, spec
     gc.collect()
     assert _tdcore.hooked_slots() == ()
@@ -126,7 +132,8 @@ def test_exit_with_redirected_calls_in_atexit_and_finalizers():
             torch.cuda.memory_allocated()
             torch.cuda.Event()
             torch.Generator(device="cuda")
-            print(tag, d.type, z.device.type, flush=True)
+            print(tag, torch.zeros(0, device=d).device.type, z.device.type,
+                  flush=True)
 
         class Finalized:
             def __del__(self):

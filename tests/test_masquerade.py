@@ -470,12 +470,9 @@ def test_oom_error_catchable_and_no_op_calls(restore_config, caplog):
 
 def test_accelerator_and_device_module_agree():
     assert torch.get_device_module("cuda") is torch.cuda
-    # A torch.device("cuda") object is already the device really used:
-    # an accelerator names its module; the CPU has none of the
-    # accelerator's functions, so there it is torch.cuda.
-    assert torch.get_device_module(torch.device("cuda", 0)) is (
-        torch.cuda if ACCEL is None
-        else torch.get_device_module(TorchDevice.policy()["device"]))
+    # A torch.device("cuda") object reads as "cuda" to the program, and
+    # names torch.cuda, whose functions answer for the device really used.
+    assert torch.get_device_module(torch.device("cuda", 0)) is torch.cuda
     # "cpu" goes where the policy sends it (accelerate mode: the device).
     assert torch.get_device_module("cpu") is \
         torch.get_device_module(TorchDevice.policy()["device"])
@@ -483,8 +480,10 @@ def test_accelerator_and_device_module_agree():
     assert acc.is_available() is torch.cuda.is_available()
     assert acc.device_count() == torch.cuda.device_count()
     assert acc.current_device_index() == torch.cuda.current_device()
-    assert acc.current_accelerator() == torch.device("cuda")
-    assert acc.current_accelerator().type == TorchDevice.policy()["device"]
+    assert acc.current_accelerator() is torch.device("cuda")
+    assert acc.current_accelerator().type == "cuda"
+    assert torch.zeros(0, device=acc.current_accelerator()).device.type \
+        == TorchDevice.policy()["device"]
     assert acc.memory_allocated() == torch.cuda.memory_allocated()
     acc.set_device_index(0)
     acc.synchronize()
@@ -559,16 +558,16 @@ def test_device_module_of_the_accelerator_the_program_was_told_of():
     """Device-agnostic code asks torch.get_device_module() (the current
     accelerator) or get_device_module(current_accelerator()) for the
     accelerator's functions.  Where "cuda" lands on the CPU torch named
-    torch.cpu, which has no manual_seed, memory_allocated or timing Event."""
+    torch.cpu, which has no manual_seed, memory_allocated or timing Event;
+    the accelerator the program was told of reads "cuda", and its module is
+    torch.cuda, answered for the device really used."""
     acc = torch.accelerator.current_accelerator()
+    assert acc.type == "cuda"
     module = torch.get_device_module(acc)
     assert torch.get_device_module() is module
     assert torch.get_device_module(None) is module
     assert torch.get_device_module(torch.device("cpu")) is torch.cpu \
         or ACCEL is not None
-    if ACCEL is not None:   # the accelerator's own module, as torch says
-        assert module is torch.get_device_module(ACCEL.type)
-        return
     assert module is torch.cuda
     module.manual_seed(0)
     assert module.memory_allocated() >= 0

@@ -41,7 +41,9 @@ def probe(i):
             "enabled": bool(t is not None and t.is_enabled())}
     try:
         x = torch.full((3,), float(i), device="cuda")
-        info["device"] = str(torch.device("cuda"))
+        info["device"] = str(torch.zeros(0, device=torch.device("cuda"))
+                             .device)
+        info["asked"] = torch.device("cuda").type
         info["tensor"] = str(x.device)
         info["policy"] = t.policy() if info["enabled"] else None
         if info["enabled"] and hasattr(torch.cuda, "Event"):
@@ -137,6 +139,7 @@ def assert_all_worked(out: dict, *, mode: str = DEFAULT_MODE) -> None:
         assert info["enabled"] is True, info
         assert "error" not in info, info
         assert info["device"] == str(TARGET), info
+        assert info["asked"] == "cuda", info
         assert info["tensor"] == str(TARGET), info
         assert info["policy"]["mode"] == mode, info
         if "elapsed_ok" in info:

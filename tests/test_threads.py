@@ -221,8 +221,11 @@ def make_stress(native: dict, marked: List[int], events: bool,
             if r is not None:
                 check(src.to(r).device, want, ".to", r, override)
                 if not isinstance(r, bytes):
+                    # The device really used (a device asked for as
+                    # "cuda" reads "cuda" to the program).
                     d = torch.device(r)
-                    check(d, want, "torch.device", r, override)
+                    check(torch.empty(0, device=d).device, want,
+                          "torch.device", r, override)
         check(src.cuda().device, expected("cuda", override, native),
               ".cuda()", "cuda", override)
         check(src.cpu().device, expected("cpu", override, native), ".cpu()",

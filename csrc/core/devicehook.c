@@ -77,16 +77,18 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
                 {
                     return NULL;
                 }
-                return Py_NewRef(td_intent_device(st, res.target,
-                                                  TD_INTENT_ACCEL));
+                return Py_NewRef(td_request_device(st, res.target,
+                                                   TD_REQ_CUDA,
+                                                   TD_INTENT_ACCEL));
             }
         }
     }
     /* torch.device(d) of a device the program built keeps what d asked
-     * for (moves.c reads it by identity). */
+     * for (moves.c reads it by identity, pose.c shows it). */
     if (PyTuple_GET_SIZE(args) == 1 && (kwargs == NULL
                                         || PyDict_GET_SIZE(kwargs) == 0)
-        && td_intent_kept(st, PyTuple_GET_ITEM(args, 0)))
+        && (td_pose_kept(st, PyTuple_GET_ITEM(args, 0))
+            || td_intent_kept(st, PyTuple_GET_ITEM(args, 0))))
     {
         return Py_NewRef(PyTuple_GET_ITEM(args, 0));
     }
@@ -121,8 +123,8 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
         return NULL;
     }
     Py_DECREF(dev);
-    return Py_NewRef(td_intent_device(st, res.target,
-                                      td_intent_of_kind(req.kind)));
+    return Py_NewRef(td_request_device(st, res.target, req.kind,
+                                       td_intent_of_kind(req.kind)));
 }
 
 /* The hook holds the installation for the whole call (tdcore.h). */
@@ -225,12 +227,14 @@ generator_new_hook(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return result;
 }
 
-/* Two install steps, undone in reverse order by td_slots_unhook_all(). */
+/* Three install steps, undone in reverse order by td_slots_unhook_all(). */
 int
 td_hooks_install(td_install *st, PyObject *gen_type)
 {
     if (td_slot_hook(TD_SLOT_DEVICE, (PyObject *)st->device_type,
-                     device_new_hook) < 0)
+                     device_new_hook) < 0
+        || td_slot_hook(TD_SLOT_DEVICE_FACE, (PyObject *)st->device_type,
+                        NULL) < 0)
     {
         return -1;
     }

@@ -262,7 +262,7 @@ build(td_state *mst, PyObject **a)
     TD_NAME_FIELDS(COPY_NAME)
 #undef COPY_NAME
     inst->kw_device = Py_XNewRef(mst->kw_device);
-    if (td_moves_setup(inst) < 0) {
+    if (td_moves_setup(inst) < 0 || td_poses_setup(inst) < 0) {
         Py_DECREF(inst);
         return NULL;
     }

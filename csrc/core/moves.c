@@ -74,8 +74,8 @@ td_moves_active(void)
 
 /* A new torch.device equal to `dev`, made by torch's own tp_new (the hook,
  * if a previous installation still has it, would hand back a cached one). */
-static int
-new_device_like(td_install *st, PyObject *dev, PyObject **out)
+int
+td_new_device_like(td_install *st, PyObject *dev, PyObject **out)
 {
     newfunc make = td_slot_type(TD_SLOT_DEVICE) != NULL
                    ? td_slot_original(TD_SLOT_DEVICE)
@@ -112,20 +112,17 @@ td_moves_setup(td_install *st)
     st->tensor_clone = st->tensor_storage
                        ? PyObject_GetAttrString(owner, "clone") : NULL;
     if (st->tensor_clone == NULL
-        || new_device_like(st, st->target[TD_TARGET_CPU],
-                           &st->intent_accel_cpu) < 0
-        || new_device_like(st, st->target[TD_TARGET_CUDA],
+        || td_new_device_like(st, st->target[TD_TARGET_CUDA],
                            &st->intent_host_cuda) < 0
-        || new_device_like(st, st->target[TD_TARGET_MPS],
-                           &st->intent_host_mps) < 0
+        || td_new_device_like(st, st->target[TD_TARGET_MPS],
+                              &st->intent_host_mps) < 0
         || (st->target[TD_TARGET_ACCEL] != NULL
-            && new_device_like(st, st->target[TD_TARGET_ACCEL],
+            && td_new_device_like(st, st->target[TD_TARGET_ACCEL],
                                &st->intent_host_accel) < 0))
     {
         return -1;
     }
-    if (st->intent_accel_cpu == st->target[TD_TARGET_CPU]
-        || st->intent_host_cuda == st->target[TD_TARGET_CUDA]
+    if (st->intent_host_cuda == st->target[TD_TARGET_CUDA]
         || st->intent_host_mps == st->target[TD_TARGET_MPS]
         || (st->intent_host_accel != NULL
             && st->intent_host_accel == st->target[TD_TARGET_ACCEL]))
@@ -163,9 +160,10 @@ td_intent_of_arg(td_install *st, PyObject *arg)
         return TD_INTENT_NONE;
     }
     if (Py_TYPE(arg) == st->device_type) {
-        if (arg == st->intent_accel_cpu || arg == st->target[TD_TARGET_MPS]
+        if (arg == st->target[TD_TARGET_MPS]
             || arg == st->target[TD_TARGET_CUDA]
-            || arg == st->target[TD_TARGET_ACCEL])
+            || arg == st->target[TD_TARGET_ACCEL]
+            || td_pose_name(st, arg) != NULL)
         {
             return TD_INTENT_ACCEL;
         }
@@ -198,8 +196,9 @@ td_intent_device(td_install *st, td_target target, td_intent intent)
     }
     switch (target) {
     case TD_TARGET_CPU:
-        return intent == TD_INTENT_ACCEL ? st->intent_accel_cpu
-                                         : st->target[TD_TARGET_CPU];
+        return intent == TD_INTENT_ACCEL
+               ? st->pose[TD_TARGET_CPU][TD_POSE_CUDA]
+               : st->target[TD_TARGET_CPU];
     case TD_TARGET_MPS:
         return intent == TD_INTENT_HOST ? st->intent_host_mps
                                         : st->target[TD_TARGET_MPS];
@@ -242,7 +241,7 @@ td_intent_kept(td_install *st, PyObject *dev)
     }
     PyObject *mine[] = {st->target[TD_TARGET_CPU], st->target[TD_TARGET_CUDA],
                         st->target[TD_TARGET_MPS],
-                        st->intent_accel_cpu, st->intent_host_cuda,
+                        st->intent_host_cuda,
                         st->intent_host_mps, st->target[TD_TARGET_ACCEL],
                         st->intent_host_accel};
     td_accel_type accel = td_accel_of(st);

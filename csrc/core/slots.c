@@ -1,6 +1,7 @@
 /* Swapping the tp_new slot of torch's static types: torch.device,
  * torch.Generator, torch.Stream and torch.Event (devicehook.c,
- * streams/stream_generic.c).
+ * streams/stream_generic.c); and, as one more step with the same undo
+ * order, torch.device's `type` and str/repr (pose.c).
  *
  * Calling a type runs its tp_vectorcall when it has one, and only
  * otherwise tp_new: a torch release that gives one of these types a
@@ -31,8 +32,9 @@ static int norder;
 /* Tests inject a failure into one install step (td_install_steps). */
 static atomic_int fail_step = -1;
 
-static const char *const step_names[] = {
-    "torch.device", "torch.Generator", "torch.Stream", "torch.Event",
+static const char *const step_names[TD_SLOT_COUNT] = {
+    "torch.device", "torch.device.type", "torch.Generator", "torch.Stream",
+    "torch.Event",
 };
 
 int
@@ -45,7 +47,9 @@ td_slot_hook(td_slot slot, PyObject *type_obj, newfunc hook)
     }
     PyTypeObject *type = (PyTypeObject *)type_obj;
     td_slot_entry *e = &slots[slot];
-    if (e->type == type && type->tp_new == hook) {
+    if (e->type == type
+        && (slot == TD_SLOT_DEVICE_FACE || type->tp_new == hook))
+    {
         return 0;
     }
     if (e->type != NULL) {
@@ -59,6 +63,16 @@ td_slot_hook(td_slot slot, PyObject *type_obj, newfunc hook)
                      "TorchDevice: injected failure hooking %s",
                      step_names[slot]);
         return -1;
+    }
+    if (slot == TD_SLOT_DEVICE_FACE) {
+        if (td_face_hook(type) < 0) {
+            return -1;
+        }
+        e->type = (PyTypeObject *)Py_NewRef(type);
+        e->original = NULL;
+        e->hook = NULL;
+        order[norder++] = slot;
+        return 0;
     }
     if (type->tp_vectorcall != NULL) {
         PyErr_Format(PyExc_RuntimeError,
@@ -86,7 +100,10 @@ td_slot_unhook(td_slot slot)
     if (type == NULL) {
         return;
     }
-    if (type->tp_new == e->hook) {
+    if (slot == TD_SLOT_DEVICE_FACE) {
+        td_face_unhook(type);
+    }
+    else if (type->tp_new == e->hook) {
         type->tp_new = e->original;
         PyType_Modified(type);
     }
@@ -125,15 +142,17 @@ td_slot_original(td_slot slot)
 
 /* ---- Python API (tests and diagnostics) ---------------------------------- */
 
+/* The names of steps `which[0..n)`, or of every step when `which` is NULL. */
 static PyObject *
-slots_hooked(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+step_names_tuple(const td_slot *which, int n)
 {
-    PyObject *names = PyTuple_New(norder);
+    PyObject *names = PyTuple_New(n);
     if (names == NULL) {
         return NULL;
     }
-    for (int i = 0; i < norder; i++) {
-        PyObject *s = PyUnicode_FromString(step_names[order[i]]);
+    for (int i = 0; i < n; i++) {
+        int step = which ? (int)which[i] : i;
+        PyObject *s = PyUnicode_FromString(step_names[step]);
         if (s == NULL) {
             Py_DECREF(names);
             return NULL;
@@ -144,10 +163,15 @@ slots_hooked(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
 }
 
 static PyObject *
+slots_hooked(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+{
+    return step_names_tuple(order, norder);
+}
+
+static PyObject *
 slots_steps(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
 {
-    return Py_BuildValue("(ssss)", step_names[0], step_names[1],
-                         step_names[2], step_names[3]);
+    return step_names_tuple(NULL, TD_SLOT_COUNT);
 }
 
 static PyObject *

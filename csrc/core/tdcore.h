@@ -45,7 +45,11 @@
     X(str_name, "__name__")                                                 \
     X(api_device, "torch.device")                                           \
     X(api_generator, "torch.Generator")                                     \
-    X(str_accel_mark, "_torchdevice_on_accelerator")
+    X(str_accel_mark, "_torchdevice_on_accelerator")                        \
+    X(str_cuda, "cuda")                                                     \
+    X(str_mps, "mps")                                                       \
+    X(str_type, "type")                                                     \
+    X(str_index, "index")
 #define TD_DECLARE_NAME(field, text) PyObject *field;
 
 typedef struct {
@@ -58,6 +62,9 @@ typedef struct {
     TD_NAME_FIELDS(TD_DECLARE_NAME)
     PyObject *kw_device;           /* ("device",) */
 } td_state;
+
+/* The accelerator kinds a device can be asked for under another's name. */
+enum { TD_POSE_CUDA = 0, TD_POSE_MPS = 1, TD_POSE_KINDS = 2 };
 
 typedef struct {
     PyObject_HEAD
@@ -92,8 +99,12 @@ typedef struct {
     PyTypeObject *tensor_type;     /* torch._C.TensorBase (tensor_to's) */
     PyObject *tensor_storage;      /* TensorBase.untyped_storage */
     PyObject *tensor_clone;        /* TensorBase.clone */
-    PyObject *intent_accel_cpu;    /* torch.device("cpu") handed out for an
-                                      accelerator request (profile cpu) */
+    /* pose.c: the device handed out for a "cuda" or "mps" request that
+     * lands on a device of another type, per (target, kind asked for);
+     * NULL where the kind is the target's own or there is no target.
+     * [TD_TARGET_CPU][TD_POSE_CUDA] is the accelerator intent on profile
+     * cpu (moves.c). */
+    PyObject *pose[TD_TARGET_COUNT][TD_POSE_KINDS];
     PyObject *intent_host_cuda;    /* torch.device("cuda") handed out for a
                                       promoted host request */
     PyObject *intent_host_mps;     /* same for the MPS target */
@@ -121,10 +132,12 @@ void td_install_publish(td_state *mst, td_install *inst);
 /* slots.c: the tp_new hooks of torch's static types, one helper for all. */
 typedef enum {
     TD_SLOT_DEVICE = 0,            /* torch.device */
-    TD_SLOT_GENERATOR = 1,         /* torch.Generator */
-    TD_SLOT_STREAM = 2,            /* torch.Stream */
-    TD_SLOT_EVENT = 3,             /* torch.Event */
-    TD_SLOT_COUNT = 4,
+    TD_SLOT_DEVICE_FACE = 1,       /* torch.device's type, str and repr
+                                      (pose.c; not a tp_new) */
+    TD_SLOT_GENERATOR = 2,         /* torch.Generator */
+    TD_SLOT_STREAM = 3,            /* torch.Stream */
+    TD_SLOT_EVENT = 4,             /* torch.Event */
+    TD_SLOT_COUNT = 5,
 } td_slot;
 /* Swaps type's tp_new for hook.  Fails (RuntimeError naming the type, the
  * slot untouched) when the type has a vectorcall entry, which would bypass
@@ -223,6 +236,8 @@ PyObject *td_intent_cached(td_install *st, PyObject *dev);
 /* Whether `dev` is one of the objects above that the policy keeps as it
  * is: torch.device(dev) may then be `dev` itself. */
 int td_intent_kept(td_install *st, PyObject *dev);
+/* A new torch.device equal to `dev`, made by torch's own tp_new. */
+int td_new_device_like(td_install *st, PyObject *dev, PyObject **out);
 int td_module_intent(void);
 int td_swap_module_intent(int intent);
 int td_on_accelerator(td_install *st, PyObject *tensor);
@@ -234,6 +249,29 @@ int td_move_must_copy(td_install *st, PyObject *tensor, td_intent intent);
 PyObject *td_move_done(td_install *st, PyObject *self, td_intent intent,
                        int force, PyObject *result);
 extern PyMethodDef td_moves_methods[];
+
+/* pose.c: what a device the program asked for reads as (docs/policy.md) */
+/* The name `dev` reads as to the program ("cuda", "mps"; borrowed), or
+ * NULL when it is not one of the installation's poses. */
+PyObject *td_pose_name(td_install *st, PyObject *dev);
+/* The device object to hand out for a request of `kind` sent to `target`
+ * with `intent` (borrowed): the pose where the kind is not the target's. */
+PyObject *td_request_device(td_install *st, td_target target,
+                            td_req_kind kind, td_intent intent);
+/* Whether `dev` is a pose whose kind the policy still sends to its target:
+ * torch.device(dev) may then be `dev` itself. */
+int td_pose_kept(td_install *st, PyObject *dev);
+/* Makes the installation's poses (before torch.device is hooked). */
+int td_poses_setup(td_install *st);
+/* Swaps torch.device's `type` and its str/repr for ones that show a pose's
+ * name (slots.c's "torch.device.type" step), and back. */
+int td_face_hook(PyTypeObject *device_type);
+void td_face_unhook(PyTypeObject *device_type);
+/* Whether the calling code is shown what a device was asked for rather
+ * than the device really used: whoever is shown the masquerade, except
+ * TorchDevice's own modules.  The masquerade owns that rule
+ * (masquerade/cuda_query.c).  Never fails. */
+int td_masq_shows_pose(td_state *st);
 
 /* devicehook.c */
 int td_hooks_install(td_install *st, PyObject *gen_type);

@@ -237,6 +237,22 @@ caller_sees_truth(td_masq *m, td_state *st)
     return 0;
 }
 
+int
+td_masq_shows_pose(td_state *st)
+{
+    if (st == NULL || st->masq == NULL) {
+        return 0;
+    }
+    td_masq *m = (td_masq *)Py_NewRef(st->masq);
+    Py_ssize_t n;
+    const char *s = td_caller_module(st->str_name, &n);
+    int shown = !m->truthful
+                && !(s != NULL && name_in_package(s, n, "TorchDevice", 11))
+                && !caller_sees_truth(m, st);
+    Py_DECREF(m);
+    return shown;
+}
+
 static PyObject *
 call_truth(PyObject *truth)
 {
@@ -618,25 +634,25 @@ TD_MASQ_FASTKW(q_current_accelerator)
                   : profile == TD_PROFILE_ACCEL ? TD_TARGET_ACCEL
                                                 : TD_TARGET_CPU;
     td_install *inst = td_install_acquire();
-    PyObject *dev = inst != NULL ? td_intent_device(inst, t, TD_INTENT_ACCEL)
-                                 : NULL;
+    PyObject *dev = inst != NULL
+        ? td_request_device(inst, t, TD_REQ_CUDA, TD_INTENT_ACCEL) : NULL;
     PyObject *result = Py_NewRef(dev != NULL ? dev : m->target_device);
     Py_XDECREF(inst);
     return result;
 }
 
-/* Whether `device` stands for the accelerator the program was told of
- * where that is the CPU: no device (torch's "the current accelerator"), or
- * the object torch.device("cuda") and current_accelerator() hand out, told
- * apart from torch.device("cpu") while moves copy.  torch would name
- * torch.cpu, which has none of the accelerator's functions (manual_seed,
- * memory_allocated, Event(enable_timing=...)); torch's own code keeps
- * torch's answer. */
+/* Whether `device` stands for torch.cuda to the program: no device
+ * (torch's "the current accelerator", which current_accelerator() shows
+ * as "cuda" above), a device it asked for as "cuda" (it reads so,
+ * core/pose.c), and where the accelerator it was told of is the CPU, any
+ * device it asked for as an accelerator.  torch would name the module of
+ * the device really used (torch.cpu has none of the accelerator's
+ * functions: manual_seed, memory_allocated, Event(enable_timing=...));
+ * torch's own code and whoever is told the truth keep torch's answer. */
 static int
-means_announced_accelerator(td_state *st, PyObject *device)
+means_announced_accelerator(td_masq *m, td_state *st, PyObject *device)
 {
-    if (td_get_profile() != TD_PROFILE_CPU
-        || td_called_from_torch(st->str_name))
+    if (m->truthful || caller_sees_truth(m, st) || m->target_device == NULL)
     {
         return 0;
     }
@@ -647,9 +663,9 @@ means_announced_accelerator(td_state *st, PyObject *device)
     if (inst == NULL) {
         return 0;
     }
-    PyObject *intent = td_intent_device(inst, TD_TARGET_CPU, TD_INTENT_ACCEL);
-    int found = intent != NULL && device == intent
-                && intent != td_target_device(inst, TD_TARGET_CPU);
+    PyObject *name = td_pose_name(inst, device);
+    int found = name != NULL && (td_get_profile() == TD_PROFILE_CPU
+                                 || name == inst->str_cuda);
     Py_DECREF(inst);
     return found;
 }
@@ -677,7 +693,8 @@ TD_MASQ_FASTKW(q_get_device_module)
     {
         return Py_NewRef(m->cuda_module);
     }
-    if (m->cuda_module != NULL && means_announced_accelerator(st, device)) {
+    if (m->cuda_module != NULL && means_announced_accelerator(m, st, device))
+    {
         return Py_NewRef(m->cuda_module);
     }
     PyObject *fn = original(m, "get_device_module");
