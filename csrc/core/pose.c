@@ -201,28 +201,43 @@ face_format(PyObject *self, PyObject *name, face_form form)
     return result;
 }
 
+/* What torch answers where the calling code reads the device itself. */
 static PyObject *
-face_str(PyObject *self)
+face_own(PyObject *self, face_form form)
+{
+    switch (form) {
+    case AS_STR:
+        return orig_str(self);
+    case AS_REPR:
+        return orig_repr(self);
+    case AS_REDUCE:
+        break;
+    }
+    return orig_reduce(self, NULL);
+}
+
+static PyObject *
+face_shown(PyObject *self, face_form form)
 {
     PyObject *name = shown_name(self);
     if (name == NULL) {
-        return orig_str(self);
+        return face_own(self, form);
     }
-    PyObject *result = face_format(self, name, AS_STR);
+    PyObject *result = face_format(self, name, form);
     Py_DECREF(name);
     return result;
 }
 
 static PyObject *
+face_str(PyObject *self)
+{
+    return face_shown(self, AS_STR);
+}
+
+static PyObject *
 face_repr(PyObject *self)
 {
-    PyObject *name = shown_name(self);
-    if (name == NULL) {
-        return orig_repr(self);
-    }
-    PyObject *result = face_format(self, name, AS_REPR);
-    Py_DECREF(name);
-    return result;
+    return face_shown(self, AS_REPR);
 }
 
 /* A copy or an unpickled device is made by torch.device(name, index)
@@ -231,13 +246,7 @@ face_repr(PyObject *self)
 static PyObject *
 face_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *name = shown_name(self);
-    if (name == NULL) {
-        return orig_reduce(self, NULL);
-    }
-    PyObject *result = face_format(self, name, AS_REDUCE);
-    Py_DECREF(name);
-    return result;
+    return face_shown(self, AS_REDUCE);
 }
 
 static PyGetSetDef face_getset = {"type", face_type, NULL, NULL, NULL};
