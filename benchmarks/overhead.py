@@ -52,6 +52,10 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
     # no-op torch makes natively.
     same = NATIVE == "cpu"
     acc = torch.ones(4, device="cuda") if was else dev
+    # What a device reads as (docs/policy.md): every device's `type`, str
+    # and repr go through TorchDevice's getter; the one built for "cuda"
+    # reads "cuda" to the program.
+    asked = torch.device("cuda") if was else native_obj
     return [
         ("torch.device('cuda')", lambda: torch.device("cuda"),
          lambda: torch.device(NATIVE), 1.5),
@@ -72,6 +76,12 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
          None),
         ("nn.Linear(256,256).to('cuda')", lambda: lin.to("cuda"),
          lambda: lin.to(NATIVE), 1.05),
+        ("t.device.type", lambda: dev.device.type, lambda: dev.device.type,
+         None),
+        ("torch.device('cuda').type", lambda: asked.type,
+         lambda: native_obj.type, None),
+        ("str(torch.device('cuda'))", lambda: str(asked),
+         lambda: str(native_obj), None),
     ]
 
 
