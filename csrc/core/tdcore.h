@@ -47,9 +47,7 @@
     X(api_generator, "torch.Generator")                                     \
     X(str_accel_mark, "_torchdevice_on_accelerator")                        \
     X(str_cuda, "cuda")                                                     \
-    X(str_mps, "mps")                                                       \
-    X(str_type, "type")                                                     \
-    X(str_index, "index")
+    X(str_mps, "mps")
 #define TD_DECLARE_NAME(field, text) PyObject *field;
 
 typedef struct {

@@ -203,16 +203,15 @@ name_in_package(const char *s, Py_ssize_t n, const char *pkg, Py_ssize_t k)
            && (n == k || s[k] == '.');
 }
 
-/* Whether the calling Python code must be told the truth: torch's own
- * modules (they route work by it, e.g. DataLoader pinning and autocast),
- * Triton, the kernel compiler torch.compile drives (it picks its NVIDIA
- * driver by asking torch.cuda.is_available(), and that driver needs a real
- * GPU), and the configured packages.  Returns 0/1; never fails. */
+/* Whether code of module `s` (n bytes; NULL: no module) must be told the
+ * truth: torch's own modules (they route work by it, e.g. DataLoader
+ * pinning and autocast), Triton, the kernel compiler torch.compile drives
+ * (it picks its NVIDIA driver by asking torch.cuda.is_available(), and that
+ * driver needs a real GPU), and the configured packages.  Returns 0/1;
+ * never fails. */
 static int
-caller_sees_truth(td_masq *m, td_state *st)
+module_sees_truth(td_masq *m, const char *s, Py_ssize_t n)
 {
-    Py_ssize_t n;
-    const char *s = td_caller_module(st->str_name, &n);
     if (s == NULL) {
         return 0;
     }
@@ -237,6 +236,15 @@ caller_sees_truth(td_masq *m, td_state *st)
     return 0;
 }
 
+/* The same for the calling Python code. */
+static int
+caller_sees_truth(td_masq *m, td_state *st)
+{
+    Py_ssize_t n;
+    const char *s = td_caller_module(st->str_name, &n);
+    return module_sees_truth(m, s, n);
+}
+
 int
 td_masq_shows_pose(td_state *st)
 {
@@ -248,7 +256,7 @@ td_masq_shows_pose(td_state *st)
     const char *s = td_caller_module(st->str_name, &n);
     int shown = !m->truthful
                 && !(s != NULL && name_in_package(s, n, "TorchDevice", 11))
-                && !caller_sees_truth(m, st);
+                && !module_sees_truth(m, s, n);
     Py_DECREF(m);
     return shown;
 }
