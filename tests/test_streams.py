@@ -28,23 +28,17 @@ BACKEND = {"host": "cpu"}.get(_capabilities.current().events,
                               _capabilities.current().events)
 
 
-def _timed_pair(body, attempts=3):
-    """(event ms, host ms measured just outside the two records) of the
-    best of a few attempts: the shared CI machine may stall a sleep."""
-    best = None
-    for _ in range(attempts):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        t0 = time.perf_counter()
-        start.record()
-        body()
-        end.record()
-        t1 = time.perf_counter()
-        end.synchronize()
-        pair = (start.elapsed_time(end), (t1 - t0) * 1e3)
-        if best is None or abs(pair[0] - 50.0) < abs(best[0] - 50.0):
-            best = pair
-    return best
+def _timed_pair(body):
+    """(event ms, host ms measured just outside the two records)."""
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    start.record()
+    body()
+    end.record()
+    t1 = time.perf_counter()
+    end.synchronize()
+    return start.elapsed_time(end), (t1 - t0) * 1e3
 
 
 # ---- types --------------------------------------------------------------------
@@ -102,10 +96,11 @@ def test_subclasses_work_as_with_cuda():
 # ---- events -------------------------------------------------------------------
 
 def test_event_pair_around_a_50ms_sleep():
+    # A sleep never ends early, and a loaded machine only lengthens it:
+    # the pair measures at least the sleep, and never more than the host
+    # saw from outside the two records (no bound that a stall could break).
     ms, host_ms = _timed_pair(lambda: time.sleep(0.05))
-    assert abs(ms - 50.0) <= 5.0, ms
-    # Never more than the host saw from outside the two records.
-    assert ms <= host_ms + 0.01
+    assert 49.9 <= ms <= host_ms + 0.01, (ms, host_ms)
 
 
 def test_event_pair_around_a_matmul_on_cuda():

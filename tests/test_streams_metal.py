@@ -4,7 +4,10 @@ No Apple hardware is available to this project, so the backend is handed a
 simulated torch.mps instead of the real one: SimulatedMetal has one command
 queue that a worker thread drains (as Metal's GPU does, asynchronously to
 Python) and events that are markers stamped with the queue's clock when the
-worker reaches them.  Everything on our side of the seam is the code that
+worker reaches them.  That clock is the simulated GPU's own: it advances by
+the time each kernel says it takes, never by the host's, so a loaded test
+machine changes no answer; a test holds the queue busy with a kernel that
+ends only when the test lets it (`hold`), not with a sleep.  Everything on our side of the seam is the code that
 runs on a Mac: the C types, the backend, the ops tuple built by
 TorchDevice._streams.setup().  What the real torch.mps does with those calls
 was not run (see docs/streams.md).
@@ -76,6 +79,7 @@ class SimulatedMetal:
     def __init__(self) -> None:
         self.queue: "queue.Queue" = queue.Queue()
         self.calls: collections.Counter = collections.Counter()
+        self.clock = 0.0          # the simulated GPU's time, in seconds
         self.Event = type("Event", (SimulatedMetalEvent,), {"sim": self})
         self._worker = threading.Thread(target=self._run, daemon=True)
         self._worker.start()
@@ -87,9 +91,12 @@ class SimulatedMetal:
                 self.queue.task_done()
                 return
             if kind == "kernel":
-                time.sleep(item)
+                seconds, gate = item
+                if gate is not None:
+                    gate.wait(30)
+                self.clock += seconds
             elif kind == "mark":
-                item.stamp = time.perf_counter()
+                item.stamp = self.clock
                 item.done.set()
             elif kind == "wait":
                 # One queue: everything before this point already ran.
@@ -97,8 +104,15 @@ class SimulatedMetal:
             self.queue.task_done()
 
     def submit(self, seconds: float) -> None:
-        """Enqueues a kernel that keeps the simulated GPU busy."""
-        self.queue.put(("kernel", seconds))
+        """Enqueues a kernel that takes `seconds` of the GPU's time."""
+        self.queue.put(("kernel", (seconds, None)))
+
+    def hold(self, seconds: float) -> threading.Event:
+        """Enqueues a kernel that takes `seconds` of the GPU's time and
+        keeps the queue busy until the returned gate is set."""
+        gate = threading.Event()
+        self.queue.put(("kernel", (seconds, gate)))
+        return gate
 
     def synchronize(self) -> None:
         self.calls["synchronize"] += 1
@@ -156,25 +170,26 @@ def test_backend_and_device(metal):
 def test_timing_comes_from_the_queue_not_the_host(metal):
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
-    t0 = time.perf_counter()
     start.record()
-    metal.submit(0.05)
+    gate = metal.hold(0.05)
     end.record()
-    host_ms = (time.perf_counter() - t0) * 1e3
+    # The records returned while the queue is still busy: nothing waited.
+    assert end.query() is False
+    gate.set()
     # elapsed_time waits for `end` itself (no synchronize before it).
     ms = start.elapsed_time(end)
-    assert host_ms < 25.0, host_ms           # records returned at once
-    assert abs(ms - 50.0) <= 5.0, ms         # the queue spent 50 ms
+    assert ms == pytest.approx(50.0)         # the queue's 50 ms, not the host's
     assert metal.calls["event.synchronize"] >= 1
 
 
 def test_query_and_synchronize_follow_the_queue(metal):
     e = torch.cuda.Event()
     assert e.query() is True                 # never recorded: done
-    metal.submit(0.2)
+    gate = metal.hold(0.2)
     e.record()
     s = torch.cuda.current_stream()
     assert e.query() is False and s.query() is False
+    gate.set()
     torch.cuda.synchronize()
     assert metal.calls["synchronize"] == 1
     assert e.query() is True
