@@ -86,6 +86,7 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
     g: _grammar.DeviceArg = w.td_grammar
     keyword, pos, none_policy = g.keyword, g.position, g.none_policy
     dtype_keyword = g.dtype_keyword
+    data_pos = g.data_position
     api = str(w.td_api)
     context_active = _grammar.default_device_test()
 
@@ -97,14 +98,19 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
             # torch's default-device context fills the device.
             return original(*args, **kwargs)
         dtype = kwargs.get(dtype_keyword) if dtype_keyword else None
-        target, dtype = _plan(request, dtype, none_policy, api)
+        named = dtype is not None
+        if (not named and 0 <= data_pos and len(args) == data_pos + 1
+                and isinstance(args[data_pos], torch.Tensor)):
+            dtype = args[data_pos].dtype     # the data's, which it keeps
+        target, new_dtype = _plan(request, dtype, none_policy, api)
         if target is not None:
             if keyword not in kwargs and 0 <= pos < len(args):
                 args = args[:pos] + (target,) + args[pos + 1:]
             else:
                 kwargs[keyword] = target
-        if dtype_keyword and dtype_keyword in kwargs:
-            kwargs[dtype_keyword] = dtype
+        if dtype_keyword and (dtype_keyword in kwargs
+                              or new_dtype is not dtype):
+            kwargs[dtype_keyword] = new_dtype
         return original(*args, **kwargs)
 
     return polyfill
@@ -196,20 +202,27 @@ def _polyfill_for(owner: Any, w: Any) -> Optional[Callable[..., Any]]:
 # ``method_<name>`` handlers of its TensorVariable: a handler that returns a
 # variable replaces the generic path, one that returns None keeps it.
 
-def _rewrite_to(args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
+def _rewrite_to(args: Sequence[Any], kwargs: Dict[str, Any],
+                data_dtype: Any = None) -> Any:
     """New (args, kwargs) for Tensor.to, or None when nothing changes.
-    `args` lacks the tensor itself, which the grammar's positions count."""
+    `args` lacks the tensor itself, which the grammar's positions count;
+    `data_dtype` is the tensor's dtype, which a call naming none keeps
+    (float64 where the device has none: the grammar's data_position)."""
     g = _grammar.METHODS["Tensor.to"]
     dev_kw, dt_kw = g.keyword, g.dtype_keyword
     if kwargs.get(dev_kw) is not None:
         dtype = kwargs.get(dt_kw)
-        target, new_dtype = _plan(kwargs[dev_kw], dtype, False, "Tensor.to")
+        target, new_dtype = _plan(kwargs[dev_kw],
+                                  data_dtype if dtype is None else dtype,
+                                  False, "Tensor.to")
+        if dtype is None and new_dtype is data_dtype:
+            new_dtype = None
         if target is None and new_dtype is dtype:
             return None
         kwargs = dict(kwargs)
         if target is not None:
             kwargs[dev_kw] = target
-        if dt_kw in kwargs:
+        if dt_kw in kwargs or new_dtype is not None:
             kwargs[dt_kw] = new_dtype
         return tuple(args), kwargs
     pos, dpos = g.position - 1, g.dtype_position - 1
@@ -217,15 +230,19 @@ def _rewrite_to(args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
         has_dtype = (0 <= dpos < len(args)
                      and isinstance(args[dpos], torch.dtype))
         dtype = args[dpos] if has_dtype else kwargs.get(dt_kw)
-        target, new_dtype = _plan(args[pos], dtype, False, "Tensor.to")
+        target, new_dtype = _plan(args[pos],
+                                  data_dtype if dtype is None else dtype,
+                                  False, "Tensor.to")
+        if dtype is None and new_dtype is data_dtype:
+            new_dtype = None
         if target is None and new_dtype is dtype:
             return None
         args = list(args)
         if target is not None:
             args[pos] = target
-        if has_dtype:
+        if has_dtype or (0 <= dpos < len(args) and args[dpos] is None):
             args[dpos] = new_dtype
-        elif dt_kw in kwargs:
+        elif dt_kw in kwargs or new_dtype is not None:
             kwargs = dict(kwargs)
             kwargs[dt_kw] = new_dtype
         return tuple(args), kwargs
@@ -233,8 +250,9 @@ def _rewrite_to(args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
 
 
 def _rewrite_move(kind: str, args: Sequence[Any],
-                  kwargs: Dict[str, Any]) -> Any:
-    """x.cuda()/.cpu()/.mps() as (args, kwargs) of x.to, or None to keep."""
+                  kwargs: Dict[str, Any], data_dtype: Any = None) -> Any:
+    """x.cuda()/.cpu()/.mps() as (args, kwargs) of x.to, or None to keep;
+    `data_dtype` as for _rewrite_to."""
     g = _grammar.METHODS[f"Tensor.{kind}"]
     kwargs = dict(kwargs)
     device = kwargs.pop(g.keyword, None)
@@ -251,8 +269,10 @@ def _rewrite_move(kind: str, args: Sequence[Any],
         request = f"{kind}:{device}"
     else:
         request = device
-    target, _ = _plan(request, None, False, f"Tensor.{kind}")
-    if target is None:
+    target, new_dtype = _plan(request, data_dtype, False, f"Tensor.{kind}")
+    if new_dtype is not data_dtype:
+        kwargs["dtype"] = new_dtype
+    elif target is None:
         return None
     return (target,), kwargs
 
@@ -266,10 +286,11 @@ def _tensor_handler(name: str) -> Callable[..., Any]:
             return None                  # x.to(other_tensor): nothing to plan
         py_args = [v.as_python_constant() for v in args]
         py_kwargs = {k: v.as_python_constant() for k, v in kwargs.items()}
+        data_dtype = getattr(self, "dtype", None)
         if name == "to":
-            new = _rewrite_to(py_args, py_kwargs)
+            new = _rewrite_to(py_args, py_kwargs, data_dtype)
         else:
-            new = _rewrite_move(name, py_args, py_kwargs)
+            new = _rewrite_move(name, py_args, py_kwargs, data_dtype)
         if new is None:
             return None
         VariableTracker = _torch_compat.get("dynamo_VariableTracker")

@@ -40,6 +40,10 @@ class DeviceArg:
     missing: str = KEEP
     dtype_keyword: str = "dtype"
     dtype_position: int = -1   # only when the device came by position
+    # The data whose dtype the call keeps when it names none (the tensor
+    # moved, the array a constructor copies): float64 data landing on a
+    # device without float64 is a float64 request (docs/policy.md).
+    data_position: int = -1
 
     @property
     def none_policy(self) -> bool:
@@ -48,16 +52,21 @@ class DeviceArg:
 
 # torch's "device constructors": a missing device follows the policy.
 CONSTRUCTOR = DeviceArg(missing=POLICY)
+# The constructors that copy data (tensor, as_tensor, asarray): their dtype,
+# when none is named, is the data's.
+DATA_CONSTRUCTOR = DeviceArg(missing=POLICY, data_position=0)
+DATA_CONSTRUCTORS = ("tensor", "as_tensor", "asarray")
 # Other factories (*_like, normal, from_file, storages, Tensor.new_*,
 # Module.to_empty): a missing device is torch's business.
 FACTORY = DeviceArg()
 # Tensor.to / Module.to: .to(device, dtype, ...), .to(dtype), .to(other),
 # .to(device=..., dtype=...).
-TO = DeviceArg(position=1, dtype_position=2)
+TO = DeviceArg(position=1, dtype_position=2, data_position=0)
 # .cuda(device=None, non_blocking=False, ...): device by position too.
-MOVE_WITH_DEVICE = DeviceArg(position=1, missing=REQUEST, dtype_keyword="")
+MOVE_WITH_DEVICE = DeviceArg(position=1, missing=REQUEST, dtype_keyword="",
+                             data_position=0)
 # .cpu(), .mps(): no device argument.
-MOVE = DeviceArg(missing=REQUEST, dtype_keyword="")
+MOVE = DeviceArg(missing=REQUEST, dtype_keyword="", data_position=0)
 # Tensor.numpy / pin_memory / is_pinned: no device argument at all.
 NONE = DeviceArg(keyword="", missing=KEEP, dtype_keyword="")
 

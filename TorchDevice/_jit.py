@@ -122,8 +122,8 @@ def _rewrite_op(graph: Any, node: Any, g: _grammar.DeviceArg) -> int:
         t_const, t_value = _constant(inputs[t_index])
         if t_const and t_value in _SCALAR:
             dtype = _SCALAR[t_value]
-    target, new_dtype = _plan(None if request is None else str(request),
-                              dtype, g.none_policy)
+    req = None if request is None else str(request)
+    target, new_dtype = _plan(req, dtype, g.none_policy)
     changed = 0
     with graph.insert_point_guard(node):
         if target is not None and str(target) != str(request):
@@ -133,7 +133,42 @@ def _rewrite_op(graph: Any, node: Any, g: _grammar.DeviceArg) -> int:
             node.replaceInput(t_index,
                               graph.insertConstant(_SCALAR_OF[new_dtype]))
             changed = 1
+        elif (t_index >= 0 and _constant(inputs[t_index]) == (True, None)
+              and 0 <= g.data_position < len(inputs)
+              and inputs[g.data_position].type().kind() == "TensorType"
+              and _lowers_float64(req, g.none_policy)):
+            node.replaceInput(t_index,
+                              _dtype_lowered(graph, inputs[g.data_position]))
+            changed = 1
     return changed
+
+
+def _lowers_float64(request: Optional[str], none_policy: bool) -> bool:
+    """Whether float64 data arriving by this request becomes float32."""
+    try:
+        return _plan(request, torch.float64, none_policy)[1] is torch.float32
+    except TypeError:
+        # TORCHDEVICE_FLOAT64=error: whether the data is float64 is known
+        # only at run time, where the device's own TypeError says it.
+        return False
+
+
+def _dtype_lowered(graph: Any, data: Any) -> Any:
+    """A graph value: data's dtype, float32 where it is float64 (the dtype
+    a call naming none keeps is its data's, docs/policy.md), as the ints
+    TorchScript passes dtypes by: dtype - (dtype == Double)."""
+    int_type = _torch_compat.get("IntType").get()
+
+    def insert(kind: str, inputs: List[Any], out_type: Any) -> Any:
+        node = graph.insertNode(graph.create(kind, inputs))
+        node.output().setType(out_type)
+        return node.output()
+    dtype = insert("prim::dtype", [data], int_type)
+    double = graph.insertConstant(_SCALAR_OF[torch.float64])
+    is_double = insert("aten::eq", [dtype, double],
+                       _torch_compat.get("BoolType").get())
+    return insert("aten::sub", [dtype, insert("aten::Int", [is_double],
+                                              int_type)], int_type)
 
 
 def _rewrite_graph(graph: Any) -> int:
@@ -163,9 +198,11 @@ def _rewrite_graph(graph: Any) -> int:
             continue
         with graph.insert_point_guard(node):
             dev = graph.insertConstant(target)
-            none = graph.insertConstant(None)
+            dtype = (_dtype_lowered(graph, inputs[0])
+                     if _lowers_float64("cuda", False)
+                     else graph.insertConstant(None))
             false = graph.insertConstant(False)
-            to = graph.create("aten::to", [inputs[0], dev, none, false, false])
+            to = graph.create("aten::to", [inputs[0], dev, dtype, false, false])
             graph.insertNode(to)
             to.output().setType(node.output().type())
         node.output().replaceAllUsesWith(to.output())

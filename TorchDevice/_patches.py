@@ -179,8 +179,11 @@ def _device_constructor_patches() -> List[Patch]:
                 continue
             if is_ctor and (ns_name, attr) not in seen:
                 seen.add((ns_name, attr))
+                grammar = (_grammar.DATA_CONSTRUCTOR
+                           if attr in _grammar.DATA_CONSTRUCTORS
+                           else _grammar.CONSTRUCTOR)
                 patches.append(Patch(ns, attr, factory(f"{ns_name}.{attr}",
-                                                       _grammar.CONSTRUCTOR)))
+                                                       grammar)))
     for attr in _EXPLICIT_ONLY:
         if hasattr(torch, attr) and ("torch", attr) not in seen:
             patches.append(Patch(torch, attr, factory(f"torch.{attr}",

@@ -71,6 +71,8 @@ PRIVATE: Tuple[Private, ...] = (
             "_register_builtin", JIT),
     Private("jit_pass_inline", "torch._C", "_jit_pass_inline", JIT),
     Private("DeviceObjType", "torch._C", "DeviceObjType", JIT),
+    Private("IntType", "torch._C", "IntType", JIT),
+    Private("BoolType", "torch._C", "BoolType", JIT),
     Private("parse_schema", "torch._C", "parse_schema", JIT),
     Private("default_mps_generator", "torch.mps",
             "_get_default_mps_generator", MPS_RNG),

@@ -204,17 +204,21 @@ import torch._dynamo
 import TorchDevice
 ''' + SIMULATED_MPS_CHILD + '''
 
-def f(x):
+def f(x, y):
     a = torch.zeros(3)                         # None -> the accelerator
     b = torch.ones(3, device="cpu")            # accelerate mode: promoted
     c = torch.ones(3, device="cuda", dtype=torch.float64)   # no float64
+    # float64 data moved or copied without a dtype: float64 too
+    d, e, f_ = y.to("cuda"), y.cuda(), torch.tensor(y, device="cuda")
     return [str(t.device) for t in (a, b, c, x.to("cuda"), x.cpu(),
-                                    x.cuda())] + [str(c.dtype)]
+                                    x.cuda(), d, e, f_)] + [
+        str(t.dtype) for t in (c, d, e, f_, y.cpu(), y + 1)]
 
 with TorchDevice.cpu_override():
     x = torch.ones(3)
-eager = f(x)
-compiled = torch.compile(f, fullgraph=True, backend="eager")(x)
+    y = torch.ones(3, dtype=torch.float64)
+eager = f(x, y)
+compiled = torch.compile(f, fullgraph=True, backend="eager")(x, y)
 
 def g(t):
     return zeros_alias(3) + t        # torch's own zeros: left on the host
@@ -228,9 +232,13 @@ print("RESULT" + json.dumps({"eager": eager, "compiled": compiled,
 
 def test_simulated_mps_profile_compiles_like_eager():
     """Where the policy does more than cuda -> cpu (None and "cpu"
-    promoted, float64 lowered), compiled code decides as eager does."""
+    promoted, float64 lowered, float64 data moved), compiled code decides
+    as eager does."""
     out = _run(SIMULATED_MPS)
-    assert out["eager"] == [MPS_LIKE_DEVICE] * 6 + ["torch.float32"]
+    # y.cpu(): accelerate mode puts host requests on the device too; y + 1
+    # stays on the host, in float64.
+    assert out["eager"] == ([MPS_LIKE_DEVICE] * 9 + ["torch.float32"] * 5
+                            + ["torch.float64"])
     assert out["compiled"] == out["eager"]
     # The graph's code calls torch.zeros by name, which is the replacement:
     # a host request there was decided when the graph was traced.

@@ -6,7 +6,8 @@ and as ``torch.jit.script`` (the graph rewrite), and all three must put
 every result on the same device with the same dtype.  The profiles: this
 machine's, and SimulatedMPS (the mps profile with torch's ``meta`` device
 standing in for the Apple GPU, tests/conftest.py) in both modes, where
-"cuda", "cpu", a missing device and float64 all change.
+"cuda", "cpu", a missing device, float64 asked for and float64 data moved
+all change.
 
 Also here: the C and Python readings of "is this a device value" agree
 (bytes included), and torch's default-device context decides for a
@@ -86,6 +87,19 @@ def cuda_method(x: torch.Tensor) -> torch.Tensor:
     return x.cuda()
 
 
+# float64 data moved without a dtype: float64 is what the call keeps.
+def to_float64_data(x: torch.Tensor) -> torch.Tensor:
+    return x.double().to("cuda")
+
+
+def to_keyword_float64_data(x: torch.Tensor) -> torch.Tensor:
+    return x.double().to(device="cuda", non_blocking=False)
+
+
+def cuda_method_float64_data(x: torch.Tensor) -> torch.Tensor:
+    return x.double().cuda()
+
+
 def zeros_like_cuda(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x, device="cuda")
 
@@ -102,7 +116,9 @@ CASES: List[Callable[[torch.Tensor], torch.Tensor]] = [
     zeros_cuda, zeros_cuda0, zeros_missing, empty_missing, zeros_cpu,
     ones_device_object, zeros_float64, full_cuda, arange_cuda, randn_mps,
     to_positional, to_positional_dtype, to_keyword, to_dtype_only,
-    cuda_method, zeros_like_cuda, zeros_like_missing, new_zeros_cuda,
+    cuda_method, to_float64_data, to_keyword_float64_data,
+    cuda_method_float64_data, zeros_like_cuda, zeros_like_missing,
+    new_zeros_cuda,
 ]
 
 
@@ -175,6 +191,9 @@ def test_three_paths_agree_on_simulated_mps(mps_stand_in, mode):
     assert results["zeros_float64"]["eager"] == meta32
     assert results["to_positional_dtype"]["eager"] == meta32
     assert results["cuda_method"]["eager"] == meta
+    for name in ("to_float64_data", "to_keyword_float64_data",
+                 "cuda_method_float64_data"):
+        assert results[name]["eager"] == meta32, name
     assert results["zeros_like_missing"]["eager"] == ("cpu", torch.float32)
     assert results["to_dtype_only"]["eager"] == ("cpu", torch.float64)
     stays = ("cpu", torch.float32) if mode == "cpu-stays-cpu" else meta

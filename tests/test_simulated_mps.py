@@ -4,6 +4,9 @@ the MPS device, nothing else faked; in `make test-accel` the simulated
 accelerator with MPS's capability record, with real tensors."""
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +70,79 @@ def test_float64_error_policy(simulated_mps):
     # On the host float64 is fine.
     with TorchDevice.cpu_override():
         assert torch.zeros(2, dtype=torch.float64).dtype == torch.float64
+
+
+# Float64 data a program moves or copies to the device without naming a
+# dtype: numpy's arrays are float64 (docs/policy.md, "float64 on MPS").
+F64 = np.array([1.5, -2.25, 3.125])        # each exact in float32
+
+FLOAT64_DATA = {
+    "torch.tensor(array).to(device)": lambda d: torch.tensor(F64).to(d),
+    "torch.from_numpy(array).cuda()": lambda d: torch.from_numpy(F64).cuda(),
+    "x.to(device=d, non_blocking=True)":
+        lambda d: torch.from_numpy(F64).to(device=d, non_blocking=True),
+    # Module.to's own call form, dtype=None by position
+    "x.to(d, None, False)": lambda d: torch.from_numpy(F64).to(d, None, False),
+    "x.to(d, dtype=None)": lambda d: torch.from_numpy(F64).to(d, dtype=None),
+    "torch.tensor(array, device=d)": lambda d: torch.tensor(F64, device=d),
+    "torch.as_tensor(array, device=d)":
+        lambda d: torch.as_tensor(F64, device=d),
+    "torch.asarray(array, device=d)": lambda d: torch.asarray(F64, device=d),
+    "torch.tensor([np.float64, ...], device=d)":
+        lambda d: torch.tensor([np.float64(v) for v in F64], device=d),
+    "torch.tensor(array, device=d, dtype=None)":
+        lambda d: torch.tensor(F64, device=d, dtype=None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT64_DATA))
+def test_float64_data_arrives_as_float32(simulated_mps, name):
+    META = simulated_mps
+    t = FLOAT64_DATA[name]("cuda")
+    assert t.device == META and t.dtype == torch.float32
+    if META.type != "meta":
+        assert t.cpu().tolist() == F64.tolist()
+
+
+def test_float64_module_arrives_as_float32(simulated_mps):
+    META = simulated_mps
+    if META.type == "meta":
+        pytest.skip("Module.to hands each tensor the device it landed on, "
+                    "which for the stand-in is meta, not an MPS request")
+    with TorchDevice.cpu_override():
+        host = torch.nn.Linear(3, 2).double()
+    for move in (lambda m: m.to("cuda"), lambda m: m.cuda(),
+                 lambda m: m.to(torch.device("cuda"), non_blocking=True)):
+        m = move(copy.deepcopy(host))
+        assert {(p.device, p.dtype) for p in m.parameters()} \
+            == {(META, torch.float32)}
+        assert m.weight.tolist() == host.weight.float().tolist()
+        out = m(torch.from_numpy(F64).to("cuda"))
+        assert out.dtype == torch.float32 and out.device == META
+
+
+def test_float64_data_error_policy(simulated_mps):
+    configure_mps_like("accelerate", "error")
+    for name, make in FLOAT64_DATA.items():
+        with pytest.raises(TypeError, match="does not support float64"):
+            make("cuda")
+
+
+def test_other_data_keeps_its_dtype(simulated_mps):
+    META = simulated_mps
+    assert torch.tensor(np.array([1, 2]), device="cuda").dtype == torch.int64
+    assert torch.from_numpy(np.array([1.5], dtype=np.float32)).cuda().dtype \
+        == torch.float32
+    assert torch.tensor([1.5, 2.5], device="cuda").dtype == torch.float32
+    x = torch.from_numpy(F64)
+    with TorchDevice.cpu_override():               # stays on the host
+        assert x.cpu().dtype == torch.float64
+        assert torch.tensor(F64, device="cpu").dtype == torch.float64
+        assert torch.tensor(F64).dtype == torch.float64
+    # Named dtypes are the program's: float32 and float16 as asked.
+    assert torch.tensor(F64, device="cuda", dtype=torch.float16).dtype \
+        == torch.float16
+    assert x.to("cuda", torch.float16).device == META
 
 
 def test_default_device_context_still_wins(simulated_mps):

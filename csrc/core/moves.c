@@ -288,16 +288,6 @@ storage_of(td_install *st, PyObject *tensor)
     return storage;
 }
 
-static int
-lookup_mark(PyObject *storage, PyObject *name, PyObject **value)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return PyObject_GetOptionalAttr(storage, name, value);
-#else
-    return _PyObject_LookupAttr(storage, name, value);
-#endif
-}
-
 int
 td_on_accelerator(td_install *st, PyObject *tensor)
 {
@@ -306,7 +296,7 @@ td_on_accelerator(td_install *st, PyObject *tensor)
         return 0;
     }
     PyObject *value = NULL;
-    int found = lookup_mark(storage, st->str_accel_mark, &value);
+    int found = td_optional_attr(storage, st->str_accel_mark, &value);
     Py_DECREF(storage);
     if (found < 0) {
         PyErr_Clear();

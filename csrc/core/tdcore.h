@@ -47,7 +47,8 @@
     X(api_generator, "torch.Generator")                                     \
     X(str_accel_mark, "_torchdevice_on_accelerator")                        \
     X(str_cuda, "cuda")                                                     \
-    X(str_mps, "mps")
+    X(str_mps, "mps")                                                       \
+    X(str_float64, "float64")
 #define TD_DECLARE_NAME(field, text) PyObject *field;
 
 typedef struct {
@@ -327,6 +328,18 @@ extern PyMethodDef td_streams_methods[];
 /* masquerade.c, cuda_*.c, mps_reverse.c (masquerade.h): torch.cuda answered
  * for the device really used, and torch.mps answered from CUDA */
 int td_masq_init(PyObject *module, td_state *st);
+
+/* obj.name where obj may lack it: 1 with *value set, 0 without (no
+ * error), -1 on error.  One spelling for every Python version. */
+static inline int
+td_optional_attr(PyObject *obj, PyObject *name, PyObject **value)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, value);
+#else
+    return _PyObject_LookupAttr(obj, name, value);
+#endif
+}
 
 /* Same-shape boilerplate of our callable types. */
 #define TD_FASTKW(f) (PyCFunction)(void (*)(void))(f), \

@@ -54,6 +54,8 @@ typedef struct {
     Py_ssize_t device_pos;  /* position of the device argument, or -1 */
     Py_ssize_t dtype_pos;   /* position of the dtype after a positional
                                device, or -1 */
+    Py_ssize_t data_pos;    /* position of the data whose dtype the call
+                               keeps when it names none, or -1 */
 } td_wrapper;
 
 #define TD_SMALL_STACK 12
@@ -87,17 +89,18 @@ find_kw(PyObject *kwnames, Py_ssize_t nargs, PyObject *interned)
 }
 
 /* Calls fn with args where the listed slots are substituted and, when
- * add_device is set, a device= keyword is appended. */
+ * add_device / add_dtype are set, device= / dtype= keywords are appended. */
 static PyObject *
 forward(td_install *st, PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
         PyObject *kwnames, const td_subst *subst, int nsubst,
-        PyObject *add_device)
+        PyObject *add_device, PyObject *add_dtype)
 {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    Py_ssize_t total = nargs + nkw + (add_device != NULL);
+    Py_ssize_t nadd = (add_device != NULL) + (add_dtype != NULL);
+    Py_ssize_t total = nargs + nkw + nadd;
     PyObject *small[TD_SMALL_STACK];
     PyObject **buf = small;
-    PyObject *names = kwnames;   /* owned only when add_device is set */
+    PyObject *names = kwnames;   /* owned only when something is added */
     PyObject *result = NULL;
 
     if (total > TD_SMALL_STACK) {
@@ -112,13 +115,19 @@ forward(td_install *st, PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
     for (int i = 0; i < nsubst; i++) {
         buf[subst[i].index] = subst[i].value;
     }
-    if (add_device != NULL) {
-        buf[nargs + nkw] = add_device;
-        if (nkw == 0) {
+    if (nadd > 0) {
+        Py_ssize_t at = nargs + nkw;
+        if (add_device != NULL) {
+            buf[at++] = add_device;
+        }
+        if (add_dtype != NULL) {
+            buf[at] = add_dtype;
+        }
+        if (nkw == 0 && add_dtype == NULL) {
             names = Py_NewRef(st->kw_device);
         }
         else {
-            names = PyTuple_New(nkw + 1);
+            names = PyTuple_New(nkw + nadd);
             if (names == NULL) {
                 goto done;
             }
@@ -126,11 +135,17 @@ forward(td_install *st, PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
                 PyTuple_SET_ITEM(names, i,
                                  Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
             }
-            PyTuple_SET_ITEM(names, nkw, Py_NewRef(st->str_device));
+            at = nkw;
+            if (add_device != NULL) {
+                PyTuple_SET_ITEM(names, at++, Py_NewRef(st->str_device));
+            }
+            if (add_dtype != NULL) {
+                PyTuple_SET_ITEM(names, at, Py_NewRef(st->str_dtype));
+            }
         }
     }
     result = PyObject_Vectorcall(fn, buf, nargs, names);
-    if (add_device != NULL) {
+    if (nadd > 0) {
         Py_DECREF(names);
     }
 done:
@@ -166,6 +181,84 @@ float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
     subst[*nsubst].index = dslot;
     subst[*nsubst].value = st->float32;
     (*nsubst)++;
+    return 0;
+}
+
+/* Whether `data` holds float64: a tensor or array (its dtype), or a nested
+ * list whose first leaf does (torch infers from every leaf; the first
+ * stands for them).  Python numbers take torch's default dtype.  1, 0 (not
+ * float64, or nothing to tell by: torch decides), or -1 on error. */
+static int
+holds_float64(td_install *st, PyObject *data)
+{
+    PyObject *leaf = Py_NewRef(data);
+    for (int depth = 0; depth < 64 && (PyList_Check(leaf)
+                                       || PyTuple_Check(leaf)); depth++)
+    {
+        if (PySequence_Size(leaf) <= 0) {
+            Py_DECREF(leaf);
+            PyErr_Clear();
+            return 0;
+        }
+        Py_SETREF(leaf, PySequence_GetItem(leaf, 0));
+        if (leaf == NULL) {
+            return -1;
+        }
+    }
+    if (PyFloat_CheckExact(leaf) || PyLong_CheckExact(leaf)
+        || PyBool_Check(leaf) || PyComplex_CheckExact(leaf))
+    {
+        Py_DECREF(leaf);
+        return 0;
+    }
+    PyObject *dtype = NULL;
+    int found = td_optional_attr(leaf, st->str_dtype, &dtype);
+    Py_DECREF(leaf);
+    if (found <= 0) {
+        PyErr_Clear();          /* a dtype that raises: torch's to judge */
+        return 0;
+    }
+    int is = dtype == st->float64;
+    if (!is && Py_TYPE(dtype) != st->dtype_type) {
+        /* numpy's dtypes (and pandas') compare equal to their names. */
+        is = PyObject_RichCompareBool(dtype, st->str_float64, Py_EQ);
+        if (is < 0) {
+            PyErr_Clear();
+            is = 0;
+        }
+    }
+    Py_DECREF(dtype);
+    return is;
+}
+
+/* A call that names no dtype keeps its data's (the tensor moved, the array
+ * a constructor copies): float64 data landing where float64 is not
+ * computed is a float64 request like dtype=torch.float64 (docs/policy.md;
+ * CUDA programs move numpy's float64 arrays all the time).  Sets *dtype to
+ * the dtype to ask for instead (float32), leaves it NULL when the call
+ * stays as it is; -1 with an error set under TORCHDEVICE_FLOAT64=error. */
+static int
+float64_data_check(td_install *st, td_wrapper *w, td_request req,
+                   td_resolution res, PyObject *data, PyObject **dtype)
+{
+    switch (td_float64_action(td_get_profile(), td_get_accel_float64(), req,
+                              res, td_get_float64()))
+    {
+    case TD_DTYPE_KEEP:
+        return 0;
+    case TD_DTYPE_ERROR:
+    case TD_DTYPE_TO_FLOAT32:
+        break;
+    }
+    int is = holds_float64(st, data);
+    if (is <= 0) {
+        return is;
+    }
+    if (td_get_float64() == TD_FLOAT64_ERROR) {
+        td_float64_error(st, w->api);
+        return -1;
+    }
+    *dtype = st->float32;
     return 0;
 }
 
@@ -288,14 +381,25 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
             res.redirected = 0;
         }
     }
-    if (!td_get_accel_float64()
-        && float64_check(st, w, req, res, args,
-                         find_kw(kwnames, nargs, w->dtype_kw), subst,
-                         &nsubst) < 0)
-    {
-        return undo_toggle_on_error(NULL, res);
+    PyObject *add_dtype = NULL;
+    if (!td_get_accel_float64()) {
+        Py_ssize_t dslot = find_kw(kwnames, nargs, w->dtype_kw);
+        if (float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0
+            || ((dslot < 0 || args[dslot] == Py_None)
+                && w->data_pos >= 0 && nargs == w->data_pos + 1
+                && float64_data_check(st, w, req, res, args[w->data_pos],
+                                      &add_dtype) < 0))
+        {
+            return undo_toggle_on_error(NULL, res);
+        }
+        if (add_dtype != NULL && dslot >= 0) {
+            subst[nsubst].index = dslot;        /* dtype=None */
+            subst[nsubst].value = add_dtype;
+            nsubst++;
+            add_dtype = NULL;
+        }
     }
-    if (res.target == TD_TARGET_KEEP && nsubst == 0) {
+    if (res.target == TD_TARGET_KEEP && nsubst == 0 && add_dtype == NULL) {
         PyObject *draw = torch_draw_device(st, req, res, args, nargs,
                                            kwnames);
         if (draw == NULL) {
@@ -306,7 +410,8 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
             subst[0].value = draw;
         }
         PyObject *drawn = forward(st, w->wrapped, args, nargs, kwnames,
-                                  subst, slot >= 0, slot >= 0 ? NULL : draw);
+                                  subst, slot >= 0, slot >= 0 ? NULL : draw,
+                                  NULL);
         Py_DECREF(draw);
         return move_drawn(st, drawn, TD_TARGET_CPU);
     }
@@ -336,7 +441,7 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
         }
     }
     PyObject *result = forward(st, w->wrapped, args, nargs, kwnames, subst,
-                               nsubst, add);
+                               nsubst, add, add_dtype);
     if (host_draw) {
         result = move_drawn(st, result, res.target);
     }
@@ -425,14 +530,35 @@ wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
     }
     td_subst subst[2];
     int nsubst = 0;
+    PyObject *add_dtype = NULL;
     td_request req = td_request_from_object(st, args[slot]);
     td_resolution res = td_resolve_now(st, req);
-    if (!td_get_accel_float64()
-        && float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0)
-    {
-        return undo_toggle_on_error(NULL, res);
+    if (!td_get_accel_float64()) {
+        if (float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0
+            || ((dslot < 0 || args[dslot] == Py_None) && w->data_pos == 0
+                && PyObject_TypeCheck(args[0], st->tensor_type)
+                && float64_data_check(st, w, req, res, args[0],
+                                      &add_dtype) < 0))
+        {
+            return undo_toggle_on_error(NULL, res);
+        }
+        /* Where the dtype goes: its None slot (Module.to calls
+         * t.to(device, None, non_blocking)), else a keyword. */
+        Py_ssize_t none_slot = dslot >= 0 ? dslot
+            : (slot == pos && dpos >= 0 && nargs > dpos) ? dpos : -1;
+        if (add_dtype != NULL && none_slot >= 0) {
+            if (args[none_slot] == Py_None) {
+                subst[nsubst].index = none_slot;
+                subst[nsubst].value = add_dtype;
+                nsubst++;
+            }
+            add_dtype = NULL;   /* else: not a dtype; torch will say so */
+        }
+        else if (add_dtype != NULL && slot != pos && nargs > 1) {
+            add_dtype = NULL;   /* positionals beside device=: torch's */
+        }
     }
-    if (res.target == TD_TARGET_KEEP && nsubst == 0) {
+    if (res.target == TD_TARGET_KEEP && nsubst == 0 && add_dtype == NULL) {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
     if (maybe_report(st, w, req, res, args[slot]) < 0) {
@@ -444,7 +570,8 @@ wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
         nsubst++;
     }
     return undo_toggle_on_error(
-        forward(st, w->wrapped, args, nargs, kwnames, subst, nsubst, NULL),
+        forward(st, w->wrapped, args, nargs, kwnames, subst, nsubst, NULL,
+                add_dtype),
         res);
 }
 
@@ -558,7 +685,16 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
                             intent), res);
         }
     }
-    if (res.target == TD_TARGET_KEEP && w->wrapped != Py_None) {
+    PyObject *add_dtype = NULL;
+    if (!td_get_accel_float64() && w->data_pos == 0
+        && PyObject_TypeCheck(args[0], st->tensor_type)
+        && float64_data_check(st, w, req, res, args[0], &add_dtype) < 0)
+    {
+        return undo_toggle_on_error(NULL, res);
+    }
+    if (res.target == TD_TARGET_KEEP && w->wrapped != Py_None
+        && add_dtype == NULL)
+    {
         return td_move_done(
             st, args[0], intent, force,
             PyObject_Vectorcall(w->wrapped, args, nargs, kwnames));
@@ -575,13 +711,13 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
                             : req.kind == TD_REQ_CUDA ? TD_TARGET_CUDA
                                                       : TD_TARGET_CPU];
     }
-    /* Rebuild as fallback(self, target, non_blocking=..., **kw). */
+    /* Rebuild as fallback(self, target, non_blocking=..., **kw[, dtype]). */
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *small[TD_SMALL_STACK];
     PyObject *names = NULL, *result = NULL;
     Py_ssize_t extra_pos =
         (w->device_pos >= 0 && nargs > w->device_pos + 1) ? 1 : 0;
-    Py_ssize_t n = 2 + nkw + extra_pos;
+    Py_ssize_t n = 2 + nkw + extra_pos + (add_dtype != NULL);
     if (n > TD_SMALL_STACK || nargs > 3
         || (w->device_pos < 0 && nargs > 1))
     {
@@ -606,6 +742,10 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
         }
         small[2 + k] = args[nargs + i];
         PyTuple_SET_ITEM(names, k++, Py_NewRef(name));
+    }
+    if (add_dtype != NULL) {
+        small[2 + k] = add_dtype;
+        PyTuple_SET_ITEM(names, k++, Py_NewRef(st->str_dtype));
     }
     if (k != n - 2) {
         /* device= was among the keywords: shrink the names tuple. */
@@ -664,7 +804,7 @@ wrapper_numpy(td_wrapper *w, td_install *st, PyObject *const *args,
     }
     td_subst s = {0, host};
     PyObject *result = forward(st, w->wrapped, args, nargs, kwnames, &s, 1,
-                               NULL);
+                               NULL, NULL);
     Py_DECREF(host);
     return result;
 }
@@ -809,6 +949,7 @@ read_grammar(td_wrapper *w, PyObject *grammar)
         || grammar_str(grammar, "dtype_keyword", &w->dtype_kw) < 0
         || grammar_int(grammar, "position", &w->device_pos) < 0
         || grammar_int(grammar, "dtype_position", &w->dtype_pos) < 0
+        || grammar_int(grammar, "data_position", &w->data_pos) < 0
         || grammar_str(grammar, "missing", &missing) < 0)
     {
         return -1;
