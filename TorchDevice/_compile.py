@@ -99,8 +99,10 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
             return original(*args, **kwargs)
         dtype = kwargs.get(dtype_keyword) if dtype_keyword else None
         named = dtype is not None
-        if (not named and 0 <= data_pos and len(args) == data_pos + 1
-                and isinstance(args[data_pos], torch.Tensor)):
+        if (not named and 0 <= data_pos < len(args)
+                and isinstance(args[data_pos], torch.Tensor)
+                and not any(isinstance(a, torch.dtype)
+                            for a in args[data_pos + 1:])):
             dtype = args[data_pos].dtype     # the data's, which it keeps
         target, new_dtype = _plan(request, dtype, none_policy, api)
         if target is not None:

@@ -56,9 +56,12 @@ CONSTRUCTOR = DeviceArg(missing=POLICY)
 # when none is named, is the data's.
 DATA_CONSTRUCTOR = DeviceArg(missing=POLICY, data_position=0)
 DATA_CONSTRUCTORS = ("tensor", "as_tensor", "asarray")
-# Other factories (*_like, normal, from_file, storages, Tensor.new_*,
-# Module.to_empty): a missing device is torch's business.
+# Other factories (from_file, storages, Module.to_empty): a missing device
+# is torch's business.
 FACTORY = DeviceArg()
+# The factories that take their dtype from a tensor (*_like, normal,
+# Tensor.new_*: its first positional, the tensor itself for a method).
+LIKE = DeviceArg(data_position=0)
 # Tensor.to / Module.to: .to(device, dtype, ...), .to(dtype), .to(other),
 # .to(device=..., dtype=...).
 TO = DeviceArg(position=1, dtype_position=2, data_position=0)

@@ -28,6 +28,8 @@ _EXPLICIT_ONLY = (
     "empty_like", "zeros_like", "ones_like", "full_like", "rand_like",
     "randn_like", "randint_like", "normal", "from_file",
 )
+# Those of them whose dtype, when none is named, is their tensor's.
+_LIKE = frozenset(_EXPLICIT_ONLY) - {"from_file"}
 _TENSOR_NEW = ("new_empty", "new_zeros", "new_ones", "new_full",
                "new_tensor", "new_empty_strided")
 # Where torch keeps public callables that may be device constructors.
@@ -186,8 +188,9 @@ def _device_constructor_patches() -> List[Patch]:
                                                        grammar)))
     for attr in _EXPLICIT_ONLY:
         if hasattr(torch, attr) and ("torch", attr) not in seen:
+            grammar = _grammar.LIKE if attr in _LIKE else _grammar.FACTORY
             patches.append(Patch(torch, attr, factory(f"torch.{attr}",
-                                                      _grammar.FACTORY)))
+                                                      grammar)))
     return patches
 
 
@@ -221,7 +224,7 @@ def patch_table() -> List[Patch]:
         Patch(T, "is_pinned",
               simple("Tensor.is_pinned", _tdcore.KIND_IS_PINNED)),
     ]
-    table += [Patch(T, n, factory(f"Tensor.{n}", _grammar.FACTORY))
+    table += [Patch(T, n, factory(f"Tensor.{n}", _grammar.LIKE))
               for n in _TENSOR_NEW]
     table += [
         Patch(M, "to", to_method("Module.to")),

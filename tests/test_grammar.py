@@ -100,6 +100,14 @@ def cuda_method_float64_data(x: torch.Tensor) -> torch.Tensor:
     return x.double().cuda()
 
 
+def zeros_like_float64_data(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(x.double(), device="cuda")
+
+
+def new_zeros_float64_data(x: torch.Tensor) -> torch.Tensor:
+    return x.double().new_zeros(2, device="cuda")
+
+
 def zeros_like_cuda(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x, device="cuda")
 
@@ -117,7 +125,8 @@ CASES: List[Callable[[torch.Tensor], torch.Tensor]] = [
     ones_device_object, zeros_float64, full_cuda, arange_cuda, randn_mps,
     to_positional, to_positional_dtype, to_keyword, to_dtype_only,
     cuda_method, to_float64_data, to_keyword_float64_data,
-    cuda_method_float64_data, zeros_like_cuda, zeros_like_missing,
+    cuda_method_float64_data, zeros_like_float64_data,
+    new_zeros_float64_data, zeros_like_cuda, zeros_like_missing,
     new_zeros_cuda,
 ]
 
@@ -192,7 +201,8 @@ def test_three_paths_agree_on_simulated_mps(mps_stand_in, mode):
     assert results["to_positional_dtype"]["eager"] == meta32
     assert results["cuda_method"]["eager"] == meta
     for name in ("to_float64_data", "to_keyword_float64_data",
-                 "cuda_method_float64_data"):
+                 "cuda_method_float64_data", "zeros_like_float64_data",
+                 "new_zeros_float64_data"):
         assert results[name]["eager"] == meta32, name
     assert results["zeros_like_missing"]["eager"] == ("cpu", torch.float32)
     assert results["to_dtype_only"]["eager"] == ("cpu", torch.float64)

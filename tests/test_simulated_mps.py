@@ -95,7 +95,32 @@ FLOAT64_DATA = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(FLOAT64_DATA))
+# Factories whose dtype, when none is named, is a float64 tensor's.
+X64 = lambda: torch.from_numpy(F64)       # noqa: E731  (a host tensor)
+FLOAT64_LIKE = {
+    "torch.zeros_like(x, device=d)": lambda d: torch.zeros_like(X64(), device=d),
+    "torch.full_like(x, 2.5, device=d)":
+        lambda d: torch.full_like(X64(), 2.5, device=d),
+    "torch.randn_like(x, device=d)": lambda d: torch.randn_like(X64(), device=d),
+    "x.new_zeros(2, 3, device=d)": lambda d: X64().new_zeros(2, 3, device=d),
+    "x.new_full((2,), 2.5, device=d)":
+        lambda d: X64().new_full((2,), 2.5, device=d),
+    "x.new_tensor(list, device=d)":
+        lambda d: X64().new_tensor(F64.tolist(), device=d),
+}
+FLOAT64_DATA.update(FLOAT64_LIKE)
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT64_LIKE))
+def test_float64_like_factories_arrive_as_float32(simulated_mps, name):
+    META = simulated_mps
+    t = FLOAT64_LIKE[name]("cuda")
+    assert t.device == META and t.dtype == torch.float32
+    if META.type != "meta" and name.startswith("x.new_tensor"):
+        assert t.cpu().tolist() == F64.tolist()
+
+
+@pytest.mark.parametrize("name", sorted(set(FLOAT64_DATA) - set(FLOAT64_LIKE)))
 def test_float64_data_arrives_as_float32(simulated_mps, name):
     META = simulated_mps
     t = FLOAT64_DATA[name]("cuda")

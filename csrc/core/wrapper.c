@@ -184,6 +184,20 @@ float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
     return 0;
 }
 
+/* Whether a positional from `from` on is a dtype (as_tensor(data, dtype)):
+ * then the call names its dtype. */
+static int
+dtype_by_position(td_install *st, PyObject *const *args, Py_ssize_t nargs,
+                  Py_ssize_t from)
+{
+    for (Py_ssize_t i = from; i < nargs; i++) {
+        if (Py_TYPE(args[i]) == st->dtype_type) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Whether `data` holds float64: a tensor or array (its dtype), or a nested
  * list whose first leaf does (torch infers from every leaf; the first
  * stands for them).  Python numbers take torch's default dtype.  1, 0 (not
@@ -386,7 +400,8 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
         Py_ssize_t dslot = find_kw(kwnames, nargs, w->dtype_kw);
         if (float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0
             || ((dslot < 0 || args[dslot] == Py_None)
-                && w->data_pos >= 0 && nargs == w->data_pos + 1
+                && w->data_pos >= 0 && nargs > w->data_pos
+                && !dtype_by_position(st, args, nargs, w->data_pos + 1)
                 && float64_data_check(st, w, req, res, args[w->data_pos],
                                       &add_dtype) < 0))
         {
