@@ -212,13 +212,18 @@ def _rewrite_to(args: Sequence[Any], kwargs: Dict[str, Any],
     (float64 where the device has none: the grammar's data_position)."""
     g = _grammar.METHODS["Tensor.to"]
     dev_kw, dt_kw = g.keyword, g.dtype_keyword
+
+    def plan(request: Any, dtype: Any) -> Any:
+        """(target, dtype to pass): a call naming no dtype keeps the
+        data's, and passes one only where the policy changes it."""
+        if dtype is not None:
+            return _plan(request, dtype, False, "Tensor.to")
+        target, new_dtype = _plan(request, data_dtype, False, "Tensor.to")
+        return target, None if new_dtype is data_dtype else new_dtype
+
     if kwargs.get(dev_kw) is not None:
         dtype = kwargs.get(dt_kw)
-        target, new_dtype = _plan(kwargs[dev_kw],
-                                  data_dtype if dtype is None else dtype,
-                                  False, "Tensor.to")
-        if dtype is None and new_dtype is data_dtype:
-            new_dtype = None
+        target, new_dtype = plan(kwargs[dev_kw], dtype)
         if target is None and new_dtype is dtype:
             return None
         kwargs = dict(kwargs)
@@ -232,11 +237,7 @@ def _rewrite_to(args: Sequence[Any], kwargs: Dict[str, Any],
         has_dtype = (0 <= dpos < len(args)
                      and isinstance(args[dpos], torch.dtype))
         dtype = args[dpos] if has_dtype else kwargs.get(dt_kw)
-        target, new_dtype = _plan(args[pos],
-                                  data_dtype if dtype is None else dtype,
-                                  False, "Tensor.to")
-        if dtype is None and new_dtype is data_dtype:
-            new_dtype = None
+        target, new_dtype = plan(args[pos], dtype)
         if target is None and new_dtype is dtype:
             return None
         args = list(args)

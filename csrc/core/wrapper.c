@@ -157,16 +157,14 @@ done:
 
 /* MPS has no float64, nor may another accelerator (its capability record,
  * docs/hardware.md): a float64 request that lands there becomes float32
- * (reported) or an error, by configuration.  Returns 0, or -1 with an error
- * set; on 0, *subst is filled when the dtype slot must be replaced. */
+ * (reported) or an error, by configuration.  Returns 0 with *dtype set to
+ * the dtype to ask for instead (float32) or left NULL (the call keeps
+ * float64), or -1 with the error set.  The one decision for a float64
+ * dtype= and for float64 data (float64_data_check). */
 static int
-float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
-              PyObject *const *args, Py_ssize_t dslot, td_subst *subst,
-              int *nsubst)
+float64_lowered(td_install *st, td_wrapper *w, td_request req,
+                td_resolution res, PyObject **dtype)
 {
-    if (dslot < 0 || args[dslot] != st->float64) {
-        return 0;
-    }
     switch (td_float64_action(td_get_profile(), td_get_accel_float64(), req,
                               res, td_get_float64()))
     {
@@ -178,9 +176,29 @@ float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
     case TD_DTYPE_TO_FLOAT32:
         break;
     }
-    subst[*nsubst].index = dslot;
-    subst[*nsubst].value = st->float32;
-    (*nsubst)++;
+    *dtype = st->float32;
+    return 0;
+}
+
+/* A dtype=torch.float64 in slot dslot: *subst is filled when it must be
+ * replaced.  Returns 0, or -1 with an error set. */
+static int
+float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
+              PyObject *const *args, Py_ssize_t dslot, td_subst *subst,
+              int *nsubst)
+{
+    if (dslot < 0 || args[dslot] != st->float64) {
+        return 0;
+    }
+    PyObject *lowered = NULL;
+    if (float64_lowered(st, w, req, res, &lowered) < 0) {
+        return -1;
+    }
+    if (lowered != NULL) {
+        subst[*nsubst].index = dslot;
+        subst[*nsubst].value = lowered;
+        (*nsubst)++;
+    }
     return 0;
 }
 
@@ -255,25 +273,17 @@ static int
 float64_data_check(td_install *st, td_wrapper *w, td_request req,
                    td_resolution res, PyObject *data, PyObject **dtype)
 {
-    switch (td_float64_action(td_get_profile(), td_get_accel_float64(), req,
-                              res, td_get_float64()))
+    /* The policy first: it is cheaper than looking at the data. */
+    if (td_float64_action(td_get_profile(), td_get_accel_float64(), req, res,
+                          TD_FLOAT64_DOWNCAST) == TD_DTYPE_KEEP)
     {
-    case TD_DTYPE_KEEP:
         return 0;
-    case TD_DTYPE_ERROR:
-    case TD_DTYPE_TO_FLOAT32:
-        break;
     }
     int is = holds_float64(st, data);
     if (is <= 0) {
         return is;
     }
-    if (td_get_float64() == TD_FLOAT64_ERROR) {
-        td_float64_error(st, w->api);
-        return -1;
-    }
-    *dtype = st->float32;
-    return 0;
+    return float64_lowered(st, w, req, res, dtype);
 }
 
 static int
