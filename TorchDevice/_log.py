@@ -13,10 +13,33 @@ while the logger is off (docs/configuration.md)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable, Optional
 
 logger = logging.getLogger("TorchDevice")
+
+
+class _CallSiteFields(logging.Filter):
+    """Gives every record of the logger the fields the original TorchDevice's
+    documented format used (``%(program_name)s``, ``%(caller_func_name)s``,
+    ``%(caller_filename)s``, ``%(caller_lineno)s``, ``%(torch_function)s``),
+    so that a handler configured for it formats instead of failing.  A call
+    site's record brings its own (sink()); others get their record's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = record.__dict__
+        if "program_name" not in fields:
+            argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+            fields["program_name"] = os.path.basename(argv0) or "python"
+        fields.setdefault("caller_func_name", record.funcName)
+        fields.setdefault("caller_filename", record.pathname)
+        fields.setdefault("caller_lineno", record.lineno)
+        fields.setdefault("torch_function", "")
+        return True
+
+
+logger.addFilter(_CallSiteFields())
 
 _handler: logging.Handler | None = None
 # The level TorchDevice's own configuration put on the logger (None: the
@@ -101,5 +124,13 @@ def sink(filename: str, line: int, function: str, api: str, what: str,
     level = logging.WARNING if what == UNSUPPORTED else logging.INFO
     if logger.isEnabledFor(level):
         where = f" in {function}" if function else ""
-        logger.log(level, "%s:%d%s: %s", filename, line, where,
-                   describe(api, what, src, dst))
+        # The record names the program's call site, not this function:
+        # %(pathname)s, %(filename)s, %(lineno)d and %(funcName)s in a
+        # handler's format are the site's.
+        record = logger.makeRecord(
+            logger.name, level, filename, line, "%s:%d%s: %s",
+            (filename, line, where, describe(api, what, src, dst)), None,
+            func=function or None,
+            extra={"caller_func_name": function, "caller_filename": filename,
+                   "caller_lineno": line, "torch_function": api})
+        logger.handle(record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import textwrap
@@ -281,6 +282,35 @@ def test_threads_count_every_hit(recording):
         t.join()
     rows = [r for r in TorchDevice.report() if r["function"].endswith("work")]
     assert len(rows) == 1 and rows[0]["count"] == 8000
+
+
+# The format the original TorchDevice documented for its log.
+ORIGINAL_FORMAT = ('GPU REDIRECT - [%(program_name)s] "%(caller_func_name)s" '
+                   'in File: %(caller_filename)s:%(caller_lineno)s - Called: '
+                   '%(torch_function)s %(message)s')
+
+
+def test_a_site_record_names_the_site_in_any_format(recording, caplog):
+    with caplog.at_level(logging.INFO, logger="TorchDevice"):
+        line = sys._getframe().f_lineno + 1
+        _tdcore.record("torch.cuda.memory_reserved", "emulated", "cuda", "cpu")
+        _log.logger.info("a record of TorchDevice's own")
+    site, own = caplog.records
+    # logging's own fields name the program's call site, not TorchDevice
+    assert (site.pathname, site.lineno, site.funcName) == (
+        __file__, line, "test_a_site_record_names_the_site_in_any_format")
+    assert site.filename == os.path.basename(__file__)
+    assert (site.caller_filename, site.caller_lineno, site.caller_func_name,
+            site.torch_function) == (
+        __file__, line, "test_a_site_record_names_the_site_in_any_format",
+        "torch.cuda.memory_reserved")
+    formatter = logging.Formatter(ORIGINAL_FORMAT)
+    assert formatter.format(site).startswith(
+        f'GPU REDIRECT - [{os.path.basename(sys.argv[0])}] '
+        f'"test_a_site_record_names_the_site_in_any_format" in File: '
+        f'{__file__}:{line} - Called: torch.cuda.memory_reserved ')
+    assert formatter.format(own).endswith(
+        "Called:  a record of TorchDevice's own")
 
 
 @cpu_profile
