@@ -68,6 +68,20 @@ def _plan(request: Any, dtype: Any = None, none_policy: bool = False,
     return _tdcore.trace_plan(request, dtype, none_policy, api)
 
 
+def _float64_changed(request: Any, none_policy: bool) -> bool:
+    """Whether float64 asked of this request would not stay float64
+    (lowered to float32, or refused).  Called at trace time, as a constant
+    (register())."""
+    try:
+        return _plan(request, torch.float64, none_policy)[1] \
+            is not torch.float64
+    except TypeError:
+        return True
+
+
+_META = torch.device("meta")
+
+
 # The polyfills read the grammar entry when they are built and keep plain
 # values: dynamo traces them, and cannot wrap the entry itself.
 
@@ -104,6 +118,13 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
                 and not any(isinstance(a, torch.dtype)
                             for a in args[data_pos + 1:])):
             dtype = args[data_pos].dtype     # the data's, which it keeps
+        if (dtype is None and none_policy and "out" not in kwargs
+                and not any(isinstance(a, torch.dtype) for a in args)
+                and torch.get_default_dtype() is torch.float64
+                and _float64_changed(request, none_policy)):
+            # float64 is torch's default dtype: what the call makes, learnt
+            # on the meta device (C's default_float64_check).
+            dtype = original(*args, **{**kwargs, keyword: _META}).dtype
         target, new_dtype = _plan(request, dtype, none_policy, api)
         if target is not None:
             if keyword not in kwargs and 0 <= pos < len(args):
@@ -471,6 +492,8 @@ def register(entries: Optional[Sequence[Any]] = None) -> None:
         amp = [e for e in entries if _is_amp(e[3])]
         entries = [e for e in entries if not _is_amp(e[3])]
         _substitute(_tdcore.trace_plan, _trace_plan_traced, fold=True)
+        _substitute(_float64_changed, _constant_only(_float64_changed),
+                    fold=True)
         _install_tensor_handlers()
         _share_handlers(entries)
         _inline_amp(amp)

@@ -140,7 +140,26 @@ def _rewrite_op(graph: Any, node: Any, g: _grammar.DeviceArg) -> int:
             node.replaceInput(t_index,
                               _dtype_lowered(graph, inputs[g.data_position]))
             changed = 1
+        elif (t_index >= 0 and _constant(inputs[t_index]) == (True, None)
+              and g.none_policy and "out" not in names
+              and torch.get_default_dtype() is torch.float64
+              and _lowers_float64(req, g.none_policy)):
+            # float64 is torch's default dtype (as when the function was
+            # scripted): what the call makes, learnt on the meta device.
+            node.replaceInput(t_index,
+                              _dtype_lowered(graph, _on_meta(graph, node,
+                                                             d_index)))
+            changed = 1
     return changed
+
+
+def _on_meta(graph: Any, node: Any, d_index: int) -> Any:
+    """A copy of a constructor's node with the meta device; its output."""
+    inputs = list(node.inputs())
+    inputs[d_index] = graph.insertConstant(torch.device("meta"))
+    probe = graph.insertNode(graph.create(node.kind(), inputs))
+    probe.output().setType(node.output().type())
+    return probe.output()
 
 
 def _lowers_float64(request: Optional[str], none_policy: bool) -> bool:

@@ -387,6 +387,24 @@ def _capture_originals() -> None:
         )
 
 
+def made_dtype(fn: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> Optional[torch.dtype]:
+    """The dtype `fn(*args, **kwargs)` makes, a constructor naming no dtype:
+    the call made on the meta device, which allocates and draws nothing
+    (the core asks only where torch's default dtype is float64 and the
+    device has none, docs/policy.md).  None where the meta device cannot
+    tell: the real call then says what is wrong."""
+    kwargs["device"] = _META
+    try:
+        made = fn(*args, **kwargs)
+    except Exception:
+        return None
+    return made.dtype if isinstance(made, torch.Tensor) else None
+
+
+_META = torch.device("meta")
+
+
 def core_objects(mps_device: Optional[torch.device] = None
                  ) -> Dict[str, Any]:
     """The torch objects _tdcore.install() takes (docs/architecture.md).
@@ -419,6 +437,8 @@ def core_objects(mps_device: Optional[torch.device] = None
         generator_type=torch.Generator,
         skip_prefixes=_skip_prefixes(),
         report_sink=_log.sink,
+        default_dtype=torch.get_default_dtype,
+        made_dtype=made_dtype,
     )
 
 

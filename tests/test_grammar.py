@@ -120,6 +120,32 @@ def new_zeros_cuda(x: torch.Tensor) -> torch.Tensor:
     return x.new_zeros(2, device="cuda")
 
 
+# Constructors whose result's dtype, when none is named, depends on their
+# arguments: floating ones make torch's default dtype (float64 in
+# test_three_paths_agree_with_float64_as_default).
+def arange_float_cuda(x: torch.Tensor) -> torch.Tensor:
+    return torch.arange(0.0, 1.5, 0.5, device="cuda")
+
+
+def tensor_floats_cuda(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([1.5, 2.0], device="cuda")
+
+
+def tensor_ints_cuda(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([1, 2], device="cuda")
+
+
+def full_int_cuda(x: torch.Tensor) -> torch.Tensor:
+    return torch.full([2], 1, device="cuda")
+
+
+DEFAULT_DTYPE_CASES: List[Callable[[torch.Tensor], torch.Tensor]] = [
+    zeros_cuda, zeros_missing, empty_missing, zeros_cpu, full_cuda,
+    arange_cuda, arange_float_cuda, tensor_floats_cuda, tensor_ints_cuda,
+    full_int_cuda, zeros_float64,
+]
+
+
 CASES: List[Callable[[torch.Tensor], torch.Tensor]] = [
     zeros_cuda, zeros_cuda0, zeros_missing, empty_missing, zeros_cpu,
     ones_device_object, zeros_float64, full_cuda, arange_cuda, randn_mps,
@@ -207,6 +233,32 @@ def test_three_paths_agree_on_simulated_mps(mps_stand_in, mode):
     assert results["zeros_like_missing"]["eager"] == ("cpu", torch.float32)
     assert results["to_dtype_only"]["eager"] == ("cpu", torch.float64)
     stays = ("cpu", torch.float32) if mode == "cpu-stays-cpu" else meta
+    assert results["zeros_missing"]["eager"] == stays
+    assert results["zeros_cpu"]["eager"] == stays
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["accelerate", "cpu-stays-cpu"])
+def test_three_paths_agree_with_float64_as_default(mps_stand_in, mode):
+    """torch.set_default_dtype(torch.float64): a constructor naming no
+    dtype whose result is floating makes float64, which MPS lacks
+    (docs/policy.md, "float64 on MPS")."""
+    _tdcore.configure("mps", mode, "downcast")
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        results = _three_paths(DEFAULT_DTYPE_CASES)
+    finally:
+        torch.set_default_dtype(saved)
+    _assert_agree(results)
+    meta32, meta64 = ("meta", torch.float32), ("meta", torch.int64)
+    for name in ("zeros_cuda", "full_cuda", "arange_float_cuda",
+                 "tensor_floats_cuda", "zeros_float64"):
+        assert results[name]["eager"] == meta32, name
+    for name in ("arange_cuda", "tensor_ints_cuda", "full_int_cuda"):
+        assert results[name]["eager"] == meta64, name
+    # on the host float64 stays
+    stays = ("cpu", torch.float64) if mode == "cpu-stays-cpu" else meta32
     assert results["zeros_missing"]["eager"] == stays
     assert results["zeros_cpu"]["eager"] == stays
 

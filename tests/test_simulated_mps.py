@@ -153,6 +153,105 @@ def test_float64_data_error_policy(simulated_mps):
             make("cuda")
 
 
+# Programs that make float64 torch's default dtype (torch.set_default_dtype,
+# common in scientific code): a constructor naming no dtype makes float64
+# where its result is floating, which depends on its arguments.
+FLOAT64_DEFAULT = {
+    "torch.zeros(3, device=d)": lambda d: torch.zeros(3, device=d),
+    "torch.zeros(3) (no device)": lambda d: torch.zeros(3),
+    "torch.ones(3, device=d)": lambda d: torch.ones(3, device=d),
+    "torch.tensor([1.5, -2.25], device=d)":
+        lambda d: torch.tensor([1.5, -2.25], device=d),
+    "torch.tensor([1, 2.5], device=d)":
+        lambda d: torch.tensor([1, 2.5], device=d),
+    "torch.arange(0.0, 1.5, 0.5, device=d)":
+        lambda d: torch.arange(0.0, 1.5, 0.5, device=d),
+    "torch.full((3,), 1.5, device=d)": lambda d: torch.full((3,), 1.5, device=d),
+    "torch.linspace(0, 1, 3, device=d)": lambda d: torch.linspace(0, 1, 3,
+                                                                 device=d),
+    "torch.eye(2, device=d)": lambda d: torch.eye(2, device=d),
+    "torch.randn(3, device=d)": lambda d: torch.randn(3, device=d),
+    "nn.Linear(2, 2, device=d).weight":
+        lambda d: torch.nn.Linear(2, 2, device=d).weight,
+}
+# ... and where it is not floating, it keeps what torch makes.
+FLOAT64_DEFAULT_KEEPS = {
+    "torch.arange(3, device=d)": (lambda d: torch.arange(3, device=d),
+                                  torch.int64),
+    "torch.full((2,), 1, device=d)": (lambda d: torch.full((2,), 1, device=d),
+                                      torch.int64),
+    "torch.tensor([1, 2], device=d)": (lambda d: torch.tensor([1, 2],
+                                                              device=d),
+                                       torch.int64),
+    "torch.randint(0, 5, (3,), device=d)":
+        (lambda d: torch.randint(0, 5, (3,), device=d), torch.int64),
+    "torch.tensor([True], device=d)": (lambda d: torch.tensor([True],
+                                                              device=d),
+                                       torch.bool),
+}
+
+
+@pytest.fixture
+def float64_default():
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(saved)
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT64_DEFAULT))
+def test_float64_default_dtype_arrives_as_float32(simulated_mps,
+                                                  float64_default, name):
+    META = simulated_mps
+    t = FLOAT64_DEFAULT[name]("cuda")
+    assert t.device == META and t.dtype == torch.float32
+
+
+def test_float64_default_dtype_values_and_draws(simulated_mps,
+                                                float64_default):
+    META = simulated_mps
+    if META.type == "meta":
+        pytest.skip("the stand-in computes no values")
+    assert torch.tensor([1, 2.5], device="cuda").tolist() == [1.0, 2.5]
+    assert torch.arange(0.0, 1.5, 0.5, device="cuda").tolist() \
+        == [0.0, 0.5, 1.0]
+    assert torch.full((2,), 1.5, device="cuda").tolist() == [1.5, 1.5]
+    # Learning the dtype draws nothing: the same numbers as asked in float32.
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(7)
+    made = torch.randn(4, device="cuda", generator=gen)
+    gen.manual_seed(7)
+    asked = torch.randn(4, device="cuda", generator=gen, dtype=torch.float32)
+    assert torch.equal(made, asked)
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT64_DEFAULT_KEEPS))
+def test_float64_default_dtype_other_results_keep(simulated_mps,
+                                                  float64_default, name):
+    META = simulated_mps
+    make, dtype = FLOAT64_DEFAULT_KEEPS[name]
+    t = make("cuda")
+    assert t.device == META and t.dtype == dtype
+
+
+def test_float64_default_dtype_stays_on_the_host(simulated_mps,
+                                                 float64_default):
+    with TorchDevice.cpu_override():
+        assert torch.zeros(2).dtype == torch.float64
+        assert torch.tensor([1.5]).dtype == torch.float64
+    out = torch.empty(2, device="cuda", dtype=torch.float32)
+    assert torch.zeros(2, out=out).dtype == torch.float32
+
+
+def test_float64_default_dtype_error_policy(simulated_mps, float64_default):
+    configure_mps_like("accelerate", "error")
+    for name, make in FLOAT64_DEFAULT.items():
+        with pytest.raises(TypeError, match="does not support float64"):
+            make("cuda")
+    for name, (make, dtype) in FLOAT64_DEFAULT_KEEPS.items():
+        assert make("cuda").dtype == dtype
+
+
 def test_other_data_keeps_its_dtype(simulated_mps):
     META = simulated_mps
     assert torch.tensor(np.array([1, 2]), device="cuda").dtype == torch.int64

@@ -48,7 +48,8 @@
     X(str_accel_mark, "_torchdevice_on_accelerator")                        \
     X(str_cuda, "cuda")                                                     \
     X(str_mps, "mps")                                                       \
-    X(str_float64, "float64")
+    X(str_float64, "float64")                                               \
+    X(str_out, "out")
 #define TD_DECLARE_NAME(field, text) PyObject *field;
 
 typedef struct {
@@ -78,6 +79,9 @@ typedef struct {
                                       or NULL */
     PyObject *float64;
     PyObject *float32;
+    PyObject *default_dtype;       /* torch.get_default_dtype */
+    PyObject *made_dtype;          /* (fn, *args, **kwargs) -> the dtype the
+                                      call makes, or None (wrapper.c) */
     /* torch's originals the wrappers fall back on */
     PyObject *tensor_to;           /* torch.Tensor.to */
     PyObject *tensor_cpu;          /* torch.Tensor.cpu */

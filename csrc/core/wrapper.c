@@ -286,6 +286,60 @@ float64_data_check(td_install *st, td_wrapper *w, td_request req,
     return float64_lowered(st, w, req, res, dtype);
 }
 
+/* made_dtype(fn, *args, **kwargs): the installation's probe, called with
+ * the call's own arguments after fn. */
+static PyObject *
+probe_made_dtype(td_install *st, PyObject *fn, PyObject *const *args,
+                 Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject **stack = PyMem_New(PyObject *, nargs + nkw + 1);
+    if (stack == NULL) {
+        return PyErr_NoMemory();
+    }
+    stack[0] = fn;
+    memcpy(stack + 1, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
+    PyObject *made = PyObject_Vectorcall(st->made_dtype, stack,
+                                         (size_t)nargs + 1, kwnames);
+    PyMem_Free(stack);
+    return made;
+}
+
+/* A constructor that names no dtype, where the program made float64 torch's
+ * default dtype (torch.set_default_dtype): what it makes on a device
+ * without float64 is a float64 request when its result is floating.  Which
+ * results are depends on the arguments (arange(3) is int64, arange(0.5)
+ * and tensor([1.0]) are not), so the call is made on the meta device first,
+ * which allocates nothing.  Costs one call of get_default_dtype, and only
+ * where float64 would be lowered.  *dtype as in float64_data_check. */
+static int
+default_float64_check(td_install *st, td_wrapper *w, td_request req,
+                      td_resolution res, PyObject *const *args,
+                      Py_ssize_t nargs, PyObject *kwnames, PyObject **dtype)
+{
+    if (td_float64_action(td_get_profile(), td_get_accel_float64(), req, res,
+                          TD_FLOAT64_DOWNCAST) == TD_DTYPE_KEEP)
+    {
+        return 0;
+    }
+    PyObject *def = PyObject_CallNoArgs(st->default_dtype);
+    if (def == NULL) {
+        return -1;
+    }
+    int is = def == st->float64;
+    Py_DECREF(def);
+    if (!is) {
+        return 0;
+    }
+    PyObject *made = probe_made_dtype(st, w->wrapped, args, nargs, kwnames);
+    if (made == NULL) {
+        return -1;
+    }
+    is = made == st->float64;
+    Py_DECREF(made);
+    return is ? float64_lowered(st, w, req, res, dtype) : 0;
+}
+
 static int
 maybe_report(td_install *st, td_wrapper *w, td_request req, td_resolution res,
              PyObject *arg)
@@ -414,6 +468,16 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
                 && !dtype_by_position(st, args, nargs, w->data_pos + 1)
                 && float64_data_check(st, w, req, res, args[w->data_pos],
                                       &add_dtype) < 0))
+        {
+            return undo_toggle_on_error(NULL, res);
+        }
+        if (add_dtype == NULL && nsubst == 0 && w->none_policy
+            && (dslot < 0 || args[dslot] == Py_None)
+            && (w->data_pos < 0
+                || !dtype_by_position(st, args, nargs, w->data_pos + 1))
+            && find_kw(kwnames, nargs, st->str_out) < 0
+            && default_float64_check(st, w, req, res, args, nargs, kwnames,
+                                     &add_dtype) < 0)
         {
             return undo_toggle_on_error(NULL, res);
         }
