@@ -346,9 +346,8 @@ PyMethodDef td_install_methods[] = {
      "float32, tensor_to, tensor_cpu, module_to, mode_stack_len, "
      "mode_stack_at, device_context, generator_type, skip_prefixes, "
      "report_sink, default_dtype, made_dtype)\n\nPublishes a new "
-     "installation made of torch's objects "
-     "and hooks torch.device and torch.Generator; on any failure, nothing "
-     "is left changed."},
+     "installation made of torch's objects and hooks torch.device and "
+     "torch.Generator; on any failure, nothing is left changed."},
     {"uninstall", tdcore_uninstall, METH_NOARGS,
      "uninstall()\n\nUndoes every slot hook, newest first, and publishes no "
      "installation.  Hooks still running keep the one they hold."},

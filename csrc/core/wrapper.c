@@ -331,6 +331,18 @@ default_float64_check(td_install *st, td_wrapper *w, td_request req,
     if (!is) {
         return 0;
     }
+    if (w->data_pos >= 0 && nargs > w->data_pos) {
+        /* Data with a dtype (a tensor, an array) makes its own dtype, which
+         * float64_data_check has seen: no need to copy it twice. */
+        PyObject *dtype_attr = NULL;
+        int has = td_optional_attr(args[w->data_pos], st->str_dtype,
+                                   &dtype_attr);
+        Py_XDECREF(dtype_attr);
+        if (has > 0) {
+            return 0;
+        }
+        PyErr_Clear();          /* a dtype that raises: the probe tells */
+    }
     PyObject *made = probe_made_dtype(st, w->wrapped, args, nargs, kwnames);
     if (made == NULL) {
         return -1;
