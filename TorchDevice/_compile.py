@@ -79,9 +79,6 @@ def _float64_changed(request: Any, none_policy: bool) -> bool:
         return True
 
 
-_META = torch.device("meta")
-
-
 # The polyfills read the grammar entry when they are built and keep plain
 # values: dynamo traces them, and cannot wrap the entry itself.
 
@@ -112,19 +109,19 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
             # torch's default-device context fills the device.
             return original(*args, **kwargs)
         dtype = kwargs.get(dtype_keyword) if dtype_keyword else None
-        named = dtype is not None
-        if (not named and 0 <= data_pos < len(args)
-                and isinstance(args[data_pos], torch.Tensor)
-                and not any(isinstance(a, torch.dtype)
-                            for a in args[data_pos + 1:])):
-            dtype = args[data_pos].dtype     # the data's, which it keeps
-        if (dtype is None and none_policy and "out" not in kwargs
-                and not any(isinstance(a, torch.dtype) for a in args)
-                and torch.get_default_dtype() is torch.float64
-                and _float64_changed(request, none_policy)):
-            # float64 is torch's default dtype: what the call makes, learnt
-            # on the meta device (C's default_float64_check).
-            dtype = original(*args, **{**kwargs, keyword: _META}).dtype
+        if dtype is None and not any(isinstance(a, torch.dtype)
+                                     for a in args[data_pos + 1:]):
+            # Unnamed, the dtype is the data's, else what the call makes
+            # (C's float64_data_check and default_float64_check).
+            if (0 <= data_pos < len(args)
+                    and isinstance(args[data_pos], torch.Tensor)):
+                dtype = args[data_pos].dtype
+            elif (none_policy and "out" not in kwargs
+                    and torch.get_default_dtype() is torch.float64
+                    and _float64_changed(request, none_policy)):
+                # float64 is torch's default dtype: learnt on the meta device
+                dtype = original(*args, **{**kwargs,
+                                           keyword: _patches.META}).dtype
         target, new_dtype = _plan(request, dtype, none_policy, api)
         if target is not None:
             if keyword not in kwargs and 0 <= pos < len(args):

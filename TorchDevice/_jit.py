@@ -134,29 +134,27 @@ def _rewrite_op(graph: Any, node: Any, g: _grammar.DeviceArg) -> int:
                               graph.insertConstant(_SCALAR_OF[new_dtype]))
             changed = 1
         elif (t_index >= 0 and _constant(inputs[t_index]) == (True, None)
-              and 0 <= g.data_position < len(inputs)
-              and inputs[g.data_position].type().kind() == "TensorType"
               and _lowers_float64(req, g.none_policy)):
-            node.replaceInput(t_index,
-                              _dtype_lowered(graph, inputs[g.data_position]))
-            changed = 1
-        elif (t_index >= 0 and _constant(inputs[t_index]) == (True, None)
-              and g.none_policy and "out" not in names
-              and torch.get_default_dtype() is torch.float64
-              and _lowers_float64(req, g.none_policy)):
-            # float64 is torch's default dtype (as when the function was
-            # scripted): what the call makes, learnt on the meta device.
-            node.replaceInput(t_index,
-                              _dtype_lowered(graph, _on_meta(graph, node,
-                                                             d_index)))
-            changed = 1
+            made = _made_by(graph, node, g, names, d_index)
+            if made is not None:
+                node.replaceInput(t_index, _dtype_lowered(graph, made))
+                changed = 1
     return changed
 
 
-def _on_meta(graph: Any, node: Any, d_index: int) -> Any:
-    """A copy of a constructor's node with the meta device; its output."""
+def _made_by(graph: Any, node: Any, g: _grammar.DeviceArg, names: List[str],
+             d_index: int) -> Any:
+    """The graph value whose dtype a call naming none makes: its data
+    tensor, or, where float64 is torch's default dtype (as when the function
+    was scripted), the same call made on the meta device.  None: neither."""
     inputs = list(node.inputs())
-    inputs[d_index] = graph.insertConstant(torch.device("meta"))
+    if (0 <= g.data_position < len(inputs)
+            and inputs[g.data_position].type().kind() == "TensorType"):
+        return inputs[g.data_position]
+    if (not g.none_policy or "out" in names
+            or torch.get_default_dtype() is not torch.float64):
+        return None
+    inputs[d_index] = graph.insertConstant(_patches.META)
     probe = graph.insertNode(graph.create(node.kind(), inputs))
     probe.output().setType(node.output().type())
     return probe.output()

@@ -394,7 +394,7 @@ def made_dtype(fn: Callable[..., Any], *args: Any,
     (the core asks only where torch's default dtype is float64 and the
     device has none, docs/policy.md).  None where the meta device cannot
     tell: the real call then says what is wrong."""
-    kwargs["device"] = _META
+    kwargs["device"] = META
     try:
         made = fn(*args, **kwargs)
     except Exception:
@@ -402,7 +402,8 @@ def made_dtype(fn: Callable[..., Any], *args: Any,
     return made.dtype if isinstance(made, torch.Tensor) else None
 
 
-_META = torch.device("meta")
+# Where a call is made only to learn what it makes (nothing allocated).
+META = torch.device("meta")
 
 
 def core_objects(mps_device: Optional[torch.device] = None

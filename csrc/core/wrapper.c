@@ -474,22 +474,20 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
     PyObject *add_dtype = NULL;
     if (!td_get_accel_float64()) {
         Py_ssize_t dslot = find_kw(kwnames, nargs, w->dtype_kw);
+        /* A dtype named by keyword, or by position after the data
+         * (as_tensor(data, dtype)). */
+        int names_dtype = (dslot >= 0 && args[dslot] != Py_None)
+            || dtype_by_position(st, args, nargs, w->data_pos + 1);
+        /* Unnamed, the dtype is the data's, else what the call makes
+         * (torch's default dtype, for floating results). */
         if (float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0
-            || ((dslot < 0 || args[dslot] == Py_None)
-                && w->data_pos >= 0 && nargs > w->data_pos
-                && !dtype_by_position(st, args, nargs, w->data_pos + 1)
+            || (!names_dtype && w->data_pos >= 0 && nargs > w->data_pos
                 && float64_data_check(st, w, req, res, args[w->data_pos],
-                                      &add_dtype) < 0))
-        {
-            return undo_toggle_on_error(NULL, res);
-        }
-        if (add_dtype == NULL && nsubst == 0 && w->none_policy
-            && (dslot < 0 || args[dslot] == Py_None)
-            && (w->data_pos < 0
-                || !dtype_by_position(st, args, nargs, w->data_pos + 1))
-            && find_kw(kwnames, nargs, st->str_out) < 0
-            && default_float64_check(st, w, req, res, args, nargs, kwnames,
-                                     &add_dtype) < 0)
+                                      &add_dtype) < 0)
+            || (!names_dtype && add_dtype == NULL && w->none_policy
+                && find_kw(kwnames, nargs, st->str_out) < 0
+                && default_float64_check(st, w, req, res, args, nargs,
+                                         kwnames, &add_dtype) < 0))
         {
             return undo_toggle_on_error(NULL, res);
         }
