@@ -28,13 +28,12 @@ originals they call are torch's own, which dynamo already knows.
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import _capabilities, _log, _tdcore
+from . import _capabilities, _tdcore
 
 # Device type the program names -> device type that runs it; filled by
 # install() from the policy.  Empty while TorchDevice is disabled.
@@ -117,15 +116,12 @@ def dtype_table(target: str, keep_float16: bool, bf16_fast: bool,
 # ---- the replacements -----------------------------------------------------
 
 
-def _note(api: str, want: Any, used: Any, target: str) -> None:
-    """Report and log a changed autocast dtype (never while compiling)."""
-    if torch.compiler.is_compiling():
-        return
-    if _tdcore.get_report():
+def _note(api: str, want: Any, used: Any) -> None:
+    """Report a changed autocast dtype (never while compiling).  Recording
+    is on whenever the log shows INFO, and a record is logged once per call
+    site: an autocast region entered at every training step logs one line."""
+    if _tdcore.get_report() and not torch.compiler.is_compiling():
         _tdcore.record(api, "dtype", str(want), str(used))
-    if _log.logger.isEnabledFor(logging.INFO):
-        _log.logger.info("%s: autocast %s runs as %s on %s", api, want, used,
-                         target)
 
 
 def _report(api: str, source: str, target: str) -> None:
@@ -161,7 +157,7 @@ def _autocast_init(original: Callable[..., None]) -> Callable[..., None]:
             self.fast_dtype = used
         _report("torch.autocast", device_type, target)
         if used is not want:
-            _note("torch.autocast", want, used, target)
+            _note("torch.autocast", want, used)
     return __init__
 
 
@@ -246,7 +242,7 @@ def _set_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
             _DEFAULTS[device_type] = dtype
         used = table.get(dtype, dtype)
         if used is not dtype:
-            _note("torch.set_autocast_dtype", dtype, used, target)
+            _note("torch.set_autocast_dtype", dtype, used)
         return original(target, used)
     return set_autocast_dtype
 

@@ -373,13 +373,20 @@ def test_autocast_inside_compiled_code(dynamo_first):
 def test_float16_change_is_logged(restore_config, caplog):
     TorchDevice.configure(log_level="INFO")
     with caplog.at_level(logging.INFO, logger="TorchDevice"):
-        with torch.autocast("cuda"):
-            pass
-    # Logged where it changes; where the device keeps float16 (a CPU
-    # without bfloat16 arithmetic keeps float32 instead) nothing is said.
-    changed = any("autocast torch.float16 runs as" in r.getMessage()
-                  for r in caplog.records)
-    assert changed is (FLOAT16_BECOMES is not torch.float16)
+        for _ in range(3):   # a region entered at every step: one line
+            with torch.autocast("cuda"):
+                pass
+    # Logged where it changes, naming the site; where the device keeps
+    # float16 (a CPU without bfloat16 arithmetic keeps float32 instead)
+    # nothing is said.
+    changed = [r for r in caplog.records if "torch.float16" in r.getMessage()]
+    if FLOAT16_BECOMES is torch.float16:
+        assert changed == []
+    else:
+        assert len(changed) == 1, [r.getMessage() for r in changed]
+        assert changed[0].pathname == __file__
+        assert (f"dtype (torch.float16 -> {FLOAT16_BECOMES})"
+                in changed[0].getMessage())
 
 
 @cpu_only
