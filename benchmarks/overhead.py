@@ -56,6 +56,9 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
     # and repr go through TorchDevice's getter; the one built for "cuda"
     # reads "cuda" to the program.
     asked = torch.device("cuda") if was else native_obj
+    # One asked for with an index reads it (torch.device("cuda", 1).index is
+    # 1); its native counterpart is the landing device's own index.
+    asked_one = torch.device("cuda", 1) if was else native_obj
     return [
         ("torch.device('cuda')", lambda: torch.device("cuda"),
          lambda: torch.device(NATIVE), 1.5),
@@ -82,6 +85,10 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
          lambda: native_obj.type, None),
         ("str(torch.device('cuda'))", lambda: str(asked),
          lambda: str(native_obj), None),
+        ("torch.device('cuda:1')", lambda: torch.device("cuda:1"),
+         lambda: torch.device(NATIVE), None),
+        ("torch.device('cuda', 1).index", lambda: asked_one.index,
+         lambda: native_obj.index, None),
     ]
 
 

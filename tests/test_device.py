@@ -22,14 +22,22 @@ WHERE = TARGET.type
 SPELLED = str(TARGET)
 
 
-def shown(kind: str, form=repr) -> str:
-    """What a device asked for as `kind` reads as: the kind, with the index
-    of the device really used."""
-    index = TARGET.index
+def shown(kind: str, form=repr, index: typing.Optional[int] = None) -> str:
+    """What a device asked for as `kind` (with `index`, if one was asked
+    for) reads as: what torch.device(kind, index) reads as on a machine
+    that has that kind, whatever device really runs it."""
     if form is repr:
         return (f"device(type='{kind}')" if index is None
                 else f"device(type='{kind}', index={index})")
     return kind if index is None else f"{kind}:{index}"
+
+
+def asked_index(args) -> typing.Optional[int]:
+    if isinstance(args[0], int):
+        return args[0]
+    if len(args) > 1:
+        return args[1]
+    return int(args[0].split(":")[1]) if ":" in args[0] else None
 
 
 @pytest.mark.parametrize("args", [("cuda",), ("cuda", 1), ("cuda:3",),
@@ -39,8 +47,10 @@ def test_accelerator_requests_become_cpu(args):
     assert d == TARGET
     assert type(d) is torch.device
     kind = args[0].split(":")[0] if isinstance(args[0], str) else "cuda"
-    assert d.type == kind
-    assert repr(d) == shown(kind) and str(d) == f"{d}" == shown(kind, str)
+    assert d.type == kind and d.index == asked_index(args)
+    index = asked_index(args)
+    assert repr(d) == shown(kind, repr, index)
+    assert str(d) == f"{d}" == shown(kind, str, index)
     assert torch.zeros(1, device=d).device == TARGET
 
 
@@ -66,6 +76,65 @@ def test_a_device_reads_as_asked_to_the_program_only():
     # "accelerate"), devices of other kinds as themselves.
     assert torch.device("cpu").type == torch.zeros(0, device="cpu").device.type
     assert str(torch.device("meta")) == "meta"
+
+
+def test_a_device_reads_the_index_it_was_asked_for():
+    """torch.device("cuda", rank) reads as cuda:<rank> to the program, as on
+    a machine with that many GPUs; torch's own code reads the device really
+    used."""
+    d = torch.device("cuda", 1)
+    assert (d.index, str(d), repr(d)) == (1, "cuda:1",
+                                          "device(type='cuda', index=1)")
+    # Code that rebuilds a device from its parts (it failed with
+    # "Invalid device string: 'cuda:None'").
+    assert torch.device(f"{d.type}:{d.index}") is d
+    assert torch.device(d.type, d.index) is d
+    assert torch.device("cuda:1") is d and torch.device(1) is d
+    assert torch.device("cuda:2") is not d and torch.device("cuda:2").index == 2
+    assert d == TARGET and torch.zeros(1, device=d).device == TARGET
+    scope = {"__name__": "torch.nn.modules.module"}
+    exec("def read(d):\n    return d.index, str(d)\n", scope)
+    assert scope["read"](d) == (TARGET.index, SPELLED)
+    # A move to it is an accelerator request (docs/policy.md, "Moves copy").
+    x = torch.ones(2)
+    assert TorchDevice._tdcore.device_intent(d) == "accelerator"
+    assert x.to(d) is not x and x.to(d).cpu() is not None
+
+
+def test_selecting_a_device_by_the_device_asked_for(restore_config):
+    c = torch.cuda
+    TorchDevice.configure(device_count=2)
+    try:
+        one = torch.device("cuda", 1)
+        c.set_device(one)
+        assert c.current_device() == 1
+        c.set_device(torch.device("cuda:0"))
+        assert c.current_device() == 0
+        with c.device(one):
+            assert c.current_device() == 1
+        assert c.current_device() == 0
+        assert c._get_device_index(one) == 1
+    finally:
+        TorchDevice.configure(device_count=None)
+
+
+def test_threads_asking_for_one_index_get_one_device():
+    import threading
+
+    got = []
+    barrier = threading.Barrier(8)
+
+    def ask():
+        barrier.wait()
+        got.append(torch.device("cuda:7"))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and all(d is got[0] for d in got)
+    assert str(got[0]) == "cuda:7"
 
 
 def test_code_written_for_cuda_gets_past_its_checks():
@@ -156,16 +225,18 @@ def test_pickle_names_torch_device_and_loads_without_torchdevice(tmp_path):
     data = pickle.dumps(d)
     assert b"torch" in data and b"device" in data and b"TorchDevice" not in data
     path = tmp_path / "dev.pkl"
-    path.write_bytes(pickle.dumps({"d": d, "m": torch.device("mps")}))
+    path.write_bytes(pickle.dumps({"d": d, "m": torch.device("mps"),
+                                   "i": torch.device("cuda", 1)}))
     proc = run_python(f"""
         import pickle, sys, torch
         obj = pickle.loads(open({str(path)!r}, 'rb').read())
         assert 'TorchDevice' not in sys.modules
-        print(obj['d'], obj['m'])
+        print(obj['d'], obj['m'], obj['i'])
     """)
     assert proc.returncode == 0, proc.stderr
     # What the program asked for, as a pickle made on CUDA holds.
-    assert proc.stdout.split() == [shown("cuda", str), shown("mps", str)]
+    assert proc.stdout.split() == [shown("cuda", str), shown("mps", str),
+                                   "cuda:1"]
 
 
 def test_weights_only_load_of_devices(tmp_path):

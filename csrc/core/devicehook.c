@@ -77,9 +77,8 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
                 {
                     return NULL;
                 }
-                return Py_NewRef(td_request_device(st, res.target,
-                                                   TD_REQ_CUDA,
-                                                   TD_INTENT_ACCEL));
+                return td_request_device(st, res.target, req,
+                                         TD_INTENT_ACCEL);
             }
         }
     }
@@ -123,8 +122,8 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
         return NULL;
     }
     Py_DECREF(dev);
-    return Py_NewRef(td_request_device(st, res.target, req.kind,
-                                       td_intent_of_kind(req.kind)));
+    return td_request_device(st, res.target, req,
+                             td_intent_of_kind(req.kind));
 }
 
 /* The hook holds the installation for the whole call (tdcore.h). */

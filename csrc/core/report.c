@@ -138,18 +138,10 @@ file_class(td_install *st, PyObject *rules, PyObject *cache,
         return TD_FILE_USER;
     }
     PyObject *known;
-#if PY_VERSION_HEX >= 0x030D0000
-    if (PyDict_GetItemRef(cache, filename, &known) < 0) {
+    if (td_dict_get_ref(cache, filename, &known) < 0) {
         PyErr_Clear();
         return TD_FILE_USER;
     }
-#else
-    known = Py_XNewRef(PyDict_GetItemWithError(cache, filename));
-    if (known == NULL && PyErr_Occurred()) {
-        PyErr_Clear();
-        return TD_FILE_USER;
-    }
-#endif
     if (known != NULL) {
         long c = PyLong_AsLong(known);
         Py_DECREF(known);

@@ -108,6 +108,11 @@ typedef struct {
      * [TD_TARGET_CPU][TD_POSE_CUDA] is the accelerator intent on profile
      * cpu (moves.c). */
     PyObject *pose[TD_TARGET_COUNT][TD_POSE_KINDS];
+    /* pose.c: the poses for a request that names an index ("cuda:1"),
+     * made at first use: {slot: pose} and {address of a pose: slot}, where
+     * a slot encodes (target, kind asked for, index asked for). */
+    PyObject *pose_at;
+    PyObject *pose_asked;
     PyObject *intent_host_cuda;    /* torch.device("cuda") handed out for a
                                       promoted host request */
     PyObject *intent_host_mps;     /* same for the MPS target */
@@ -257,17 +262,22 @@ extern PyMethodDef td_moves_methods[];
 /* The name `dev` reads as to the program ("cuda", "mps"; borrowed), or
  * NULL when it is not one of the installation's poses. */
 PyObject *td_pose_name(td_install *st, PyObject *dev);
-/* The device object to hand out for a request of `kind` sent to `target`
- * with `intent` (borrowed): the pose where the kind is not the target's. */
+/* The device object to hand out for `req` sent to `target` with `intent`
+ * (new reference, or NULL with an exception): the pose where the kind is
+ * not the target's, reading the index `req` asked for. */
 PyObject *td_request_device(td_install *st, td_target target,
-                            td_req_kind kind, td_intent intent);
+                            td_request req, td_intent intent);
+/* Whether `dev` is a pose asked for as "cuda": 1 with *index set to the
+ * index asked for (-1: none), else 0. */
+int td_pose_cuda_index(td_install *st, PyObject *dev, long *index);
 /* Whether `dev` is a pose whose kind the policy still sends to its target:
  * torch.device(dev) may then be `dev` itself. */
 int td_pose_kept(td_install *st, PyObject *dev);
 /* Makes the installation's poses (before torch.device is hooked). */
 int td_poses_setup(td_install *st);
-/* Swaps torch.device's `type` and its str/repr for ones that show a pose's
- * name (slots.c's "torch.device.type" step), and back. */
+/* Swaps torch.device's `type` and `index` getters, `__reduce__` and
+ * str/repr for ones that show what a pose was asked for (slots.c's
+ * "torch.device.type" step), and back. */
 int td_face_hook(PyTypeObject *device_type);
 void td_face_unhook(PyTypeObject *device_type);
 /* Whether the calling code is shown what a device was asked for rather
@@ -342,6 +352,19 @@ td_optional_attr(PyObject *obj, PyObject *name, PyObject **value)
     return PyObject_GetOptionalAttr(obj, name, value);
 #else
     return _PyObject_LookupAttr(obj, name, value);
+#endif
+}
+
+/* dict[key] as a new reference: 1 with *value set, 0 when missing (no
+ * error), -1 on error.  One spelling for every Python version. */
+static inline int
+td_dict_get_ref(PyObject *dict, PyObject *key, PyObject **value)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyDict_GetItemRef(dict, key, value);
+#else
+    *value = Py_XNewRef(PyDict_GetItemWithError(dict, key));
+    return *value != NULL ? 1 : PyErr_Occurred() ? -1 : 0;
 #endif
 }
 

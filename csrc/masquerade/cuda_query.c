@@ -102,8 +102,17 @@ masq_request(td_masq *m, PyObject *arg)
 {
     td_install *inst = td_install_acquire();
     td_accel_type accel = td_accel_of(inst);
-    td_request req = td_request_from_value((PyTypeObject *)m->device_type,
-                                           &accel, arg);
+    td_request req;
+    long index;
+    if (inst != NULL && td_pose_cuda_index(inst, arg, &index)) {
+        /* torch.device("cuda", 1) names CUDA device 1 to the program. */
+        req.kind = TD_REQ_CUDA;
+        req.index = index;
+    }
+    else {
+        req = td_request_from_value((PyTypeObject *)m->device_type, &accel,
+                                    arg);
+    }
     Py_XDECREF(inst);
     return req;
 }
@@ -642,11 +651,13 @@ TD_MASQ_FASTKW(q_current_accelerator)
                   : profile == TD_PROFILE_ACCEL ? TD_TARGET_ACCEL
                                                 : TD_TARGET_CPU;
     td_install *inst = td_install_acquire();
-    PyObject *dev = inst != NULL
-        ? td_request_device(inst, t, TD_REQ_CUDA, TD_INTENT_ACCEL) : NULL;
-    PyObject *result = Py_NewRef(dev != NULL ? dev : m->target_device);
-    Py_XDECREF(inst);
-    return result;
+    if (inst == NULL) {
+        return Py_NewRef(m->target_device);
+    }
+    td_request req = {TD_REQ_CUDA, -1};
+    PyObject *dev = td_request_device(inst, t, req, TD_INTENT_ACCEL);
+    Py_DECREF(inst);
+    return dev;
 }
 
 /* Whether `device` stands for torch.cuda to the program: no device
