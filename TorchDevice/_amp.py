@@ -116,18 +116,13 @@ def dtype_table(target: str, keep_float16: bool, bf16_fast: bool,
 # ---- the replacements -----------------------------------------------------
 
 
-def _note(api: str, want: Any, used: Any) -> None:
-    """Report a changed autocast dtype (never while compiling).  Recording
-    is on whenever the log shows INFO, and a record is logged once per call
-    site: an autocast region entered at every training step logs one line."""
+def _record(api: str, what: str, source: Any, target: Any) -> None:
+    """A call-site record (when recording is on; never while compiling).
+    Recording is on whenever the log shows INFO, and a record is logged
+    once per call site: an autocast region entered at every training step
+    logs one line."""
     if _tdcore.get_report() and not torch.compiler.is_compiling():
-        _tdcore.record(api, "dtype", str(want), str(used))
-
-
-def _report(api: str, source: str, target: str) -> None:
-    """A "redirected" record of the call site (when recording is on)."""
-    if _tdcore.get_report() and not torch.compiler.is_compiling():
-        _tdcore.record(api, "redirected", source, target)
+        _tdcore.record(api, what, str(source), str(target))
 
 
 def _redirected(device_type: Any) -> Optional[str]:
@@ -155,9 +150,9 @@ def _autocast_init(original: Callable[..., None]) -> Callable[..., None]:
             # accepts, then compute in float32 (its kernels honour it).
             original(self, target, accepted[0], enabled, cache_enabled)
             self.fast_dtype = used
-        _report("torch.autocast", device_type, target)
+        _record("torch.autocast", "redirected", device_type, target)
         if used is not want:
-            _note("torch.autocast", want, used)
+            _record("torch.autocast", "dtype", want, used)
     return __init__
 
 
@@ -168,7 +163,7 @@ def _scaler_init(original: Callable[..., None]) -> Callable[..., None]:
                  growth_interval: int = 2000, enabled: bool = True) -> None:
         target = _redirected(device)
         if target is not None:
-            _report("torch.amp.GradScaler", device, target)
+            _record("torch.amp.GradScaler", "redirected", device, target)
         original(self, device if target is None else target, init_scale,
                  growth_factor, backoff_factor, growth_interval, enabled)
     return __init__
@@ -242,7 +237,7 @@ def _set_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
             _DEFAULTS[device_type] = dtype
         used = table.get(dtype, dtype)
         if used is not dtype:
-            _note("torch.set_autocast_dtype", dtype, used)
+            _record("torch.set_autocast_dtype", "dtype", dtype, used)
         return original(target, used)
     return set_autocast_dtype
 
