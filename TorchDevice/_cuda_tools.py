@@ -376,6 +376,8 @@ def patches() -> List[Any]:
         if hasattr(torch.cuda, name):
             table += [Patch(home, name, lambda orig, value=value: value)
                       for home in _patches.homes(torch.cuda, name)]
+    from . import _tunable
+    table += _tunable.patches()
     for name, key in (("preferred_linalg_library", "linalg_backends"),
                       ("preferred_blas_library", "blas_backends")):
         names = _torch_compat.get(key)

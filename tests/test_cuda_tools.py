@@ -203,6 +203,67 @@ def test_memory_pools_name_the_devices_own_memory(restore_config):
         torch.cuda.MemPool
 
 
+@pytest.fixture
+def tunable_state():
+    """TunableOp's switches are process-wide, as on CUDA: put them back."""
+    t = torch.cuda.tunable
+    saved = (t.is_enabled(), t.tuning_is_enabled(),
+             t.record_untuned_is_enabled(), t.get_max_tuning_duration(),
+             t.get_max_tuning_iterations(), t.get_filename())
+    yield t
+    t.enable(saved[0])
+    t.tuning_enable(saved[1])
+    t.record_untuned_enable(saved[2])
+    t.set_max_tuning_duration(saved[3])
+    t.set_max_tuning_iterations(saved[4])
+    t.set_filename(saved[5])
+
+
+def test_tunableop_recipe_runs_and_changes_no_result(tunable_state,
+                                                     restore_config,
+                                                     tmp_path):
+    """TunableOp's documented recipe: enable, set the file, run GEMMs, read
+    the switches back.  There is one GEMM implementation to run, so the
+    product is the untuned one and no choice is kept."""
+    t = tunable_state
+    torch.manual_seed(0)
+    a = torch.randn(16, 8, device="cuda")
+    b = torch.randn(8, 4, device="cuda")
+    plain = a @ b
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    assert (t.is_enabled(), t.tuning_is_enabled()) == (False, True)
+    t.enable(True)
+    t.tuning_enable(True)
+    t.set_max_tuning_iterations(10)
+    t.set_max_tuning_duration(5)
+    t.set_filename(str(tmp_path / "results.csv"), insert_device_ordinal=True)
+    tuned = a @ b
+    assert torch.equal(tuned, plain)
+    assert t.is_enabled() and t.tuning_is_enabled()
+    assert (t.get_max_tuning_iterations(), t.get_max_tuning_duration()) == \
+        (10, 5)
+    assert t.get_filename() == str(tmp_path / "results0.csv")
+    t.set_filename("tuned_%d_run.csv", insert_device_ordinal=True)
+    assert t.get_filename() == "tuned_0_run.csv"
+    assert t.get_results() == () and t.read_file() is False
+    t.set_rotating_buffer_size(2)
+    assert t.get_rotating_buffer_size() == 2048
+    untuned = tmp_path / "untuned.csv"
+    untuned.write_text("Gemm_Rocblas_nn_16_4_8,Default,0.1\n")
+    t.tune_gemm_in_file(str(untuned))
+    with pytest.raises(FileNotFoundError):
+        t.tune_gemm_in_file(str(tmp_path / "missing.csv"))
+    t.enable(False)
+    with pytest.raises(AssertionError, match="not enabled"):
+        t.tune_gemm_in_file(str(untuned))
+    apis = {r["api"] for r in TorchDevice.report()
+            if r["file"] == __file__}
+    assert {"torch.cuda.tunable.enable", "torch.cuda.tunable.set_filename",
+            "torch.cuda.tunable.tune_gemm_in_file"} <= apis
+    assert pickle.loads(pickle.dumps(t.enable)) is t.enable
+
+
 def test_without_torchdevice_each_one_raises():
     """The program really needs it: a torch without CUDA raises at each."""
     proc = run_python("""
@@ -216,7 +277,8 @@ for name, call in [
         ("cufft", lambda: torch.backends.cuda.cufft_plan_cache.max_size),
         ("profiler", lambda: torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CUDA]).__enter__()),
-        ("mempool", lambda: torch.cuda.MemPool())]:
+        ("mempool", lambda: torch.cuda.MemPool()),
+        ("tunable", lambda: torch.cuda.tunable.enable(True))]:
     try:
         call()
     except (RuntimeError, AssertionError, AttributeError):
@@ -226,20 +288,21 @@ print(",".join(failed))
     assert proc.returncode == 0, proc.stderr[-2000:]
     # A CUDA build of torch without a GPU takes a library preference.
     libraries = [] if CUDA_BUILD else ["linalg", "blas"]
+    tunable = [] if CUDA_BUILD else ["tunable"]
     assert proc.stdout.split() == [
         ",".join(["profiler.start", "emit_nvtx", *libraries, "cufft",
-                  "profiler", "mempool"])]
+                  "profiler", "mempool", *tunable])]
 
 
 def test_disable_gives_torch_its_own_back(restore_config):
     import torch.cuda.profiler as cuda_profiler
     ours = (torch.cuda.cudart, torch.autograd.profiler.emit_nvtx,
             torch.backends.cuda.preferred_linalg_library,
-            torch.backends.cuda.cufft_plan_cache)
+            torch.backends.cuda.cufft_plan_cache, torch.cuda.tunable.enable)
     TorchDevice.disable()
     theirs = (torch.cuda.cudart, torch.autograd.profiler.emit_nvtx,
               torch.backends.cuda.preferred_linalg_library,
-              torch.backends.cuda.cufft_plan_cache)
+              torch.backends.cuda.cufft_plan_cache, torch.cuda.tunable.enable)
     assert all(a is not b for a, b in zip(ours, theirs))
     assert cuda_profiler.cudart is torch.cuda.cudart
     assert torch.autograd.profiler.emit_nvtx.__module__ == \
