@@ -205,18 +205,14 @@ def test_memory_pools_name_the_devices_own_memory(restore_config):
 
 @pytest.fixture
 def tunable_state():
-    """TunableOp's switches are process-wide, as on CUDA: put them back."""
-    t = torch.cuda.tunable
-    saved = (t.is_enabled(), t.tuning_is_enabled(),
-             t.record_untuned_is_enabled(), t.get_max_tuning_duration(),
-             t.get_max_tuning_iterations(), t.get_filename())
-    yield t
-    t.enable(saved[0])
-    t.tuning_enable(saved[1])
-    t.record_untuned_enable(saved[2])
-    t.set_max_tuning_duration(saved[3])
-    t.set_max_tuning_iterations(saved[4])
-    t.set_filename(saved[5])
+    """TunableOp's switches are process-wide, as on CUDA: put them all back
+    (the rotating buffer's "L2 size" setting, -1, has no getter that says
+    it)."""
+    from TorchDevice import _tunable
+    saved = dict(_tunable._STATE)
+    yield torch.cuda.tunable
+    _tunable._STATE.clear()
+    _tunable._STATE.update(saved)
 
 
 def test_tunableop_recipe_runs_and_changes_no_result(tunable_state,
