@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import _capabilities, _tdcore
+from . import _capabilities, _tdcore, _torch_compat
 
 # Device type the program names -> device type that runs it; filled by
 # install() from the policy.  Empty while TorchDevice is disabled.
@@ -189,9 +190,18 @@ def _is_enabled(original: Callable[..., bool]) -> Callable[..., bool]:
 
 
 def _first_arg(original: Callable[..., Any]) -> Callable[..., Any]:
-    """set_autocast_enabled(device_type, enabled)."""
+    """set_autocast_enabled(device_type, enabled), and its older form
+    set_autocast_enabled(enabled), which sets CUDA's."""
     @functools.wraps(original)
     def call(*args: Any, **kwargs: Any) -> Any:
+        if "device_type" not in kwargs and (
+                (len(args) == 1 and not isinstance(args[0], str))
+                or (not args and "enabled" in kwargs)):
+            target = _TYPES.get("cuda")
+            if target is not None:
+                enabled = args[0] if args else kwargs["enabled"]
+                return original(target, enabled)
+            return original(*args, **kwargs)
         if args:
             target = _redirected(args[0])
             if target is not None:
@@ -242,6 +252,52 @@ def _set_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
     return set_autocast_dtype
 
 
+def _deprecated(name: str, instead: str) -> None:
+    """torch's warning for its deprecated name, at the caller's line."""
+    warnings.warn(f"{name} is deprecated. Please use {instead} instead.",
+                  DeprecationWarning, stacklevel=3)
+
+
+def _gpu_dtype_getter(original: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.get_autocast_gpu_dtype(): CUDA's autocast dtype, deprecated for
+    get_autocast_dtype("cuda"), whose answer it gives."""
+    @functools.wraps(original)
+    def get_autocast_gpu_dtype() -> Any:
+        if not torch.compiler.is_compiling():   # dynamo folds torch's
+            _deprecated("torch.get_autocast_gpu_dtype()",
+                        "torch.get_autocast_dtype('cuda')")
+        return replacement("get_autocast_dtype")("cuda")
+    return get_autocast_gpu_dtype
+
+
+def _gpu_dtype_setter(original: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.set_autocast_gpu_dtype(dtype): set_autocast_dtype("cuda", dtype)
+    under its deprecated name."""
+    @functools.wraps(original)
+    def set_autocast_gpu_dtype(dtype: Any) -> Any:
+        if not torch.compiler.is_compiling():
+            _deprecated("torch.set_autocast_gpu_dtype(dtype)",
+                        "torch.set_autocast_dtype('cuda', dtype)")
+        return replacement("set_autocast_dtype")("cuda", dtype)
+    return set_autocast_gpu_dtype
+
+
+def _cast_builder(original: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.amp.autocast_mode._cast(value, device_type, dtype), what
+    custom_fwd(cast_inputs=...) and torch.cuda.amp's _cast call: it casts
+    the floating tensors on `device_type`.  Where that type is redirected
+    the tensors are on the device really used, and the dtype becomes what
+    autocast's would there."""
+    @functools.wraps(original)
+    def _cast(value: Any, device_type: str, dtype: Any) -> Any:
+        target = _redirected(device_type)
+        if target is not None:
+            dtype = _DTYPES[device_type].get(dtype, dtype)
+            device_type = target
+        return original(value, device_type, dtype)
+    return _cast
+
+
 # ---- installation -----------------------------------------------------------
 
 
@@ -257,6 +313,12 @@ def _capture() -> None:
         "set_autocast_dtype": torch.set_autocast_dtype,
         "set_autocast_enabled": torch.set_autocast_enabled,
     })
+    # Deprecated names a later torch may drop.
+    _originals.update({name: getattr(torch, name) for name in GPU_NAMES
+                       if hasattr(torch, name)})
+    cast = _torch_compat.get("amp_cast")
+    if cast is not None:
+        _originals["_cast"] = cast
 
 
 _BUILDERS: Dict[str, Callable[[Any], Any]] = {
@@ -266,7 +328,14 @@ _BUILDERS: Dict[str, Callable[[Any], Any]] = {
     "get_autocast_dtype": _get_dtype,
     "set_autocast_dtype": _set_dtype,
     "set_autocast_enabled": _first_arg,
+    "get_autocast_gpu_dtype": _gpu_dtype_getter,
+    "set_autocast_gpu_dtype": _gpu_dtype_setter,
+    "_cast": _cast_builder,
 }
+
+# CUDA's own names for its autocast state, replaced where "cuda" is
+# redirected.
+GPU_NAMES = ("get_autocast_gpu_dtype", "set_autocast_gpu_dtype")
 
 
 def replacement(name: str) -> Any:
@@ -280,6 +349,13 @@ def replacement(name: str) -> Any:
 
 def replacements() -> List[Any]:
     return [replacement(name) for name in _BUILDERS]
+
+
+def has_cast() -> bool:
+    """Whether this torch has the private _cast that custom_fwd calls."""
+    _capture()
+    return "_cast" in _originals and \
+        _torch_compat.get("amp_cast") is not None
 
 
 def redirected_types(profile: str) -> Dict[str, str]:

@@ -618,10 +618,16 @@ def _amp_patches(profile: str) -> List[Any]:
         Patch(grad_scaler.GradScaler, "__init__",
               lambda orig: _amp.replacement("GradScaler.__init__")),
     ]
-    for name in ("is_autocast_enabled", "get_autocast_dtype",
-                 "set_autocast_dtype", "set_autocast_enabled"):
+    names = ["is_autocast_enabled", "get_autocast_dtype",
+             "set_autocast_dtype", "set_autocast_enabled"]
+    if "cuda" in _amp.redirected_types(profile):
+        names += [n for n in _amp.GPU_NAMES if hasattr(torch, n)]
+    for name in names:
         patches.append(Patch(torch, name,
                              lambda orig, n=name: _amp.replacement(n)))
+    if _amp.has_cast():
+        patches.append(Patch(autocast_mode, "_cast",
+                             lambda orig: _amp.replacement("_cast")))
     return patches
 
 
@@ -743,8 +749,10 @@ def replaced_names() -> Dict[str, Tuple[str, ...]]:
             "get_device_capability", "empty_host_cache"),
         "torch": ("get_device_module", "is_autocast_enabled",
                   "get_autocast_dtype", "set_autocast_dtype",
-                  "set_autocast_enabled"),
+                  "set_autocast_enabled", "get_autocast_gpu_dtype",
+                  "set_autocast_gpu_dtype"),
         "torch.autocast / torch.amp.GradScaler": ("__init__",),
+        "torch.amp.autocast_mode": ("_cast",),
         "torch.mps (MPS announced)": MPS_REVERSE,
         "torch.backends.mps (MPS announced)": MPS_BACKENDS_REVERSE,
     }

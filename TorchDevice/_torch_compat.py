@@ -46,6 +46,8 @@ CAPTURABLE = "optimizers with capturable=True where \"cuda\" lands on " \
 GRAPHS = "CUDA graph capture and replay where \"cuda\" is not CUDA"
 LIBRARIES = "CUDA's preferred linear algebra and BLAS library switches " \
             "where \"cuda\" is not CUDA"
+AMP_CAST = "custom_fwd(cast_inputs=...) casting the tensors of a " \
+           "redirected device type"
 DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
           "where \"cuda\" lands on the host)"
 
@@ -74,6 +76,7 @@ PRIVATE: Tuple[Private, ...] = (
     Private("IntType", "torch._C", "IntType", JIT),
     Private("BoolType", "torch._C", "BoolType", JIT),
     Private("parse_schema", "torch._C", "parse_schema", JIT),
+    Private("amp_cast", "torch.amp.autocast_mode", "_cast", AMP_CAST),
     Private("default_mps_generator", "torch.mps",
             "_get_default_mps_generator", MPS_RNG),
     Private("lazy_allowed_methods", "torch.nn.parameter",

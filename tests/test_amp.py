@@ -288,6 +288,97 @@ def test_custom_fwd_follows_the_redirected_autocast():
         assert f(a).dtype == torch.float32
 
 
+@cpu_only
+def test_custom_fwd_casts_its_inputs_as_on_cuda():
+    # On CUDA, custom_fwd(cast_inputs=torch.float16) inside an autocast
+    # region casts the op's "cuda" inputs and runs it with autocast off.
+    # torch's cast picks tensors by device type; here they are on the
+    # device "cuda" landed on, and float16 becomes autocast's dtype there.
+    seen = {}
+
+    class Product(torch.autograd.Function):
+        @staticmethod
+        @torch.cuda.amp.custom_fwd(cast_inputs=torch.float16)
+        def forward(ctx, a, b):
+            seen["dtypes"] = (a.dtype, b.dtype)
+            seen["autocast"] = torch.is_autocast_enabled()
+            ctx.save_for_backward(a, b)
+            return a @ b
+
+        @staticmethod
+        @torch.cuda.amp.custom_bwd
+        def backward(ctx, grad):
+            a, b = ctx.saved_tensors
+            return grad @ b.t(), a.t() @ grad
+
+    a = torch.randn(3, 3, device="cuda", requires_grad=True)
+    b = torch.randn(3, 3, device="cuda")
+    with torch.autocast("cuda"):
+        out = Product.apply(a, b)
+    assert seen == {"dtypes": (FLOAT16_BECOMES,) * 2, "autocast": False}
+    assert out.dtype == FLOAT16_BECOMES
+    out.float().sum().backward()
+    assert a.grad.dtype == torch.float32 and a.grad.shape == (3, 3)
+    # Outside a region nothing is cast, as on CUDA.
+    seen.clear()
+    assert Product.apply(a, b).dtype == torch.float32
+    assert seen["dtypes"] == (torch.float32,) * 2
+    # torch.cuda.amp's own _cast (transformers' Nemotron layer norm).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        cast = torch.cuda.amp.autocast_mode._cast((a, 2, "x"), torch.float16)
+    assert cast[0].dtype == FLOAT16_BECOMES and cast[1:] == (2, "x")
+
+
+@cpu_only
+def test_cudas_older_autocast_names_follow_the_redirected_autocast():
+    # torch.get_autocast_gpu_dtype() (many transformers models read it),
+    # set_autocast_gpu_dtype(dtype) and set_autocast_enabled(enabled) name
+    # CUDA's autocast; they answer and act as get_autocast_dtype("cuda") and
+    # friends do, and warn as torch does, at the caller's line.
+    a = torch.randn(2, 2, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert torch.get_autocast_gpu_dtype() is torch.bfloat16
+        assert [w.filename for w in caught] == [__file__]
+        assert "get_autocast_dtype('cuda')" in str(caught[0].message)
+        assert caught[0].category is DeprecationWarning
+    assert torch.get_autocast_gpu_dtype() is FLOAT16_BECOMES
+    assert not torch.is_autocast_enabled()
+    torch.set_autocast_enabled(True)
+    try:
+        assert torch.is_autocast_enabled() and torch.is_autocast_enabled("cuda")
+        assert (a @ a).dtype == FLOAT16_BECOMES
+    finally:
+        torch.set_autocast_enabled(False)
+    assert not torch.is_autocast_enabled()
+    assert (a @ a).dtype == torch.float32
+    torch.set_autocast_gpu_dtype(torch.float32)
+    try:
+        assert torch.get_autocast_dtype("cuda") is torch.float32
+        with torch.autocast("cuda"):
+            assert (a @ a).dtype == torch.float32
+            assert torch.get_autocast_gpu_dtype() is torch.float32
+    finally:
+        torch.set_autocast_gpu_dtype(torch.float16)
+    assert torch.get_autocast_dtype("cuda") is FLOAT16_BECOMES
+
+
+@cpu_only
+def test_get_autocast_gpu_dtype_compiles_into_one_graph():
+    @torch.compile(fullgraph=True, backend="eager")
+    def f(x):
+        if torch.is_autocast_enabled():
+            return x.to(torch.get_autocast_gpu_dtype())
+        return x
+
+    a = torch.randn(3, device="cuda")
+    assert f(a).dtype == torch.float32
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert f(a).dtype == torch.bfloat16
+
+
 # ---- what the replacements look like -------------------------------------
 
 NAMES = [
@@ -297,6 +388,9 @@ NAMES = [
     ("get_autocast_dtype", lambda: torch.get_autocast_dtype),
     ("set_autocast_dtype", lambda: torch.set_autocast_dtype),
     ("set_autocast_enabled", lambda: torch.set_autocast_enabled),
+    ("get_autocast_gpu_dtype", lambda: torch.get_autocast_gpu_dtype),
+    ("set_autocast_gpu_dtype", lambda: torch.set_autocast_gpu_dtype),
+    ("_cast", lambda: autocast_mode._cast),
 ]
 
 
