@@ -52,7 +52,8 @@ RNG = (
 )
 MISC = (
     "ipc_collect", "set_sync_debug_mode", "get_sync_debug_mode",
-    "make_graphed_callables",
+    "make_graphed_callables", "reset_peak_host_memory_stats",
+    "reset_accumulated_host_memory_stats",
 )
 NVTX = ("range_push", "range_pop", "range_start", "range_end", "mark")
 MEMORY_PRIVATE = ("_record_memory_history", "_snapshot")

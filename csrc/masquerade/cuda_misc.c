@@ -1,7 +1,7 @@
 /* torch.cuda calls that have no meaning off CUDA: NVTX annotations (no-ops),
  * make_graphed_callables (the eager equivalent: CUDAGraph itself is
  * recorded and replayed in TorchDevice/_graphs.py), IPC and debug switches
- * (no-ops that log at debug level).
+ * and the pinned-memory counters' resets (no-ops that log at debug level).
  *
  * Python equivalent:
  *
@@ -51,6 +51,19 @@ TD_MASQ_O(misc_set_sync_debug_mode)
 {
     (void)arg;
     return noop_logged(st, m, "torch.cuda.set_sync_debug_mode");
+}
+
+/* The pinned-memory allocator's counters: host_memory_stats() answers
+ * torch's own empty dict here, so there is nothing to reset. */
+TD_MASQ_NOARGS(misc_reset_peak_host)
+{
+    return noop_logged(st, m, "torch.cuda.reset_peak_host_memory_stats");
+}
+
+TD_MASQ_NOARGS(misc_reset_accumulated_host)
+{
+    return noop_logged(st, m,
+                       "torch.cuda.reset_accumulated_host_memory_stats");
 }
 
 static PyObject *
@@ -150,6 +163,10 @@ PyMethodDef td_cuda_misc_methods[] = {
      "set_sync_debug_mode(debug_mode) (no-op)"},
     {"get_sync_debug_mode", misc_get_sync_debug_mode, METH_NOARGS,
      "get_sync_debug_mode() -> 0"},
+    {"reset_peak_host_memory_stats", misc_reset_peak_host, METH_NOARGS,
+     "reset_peak_host_memory_stats() (no-op)"},
+    {"reset_accumulated_host_memory_stats", misc_reset_accumulated_host,
+     METH_NOARGS, "reset_accumulated_host_memory_stats() (no-op)"},
     {"_record_memory_history", TD_FASTKW(misc_record_memory_history),
      "_record_memory_history(...) (no-op)"},
     {"_snapshot", TD_FASTKW(misc_memory_snapshot),
