@@ -220,6 +220,61 @@ def test_device_context_and_default_device():
         torch.set_default_device(None)
 
 
+class _Calls(torch.overrides.TorchFunctionMode):
+    """A torch-function mode of the kind profilers and tracers push: it
+    sees every torch call, torch.device(...) included, and passes it on."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(getattr(func, "__name__", func))
+        return func(*args, **(kwargs or {}))
+
+
+FORMS = [("cuda",), ("cuda:0",), ("cuda:1",), ("cuda:127",), ("mps",),
+         ("mps:0",), ("cuda", 1), (0,), ("cpu",), ("cpu:0",), ("meta",)]
+
+
+@pytest.mark.parametrize("args", FORMS, ids=[str(a) for a in FORMS])
+def test_under_a_torch_function_mode_a_device_reads_as_asked(args):
+    # The mode sees the call, and hands back the device the program gets
+    # without one: the same object, reading the same.  It read "cpu" for
+    # "cuda" (the mode's torch.device came back through the hook and was
+    # read as a fresh device).
+    plain = torch.device(*args)
+    with _Calls() as mode:
+        moded = torch.device(*args)
+    # An ordinal is resolved before torch sees it: a CPU build's torch
+    # would ask for its accelerator and fail.
+    assert mode.seen == ([] if isinstance(args[0], int) else ["device"])
+    assert (moded.type, moded.index, str(moded), repr(moded)) == \
+        (plain.type, plain.index, str(plain), repr(plain))
+    assert moded == plain
+    if plain.type in ("cuda", "mps"):
+        assert moded is plain
+
+
+def test_torch_device_reads_as_asked_under_the_default_device():
+    # torch.set_default_device("cuda") and `with torch.device("cuda")` push
+    # a torch-function mode: code that then builds torch.device("cuda")
+    # and checks its type must still see "cuda".
+    forms = ["cuda", "cuda:1", "mps", "cpu"]
+    plain = [str(torch.device(f)) for f in forms]
+    assert plain[:3] == ["cuda", "cuda:1", "mps"]
+    torch.set_default_device("cuda")
+    try:
+        assert [str(torch.device(f)) for f in forms] == plain
+        assert torch.device("cuda").type == "cuda"
+        assert torch.ones(1).device == TARGET
+    finally:
+        torch.set_default_device(None)
+    with torch.device("cuda"):
+        assert torch.device("cuda").type == "cuda"
+        assert torch.device(0).index == 0
+
+
 def test_pickle_names_torch_device_and_loads_without_torchdevice(tmp_path):
     d = torch.device("cuda")
     data = pickle.dumps(d)

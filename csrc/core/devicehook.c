@@ -46,10 +46,76 @@ is_toggle_request(td_install *st, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
+/* Whether a torch-function mode is pushed in this thread: torch hands every
+ * torch.device(...) call to it, so the call must reach torch (-1: error). */
+static int
+function_mode_pushed(td_install *st)
+{
+    if (st->mode_stack_len == Py_None) {
+        return 1;   /* that torch does not say: assume one */
+    }
+    PyObject *len = PyObject_CallNoArgs(st->mode_stack_len);
+    if (len == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(len);
+    Py_DECREF(len);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return n != 0;
+}
+
+/* torch.device("cuda"), ("cuda:1"), ("mps"): the call CUDA and MPS code
+ * makes most, redirected.  torch's own parse would build a device only to
+ * have it replaced, so the string is read here, with torch's grammar
+ * (td_parse_device_string) and index range (an int8: 0-127), and the
+ * redirected device handed back at once.  Every other call goes through
+ * torch: other spellings and malformed strings (torch's errors), a request
+ * torch's own code makes (it gets the truth, below), a pushed
+ * torch-function mode.  Returns NULL with no exception where torch must
+ * parse. */
+static PyObject *
+device_from_string(td_install *st, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 1
+        || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)
+        || !PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0)))
+    {
+        return NULL;
+    }
+    PyObject *arg = PyTuple_GET_ITEM(args, 0);
+    td_request req = td_request_from_object(st, arg);
+    if ((req.kind != TD_REQ_CUDA && req.kind != TD_REQ_MPS)
+        || req.index > 127)
+    {
+        return NULL;
+    }
+    td_resolution res = td_resolve_now(st, req);
+    if (res.target == TD_TARGET_KEEP || td_called_from_torch(st->str_name)) {
+        return NULL;
+    }
+    int pushed = function_mode_pushed(st);
+    if (pushed != 0) {
+        if (pushed < 0) {
+            PyErr_Clear();   /* torch's own call will say what is wrong */
+        }
+        return NULL;
+    }
+    if (td_get_report() && td_report(st, st->api_device, req, res, arg) < 0) {
+        return NULL;
+    }
+    return td_request_device(st, res.target, req, TD_INTENT_ACCEL);
+}
+
 static PyObject *
 device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
            PyObject *args, PyObject *kwargs)
 {
+    PyObject *fast = device_from_string(st, args, kwargs);
+    if (fast != NULL || PyErr_Occurred()) {
+        return fast;
+    }
     if (is_toggle_request(st, args, kwargs)) {
         td_request req = {TD_REQ_CPU_TOGGLE, -1};
         td_resolution res = td_resolve_now(st, req);
@@ -94,6 +160,14 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
     PyObject *dev = orig_device_new(type, args, kwargs);
     /* A TorchFunctionMode may hand back something else: leave it alone. */
     if (dev == NULL || Py_TYPE(dev) != st->device_type) {
+        return dev;
+    }
+    /* Under a torch-function mode (torch.set_default_device's among them)
+     * torch handed the call to the mode, whose own torch.device(...) came
+     * back through this hook: that device is decided already.  Read as a
+     * fresh one it names the device really used ("cuda" would read
+     * "cpu"). */
+    if (td_pose_kept(st, dev) || td_intent_kept(st, dev)) {
         return dev;
     }
     td_accel_type accel = td_accel_of(st);
