@@ -348,7 +348,9 @@ def replacement(name: str) -> Any:
 
 
 def replacements() -> List[Any]:
-    return [replacement(name) for name in _BUILDERS]
+    """Every replacement this torch has an original for."""
+    _capture()
+    return [replacement(name) for name in _BUILDERS if name in _originals]
 
 
 def has_cast() -> bool:

@@ -365,6 +365,29 @@ def test_cudas_older_autocast_names_follow_the_redirected_autocast():
     assert torch.get_autocast_dtype("cuda") is FLOAT16_BECOMES
 
 
+def test_a_torch_without_cudas_older_names_still_enables(monkeypatch):
+    # get_autocast_gpu_dtype and set_autocast_gpu_dtype are deprecated; a
+    # torch release that drops them must not stop TorchDevice.
+    TorchDevice.disable()
+    try:
+        for name in _amp.GPU_NAMES:
+            monkeypatch.delattr(torch, name)
+            # As _capture() finds such a torch (the other replacements stay
+            # the objects torch.compile already knows).
+            monkeypatch.delitem(_amp._originals, name)
+            monkeypatch.delitem(_amp._built, name, raising=False)
+        TorchDevice.enable()
+        names = {r.__name__ for r in _amp.replacements()}
+        assert not names & set(_amp.GPU_NAMES)
+        assert "get_autocast_dtype" in names
+        with torch.autocast("cuda"):
+            assert torch.is_autocast_enabled()
+    finally:
+        TorchDevice.disable()
+        monkeypatch.undo()
+        TorchDevice.enable()
+
+
 @cpu_only
 def test_get_autocast_gpu_dtype_compiles_into_one_graph():
     @torch.compile(fullgraph=True, backend="eager")
