@@ -353,6 +353,21 @@ td_resolve_now(td_install *st, td_request req)
  * a factory called without one from it.  Other modes (profilers, counting
  * modes, a user's own) say nothing about devices, so only a DeviceContext
  * counts.  The stack is per thread, as torch's context is. */
+Py_ssize_t
+td_mode_stack_depth(td_install *st)
+{
+    PyObject *len = PyObject_CallNoArgs(st->mode_stack_len);
+    if (len == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(len);
+    Py_DECREF(len);
+    if (n < 0 && !PyErr_Occurred()) {
+        n = 0;   /* torch never says less than none */
+    }
+    return n;
+}
+
 int
 td_default_device_active(td_install *st)
 {
@@ -361,14 +376,9 @@ td_default_device_active(td_install *st)
     {
         return 0;   /* that torch has no such context (_torch_compat.py) */
     }
-    PyObject *len = PyObject_CallNoArgs(st->mode_stack_len);
-    if (len == NULL) {
-        return -1;
-    }
-    Py_ssize_t n = PyLong_AsSsize_t(len);
-    Py_DECREF(len);
+    Py_ssize_t n = td_mode_stack_depth(st);
     if (n < 0) {
-        return PyErr_Occurred() ? -1 : 0;
+        return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *index = PyLong_FromSsize_t(i);

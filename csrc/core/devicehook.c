@@ -25,17 +25,17 @@ is_int_value(PyObject *obj, long value)
 }
 
 /* "cpu:-1" and torch.device("cpu", -1) are not valid torch syntax (torch
- * rejects negative indexes), so they are recognised before torch parses. */
+ * rejects negative indexes), so they are recognised before torch parses.
+ * `only` is the request of a lone argument (device_new). */
 static int
-is_toggle_request(td_install *st, PyObject *args, PyObject *kwargs)
+is_toggle_request(PyObject *args, PyObject *kwargs, td_request only)
 {
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
         return 0;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(args);
     if (n == 1) {
-        td_request r = td_request_from_object(st, PyTuple_GET_ITEM(args, 0));
-        return r.kind == TD_REQ_CPU_TOGGLE;
+        return only.kind == TD_REQ_CPU_TOGGLE;
     }
     if (n == 2) {
         PyObject *t = PyTuple_GET_ITEM(args, 0);
@@ -54,16 +54,8 @@ function_mode_pushed(td_install *st)
     if (st->mode_stack_len == Py_None) {
         return 1;   /* that torch does not say: assume one */
     }
-    PyObject *len = PyObject_CallNoArgs(st->mode_stack_len);
-    if (len == NULL) {
-        return -1;
-    }
-    Py_ssize_t n = PyLong_AsSsize_t(len);
-    Py_DECREF(len);
-    if (n == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    return n != 0;
+    Py_ssize_t n = td_mode_stack_depth(st);
+    return n < 0 ? -1 : n != 0;
 }
 
 /* torch.device("cuda"), ("cuda:1"), ("mps"): the call CUDA and MPS code
@@ -73,19 +65,11 @@ function_mode_pushed(td_install *st)
  * redirected device handed back at once.  Every other call goes through
  * torch: other spellings and malformed strings (torch's errors), a request
  * torch's own code makes (it gets the truth, below), a pushed
- * torch-function mode.  Returns NULL with no exception where torch must
- * parse. */
+ * torch-function mode.  `req` is `arg`'s request.  Returns NULL with no
+ * exception where torch must parse. */
 static PyObject *
-device_from_string(td_install *st, PyObject *args, PyObject *kwargs)
+device_from_string(td_install *st, PyObject *arg, td_request req)
 {
-    if (PyTuple_GET_SIZE(args) != 1
-        || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)
-        || !PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0)))
-    {
-        return NULL;
-    }
-    PyObject *arg = PyTuple_GET_ITEM(args, 0);
-    td_request req = td_request_from_object(st, arg);
     if ((req.kind != TD_REQ_CUDA && req.kind != TD_REQ_MPS)
         || req.index > 127)
     {
@@ -112,11 +96,22 @@ static PyObject *
 device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
            PyObject *args, PyObject *kwargs)
 {
-    PyObject *fast = device_from_string(st, args, kwargs);
-    if (fast != NULL || PyErr_Occurred()) {
-        return fast;
+    /* A lone argument is parsed once, for every case below. */
+    PyObject *only = NULL;   /* borrowed */
+    td_request first = {TD_REQ_OTHER, -1};
+    if (PyTuple_GET_SIZE(args) == 1
+        && (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0))
+    {
+        only = PyTuple_GET_ITEM(args, 0);
+        first = td_request_from_object(st, only);
     }
-    if (is_toggle_request(st, args, kwargs)) {
+    if (only != NULL && PyUnicode_CheckExact(only)) {
+        PyObject *fast = device_from_string(st, only, first);
+        if (fast != NULL || PyErr_Occurred()) {
+            return fast;
+        }
+    }
+    if (is_toggle_request(args, kwargs, first)) {
         td_request req = {TD_REQ_CPU_TOGGLE, -1};
         td_resolution res = td_resolve_now(st, req);
         if (td_get_report()
@@ -129,33 +124,25 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
     }
     /* A bare int is an accelerator ordinal; torch would ask the build's
      * accelerator, which a CPU-only build lacks, so resolve it first. */
-    if (PyTuple_GET_SIZE(args) == 1 && (kwargs == NULL
-                                        || PyDict_GET_SIZE(kwargs) == 0)
-        && PyLong_CheckExact(PyTuple_GET_ITEM(args, 0)))
+    if (only != NULL && PyLong_CheckExact(only)
+        && first.kind == TD_REQ_CUDA)
     {
-        PyObject *arg = PyTuple_GET_ITEM(args, 0);
-        td_request req = td_request_from_object(st, arg);
-        if (req.kind == TD_REQ_CUDA) {
-            td_resolution res = td_resolve_now(st, req);
-            if (res.target != TD_TARGET_KEEP) {
-                if (td_get_report()
-                    && td_report(st, st->api_device, req, res, arg) < 0)
-                {
-                    return NULL;
-                }
-                return td_request_device(st, res.target, req,
-                                         TD_INTENT_ACCEL);
+        td_resolution res = td_resolve_now(st, first);
+        if (res.target != TD_TARGET_KEEP) {
+            if (td_get_report()
+                && td_report(st, st->api_device, first, res, only) < 0)
+            {
+                return NULL;
             }
+            return td_request_device(st, res.target, first, TD_INTENT_ACCEL);
         }
     }
     /* torch.device(d) of a device the program built keeps what d asked
      * for (moves.c reads it by identity, pose.c shows it). */
-    if (PyTuple_GET_SIZE(args) == 1 && (kwargs == NULL
-                                        || PyDict_GET_SIZE(kwargs) == 0)
-        && (td_pose_kept(st, PyTuple_GET_ITEM(args, 0))
-            || td_intent_kept(st, PyTuple_GET_ITEM(args, 0))))
+    if (only != NULL
+        && (td_pose_kept(st, only) || td_intent_kept(st, only)))
     {
-        return Py_NewRef(PyTuple_GET_ITEM(args, 0));
+        return Py_NewRef(only);
     }
     PyObject *dev = orig_device_new(type, args, kwargs);
     /* A TorchFunctionMode may hand back something else: leave it alone. */

@@ -216,6 +216,9 @@ const char *td_caller_module(PyObject *name_key, Py_ssize_t *size);
 void td_float64_error(td_install *st, PyObject *api);
 /* Resolves with the current settings and applies an override toggle. */
 td_resolution td_resolve_now(td_install *st, td_request req);
+/* Depth of this thread's torch-function mode stack (mode_stack_len must
+ * not be None); -1 with an exception on error. */
+Py_ssize_t td_mode_stack_depth(td_install *st);
 /* Whether torch's default-device context (`with torch.device(...)`,
  * torch.set_default_device) is active in the calling thread: 1, 0 or -1. */
 int td_default_device_active(td_install *st);
