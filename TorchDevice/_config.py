@@ -37,8 +37,8 @@ class Config:
 
     target: force the hardware profile ("cuda", "mps", "accelerator",
         "cpu"); None detects.
-    mode: "accelerate" (None and "cpu" go to the accelerator too, the
-        default) or "cpu-stays-cpu" (only accelerator requests move).
+    mode: "cpu-stays-cpu" (the default: only accelerator requests move)
+        or "accelerate" (no device and "cpu" go to the accelerator too).
     float64: on a device without float64 (MPS; its capability record),
         "downcast" float64 requests to float32 (logged) or raise an "error".
     log_level: level of the "TorchDevice" logger; INFO or lower logs each

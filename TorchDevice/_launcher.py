@@ -41,7 +41,7 @@ options:
                        JSON report to PATH; "{pid}" becomes the process id)
   --log-level LEVEL    log each new call site (INFO) or less (WARNING)
   --target PROFILE     force the profile: cuda, mps, accelerator or cpu
-  --mode MODE          accelerate (default) or cpu-stays-cpu
+  --mode MODE          cpu-stays-cpu (default) or accelerate
   --float64 POLICY     downcast (default) or error
   --capabilities NAME  profile accelerator: use the device with this
                        capability record (mps, cuda, cpu, accelerator)

@@ -443,3 +443,14 @@ def test_torchrun_line_prefixes_as_direct(progs, mode):
     assert any("[rank1]: ValueError: rank 1 fails" in line
                for line in expected)
     assert _prefixed(through.stdout + through.stderr) == expected
+
+
+def test_usage_names_the_defaults_in_force():
+    # The usage text once called "accelerate" the default mode.
+    from TorchDevice import _config, _launcher
+    defaults = _config.Config()
+    lines = {line.split()[0]: line for line in _launcher.USAGE.splitlines()
+             if line.strip().startswith("--")}
+    for option, default in (("--mode", defaults.mode),
+                            ("--float64", defaults.float64)):
+        assert f"{default} (default)" in lines[option], lines[option]
