@@ -119,6 +119,9 @@ def _for_user_code(ours: Any, torchs: Any, api: str) -> Any:
 def patches() -> List[Any]:
     from ._patches import Patch
     from ._masquerade import announced
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is None:
+        return []                   # torch before 2.6
     profile = _tdcore.settings()["profile"]
     replacements: Dict[str, Any] = {}
     if profile == "cpu":
@@ -132,11 +135,11 @@ def patches() -> List[Any]:
         replacements["Graph"] = Graph
     table: List[Any] = []
     for name, value in replacements.items():
-        torchs = getattr(torch.accelerator, name, None)
+        torchs = getattr(accelerator, name, None)
         if torchs is None:
             continue                # an older torch
         if not isinstance(value, type):
             value = _for_user_code(value, torchs, f"torch.accelerator.{name}")
         table += [Patch(owner, name, lambda orig, value=value: value)
-                  for owner in _patches.homes(torch.accelerator, name)]
+                  for owner in _patches.homes(accelerator, name)]
     return table

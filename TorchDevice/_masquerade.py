@@ -378,11 +378,15 @@ def _target_generator(profile: str) -> Optional[torch.Generator]:
 def _capture_originals() -> None:
     if _originals:
         return
+    # torch.accelerator is torch 2.6's; older releases have no such module.
+    accelerator = getattr(torch, "accelerator", None)
     _originals.update({
         "cuda.is_available": torch.cuda.is_available,
         "cuda.memory_summary": torch.cuda.memory.memory_summary,
-        "current_accelerator": torch.accelerator.current_accelerator,
-        "accelerator.is_available": torch.accelerator.is_available,
+        "current_accelerator": getattr(accelerator, "current_accelerator",
+                                       None),
+        "accelerator.is_available": getattr(accelerator, "is_available",
+                                            None),
         "get_device_module": torch.get_device_module,
         "mps.is_available": torch.backends.mps.is_available,
         "mps.is_built": torch.backends.mps.is_built,
@@ -390,15 +394,14 @@ def _capture_originals() -> None:
         "cuda.get_arch_list": torch.cuda.get_arch_list,
         "OrderedDict": collections.OrderedDict,
         # torch.accelerator's own, which the masquerade replaces
-        "accelerator": {name: getattr(torch.accelerator, name)
+        "accelerator": {name: getattr(accelerator, name)
                         for name in ("memory_allocated", "memory_reserved",
                                      "max_memory_allocated",
                                      "max_memory_reserved",
                                      "reset_peak_memory_stats",
                                      "empty_cache", "get_memory_info",
                                      "synchronize")
-                        if hasattr(torch, "accelerator")
-                        and hasattr(torch.accelerator, name)},
+                        if hasattr(accelerator, name)},
     })
 
 
@@ -651,6 +654,14 @@ def _version_patches() -> List[Any]:
     return [_value_patch(torch.version, "cuda", version)]
 
 
+def _accelerator_patches() -> List[Any]:
+    """torch.accelerator's, on a torch that has it (2.6 and later)."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is None:
+        return []
+    return _fn_patches(accelerator, ACCELERATOR, "torch.accelerator")
+
+
 def _masquerade_patches(profile: str) -> List[Any]:
     import torch.cuda.graphs
     import torch.cuda.memory
@@ -664,7 +675,7 @@ def _masquerade_patches(profile: str) -> List[Any]:
     generator = _target_generator(profile)
     table.append(_value_patch(cuda, "default_generators",
                               (generator,) if generator is not None else ()))
-    table += _fn_patches(torch.accelerator, ACCELERATOR, "torch.accelerator")
+    table += _accelerator_patches()
     table += _fn_patches(torch, ("get_device_module",), "torch",
                          aliases=False)
     table += _fn_patches(torch.backends.cuda, CUDA_BACKENDS,
@@ -723,9 +734,7 @@ def patches() -> List[Any]:
     if profile == "cuda":
         return table + _reverse_patches()
     if "cuda" not in announced(profile):
-        return (table + _reverse_patches()
-                + _fn_patches(torch.accelerator, ACCELERATOR,
-                              "torch.accelerator"))
+        return table + _reverse_patches() + _accelerator_patches()
     if profile == "mps":
         return table + _masquerade_patches(profile)
     # Neither kind is real (profile cpu, or another accelerator) and CUDA

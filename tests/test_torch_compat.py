@@ -115,6 +115,29 @@ for w in caught:
         assert feature in proc.stdout, proc.stdout
 
 
+def test_a_torch_without_torch_accelerator_enables():
+    # torch.accelerator is public from torch 2.6; on older releases
+    # `import TorchDevice` raised AttributeError at its first line.
+    proc = run_python("""
+import sys, warnings, torch
+delattr(torch, "accelerator")
+sys.modules["torch.accelerator"] = None
+warnings.simplefilter("error")
+import TorchDevice
+x = torch.ones(2, device="cuda")
+y = x.cpu()
+y.add_(1)
+print(TorchDevice.is_enabled(), torch.cuda.is_available(),
+      torch.device("cuda").type, x.sum().item(), y is x)
+TorchDevice.disable()
+TorchDevice.enable()
+print(hasattr(torch, "accelerator"))
+""")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "True", "cuda", "2.0", "False",
+                                   "False"]
+
+
 def _private_uses(path: Path):
     tree = ast.parse(path.read_text(), str(path))
     for node in ast.walk(tree):
