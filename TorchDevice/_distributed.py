@@ -154,7 +154,9 @@ def _barrier_builder(original: Any) -> Any:
         if device_ids is not None and not _native():
             _record("torch.distributed.barrier", device_ids, "no device_ids")
             device_ids = None
-        return original(group, async_op, device_ids, timeout)
+        # torch before 2.12 has no timeout parameter: passed only when given.
+        extra = {} if timeout is None else {"timeout": timeout}
+        return original(group, async_op, device_ids, **extra)
     return barrier
 
 

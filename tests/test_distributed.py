@@ -408,3 +408,22 @@ def test_new_group_backends_are_replaced_and_reported():
         (8, "torch.distributed.init_process_group", "nccl", "gloo"),
         (9, "torch.distributed.new_group", "nccl", "gloo"),
         (10, "torch.distributed.new_group", "nccl", "gloo")])
+
+
+def test_barrier_calls_a_torch_without_its_timeout_parameter(monkeypatch):
+    # torch before 2.12: barrier(group, async_op, device_ids), no timeout.
+    # dist.barrier(device_ids=[rank]) stopped with "barrier() takes from 0
+    # to 3 positional arguments but 4 were given".
+    calls = []
+
+    def barrier(group=None, async_op=False, device_ids=None):
+        calls.append((group, async_op, device_ids))
+
+    monkeypatch.setattr(_distributed, "_native", lambda: False)
+    ours = _distributed._barrier_builder(barrier)
+    ours(device_ids=[0])
+    ours(None, True)
+    assert calls == [(_distributed.dist.GroupMember.WORLD, False, None),
+                     (None, True, None)]
+    with pytest.raises(TypeError):
+        ours(timeout=5)
