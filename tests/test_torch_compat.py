@@ -117,7 +117,7 @@ for w in caught:
 
 def test_a_torch_without_torch_accelerator_enables():
     # torch.accelerator is public from torch 2.6; on older releases
-    # `import TorchDevice` raised AttributeError at its first line.
+    # `import TorchDevice` raised AttributeError while enabling.
     proc = run_python("""
 import sys, warnings, torch
 delattr(torch, "accelerator")

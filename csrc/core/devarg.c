@@ -347,12 +347,6 @@ td_resolve_now(td_install *st, td_request req)
     return res;
 }
 
-/* torch's default-device context: `with torch.device(d):` and
- * torch.set_default_device(d) both push a DeviceContext mode onto the
- * calling thread's torch-function mode stack, and torch fills the device of
- * a factory called without one from it.  Other modes (profilers, counting
- * modes, a user's own) say nothing about devices, so only a DeviceContext
- * counts.  The stack is per thread, as torch's context is. */
 Py_ssize_t
 td_mode_stack_depth(td_install *st)
 {
@@ -368,6 +362,12 @@ td_mode_stack_depth(td_install *st)
     return n;
 }
 
+/* torch's default-device context: `with torch.device(d):` and
+ * torch.set_default_device(d) both push a DeviceContext mode onto the
+ * calling thread's torch-function mode stack, and torch fills the device of
+ * a factory called without one from it.  Other modes (profilers, counting
+ * modes, a user's own) say nothing about devices, so only a DeviceContext
+ * counts.  The stack is per thread, as torch's context is. */
 int
 td_default_device_active(td_install *st)
 {
