@@ -298,9 +298,36 @@ def _rewrite_move(kind: str, args: Sequence[Any],
     return (target,), kwargs
 
 
+def _translator(args: Sequence[Any]) -> Any:
+    """(tx, args) from a TensorVariable handler's arguments.  torch 2.11
+    and later pass the instruction translator first; earlier releases pass
+    only the method's arguments, and their own handlers read the translator
+    from dynamo's thread-local, as this does (tx None: not found)."""
+    base = _torch_compat.get("dynamo_InstructionTranslatorBase")
+    if args and base is not None and isinstance(args[0], base):
+        return args[0], args[1:]
+    root = _torch_compat.get("dynamo_InstructionTranslator")
+    current = getattr(root, "current_tx", None)
+    return (current() if current is not None else None), args
+
+
+def _variable_builder() -> Optional[Callable[[Any, Any], Any]]:
+    """What makes a dynamo variable of a constant: VariableTracker.build,
+    or before torch 2.7 SourcelessBuilder.create (None: neither)."""
+    VariableTracker = _torch_compat.get("dynamo_VariableTracker")
+    build = getattr(VariableTracker, "build", None)
+    if build is not None:
+        return build
+    builder = _torch_compat.get("dynamo_SourcelessBuilder")
+    return getattr(builder, "create", None)
+
+
 def _tensor_handler(name: str) -> Callable[..., Any]:
-    def handler(self: Any, tx: Any, *args: Any, **kwargs: Any) -> Any:
+    def handler(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _patches.is_applied():
+            return None
+        tx, args = _translator(args)
+        if tx is None:
             return None
         values = list(args) + list(kwargs.values())
         if not all(v.is_python_constant() for v in values):
@@ -314,15 +341,15 @@ def _tensor_handler(name: str) -> Callable[..., Any]:
             new = _rewrite_move(name, py_args, py_kwargs, data_dtype)
         if new is None:
             return None
-        VariableTracker = _torch_compat.get("dynamo_VariableTracker")
-        if VariableTracker is None:
+        build = _variable_builder()
+        if build is None:
             return None
         new_args, new_kwargs = new
         # The planned device plans to itself, so this call takes the
         # generic path.
         return self.call_method(
-            tx, "to", [VariableTracker.build(tx, a) for a in new_args],
-            {k: VariableTracker.build(tx, v) for k, v in new_kwargs.items()})
+            tx, "to", [build(tx, a) for a in new_args],
+            {k: build(tx, v) for k, v in new_kwargs.items()})
     handler.__name__ = f"method_{name}"
     return handler
 
@@ -400,10 +427,38 @@ def _substitute(obj: Any, traceable: Callable[..., Any],
         handler.__torch_dynamo_polyfill__ = traceable  # type: ignore[attr-defined]
         handler.__torch_dynamo_can_constant_fold_through__ = fold  # type: ignore[attr-defined]
         PolyfilledFunctionVariable._get_polyfill_handlers()[obj] = handler
-        trace_rules._polyfilled_function_ids.add(id(obj))
+        if not _route_to_polyfill(obj, trace_rules,
+                                  PolyfilledFunctionVariable):
+            return
         _keep.append(handler)
     _registered.add(id(obj))
     _keep.append(obj)
+
+
+def _route_to_polyfill(obj: Any, trace_rules: Any,
+                       PolyfilledFunctionVariable: Any) -> bool:
+    """Makes dynamo wrap `obj` in a PolyfilledFunctionVariable: the set of
+    polyfilled ids it consults from torch 2.6, or before that the id table
+    of its VariableBuilder (as substitute_in_graph did there).  False where
+    neither is found."""
+    ids = getattr(trace_rules, "_polyfilled_function_ids", None)
+    if ids is not None:
+        ids.add(id(obj))
+        return True
+    VariableBuilder = _torch_compat.get("dynamo_VariableBuilder")
+    GuardBuilder = _torch_compat.get("dynamo_GuardBuilder")
+    if VariableBuilder is None or GuardBuilder is None:
+        return False
+
+    def dispatch(builder: Any, value: Any) -> Any:
+        return PolyfilledFunctionVariable(
+            value, source=builder.source,
+            **builder.install_guards(GuardBuilder.FUNCTION_MATCH))
+
+    VariableBuilder._id_dispatch()[id(obj)] = dispatch
+    trace_rules.get_torch_obj_rule_map()[obj] = PolyfilledFunctionVariable
+    _keep.append(dispatch)
+    return True
 
 
 def _share_rules(original: Any, replacement: Any) -> None:

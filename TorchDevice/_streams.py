@@ -26,6 +26,7 @@ profile in force when it is made.
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
@@ -152,8 +153,22 @@ def _record_stream(original: Any) -> Any:
     return _tdcore.record_stream_method(torch.Tensor)
 
 
+def _share_abstract_bases() -> None:
+    """Our classes pass the issubclass() checks against abstract bases that
+    torch's pass: torch 2.5's dynamo asserts, when it is imported, that
+    torch.cuda.Stream and Event derive from torch._streambase's.  (A
+    registration outlives disable(); it only widens issubclass().)"""
+    for theirs, ours in ((_CUDA_STREAM, _tdcore.Stream),
+                         (_CUDA_EXTERNAL, _tdcore.ExternalStream),
+                         (_CUDA_EVENT, _tdcore.Event)):
+        for base in theirs.__mro__[1:]:
+            if isinstance(base, abc.ABCMeta) and not issubclass(ours, base):
+                base.register(ours)
+
+
 def _cuda_patches() -> List[Any]:
     from ._patches import Patch
+    _share_abstract_bases()
     C, S, T = torch.cuda, torch.cuda.streams, _tdcore
     table = [Patch(C, name, _const(getattr(T, name))) for name in (
         "Stream", "ExternalStream", "Event", "StreamContext", "stream",

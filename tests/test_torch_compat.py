@@ -138,6 +138,94 @@ print(hasattr(torch, "accelerator"))
                                    "False"]
 
 
+def test_compile_with_a_dynamo_that_passes_no_translator():
+    # Before torch 2.11 dynamo called TensorVariable's method handlers
+    # without the instruction translator (handler(*args)); TorchDevice's
+    # handlers took it as their first parameter, so x.to("cuda") in
+    # compiled code stopped with "Unhandled args for method" there.  The
+    # older calling convention is emulated by wrapping the handlers.
+    proc = run_python("""
+import torch, torch._dynamo
+import TorchDevice
+from torch._dynamo.symbolic_convert import InstructionTranslatorBase
+from torch._dynamo.variables.tensor import TensorVariable
+for name in ("to", "cuda", "cpu"):
+    handler = getattr(TensorVariable, "method_" + name)
+    def older(self, *args, _handler=handler, **kwargs):
+        if args and isinstance(args[0], InstructionTranslatorBase):
+            args = args[1:]
+        return _handler(self, *args, **kwargs)
+    setattr(TensorVariable, "method_" + name, older)
+
+def f(x):
+    return x.to("cuda") + x.cuda() + x.to(device="cuda", dtype=torch.float64)
+
+x = torch.ones(2, device="cpu")
+eager = f(x)
+got = torch.compile(f, fullgraph=True, backend="eager")(x)
+print(torch.equal(got, eager), got.dtype == eager.dtype,
+      got.device == eager.device)
+""")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "True", "True"]
+
+
+def test_streams_and_events_pass_torchs_abstract_base_checks():
+    # torch 2.5's dynamo asserts, when imported, that torch.cuda.Event and
+    # Stream derive from the abstract bases torch._streambase declares;
+    # with TorchDevice enabled `import torch._dynamo` failed there.  Bases
+    # of that kind are emulated on torch's classes before the import.
+    proc = run_python("""
+import abc, torch
+class StreamBase(abc.ABC):
+    pass
+class EventBase(abc.ABC):
+    pass
+class Stream(StreamBase, torch.cuda.streams.Stream):
+    pass
+class Event(EventBase, torch.cuda.streams.Event):
+    pass
+torch.cuda.streams.Stream = torch.cuda.Stream = Stream
+torch.cuda.streams.Event = torch.cuda.Event = Event
+import TorchDevice
+if TorchDevice.policy()["device"] == "cuda":
+    print("True True True")   # torch's own classes stay
+else:
+    print(torch.cuda.Event is not Event, issubclass(torch.cuda.Event, EventBase),
+          issubclass(torch.cuda.Stream, StreamBase))
+""")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "True", "True"]
+
+
+def test_polyfills_register_with_a_dynamo_before_polyfilled_ids():
+    # Before torch 2.6 dynamo had no set of polyfilled ids: it routes a
+    # callable to its polyfill through VariableBuilder's id table.  The
+    # registration of a callable object (TorchDevice's wrappers) used the
+    # set alone, so on torch 2.5 no redirected call compiled ("call_method
+    # UserDefinedObjectVariable(Wrapper) __call__").  trace_rules without
+    # that set is emulated with a namespace holding the rest.
+    proc = run_python("""
+import types, torch, torch._dynamo
+from torch._dynamo import trace_rules
+import TorchDevice
+from TorchDevice import _compile, _torch_compat
+older = types.SimpleNamespace(
+    get_torch_obj_rule_map=trace_rules.get_torch_obj_rule_map)
+_torch_compat._found["dynamo_trace_rules"] = older
+
+class Plus:          # a callable object, as TorchDevice's wrappers are
+    def __call__(self, x):
+        return x + 1
+plus = Plus()
+_compile._substitute(plus, lambda x: x + 2)
+f = torch.compile(lambda x: plus(x) * 1, fullgraph=True, backend="eager")
+print(f(torch.zeros(1)).item())
+""")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["2.0"]
+
+
 def _private_uses(path: Path):
     tree = ast.parse(path.read_text(), str(path))
     for node in ast.walk(tree):
