@@ -46,6 +46,11 @@ def _mask_placements(op_schema: Any) -> List[List[Any]]:
     """[[replicated], [heads], [batch]] placements of the attention mask, or
     [[], [], []] without one (broadcast to batch x heads x L x S)."""
     from torch.distributed.tensor import Replicate, Shard
+    if not hasattr(type(op_schema), "kwargs_strategy"):
+        # torch 2.9 and earlier: a strategy covers the positional
+        # arguments only (the mask is keyword-only), and the mask keeps
+        # the placement the program gave it.
+        return [[], [], []]
     mask = op_schema.kwargs_schema.get("attn_mask")
     if not isinstance(mask, _torch_compat.get("dtensor_OpStrategy")):
         return [[], [], []]
