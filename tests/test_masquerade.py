@@ -468,7 +468,19 @@ def test_oom_error_catchable_and_no_op_calls(restore_config, caplog):
 # ---- 8. torch.accelerator / get_device_module ----------------------------
 
 
+def _skip_unless_accelerator_has(*names: str) -> None:
+    """TorchDevice emulates the torch.accelerator names this torch has and
+    adds none (older releases lack some)."""
+    missing = [n for n in names
+               if not hasattr(getattr(torch, "accelerator", None), n)]
+    if missing:
+        pytest.skip(f"torch {torch.__version__} has no torch.accelerator."
+                    + ", ".join(missing))
+
+
 def test_accelerator_and_device_module_agree():
+    _skip_unless_accelerator_has("memory_allocated", "get_memory_info",
+                                 "empty_cache", "current_accelerator")
     assert torch.get_device_module("cuda") is torch.cuda
     # A torch.device("cuda") object reads as "cuda" to the program, and
     # names torch.cuda, whose functions answer for the device really used.
@@ -497,6 +509,8 @@ def test_accelerator_streams_devices_and_capability():
     has no accelerator to ask, and each raised "Cannot access accelerator
     device when none is available" although is_available() is True; they
     answer as torch.cuda does.  On an accelerator they are torch's own."""
+    _skip_unless_accelerator_has("get_device_capability", "empty_host_cache",
+                                 "device_index", "set_stream")
     acc = torch.accelerator
     stream = acc.current_stream()
     if ACCEL is None:
@@ -536,6 +550,8 @@ def test_accelerator_streams_devices_and_capability():
 
 def test_accelerator_emulations_are_reported_at_the_users_line(
         restore_config):
+    _skip_unless_accelerator_has("get_device_capability", "empty_host_cache",
+                                 "device_index")
     TorchDevice.configure(report=True)
     TorchDevice.clear_report()
     line = sys._getframe().f_lineno + 1

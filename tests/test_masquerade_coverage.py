@@ -223,6 +223,10 @@ def test_list_is_large_enough():
                          ids=[n for n, _, _ in CASES])
 def test_cuda_name(name, call, expected):
     base = name.split("(")[0]
+    if base.startswith("accelerator.") and not hasattr(
+            getattr(torch, "accelerator", None), base.split(".", 1)[1]):
+        # TorchDevice emulates the names this torch has, and adds none.
+        pytest.skip(f"torch {torch.__version__} has no torch.{base}")
     if base in _documented_unsupported():
         with pytest.raises(RuntimeError, match="NVIDIA GPU"):
             call()

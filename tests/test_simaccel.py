@@ -27,7 +27,8 @@ REASON = simaccel.try_load(build=True)
 pytestmark = pytest.mark.skipif(REASON is not None,
                                 reason=f"simulated accelerator unavailable: {REASON}")
 
-DEV = torch.device("simaccel", 0)
+# Where it did not load, the name is unknown to torch and the module skips.
+DEV = torch.device("simaccel", 0) if REASON is None else None
 MPS_FLOAT64 = ("Cannot convert a MPS Tensor to float64 dtype as the MPS framework "
                "doesn't support float64. Please use float32 instead.")
 MISMATCH = "Expected all tensors to be on the same device"
