@@ -312,8 +312,8 @@ def _translator(args: Sequence[Any]) -> Any:
 
 
 def _variable_builder() -> Optional[Callable[[Any, Any], Any]]:
-    """What makes a dynamo variable of a constant: VariableTracker.build,
-    or before torch 2.7 SourcelessBuilder.create (None: neither)."""
+    """What makes a dynamo variable of a constant: VariableTracker.build
+    (torch 2.6 and later), or SourcelessBuilder.create (None: neither)."""
     VariableTracker = _torch_compat.get("dynamo_VariableTracker")
     build = getattr(VariableTracker, "build", None)
     if build is not None:
@@ -426,9 +426,11 @@ def _substitute(obj: Any, traceable: Callable[..., Any],
         handler.__torch_dynamo_original__ = obj  # type: ignore[attr-defined]
         handler.__torch_dynamo_polyfill__ = traceable  # type: ignore[attr-defined]
         handler.__torch_dynamo_can_constant_fold_through__ = fold  # type: ignore[attr-defined]
-        PolyfilledFunctionVariable._get_polyfill_handlers()[obj] = handler
+        handlers = PolyfilledFunctionVariable._get_polyfill_handlers()
+        handlers[obj] = handler
         if not _route_to_polyfill(obj, trace_rules,
                                   PolyfilledFunctionVariable):
+            del handlers[obj]
             return
         _keep.append(handler)
     _registered.add(id(obj))
@@ -438,7 +440,7 @@ def _substitute(obj: Any, traceable: Callable[..., Any],
 def _route_to_polyfill(obj: Any, trace_rules: Any,
                        PolyfilledFunctionVariable: Any) -> bool:
     """Makes dynamo wrap `obj` in a PolyfilledFunctionVariable: the set of
-    polyfilled ids it consults from torch 2.6, or before that the id table
+    polyfilled ids it consults from torch 2.6, or in torch 2.5 the id table
     of its VariableBuilder (as substitute_in_graph did there).  False where
     neither is found."""
     ids = getattr(trace_rules, "_polyfilled_function_ids", None)
