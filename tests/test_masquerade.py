@@ -365,6 +365,35 @@ def test_seeding_cuda_reproduces_results():
         TorchDevice.policy()["device"]
 
 
+def test_rng_calls_are_reported_under_their_own_names(restore_config):
+    """Every RNG call of torch.cuda acts on the device really used, and the
+    report names the one the program made; torch's own (fork_rng) are not
+    the program's to port (docs/masquerade.md, "Report and logging")."""
+    c = torch.cuda
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    c.manual_seed(1)
+    c.manual_seed_all(1)
+    c.initial_seed()
+    c.set_rng_state(c.get_rng_state())
+    c.set_rng_state_all(c.get_rng_state_all())
+    c.seed()
+    c.seed_all()
+    rows = [r for r in TorchDevice.report() if r["file"] == __file__]
+    names = ["manual_seed", "manual_seed_all", "initial_seed",
+             "get_rng_state", "set_rng_state", "get_rng_state_all",
+             "set_rng_state_all", "seed", "seed_all"]
+    assert sorted(r["api"] for r in rows) == sorted(
+        "torch.cuda." + n for n in names)
+    assert all((r["what"], r["from"], r["count"]) == ("emulated", "cuda", 1)
+               for r in rows), rows
+    TorchDevice.clear_report()
+    with torch.random.fork_rng(device_type="cuda"):
+        pass
+    assert not [r for r in TorchDevice.report()
+                if "rng_state" in r["api"]], TorchDevice.report()
+
+
 def test_fork_rng_and_generator_on_cuda():
     torch.cuda.manual_seed(7)
     with torch.random.fork_rng(device_type="cuda"):
@@ -670,3 +699,34 @@ def test_reverse_direction_forwarders_simulated():
     assert ("set_rng_state", ("S",)) in calls
     assert ("fraction", (1.0,)) in calls
     assert ("get_rng_state", ()) in calls
+
+
+def test_reverse_direction_calls_are_reported():
+    """SimulatedCUDA: on profile cuda the program's torch.mps calls are
+    answered by CUDA, and the report lists each as emulated mps -> cuda
+    (docs/masquerade.md, "Report and logging"); torch's own are not."""
+    proc = run_python("""
+        import types, torch, TorchDevice
+        from TorchDevice import _tdcore
+        SimulatedCUDA = types.SimpleNamespace(
+            synchronize=lambda: None, empty_cache=lambda: None,
+            memory_allocated=lambda: 11, manual_seed=lambda s: None)
+        _tdcore.masq_install(cuda_module=SimulatedCUDA, target_type="cuda",
+                             record=_tdcore.record)
+        TorchDevice.configure(report=True)
+        TorchDevice.clear_report()
+        f = lambda n: _tdcore.masq_function("mps." + n, "torch.mps")
+        f("synchronize")(); f("empty_cache")()
+        f("current_allocated_memory")(); f("manual_seed")(3)
+        f("is_available")()
+        exec("f('synchronize')()", {"__name__": "torch.mps.profiler", "f": f})
+        for r in TorchDevice.report():
+            print(r["api"], r["what"], r["from"], r["to"], r["count"])
+    """)
+    assert proc.returncode == 0, proc.stderr
+    rows = proc.stdout.splitlines()
+    for api in ("torch.mps.synchronize", "torch.mps.empty_cache",
+                "torch.mps.current_allocated_memory", "torch.mps.manual_seed",
+                "torch.backends.mps.is_available"):
+        assert f"{api} emulated mps cuda 1" in rows, rows
+    assert len(rows) == 5, rows

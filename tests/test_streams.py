@@ -494,6 +494,30 @@ def test_emulated_objects_are_reported(restore_config):
     assert all(r["file"] == __file__ for r in rows)
 
 
+def test_synchronize_and_stream_queries_are_reported(restore_config):
+    """The program's torch.cuda.synchronize() and current/default_stream()
+    lines are emulated work too (docs/streams.md, "Report"); torch's own
+    calls to them are not the program's to port."""
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    torch.cuda.synchronize()
+    torch.cuda.current_stream()
+    torch.cuda.default_stream()
+    torch.cuda.synchronize()
+    rows = {r["api"]: r for r in TorchDevice.report()}
+    for api in ("torch.cuda.synchronize", "torch.cuda.current_stream",
+                "torch.cuda.default_stream"):
+        assert rows[api]["what"] == "emulated", rows
+        assert (rows[api]["from"], rows[api]["to"]) == ("cuda", TARGET.type)
+        assert rows[api]["file"] == __file__
+    assert [r["count"] for r in TorchDevice.report()
+            if r["api"] == "torch.cuda.synchronize"] == [1, 1]
+    TorchDevice.clear_report()
+    probe = {"__name__": "torch.utils.benchmark.utils.timer", "torch": torch}
+    exec("torch.cuda.synchronize(); torch.cuda.Event()", probe)
+    assert TorchDevice.report() == []
+
+
 def test_demo_streams_events_runs():
     proc = run_python(script=ROOT / "examples" / "demo_streams_events.py")
     assert proc.returncode == 0, proc.stderr[-3000:]

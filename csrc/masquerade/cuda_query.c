@@ -46,6 +46,13 @@ asked_by_torch(td_state *st)
 int
 td_masq_record(td_state *st, td_masq *m, const char *api)
 {
+    return td_masq_record_from(st, m, api, "cuda");
+}
+
+int
+td_masq_record_from(td_state *st, td_masq *m, const char *api,
+                    const char *from)
+{
     if (!td_get_report() || m->record == NULL) {
         return 0;
     }
@@ -55,7 +62,7 @@ td_masq_record(td_state *st, td_masq *m, const char *api)
     }
     PyObject *to = m->target_type ? m->target_type : Py_None;
     PyObject *r = PyObject_CallFunction(m->record, "sssO", api, "emulated",
-                                        "cuda", to);
+                                        from, to);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
 }
@@ -294,12 +301,16 @@ record_query(td_state *st, td_masq *m, td_query q)
 }
 
 /* Shared by the reverse direction (mps_reverse.c): the same policy with
- * another truth. */
+ * another truth; a made-up answer is recorded under `api` (NULL: not). */
 PyObject *
-td_masq_is_available_with(td_state *st, td_masq *m, PyObject *truth)
+td_masq_is_available_with(td_state *st, td_masq *m, PyObject *truth,
+                          const char *api)
 {
     if (m->truthful || caller_sees_truth(m, st)) {
         return call_truth(truth);
+    }
+    if (api != NULL && td_masq_record_from(st, m, api, "mps") < 0) {
+        return NULL;
     }
     Py_RETURN_TRUE;
 }
@@ -571,7 +582,8 @@ q_is_tf32_supported(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 TD_MASQ_NOARGS(q_is_built)
 {
     return td_masq_is_available_with(st, m,
-                                     td_masq_original(m, "cuda.is_built"));
+                                     td_masq_original(m, "cuda.is_built"),
+                                     NULL);
 }
 
 /* torch.cuda.get_arch_list(): the architecture of the capability shown

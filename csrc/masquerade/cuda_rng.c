@@ -171,7 +171,7 @@ cuda_saved_state(td_masq *m, PyObject *state, unsigned long long *seed,
  * with the offset, so that resuming from successive checkpoints does not
  * repeat one stream.  CUDA's own stream cannot be continued elsewhere. */
 static PyObject *
-seed_from_cuda_state(td_state *st, td_masq *m, const char *api,
+seed_from_cuda_state(td_masq *m, const char *api,
                      unsigned long long seed, unsigned long long offset)
 {
     unsigned long long mixed = offset == 0
@@ -192,8 +192,7 @@ seed_from_cuda_state(td_state *st, td_masq *m, const char *api,
             "continue; it was seeded from that state instead, so the random "
             "numbers from here on differ from the GPU run's "
             "(docs/masquerade.md)", api, seed, offset,
-            m->target_type ? m->target_type : Py_None) < 0
-        || td_masq_record(st, m, api) < 0)
+            m->target_type ? m->target_type : Py_None) < 0)
     {
         Py_DECREF(r);
         return NULL;
@@ -202,7 +201,7 @@ seed_from_cuda_state(td_state *st, td_masq *m, const char *api,
 }
 
 static PyObject *
-set_state(td_state *st, td_masq *m, const char *api, PyObject *state)
+set_state(td_masq *m, const char *api, PyObject *state)
 {
     PyObject *host = host_state(state);
     if (host == NULL) {
@@ -212,12 +211,22 @@ set_state(td_state *st, td_masq *m, const char *api, PyObject *state)
     PyObject *r = NULL;
     int cuda = cuda_saved_state(m, host, &seed, &offset);
     if (cuda > 0) {
-        r = seed_from_cuda_state(st, m, api, seed, offset);
+        r = seed_from_cuda_state(m, api, seed, offset);
     }
     else if (cuda == 0) {
         r = call_gen(m, m->str_set_state, host);
     }
     Py_DECREF(host);
+    return r;
+}
+
+/* r, once the call is in the report (r is NULL where that fails). */
+static PyObject *
+recorded(td_state *st, td_masq *m, const char *api, PyObject *r)
+{
+    if (r != NULL && td_masq_record(st, m, api) < 0) {
+        Py_CLEAR(r);
+    }
     return r;
 }
 
@@ -231,29 +240,50 @@ none_or_null(PyObject *r)
     Py_RETURN_NONE;
 }
 
-TD_MASQ_O(rng_manual_seed)
+static PyObject *
+manual_seed_as(td_state *st, td_masq *m, const char *api, PyObject *seed)
 {
     /* int(seed), as torch.cuda.manual_seed does: floats and numpy ints. */
-    PyObject *as_int = PyNumber_Long(arg);
+    PyObject *as_int = PyNumber_Long(seed);
     if (as_int == NULL) {
         return NULL;
     }
     PyObject *r = call_gen(m, m->str_manual_seed, as_int);
     Py_DECREF(as_int);
-    if (r != NULL && td_masq_record(st, m, "torch.cuda.manual_seed") < 0) {
-        Py_CLEAR(r);
-    }
-    return none_or_null(r);
+    return none_or_null(recorded(st, m, api, r));
+}
+
+TD_MASQ_O(rng_manual_seed)
+{
+    return manual_seed_as(st, m, "torch.cuda.manual_seed", arg);
+}
+
+TD_MASQ_O(rng_manual_seed_all)
+{
+    return manual_seed_as(st, m, "torch.cuda.manual_seed_all", arg);
+}
+
+static PyObject *
+seed_as(td_state *st, td_masq *m, const char *api)
+{
+    return none_or_null(recorded(st, m, api,
+                                 call_gen(m, m->str_seed, NULL)));
 }
 
 TD_MASQ_NOARGS(rng_seed)
 {
-    return none_or_null(call_gen(m, m->str_seed, NULL));
+    return seed_as(st, m, "torch.cuda.seed");
+}
+
+TD_MASQ_NOARGS(rng_seed_all)
+{
+    return seed_as(st, m, "torch.cuda.seed_all");
 }
 
 TD_MASQ_NOARGS(rng_initial_seed)
 {
-    return call_gen(m, m->str_initial_seed, NULL);
+    return recorded(st, m, "torch.cuda.initial_seed",
+                    call_gen(m, m->str_initial_seed, NULL));
 }
 
 /* Finds (new_state, device) in a call of set_rng_state, or (device) in
@@ -284,7 +314,8 @@ TD_MASQ_FASTKW(rng_get_state)
     {
         return NULL;
     }
-    return call_gen(m, m->str_get_state, NULL);
+    return recorded(st, m, "torch.cuda.get_rng_state",
+                    call_gen(m, m->str_get_state, NULL));
 }
 
 TD_MASQ_FASTKW(rng_set_state)
@@ -295,13 +326,14 @@ TD_MASQ_FASTKW(rng_set_state)
     {
         return NULL;
     }
-    return none_or_null(
-        set_state(st, m, "torch.cuda.set_rng_state", state));
+    static const char api[] = "torch.cuda.set_rng_state";
+    return none_or_null(recorded(st, m, api, set_state(m, api, state)));
 }
 
 TD_MASQ_NOARGS(rng_get_state_all)
 {
-    PyObject *s = call_gen(m, m->str_get_state, NULL);
+    PyObject *s = recorded(st, m, "torch.cuda.get_rng_state_all",
+                           call_gen(m, m->str_get_state, NULL));
     if (s == NULL) {
         return NULL;
     }
@@ -323,8 +355,7 @@ TD_MASQ_O(rng_set_state_all)
         return NULL;
     }
     while ((item = PyIter_Next(it)) != NULL) {
-        PyObject *r = set_state(st, m, "torch.cuda.set_rng_state_all",
-                                 item);
+        PyObject *r = set_state(m, "torch.cuda.set_rng_state_all", item);
         Py_DECREF(item);
         if (r == NULL) {
             Py_DECREF(it);
@@ -336,15 +367,17 @@ TD_MASQ_O(rng_set_state_all)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    Py_RETURN_NONE;
+    return none_or_null(recorded(st, m, "torch.cuda.set_rng_state_all",
+                                 Py_NewRef(Py_None)));
 }
 
 PyMethodDef td_cuda_rng_methods[] = {
     {"manual_seed", rng_manual_seed, METH_O,
      "manual_seed(seed)\n\nSeeds the generator of the device really used."},
-    {"manual_seed_all", rng_manual_seed, METH_O, "manual_seed_all(seed)"},
+    {"manual_seed_all", rng_manual_seed_all, METH_O,
+     "manual_seed_all(seed)"},
     {"seed", rng_seed, METH_NOARGS, "seed()"},
-    {"seed_all", rng_seed, METH_NOARGS, "seed_all()"},
+    {"seed_all", rng_seed_all, METH_NOARGS, "seed_all()"},
     {"initial_seed", rng_initial_seed, METH_NOARGS, "initial_seed() -> int"},
     {"get_rng_state", TD_FASTKW(rng_get_state),
      "get_rng_state(device='cuda') -> ByteTensor"},

@@ -161,13 +161,18 @@ int td_masq_device_index(td_masq *m, PyObject *arg, int optional,
 /* Borrowed torch callable recorded under `name` in masq_install's
  * originals, or NULL (no exception set). */
 PyObject *td_masq_original(td_masq *m, const char *name);
-/* Adds an "emulated" record for api when recording is on. */
+/* Adds an "emulated" record for api when recording is on: code written
+ * for `from` ("cuda", or "mps" on profile cuda) answered by the target. */
+int td_masq_record_from(td_state *st, td_masq *m, const char *api,
+                        const char *from);
+/* The same for torch.cuda's functions. */
 int td_masq_record(td_state *st, td_masq *m, const char *api);
 /* Logs through the logger "TorchDevice" at debug level, when enabled. */
 int td_masq_debug(td_masq *m, const char *fmt, ...);
-/* is_available()'s answer for the calling code, from `truth`. */
+/* is_available()'s answer for the calling code, from `truth`; a made-up
+ * answer is recorded as MPS code's `api` when api is not NULL. */
 PyObject *td_masq_is_available_with(td_state *st, td_masq *m,
-                                    PyObject *truth);
+                                    PyObject *truth, const char *api);
 extern PyMethodDef td_cuda_query_methods[];
 /* The same queries recorded as torch.accelerator.* */
 extern PyMethodDef td_accel_query_methods[];

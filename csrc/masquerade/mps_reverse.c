@@ -16,12 +16,16 @@
  */
 #include "masquerade.h"
 
-/* Calls torch.cuda.<name>(*args[:nkeep]): the MPS spellings add a device
- * argument ("mps") that CUDA's would misread, so it is dropped. */
+/* Calls torch.cuda.<name>(*args[:nkeep]) for `api`: the MPS spellings add
+ * a device argument ("mps") that CUDA's would misread, so it is dropped.
+ * The report lists the call as MPS code answered by CUDA. */
 static PyObject *
-cuda_call(td_masq *m, const char *name, PyObject *const *args,
-          Py_ssize_t nkeep)
+cuda_call(td_state *st, td_masq *m, const char *api, const char *name,
+          PyObject *const *args, Py_ssize_t nkeep)
 {
+    if (td_masq_record_from(st, m, api, "mps") < 0) {
+        return NULL;
+    }
     if (m->cuda_module == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "TorchDevice: the MPS-on-CUDA bridge is not "
@@ -37,11 +41,16 @@ cuda_call(td_masq *m, const char *name, PyObject *const *args,
     return r;
 }
 
+/* torch.mps.<mps_name> forwarded to torch.cuda.<cuda_name>. */
+#define FORWARD(mps_name, cuda_name, args, nkeep) \
+    cuda_call(st, m, "torch.mps." mps_name, cuda_name, args, nkeep)
+
 TD_MASQ_NOARGS(rv_is_available)
 {
     PyObject *truth = m->originals
         ? PyDict_GetItemString(m->originals, "mps.is_available") : NULL;
-    return td_masq_is_available_with(st, m, truth);
+    return td_masq_is_available_with(st, m, truth,
+                                     "torch.backends.mps.is_available");
 }
 
 /* As is_available(), to the same callers: an MPS that is available was
@@ -49,34 +58,36 @@ TD_MASQ_NOARGS(rv_is_available)
 TD_MASQ_NOARGS(rv_is_built)
 {
     return td_masq_is_available_with(st, m,
-                                     td_masq_original(m, "mps.is_built"));
+                                     td_masq_original(m, "mps.is_built"),
+                                     "torch.backends.mps.is_built");
 }
 
 TD_MASQ_NOARGS(rv_synchronize)
 {
-    return cuda_call(m, "synchronize", NULL, 0);
+    return FORWARD("synchronize", "synchronize", NULL, 0);
 }
 
 TD_MASQ_NOARGS(rv_empty_cache)
 {
-    return cuda_call(m, "empty_cache", NULL, 0);
+    return FORWARD("empty_cache", "empty_cache", NULL, 0);
 }
 
 TD_MASQ_NOARGS(rv_current_allocated)
 {
-    return cuda_call(m, "memory_allocated", NULL, 0);
+    return FORWARD("current_allocated_memory", "memory_allocated", NULL, 0);
 }
 
 TD_MASQ_NOARGS(rv_driver_allocated)
 {
-    return cuda_call(m, "memory_reserved", NULL, 0);
+    return FORWARD("driver_allocated_memory", "memory_reserved", NULL, 0);
 }
 
 /* recommended_max_memory(): MPS's working-set budget; on CUDA, the total
  * memory of the current device. */
 TD_MASQ_NOARGS(rv_recommended_max)
 {
-    PyObject *info = cuda_call(m, "mem_get_info", NULL, 0);
+    PyObject *info = FORWARD("recommended_max_memory", "mem_get_info", NULL,
+                             0);
     if (info == NULL) {
         return NULL;
     }
@@ -87,12 +98,12 @@ TD_MASQ_NOARGS(rv_recommended_max)
 
 TD_MASQ_O(rv_manual_seed)
 {
-    return cuda_call(m, "manual_seed", &arg, 1);
+    return FORWARD("manual_seed", "manual_seed", &arg, 1);
 }
 
 TD_MASQ_NOARGS(rv_seed)
 {
-    return cuda_call(m, "seed", NULL, 0);
+    return FORWARD("seed", "seed", NULL, 0);
 }
 
 static const char *const rng_names[] = {"new_state", "device"};
@@ -105,7 +116,7 @@ TD_MASQ_FASTKW(rv_get_rng_state)
     if (td_args_parse(&spec, args, nargs, kwnames, &device) < 0) {
         return NULL;
     }
-    return cuda_call(m, "get_rng_state", NULL, 0);
+    return FORWARD("get_rng_state", "get_rng_state", NULL, 0);
 }
 
 TD_MASQ_FASTKW(rv_set_rng_state)
@@ -115,7 +126,7 @@ TD_MASQ_FASTKW(rv_set_rng_state)
     if (td_args_parse(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    return cuda_call(m, "set_rng_state", &a[0], 1);
+    return FORWARD("set_rng_state", "set_rng_state", &a[0], 1);
 }
 
 /* MPS allows up to 2.0 (past the recommended budget); CUDA's fraction of
@@ -137,15 +148,15 @@ TD_MASQ_O(rv_set_fraction)
     if (clamped == NULL) {
         return NULL;
     }
-    PyObject *r = cuda_call(m, "set_per_process_memory_fraction",
-                            &clamped, 1);
+    PyObject *r = FORWARD("set_per_process_memory_fraction",
+                          "set_per_process_memory_fraction", &clamped, 1);
     Py_DECREF(clamped);
     return r;
 }
 
 TD_MASQ_NOARGS(rv_device_count)
 {
-    return cuda_call(m, "device_count", NULL, 0);
+    return FORWARD("device_count", "device_count", NULL, 0);
 }
 
 /* Names are looked up with the "mps." prefix by masq_function(). */

@@ -159,11 +159,18 @@ td_streams_exec(PyObject *module, td_state *st)
             "TorchDevice._tdcore.current_stream.%s", dev_names[b]);
         ss->api_stream[b] = PyUnicode_FromFormat("%sStream", api_prefix[b]);
         ss->api_event[b] = PyUnicode_FromFormat("%sEvent", api_prefix[b]);
+        ss->api_synchronize[b] = PyUnicode_FromFormat("%ssynchronize",
+                                                      api_prefix[b]);
+        ss->api_current[b] = PyUnicode_FromFormat("%scurrent_stream",
+                                                  api_prefix[b]);
+        ss->api_default[b] = PyUnicode_FromFormat("%sdefault_stream",
+                                                  api_prefix[b]);
         ss->req_name[b] = PyUnicode_InternFromString(req_names[b]);
         ss->dev_name[b] = PyUnicode_InternFromString(dev_names[b]);
         if (ss->key_current[b] == NULL || ss->api_stream[b] == NULL
-            || ss->api_event[b] == NULL || ss->req_name[b] == NULL
-            || ss->dev_name[b] == NULL)
+            || ss->api_event[b] == NULL || ss->api_synchronize[b] == NULL
+            || ss->api_current[b] == NULL || ss->api_default[b] == NULL
+            || ss->req_name[b] == NULL || ss->dev_name[b] == NULL)
         {
             return -1;
         }
@@ -289,7 +296,9 @@ td_set_current_stream(td_streams *ss, int backend, PyObject *stream)
 int
 td_streams_report(td_install *st, PyObject *api, int backend)
 {
-    if (!td_get_report()) {
+    /* torch's own use (its benchmark timer's synchronize) is not the
+     * program's to port, as for the masquerade's calls. */
+    if (!td_get_report() || td_called_from_torch(st->str_name)) {
         return 0;
     }
     td_streams *ss = TD_STREAMS(st);
@@ -333,7 +342,10 @@ stream_query_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
     td_install *st = td_install_acquire();
     PyObject *result = NULL;
     int b = td_streams_active(st);
-    if (b >= 0 && td_stream_check_device(st, b, device, spec->fname) == 0) {
+    if (b >= 0 && td_stream_check_device(st, b, device, spec->fname) == 0
+        && td_streams_report(st, want_default ? ss->api_default[b]
+                                              : ss->api_current[b], b) == 0)
+    {
         result = want_default
                      ? Py_NewRef(TD_BACKENDS(st)->default_stream[b])
                      : Py_XNewRef(td_current_stream(ss, b));
@@ -414,13 +426,15 @@ stream_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
 }
 
 static PyObject *
-synchronize(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargsf,
+synchronize(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
             PyObject *kwnames)
 {
     static const td_args_spec spec = {"synchronize", device_names, 1, 0, 1};
+    td_streams *ss = module_streams(module);
     PyObject *device;
-    if (td_args_parse(&spec, args, PyVectorcall_NARGS(nargsf), kwnames,
-                      &device) < 0)
+    if (ss == NULL
+        || td_args_parse(&spec, args, PyVectorcall_NARGS(nargsf), kwnames,
+                         &device) < 0)
     {
         return NULL;
     }
@@ -428,7 +442,9 @@ synchronize(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     td_install *st = td_install_acquire();
     int rc = -1;
     int b = td_streams_active(st);
-    if (b >= 0 && td_stream_check_device(st, b, device, "synchronize") == 0) {
+    if (b >= 0 && td_stream_check_device(st, b, device, "synchronize") == 0
+        && td_streams_report(st, ss->api_synchronize[b], b) == 0)
+    {
         rc = td_backend_of(b)->device_synchronize(TD_BACKENDS(st)->ops[b]);
     }
     Py_XDECREF(st);

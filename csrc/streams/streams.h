@@ -122,6 +122,9 @@ typedef struct {
     /* For the report. */
     PyObject *api_stream[TD_BACKEND_COUNT];   /* "torch.cuda.Stream", ... */
     PyObject *api_event[TD_BACKEND_COUNT];
+    PyObject *api_synchronize[TD_BACKEND_COUNT];
+    PyObject *api_current[TD_BACKEND_COUNT];  /* current_stream */
+    PyObject *api_default[TD_BACKEND_COUNT];  /* default_stream */
     PyObject *what_emulated;
     PyObject *req_name[TD_BACKEND_COUNT];     /* what the user asked for */
     PyObject *dev_name[TD_BACKEND_COUNT];     /* where it runs */
