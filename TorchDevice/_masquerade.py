@@ -742,27 +742,3 @@ def patches() -> List[Any]:
     # of it, but does not say it is there.
     return (table + _masquerade_patches(profile)
             + _reverse_patches(announce_mps=False))
-
-
-def replaced_names() -> Dict[str, Tuple[str, ...]]:
-    """Every name the masquerade can replace, by namespace (for the docs
-    and the coverage test)."""
-    return {
-        "torch.cuda": QUERY + MEMORY + RNG + MISC
-        + ("default_generators", "CUDAGraph", "is_current_stream_capturing",
-           "graph_pool_handle"),
-        "torch.backends.cuda": CUDA_BACKENDS,
-        "torch.cuda.memory": MEMORY_PRIVATE,
-        "torch.cuda.nvtx": NVTX,
-        "torch.accelerator": ACCELERATOR + (
-            "Graph", "current_stream", "set_stream", "device_index",
-            "get_device_capability", "empty_host_cache"),
-        "torch": ("get_device_module", "is_autocast_enabled",
-                  "get_autocast_dtype", "set_autocast_dtype",
-                  "set_autocast_enabled", "get_autocast_gpu_dtype",
-                  "set_autocast_gpu_dtype"),
-        "torch.autocast / torch.amp.GradScaler": ("__init__",),
-        "torch.amp.autocast_mode": ("_cast",),
-        "torch.mps (MPS announced)": MPS_REVERSE,
-        "torch.backends.mps (MPS announced)": MPS_BACKENDS_REVERSE,
-    }
