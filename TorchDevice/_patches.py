@@ -103,6 +103,25 @@ def _module_apply(original: Any) -> Any:
     return _apply
 
 
+def _lazy_materialize(original: Any) -> Any:
+    """UninitializedTensorMixin.materialize: a lazy parameter or buffer
+    moved to the accelerator makes its data with the device read from its
+    old data, a new storage; it stays on the accelerator as on CUDA, so
+    that its later moves copy where CUDA's do (docs/policy.md, "Moves
+    copy")."""
+    keep_place = _tdcore.keep_place
+
+    @functools.wraps(original)
+    def materialize(self: Any, shape: Any, device: Any = None,
+                    dtype: Any = None) -> Any:
+        old = self.data
+        result = original(self, shape, device, dtype)
+        if device is None:
+            keep_place(old, self.data)
+        return result
+    return materialize
+
+
 def _host_rng_state(original: Any) -> Any:
     """torch.set_rng_state: an RNG state is host data (a CPU ByteTensor).
     One a program loaded with map_location="cuda" and then took `.cpu()`
@@ -233,6 +252,8 @@ def patch_table() -> List[Patch]:
         Patch(M, "mps", move("Module.mps", "mps", module_to)),
         Patch(M, "to_empty", factory("Module.to_empty", _grammar.FACTORY)),
         Patch(M, "_apply", _module_apply),
+        Patch(torch.nn.parameter.UninitializedTensorMixin, "materialize",
+              _lazy_materialize),
         Patch(torch, "set_rng_state", _host_rng_state),
         Patch(torch.random, "set_rng_state", _host_rng_state),
     ]

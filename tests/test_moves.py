@@ -242,3 +242,53 @@ def test_simulated_mps_profile_copies_in_accelerate_mode(simulated_mps):
     assert y is not x and y.device == simulated_mps
     assert y.cuda() is y
     assert y.cpu() is not y
+
+
+class _Delegating(torch.Tensor):
+    """A tensor subclass whose __torch_function__ hands every call back to
+    torch's public function, as PyG's EdgeIndex and torch's lazy
+    parameters do: a move reaches TorchDevice's wrapper twice."""
+    seen: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to:
+            dev = kwargs.get("device", args[1] if len(args) > 1 else None)
+            cls.seen.append(_tdcore.device_intent(dev))
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+@pytest.mark.parametrize("name,move", TO_CUDA, ids=[n for n, _ in TO_CUDA])
+def test_a_delegating_subclass_is_moved_once_as_asked(name, move):
+    _Delegating.seen.clear()
+    x = torch.zeros(3).as_subclass(_Delegating)
+    y = move(x)
+    y.add_(1)
+    assert x.tolist() == [0.0, 0.0, 0.0], name
+    assert not _same_storage(x, y)
+    assert move(y) is y
+    # Its handler sees the move the program asked for (docs/policy.md).
+    assert set(_Delegating.seen) <= {"accelerator"}, _Delegating.seen
+    _Delegating.seen.clear()
+    h = y.cpu()
+    assert h is not y and not _same_storage(h, y)
+    assert set(_Delegating.seen) <= {"host"}, _Delegating.seen
+
+
+def test_lazy_modules_move_to_cuda_more_than_once():
+    """Lazy parameters refuse untyped_storage() and clone(); torch's
+    Tensor.to and .cuda() on them are allowed, as on CUDA."""
+    from torch.nn.parameter import UninitializedParameter
+    for move in (lambda m: m.cuda(), lambda m: m.to("cuda"),
+                 lambda m: m.to(torch.device("cuda", 0))):
+        lin = move(move(torch.nn.LazyLinear(4)))
+        assert isinstance(lin.weight, UninitializedParameter)
+        torch.manual_seed(0)
+        out = lin(torch.ones(2, 3, device="cuda"))
+        assert out.shape == (2, 4) and lin.weight.shape == (4, 3)
+        assert _tdcore.on_accelerator(lin.weight)
+        assert lin.cpu().weight.shape == (4, 3)
+    p = UninitializedParameter()
+    moved = p.to("cuda")           # a new tensor there, as CUDA's move
+    assert moved is not p and moved.to("cuda") is moved

@@ -19,9 +19,9 @@
  * Python equivalent:
  *
  *     def move(t, intent, call):
+ *         out = call()                  # torch's move, errors and all
  *         on_acc = getattr(t.untyped_storage(), MARK, False)
  *         force = (intent == ACCEL) != on_acc and intent != NONE
- *         out = call()                  # torch's move, errors and all
  *         if force and out is t:
  *             out = t.clone()           # what .to(copy=True) makes
  *         if intent == ACCEL and out is not t:
@@ -47,6 +47,14 @@ static atomic_int td_move_copies_v = 1;
  * torch re-parses the module's device argument into a new torch.device
  * before it reaches Tensor.to, so the intent travels beside it. */
 static TD_THREAD_LOCAL int td_module_intent_v = TD_INTENT_NONE;
+/* The tensor whose move a wrapper finished last in this thread, for
+ * identity only (never dereferenced).  A tensor subclass whose
+ * __torch_function__ calls torch's public Tensor.to/.cuda/.cpu reaches our
+ * wrapper a second time, with the same object and torch function off for
+ * it: that inner call applies the rule, where the tensor's storage can be
+ * read (lazy parameters refuse untyped_storage() and clone() outside it),
+ * and the outer one keeps its result. */
+static TD_THREAD_LOCAL const void *td_moved_v = NULL;
 /* torch.jit.trace running in this thread: a trace records torch's moves.
  * Its check re-traces with cloned inputs, which carry no mark, so a
  * forced copy would put an aten::clone in one graph and not the other
@@ -329,14 +337,30 @@ td_move_must_copy(td_install *st, PyObject *tensor, td_intent intent)
     return (intent == TD_INTENT_ACCEL) != td_on_accelerator(st, tensor);
 }
 
-PyObject *
-td_move_done(td_install *st, PyObject *self, td_intent intent, int force,
-             PyObject *result)
+const void *
+td_move_begin(void)
 {
-    if (result == NULL) {
-        return NULL;
+    const void *begun = td_moved_v;
+    td_moved_v = NULL;
+    return begun;
+}
+
+PyObject *
+td_move_done(td_install *st, PyObject *self, td_intent intent,
+             const void *begun, PyObject *result)
+{
+    int again = td_moved_v == (const void *)self;
+    if (intent == TD_INTENT_NONE
+        || !PyObject_TypeCheck(self, st->tensor_type))
+    {
+        td_moved_v = begun;
+        return result;
     }
-    if (force && result == self) {
+    td_moved_v = self;
+    if (result == NULL || again) {
+        return result;
+    }
+    if (result == self && td_move_must_copy(st, self, intent)) {
         /* Torch returned the tensor itself (same device, dtype and
          * layout): its copy=True would have cloned it. */
         Py_SETREF(result, PyObject_CallOneArg(st->tensor_clone, self));

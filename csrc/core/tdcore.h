@@ -255,10 +255,16 @@ int td_on_accelerator(td_install *st, PyObject *tensor);
 void td_mark_accelerator(td_install *st, PyObject *tensor);
 /* Whether moving `tensor` with this intent must copy to be CUDA's move. */
 int td_move_must_copy(td_install *st, PyObject *tensor, td_intent intent);
-/* Finishes a move: a copy where `force` and torch returned `self`, and the
- * mark on a new result that went to the accelerator.  Steals `result`. */
+/* Opens a move in this thread, just before torch is called: returns the
+ * token td_move_done() takes. */
+const void *td_move_begin(void);
+/* Finishes a move: a copy where torch returned the tensor `self` and the
+ * move crosses devices, and the mark on a new result that went to the
+ * accelerator; nothing where the move already came through a wrapper again
+ * for `self` (a tensor subclass's __torch_function__ calls torch's public
+ * method, which is ours).  Steals `result`. */
 PyObject *td_move_done(td_install *st, PyObject *self, td_intent intent,
-                       int force, PyObject *result);
+                       const void *begun, PyObject *result);
 extern PyMethodDef td_moves_methods[];
 
 /* pose.c: what a device the program asked for reads as (docs/policy.md) */

@@ -664,8 +664,14 @@ wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
         return undo_toggle_on_error(NULL, res);
     }
     if (res.target != TD_TARGET_KEEP) {
+        /* The device carries the request's intent (moves.c), as .cuda()'s
+         * does: a tensor subclass's __torch_function__ hands it back to
+         * Tensor.to, which must see the move the program asked for. */
+        td_intent intent = Py_TYPE(args[slot]) == st->device_type
+                           ? td_intent_of_arg(st, args[slot])
+                           : td_intent_of_kind(req.kind);
         subst[nsubst].index = slot;
-        subst[nsubst].value = td_target_device(st, res.target);
+        subst[nsubst].value = td_intent_device(st, res.target, intent);
         nsubst++;
     }
     return undo_toggle_on_error(
@@ -729,8 +735,8 @@ wrapper_to(td_wrapper *w, td_install *st, PyObject *const *args,
     if (intent == TD_INTENT_NONE) {
         return wrapper_to_now(w, st, args, nargs, kwnames);
     }
-    int force = td_move_must_copy(st, args[0], intent);
-    return td_move_done(st, args[0], intent, force,
+    const void *begun = td_move_begin();
+    return td_move_done(st, args[0], intent, begun,
                         wrapper_to_now(w, st, args, nargs, kwnames));
 }
 
@@ -771,13 +777,11 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
     td_resolution res = td_resolve_now(st, req);
     /* moves.c: where the program's move crosses devices, it copies. */
     td_intent intent = TD_INTENT_NONE;
-    int force = 0;
     if (td_moves_active()) {
         intent = td_intent_of_kind(w->request);
-        if (PyObject_TypeCheck(args[0], st->tensor_type)) {
-            force = td_move_must_copy(st, args[0], intent);
-        }
-        else if (res.target == TD_TARGET_KEEP && w->wrapped != Py_None) {
+        if (!PyObject_TypeCheck(args[0], st->tensor_type)
+            && res.target == TD_TARGET_KEEP && w->wrapped != Py_None)
+        {
             /* A module: each of its tensors decides (wrapper_to/_move). */
             return undo_toggle_on_error(
                 module_move(w->wrapped, args, (size_t)nargs, kwnames,
@@ -794,8 +798,9 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
     if (res.target == TD_TARGET_KEEP && w->wrapped != Py_None
         && add_dtype == NULL)
     {
+        const void *begun = td_move_begin();
         return td_move_done(
-            st, args[0], intent, force,
+            st, args[0], intent, begun,
             PyObject_Vectorcall(w->wrapped, args, nargs, kwnames));
     }
     if (maybe_report(st, w, req, res, arg) < 0) {
@@ -854,6 +859,7 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
             return undo_toggle_on_error(NULL, res);
         }
     }
+    const void *begun = td_move_begin();
     if (intent != TD_INTENT_NONE
         && !PyObject_TypeCheck(args[0], st->tensor_type))
     {
@@ -866,7 +872,7 @@ wrapper_move(td_wrapper *w, td_install *st, PyObject *const *args,
     }
     Py_DECREF(names);
     return undo_toggle_on_error(
-        td_move_done(st, args[0], intent, force, result), res);
+        td_move_done(st, args[0], intent, begun, result), res);
 }
 
 /* `t.is_cpu`: 1, 0, or -1 with an error set. */
