@@ -19,8 +19,11 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
   single-device module needs none).
 * ``dist.barrier(device_ids=[...])``: the ids are dropped (they name CUDA
   devices to run NCCL's barrier on).
-* ``nn.DataParallel`` is a pass-through: it finds no device to scatter to
-  (scattering is CUDA's alone; one device runs the module itself).
+* ``nn.DataParallel`` is a pass-through: scattering is CUDA's alone, and
+  one device runs the module itself.  Where CUDA is announced it still has
+  CUDA's attributes (``device_ids``, ``output_device``, ``src_device_obj``,
+  its module moved to "cuda" as over one GPU), which subclasses read; the
+  functional ``data_parallel`` calls the module the same way.
 * At exit, a process that runs gloo (given for NCCL, or chosen by the
   program) releases the GIL for a moment before the interpreter finalizes:
   gloo's worker threads end their last collective then
@@ -185,6 +188,75 @@ def _dp_device_type_builder(original: Any) -> Any:
     return _get_available_device_type
 
 
+def _pass_through() -> bool:
+    """DataParallel calls its module itself (no CUDA to scatter to)."""
+    return not _native()
+
+
+def _cuda_announced() -> bool:
+    """The program is told CUDA is there (the masquerade, not truthful)."""
+    return not _native() and torch.cuda.is_available()
+
+
+def _index(device: Any) -> int:
+    """A DataParallel device id: an int, or a device's index (0 if none)."""
+    if isinstance(device, int):
+        return device
+    index = torch.device(device).index
+    return 0 if index is None else index
+
+
+def _dp_init_builder(original: Any) -> Any:
+    """On a profile without CUDA torch's DataParallel finds no device type
+    and keeps device_ids empty; where CUDA is announced it gets what it has
+    over the GPUs shown (docs/compile-checkpoints-distributed.md)."""
+    @functools.wraps(original)
+    def __init__(self: Any, module: Any, device_ids: Any = None,
+                 output_device: Any = None, dim: int = 0) -> None:
+        original(self, module, device_ids, output_device, dim)
+        if self.device_ids or not _cuda_announced():
+            return
+        if device_ids is None:
+            device_ids = list(range(torch.cuda.device_count()))
+        if not device_ids:
+            return
+        ids = [_index(d) for d in device_ids]
+        self.dim = dim
+        self.device_ids = ids
+        self.output_device = _index(ids[0] if output_device is None
+                                    else output_device)
+        self.src_device_obj = torch.device("cuda", ids[0])
+        if len(ids) == 1:
+            self.module.to(self.src_device_obj)
+    return __init__
+
+
+def _dp_forward_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def forward(self: Any, *inputs: Any, **kwargs: Any) -> Any:
+        if not _pass_through():
+            return original(self, *inputs, **kwargs)
+        with torch.autograd.profiler.record_function("DataParallel.forward"):
+            return self.module(*inputs, **kwargs)
+    return forward
+
+
+def _data_parallel_builder(original: Any) -> Any:
+    """torch.nn.parallel.data_parallel(module, inputs, ...): the module on
+    the inputs, as over one GPU (its device arguments name CUDA's)."""
+    @functools.wraps(original)
+    def data_parallel(module: Any, inputs: Any, device_ids: Any = None,
+                      output_device: Any = None, dim: int = 0,
+                      module_kwargs: Any = None) -> Any:
+        if not _pass_through():
+            return original(module, inputs, device_ids, output_device, dim,
+                            module_kwargs)
+        if not isinstance(inputs, tuple):
+            inputs = (inputs,) if inputs is not None else ()
+        return module(*inputs, **(module_kwargs or {}))
+    return data_parallel
+
+
 def patches() -> List[Any]:
     from ._patches import Patch
     import torch.distributed.distributed_c10d as c10d
@@ -213,5 +285,9 @@ def patches() -> List[Any]:
         Patch(DistributedDataParallel, "__init__", _ddp_init_builder),
         Patch(data_parallel, "_get_available_device_type",
               _dp_device_type_builder),
+        Patch(torch.nn.DataParallel, "__init__", _dp_init_builder),
+        Patch(torch.nn.DataParallel, "forward", _dp_forward_builder),
+        Patch(data_parallel, "data_parallel", _data_parallel_builder),
+        Patch(torch.nn.parallel, "data_parallel", _data_parallel_builder),
     ]
     return table

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from TorchDevice import _distributed
+from TorchDevice import _distributed, _tdcore
 from conftest import ACCEL, HAS_CUDA, LAST_WORD, ROOT, TARGET, run_python
 
 pytestmark = pytest.mark.skipif(
@@ -63,7 +63,7 @@ def main():
         train(dp, torch.optim.SGD(dp.parameters(), lr=0.1), x, y)
         emit("reference", {
             "params": [p.detach().cpu().tolist() for p in model.parameters()],
-            "dp_passthrough": dp.module is model and dp.device_ids == []})
+            "dp_passthrough": dp.module is model and dp.device_ids == [0]})
         return
     local_rank = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(local_rank)
@@ -167,13 +167,47 @@ def test_reference_run_uses_dataparallel_as_pass_through(reference):
 def test_dataparallel_over_one_device_is_the_module():
     """DataParallel scatters with torch._C._scatter, which only CUDA builds
     have: on every other profile it runs the module itself, as it does over
-    one GPU, and gives the module's numbers."""
+    one GPU, and gives the module's numbers.  It has the attributes it has
+    over one GPU, which subclasses read (PyG's DataParallel builds
+    torch.device(f"cuda:{self.device_ids[0]}"))."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2).cuda()
     dp = torch.nn.DataParallel(model)
     x = torch.randn(8, 4).cuda()
-    assert dp.module is model and dp.device_ids == []
+    assert dp.module is model
+    assert (dp.device_ids, dp.output_device, dp.dim) == ([0], 0, 0)
+    assert str(dp.src_device_obj) == "cuda:0"
+    assert str(torch.device(f"cuda:{dp.device_ids[0]}")) == "cuda:0"
     assert torch.equal(dp(x), model(x))
+    assert torch.equal(torch.nn.parallel.data_parallel(model, x), model(x))
+    assert torch.equal(
+        torch.nn.parallel.data_parallel(model, (x,), device_ids=[0]),
+        model(x))
+    # A host model given to it moves to "cuda", as over one GPU.
+    host = torch.nn.Linear(4, 2)
+    weight = host.weight
+    torch.nn.DataParallel(host)
+    assert host.weight is weight and _tdcore.on_accelerator(host.weight)
+
+
+def test_dataparallel_over_the_devices_shown():
+    """TORCHDEVICE_DEVICE_COUNT=2: device_ids names both, the module runs
+    once on the whole batch (the one device is both)."""
+    proc = run_python("""
+        import torch, TorchDevice
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2).cuda()
+        dp = torch.nn.DataParallel(model)
+        x = torch.randn(6, 4, device="cuda")
+        assert (dp.device_ids, dp.output_device) == ([0, 1], 0), dp.device_ids
+        assert torch.equal(dp(x), model(x))
+        one = torch.nn.DataParallel(model, device_ids=[1], output_device=1)
+        assert (one.device_ids, one.output_device) == ([1], 1)
+        assert str(one.src_device_obj) == "cuda:1"
+        print("ok")
+    """, env={"TORCHDEVICE_DEVICE_COUNT": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
 
 
 def test_nccl_on_another_accelerator_warns_where_to_run(tmp_path):
