@@ -607,7 +607,7 @@ wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
  * the instance. */
 static PyObject *
 wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
-               Py_ssize_t nargs, PyObject *kwnames)
+               Py_ssize_t nargs, PyObject *kwnames, td_intent intent)
 {
     Py_ssize_t slot = find_kw(kwnames, nargs, w->device_kw);
     Py_ssize_t dslot = -1;
@@ -667,9 +667,6 @@ wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
         /* The device carries the request's intent (moves.c), as .cuda()'s
          * does: a tensor subclass's __torch_function__ hands it back to
          * Tensor.to, which must see the move the program asked for. */
-        td_intent intent = Py_TYPE(args[slot]) == st->device_type
-                           ? td_intent_of_arg(st, args[slot])
-                           : td_intent_of_kind(req.kind);
         subst[nsubst].index = slot;
         subst[nsubst].value = td_intent_device(st, res.target, intent);
         nsubst++;
@@ -716,16 +713,16 @@ wrapper_to(td_wrapper *w, td_install *st, PyObject *const *args,
            Py_ssize_t nargs, PyObject *kwnames)
 {
     if (nargs < 1 || !td_moves_active()) {
-        return wrapper_to_now(w, st, args, nargs, kwnames);
+        return wrapper_to_now(w, st, args, nargs, kwnames, TD_INTENT_NONE);
     }
     PyObject *dev = to_device_arg(w, st, args, nargs, kwnames);
     td_intent intent = td_intent_of_arg(st, dev);
     if (!PyObject_TypeCheck(args[0], st->tensor_type)) {
         if (intent == TD_INTENT_NONE) {
-            return wrapper_to_now(w, st, args, nargs, kwnames);
+            return wrapper_to_now(w, st, args, nargs, kwnames, intent);
         }
         int previous = td_swap_module_intent(intent);
-        PyObject *result = wrapper_to_now(w, st, args, nargs, kwnames);
+        PyObject *result = wrapper_to_now(w, st, args, nargs, kwnames, intent);
         td_swap_module_intent(previous);
         return result;
     }
@@ -733,11 +730,11 @@ wrapper_to(td_wrapper *w, td_install *st, PyObject *const *args,
         intent = (td_intent)td_module_intent();
     }
     if (intent == TD_INTENT_NONE) {
-        return wrapper_to_now(w, st, args, nargs, kwnames);
+        return wrapper_to_now(w, st, args, nargs, kwnames, intent);
     }
     const void *begun = td_move_begin();
     return td_move_done(st, args[0], intent, begun,
-                        wrapper_to_now(w, st, args, nargs, kwnames));
+                        wrapper_to_now(w, st, args, nargs, kwnames, intent));
 }
 
 /* .cuda(device=None, non_blocking=False, memory_format=...), .cpu(...),
