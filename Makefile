@@ -38,9 +38,13 @@ test: setup
 # record, in mode "accelerate", where device-less and "cpu" requests go to
 # the device too: the mode that puts the most on it.  The default mode's
 # runs on it are the tests that set it (tests/test_demos.py,
-# tests/test_policy_matrix.py).
+# tests/test_policy_matrix.py).  transformers 5.25 and later hand a model's
+# device type to the `kernels` package at from_pretrained, which refuses
+# any it does not list ("simaccel" among them): USE_HUB_KERNELS=0, their
+# own switch, keeps hub kernels off for the simulated device.
 ACCEL_ENV := SIMACCEL_AUTOLOAD=1 SIMACCEL_MPS_RULES=1 \
-	TORCHDEVICE_CAPABILITIES=mps TORCHDEVICE_MODE=accelerate
+	TORCHDEVICE_CAPABILITIES=mps TORCHDEVICE_MODE=accelerate \
+	USE_HUB_KERNELS=0
 test-accel: simaccel
 	$(ACCEL_ENV) $(BIN)/python -m pytest -q -n $(JOBS)
 
