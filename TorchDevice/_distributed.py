@@ -182,15 +182,10 @@ def _dp_device_type_builder(original: Any) -> Any:
         # builds have; everywhere else the one device the program runs on
         # takes the module itself, which is what DataParallel over one GPU
         # computes (torch's own behaviour without a GPU).
-        if _tdcore.settings()["profile"] != "cuda":
+        if not _native():
             return None
         return original()
     return _get_available_device_type
-
-
-def _pass_through() -> bool:
-    """DataParallel calls its module itself (no CUDA to scatter to)."""
-    return not _native()
 
 
 def _cuda_announced() -> bool:
@@ -234,7 +229,7 @@ def _dp_init_builder(original: Any) -> Any:
 def _dp_forward_builder(original: Any) -> Any:
     @functools.wraps(original)
     def forward(self: Any, *inputs: Any, **kwargs: Any) -> Any:
-        if not _pass_through():
+        if _native():
             return original(self, *inputs, **kwargs)
         with torch.autograd.profiler.record_function("DataParallel.forward"):
             return self.module(*inputs, **kwargs)
@@ -248,7 +243,7 @@ def _data_parallel_builder(original: Any) -> Any:
     def data_parallel(module: Any, inputs: Any, device_ids: Any = None,
                       output_device: Any = None, dim: int = 0,
                       module_kwargs: Any = None) -> Any:
-        if not _pass_through():
+        if _native():
             return original(module, inputs, device_ids, output_device, dim,
                             module_kwargs)
         if not isinstance(inputs, tuple):
