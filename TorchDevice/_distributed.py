@@ -254,15 +254,25 @@ def _data_parallel_builder(original: Any) -> Any:
 
 def patches() -> List[Any]:
     from ._patches import Patch
-    import torch.distributed.distributed_c10d as c10d
     # `import torch.nn.parallel.data_parallel as m` would give the function
     # torch.nn.parallel exports under the module's name, not the module.
     data_parallel = importlib.import_module("torch.nn.parallel.data_parallel")
-    from torch.nn.parallel import DistributedDataParallel
 
-    table: List[Any] = []
+    # DataParallel needs no process group: a torch built without
+    # torch.distributed still has it.
+    table: List[Any] = [
+        Patch(data_parallel, "_get_available_device_type",
+              _dp_device_type_builder),
+        Patch(torch.nn.DataParallel, "__init__", _dp_init_builder),
+        Patch(torch.nn.DataParallel, "forward", _dp_forward_builder),
+        Patch(data_parallel, "data_parallel", _data_parallel_builder),
+        Patch(torch.nn.parallel, "data_parallel", _data_parallel_builder),
+    ]
     if not dist.is_available():
         return table
+    import torch.distributed.distributed_c10d as c10d
+    from torch.nn.parallel import DistributedDataParallel
+
     for owner in (dist, c10d):
         table += [
             Patch(owner, "init_process_group",
@@ -276,13 +286,5 @@ def patches() -> List[Any]:
     if getattr(device_mesh, "init_process_group", None) is not None:
         table.append(Patch(device_mesh, "init_process_group",
                            _init_builder("torch.distributed.init_process_group")))
-    table += [
-        Patch(DistributedDataParallel, "__init__", _ddp_init_builder),
-        Patch(data_parallel, "_get_available_device_type",
-              _dp_device_type_builder),
-        Patch(torch.nn.DataParallel, "__init__", _dp_init_builder),
-        Patch(torch.nn.DataParallel, "forward", _dp_forward_builder),
-        Patch(data_parallel, "data_parallel", _data_parallel_builder),
-        Patch(torch.nn.parallel, "data_parallel", _data_parallel_builder),
-    ]
+    table.append(Patch(DistributedDataParallel, "__init__", _ddp_init_builder))
     return table

@@ -190,6 +190,19 @@ def test_dataparallel_over_one_device_is_the_module():
     assert host.weight is weight and _tdcore.on_accelerator(host.weight)
 
 
+def test_dataparallel_is_patched_without_torch_distributed(monkeypatch):
+    """A torch built without torch.distributed still has nn.DataParallel,
+    which needs no process group: its patches do not depend on it."""
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
+    names = {(getattr(p.owner, "__name__", p.owner), p.name)
+             for p in _distributed.patches()}
+    assert ("DataParallel", "__init__") in names
+    assert ("DataParallel", "forward") in names
+    assert ("torch.nn.parallel", "data_parallel") in names
+    assert not any(name in ("init_process_group", "new_group", "barrier")
+                   for _, name in names)
+
+
 def test_dataparallel_over_the_devices_shown():
     """TORCHDEVICE_DEVICE_COUNT=2: device_ids names both, the module runs
     once on the whole batch (the one device is both)."""
