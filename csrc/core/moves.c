@@ -328,8 +328,9 @@ td_mark_accelerator(td_install *st, PyObject *tensor)
     Py_DECREF(storage);
 }
 
-int
-td_move_must_copy(td_install *st, PyObject *tensor, td_intent intent)
+/* Whether moving `tensor` with this intent must copy to be CUDA's move. */
+static int
+move_must_copy(td_install *st, PyObject *tensor, td_intent intent)
 {
     if (intent == TD_INTENT_NONE) {
         return 0;
@@ -360,7 +361,7 @@ td_move_done(td_install *st, PyObject *self, td_intent intent,
     if (result == NULL || again) {
         return result;
     }
-    if (result == self && td_move_must_copy(st, self, intent)) {
+    if (result == self && move_must_copy(st, self, intent)) {
         /* Torch returned the tensor itself (same device, dtype and
          * layout): its copy=True would have cloned it. */
         Py_SETREF(result, PyObject_CallOneArg(st->tensor_clone, self));

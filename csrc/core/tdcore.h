@@ -253,8 +253,6 @@ int td_module_intent(void);
 int td_swap_module_intent(int intent);
 int td_on_accelerator(td_install *st, PyObject *tensor);
 void td_mark_accelerator(td_install *st, PyObject *tensor);
-/* Whether moving `tensor` with this intent must copy to be CUDA's move. */
-int td_move_must_copy(td_install *st, PyObject *tensor, td_intent intent);
 /* Opens a move in this thread, just before torch is called: returns the
  * token td_move_done() takes. */
 const void *td_move_begin(void);
