@@ -15,6 +15,7 @@ so a checkpoint written under TorchDevice loads in a process without it.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import torch
@@ -46,11 +47,31 @@ def _deserialize(obj: Any, location: str) -> Any:
     if target is None or target.type == kind:
         return None                            # native: torch's own path
     _tdcore.record("torch.load", "redirected", location, str(target))
-    if obj.device == target:
-        return obj
-    if target.type == "mps":
-        return obj.mps()           # what torch's own "mps" deserializer does
-    return obj.to(device=target)
+    if obj.device != target:
+        # what torch's own "mps" deserializer does
+        obj = obj.mps() if target.type == "mps" else obj.to(device=target)
+    # Loaded onto "cuda" / "mps", the tensors are on the accelerator for
+    # the program: their moves copy as CUDA's do (docs/policy.md).
+    return _tdcore.mark_accelerator(obj)
+
+
+def restore_location_builder(original: Any) -> Any:
+    """torch.serialization._get_restore_location: a torch.device the program
+    built for "cuda" reads as the device really used to torch's own code, so
+    `map_location=torch.device("cuda")` loads through the host's
+    deserializer, past `_deserialize`; the storages it makes are marked as
+    those of `map_location="cuda"` are."""
+    @functools.wraps(original)
+    def _get_restore_location(map_location: Any) -> Any:
+        restore = original(map_location)
+        if (not isinstance(map_location, torch.device)
+                or _tdcore.device_intent(map_location) != "accelerator"):
+            return restore
+
+        def restore_location(storage: Any, location: str) -> Any:
+            return _tdcore.mark_accelerator(restore(storage, location))
+        return restore_location
+    return _get_restore_location
 
 
 def on_apply() -> None:

@@ -122,6 +122,35 @@ def _lazy_materialize(original: Any) -> Any:
     return materialize
 
 
+def _context_marks(original: Any) -> Any:
+    """DeviceContext.__torch_function__ (`with torch.device("cuda"):`,
+    torch.set_default_device("cuda")): torch fills the device of a factory
+    called without one and calls its own function, past the wrappers.  With
+    an accelerator request as the context's device the result is on the
+    accelerator for the program, so that its later moves copy where CUDA's
+    do (docs/policy.md, "Moves copy")."""
+    mark = _tdcore.mark_accelerator
+    intent = _tdcore.device_intent
+    compiling = torch.compiler.is_compiling
+
+    @functools.wraps(original)
+    def __torch_function__(self: Any, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        if compiling():
+            # dynamo traces the mode: torch's own handler, as without us
+            # (compiled code forces no copies, docs/policy.md).
+            return original(self, func, types, args, kwargs)
+        # torch's handler writes the device into the kwargs it is given.
+        filled = not kwargs or kwargs.get("device") is None
+        result = original(self, func, types, args, kwargs)
+        if (filled and isinstance(result, torch.Tensor)
+                and func in _constructors()
+                and intent(self.device) == "accelerator"):
+            mark(result)
+        return result
+    return __torch_function__
+
+
 def _host_rng_state(original: Any) -> Any:
     """torch.set_rng_state: an RNG state is host data (a CPU ByteTensor).
     One a program loaded with map_location="cuda" and then took `.cpu()`
@@ -213,6 +242,19 @@ def _device_constructor_patches() -> List[Patch]:
     return patches
 
 
+def _storage_move(original: Any) -> Any:
+    """UntypedStorage.cuda / .mps (TypedStorage's call them): the copy they
+    make for an accelerator is on the accelerator for the program, as a
+    tensor's is (`map_location=lambda s, loc: s.cuda()` in torch.load)."""
+    mark = _tdcore.mark_accelerator
+
+    @functools.wraps(original)
+    def move(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        return result if result is self else mark(result)
+    return move
+
+
 def _storage_patches() -> List[Patch]:
     patches = []
     for cls in (torch.UntypedStorage, torch.TypedStorage):
@@ -221,6 +263,8 @@ def _storage_patches() -> List[Patch]:
             return _wrapper(func, _tdcore.KIND_FACTORY,
                             f"torch.{cls.__name__}", _grammar.FACTORY)
         patches.append(Patch(cls, "__new__", build, static=True))
+    patches += [Patch(torch.UntypedStorage, name, _storage_move)
+                for name in ("cuda", "mps")]
     return patches
 
 
@@ -257,6 +301,13 @@ def patch_table() -> List[Patch]:
         Patch(torch, "set_rng_state", _host_rng_state),
         Patch(torch.random, "set_rng_state", _host_rng_state),
     ]
+    context = _torch_compat.get("DeviceContext")
+    if context is not None:
+        table.append(Patch(context, "__torch_function__", _context_marks))
+    if _torch_compat.get("get_restore_location") is not None:
+        table.append(Patch(torch.serialization, "_get_restore_location",
+                           _import("TorchDevice._checkpoint")
+                           .restore_location_builder))
     table += _import("TorchDevice._streams").patches()
     table += _import("TorchDevice._masquerade").patches()
     table += _import("TorchDevice._dataloader").patches()

@@ -1,9 +1,11 @@
 """Typed stub of the C extension TorchDevice._tdcore (sources in csrc/)."""
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar,
+                    Union)
 
 import torch
 
 _Request = Union[None, str, int, torch.device]
+_T = TypeVar("_T")
 
 # ---- core: policy, install, wrapper (csrc/core/) ------------------------------
 KIND_FACTORY: int
@@ -61,6 +63,7 @@ def pause_move_copies(on: bool) -> bool: ...
 def on_accelerator(tensor: Any) -> bool: ...
 def device_intent(device: Any) -> str: ...
 def keep_place(src: Any, dst: Any) -> Any: ...
+def mark_accelerator(obj: _T) -> _T: ...
 def keeps_place() -> bool: ...
 
 # ---- call-site records (csrc/core/report.c) -------------------------------------

@@ -48,6 +48,8 @@ LIBRARIES = "CUDA's preferred linear algebra and BLAS library switches " \
             "where \"cuda\" is not CUDA"
 AMP_CAST = "custom_fwd(cast_inputs=...) casting the tensors of a " \
            "redirected device type"
+LOAD_PLACE = "moves of tensors loaded with map_location=torch.device(" \
+             "\"cuda\") copying as on CUDA"
 DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
           "where \"cuda\" lands on the host)"
 
@@ -77,6 +79,8 @@ PRIVATE: Tuple[Private, ...] = (
     Private("BoolType", "torch._C", "BoolType", JIT),
     Private("parse_schema", "torch._C", "parse_schema", JIT),
     Private("amp_cast", "torch.amp.autocast_mode", "_cast", AMP_CAST),
+    Private("get_restore_location", "torch.serialization",
+            "_get_restore_location", LOAD_PLACE),
     Private("default_mps_generator", "torch.mps",
             "_get_default_mps_generator", MPS_RNG),
     Private("lazy_allowed_methods", "torch.nn.parameter",

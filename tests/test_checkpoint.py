@@ -85,6 +85,30 @@ def test_cuda_checkpoint_loads(cuda_checkpoint, where, weights_only):
         assert ckpt["model"][name].device.type == where
 
 
+@pytest.mark.parametrize("weights_only", [True, False])
+@pytest.mark.parametrize("where", [w for w in MAP_LOCATIONS
+                                   if w != "callable keep"])
+def test_tensors_loaded_onto_cuda_are_copied_by_cpu(cuda_checkpoint, where,
+                                                    weights_only):
+    """Loaded onto "cuda", a tensor's `.cpu()` is a copy, as on CUDA: a
+    program editing it leaves the loaded weights alone (docs/policy.md,
+    "Moves copy")."""
+    state, _ = cuda_checkpoint
+    kwargs = {"weights_only": weights_only}
+    if MAP_LOCATIONS[where] is not None:
+        kwargs["map_location"] = MAP_LOCATIONS[where]
+    if where == "device cuda":
+        # built by this installation (a test before may have re-enabled)
+        kwargs["map_location"] = torch.device("cuda")
+    ckpt = torch.load(state, **kwargs)
+    weight = ckpt["model"]["0.weight"]
+    before = host(weight).clone()
+    on_host = weight.cpu()
+    on_host.add_(1)
+    assert torch.equal(host(weight), before)
+    assert on_host.cuda() is not on_host
+
+
 def test_default_is_weights_only(cuda_checkpoint):
     _, whole = cuda_checkpoint
     with pytest.raises(Exception, match="weights_only"):

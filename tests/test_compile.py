@@ -196,6 +196,29 @@ def test_disable_recompiles_and_enable_restores():
     assert lines["AGAIN"] == str(TARGET)
 
 
+DEFAULT_DEVICE = '''
+import torch, TorchDevice
+def f(x):
+    return torch.ones(3) + torch.nn.functional.linear(x, torch.eye(3)) + x
+c = torch.compile(f, fullgraph=True, backend="eager")
+torch.set_default_device("cuda")
+print("SET", c(torch.ones(3)).tolist())
+torch.set_default_device(None)
+with torch.device("cuda"):
+    print("WITH", c(torch.ones(3)).tolist())
+'''
+
+
+def test_compiles_under_a_cuda_default_device():
+    """fullgraph under `set_default_device("cuda")` and `with
+    torch.device("cuda")`: dynamo traces torch's default-device handler,
+    which TorchDevice wraps to mark what it makes (docs/policy.md)."""
+    proc = run_python(DEFAULT_DEVICE, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["SET", "[3.0,", "3.0,", "3.0]",
+                                   "WITH", "[3.0,", "3.0,", "3.0]"]
+
+
 SIMULATED_MPS = '''
 import json
 import torch

@@ -292,3 +292,37 @@ def test_lazy_modules_move_to_cuda_more_than_once():
     p = UninitializedParameter()
     moved = p.to("cuda")           # a new tensor there, as CUDA's move
     assert moved is not p and moved.to("cuda") is moved
+
+
+@pytest.mark.parametrize("enter", ["with torch.device", "set_default_device"])
+def test_tensors_made_under_a_cuda_default_device_are_on_the_accelerator(
+        enter):
+    """torch's default-device context fills the device of factories called
+    without one, past the wrappers: with "cuda" there, what they make is
+    on the accelerator, and its `.cpu()` is a copy as on CUDA."""
+    def made(make):
+        if enter == "with torch.device":
+            with torch.device("cuda"):
+                return make()
+        torch.set_default_device("cuda")
+        try:
+            return make()
+        finally:
+            torch.set_default_device(None)
+
+    x = made(lambda: torch.zeros(3))
+    model = made(lambda: torch.nn.Linear(2, 2))
+    assert _tdcore.on_accelerator(x) and _tdcore.on_accelerator(model.weight)
+    y = x.cpu()
+    y.add_(1)
+    assert torch.equal(x, torch.zeros(3))
+    assert x.cuda() is x
+    snapshot = {k: v.cpu() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1)
+    assert not torch.equal(snapshot["weight"], model.weight.detach().cpu())
+    # A device given to the call, and a host context, decide as before.
+    assert not _tdcore.on_accelerator(made(lambda: torch.zeros(3,
+                                                               device="cpu")))
+    with torch.device("cpu"):
+        assert not _tdcore.on_accelerator(torch.zeros(3))

@@ -428,6 +428,29 @@ moves_keep_place(PyObject *Py_UNUSED(module), PyObject *const *args,
     return Py_NewRef(args[1]);
 }
 
+/* mark_accelerator(obj) -> obj: a tensor (its storage) or a storage that
+ * an accelerator request made outside the wrappers (torch's default-device
+ * context, torch.load onto "cuda") is on the accelerator for the program. */
+static PyObject *
+moves_mark(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    if (td_moves_active()) {
+        td_install *st = td_install_acquire();
+        if (st != NULL) {
+            if (PyObject_TypeCheck(obj, st->tensor_type)) {
+                td_mark_accelerator(st, obj);
+            }
+            else if (PyObject_SetAttr(obj, st->str_accel_mark,
+                                      Py_True) < 0)
+            {
+                PyErr_Clear();   /* no __dict__: left unmarked */
+            }
+            Py_DECREF(st);
+        }
+    }
+    return Py_NewRef(obj);
+}
+
 /* keeps_place() -> bool: whether a module conversion must carry the marks
  * over (moves copy, and no module move is under way: that one marks its
  * tensors itself). */
@@ -481,6 +504,10 @@ PyMethodDef td_moves_methods[] = {
      METH_FASTCALL,
      "keep_place(src, dst) -> dst\n\nMarks dst on the accelerator when "
      "src is and no module move is under way (Module._apply)."},
+    {"mark_accelerator", moves_mark, METH_O,
+     "mark_accelerator(obj) -> obj\n\nMarks a tensor (its storage) or a "
+     "storage on the accelerator for the program, where moves copy; "
+     "nothing otherwise."},
     {"keeps_place", moves_keeps_place, METH_NOARGS,
      "keeps_place() -> bool\n\nWhether a module conversion running now "
      "must carry the accelerator mark over (Module._apply)."},
