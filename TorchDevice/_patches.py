@@ -128,24 +128,24 @@ def _context_marks(original: Any) -> Any:
     called without one and calls its own function, past the wrappers.  With
     an accelerator request as the context's device the result is on the
     accelerator for the program, so that its later moves copy where CUDA's
-    do (docs/policy.md, "Moves copy")."""
+    do (docs/policy.md, "Moves copy").  Every torch call under the context
+    comes here: the others leave at the first test."""
     mark = _tdcore.mark_accelerator
     intent = _tdcore.device_intent
     compiling = torch.compiler.is_compiling
+    constructors = _constructors()      # torch's own set, built once
 
     @functools.wraps(original)
     def __torch_function__(self: Any, func: Any, types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
-        if compiling():
+        if compiling() or func not in constructors:
             # dynamo traces the mode: torch's own handler, as without us
             # (compiled code forces no copies, docs/policy.md).
             return original(self, func, types, args, kwargs)
         # torch's handler writes the device into the kwargs it is given.
         filled = not kwargs or kwargs.get("device") is None
         result = original(self, func, types, args, kwargs)
-        if (filled and isinstance(result, torch.Tensor)
-                and func in _constructors()
-                and intent(self.device) == "accelerator"):
+        if filled and intent(self.device) == "accelerator":
             mark(result)
         return result
     return __torch_function__
