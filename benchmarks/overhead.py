@@ -89,7 +89,32 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
          lambda: torch.device(NATIVE), None),
         ("torch.device('cuda', 1).index", lambda: asked_one.index,
          lambda: native_obj.index, None),
+        # Under torch.set_default_device (set around each block in
+        # measure()): "cuda" for the intercepted call, the landing device
+        # for the native one.
+        ("zeros(4) under default 'cuda'", lambda: torch.zeros(4),
+         lambda: torch.zeros(4), None),
+        ("t + t under default 'cuda'", lambda: dev + dev, lambda: dev + dev,
+         None),
     ]
+
+
+def _default_device_for(name: str, intercepted: bool) -> Optional[str]:
+    if "under default" not in name:
+        return None
+    return "cuda" if intercepted else NATIVE
+
+
+def timed(name: str, fn: Callable[[], object], number: int,
+          intercepted: bool) -> float:
+    device = _default_device_for(name, intercepted)
+    if device is None:
+        return per_call_ns(fn, number)
+    torch.set_default_device(device)
+    try:
+        return per_call_ns(fn, number)
+    finally:
+        torch.set_default_device(None)
 
 
 def per_call_ns(fn: Callable[[], object], number: int) -> float:
@@ -111,9 +136,9 @@ def measure(reps: int) -> List[Dict[str, object]]:
         native_ns, td_ns = [], []
         for _ in range(reps):
             TorchDevice.disable()
-            native_ns.append(per_call_ns(native, number))
+            native_ns.append(timed(name, native, number, False))
             TorchDevice.enable()
-            td_ns.append(per_call_ns(intercepted, number))
+            td_ns.append(timed(name, intercepted, number, True))
         ratios = [a / b for a, b in zip(td_ns, native_ns)]
         results.append({
             "api": name, "native_ns": statistics.median(native_ns),
