@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import warnings
 from typing import Any, Callable, List, Optional
 
 import torch
@@ -236,6 +237,116 @@ def _dp_forward_builder(original: Any) -> Any:
     return forward
 
 
+# DataParallel's own steps, which subclasses call from their forward
+# (GPyTorch's MultiDeviceKernel).  torch's reach torch._C._scatter,
+# comm.broadcast_coalesced and comm.gather, which only CUDA builds have;
+# these compute what they compute over the GPUs shown, on the one device:
+# the same chunks, one module for every replica (replicas share their
+# parameters' values, and their gradients reach the module's own), the
+# modules run in turn, the outputs concatenated.
+
+
+def _is_namedtuple(obj: Any) -> bool:
+    return isinstance(obj, tuple) and hasattr(obj, "_asdict") \
+        and hasattr(obj, "_fields")
+
+
+def _scatter(obj: Any, device_ids: List[int], dim: int) -> List[Any]:
+    """torch.nn.parallel.scatter's chunks of obj, one per device at most."""
+    if isinstance(obj, torch.Tensor):
+        return [chunk.to(torch.device("cuda", i))
+                for chunk, i in zip(obj.chunk(len(device_ids), dim),
+                                    device_ids)]
+    if _is_namedtuple(obj):
+        return [type(obj)(*args)
+                for args in zip(*(_scatter(o, device_ids, dim)
+                                  for o in obj))]
+    if isinstance(obj, tuple) and obj:
+        return list(zip(*(_scatter(o, device_ids, dim) for o in obj)))
+    if isinstance(obj, list) and obj:
+        return [list(i) for i in zip(*(_scatter(o, device_ids, dim)
+                                       for o in obj))]
+    if isinstance(obj, dict) and obj:
+        return [type(obj)(i) for i in zip(*(_scatter(item, device_ids, dim)
+                                            for item in obj.items()))]
+    return [obj for _ in device_ids]
+
+
+def _dp_scatter_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def scatter(self: Any, inputs: Any, kwargs: Any,
+                device_ids: Any) -> Any:
+        if _native() or not device_ids:
+            return original(self, inputs, kwargs, device_ids)
+        ids = [_index(d) for d in device_ids]
+        args = _scatter(inputs, ids, self.dim) if inputs else []
+        kws = _scatter(kwargs, ids, self.dim) if kwargs else []
+        args += [() for _ in range(len(kws) - len(args))]
+        kws += [{} for _ in range(len(args) - len(kws))]
+        return tuple(args), tuple(kws)
+    return scatter
+
+
+def _dp_replicate_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def replicate(self: Any, module: Any, device_ids: Any) -> Any:
+        if _native():
+            return original(self, module, device_ids)
+        return [module for _ in device_ids]
+    return replicate
+
+
+def _dp_parallel_apply_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def parallel_apply(self: Any, replicas: Any, inputs: Any,
+                       kwargs: Any) -> Any:
+        if _native():
+            return original(self, replicas, inputs, kwargs)
+        if len(replicas) != len(inputs):
+            raise AssertionError(
+                f"The number of modules {len(replicas)} is not equal to "
+                f"the number of inputs {len(inputs)}")
+        if kwargs is None:
+            kwargs = ({},) * len(replicas)
+        outputs = []
+        for module, args, kws in zip(replicas, inputs, kwargs):
+            if not isinstance(args, (list, tuple)):
+                args = (args,)
+            outputs.append(module(*args, **kws))
+        return outputs
+    return parallel_apply
+
+
+def _gather(outputs: List[Any], dim: int) -> Any:
+    out = outputs[0]
+    if isinstance(out, torch.Tensor):
+        if dim == 0 and all(t.dim() == 0 for t in outputs):
+            warnings.warn("Was asked to gather along dimension 0, but all "
+                          "input tensors were scalars; will instead "
+                          "unsqueeze and return a vector.")
+            outputs = [t.view(1) for t in outputs]
+        return torch.cat(outputs, dim)
+    if out is None:
+        return None
+    if isinstance(out, dict):
+        if not all(len(out) == len(d) for d in outputs):
+            raise ValueError("All dicts must have the same number of keys")
+        return type(out)((k, _gather([d[k] for d in outputs], dim))
+                         for k in out)
+    if _is_namedtuple(out):
+        return type(out)._make(_gather(list(o), dim) for o in zip(*outputs))
+    return type(out)(_gather(list(o), dim) for o in zip(*outputs))
+
+
+def _dp_gather_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def gather(self: Any, outputs: Any, output_device: Any) -> Any:
+        if _native():
+            return original(self, outputs, output_device)
+        return _gather(list(outputs), self.dim)
+    return gather
+
+
 def _data_parallel_builder(original: Any) -> Any:
     """torch.nn.parallel.data_parallel(module, inputs, ...): the module on
     the inputs, as over one GPU (its device arguments name CUDA's)."""
@@ -265,6 +376,11 @@ def patches() -> List[Any]:
               _dp_device_type_builder),
         Patch(torch.nn.DataParallel, "__init__", _dp_init_builder),
         Patch(torch.nn.DataParallel, "forward", _dp_forward_builder),
+        Patch(torch.nn.DataParallel, "scatter", _dp_scatter_builder),
+        Patch(torch.nn.DataParallel, "replicate", _dp_replicate_builder),
+        Patch(torch.nn.DataParallel, "parallel_apply",
+              _dp_parallel_apply_builder),
+        Patch(torch.nn.DataParallel, "gather", _dp_gather_builder),
         Patch(data_parallel, "data_parallel", _data_parallel_builder),
         Patch(torch.nn.parallel, "data_parallel", _data_parallel_builder),
     ]

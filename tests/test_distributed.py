@@ -223,6 +223,57 @@ def test_dataparallel_over_the_devices_shown():
     assert proc.stdout.strip() == "ok"
 
 
+# A DataParallel subclass that runs DataParallel's own steps in its forward,
+# as GPyTorch's MultiDeviceKernel does; its outputs are a tensor, a dict and
+# a named tuple, and the batch is also passed by keyword.
+STEPWISE_DP = """
+import collections, torch, TorchDevice
+Out = collections.namedtuple("Out", "y z")
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 2)
+
+    def forward(self, x, scale=None):
+        y = self.lin(x) * scale.sum()
+        return y, {"sq": y * y}, Out(y + 1, None)
+
+class Stepwise(torch.nn.DataParallel):
+    def forward(self, x, scale):
+        inputs, kwargs = self.scatter((x,), {"scale": scale}, self.device_ids)
+        replicas = self.replicate(self.module, self.device_ids[:len(inputs)])
+        outputs = self.parallel_apply(replicas, inputs, kwargs)
+        return self.gather(outputs, self.output_device)
+
+torch.manual_seed(0)
+net = Net().cuda()
+x = torch.randn(5, 4, device="cuda")
+scale = torch.ones(5, 1, device="cuda")
+dp = Stepwise(net)
+y, d, out = dp(x, scale)
+n = len(dp.device_ids)
+chunks = [net(xc, scale=sc) for xc, sc in zip(x.chunk(n), scale.chunk(n))]
+assert torch.equal(y, torch.cat([c[0] for c in chunks]))
+assert torch.equal(d["sq"], torch.cat([c[1]["sq"] for c in chunks]))
+assert isinstance(out, Out) and out.z is None
+assert torch.equal(out.y, y + 1)
+y.sum().backward()
+assert net.lin.weight.grad is not None
+print(n, len(dp.scatter((x,), None, dp.device_ids)[0]))
+"""
+
+
+@pytest.mark.parametrize("count", ["1", "2"])
+def test_dataparallel_steps_as_over_the_devices_shown(count):
+    """DataParallel's scatter, replicate, parallel_apply and gather (which
+    subclasses call) compute what they compute over the GPUs shown: the
+    batch in one chunk per device, each run by the module, concatenated."""
+    proc = run_python(STEPWISE_DP, env={"TORCHDEVICE_DEVICE_COUNT": count})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [count, count]
+
+
 def test_nccl_on_another_accelerator_warns_where_to_run(tmp_path):
     """Where "cuda" lands on an accelerator gloo cannot reduce (MPS, the
     simulated one), the rewrite says so and how to run the ranks."""
