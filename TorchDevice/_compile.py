@@ -99,15 +99,20 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
     dtype_keyword = g.dtype_keyword
     data_pos = g.data_position
     api = str(w.td_api)
-    context_active = _grammar.default_device_test()
+    context_device = _grammar.default_device_lookup()
 
     def polyfill(*args: Any, **kwargs: Any) -> Any:
         request = _argument(keyword, pos, args, kwargs)
         if request is None and not none_policy:
             return original(*args, **kwargs)
-        if request is None and context_active():
-            # torch's default-device context fills the device.
-            return original(*args, **kwargs)
+        if request is None:
+            device = context_device()
+            if device is not None:
+                # torch's default-device context fills the device, as in
+                # eager code.  Named here: dynamo does not apply the
+                # context's handler to a call made inside a polyfill, and
+                # would trace the tensor on the host.
+                return original(*args, **{**kwargs, keyword: device})
         dtype = kwargs.get(dtype_keyword) if dtype_keyword else None
         if dtype is None and not any(isinstance(a, torch.dtype)
                                      for a in args[data_pos + 1:]):

@@ -99,22 +99,31 @@ def default_device_test() -> Callable[[], bool]:
     """A function telling whether torch's default-device context (``with
     torch.device(d):``, ``torch.set_default_device(d)``) is active in the
     calling thread: a DeviceContext on the torch-function mode stack.  The
-    same test as C's td_default_device_active, made of the same torch
-    functions, which dynamo models inside a compiled region (so the
-    function is built outside it, where the names can be looked up)."""
+    same test as C's td_default_device_active."""
+    device = default_device_lookup()
+    return lambda: device() is not None
+
+
+def default_device_lookup() -> Callable[[], Optional[Any]]:
+    """A function giving the device of torch's innermost default-device
+    context in the calling thread, or None where there is none.  Made of
+    the same torch functions as C's td_default_device_active, which dynamo
+    models inside a compiled region (so the function is built outside it,
+    where the names can be looked up)."""
     length = _torch_compat.get("len_torch_function_stack")
     at = _torch_compat.get("get_function_stack_at")
     context = _torch_compat.get("DeviceContext")
     if length is None or at is None or context is None:
-        return _never
+        return _nothing
 
-    def active() -> bool:
-        for i in range(length()):
-            if isinstance(at(i), context):
-                return True
-        return False
-    return active
+    def device() -> Optional[Any]:
+        for i in range(length() - 1, -1, -1):
+            mode = at(i)
+            if isinstance(mode, context):
+                return mode.device
+        return None
+    return device
 
 
-def _never() -> bool:
-    return False
+def _nothing() -> None:
+    return None

@@ -206,17 +206,22 @@ print("SET", c(torch.ones(3)).tolist())
 torch.set_default_device(None)
 with torch.device("cuda"):
     print("WITH", c(torch.ones(3)).tolist())
+with torch.device("meta"):
+    print("META", c(torch.ones(3)).device)
 '''
 
 
 def test_compiles_under_a_cuda_default_device():
     """fullgraph under `set_default_device("cuda")` and `with
-    torch.device("cuda")`: dynamo traces torch's default-device handler,
-    which TorchDevice wraps to mark what it makes (docs/policy.md)."""
+    torch.device(...)`: the factories called without a device are traced
+    on the context's device, beside the inputs made under it (they were
+    traced on the host: "Tensor device mismatch" wherever the context's
+    device is not the CPU)."""
     proc = run_python(DEFAULT_DEVICE, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["SET", "[3.0,", "3.0,", "3.0]",
-                                   "WITH", "[3.0,", "3.0,", "3.0]"]
+                                   "WITH", "[3.0,", "3.0,", "3.0]",
+                                   "META", "meta"]
 
 
 SIMULATED_MPS = '''

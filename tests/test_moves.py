@@ -326,3 +326,38 @@ def test_tensors_made_under_a_cuda_default_device_are_on_the_accelerator(
                                                                device="cpu")))
     with torch.device("cpu"):
         assert not _tdcore.on_accelerator(torch.zeros(3))
+
+
+CONSTRUCT = [
+    ("as_tensor", lambda d: torch.as_tensor(d, device="cuda")),
+    ("as_tensor(torch.device)",
+     lambda d: torch.as_tensor(d, device=torch.device("cuda"))),
+    ("asarray", lambda d: torch.asarray(d, device="cuda")),
+    ("tensor", lambda d: torch.tensor(d, device="cuda")),
+]
+
+
+@pytest.mark.parametrize("name,make", CONSTRUCT,
+                         ids=[n for n, _ in CONSTRUCT])
+def test_constructing_on_cuda_from_host_data_is_a_copy(name, make):
+    """torch.as_tensor / asarray of host data (a tensor, a numpy array)
+    with device="cuda" copy it there on CUDA: editing the result leaves the
+    data alone, and the data stays a host tensor."""
+    import numpy as np
+    x = torch.zeros(3)
+    z = make(x)
+    z.add_(1)
+    assert torch.equal(x, torch.zeros(3))
+    assert not _tdcore.on_accelerator(x) and _tdcore.on_accelerator(z)
+    assert x.cuda() is not x and z.cuda() is z and z.cpu() is not z
+    a = np.zeros(3, dtype=np.float32)
+    make(a).add_(1)
+    assert a.tolist() == [0.0, 0.0, 0.0]
+    assert make([1.0, 2.0]).tolist() == [1.0, 2.0]
+
+
+def test_constructing_on_cuda_from_cuda_data_is_the_data():
+    """As on CUDA, as_tensor of a tensor already there is the tensor."""
+    y = torch.ones(3, device="cuda")
+    assert torch.as_tensor(y, device="cuda") is y
+    assert torch.asarray(y, device="cuda").data_ptr() == y.data_ptr()

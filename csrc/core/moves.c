@@ -328,6 +328,67 @@ td_mark_accelerator(td_install *st, PyObject *tensor)
     Py_DECREF(storage);
 }
 
+/* Whether `result` of a constructor shares memory with `data` (1), or not
+ * (0): the data tensor itself or its storage, or memory torch does not own
+ * (numpy arrays, buffers: a storage it cannot resize). */
+static int
+aliases_data(td_install *st, PyObject *data, PyObject *result)
+{
+    if (result == data) {
+        return 1;
+    }
+    if (PyList_Check(data) || PyTuple_Check(data) || PyFloat_Check(data)
+        || PyLong_Check(data) || PyBool_Check(data))
+    {
+        return 0;       /* torch builds new memory from Python values */
+    }
+    PyObject *storage = storage_of(st, result);
+    if (storage == NULL) {
+        return 0;
+    }
+    int alias = 0;
+    if (PyObject_TypeCheck(data, st->tensor_type)) {
+        PyObject *other = storage_of(st, data);
+        alias = other == storage;
+        Py_XDECREF(other);
+    }
+    else {
+        PyObject *resizable = PyObject_CallMethodNoArgs(storage,
+                                                        st->str_resizable);
+        if (resizable == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            alias = resizable == Py_False;
+            Py_DECREF(resizable);
+        }
+    }
+    Py_DECREF(storage);
+    return alias;
+}
+
+PyObject *
+td_constructed_on_accelerator(td_install *st, PyObject *data,
+                              PyObject *result)
+{
+    if (result == NULL || !PyObject_TypeCheck(result, st->tensor_type)) {
+        return result;
+    }
+    if (data != NULL && aliases_data(st, data, result)) {
+        if (PyObject_TypeCheck(data, st->tensor_type)
+            && td_on_accelerator(st, data))
+        {
+            return result;      /* already there: CUDA returns it too */
+        }
+        Py_SETREF(result, PyObject_CallOneArg(st->tensor_clone, result));
+        if (result == NULL) {
+            return NULL;
+        }
+    }
+    td_mark_accelerator(st, result);
+    return result;
+}
+
 /* Whether moving `tensor` with this intent must copy to be CUDA's move. */
 static int
 move_must_copy(td_install *st, PyObject *tensor, td_intent intent)

@@ -49,7 +49,8 @@
     X(str_cuda, "cuda")                                                     \
     X(str_mps, "mps")                                                       \
     X(str_float64, "float64")                                               \
-    X(str_out, "out")
+    X(str_out, "out")                                                       \
+    X(str_resizable, "resizable")
 #define TD_DECLARE_NAME(field, text) PyObject *field;
 
 typedef struct {
@@ -253,6 +254,12 @@ int td_module_intent(void);
 int td_swap_module_intent(int intent);
 int td_on_accelerator(td_install *st, PyObject *tensor);
 void td_mark_accelerator(td_install *st, PyObject *tensor);
+/* Finishes a constructor's call for an accelerator request
+ * (torch.as_tensor(data, device="cuda"), asarray, tensor): a copy where
+ * torch returned memory the data owns and the data is not on the
+ * accelerator (CUDA copies it there), then the mark.  Steals `result`. */
+PyObject *td_constructed_on_accelerator(td_install *st, PyObject *data,
+                                        PyObject *result);
 /* Opens a move in this thread, just before torch is called: returns the
  * token td_move_done() takes. */
 const void *td_move_begin(void);

@@ -557,7 +557,10 @@ call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
     if (result != NULL && slot >= 0 && td_moves_active()
         && td_intent_of_arg(st, args[slot]) == TD_INTENT_ACCEL)
     {
-        td_mark_accelerator(st, result);
+        /* The data a constructor (as_tensor, asarray) may return as is. */
+        PyObject *data = w->none_policy && w->data_pos == 0 && nargs > 0
+                         ? args[0] : NULL;
+        return td_constructed_on_accelerator(st, data, result);
     }
     return result;
 }
