@@ -361,3 +361,28 @@ def test_constructing_on_cuda_from_cuda_data_is_the_data():
     y = torch.ones(3, device="cuda")
     assert torch.as_tensor(y, device="cuda") is y
     assert torch.asarray(y, device="cuda").data_ptr() == y.data_ptr()
+
+
+def test_constructing_on_cuda_from_a_host_subclass_gives_a_plain_tensor():
+    """CUDA's as_tensor copies a tensor subclass inside torch, past its
+    __torch_function__, and gives a torch.Tensor (Pyro's ProvenanceTensor
+    tests read the type)."""
+    class Tracked(torch.Tensor):
+        calls = []
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            cls.calls.append(getattr(func, "__name__", str(func)))
+            return super().__torch_function__(func, types, args,
+                                              kwargs or {})
+
+    x = torch.zeros(3)
+    y = x.as_subclass(Tracked)
+    for make in (lambda d: torch.as_tensor(d, device="cuda"),
+                 lambda d: torch.asarray(d, device="cuda")):
+        Tracked.calls.clear()
+        z = make(y)
+        assert type(z) is torch.Tensor and "clone" not in Tracked.calls
+        z.add_(1)
+        assert torch.equal(x, torch.zeros(3))
+        assert _tdcore.on_accelerator(z) and not _tdcore.on_accelerator(y)

@@ -367,6 +367,44 @@ aliases_data(td_install *st, PyObject *data, PyObject *result)
     return alias;
 }
 
+/* CUDA's as_tensor copies a tensor subclass inside torch, past its
+ * __torch_function__, and hands back torch.Tensor: *result (a subclass
+ * instance) becomes a torch.Tensor alias of it, made by TensorBase's
+ * as_subclass, which no __torch_function__ sees.  torch.Tensor is the class
+ * just before TensorBase in the subclass's MRO. */
+static int
+plain_tensor(td_install *st, PyObject **result)
+{
+    PyObject *mro = Py_TYPE(*result)->tp_mro;
+    if (mro == NULL || !PyTuple_Check(mro)) {
+        return 0;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(mro);
+    PyObject *plain = NULL;
+    for (Py_ssize_t i = 1; i < n; i++) {
+        if (PyTuple_GET_ITEM(mro, i) == (PyObject *)st->tensor_type) {
+            plain = PyTuple_GET_ITEM(mro, i - 1);
+            break;
+        }
+    }
+    if (plain == NULL || plain == (PyObject *)Py_TYPE(*result)) {
+        return 0;       /* already torch.Tensor (or TensorBase itself) */
+    }
+    PyObject *as_subclass = PyObject_GetAttrString(
+        (PyObject *)st->tensor_type, "as_subclass");
+    if (as_subclass == NULL) {
+        return -1;
+    }
+    PyObject *args[] = {*result, plain};
+    PyObject *alias = PyObject_Vectorcall(as_subclass, args, 2, NULL);
+    Py_DECREF(as_subclass);
+    if (alias == NULL) {
+        return -1;
+    }
+    Py_SETREF(*result, alias);
+    return 0;
+}
+
 PyObject *
 td_constructed_on_accelerator(td_install *st, PyObject *data,
                               PyObject *result)
@@ -379,6 +417,9 @@ td_constructed_on_accelerator(td_install *st, PyObject *data,
             && td_on_accelerator(st, data))
         {
             return result;      /* already there: CUDA returns it too */
+        }
+        if (plain_tensor(st, &result) < 0) {
+            return NULL;
         }
         Py_SETREF(result, PyObject_CallOneArg(st->tensor_clone, result));
         if (result == NULL) {
