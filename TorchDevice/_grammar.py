@@ -95,15 +95,6 @@ def is_device_value(value: Any) -> bool:
             or type(value) is int)
 
 
-def default_device_test() -> Callable[[], bool]:
-    """A function telling whether torch's default-device context (``with
-    torch.device(d):``, ``torch.set_default_device(d)``) is active in the
-    calling thread: a DeviceContext on the torch-function mode stack.  The
-    same test as C's td_default_device_active."""
-    device = default_device_lookup()
-    return lambda: device() is not None
-
-
 def default_device_lookup() -> Callable[[], Optional[Any]]:
     """A function giving the device of torch's innermost default-device
     context in the calling thread, or None where there is none.  Made of

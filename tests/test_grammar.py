@@ -315,7 +315,7 @@ def test_the_default_device_context_decides(mps_stand_in):
     torch.set_default_device("meta")
     try:
         assert _tdcore.default_device_active()
-        assert _grammar.default_device_test()()
+        assert _grammar.default_device_lookup()() == torch.device("meta")
     finally:
         torch.set_default_device(None)
     assert not _tdcore.default_device_active()

@@ -315,6 +315,14 @@ td_on_accelerator(td_install *st, PyObject *tensor)
     return on;
 }
 
+static void
+mark_storage(td_install *st, PyObject *storage)
+{
+    if (PyObject_SetAttr(storage, st->str_accel_mark, Py_True) < 0) {
+        PyErr_Clear();   /* a storage without a __dict__: left unmarked */
+    }
+}
+
 void
 td_mark_accelerator(td_install *st, PyObject *tensor)
 {
@@ -322,9 +330,7 @@ td_mark_accelerator(td_install *st, PyObject *tensor)
     if (storage == NULL) {
         return;
     }
-    if (PyObject_SetAttr(storage, st->str_accel_mark, Py_True) < 0) {
-        PyErr_Clear();   /* a storage without a __dict__: left unmarked */
-    }
+    mark_storage(st, storage);
     Py_DECREF(storage);
 }
 
@@ -542,10 +548,8 @@ moves_mark(PyObject *Py_UNUSED(module), PyObject *obj)
             if (PyObject_TypeCheck(obj, st->tensor_type)) {
                 td_mark_accelerator(st, obj);
             }
-            else if (PyObject_SetAttr(obj, st->str_accel_mark,
-                                      Py_True) < 0)
-            {
-                PyErr_Clear();   /* no __dict__: left unmarked */
+            else {
+                mark_storage(st, obj);
             }
             Py_DECREF(st);
         }
