@@ -151,6 +151,29 @@ def _context_marks(original: Any) -> Any:
     return __torch_function__
 
 
+def _default_device_as_asked(original: Any) -> Any:
+    """torch.get_default_device under `set_default_device("cuda")` or `with
+    torch.device("cuda"):` is `cuda:0` on CUDA, and programs build tensors
+    and generators on it or test its `type`.  torch's code reads the device
+    really used, so it answered `cpu`, a host request.  The context's device
+    as the program asked for it, with the index filled as torch fills it:
+    the current device (docs/policy.md, "What a device reads as")."""
+    lookup = _grammar.default_device_lookup()
+    asked_device = _tdcore.asked_device
+    compiling = torch.compiler.is_compiling
+
+    @functools.wraps(original)
+    def get_default_device() -> torch.device:
+        asked = None if compiling() else asked_device(lookup())
+        if asked is None:
+            return original()
+        name, index = asked
+        if index is None:
+            index = torch.cuda.current_device() if name == "cuda" else 0
+        return torch.device(name, index)
+    return get_default_device
+
+
 def _host_rng_state(original: Any) -> Any:
     """torch.set_rng_state: an RNG state is host data (a CPU ByteTensor).
     One a program loaded with map_location="cuda" and then took `.cpu()`
@@ -300,6 +323,7 @@ def patch_table() -> List[Patch]:
               _lazy_materialize),
         Patch(torch, "set_rng_state", _host_rng_state),
         Patch(torch.random, "set_rng_state", _host_rng_state),
+        Patch(torch, "get_default_device", _default_device_as_asked),
     ]
     context = _torch_compat.get("DeviceContext")
     if context is not None:

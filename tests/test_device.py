@@ -220,6 +220,34 @@ def test_device_context_and_default_device():
         torch.set_default_device(None)
 
 
+def test_the_default_device_reads_as_asked():
+    """Under set_default_device("cuda") torch.get_default_device() is
+    cuda:0 on CUDA, the index filled with the current device; programs
+    build tensors and generators on it and test its type
+    (docs/policy.md, "What a device reads as")."""
+    torch.set_default_device("cuda")
+    try:
+        d = torch.get_default_device()
+        assert (d.type, d.index, str(d)) == ("cuda", 0, "cuda:0")
+        assert d == TARGET
+        x = torch.zeros(3, device=d)
+        assert x.device == TARGET
+        x.cpu().add_(1)                 # a copy on CUDA
+        assert x.tolist() == [0.0, 0.0, 0.0]
+        assert torch.Generator(device=d).device == TARGET
+    finally:
+        torch.set_default_device(None)
+    with torch.device("cuda:1"):
+        assert str(torch.get_default_device()) == "cuda:1"
+    with torch.device("mps"):
+        assert str(torch.get_default_device()) == "mps:0"
+    with torch.device("meta"):
+        assert torch.get_default_device() == torch.device("meta")
+    with torch.device("cpu"):
+        assert torch.get_default_device() == torch.device("cpu")
+    assert torch.get_default_device() == torch.device("cpu")
+
+
 class _Calls(torch.overrides.TorchFunctionMode):
     """A torch-function mode of the kind profilers and tracers push: it
     sees every torch call, torch.device(...) included, and passes it on."""

@@ -223,6 +223,41 @@ td_request_device(td_install *st, td_target target, td_request req,
     return Py_NewRef(dev);
 }
 
+/* asked_device(device) -> (name, index) | None: what a device the program
+ * asked for reads as, for TorchDevice's own Python code, which reads the
+ * device really used (torch.get_default_device reports the context's
+ * device as the program asked for it: docs/policy.md). */
+static PyObject *
+pose_asked_device(PyObject *Py_UNUSED(module), PyObject *dev)
+{
+    td_install *st = td_install_acquire();
+    if (st == NULL) {
+        Py_RETURN_NONE;
+    }
+    td_target target;
+    int kind;
+    long index;
+    PyObject *result = NULL;
+    if (!pose_find(st, dev, &target, &kind, &index)) {
+        result = Py_NewRef(Py_None);
+    }
+    else {
+        PyObject *name = kind == TD_POSE_CUDA ? st->str_cuda : st->str_mps;
+        result = index < 0 ? Py_BuildValue("(OO)", name, Py_None)
+                           : Py_BuildValue("(Ol)", name, index);
+    }
+    Py_DECREF(st);
+    return result;
+}
+
+PyMethodDef td_pose_methods[] = {
+    {"asked_device", pose_asked_device, METH_O,
+     "asked_device(device) -> (name, index) | None\n\nThe kind and index "
+     "(None: none named) a device the program asked for reads as, where "
+     "it reads as another kind than the device really used."},
+    {NULL, NULL, 0, NULL},
+};
+
 /* ---- torch.device's face ---------------------------------------------------
  *
  * torch.device is a static type of torch's: its `type` and `index`
