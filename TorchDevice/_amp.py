@@ -152,7 +152,8 @@ def _autocast_init(original: Callable[..., None]) -> Callable[..., None]:
             original(self, target, accepted[0], enabled, cache_enabled)
             self.fast_dtype = used
         _record("torch.autocast", "redirected", device_type, target)
-        if used is not want:
+        if used is not want and enabled:
+            # A disabled region computes in the program's dtypes.
             _record("torch.autocast", "dtype", want, used)
     return __init__
 

@@ -511,6 +511,17 @@ def test_float16_change_is_logged(restore_config, caplog):
                 in changed[0].getMessage())
 
 
+def test_a_disabled_autocast_reports_no_dtype_change(restore_config, caplog):
+    """`autocast("cuda", enabled=False)` (float32 training with the AMP
+    code path kept) changes no dtype, so the report names none."""
+    TorchDevice.configure(log_level="INFO")
+    with caplog.at_level(logging.INFO, logger="TorchDevice"):
+        with torch.autocast("cuda", enabled=False):
+            pass
+    assert [r.getMessage() for r in caplog.records
+            if "torch.float16" in r.getMessage()] == []
+
+
 @cpu_only
 def test_a_captured_replacement_is_torch_s_own_after_disable():
     captured = torch.is_autocast_enabled
