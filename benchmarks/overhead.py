@@ -52,6 +52,7 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
     # no-op torch makes natively.
     same = NATIVE == "cpu"
     acc = torch.ones(4, device="cuda") if was else dev
+    home = acc.cpu()
     # What a device reads as (docs/policy.md): every device's `type`, str
     # and repr go through TorchDevice's getter; the one built for "cuda"
     # reads "cuda" to the program.
@@ -75,8 +76,13 @@ def cases() -> List[Tuple[str, Callable[[], object], Callable[[], object],
          lambda: dev.to(native_obj), None),
         ("cuda t.cpu() (copy)", lambda: acc.cpu(),
          lambda: dev.to("cpu", copy=same), None),
-        ("host t.cpu() (no-op)", lambda: host.cpu(), lambda: host.cpu(),
-         None),
+        # A host request copies whatever made the tensor (docs/policy.md):
+        # against CUDA's no-op.
+        ("host t.cpu() (copy; CUDA: no-op)", lambda: host.cpu(),
+         lambda: host.cpu(), None),
+        # ... unless a host request's move made it.
+        ("t.cpu() of a .cpu() (no-op)", lambda: home.cpu(),
+         lambda: host.cpu(), None),
         ("nn.Linear(256,256).to('cuda')", lambda: lin.to("cuda"),
          lambda: lin.to(NATIVE), 1.05),
         ("t.device.type", lambda: dev.device.type, lambda: dev.device.type,

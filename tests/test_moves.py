@@ -72,13 +72,60 @@ def test_accelerator_tensor_moved_to_host_is_a_copy(name, move):
     h[0] = 7
     assert z.tolist() == [1.0, 1.0, 1.0], name
     assert not _tdcore.on_accelerator(h)
-    assert move(h) is h            # host to host: CUDA's no-op
 
 
 @pytest.mark.parametrize("name,move", TO_HOST, ids=[n for n, _ in TO_HOST])
-def test_host_tensor_moved_to_host_is_itself(name, move):
+def test_a_host_request_copies_unless_a_host_request_made_it(name, move):
+    """Results of operations carry no mark, so a host request cannot tell
+    one made on the accelerator from one made on the host: it copies, as
+    CUDA does for the former (docs/policy.md, "Moves copy").  A host
+    tensor's copy is one CUDA does not make; only writing through an alias
+    could tell."""
     x = torch.arange(3.0)
-    assert move(x) is x, name
+    y = move(x)
+    assert y is not x and torch.equal(y, x), name
+    y[0] = 7
+    assert x[0] == 0
+    # What a host request made is on the host: CUDA's no-op again.
+    assert move(y) is y
+    assert y.cuda() is not y
+
+
+def test_results_moved_to_host_each_step_are_copied_once():
+    """torchmetrics' `compute_on_cpu` re-moves its growing list of states
+    after every update: on CUDA only the newest is copied."""
+    x = torch.ones(4, device="cuda")
+    states = []
+    for step in range(5):
+        states.append(x * step)
+        moved = [v.to("cpu") for v in states]
+        assert all(a is b for a, b in zip(moved[:-1], states[:-1]))
+        assert moved[-1] is not states[-1]
+        states = moved
+
+
+def test_results_of_operations_moved_to_host_are_snapshots():
+    """A forward hook's `.cpu()` snapshot followed by an in-place ReLU, and
+    an optimizer state snapshot followed by a step: on CUDA the snapshot
+    keeps its values."""
+    lin = torch.nn.Linear(4, 4).cuda()
+    x = torch.randn(8, 4, device="cuda")
+    with torch.no_grad():
+        h = lin(x)
+    snap = h.cpu().numpy()
+    negative = (snap < 0).any()
+    torch.relu_(h)
+    assert negative and (snap < 0).any()
+
+    p = torch.nn.Parameter(torch.randn(3, device="cuda"))
+    opt = torch.optim.Adam([p])
+    p.grad = torch.ones(3, device="cuda")
+    opt.step()
+    s = opt.state[p]["exp_avg"].cpu()
+    before = s.clone()
+    opt.step()
+    assert torch.equal(s, before)
+    assert not torch.equal(opt.state[p]["exp_avg"].cpu(), before)
 
 
 def test_numpy_of_a_copy_does_not_write_back():

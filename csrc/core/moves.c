@@ -4,8 +4,8 @@
  * TorchDevice lands a host request and an accelerator request on the same
  * device (profile cpu; profiles cuda and mps in "accelerate" mode), torch
  * would return the tensor itself, and in-place edits of the "moved" tensor
- * would leak back.  So the wrappers force the copy when the program's view
- * of the move crosses devices:
+ * would leak back.  So the wrappers force the copy where the program's
+ * view of the move may cross devices:
  *
  *   - a request's *intent*: accelerator ("cuda", "mps", an ordinal,
  *     .cuda(), .mps(), a torch.device the program built for one of them),
@@ -13,19 +13,25 @@
  *     none (a device read from a tensor, `x.to(y.device)`: where y is);
  *   - a tensor's place, as the program sees it: on the accelerator when
  *     its storage came from an accelerator request (a factory or a move),
- *     marked on the storage object, which views, detach(), state_dict()
- *     and .data share; on the host otherwise.
+ *     on the host when a host request's move made it, marked on the
+ *     storage object, which views, detach(), state_dict() and .data
+ *     share; not known otherwise (results of operations, host data).
  *
- * Python equivalent:
+ * A host request copies unless the tensor is known to be on the host; an
+ * accelerator request copies unless it is known to be on the accelerator.
+ *
+ * Python equivalent (MARK is True on the accelerator, False on the host,
+ * absent where nothing says: results of operations, host data):
  *
  *     def move(t, intent, call):
  *         out = call()                  # torch's move, errors and all
- *         on_acc = getattr(t.untyped_storage(), MARK, False)
- *         force = (intent == ACCEL) != on_acc and intent != NONE
+ *         place = getattr(t.untyped_storage(), MARK, None)
+ *         force = ((intent == HOST and place is not False)
+ *                  or (intent == ACCEL and place is not True))
  *         if force and out is t:
  *             out = t.clone()           # what .to(copy=True) makes
- *         if intent == ACCEL and out is not t:
- *             out.untyped_storage().MARK = True
+ *         if intent != NONE and out is not t:
+ *             out.untyped_storage().MARK = intent == ACCEL
  *         return out
  *
  * The torch.device objects the program builds carry their intent by
@@ -296,42 +302,66 @@ storage_of(td_install *st, PyObject *tensor)
     return storage;
 }
 
-int
-td_on_accelerator(td_install *st, PyObject *tensor)
+/* Where the program sees the tensor: TD_PLACE_ACCEL (its storage came from
+ * an accelerator request), TD_PLACE_HOST (from a host request's copy), or
+ * TD_PLACE_UNKNOWN (results of operations, host data, anything unmarked). */
+typedef enum {
+    TD_PLACE_UNKNOWN,
+    TD_PLACE_HOST,
+    TD_PLACE_ACCEL,
+} td_place;
+
+static td_place
+place_of(td_install *st, PyObject *tensor)
 {
     PyObject *storage = storage_of(st, tensor);
     if (storage == NULL) {
-        return 0;
+        return TD_PLACE_UNKNOWN;
     }
     PyObject *value = NULL;
     int found = td_optional_attr(storage, st->str_accel_mark, &value);
     Py_DECREF(storage);
     if (found < 0) {
         PyErr_Clear();
-        return 0;
+        return TD_PLACE_UNKNOWN;
     }
-    int on = found > 0 && value == Py_True;
+    td_place place = found == 0 ? TD_PLACE_UNKNOWN
+                     : value == Py_True ? TD_PLACE_ACCEL
+                     : value == Py_False ? TD_PLACE_HOST : TD_PLACE_UNKNOWN;
     Py_XDECREF(value);
-    return on;
+    return place;
 }
 
-static void
-mark_storage(td_install *st, PyObject *storage)
+int
+td_on_accelerator(td_install *st, PyObject *tensor)
 {
-    if (PyObject_SetAttr(storage, st->str_accel_mark, Py_True) < 0) {
+    return place_of(st, tensor) == TD_PLACE_ACCEL;
+}
+
+/* The mark is Py_True on the accelerator, Py_False on the host. */
+static void
+mark_storage(td_install *st, PyObject *storage, PyObject *mark)
+{
+    if (PyObject_SetAttr(storage, st->str_accel_mark, mark) < 0) {
         PyErr_Clear();   /* a storage without a __dict__: left unmarked */
     }
 }
 
-void
-td_mark_accelerator(td_install *st, PyObject *tensor)
+static void
+mark_tensor(td_install *st, PyObject *tensor, PyObject *mark)
 {
     PyObject *storage = storage_of(st, tensor);
     if (storage == NULL) {
         return;
     }
-    mark_storage(st, storage);
+    mark_storage(st, storage, mark);
     Py_DECREF(storage);
+}
+
+void
+td_mark_accelerator(td_install *st, PyObject *tensor)
+{
+    mark_tensor(st, tensor, Py_True);
 }
 
 /* Whether `result` of a constructor shares memory with `data` (1), or not
@@ -443,7 +473,19 @@ move_must_copy(td_install *st, PyObject *tensor, td_intent intent)
     if (intent == TD_INTENT_NONE) {
         return 0;
     }
-    return (intent == TD_INTENT_ACCEL) != td_on_accelerator(st, tensor);
+    td_place place = place_of(st, tensor);
+    if (intent == TD_INTENT_HOST) {
+        /* Results of operations carry no mark (nothing cheap follows every
+         * op), so `(w * 2).cpu()` cannot tell a result on the accelerator
+         * from one on the host.  Code calls .cpu() to get a snapshot, which
+         * it is on CUDA for the former; only a program writing through the
+         * alias of a host tensor could see the copy CUDA does not make.
+         * What a host request made is on the host: moving it there again
+         * is CUDA's no-op (code that re-moves a growing list of results
+         * each step would otherwise copy them all each time). */
+        return place != TD_PLACE_HOST;
+    }
+    return place != TD_PLACE_ACCEL;
 }
 
 const void *
@@ -477,8 +519,9 @@ td_move_done(td_install *st, PyObject *self, td_intent intent,
             return NULL;
         }
     }
-    if (result != self && intent == TD_INTENT_ACCEL) {
-        td_mark_accelerator(st, result);
+    if (result != self) {
+        mark_tensor(st, result,
+                    intent == TD_INTENT_ACCEL ? Py_True : Py_False);
     }
     return result;
 }
@@ -549,7 +592,7 @@ moves_mark(PyObject *Py_UNUSED(module), PyObject *obj)
                 td_mark_accelerator(st, obj);
             }
             else {
-                mark_storage(st, obj);
+                mark_storage(st, obj, Py_True);
             }
             Py_DECREF(st);
         }
