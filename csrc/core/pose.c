@@ -169,6 +169,13 @@ done:
     return pose;
 }
 
+/* The name a pose kind reads as (borrowed). */
+static PyObject *
+kind_name(td_install *st, int kind)
+{
+    return kind == TD_POSE_CUDA ? st->str_cuda : st->str_mps;
+}
+
 PyObject *
 td_pose_name(td_install *st, PyObject *dev)
 {
@@ -178,7 +185,7 @@ td_pose_name(td_install *st, PyObject *dev)
     if (!pose_find(st, dev, &target, &kind, &index)) {
         return NULL;
     }
-    return kind == TD_POSE_CUDA ? st->str_cuda : st->str_mps;
+    return kind_name(st, kind);
 }
 
 int
@@ -242,7 +249,7 @@ pose_asked_device(PyObject *Py_UNUSED(module), PyObject *dev)
         result = Py_NewRef(Py_None);
     }
     else {
-        PyObject *name = kind == TD_POSE_CUDA ? st->str_cuda : st->str_mps;
+        PyObject *name = kind_name(st, kind);
         result = index < 0 ? Py_BuildValue("(OO)", name, Py_None)
                            : Py_BuildValue("(Ol)", name, index);
     }
@@ -294,7 +301,7 @@ shown_name(PyObject *dev, long *index)
     if (pose_find(st, dev, &target, &kind, index)
         && td_masq_shows_pose(td_type_state(Py_TYPE(st))))
     {
-        result = Py_NewRef(kind == TD_POSE_CUDA ? st->str_cuda : st->str_mps);
+        result = Py_NewRef(kind_name(st, kind));
     }
     Py_DECREF(st);
     return result;
