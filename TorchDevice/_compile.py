@@ -97,7 +97,7 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
     g: _grammar.DeviceArg = w.td_grammar
     keyword, pos, none_policy = g.keyword, g.position, g.none_policy
     dtype_keyword = g.dtype_keyword
-    data_pos = g.data_position
+    data_pos, data_keyword = g.data_position, g.data_keyword
     api = str(w.td_api)
     context_device = _grammar.default_device_lookup()
 
@@ -118,9 +118,10 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
                                      for a in args[data_pos + 1:]):
             # Unnamed, the dtype is the data's, else what the call makes
             # (C's float64_data_check and default_float64_check).
-            if (0 <= data_pos < len(args)
-                    and isinstance(args[data_pos], torch.Tensor)):
-                dtype = args[data_pos].dtype
+            data = (args[data_pos] if 0 <= data_pos < len(args)
+                    else kwargs.get(data_keyword) if data_keyword else None)
+            if isinstance(data, torch.Tensor):
+                dtype = data.dtype
             elif (none_policy and "out" not in kwargs
                     and torch.get_default_dtype() is torch.float64
                     and _float64_changed(request, none_policy)):

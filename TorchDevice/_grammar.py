@@ -44,6 +44,7 @@ class DeviceArg:
     # moved, the array a constructor copies): float64 data landing on a
     # device without float64 is a float64 request (docs/policy.md).
     data_position: int = -1
+    data_keyword: str = ""     # the same data passed by keyword
 
     @property
     def none_policy(self) -> bool:
@@ -52,16 +53,21 @@ class DeviceArg:
 
 # torch's "device constructors": a missing device follows the policy.
 CONSTRUCTOR = DeviceArg(missing=POLICY)
-# The constructors that copy data (tensor, as_tensor, asarray): their dtype,
-# when none is named, is the data's.
-DATA_CONSTRUCTOR = DeviceArg(missing=POLICY, data_position=0)
-DATA_CONSTRUCTORS = ("tensor", "as_tensor", "asarray")
+# The constructors that copy data: their dtype, when none is named, is the
+# data's.  Each names its data differently (as_tensor(data=x), asarray(obj=x)).
+DATA_CONSTRUCTORS: Dict[str, DeviceArg] = {
+    name: DeviceArg(missing=POLICY, data_position=0, data_keyword=keyword)
+    for name, keyword in (("tensor", "data"), ("as_tensor", "data"),
+                          ("asarray", "obj"))
+}
 # Other factories (from_file, storages, Module.to_empty): a missing device
 # is torch's business.
 FACTORY = DeviceArg()
 # The factories that take their dtype from a tensor (*_like, normal,
 # Tensor.new_*: its first positional, the tensor itself for a method).
 LIKE = DeviceArg(data_position=0)
+# torch.*_like, whose tensor may come by keyword (zeros_like(input=x)).
+LIKE_FUNCTION = DeviceArg(data_position=0, data_keyword="input")
 # Tensor.to / Module.to: .to(device, dtype, ...), .to(dtype), .to(other),
 # .to(device=..., dtype=...).
 TO = DeviceArg(position=1, dtype_position=2, data_position=0)

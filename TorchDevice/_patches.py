@@ -252,14 +252,15 @@ def _device_constructor_patches() -> List[Patch]:
                 continue
             if is_ctor and (ns_name, attr) not in seen:
                 seen.add((ns_name, attr))
-                grammar = (_grammar.DATA_CONSTRUCTOR
-                           if attr in _grammar.DATA_CONSTRUCTORS
-                           else _grammar.CONSTRUCTOR)
+                grammar = _grammar.DATA_CONSTRUCTORS.get(
+                    attr, _grammar.CONSTRUCTOR)
                 patches.append(Patch(ns, attr, factory(f"{ns_name}.{attr}",
                                                        grammar)))
     for attr in _EXPLICIT_ONLY:
         if hasattr(torch, attr) and ("torch", attr) not in seen:
-            grammar = _grammar.LIKE if attr in _LIKE else _grammar.FACTORY
+            grammar = (_grammar.FACTORY if attr not in _LIKE
+                       else _grammar.LIKE if attr == "normal"
+                       else _grammar.LIKE_FUNCTION)
             patches.append(Patch(torch, attr, factory(f"torch.{attr}",
                                                       grammar)))
     return patches

@@ -104,6 +104,14 @@ def zeros_like_float64_data(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x.double(), device="cuda")
 
 
+def zeros_like_keyword_float64_data(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(input=x.double(), device="cuda")
+
+
+def as_tensor_keyword_float64_data(x: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(data=x.double(), device="cuda")
+
+
 def new_zeros_float64_data(x: torch.Tensor) -> torch.Tensor:
     return x.double().new_zeros(2, device="cuda")
 
@@ -152,6 +160,7 @@ CASES: List[Callable[[torch.Tensor], torch.Tensor]] = [
     to_positional, to_positional_dtype, to_keyword, to_dtype_only,
     cuda_method, to_float64_data, to_keyword_float64_data,
     cuda_method_float64_data, zeros_like_float64_data,
+    zeros_like_keyword_float64_data, as_tensor_keyword_float64_data,
     new_zeros_float64_data, zeros_like_cuda, zeros_like_missing,
     new_zeros_cuda,
 ]
@@ -228,7 +237,8 @@ def test_three_paths_agree_on_simulated_mps(mps_stand_in, mode):
     assert results["cuda_method"]["eager"] == meta
     for name in ("to_float64_data", "to_keyword_float64_data",
                  "cuda_method_float64_data", "zeros_like_float64_data",
-                 "new_zeros_float64_data"):
+                 "zeros_like_keyword_float64_data",
+                 "as_tensor_keyword_float64_data", "new_zeros_float64_data"):
         assert results[name]["eager"] == meta32, name
     assert results["zeros_like_missing"]["eager"] == ("cpu", torch.float32)
     assert results["to_dtype_only"]["eager"] == ("cpu", torch.float64)

@@ -381,6 +381,10 @@ CONSTRUCT = [
      lambda d: torch.as_tensor(d, device=torch.device("cuda"))),
     ("asarray", lambda d: torch.asarray(d, device="cuda")),
     ("tensor", lambda d: torch.tensor(d, device="cuda")),
+    # The data by keyword: each constructor names it its own way.
+    ("as_tensor(data=)", lambda d: torch.as_tensor(data=d, device="cuda")),
+    ("asarray(obj=)", lambda d: torch.asarray(obj=d, device="cuda")),
+    ("tensor(data=)", lambda d: torch.tensor(data=d, device="cuda")),
 ]
 
 

@@ -46,6 +46,7 @@ typedef struct {
     PyObject *grammar;      /* the _grammar.DeviceArg it was built from */
     PyObject *device_kw;    /* interned keyword of the device, or NULL */
     PyObject *dtype_kw;     /* interned keyword of the dtype, or NULL */
+    PyObject *data_kw;      /* interned keyword of the data, or NULL */
     PyObject *dict;
     PyObject *weakreflist;
     int kind;
@@ -86,6 +87,19 @@ find_kw(PyObject *kwnames, Py_ssize_t nargs, PyObject *interned)
         }
     }
     return -1;
+}
+
+/* The data a constructor copies or a *_like call follows, by position or
+ * by keyword (as_tensor(data=x)), borrowed; NULL where the call has none. */
+static PyObject *
+data_arg(td_wrapper *w, PyObject *const *args, Py_ssize_t nargs,
+         PyObject *kwnames)
+{
+    if (w->data_pos >= 0 && nargs > w->data_pos) {
+        return args[w->data_pos];
+    }
+    Py_ssize_t k = find_kw(kwnames, nargs, w->data_kw);
+    return k >= 0 ? args[k] : NULL;
 }
 
 /* Calls fn with args where the listed slots are substituted and, when
@@ -331,12 +345,12 @@ default_float64_check(td_install *st, td_wrapper *w, td_request req,
     if (!is) {
         return 0;
     }
-    if (w->data_pos >= 0 && nargs > w->data_pos) {
+    PyObject *data = data_arg(w, args, nargs, kwnames);
+    if (data != NULL) {
         /* Data with a dtype (a tensor, an array) makes its own dtype, which
          * float64_data_check has seen: no need to copy it twice. */
         PyObject *dtype_attr = NULL;
-        int has = td_optional_attr(args[w->data_pos], st->str_dtype,
-                                   &dtype_attr);
+        int has = td_optional_attr(data, st->str_dtype, &dtype_attr);
         Py_XDECREF(dtype_attr);
         if (has > 0) {
             return 0;
@@ -473,6 +487,7 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
     }
     PyObject *add_dtype = NULL;
     if (!td_get_accel_float64()) {
+        PyObject *data = data_arg(w, args, nargs, kwnames);
         Py_ssize_t dslot = find_kw(kwnames, nargs, w->dtype_kw);
         /* A dtype named by keyword, or by position after the data
          * (as_tensor(data, dtype)). */
@@ -481,9 +496,8 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
         /* Unnamed, the dtype is the data's, else what the call makes
          * (torch's default dtype, for floating results). */
         if (float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0
-            || (!names_dtype && w->data_pos >= 0 && nargs > w->data_pos
-                && float64_data_check(st, w, req, res, args[w->data_pos],
-                                      &add_dtype) < 0)
+            || (!names_dtype && data != NULL
+                && float64_data_check(st, w, req, res, data, &add_dtype) < 0)
             || (!names_dtype && add_dtype == NULL && w->none_policy
                 && find_kw(kwnames, nargs, st->str_out) < 0
                 && default_float64_check(st, w, req, res, args, nargs,
@@ -558,8 +572,8 @@ call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
         && td_intent_of_arg(st, args[slot]) == TD_INTENT_ACCEL)
     {
         /* The data a constructor (as_tensor, asarray) may return as is. */
-        PyObject *data = w->none_policy && w->data_pos == 0 && nargs > 0
-                         ? args[0] : NULL;
+        PyObject *data = w->none_policy
+                         ? data_arg(w, args, nargs, kwnames) : NULL;
         return td_constructed_on_accelerator(st, data, result);
     }
     return result;
@@ -1052,6 +1066,7 @@ read_grammar(td_wrapper *w, PyObject *grammar)
     PyObject *missing = NULL;
     if (grammar_str(grammar, "keyword", &w->device_kw) < 0
         || grammar_str(grammar, "dtype_keyword", &w->dtype_kw) < 0
+        || grammar_str(grammar, "data_keyword", &w->data_kw) < 0
         || grammar_int(grammar, "position", &w->device_pos) < 0
         || grammar_int(grammar, "dtype_position", &w->dtype_pos) < 0
         || grammar_int(grammar, "data_position", &w->data_pos) < 0
@@ -1191,6 +1206,7 @@ wrapper_clear(PyObject *self)
     Py_CLEAR(w->grammar);
     Py_CLEAR(w->device_kw);
     Py_CLEAR(w->dtype_kw);
+    Py_CLEAR(w->data_kw);
     Py_CLEAR(w->dict);
     return 0;
 }
