@@ -166,6 +166,34 @@ def test_a_device_read_from_a_tensor_means_that_tensor_s_place():
     assert h.to(native) is not h and h.to(native).to(native) is not h
 
 
+def test_moving_to_another_tensor_goes_where_the_program_sees_it():
+    """x.to(other) moves x to other's device: on CUDA a copy between host
+    and GPU.  Where other's place is known (made on "cuda", or by a host
+    request's move), the move copies as that request would; where it is
+    not (results of operations), torch's answer stands."""
+    y = torch.ones(2, device="cuda")
+    x = torch.zeros(2)
+    for z in (x.to(y), x.to(tensor=y), x.to(y, non_blocking=True)):
+        z.add_(1)
+        assert x.tolist() == [0.0, 0.0]
+        assert _tdcore.on_accelerator(z) and z.to(y) is z
+    h = y.cpu()
+    back = y.to(h)
+    back.add_(1)
+    assert y.tolist() == [1.0, 1.0] and back.to(h) is back
+    assert x.to(y.double()).dtype == torch.float64
+    result = y * 2                  # place not known
+    assert y.to(result) is y and x.to(result) is x
+    m = torch.nn.Linear(2, 2)
+    before = m.weight.detach().clone()
+    old = m.weight.data
+    m.to(y)
+    assert not _same_storage(old, m.weight) and _tdcore.on_accelerator(m.weight)
+    with torch.no_grad():
+        m.weight.add_(1)
+    assert torch.equal(old, before)
+
+
 MODULE_MOVES = [
     ("cuda()", lambda m: m.cuda()),
     ("to('cuda')", lambda m: m.to("cuda")),

@@ -332,6 +332,20 @@ place_of(td_install *st, PyObject *tensor)
     return place;
 }
 
+td_intent
+td_intent_of_tensor(td_install *st, PyObject *tensor)
+{
+    switch (place_of(st, tensor)) {
+    case TD_PLACE_ACCEL:
+        return TD_INTENT_ACCEL;
+    case TD_PLACE_HOST:
+        return TD_INTENT_HOST;
+    case TD_PLACE_UNKNOWN:
+        break;
+    }
+    return TD_INTENT_NONE;
+}
+
 int
 td_on_accelerator(td_install *st, PyObject *tensor)
 {

@@ -50,6 +50,7 @@
     X(str_mps, "mps")                                                       \
     X(str_float64, "float64")                                               \
     X(str_out, "out")                                                       \
+    X(str_tensor, "tensor")                                                 \
     X(str_resizable, "resizable")
 #define TD_DECLARE_NAME(field, text) PyObject *field;
 
@@ -240,6 +241,9 @@ int td_moves_active(void);
 int td_moves_setup(td_install *st);
 td_intent td_intent_of_kind(td_req_kind kind);
 td_intent td_intent_of_arg(td_install *st, PyObject *arg);
+/* Where the program sees a tensor, as the intent of a move to it
+ * (.to(other)); TD_INTENT_NONE where it is not known. */
+td_intent td_intent_of_tensor(td_install *st, PyObject *tensor);
 /* Borrowed device object for a target, carrying the intent by identity. */
 PyObject *td_intent_device(td_install *st, td_target target,
                            td_intent intent);

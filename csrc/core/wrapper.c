@@ -712,6 +712,19 @@ to_device_arg(td_wrapper *w, td_install *st, PyObject *const *args,
     return NULL;
 }
 
+/* The tensor of a .to(other) call (Module.to(tensor)), or NULL. */
+static PyObject *
+to_other_arg(td_install *st, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
+{
+    if (nargs > 1) {
+        return PyObject_TypeCheck(args[1], st->tensor_type) ? args[1] : NULL;
+    }
+    Py_ssize_t k = find_kw(kwnames, nargs, st->str_tensor);
+    return k >= 0 && PyObject_TypeCheck(args[k], st->tensor_type)
+           ? args[k] : NULL;
+}
+
 /* A module's move: torch re-parses its device argument before each
  * tensor's .to(), so the intent rides along in this thread (moves.c). */
 static PyObject *
@@ -734,6 +747,15 @@ wrapper_to(td_wrapper *w, td_install *st, PyObject *const *args,
     }
     PyObject *dev = to_device_arg(w, st, args, nargs, kwnames);
     td_intent intent = td_intent_of_arg(st, dev);
+    if (dev == NULL) {
+        /* .to(other) moves to where the program sees `other`: on CUDA,
+         * x.to(y) copies a host x to y's GPU.  Where that is not known
+         * (results of operations), torch's answer stands. */
+        PyObject *other = to_other_arg(st, args, nargs, kwnames);
+        if (other != NULL) {
+            intent = td_intent_of_tensor(st, other);
+        }
+    }
     if (!PyObject_TypeCheck(args[0], st->tensor_type)) {
         if (intent == TD_INTENT_NONE) {
             return wrapper_to_now(w, st, args, nargs, kwnames, intent);
