@@ -17,7 +17,8 @@ one makes the host tensor its host twin (``torch.FloatTensor``) makes and
 moves it as ``.cuda()`` does; ``isinstance(x, torch.cuda.FloatTensor)``
 holds for a tensor of that dtype the program sees on the accelerator.
 ``Tensor.type(t)`` with a CUDA type (the stand-in, torch's own, or its
-name) becomes ``.to("cuda", dtype)``, and ``set_default_tensor_type`` of
+name) becomes ``.to("cuda", dtype)``, with a host type, where "cuda" is
+the host too, ``.to("cpu", dtype)`` (so both copy as on CUDA), and ``set_default_tensor_type`` of
 one sets the dtype and ``set_default_device("cuda")``
 (docs/policy.md, "Legacy tensor types").
 """
@@ -93,16 +94,39 @@ def cuda_type_name(t: Any) -> Optional[str]:
     return name if name in TYPES else None
 
 
+def host_type_name(t: Any) -> Optional[str]:
+    """"FloatTensor" for torch.FloatTensor given as the type or its name;
+    None for anything else."""
+    if isinstance(t, str):
+        name = t[len("torch."):] if t.startswith("torch.") else ""
+    elif isinstance(t, type) and getattr(t, "__module__", "") == "torch":
+        name = getattr(t, "__name__", "")
+    else:
+        return None
+    return name if name in TYPES else None
+
+
 def _type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def type(self: Any, dtype: Any = None, non_blocking: bool = False,
              **kwargs: Any) -> Any:
-        name = cuda_type_name(dtype) if dtype is not None else None
-        if name is None or not _patches.is_applied():
-            if dtype is None and not kwargs and not non_blocking:
-                return original(self)
-            return original(self, dtype, non_blocking, **kwargs)
-        return self.to("cuda", TYPES[name], non_blocking=non_blocking)
+        if dtype is not None and _patches.is_applied():
+            # A legacy type names a device: the move is a move, and copies
+            # as on CUDA (a "cuda" tensor's .type(torch.FloatTensor) is a
+            # host copy there).
+            name = cuda_type_name(dtype)
+            if name is not None:
+                return self.to("cuda", TYPES[name], non_blocking=non_blocking)
+            name = host_type_name(dtype)
+            if (name is not None and not kwargs
+                    and _patches.landed_type() == "cpu"):
+                # Only where "cuda" is the host too: elsewhere torch's own
+                # call really crosses devices (and "cpu" keeps its meaning
+                # in mode accelerate).
+                return self.to("cpu", TYPES[name], non_blocking=non_blocking)
+        if dtype is None and not kwargs and not non_blocking:
+            return original(self)
+        return original(self, dtype, non_blocking, **kwargs)
     return type
 
 

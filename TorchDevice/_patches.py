@@ -302,6 +302,8 @@ def patch_table() -> List[Patch]:
     table += _storage_patches()
     table += [
         Patch(T, "to", to_method("Tensor.to")),
+        # x.type_as(other) is x.to(other) under another name.
+        Patch(T, "type_as", to_method("Tensor.type_as")),
         Patch(T, "cuda", move("Tensor.cuda", "cuda", tensor_to)),
         Patch(T, "cpu", move("Tensor.cpu", "cpu", tensor_to)),
         Patch(T, "mps", move("Tensor.mps", "mps", tensor_to)),

@@ -54,6 +54,25 @@ def test_type_with_a_cuda_type_moves_as_cuda_does():
     assert host.type("torch.FloatTensor").device.type == "cpu"
 
 
+def test_type_with_a_host_type_moves_to_the_host_as_cuda_does():
+    """On CUDA, a "cuda" tensor's .type(torch.FloatTensor) is a host copy:
+    editing it leaves the tensor alone."""
+    on_cuda = torch.ones(2, device="cuda")
+    for t in (torch.FloatTensor, "torch.FloatTensor", torch.DoubleTensor):
+        back = on_cuda.type(t)
+        assert back.device.type == "cpu"
+        assert back.dtype == (torch.float64 if t is torch.DoubleTensor
+                              else torch.float32)
+        back.add_(1)
+        assert on_cuda.tolist() == [1.0, 1.0]
+    x = torch.zeros(2, dtype=torch.int64)
+    moved = x.type_as(on_cuda)         # x.to(on_cuda): a copy on CUDA
+    moved.add_(1)
+    assert x.tolist() == [0, 0] and moved.dtype == torch.float32
+    assert moved.device == on_cuda.device
+    assert on_cuda.type_as(moved) is on_cuda
+
+
 def test_isinstance_sees_the_programs_place_and_dtype():
     on_cuda = torch.ones(2, device="cuda")
     assert isinstance(on_cuda, torch.cuda.FloatTensor)

@@ -480,6 +480,19 @@ td_constructed_on_accelerator(td_install *st, PyObject *data,
     return result;
 }
 
+PyObject *
+td_pinned_copy(td_install *st, PyObject *tensor)
+{
+    if (place_of(st, tensor) == TD_PLACE_HOST) {
+        return Py_NewRef(tensor);
+    }
+    PyObject *copy = PyObject_CallOneArg(st->tensor_clone, tensor);
+    if (copy != NULL) {
+        mark_tensor(st, copy, Py_False);
+    }
+    return copy;
+}
+
 /* Whether moving `tensor` with this intent must copy to be CUDA's move. */
 static int
 move_must_copy(td_install *st, PyObject *tensor, td_intent intent)

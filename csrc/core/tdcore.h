@@ -244,6 +244,10 @@ td_intent td_intent_of_arg(td_install *st, PyObject *arg);
 /* Where the program sees a tensor, as the intent of a move to it
  * (.to(other)); TD_INTENT_NONE where it is not known. */
 td_intent td_intent_of_tensor(td_install *st, PyObject *tensor);
+/* Tensor.pin_memory() where nothing can be pinned: CUDA's pinned copy is a
+ * new tensor, so this is a host request's copy, or the tensor itself where
+ * a host request made it (as pinning a pinned tensor is). */
+PyObject *td_pinned_copy(td_install *st, PyObject *tensor);
 /* Borrowed device object for a target, carrying the intent by identity. */
 PyObject *td_intent_device(td_install *st, td_target target,
                            td_intent intent);

@@ -950,8 +950,9 @@ wrapper_numpy(td_wrapper *w, td_install *st, PyObject *const *args,
     return result;
 }
 
-/* Without an accelerator there is no pinned memory: pinning is the
- * identity and nothing is pinned.  With one, a host tensor that the policy
+/* Without an accelerator there is no pinned memory: nothing is pinned, and
+ * pin_memory() is the copy CUDA's is where moves copy (the tensor itself
+ * where they alias).  With one, a host tensor that the policy
  * placed on the accelerator (accelerate mode: "cpu" and None land there)
  * is already where pinning is for: pin_memory() gives a copy, as CUDA's
  * does (the tensor itself where moves alias), instead of torch's "only
@@ -967,6 +968,11 @@ wrapper_pin(td_wrapper *w, td_install *st, PyObject *const *args,
     if (td_get_profile() == TD_PROFILE_CPU) {
         if (w->kind == TD_KIND_IS_PINNED) {
             Py_RETURN_FALSE;
+        }
+        if (td_get_move_copies()
+            && PyObject_TypeCheck(args[0], st->tensor_type))
+        {
+            return td_pinned_copy(st, args[0]);
         }
         return Py_NewRef(args[0]);
     }
