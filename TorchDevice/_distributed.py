@@ -20,7 +20,9 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
 * ``dist.barrier(device_ids=[...])``: the ids are dropped (they name CUDA
   devices to run NCCL's barrier on).
 * ``nn.DataParallel`` is a pass-through: scattering is CUDA's alone, and
-  one device runs the module itself.  Where CUDA is announced it still has
+  one device runs the module itself.  torch.nn.parallel's ``scatter``,
+  ``scatter_kwargs``, ``gather``, ``replicate`` and ``parallel_apply``
+  compute what they do over the GPUs shown, on that device.  Where CUDA is announced it still has
   CUDA's attributes (``device_ids``, ``output_device``, ``src_device_obj``,
   its module moved to "cuda" as over one GPU), which subclasses read; the
   functional ``data_parallel`` calls the module the same way.
@@ -272,18 +274,40 @@ def _scatter(obj: Any, device_ids: List[int], dim: int) -> List[Any]:
     return [obj for _ in device_ids]
 
 
+def _scatter_kwargs(inputs: Any, kwargs: Any, device_ids: Any,
+                    dim: int) -> Any:
+    """torch.nn.parallel.scatter_kwargs's answer, on the one device."""
+    ids = [_index(d) for d in device_ids]
+    args = _scatter(inputs, ids, dim) if inputs else []
+    kws = _scatter(kwargs, ids, dim) if kwargs else []
+    args += [() for _ in range(len(kws) - len(args))]
+    kws += [{} for _ in range(len(args) - len(kws))]
+    return tuple(args), tuple(kws)
+
+
+def _parallel_apply(modules: Any, inputs: Any, kwargs: Any) -> List[Any]:
+    """The modules run in turn (torch runs one thread per GPU)."""
+    if len(modules) != len(inputs):
+        raise AssertionError(
+            f"The number of modules {len(modules)} is not equal to "
+            f"the number of inputs {len(inputs)}")
+    if kwargs is None:
+        kwargs = ({},) * len(modules)
+    outputs = []
+    for module, args, kws in zip(modules, inputs, kwargs):
+        if not isinstance(args, (list, tuple)):
+            args = (args,)
+        outputs.append(module(*args, **kws))
+    return outputs
+
+
 def _dp_scatter_builder(original: Any) -> Any:
     @functools.wraps(original)
     def scatter(self: Any, inputs: Any, kwargs: Any,
                 device_ids: Any) -> Any:
         if _native() or not device_ids:
             return original(self, inputs, kwargs, device_ids)
-        ids = [_index(d) for d in device_ids]
-        args = _scatter(inputs, ids, self.dim) if inputs else []
-        kws = _scatter(kwargs, ids, self.dim) if kwargs else []
-        args += [() for _ in range(len(kws) - len(args))]
-        kws += [{} for _ in range(len(args) - len(kws))]
-        return tuple(args), tuple(kws)
+        return _scatter_kwargs(inputs, kwargs, device_ids, self.dim)
     return scatter
 
 
@@ -302,18 +326,56 @@ def _dp_parallel_apply_builder(original: Any) -> Any:
                        kwargs: Any) -> Any:
         if _native():
             return original(self, replicas, inputs, kwargs)
-        if len(replicas) != len(inputs):
-            raise AssertionError(
-                f"The number of modules {len(replicas)} is not equal to "
-                f"the number of inputs {len(inputs)}")
-        if kwargs is None:
-            kwargs = ({},) * len(replicas)
-        outputs = []
-        for module, args, kws in zip(replicas, inputs, kwargs):
-            if not isinstance(args, (list, tuple)):
-                args = (args,)
-            outputs.append(module(*args, **kws))
-        return outputs
+        return _parallel_apply(replicas, inputs, kwargs)
+    return parallel_apply
+
+
+# The same steps as torch.nn.parallel's functions, which code that splits
+# its own batches calls (captum over a DataParallel model's device_ids).
+def _fn_scatter_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def scatter(inputs: Any, target_gpus: Any, dim: int = 0) -> Any:
+        if _native():
+            return original(inputs, target_gpus, dim)
+        return _scatter(inputs, [_index(d) for d in target_gpus], dim)
+    return scatter
+
+
+def _fn_scatter_kwargs_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def scatter_kwargs(inputs: Any, kwargs: Any, target_gpus: Any,
+                       dim: int = 0) -> Any:
+        if _native():
+            return original(inputs, kwargs, target_gpus, dim)
+        return _scatter_kwargs(inputs, kwargs, target_gpus, dim)
+    return scatter_kwargs
+
+
+def _fn_gather_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def gather(outputs: Any, target_device: Any, dim: int = 0) -> Any:
+        if _native():
+            return original(outputs, target_device, dim)
+        return _gather(list(outputs), dim)
+    return gather
+
+
+def _fn_replicate_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def replicate(network: Any, devices: Any, detach: bool = False) -> Any:
+        if _native():
+            return original(network, devices, detach)
+        return [network for _ in devices]
+    return replicate
+
+
+def _fn_parallel_apply_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def parallel_apply(modules: Any, inputs: Any, kwargs_tup: Any = None,
+                       devices: Any = None) -> Any:
+        if _native():
+            return original(modules, inputs, kwargs_tup, devices)
+        return _parallel_apply(modules, inputs, kwargs_tup)
     return parallel_apply
 
 
@@ -384,6 +446,19 @@ def patches() -> List[Any]:
         Patch(data_parallel, "data_parallel", _data_parallel_builder),
         Patch(torch.nn.parallel, "data_parallel", _data_parallel_builder),
     ]
+    # torch.nn.parallel's functions, each where it is defined and where the
+    # package exports it (the package's name shadows the module's).
+    for module, name, builder in (
+            ("scatter_gather", "scatter", _fn_scatter_builder),
+            ("scatter_gather", "scatter_kwargs", _fn_scatter_kwargs_builder),
+            ("scatter_gather", "gather", _fn_gather_builder),
+            ("replicate", "replicate", _fn_replicate_builder),
+            ("parallel_apply", "parallel_apply",
+             _fn_parallel_apply_builder)):
+        home = importlib.import_module(f"torch.nn.parallel.{module}")
+        table.append(Patch(home, name, builder))
+        if getattr(torch.nn.parallel, name, None) is getattr(home, name):
+            table.append(Patch(torch.nn.parallel, name, builder))
     if not dist.is_available():
         return table
     import torch.distributed.distributed_c10d as c10d

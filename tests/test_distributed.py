@@ -274,6 +274,42 @@ def test_dataparallel_steps_as_over_the_devices_shown(count):
     assert proc.stdout.split() == [count, count]
 
 
+# The same steps through torch.nn.parallel's functions, as code that splits
+# its own batches over a DataParallel model's device_ids calls them (captum).
+FUNCTIONAL_DP = '''
+import torch, TorchDevice
+from torch.nn.parallel import gather, parallel_apply, replicate, scatter
+from torch.nn.parallel.scatter_gather import scatter_kwargs
+torch.manual_seed(0)
+net = torch.nn.Linear(4, 2).cuda()
+ids = torch.nn.DataParallel(net).device_ids
+x = torch.randn(5, 4, device="cuda")
+chunks = scatter(x, ids)
+assert len(chunks) == len(ids)
+assert torch.equal(torch.cat(chunks), x)
+inputs, kwargs = scatter_kwargs((x,), {"k": x}, ids)
+assert len(inputs) == len(kwargs) == len(ids)
+assert torch.equal(kwargs[0]["k"], inputs[0][0])
+replicas = replicate(net, ids)
+outputs = parallel_apply(replicas, [(c,) for c in chunks])
+y = gather(outputs, ids[0])
+assert torch.equal(y, net(x))
+y.sum().backward()
+assert net.weight.grad is not None
+print(len(ids), len(replicas))
+'''
+
+
+@pytest.mark.parametrize("count", ["1", "2"])
+def test_parallel_functions_as_over_the_devices_shown(count):
+    """torch.nn.parallel's scatter, scatter_kwargs, replicate,
+    parallel_apply and gather, which reach CUDA-only code in torch, compute
+    what they compute over the GPUs shown, on the one device."""
+    proc = run_python(FUNCTIONAL_DP, env={"TORCHDEVICE_DEVICE_COUNT": count})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [count, count]
+
+
 def test_nccl_on_another_accelerator_warns_where_to_run(tmp_path):
     """Where "cuda" lands on an accelerator gloo cannot reduce (MPS, the
     simulated one), the rewrite says so and how to run the ranks."""
