@@ -35,6 +35,7 @@ QUERY = (
     "is_tf32_supported", "get_arch_list", "get_allocator_backend",
 )
 CUDA_BACKENDS = ("is_built",)
+DISTRIBUTED = ("is_nccl_available",)
 MEMORY = (
     "memory_allocated", "max_memory_allocated", "memory_reserved",
     "max_memory_reserved", "memory_cached", "max_memory_cached",
@@ -392,6 +393,8 @@ def _capture_originals() -> None:
         "mps.is_built": torch.backends.mps.is_built,
         "cuda.is_built": torch.backends.cuda.is_built,
         "cuda.get_arch_list": torch.cuda.get_arch_list,
+        "dist.is_nccl_available": getattr(torch.distributed,
+                                          "is_nccl_available", None),
         "OrderedDict": collections.OrderedDict,
         # torch.accelerator's own, which the masquerade replaces
         "accelerator": {name: getattr(accelerator, name)
@@ -478,6 +481,7 @@ def install(profile: str) -> None:
         "mps.is_built": _originals["mps.is_built"],
         "cuda.is_built": _originals["cuda.is_built"],
         "cuda.get_arch_list": _originals["cuda.get_arch_list"],
+        "dist.is_nccl_available": _originals["dist.is_nccl_available"],
         "OrderedDict": _originals["OrderedDict"],
     }
     common: Dict[str, Any] = dict(
@@ -680,6 +684,10 @@ def _masquerade_patches(profile: str) -> List[Any]:
                          aliases=False)
     table += _fn_patches(torch.backends.cuda, CUDA_BACKENDS,
                          "torch.backends.cuda", aliases=False)
+    if torch.distributed.is_available() and "cuda" in announced(profile):
+        # NCCL is there where CUDA is: "nccl" runs on gloo (_distributed).
+        table += _fn_patches(torch.distributed, DISTRIBUTED,
+                             "torch.distributed")
     table += _version_patches()
     return table
 

@@ -171,6 +171,24 @@ def test_other_queries():
     assert c.is_initialized() is True
 
 
+def test_nccl_is_there_where_cuda_is_announced():
+    """NCCL comes with CUDA, and "nccl" runs on gloo here: code that checks
+    for it before asking (ignite's idist.Parallel(backend="nccl")) is told
+    it is there; torch's own modules are told the truth."""
+    import torch.distributed as dist
+    import torch.distributed.distributed_c10d as c10d
+    if not dist.is_available():
+        pytest.skip("torch built without torch.distributed")
+    announced = "cuda" in _masquerade.announced()
+    assert dist.is_nccl_available() is announced
+    assert c10d.is_nccl_available is dist.is_nccl_available
+    truth = _masquerade._originals["dist.is_nccl_available"]()
+    probe = {"__name__": "torch.distributed.distributed_c10d", "dist": dist}
+    assert eval("dist.is_nccl_available()", probe) is truth
+    fn = dist.is_nccl_available
+    assert pickle.loads(pickle.dumps(fn)) is fn
+
+
 def test_names_and_pickling_match_torch():
     fn = torch.cuda.memory_allocated
     assert fn.__name__ == "memory_allocated"

@@ -586,6 +586,16 @@ TD_MASQ_NOARGS(q_is_built)
                                      NULL);
 }
 
+/* torch.distributed.is_nccl_available(): what is_available() says, to the
+ * same callers.  NCCL comes with CUDA, and where CUDA is announced
+ * init_process_group("nccl") runs on gloo (_distributed.py); code that
+ * checks for NCCL before asking for it (ignite's idist) must see it. */
+TD_MASQ_NOARGS(q_is_nccl_available)
+{
+    return td_masq_is_available_with(
+        st, m, td_masq_original(m, "dist.is_nccl_available"), NULL);
+}
+
 /* torch.cuda.get_arch_list(): the architecture of the capability shown
  * (["sm_80"]), so that it agrees with is_available() and
  * get_device_capability(), also for torch.cuda.get_gencode_flags(), which
@@ -799,6 +809,9 @@ PyMethodDef td_cuda_query_methods[] = {
      "is_tf32_supported() -> False"},
     {"is_built", q_is_built, METH_NOARGS,
      "is_built() -> bool\n\nAs is_available(), to the same callers."},
+    {"is_nccl_available", q_is_nccl_available, METH_NOARGS,
+     "is_nccl_available() -> bool\n\nAs is_available(), to the same "
+     "callers."},
     {"get_arch_list", q_get_arch_list, METH_NOARGS,
      "get_arch_list() -> list\n\nThe architecture of the capability shown "
      "(['sm_80'])."},
