@@ -181,7 +181,7 @@ def test_moving_to_another_tensor_goes_where_the_program_sees_it():
     back = y.to(h)
     back.add_(1)
     assert y.tolist() == [1.0, 1.0] and back.to(h) is back
-    assert x.to(y.double()).dtype == torch.float64
+    assert x.to(y.half()).dtype == torch.float16
     result = y * 2                  # place not known
     assert y.to(result) is y and x.to(result) is x
     m = torch.nn.Linear(2, 2)
