@@ -331,52 +331,40 @@ def _dp_parallel_apply_builder(original: Any) -> Any:
 
 
 # The same steps as torch.nn.parallel's functions, which code that splits
-# its own batches calls (captum over a DataParallel model's device_ids).
-def _fn_scatter_builder(original: Any) -> Any:
-    @functools.wraps(original)
-    def scatter(inputs: Any, target_gpus: Any, dim: int = 0) -> Any:
-        if _native():
-            return original(inputs, target_gpus, dim)
-        return _scatter(inputs, [_index(d) for d in target_gpus], dim)
-    return scatter
+# its own batches calls (captum over a DataParallel model's device_ids);
+# each takes torch's arguments.
+def _unless_native(ours: Callable[..., Any]) -> Callable[[Any], Any]:
+    """A builder: torch's function on profile cuda, `ours` elsewhere."""
+    def build(original: Any) -> Any:
+        @functools.wraps(original)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if _native():
+                return original(*args, **kwargs)
+            return ours(*args, **kwargs)
+        return call
+    return build
 
 
-def _fn_scatter_kwargs_builder(original: Any) -> Any:
-    @functools.wraps(original)
-    def scatter_kwargs(inputs: Any, kwargs: Any, target_gpus: Any,
+def _fn_scatter(inputs: Any, target_gpus: Any, dim: int = 0) -> Any:
+    return _scatter(inputs, [_index(d) for d in target_gpus], dim)
+
+
+def _fn_scatter_kwargs(inputs: Any, kwargs: Any, target_gpus: Any,
                        dim: int = 0) -> Any:
-        if _native():
-            return original(inputs, kwargs, target_gpus, dim)
-        return _scatter_kwargs(inputs, kwargs, target_gpus, dim)
-    return scatter_kwargs
+    return _scatter_kwargs(inputs, kwargs, target_gpus, dim)
 
 
-def _fn_gather_builder(original: Any) -> Any:
-    @functools.wraps(original)
-    def gather(outputs: Any, target_device: Any, dim: int = 0) -> Any:
-        if _native():
-            return original(outputs, target_device, dim)
-        return _gather(list(outputs), dim)
-    return gather
+def _fn_gather(outputs: Any, target_device: Any, dim: int = 0) -> Any:
+    return _gather(list(outputs), dim)
 
 
-def _fn_replicate_builder(original: Any) -> Any:
-    @functools.wraps(original)
-    def replicate(network: Any, devices: Any, detach: bool = False) -> Any:
-        if _native():
-            return original(network, devices, detach)
-        return [network for _ in devices]
-    return replicate
+def _fn_replicate(network: Any, devices: Any, detach: bool = False) -> Any:
+    return [network for _ in devices]
 
 
-def _fn_parallel_apply_builder(original: Any) -> Any:
-    @functools.wraps(original)
-    def parallel_apply(modules: Any, inputs: Any, kwargs_tup: Any = None,
+def _fn_parallel_apply(modules: Any, inputs: Any, kwargs_tup: Any = None,
                        devices: Any = None) -> Any:
-        if _native():
-            return original(modules, inputs, kwargs_tup, devices)
-        return _parallel_apply(modules, inputs, kwargs_tup)
-    return parallel_apply
+    return _parallel_apply(modules, inputs, kwargs_tup)
 
 
 def _gather(outputs: List[Any], dim: int) -> Any:
@@ -448,14 +436,14 @@ def patches() -> List[Any]:
     ]
     # torch.nn.parallel's functions, each where it is defined and where the
     # package exports it (the package's name shadows the module's).
-    for module, name, builder in (
-            ("scatter_gather", "scatter", _fn_scatter_builder),
-            ("scatter_gather", "scatter_kwargs", _fn_scatter_kwargs_builder),
-            ("scatter_gather", "gather", _fn_gather_builder),
-            ("replicate", "replicate", _fn_replicate_builder),
-            ("parallel_apply", "parallel_apply",
-             _fn_parallel_apply_builder)):
+    for module, name, ours in (
+            ("scatter_gather", "scatter", _fn_scatter),
+            ("scatter_gather", "scatter_kwargs", _fn_scatter_kwargs),
+            ("scatter_gather", "gather", _fn_gather),
+            ("replicate", "replicate", _fn_replicate),
+            ("parallel_apply", "parallel_apply", _fn_parallel_apply)):
         home = importlib.import_module(f"torch.nn.parallel.{module}")
+        builder = _unless_native(ours)
         table.append(Patch(home, name, builder))
         if getattr(torch.nn.parallel, name, None) is getattr(home, name):
             table.append(Patch(torch.nn.parallel, name, builder))
