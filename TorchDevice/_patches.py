@@ -279,6 +279,23 @@ def _storage_move(original: Any) -> Any:
     return move
 
 
+def _storage_cpu(original: Any) -> Any:
+    """UntypedStorage.cpu (TypedStorage's calls it): a storage the program
+    has on the accelerator comes back as a copy, as CUDA's does, where
+    torch would return the storage itself (both on the CPU)."""
+    from ._multiprocessing import _MARK
+
+    @functools.wraps(original)
+    def cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        if (result is self and getattr(self, _MARK, None) is True
+                and _tdcore.get_move_copies()):
+            result = self.clone()
+            setattr(result, _MARK, False)
+        return result
+    return cpu
+
+
 def _storage_patches() -> List[Patch]:
     patches = []
     for cls in (torch.UntypedStorage, torch.TypedStorage):
@@ -289,6 +306,7 @@ def _storage_patches() -> List[Patch]:
         patches.append(Patch(cls, "__new__", build, static=True))
     patches += [Patch(torch.UntypedStorage, name, _storage_move)
                 for name in ("cuda", "mps")]
+    patches.append(Patch(torch.UntypedStorage, "cpu", _storage_cpu))
     return patches
 
 

@@ -194,6 +194,34 @@ def test_moving_to_another_tensor_goes_where_the_program_sees_it():
     assert torch.equal(old, before)
 
 
+HOST_SNAPSHOTS = [
+    ("as_tensor(device='cpu')", lambda t: torch.as_tensor(t, device="cpu")),
+    ("as_tensor(data=, device='cpu')",
+     lambda t: torch.as_tensor(data=t, device="cpu")),
+    ("asarray(device='cpu')", lambda t: torch.asarray(t, device="cpu")),
+    ("numpy(force=True)", lambda t: t.numpy(force=True)),
+    ("untyped_storage().cpu()", lambda t: t.untyped_storage().cpu()),
+]
+
+
+@pytest.mark.parametrize("name,snap", HOST_SNAPSHOTS,
+                         ids=[n for n, _ in HOST_SNAPSHOTS])
+def test_other_host_requests_copy_what_is_on_the_accelerator(name, snap):
+    """On CUDA these take a tensor on the GPU to the host, so each is a
+    copy: a snapshot of an output buffer reused for the next batch keeps
+    its values.  Host data keeps their aliasing (as_tensor and numpy share
+    host memory on CUDA too)."""
+    buffer = torch.ones(3, device="cuda")
+    copy = snap(buffer)
+    values = copy.tolist()
+    buffer.fill_(7)
+    assert copy.tolist() == values
+    if name.startswith(("as_tensor", "asarray")):
+        host = torch.zeros(3)
+        snap(host).fill_(2)
+        assert host.tolist() == [2.0, 2.0, 2.0]
+
+
 MODULE_MOVES = [
     ("cuda()", lambda m: m.cuda()),
     ("to('cuda')", lambda m: m.to("cuda")),

@@ -481,6 +481,36 @@ td_constructed_on_accelerator(td_install *st, PyObject *data,
 }
 
 PyObject *
+td_constructed_on_host(td_install *st, PyObject *data, PyObject *result)
+{
+    if (result == NULL || data == NULL
+        || !PyObject_TypeCheck(data, st->tensor_type)
+        || !PyObject_TypeCheck(result, st->tensor_type)
+        || place_of(st, data) != TD_PLACE_ACCEL
+        || !aliases_data(st, data, result))
+    {
+        return result;
+    }
+    if (plain_tensor(st, &result) < 0) {
+        return NULL;
+    }
+    Py_SETREF(result, PyObject_CallOneArg(st->tensor_clone, result));
+    if (result != NULL) {
+        mark_tensor(st, result, Py_False);
+    }
+    return result;
+}
+
+PyObject *
+td_numpy_source(td_install *st, PyObject *tensor)
+{
+    if (place_of(st, tensor) != TD_PLACE_ACCEL) {
+        return Py_NewRef(tensor);
+    }
+    return PyObject_CallOneArg(st->tensor_clone, tensor);
+}
+
+PyObject *
 td_pinned_copy(td_install *st, PyObject *tensor)
 {
     if (place_of(st, tensor) == TD_PLACE_HOST) {

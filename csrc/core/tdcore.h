@@ -51,6 +51,7 @@
     X(str_float64, "float64")                                               \
     X(str_out, "out")                                                       \
     X(str_tensor, "tensor")                                                 \
+    X(str_force, "force")                                                   \
     X(str_resizable, "resizable")
 #define TD_DECLARE_NAME(field, text) PyObject *field;
 
@@ -248,6 +249,16 @@ td_intent td_intent_of_tensor(td_install *st, PyObject *tensor);
  * new tensor, so this is a host request's copy, or the tensor itself where
  * a host request made it (as pinning a pinned tensor is). */
 PyObject *td_pinned_copy(td_install *st, PyObject *tensor);
+/* The result of a data constructor called for the host (as_tensor(t,
+ * device="cpu")): CUDA copies data it has on the GPU, so a result sharing
+ * the memory of a tensor on the accelerator becomes a copy, marked as a
+ * host request's.  Data whose place is not known keeps as_tensor's alias
+ * (host data, numpy arrays: no copy on CUDA either).  Steals `result`. */
+PyObject *td_constructed_on_host(td_install *st, PyObject *data,
+                                 PyObject *result);
+/* What numpy(force=True) converts: CUDA's force copies a tensor on the GPU
+ * to the host, so one on the accelerator is cloned first.  New reference. */
+PyObject *td_numpy_source(td_install *st, PyObject *tensor);
 /* Borrowed device object for a target, carrying the intent by identity. */
 PyObject *td_intent_device(td_install *st, td_target target,
                            td_intent intent);

@@ -568,13 +568,18 @@ call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
              Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
 {
     PyObject *result = call_factory_now(w, st, args, nargs, kwnames, slot);
-    if (result != NULL && slot >= 0 && td_moves_active()
-        && td_intent_of_arg(st, args[slot]) == TD_INTENT_ACCEL)
-    {
-        /* The data a constructor (as_tensor, asarray) may return as is. */
-        PyObject *data = w->none_policy
-                         ? data_arg(w, args, nargs, kwnames) : NULL;
+    if (result == NULL || slot < 0 || !td_moves_active()) {
+        return result;
+    }
+    td_intent intent = td_intent_of_arg(st, args[slot]);
+    /* The data a constructor (as_tensor, asarray) may return as is. */
+    PyObject *data = w->none_policy && intent != TD_INTENT_NONE
+                     ? data_arg(w, args, nargs, kwnames) : NULL;
+    if (intent == TD_INTENT_ACCEL) {
         return td_constructed_on_accelerator(st, data, result);
+    }
+    if (intent == TD_INTENT_HOST && data != NULL) {
+        return td_constructed_on_host(st, data, result);
     }
     return result;
 }
@@ -928,8 +933,26 @@ static PyObject *
 wrapper_numpy(td_wrapper *w, td_install *st, PyObject *const *args,
               Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (td_get_profile() == TD_PROFILE_CPU || nargs < 1) {
+    if (nargs < 1) {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    if (td_get_profile() == TD_PROFILE_CPU) {
+        Py_ssize_t f = find_kw(kwnames, nargs, st->str_force);
+        if (f < 0 || args[f] != Py_True || !td_moves_active()
+            || !PyObject_TypeCheck(args[0], st->tensor_type))
+        {
+            return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+        }
+        /* numpy(force=True) is CUDA's copy to the host. */
+        PyObject *source = td_numpy_source(st, args[0]);
+        if (source == NULL) {
+            return NULL;
+        }
+        td_subst s = {0, source};
+        PyObject *result = forward(st, w->wrapped, args, nargs, kwnames, &s,
+                                   1, NULL, NULL);
+        Py_DECREF(source);
+        return result;
     }
     int on_host = tensor_is_cpu(st, args[0]);
     if (on_host < 0) {
