@@ -22,10 +22,11 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
 * ``nn.DataParallel`` is a pass-through: scattering is CUDA's alone, and
   one device runs the module itself.  torch.nn.parallel's ``scatter``,
   ``scatter_kwargs``, ``gather``, ``replicate`` and ``parallel_apply``
-  compute what they do over the GPUs shown, on that device.  Where CUDA is announced it still has
-  CUDA's attributes (``device_ids``, ``output_device``, ``src_device_obj``,
-  its module moved to "cuda" as over one GPU), which subclasses read; the
-  functional ``data_parallel`` calls the module the same way.
+  compute what they do over the GPUs shown, on that device.  Where CUDA
+  is announced DataParallel still has CUDA's attributes (``device_ids``,
+  ``output_device``, ``src_device_obj``, its module moved to "cuda" as
+  over one GPU), which subclasses read; the functional ``data_parallel``
+  calls the module the same way.
 * At exit, a process that runs gloo (given for NCCL, or chosen by the
   program) releases the GIL for a moment before the interpreter finalizes:
   gloo's worker threads end their last collective then

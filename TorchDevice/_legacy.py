@@ -18,8 +18,9 @@ moves it as ``.cuda()`` does; ``isinstance(x, torch.cuda.FloatTensor)``
 holds for a tensor of that dtype the program sees on the accelerator.
 ``Tensor.type(t)`` with a CUDA type (the stand-in, torch's own, or its
 name) becomes ``.to("cuda", dtype)``, with a host type, where "cuda" is
-the host too, ``.to("cpu", dtype)`` (so both copy as on CUDA), and ``set_default_tensor_type`` of
-one sets the dtype and ``set_default_device("cuda")``
+the host too, ``.to("cpu", dtype)`` (so both copy as on CUDA), and
+``set_default_tensor_type`` of one sets the dtype and
+``set_default_device("cuda")``
 (docs/policy.md, "Legacy tensor types").
 """
 from __future__ import annotations
@@ -82,28 +83,29 @@ def _stand_in(name: str) -> type:
                    f"(TorchDevice)."})
 
 
-def cuda_type_name(t: Any) -> Optional[str]:
-    """"FloatTensor" for torch.cuda.FloatTensor given as the stand-in,
-    torch's own type or its name; None for anything else."""
+def _type_name(t: Any, module: str) -> Optional[str]:
+    """"FloatTensor" for <module>.FloatTensor given as a type or its name;
+    None for anything else."""
+    prefix = module + "."
     if isinstance(t, str):
-        name = t[len(_PREFIX):] if t.startswith(_PREFIX) else ""
-    elif isinstance(t, type) and getattr(t, "__module__", "") == "torch.cuda":
+        name = t[len(prefix):] if t.startswith(prefix) else ""
+    elif isinstance(t, type) and getattr(t, "__module__", "") == module:
         name = getattr(t, "__name__", "")
     else:
         return None
     return name if name in TYPES else None
+
+
+def cuda_type_name(t: Any) -> Optional[str]:
+    """"FloatTensor" for torch.cuda.FloatTensor given as the stand-in,
+    torch's own type or its name; None for anything else."""
+    return _type_name(t, "torch.cuda")
 
 
 def host_type_name(t: Any) -> Optional[str]:
     """"FloatTensor" for torch.FloatTensor given as the type or its name;
     None for anything else."""
-    if isinstance(t, str):
-        name = t[len("torch."):] if t.startswith("torch.") else ""
-    elif isinstance(t, type) and getattr(t, "__module__", "") == "torch":
-        name = getattr(t, "__name__", "")
-    else:
-        return None
-    return name if name in TYPES else None
+    return _type_name(t, "torch")
 
 
 def _type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
