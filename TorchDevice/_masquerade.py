@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import sys
+import types
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -562,6 +563,10 @@ def _function(name: str, module_name: str) -> Any:
     return fn
 
 
+# Must match TD_PASSTHROUGH in csrc/core/devarg.c.
+_PASSTHROUGH = "TorchDevice._passthrough"
+
+
 def _with_wrapped(fn: Any) -> Any:
     """A Python function that calls `fn` and names it as ``__wrapped__``.
 
@@ -570,12 +575,21 @@ def _with_wrapped(fn: Any) -> Any:
     modules read ``<function>.__wrapped__`` at import: torch._dynamo does
     for ``torch.backends.mps.is_available`` since torch 2.14.  A C function
     has no attributes, so there the replacement is this one, made once per
-    function (its identity is what pickle and dynamo's tables find)."""
+    function (its identity is what pickle and dynamo's tables find).
+
+    It runs in globals of its own, named ``_PASSTHROUGH``: the C functions
+    that tell torch's own code the truth read their caller's module, and
+    this frame's would be TorchDevice's; _tdcore looks past it to the
+    code that called it."""
     made = _wrapped_calls.get(fn)
     if made is None:
-        def call(*args: Any, **kwargs: Any) -> Any:
+        def forward(*args: Any, **kwargs: Any) -> Any:
             return fn(*args, **kwargs)
 
+        call = types.FunctionType(
+            forward.__code__, {"__name__": _PASSTHROUGH,
+                               "__builtins__": __builtins__},
+            fn.__name__, None, forward.__closure__)
         call.__name__ = call.__qualname__ = fn.__name__
         call.__module__ = fn.__module__
         call.__doc__ = fn.__doc__
@@ -704,7 +718,6 @@ def _masquerade_namespace() -> Any:
     """The masquerade's torch.cuda functions, not installed anywhere: what
     torch.mps answers through when MPS, not CUDA, is announced on a machine
     with neither."""
-    import types
     names = {n: _function(n, "torch.cuda") for n in _MPS_VIA_CUDA}
     return types.SimpleNamespace(synchronize=_tdcore.synchronize, **names)
 

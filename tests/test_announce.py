@@ -331,3 +331,25 @@ ACTIONS = [(s, n) for s in ("default", "cuda") for n in MPS_ACTIONS]
                          ids=[f"{s}:{n}" for s, n in ACTIONS])
 def test_mps_actions_work_while_cuda_is_announced(answers, setting, name):
     assert answers[setting][name] == "ok"
+
+
+def test_torchs_own_code_sees_the_truth_about_mps(restore_config):
+    """torch.backends.mps.is_available is lru_cache-wrapped in torch, so the
+    masquerade's replacement is a Python function carrying `__wrapped__`;
+    that function's own frame hid the caller, and torch's modules were told
+    MPS is there (docs/masquerade.md, "`torch.cuda.is_available()`: who is told what")."""
+    import torch
+    import TorchDevice
+    from TorchDevice import _masquerade
+    truth = _masquerade._originals["mps.is_available"]()
+    try:
+        TorchDevice.configure(announce="mps")
+        probe = {"__name__": "torch.utils.data.dataloader", "torch": torch}
+        assert eval("torch.backends.mps.is_available()", probe) is truth
+        assert eval("torch.backends.mps.is_built()", probe) is \
+            _masquerade._originals["mps.is_built"]()
+        user = {"__name__": "mytrainer", "torch": torch}
+        assert eval("torch.backends.mps.is_available()", user) is True
+        assert torch.backends.mps.is_available() is True
+    finally:
+        TorchDevice.configure(announce="cuda")

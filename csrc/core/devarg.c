@@ -2,6 +2,7 @@
  * policy requests, and targets back into torch.device objects. */
 #include "tdcore.h"
 
+#include <frameobject.h>
 #include <string.h>
 
 /* torch.device is `struct { PyObject_HEAD; at::Device device; }` and
@@ -226,17 +227,61 @@ static const char *const td_not_torch_internal[] = {
     "torch._export", "torch._higher_order_ops",
 };
 
-const char *
-td_caller_module(PyObject *name_key, Py_ssize_t *size)
+/* The module name of the globals a pass-through wrapper runs in
+ * (TorchDevice/_masquerade.py, _with_wrapped): a Python function that only
+ * calls one of ours, so that it can carry `__wrapped__`.  Its frame is not
+ * the caller: the frame that called it is. */
+#define TD_PASSTHROUGH "TorchDevice._passthrough"
+
+/* borrowed; NULL without an exception where there is none */
+static PyObject *
+module_name_of(PyObject *globals, PyObject *name_key)
 {
-    PyObject *globals = PyEval_GetGlobals();   /* borrowed */
     if (globals == NULL || !PyDict_CheckExact(globals)) {
         return NULL;
     }
-    /* borrowed; a lookup error reads as "unknown caller" */
+    /* a lookup error reads as "unknown caller" */
     PyObject *name = PyDict_GetItemWithError(globals, name_key);
     if (name == NULL || !PyUnicode_Check(name)) {
         PyErr_Clear();
+        return NULL;
+    }
+    return name;
+}
+
+/* The globals of the frame that called the innermost one; borrowed (the
+ * frame, alive on the stack, holds them), NULL where there is none. */
+static PyObject *
+outer_globals(void)
+{
+    PyFrameObject *frame = PyEval_GetFrame();   /* borrowed */
+    if (frame == NULL) {
+        return NULL;
+    }
+    PyFrameObject *back = PyFrame_GetBack(frame);
+    if (back == NULL) {
+        return NULL;
+    }
+    PyObject *globals = PyObject_GetAttrString((PyObject *)back, "f_globals");
+    Py_DECREF(back);
+    if (globals == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(globals);
+    return globals;
+}
+
+const char *
+td_caller_module(PyObject *name_key, Py_ssize_t *size)
+{
+    PyObject *name = module_name_of(PyEval_GetGlobals(), name_key);
+    if (name != NULL
+        && PyUnicode_CompareWithASCIIString(name, TD_PASSTHROUGH) == 0)
+    {
+        name = module_name_of(outer_globals(), name_key);
+    }
+    if (name == NULL) {
         return NULL;
     }
     const char *s = PyUnicode_AsUTF8AndSize(name, size);
