@@ -735,3 +735,23 @@ def test_a_build_killed_before_does_not_stop_the_next(tmp_path):
         timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "could not be built" in done.stdout
+
+
+@pytest.mark.own_machine
+def test_a_real_accelerator_keeps_it_out():
+    """On an NVIDIA GPU every test process loaded it beside CUDA (pytest
+    imports this module in each worker): torch's autograd engine then failed
+    an internal assert on CUDA tensors and `t.cuda(0)` said "Invalid
+    device, must be cuda device".  FakeNvidia: torch's accelerator query
+    answers "cuda" in a child, as it does on such a machine."""
+    done = run_child("""
+        import torch
+        torch._C._accelerator_getAccelerator = lambda: torch.device("cuda")  # FakeNvidia
+        import simaccel
+        print(simaccel.try_load())
+        print(torch._C._get_privateuse1_backend_name())
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reason, backend = done.stdout.strip().splitlines()
+    assert "has a real accelerator (cuda)" in reason
+    assert backend == "privateuseone"

@@ -99,12 +99,32 @@ def try_load(*, build: bool = False) -> str | None:
     return None
 
 
+def real_accelerator() -> str | None:
+    """The type of the accelerator torch itself found (CUDA, MPS, ...), or
+    None.  Asked of torch's C function, which TorchDevice does not answer
+    for: on a CPU-only machine TorchDevice tells the program CUDA is there."""
+    import torch
+
+    ask = getattr(torch._C, "_accelerator_getAccelerator", None)
+    found = ask() if ask is not None else None
+    if found is None or found.type in ("privateuseone", NAME):
+        return None
+    return found.type
+
+
 def _load(build: bool) -> None:
     import torch
 
     taken = torch._C._get_privateuse1_backend_name()
     if taken not in ("privateuseone", NAME):
         raise Unavailable(f"torch's PrivateUse1 backend is already taken by {taken!r}")
+    real = real_accelerator()
+    if real is not None:
+        # torch keeps one accelerator per process: with a second one its
+        # autograd engine finds no stream for CUDA's tensors (an internal
+        # assert) and an int device names the wrong kind (seen on an H200).
+        raise Unavailable(f"this machine has a real accelerator ({real}); the simulated "
+                          "one stands in only where there is none")
     if build:
         try:
             _build.build()
