@@ -38,9 +38,15 @@ with torch.cuda.nvtx.range("eval"):
     torch.cuda.nvtx.mark("evaluating")
 print("nvtx range_push/range_pop/mark/range: no-ops")
 
-graphed = torch.cuda.make_graphed_callables(model, (x,))
-print(f"make_graphed_callables returned the model itself: {graphed is model} "
-      f"(runs eagerly)")
+# Graphed before its first backward, as torch's documentation does it:
+# graphing the trained model failed on an NVIDIA GPU (CUDA invalidated the
+# capture; its gradient accumulators were made on the default stream).
+head = torch.nn.Linear(16, 1).cuda()
+graphed = torch.cuda.make_graphed_callables(head, (x,))
+print("make_graphed_callables: "
+      + ("the module itself (runs eagerly)" if graphed is head
+         else "a CUDA-graphed module"))
+print(f"graphed head output {tuple(graphed(x).shape)}")
 print(f"is_current_stream_capturing(): "
       f"{torch.cuda.is_current_stream_capturing()}")
 try:

@@ -97,7 +97,11 @@ def _targets() -> List[Any]:
 
 def factory_setup():
     cuda = fresh("cuda")
-    cuda1 = fresh("cuda:1")
+    # A second index: redirected off NVIDIA; on a GPU, CUDA's own, which
+    # exists only where there are two.
+    real = _patches.detect_profile() == "cuda"
+    cuda1 = fresh("cuda:1" if not real or torch.cuda.device_count() > 1
+                  else "cuda:0")
     raw = bytes(bytearray(b"cuda"))
     dev = torch.device("cuda", 0) if TorchDevice.is_enabled() else None
     f32 = torch.float32

@@ -33,9 +33,20 @@ ACCEL = TorchDevice._patches.accelerator_device()
 MPS_LIKE = PROFILE == "accelerator" and TorchDevice.policy()["capabilities"] == "mps"
 # The device "cuda" requests land on in this run.
 TARGET = ACCEL if ACCEL is not None else torch.device("cpu")
+# The same on an NVIDIA GPU, where "cuda" is CUDA's own, untouched (TARGET
+# stays the emulation's device there: None of it is in use).
+CUDA_LANDS = torch.device("cuda", 0) if HAS_CUDA else TARGET
 # The mode of this run: the default ("cpu-stays-cpu"), or the
 # TORCHDEVICE_MODE of the run (make test-accel: "accelerate").
 DEFAULT_MODE = TorchDevice.config().mode
+# Where a request without a device lands: the host in "cpu-stays-cpu"
+# (the default), TARGET in "accelerate".
+HOST_LANDS = TARGET if DEFAULT_MODE == "accelerate" else torch.device("cpu")
+# On an NVIDIA GPU torch.cuda is CUDA's own: a "cuda" request is neither
+# redirected nor reported there.
+cuda_redirected = pytest.mark.skipif(
+    HAS_CUDA, reason="profile cuda: \"cuda\" requests are CUDA's own, "
+    "nothing is redirected or reported")
 # Variables that describe the run, not what a test sets: kept for the
 # child processes of tests (the simulated accelerator's SIMACCEL_* are
 # never dropped; make test-accel's record and mode are kept).

@@ -223,7 +223,8 @@ def test_keep_float16_from_the_environment():
     proc = run_python("""
         import torch, TorchDevice
         with torch.autocast("cuda"):
-            print((torch.ones(2, 2, device="cuda") @ torch.ones(2, 2)).dtype)
+            print((torch.ones(2, 2, device="cuda")
+                   @ torch.ones(2, 2, device="cuda")).dtype)
     """, env={"TORCHDEVICE_KEEP_FLOAT16": "1"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "torch.float16"

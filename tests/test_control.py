@@ -204,6 +204,7 @@ def test_logging_names_the_call_site(restore_config, caplog, tmp_path):
     assert len(hits) == 1 and f"{__file__}:" in hits[0]
 
 
+@cpu_profile
 def test_deprecated_cuda_amp_alias_is_reported_at_the_users_line(tmp_path):
     # torch.cuda.amp.GradScaler is wrapped by typing_extensions' @deprecated:
     # that shim's frame must not be taken for the user's.
@@ -223,6 +224,7 @@ def test_deprecated_cuda_amp_alias_is_reported_at_the_users_line(tmp_path):
         proc.stdout
 
 
+@cpu_profile
 def test_torch_calling_torch_cuda_is_not_reported(tmp_path):
     # torch.manual_seed seeds CUDA through torch.cuda.manual_seed_all: that
     # is torch's business, not a line the user has to port.

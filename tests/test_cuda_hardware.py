@@ -1,5 +1,6 @@
 """Profile cuda on a real NVIDIA GPU: MPS-written code runs on CUDA, host
-requests are accelerated in the default mode, native CUDA is untouched.
+requests stay on the host in the default mode and are accelerated in mode
+"accelerate", native CUDA is untouched.
 
 Marked `cuda`: skipped without a GPU, run by scripts/gpu_check.sh.
 """
@@ -19,14 +20,25 @@ def test_profile_is_cuda():
 
 
 def test_mps_requests_land_on_cuda():
-    assert torch.device("mps").type == "cuda"
+    # The device the program built reads as what it asked for; tensors are
+    # on CUDA (docs/policy.md, "What a device reads as").
+    assert torch.device("mps").type == "mps"
     assert torch.zeros(2, device="mps").device.type == "cuda"
+    assert torch.zeros(2, device=torch.device("mps")).device.type == "cuda"
     assert torch.ones(2).to("mps").device.type == "cuda"
     assert torch.ones(2, device="cpu:-1").mps().device.type == "cuda"
     torch.device("cpu:-1")
 
 
-def test_cpu_requests_are_accelerated_in_default_mode():
+def test_cpu_requests_stay_on_the_host_in_the_default_mode():
+    assert TorchDevice.config().mode == "cpu-stays-cpu"
+    assert torch.zeros(2).device.type == "cpu"
+    assert torch.zeros(2, device="cpu").device.type == "cpu"
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
+
+
+def test_cpu_requests_are_accelerated_in_accelerate_mode(restore_config):
+    TorchDevice.configure(mode="accelerate")
     assert torch.zeros(2).device.type == "cuda"
     assert torch.zeros(2, device="cpu").device.type == "cuda"
     assert torch.nn.Linear(2, 2).weight.device.type == "cuda"

@@ -6,7 +6,8 @@ import multiprocessing
 
 import pytest
 
-from conftest import MPS_LIKE, MPS_LIKE_DEVICE, TARGET, host, run_python
+from conftest import (CUDA_LANDS, MPS_LIKE, MPS_LIKE_DEVICE, TARGET, host,
+                      run_python)
 
 LOADER = '''
 import json, os, sys, warnings
@@ -74,7 +75,7 @@ def test_workers_pinning_and_non_blocking_cuda(tmp_path, ctx):
         [[float(i)] * 3 for i in range(4)],
         [[float(i)] * 3 for i in range(4, 8)]]
     for r in rows:
-        assert r["moved"] == str(TARGET)      # where "cuda" lands
+        assert r["moved"] == str(CUDA_LANDS)  # where "cuda" lands
         assert out["main_pid"] not in r["worker_pids"]
         assert r["worker_devices"] == ["cpu"]
         assert r["worker_override"] is True

@@ -54,9 +54,10 @@ def test_the_device_threads_are_found():
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="threads are listed through /proc")
 def test_no_pause_where_backward_stays_on_the_calling_thread():
-    """On the CPU (and CUDA) profile nothing is registered, and the check
-    finds no device thread: exit costs nothing.  (A fresh interpreter:
-    other tests may start device threads in this one.)"""
+    """On the CPU and CUDA profiles nothing is registered: exit costs
+    nothing.  The check finds no device thread on the CPU; on CUDA, torch's
+    own device thread runs backward, as without TorchDevice.  (A fresh
+    interpreter: other tests may start device threads in this one.)"""
     proc = run_python("""
 import torch
 import TorchDevice
@@ -67,4 +68,4 @@ print(TorchDevice.is_enabled(), _exit._registered,
       _exit._autograd_device_threads())
 """, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["True", "False", "False"]
+    assert proc.stdout.split() == ["True", "False", str(PROFILE == "cuda")]

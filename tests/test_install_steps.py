@@ -47,11 +47,10 @@ def _used(kind: str) -> str:
 def snapshot():
     """What TorchDevice can change: every attribute of the namespaces it
     patches (by identity), the hooked slots, and what torch.device,
-    torch.Generator, torch.Stream and torch.Event build for "cuda"."""
-    attrs = {}
-    for path in NAMESPACES:
-        ns = _resolve(path)
-        attrs[path] = {k: id(v) for k, v in vars(ns).items()}
+    torch.Generator, torch.Stream and torch.Event build for "cuda".
+
+    The behaviour is read first: on an NVIDIA GPU its first use of CUDA
+    initializes torch.cuda, which fills attributes of torch's own."""
     behaviour = []
     for make in (lambda: repr(torch.device("cuda")),
                  lambda: _used("cuda"),
@@ -62,6 +61,10 @@ def snapshot():
             behaviour.append(make())
         except Exception as exc:  # noqa: BLE001 - native errors compared
             behaviour.append(type(exc).__name__)
+    attrs = {}
+    for path in NAMESPACES:
+        ns = _resolve(path)
+        attrs[path] = {k: id(v) for k, v in vars(ns).items()}
     return attrs, _tdcore.hooked_slots(), behaviour
 
 

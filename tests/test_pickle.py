@@ -17,7 +17,7 @@ import torch
 
 import TorchDevice
 from TorchDevice import _patches
-from conftest import TARGET, run_python
+from conftest import CUDA_LANDS, HOST_LANDS, TARGET, run_python
 
 
 def _entries():
@@ -91,8 +91,7 @@ def test_tensors_come_back_from_a_worker_where_they_were(tmp_path):
     proc = run_python(script=script, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout.split(" ", 2)
-    where = str(TARGET)
-    assert out[:2] == [where, where]
+    assert out[:2] == [str(HOST_LANDS), str(CUDA_LANDS)]
     rest = out[2].split()
     assert "".join(rest[:6]) == "[2.0,2.0,2.0][2.0,2.0,2.0]"
     if TARGET.type != "cpu":       # torch's own path keeps no mark
@@ -153,7 +152,7 @@ def test_device_tensors_handed_to_a_spawned_process(tmp_path):
     """))
     proc = run_python(script=script, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    where = str(TARGET)
+    where = str(CUDA_LANDS)
     assert proc.stdout.splitlines() == [f"{where} [1.0, 1.0, 1.0]",
                                         f"{where} [2.0, 2.0, 2.0]"]
 

@@ -17,7 +17,7 @@ import torch
 import TorchDevice
 from TorchDevice import _config, _log, _report, _tdcore
 
-from conftest import run_python
+from conftest import cuda_redirected, run_python
 
 cpu_profile = pytest.mark.skipif(
     TorchDevice.hardware_profile() != "cpu",
@@ -628,6 +628,7 @@ print("ok")
     assert proc.stdout.strip() == "ok"
 
 
+@cuda_redirected
 def test_environment_log_level_is_not_undone_by_the_application_logger():
     """TORCHDEVICE_LOG_LEVEL=INFO shows call sites on stderr with
     TorchDevice's own handler when the application configured none."""

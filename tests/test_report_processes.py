@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import TorchDevice
+from conftest import cuda_redirected
 
 cpu_profile = pytest.mark.skipif(
     TorchDevice.hardware_profile() != "cpu",
@@ -261,6 +262,7 @@ os.read(read, 1)           # blocks: nobody writes
 '''
 
 
+@cuda_redirected
 def test_sigterm_ends_a_main_thread_blocked_before_its_handler_ran(tmp_path):
     """Python runs a signal handler in the main thread when it next checks;
     a main thread that blocked before it checked (a pool worker waiting for

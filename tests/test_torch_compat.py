@@ -22,7 +22,7 @@ import torch
 import TorchDevice
 from TorchDevice import (_compile, _dtensor, _graphs, _masquerade,
                          _patches, _torch_compat)
-from conftest import ROOT, run_python
+from conftest import HAS_CUDA, ROOT, run_python
 
 
 def _remove(monkeypatch, p: _torch_compat.Private) -> None:
@@ -56,6 +56,8 @@ def _use(p: _torch_compat.Private) -> None:
 @pytest.mark.parametrize("p", _torch_compat.PRIVATE,
                          ids=[p.key for p in _torch_compat.PRIVATE])
 def test_each_private_name_missing(monkeypatch, restore_config, p):
+    if HAS_CUDA and p.feature == _torch_compat.LIBRARIES:
+        pytest.skip("profile cuda: CUDA's own library switches are left alone")
     TorchDevice.disable()
     _torch_compat.forget()
     _remove(monkeypatch, p)
