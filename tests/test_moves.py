@@ -166,6 +166,28 @@ def test_a_device_read_from_a_tensor_means_that_tensor_s_place():
     assert h.to(native) is not h and h.to(native).to(native) is not h
 
 
+def test_a_wrapper_subclass_is_where_its_inner_tensors_are():
+    """A wrapper subclass (torch's __tensor_flatten__ protocol; PyG's
+    EdgeIndex and HashTensor are such) keeps its data in inner tensors and
+    its own storage is a placeholder: one made of "cuda" tensors was taken
+    for host data, and its .to("cuda") copied where CUDA returns it."""
+    two_tensor = pytest.importorskip("torch.testing._internal.two_tensor")
+    TwoTensor = two_tensor.TwoTensor
+    on_cuda = TwoTensor(torch.ones(2, device="cuda"),
+                        torch.ones(2, device="cuda"))
+    assert on_cuda.to("cuda") is on_cuda
+    assert on_cuda.cuda() is on_cuda
+    moved = on_cuda.cpu()
+    assert moved is not on_cuda
+    moved.a.add_(1)
+    assert on_cuda.a.tolist() == [1.0, 1.0]
+    host = TwoTensor(torch.ones(2), torch.ones(2))
+    copy = host.cuda()
+    assert copy is not host
+    copy.a.add_(1)
+    assert host.a.tolist() == [1.0, 1.0]
+
+
 def test_moving_to_another_tensor_goes_where_the_program_sees_it():
     """x.to(other) moves x to other's device: on CUDA a copy between host
     and GPU.  Where other's place is known (made on "cuda", or by a host

@@ -311,8 +311,9 @@ typedef enum {
     TD_PLACE_ACCEL,
 } td_place;
 
+/* From the tensor's own storage. */
 static td_place
-place_of(td_install *st, PyObject *tensor)
+place_of_storage(td_install *st, PyObject *tensor)
 {
     PyObject *storage = storage_of(st, tensor);
     if (storage == NULL) {
@@ -329,6 +330,63 @@ place_of(td_install *st, PyObject *tensor)
                      : value == Py_True ? TD_PLACE_ACCEL
                      : value == Py_False ? TD_PLACE_HOST : TD_PLACE_UNKNOWN;
     Py_XDECREF(value);
+    return place;
+}
+
+/* A wrapper subclass (torch's __tensor_flatten__ protocol: EdgeIndex,
+ * DTensor, TwoTensor) holds its data in inner tensors; its own storage is
+ * a fresh placeholder, unmarked or unreadable.  Its place is theirs where
+ * every inner tensor that says agrees (one level: the inner tensors' own
+ * storage). */
+static td_place
+place_of_parts(td_install *st, PyObject *tensor)
+{
+    PyObject *flatten = NULL, *flat = NULL, *names = NULL;
+    td_place place = TD_PLACE_UNKNOWN;
+    int seen_accel = 0, seen_host = 0;
+    if (td_optional_attr(tensor, st->str_tensor_flatten, &flatten) <= 0) {
+        goto done;
+    }
+    flat = PyObject_CallNoArgs(flatten);
+    if (flat == NULL || !PyTuple_Check(flat) || PyTuple_GET_SIZE(flat) < 1) {
+        goto done;
+    }
+    /* (inner attribute names, context); the names a list or a tuple */
+    names = PySequence_Fast(PyTuple_GET_ITEM(flat, 0), "names");
+    if (names == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(names); i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(names, i);   /* borrowed */
+        PyObject *inner = PyObject_GetAttr(tensor, name);
+        if (inner == NULL) {
+            goto done;
+        }
+        td_place p = place_of_storage(st, inner);
+        Py_DECREF(inner);
+        seen_accel |= p == TD_PLACE_ACCEL;
+        seen_host |= p == TD_PLACE_HOST;
+    }
+    place = seen_accel && !seen_host ? TD_PLACE_ACCEL
+            : seen_host && !seen_accel ? TD_PLACE_HOST : TD_PLACE_UNKNOWN;
+done:
+    PyErr_Clear();   /* a protocol that fails tells nothing */
+    Py_XDECREF(names);
+    Py_XDECREF(flat);
+    Py_XDECREF(flatten);
+    return place;
+}
+
+static td_place
+place_of(td_install *st, PyObject *tensor)
+{
+    td_place place = place_of_storage(st, tensor);
+    /* Only subclasses can be wrappers: torch.Tensor itself pays nothing. */
+    if (place == TD_PLACE_UNKNOWN && st->tensor_type != NULL
+        && Py_TYPE(tensor) != st->tensor_type)
+    {
+        place = place_of_parts(st, tensor);
+    }
     return place;
 }
 

@@ -46,6 +46,7 @@
     X(api_device, "torch.device")                                           \
     X(api_generator, "torch.Generator")                                     \
     X(str_accel_mark, "_torchdevice_on_accelerator")                        \
+    X(str_tensor_flatten, "__tensor_flatten__")                             \
     X(str_cuda, "cuda")                                                     \
     X(str_mps, "mps")                                                       \
     X(str_float64, "float64")                                               \
