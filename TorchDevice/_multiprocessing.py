@@ -70,14 +70,11 @@ def _rebuild(host: torch.Tensor, device: str, requires_grad: bool,
              on_accelerator: bool, parameter: bool) -> torch.Tensor:
     """The receiving side: the tensor back on its device (the same device:
     one machine), with the place the program saw and its autograd flag."""
-    from . import _patches
+    from . import _patches, _tdcore
     to = _patches._originals.get("tensor_to", torch.Tensor.to)
     tensor = to(host, device)
     if on_accelerator:
-        try:
-            setattr(tensor.untyped_storage(), _MARK, True)
-        except (AttributeError, RuntimeError):
-            pass
+        _tdcore.mark_accelerator(tensor)
     if parameter:
         return torch.nn.Parameter(tensor, requires_grad=requires_grad)
     return tensor.requires_grad_(requires_grad) if requires_grad else tensor

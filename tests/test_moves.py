@@ -358,6 +358,31 @@ def test_issue_examples_in_a_fresh_process():
     assert proc.stdout.split() == ["True", "True", "True"]
 
 
+def test_a_program_that_never_asks_for_the_accelerator_keeps_identities():
+    """Until something is put on the accelerator nothing is there, so a host
+    request is CUDA's no-op whatever the tensor: a program that never asks
+    for "cuda" runs as natively (BoTorch's PairwiseGP checks its buffer by
+    identity after `mll.to("cpu")`).  From the first tensor on the
+    accelerator on, a tensor whose place is unknown moved to the host is a
+    snapshot, as before."""
+    proc = run_python("""
+        import torch, TorchDevice
+        t = torch.zeros(2)
+        p = torch.nn.Parameter(torch.ones(2))
+        m = torch.nn.Module(); m.register_buffer("b", t); m.p = p
+        ptr = p.data_ptr()
+        m.to("cpu"); m.cpu(); m.to(device=torch.device("cpu"))
+        print(m.b is t, m.p is p and m.p.data_ptr() == ptr,
+              t.to("cpu") is t, t.cpu() is t, (t + 1).cpu() is not t)
+        x = torch.ones(2, device="cuda")
+        r = x * 2
+        r.cpu().add_(1)
+        print(t.cpu() is t, r.tolist() == [2.0, 2.0], x.cpu() is x)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True"] * 5 + ["False", "True", "False"]
+
+
 def test_simulated_mps_profile_copies_in_accelerate_mode(simulated_mps):
     """SimulatedMPS (meta stands for the MPS device): in accelerate mode a
     host tensor already lands on the accelerator, so its .cuda() copies."""

@@ -43,6 +43,11 @@
 #include <stdatomic.h>
 
 static atomic_int td_move_copies_v = 1;
+/* Set once any storage is marked as on the accelerator, never cleared.
+ * Until then no tensor can be on it for the program, so a host request is
+ * CUDA's no-op whatever the tensor: a program that never asks for "cuda"
+ * keeps torch's identities (`m.to("cpu")` keeps its buffers). */
+static atomic_int td_accel_seen_v = 0;
 
 #if defined(_MSC_VER)
 #define TD_THREAD_LOCAL __declspec(thread)
@@ -416,6 +421,12 @@ mark_storage(td_install *st, PyObject *storage, PyObject *mark)
 {
     if (PyObject_SetAttr(storage, st->str_accel_mark, mark) < 0) {
         PyErr_Clear();   /* a storage without a __dict__: left unmarked */
+        return;
+    }
+    if (mark == Py_True
+        && !atomic_load_explicit(&td_accel_seen_v, memory_order_relaxed))
+    {
+        atomic_store_explicit(&td_accel_seen_v, 1, memory_order_relaxed);
     }
 }
 
@@ -597,8 +608,12 @@ move_must_copy(td_install *st, PyObject *tensor, td_intent intent)
          * alias of a host tensor could see the copy CUDA does not make.
          * What a host request made is on the host: moving it there again
          * is CUDA's no-op (code that re-moves a growing list of results
-         * each step would otherwise copy them all each time). */
-        return place != TD_PLACE_HOST;
+         * each step would otherwise copy them all each time).  Before
+         * anything was put on the accelerator, nothing is there. */
+        return place == TD_PLACE_ACCEL
+               || (place == TD_PLACE_UNKNOWN
+                   && atomic_load_explicit(&td_accel_seen_v,
+                                           memory_order_relaxed));
     }
     return place != TD_PLACE_ACCEL;
 }
