@@ -296,6 +296,39 @@ def _storage_cpu(original: Any) -> Any:
     return cpu
 
 
+def _parse_to(original: Any) -> Any:
+    """torch._C._nn._parse_to, which reads a `.to(...)` call's arguments for
+    code that moves many tensors itself (tensordict, Module.to): torch
+    builds a new torch.device from the one it is given, so one the program
+    built for "cuda" came back as the device really used, read "cpu" and
+    moved as a device read off a tensor (an alias where CUDA copies); and
+    an ordinal raised "Cannot access accelerator device" where torch has no
+    accelerator.  The device comes back as the program built it (an ordinal
+    as torch.device(n) builds it), as on CUDA (docs/policy.md)."""
+    device_type = torch.device
+    intent = _tdcore.device_intent
+    compiling = torch.compiler.is_compiling
+
+    @functools.wraps(original)
+    def _parse_to(*args: Any, **kwargs: Any) -> Any:
+        if compiling():
+            return original(*args, **kwargs)
+        by_keyword = "device" in kwargs
+        given = kwargs["device"] if by_keyword else args[0] if args else None
+        if isinstance(given, int) and not isinstance(given, bool):
+            given = device_type(given)
+            if by_keyword:
+                kwargs = {**kwargs, "device": given}
+            else:
+                args = (given,) + args[1:]
+        result = original(*args, **kwargs)
+        if (isinstance(given, device_type) and result[0] is not given
+                and intent(given) != "none"):
+            result = (given,) + tuple(result[1:])
+        return result
+    return _parse_to
+
+
 def _storage_patches() -> List[Patch]:
     patches = []
     for cls in (torch.UntypedStorage, torch.TypedStorage):
@@ -349,6 +382,9 @@ def patch_table() -> List[Patch]:
     context = _torch_compat.get("DeviceContext")
     if context is not None:
         table.append(Patch(context, "__torch_function__", _context_marks))
+    if _torch_compat.has("nn_bindings", "parse_to"):
+        table.append(Patch(_torch_compat.get("nn_bindings"), "_parse_to",
+                           _parse_to))
     if _torch_compat.get("get_restore_location") is not None:
         table.append(Patch(torch.serialization, "_get_restore_location",
                            _import("TorchDevice._checkpoint")

@@ -52,8 +52,12 @@ LOAD_PLACE = "moves of tensors loaded with map_location=torch.device(" \
              "\"cuda\") copying as on CUDA"
 DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
           "where \"cuda\" lands on the host)"
+PARSE_TO = "devices read by torch._C._nn._parse_to (tensordict's .to) " \
+           "keeping what the program asked for"
 
 PRIVATE: Tuple[Private, ...] = (
+    Private("nn_bindings", "torch._C._nn", "", PARSE_TO),
+    Private("parse_to", "torch._C._nn", "_parse_to", PARSE_TO),
     Private("len_torch_function_stack", "torch._C",
             "_len_torch_function_stack", DEFAULT_DEVICE),
     Private("get_function_stack_at", "torch._C", "_get_function_stack_at",

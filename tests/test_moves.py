@@ -383,6 +383,32 @@ def test_a_program_that_never_asks_for_the_accelerator_keeps_identities():
     assert proc.stdout.split() == ["True"] * 5 + ["False", "True", "False"]
 
 
+def test_parse_to_keeps_the_device_the_program_asked_for():
+    """torch._C._nn._parse_to reads `.to(...)` arguments for code that moves
+    tensors itself (tensordict's TensorDict.to, Module.to): the device it
+    hands back is the program's, so the move it makes copies as CUDA's, and
+    an ordinal is a device as in `t.to(0)` (it raised "Cannot access
+    accelerator device when none is available")."""
+    parse = torch._C._nn._parse_to
+    cuda = torch.device("cuda")
+    assert parse(cuda)[0] is cuda
+    assert parse(device=cuda, dtype=torch.half) == (cuda, torch.half,
+                                                    False, None)
+    assert parse(0)[0] is torch.device(0) and str(parse(0)[0]) == "cuda:0"
+    assert parse(device=1)[0] is torch.device("cuda:1")
+    host = torch.device("cpu")
+    assert parse(host)[0] is host
+    assert parse(torch.float16) == (None, torch.float16, False, None)
+    x = torch.zeros(3)
+    for device in (parse(cuda)[0], parse(0)[0]):
+        y = x.to(device)
+        assert y is not x and not _same_storage(x, y)
+        assert y.to(parse(cuda)[0]) is y
+        assert y.to(parse(host)[0]) is not y
+    # a device read off a tensor stays what torch makes of it
+    assert parse(x.device)[0] == x.device
+
+
 def test_simulated_mps_profile_copies_in_accelerate_mode(simulated_mps):
     """SimulatedMPS (meta stands for the MPS device): in accelerate mode a
     host tensor already lands on the accelerator, so its .cuda() copies."""
