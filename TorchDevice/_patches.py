@@ -311,10 +311,11 @@ def _parse_to(original: Any) -> Any:
 
     @functools.wraps(original)
     def _parse_to(*args: Any, **kwargs: Any) -> Any:
-        if compiling():
-            return original(*args, **kwargs)
         by_keyword = "device" in kwargs
         given = kwargs["device"] if by_keyword else args[0] if args else None
+        # A string, a dtype or a tensor: torch's answer is the program's.
+        if not isinstance(given, (int, device_type)) or compiling():
+            return original(*args, **kwargs)
         if isinstance(given, int) and not isinstance(given, bool):
             given = device_type(given)
             if by_keyword:
