@@ -41,6 +41,10 @@ _lock = threading.RLock()
 _registered = False
 _setting: Union[bool, str] = False
 _role: Optional[str] = None          # None, "root" or "child"
+# The process _role was taken for.  A forked child starts with its parent's
+# _role, _share and records, and keeps them until its at-fork hook has run;
+# a signal handled before that must not act on them (_finish).
+_owner: Optional[int] = None
 _share: Optional[str] = None         # the root's directory
 _done = False                        # this process has handed its part
 _sigterm_installed = False
@@ -153,7 +157,8 @@ def _inherited() -> Optional[Tuple[int, str]]:
 
 def _take_role(want_root: bool) -> None:
     """Root or contributor, from the environment; called with _lock held."""
-    global _role, _share
+    global _role, _share, _owner
+    _owner = os.getpid()
     inherited = _inherited()
     if inherited is not None:
         pid, path = inherited
@@ -243,7 +248,7 @@ def _mp_child_started(_: object) -> None:
 def _after_fork_in_child() -> None:
     """A forked child starts with a copy of its parent's records: they are
     the parent's, not the child's."""
-    global _role, _done, _lock
+    global _role, _done, _lock, _owner
     _lock = threading.RLock()    # another thread may have held it
     if _role is None:
         return
@@ -251,6 +256,7 @@ def _after_fork_in_child() -> None:
     _role, _done = "child", False
     if not os.path.isdir(_share or ""):
         _role = None
+    _owner = os.getpid()         # last: the state above is now this child's
 
 
 if hasattr(os, "register_at_fork"):
@@ -340,6 +346,13 @@ def _finish(from_signal: bool = False) -> None:
     """This process's part, once: a contributor leaves its records for the
     root; the root prints and writes the merged report."""
     global _done, _finishing
+    if _owner != os.getpid():
+        # Forked a moment ago, at-fork hook not yet run (a pool worker that
+        # SIGTERM reaches as it starts): the role and records are still the
+        # parent's.  This process has done nothing of its own to hand, and
+        # acting as its parent would write the report and remove the
+        # directory the other processes hand their parts to.
+        return
     with _lock:
         if _done or _role is None:
             return

@@ -155,6 +155,7 @@ def test_pool_workers_stopped_by_terminate_are_counted(tmp_path, how):
     assert proc.returncode == 0, err
     doc = json.loads((tmp_path / "report.json").read_text())
     got = sites(doc)
+    assert (LINES["child"], "torch.zeros") in got, (got, err)
     count, workers = got[(LINES["child"], "torch.zeros")]
     assert count == 4 and 1 <= workers <= 2
     assert got[(LINES["main"], "torch.zeros")] == (1, 1)
@@ -208,6 +209,72 @@ def test_sigterm_to_the_process_group_merges_the_children(tmp_path):
     doc = json.loads((tmp_path / "report.json").read_text())
     assert sites(doc) == {(LINES["child"], "torch.zeros"): (1, 1),
                           (LINES["main"], "torch.zeros"): (1, 1)}
+
+
+EARLY_SIGNAL = '''\
+import os
+import signal
+
+import multiprocessing as mp
+
+KILL_EARLY = []
+
+
+def early():
+    # Registered before TorchDevice's own at-fork hook, so it runs first:
+    # the child has SIGTERM before the hook has made it a child.
+    if KILL_EARLY:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+os.register_at_fork(after_in_child=early)
+
+import torch                                               # noqa: E402
+import TorchDevice                                         # noqa: E402,F401
+
+
+def work():
+    torch.zeros(2, device="cuda")                          # site:work
+
+
+if __name__ == "__main__":
+    torch.ones(1, device="cuda")                           # site:before
+    ctx = mp.get_context("fork")
+    KILL_EARLY.append(1)
+    first = ctx.Process(target=work)
+    first.start()
+    first.join()
+    assert first.exitcode == -signal.SIGTERM, first.exitcode
+    KILL_EARLY.clear()
+    second = ctx.Process(target=work)
+    second.start()
+    second.join()
+    assert second.exitcode == 0, second.exitcode
+'''
+
+
+@cpu_profile
+@needs_fork
+def test_a_child_signalled_before_its_fork_hook_hands_nothing(tmp_path):
+    """A pool worker that SIGTERM reaches as it starts (`with Pool()` ends
+    with terminate()) still holds its parent's role and records: it must
+    neither write the report in the root's place nor remove the directory
+    the other processes hand their parts to."""
+    script = tmp_path / "prog.py"
+    script.write_text(EARLY_SIGNAL)
+    lines = markers(EARLY_SIGNAL)
+    env = {**environment(),
+           "TORCHDEVICE_REPORT": str(tmp_path / "report.json")}
+    proc = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path),
+                          env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "ended after the report was written" not in proc.stderr
+    assert proc.stderr.count("TorchDevice report written") == 1, proc.stderr
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert sites(doc) == {(lines["before"], "torch.ones"): (1, 1),
+                          (lines["work"], "torch.zeros"): (1, 1)}
+    assert doc["processes"] == 2
 
 
 @cpu_profile
