@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import _grammar, _log, _tdcore, _torch_compat
+from . import _grammar, _log, _overrides, _tdcore, _torch_compat
 
 _MISSING = object()
 
@@ -66,8 +66,14 @@ def _wrapper(original: Any, kind: int, api: str,
     return _tdcore.Wrapper(original, kind, api, grammar, **kw)
 
 
-def factory(api: str, grammar: _grammar.DeviceArg):
-    return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api, grammar)
+def factory(api: str, grammar: _grammar.DeviceArg, dispatch: bool = False):
+    """`dispatch`: torch dispatches `__torch_function__` on the call's
+    tensor argument (TorchDevice/_overrides.py)."""
+    if not dispatch:
+        return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api,
+                                     grammar)
+    return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api, grammar,
+                                 dispatch=_overrides.make_dispatch())
 
 
 def to_method(api: str):
@@ -261,8 +267,9 @@ def _device_constructor_patches() -> List[Patch]:
             grammar = (_grammar.FACTORY if attr not in _LIKE
                        else _grammar.LIKE if attr == "normal"
                        else _grammar.LIKE_FUNCTION)
-            patches.append(Patch(torch, attr, factory(f"torch.{attr}",
-                                                      grammar)))
+            patches.append(Patch(torch, attr, factory(
+                f"torch.{attr}", grammar,
+                dispatch=grammar is _grammar.LIKE_FUNCTION)))
     return patches
 
 

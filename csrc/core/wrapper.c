@@ -44,6 +44,11 @@ typedef struct {
     PyObject *fallback;     /* MOVE: the `to` used when the target moves */
     PyObject *api;          /* "torch.zeros", for the report */
     PyObject *grammar;      /* the _grammar.DeviceArg it was built from */
+    PyObject *dispatch;     /* FACTORY whose data argument torch dispatches
+                               __torch_function__ on: (public, relevant,
+                               *args, **kwargs) -> the override's result or
+                               NotImplemented (TorchDevice/_overrides.py);
+                               else None */
     PyObject *device_kw;    /* interned keyword of the device, or NULL */
     PyObject *dtype_kw;     /* interned keyword of the dtype, or NULL */
     PyObject *data_kw;      /* interned keyword of the data, or NULL */
@@ -600,10 +605,43 @@ pin_to_clear(td_install *st, Py_ssize_t nargs, PyObject *const *args,
     return pin >= 0 && args[pin] == Py_True ? pin : -1;
 }
 
+/* A `__torch_function__` override keyed on the function the program called
+ * (this wrapper) is offered the call before torch offers it with its
+ * original (TorchDevice/_overrides.py).  torch.Tensor itself, the only
+ * direct subclass of TensorBase, has no override: it pays nothing.
+ * Returns NotImplemented (new reference) where no override takes it. */
+static PyObject *
+offer_override(td_wrapper *w, td_install *st, PyObject *const *args,
+               Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *data = w->dispatch == Py_None
+                     ? NULL : data_arg(w, args, nargs, kwnames);
+    if (data == NULL || Py_TYPE(data)->tp_base == st->tensor_type) {
+        return Py_NewRef(Py_NotImplemented);
+    }
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject **stack = PyMem_New(PyObject *, nargs + nkw + 2);
+    if (stack == NULL) {
+        return PyErr_NoMemory();
+    }
+    stack[0] = (PyObject *)w;
+    stack[1] = data;
+    memcpy(stack + 2, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
+    PyObject *result = PyObject_Vectorcall(w->dispatch, stack,
+                                           (size_t)nargs + 2, kwnames);
+    PyMem_Free(stack);
+    return result;
+}
+
 static PyObject *
 wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
 {
+    PyObject *taken = offer_override(w, st, args, nargs, kwnames);
+    if (taken != Py_NotImplemented) {
+        return taken;       /* the override's result, or NULL */
+    }
+    Py_DECREF(taken);
     Py_ssize_t slot = find_kw(kwnames, nargs, w->device_kw);
     if (slot < 0 && w->device_pos >= 0 && w->device_pos < nargs) {
         slot = w->device_pos;
@@ -1155,14 +1193,22 @@ static PyObject *
 wrapper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"wrapped", "kind", "api", "grammar", "fallback",
-                             "request", NULL};
+                             "request", "dispatch", NULL};
     PyObject *wrapped, *api, *grammar, *fallback = Py_None;
+    PyObject *dispatch = Py_None;
     const char *request = NULL;
     int kind;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiUO|Oz:Wrapper", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiUO|OzO:Wrapper", kwlist,
                                      &wrapped, &kind, &api, &grammar,
-                                     &fallback, &request))
+                                     &fallback, &request, &dispatch))
     {
+        return NULL;
+    }
+    if (dispatch != Py_None
+        && (kind != TD_KIND_FACTORY || !PyCallable_Check(dispatch)))
+    {
+        PyErr_SetString(PyExc_TypeError,
+                        "dispatch must be None, or callable for a factory");
         return NULL;
     }
     if (kind < 0 || kind >= TD_KIND_COUNT) {
@@ -1202,6 +1248,7 @@ wrapper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     w->fallback = Py_NewRef(fallback);
     w->api = Py_NewRef(api);
     w->grammar = Py_NewRef(grammar);
+    w->dispatch = Py_NewRef(dispatch);
     w->kind = kind;
     w->request = req;
     w->dict = PyDict_New();
@@ -1243,6 +1290,7 @@ wrapper_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(w->fallback);
     Py_VISIT(w->api);
     Py_VISIT(w->grammar);
+    Py_VISIT(w->dispatch);
     Py_VISIT(w->dict);
     return 0;
 }
@@ -1255,6 +1303,7 @@ wrapper_clear(PyObject *self)
     Py_CLEAR(w->fallback);
     Py_CLEAR(w->api);
     Py_CLEAR(w->grammar);
+    Py_CLEAR(w->dispatch);
     Py_CLEAR(w->device_kw);
     Py_CLEAR(w->dtype_kw);
     Py_CLEAR(w->data_kw);
