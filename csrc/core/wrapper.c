@@ -305,23 +305,32 @@ float64_data_check(td_install *st, td_wrapper *w, td_request req,
     return float64_lowered(st, w, req, res, dtype);
 }
 
+/* callee(*head, *args, **kwargs): a Python helper of ours handed the
+ * call's own arguments after `nhead` of its own. */
+static PyObject *
+call_with_head(PyObject *callee, PyObject *const *head, Py_ssize_t nhead,
+               PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject **stack = PyMem_New(PyObject *, nhead + nargs + nkw);
+    if (stack == NULL) {
+        return PyErr_NoMemory();
+    }
+    memcpy(stack, head, (size_t)nhead * sizeof(PyObject *));
+    memcpy(stack + nhead, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
+    PyObject *result = PyObject_Vectorcall(callee, stack,
+                                           (size_t)(nhead + nargs), kwnames);
+    PyMem_Free(stack);
+    return result;
+}
+
 /* made_dtype(fn, *args, **kwargs): the installation's probe, called with
  * the call's own arguments after fn. */
 static PyObject *
 probe_made_dtype(td_install *st, PyObject *fn, PyObject *const *args,
                  Py_ssize_t nargs, PyObject *kwnames)
 {
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    PyObject **stack = PyMem_New(PyObject *, nargs + nkw + 1);
-    if (stack == NULL) {
-        return PyErr_NoMemory();
-    }
-    stack[0] = fn;
-    memcpy(stack + 1, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
-    PyObject *made = PyObject_Vectorcall(st->made_dtype, stack,
-                                         (size_t)nargs + 1, kwnames);
-    PyMem_Free(stack);
-    return made;
+    return call_with_head(st->made_dtype, &fn, 1, args, nargs, kwnames);
 }
 
 /* A constructor that names no dtype, where the program made float64 torch's
@@ -619,18 +628,8 @@ offer_override(td_wrapper *w, td_install *st, PyObject *const *args,
     if (data == NULL || Py_TYPE(data)->tp_base == st->tensor_type) {
         return Py_NewRef(Py_NotImplemented);
     }
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    PyObject **stack = PyMem_New(PyObject *, nargs + nkw + 2);
-    if (stack == NULL) {
-        return PyErr_NoMemory();
-    }
-    stack[0] = (PyObject *)w;
-    stack[1] = data;
-    memcpy(stack + 2, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
-    PyObject *result = PyObject_Vectorcall(w->dispatch, stack,
-                                           (size_t)nargs + 2, kwnames);
-    PyMem_Free(stack);
-    return result;
+    PyObject *head[2] = {(PyObject *)w, data};
+    return call_with_head(w->dispatch, head, 2, args, nargs, kwnames);
 }
 
 static PyObject *
