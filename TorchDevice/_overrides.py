@@ -15,28 +15,46 @@ on (torch.*_like) offer the call to the override first with themselves as
 `func`, as torch does for its own Python-level functions
 (`handle_torch_function(public_api, ...)`); where every override declines,
 the call goes on as usual, torch then offering it with its original (which
-a type imported before TorchDevice was enabled keys on).
+a type imported before TorchDevice was enabled keys on).  torch's
+default-device context (`torch.set_default_device`) passes these calls on
+untouched, as torch does; other function modes keep the original.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from torch.overrides import has_torch_function
+from torch.overrides import handle_torch_function, has_torch_function
 
 from . import _torch_compat
 
 
 def make_dispatch() -> Callable[..., Any]:
     """dispatch(public, relevant, *args, **kwargs): the override's result,
-    or NotImplemented where none takes the call (and while a
-    TorchFunctionMode is active: torch gives modes the first word, with
-    its original)."""
+    or NotImplemented where none takes the call.  torch gives modes the
+    first word: under torch's default-device context alone (`with
+    torch.device(...)`, `set_default_device`), which passes a `*_like` call
+    on untouched, torch's own dispatch runs with `public` as `func`; under
+    any other mode the call goes on as usual, torch offering it with its
+    original."""
     stack_len = _torch_compat.get("len_torch_function_stack")
+    stack_at = _torch_compat.get("get_function_stack_at")
+    context = _torch_compat.get("DeviceContext")
+
+    def only_device_contexts(depth: int) -> bool:
+        return (stack_at is not None and context is not None
+                and all(isinstance(stack_at(i), context)
+                        for i in range(depth)))
 
     def dispatch(public: Any, relevant: Any, *args: Any,
                  **kwargs: Any) -> Any:
-        if (stack_len is None or stack_len() > 0
-                or not has_torch_function((relevant,))):
+        depth = stack_len() if stack_len is not None else -1
+        if depth > 0:
+            if not only_device_contexts(depth):
+                return NotImplemented
+            # The context calls `public` again, itself off the stack.
+            return handle_torch_function(public, (relevant,), *args,
+                                         **kwargs)
+        if depth < 0 or not has_torch_function((relevant,)):
             return NotImplemented
         method = relevant.__torch_function__
         return method(public, (type(relevant),), args, kwargs)

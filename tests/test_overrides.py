@@ -135,3 +135,19 @@ def test_a_function_mode_has_the_first_word():
     assert result[0] == "ones_like"
     assert mode.funcs == [torch.ones_like.__wrapped__]
     assert duck.seen == [torch.ones_like.__wrapped__]
+
+
+@pytest.mark.parametrize("order", ["replacement", "original"])
+def test_under_the_default_device_context(order):
+    """`torch.set_default_device(...)` is a function mode on the stack the
+    whole time; it passes `*_like` calls on untouched, so the override
+    still meets the function it keys on."""
+    key = (torch.ones_like if order == "replacement"
+           else torch.ones_like.__wrapped__)
+    duck = keyed_table({key: _answer("ones_like")})
+    with torch.device("cuda"):
+        result = torch.ones_like(duck)
+        nested = torch.zeros(2)
+    assert result == ("ones_like", None)
+    assert nested.device == TARGET
+    assert key in duck.seen
