@@ -26,7 +26,6 @@ import torch
 
 # Devices torch sends itself (shared memory, CUDA IPC, nothing to send).
 _NATIVE = ("cpu", "cuda", "meta")
-_MARK = "_torchdevice_on_accelerator"     # csrc/core/tdcore.h, moves.c
 
 # Set on a storage whose share_memory_() was called on such a device
 # (torch makes that a no-op there, as on CUDA, where memory is shared anyway).

@@ -21,24 +21,22 @@ untouched, as torch does; other function modes keep the original.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from torch.overrides import handle_torch_function, has_torch_function
 
-from . import _torch_compat
 
-
-def make_dispatch() -> Callable[..., Any]:
+def make_dispatch(stack_len: Optional[Callable[[], int]],
+                  stack_at: Optional[Callable[[int], Any]],
+                  context: Optional[type]) -> Callable[..., Any]:
     """dispatch(public, relevant, *args, **kwargs): the override's result,
     or NotImplemented where none takes the call.  torch gives modes the
     first word: under torch's default-device context alone (`with
     torch.device(...)`, `set_default_device`), which passes a `*_like` call
     on untouched, torch's own dispatch runs with `public` as `func`; under
     any other mode the call goes on as usual, torch offering it with its
-    original."""
-    stack_len = _torch_compat.get("len_torch_function_stack")
-    stack_at = _torch_compat.get("get_function_stack_at")
-    context = _torch_compat.get("DeviceContext")
+    original.  The arguments: torch's function-mode stack (length, item)
+    and its DeviceContext type, each None where this torch lacks it."""
 
     def only_device_contexts(depth: int) -> bool:
         return (stack_at is not None and context is not None

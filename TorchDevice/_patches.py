@@ -20,6 +20,8 @@ import torch
 from . import _grammar, _log, _overrides, _tdcore, _torch_compat
 
 _MISSING = object()
+# The attribute that marks a storage's place (csrc/core/tdcore.h, moves.c).
+_STORAGE_MARK = "_torchdevice_on_accelerator"
 
 # Factories that take device= without being "device constructors" in
 # torch's sense: with no device they follow their input, so only an
@@ -66,14 +68,13 @@ def _wrapper(original: Any, kind: int, api: str,
     return _tdcore.Wrapper(original, kind, api, grammar, **kw)
 
 
-def factory(api: str, grammar: _grammar.DeviceArg, dispatch: bool = False):
-    """`dispatch`: torch dispatches `__torch_function__` on the call's
-    tensor argument (TorchDevice/_overrides.py)."""
-    if not dispatch:
-        return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api,
-                                     grammar)
+def factory(api: str, grammar: _grammar.DeviceArg,
+            dispatch: Optional[Callable[..., Any]] = None):
+    """`dispatch`: where torch dispatches `__torch_function__` on the
+    call's tensor argument, what offers overrides the call first
+    (TorchDevice/_overrides.py)."""
     return lambda orig: _wrapper(orig, _tdcore.KIND_FACTORY, api, grammar,
-                                 dispatch=_overrides.make_dispatch())
+                                 dispatch=dispatch)
 
 
 def to_method(api: str):
@@ -262,6 +263,10 @@ def _device_constructor_patches() -> List[Patch]:
                     attr, _grammar.CONSTRUCTOR)
                 patches.append(Patch(ns, attr, factory(f"{ns_name}.{attr}",
                                                        grammar)))
+    dispatch = _overrides.make_dispatch(
+        _torch_compat.get("len_torch_function_stack"),
+        _torch_compat.get("get_function_stack_at"),
+        _torch_compat.get("DeviceContext"))
     for attr in _EXPLICIT_ONLY:
         if hasattr(torch, attr) and ("torch", attr) not in seen:
             grammar = (_grammar.FACTORY if attr not in _LIKE
@@ -269,7 +274,8 @@ def _device_constructor_patches() -> List[Patch]:
                        else _grammar.LIKE_FUNCTION)
             patches.append(Patch(torch, attr, factory(
                 f"torch.{attr}", grammar,
-                dispatch=grammar is _grammar.LIKE_FUNCTION)))
+                dispatch=(dispatch if grammar is _grammar.LIKE_FUNCTION
+                          else None))))
     return patches
 
 
@@ -290,15 +296,13 @@ def _storage_cpu(original: Any) -> Any:
     """UntypedStorage.cpu (TypedStorage's calls it): a storage the program
     has on the accelerator comes back as a copy, as CUDA's does, where
     torch would return the storage itself (both on the CPU)."""
-    from ._multiprocessing import _MARK
-
     @functools.wraps(original)
     def cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
-        if (result is self and getattr(self, _MARK, None) is True
+        if (result is self and getattr(self, _STORAGE_MARK, None) is True
                 and _tdcore.get_move_copies()):
             result = self.clone()
-            setattr(result, _MARK, False)
+            setattr(result, _STORAGE_MARK, False)
         return result
     return cpu
 
