@@ -60,3 +60,20 @@ def test_architecture_page_names_every_source_file():
     files += [p.name for p in (ROOT / "TorchDevice").glob("*.py*")]
     missing = sorted(f"`{name}`" for name in files if f"`{name}`" not in page)
     assert not missing, missing
+
+
+def test_package_metadata_uses_the_license_expression():
+    """setuptools deprecated the `license = {text = ...}` table and the
+    license classifiers, and announces that builds using them fail from
+    2027-02-18: the project states its license as an SPDX expression (which
+    needs setuptools >= 77 to build) and ships the LICENSE file."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    project = meta["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    assert "Apache License" in (ROOT / "LICENSE").read_text("utf-8")[:200]
+    assert not [c for c in project.get("classifiers", [])
+                if c.startswith("License ::")]
+    assert "setuptools>=77" in meta["build-system"]["requires"]
