@@ -8,6 +8,7 @@ import os
 import sys
 from glob import glob
 
+import setuptools
 from setuptools import Extension, setup
 
 flags = ["-std=c11", "-Wall", "-Wextra"]
@@ -18,7 +19,17 @@ link_extra = os.environ.get("TORCHDEVICE_EXTRA_LDFLAGS", "").split()
 if sys.platform == "win32":
     flags = []
 
+# The license as setuptools >= 77 wants it (an SPDX expression: it
+# deprecated the older field and announces builds with it fail from
+# 2027-02-18), and as older ones, which know only the field, read it.
+if int(setuptools.__version__.split(".")[0]) >= 77:
+    license_args = {"license_expression": "Apache-2.0",
+                    "license_files": ["LICENSE"]}
+else:
+    license_args = {"license": "Apache-2.0"}
+
 setup(
+    **license_args,
     ext_modules=[
         Extension(
             "TorchDevice._tdcore",
