@@ -295,9 +295,12 @@ def _build(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _refused_float64(err: TypeError) -> bool:
     """torch's refusal of float64 on MPS ("Cannot convert a MPS Tensor to
-    float64 dtype ..."), which a device with MPS's record repeats."""
+    float64 dtype ..."), which a device with MPS's record repeats, or
+    TorchDevice's own under TORCHDEVICE_FLOAT64=error ("... does not
+    support float64")."""
     text = str(err)
-    return "MPS" in text and "float64" in text
+    return "float64" in text and ("MPS" in text
+                                  or "does not support float64" in text)
 
 
 def _trace_build(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -52,6 +52,7 @@ REDIRECTED = "redirected"    # the device changed
 EMULATED = "emulated"        # a torch.cuda call answered from another device
 UNSUPPORTED = "unsupported"  # no faithful equivalent
 TOGGLED = "toggled"          # "cpu:-1" flipped the CPU override
+DOWNCAST = "downcast"        # float64 became float32 (a device without it)
 FELL_BACK = "fell back"      # the device ran an operator on the host
 
 

@@ -375,6 +375,7 @@ def patch_table() -> List[Patch]:
               simple("Tensor.pin_memory", _tdcore.KIND_PIN_MEMORY)),
         Patch(T, "is_pinned",
               simple("Tensor.is_pinned", _tdcore.KIND_IS_PINNED)),
+        Patch(T, "double", simple("Tensor.double", _tdcore.KIND_DOUBLE)),
     ]
     table += [Patch(T, n, factory(f"Tensor.{n}", _grammar.LIKE))
               for n in _TENSOR_NEW]

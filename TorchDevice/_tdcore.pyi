@@ -14,6 +14,7 @@ KIND_MOVE: int
 KIND_NUMPY: int
 KIND_PIN_MEMORY: int
 KIND_IS_PINNED: int
+KIND_DOUBLE: int
 
 def resolve(request: _Request, profile: str, mode: str = ...,
             cpu_override: bool = ..., from_torch: bool = ...) -> Dict[str, Any]: ...

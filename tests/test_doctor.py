@@ -12,7 +12,7 @@ import pytest
 
 import TorchDevice
 from TorchDevice import _doctor
-from conftest import MPS_LIKE, child_env
+from conftest import child_env
 
 SOURCE = '''\
 import torch
@@ -349,21 +349,9 @@ EXAMPLE_ENV = {
 }
 
 
-# demo_matrix_multiplication's host-side float64 check, x.cpu().double(),
-# fails where accelerate mode keeps .cpu() on a device without float64
-# (tests/test_demos.py says why); the scan does not know it.
-_FLOAT64_ON_HOST = pytest.mark.xfail(
-    MPS_LIKE, strict=True, raises=AssertionError,
-    reason="x.cpu().double() in accelerate mode on a device without float64")
-
-
-_EXAMPLE_MARKS = {"demo_matrix_multiplication.py": [_FLOAT64_ON_HOST]}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("example", [
-    pytest.param(name, marks=_EXAMPLE_MARKS.get(name, []))
-    for name in sorted(p.name for p in (Path(__file__).resolve().parent.parent
+    name for name in sorted(p.name for p in (Path(__file__).resolve().parent.parent
                                         / "examples").glob("*.py"))])
 def test_verdict_matches_the_run_for_each_example(tmp_path, example):
     if example.startswith("hf_"):

@@ -143,15 +143,19 @@ print("imported")
 
 
 @redirected
-def test_trace_of_a_model_on_the_device_is_checked_or_remade(recwarn):
+@pytest.mark.parametrize("float64", ["downcast", "error"])
+def test_trace_of_a_model_on_the_device_is_checked_or_remade(
+        recwarn, restore_config, float64):
     """torch.jit.trace checks a trace by re-tracing with cloned inputs and
     comparing outputs in float64.  The clones must not make `.cuda()` copy
     in one graph and not the other (the CPU profile failed "Graphs differed
-    across invocations"); a device without float64 (MPS's record) refuses
-    the comparison, natively too: there the trace is made again without
-    the check, with a warning.  A device with float64 keeps torch's check
-    and says nothing."""
+    across invocations").  A device without float64 (MPS's record) refuses
+    the comparison natively; under TORCHDEVICE_FLOAT64=downcast (the
+    default) it is made in float32 there, and under "error" the trace is
+    made again without the check, with a warning.  A device with float64
+    keeps torch's check and says nothing."""
     from TorchDevice import _capabilities
+    TorchDevice.configure(float64=float64)
     torch.manual_seed(0)
     model = CudaModule().cuda().eval()
     x = torch.randn(2, 3, device="cuda")
@@ -162,7 +166,7 @@ def test_trace_of_a_model_on_the_device_is_checked_or_remade(recwarn):
     remade = [w for w in recwarn.list
               if issubclass(w.category, torch.jit.TracerWarning)
               and "without that check" in str(w.message)]
-    if _capabilities.current().float64 is False:
+    if _capabilities.current().float64 is False and float64 == "error":
         assert [w.filename for w in remade] == [__file__] * 2
     else:
         assert remade == []

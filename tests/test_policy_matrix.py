@@ -11,6 +11,7 @@ simaccel`).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import subprocess
@@ -382,3 +383,95 @@ def test_cpu_override_and_scope_in_both_modes(tmp_path, mode, expected):
         key, _, rest = line.partition(" ")
         got[key] = rest
     assert got == expected
+
+
+# ---- float64 conversions of tensors already on the device ------------------
+
+FLOAT64_CONVERSIONS = """
+import torch
+dev = torch.device("cuda")
+x = torch.arange(6, dtype=torch.float32, device=dev).reshape(2, 3)
+host = torch.arange(3, dtype=torch.float32)
+# PyTorch-Ignite's metrics pick float64 unless the device reads "mps".
+wide = torch.float64 if dev.type != "mps" else torch.float32
+made = {
+    "to": x.to(torch.float64),
+    "to-keyword": x.to(dtype=wide),
+    "to-copy": x.to(torch.float64, copy=True),
+    "double": x.double(),
+    "double-format": x.t().double(memory_format=torch.contiguous_format),
+    "int-double": x.long().double(),
+}
+for name, t in made.items():
+    fresh = t.data_ptr() != x.data_ptr() and t is not x
+    print(name, t.device.type, str(t.dtype), fresh, t.is_contiguous(),
+          t.tolist() == x.tolist() or t.tolist() == x.t().tolist())
+before = x.clone()
+made["double"].add_(1)
+print("input-unchanged", torch.equal(x, before))
+m = torch.nn.Linear(3, 2).cuda()
+m.double()
+print("module-double", m.weight.device.type, str(m.weight.dtype))
+m.to(torch.float64)
+print("module-to", str(m.bias.dtype))
+a = torch.ones(2, device=dev, requires_grad=True)
+a.double().mul(3).sum().backward()
+print("grad", a.grad.tolist())
+h = host.to(torch.float64)
+print("host", h.device.type, str(h.dtype))
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
+                                                              mode):
+    """A CUDA program converts its "cuda" tensors to float64 in place
+    (`.double()`, `.to(torch.float64)`, `Module.double()`): on a device
+    without float64 each is float32 there, a new tensor as the conversion
+    is on CUDA, where the device alone raises MPS's "Cannot convert a MPS
+    Tensor to float64 dtype" (docs/policy.md, "float64 on MPS").  Host
+    tensors keep float64 unless accelerate mode put them on the device."""
+    proc = launch(tmp_path, FLOAT64_CONVERSIONS, mode,
+                  f"--report={tmp_path / 'report.json'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    # Each conversion is a "downcast" row at the program's own line.
+    records = json.loads((tmp_path / "report.json").read_text())["records"]
+    lines = FLOAT64_CONVERSIONS.splitlines()
+    downcast = {(r["api"], lines[r["line"] - 1].strip()[:14])
+                for r in records if r["what"] == "downcast"
+                and r["file"].endswith("prog.py")}
+    assert ("Tensor.double", 'm.double()') in downcast
+    assert ("Tensor.to", '"to": x.to(tor') in downcast
+    assert ("Tensor.double", '"double": x.do') in downcast
+    assert all(r["from"] == "float64" and r["to"] == "float32"
+               for r in records if r["what"] == "downcast")
+    for name in ("to", "to-keyword", "to-copy", "double", "int-double"):
+        assert got[name] == "simaccel torch.float32 True True True", name
+    assert got["double-format"] == "simaccel torch.float32 True True True"
+    assert got["input-unchanged"] == "True"
+    assert got["module-double"] == "simaccel torch.float32"
+    assert got["module-to"] == "torch.float32"
+    assert got["grad"] == "[3.0, 3.0]"
+    assert got["host"] == ("simaccel torch.float32" if mode == "accelerate"
+                           else "cpu torch.float64")
+
+
+def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
+    """TORCHDEVICE_FLOAT64=error: the conversion raises TypeError naming the
+    call and the setting, as for a float64 request with a device."""
+    for call, api in (("x.to(torch.float64)", "Tensor.to"),
+                      ("x.to(dtype=torch.float64)", "Tensor.to"),
+                      ("x.double()", "Tensor.double")):
+        proc = launch(tmp_path, f"""
+            import torch
+            x = torch.ones(2, device="cuda")
+            try:
+                {call}
+            except TypeError as e:
+                print("raised", e)
+            """, "cpu-stays-cpu", "--float64", "error")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.startswith(f"raised {api}: "), proc.stdout
+        assert "does not support float64" in proc.stdout
+        assert "TORCHDEVICE_FLOAT64=downcast" in proc.stdout

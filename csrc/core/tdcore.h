@@ -50,6 +50,8 @@
     X(str_cuda, "cuda")                                                     \
     X(str_mps, "mps")                                                       \
     X(str_float64, "float64")                                               \
+    X(str_float32, "float32")                                               \
+    X(str_downcast, "downcast")                                             \
     X(str_out, "out")                                                       \
     X(str_tensor, "tensor")                                                 \
     X(str_force, "force")                                                   \

@@ -34,7 +34,8 @@ typedef enum {
     TD_KIND_NUMPY = 3,      /* Tensor.numpy: always reaches the host */
     TD_KIND_PIN_MEMORY = 4, /* Tensor.pin_memory */
     TD_KIND_IS_PINNED = 5,  /* Tensor.is_pinned */
-    TD_KIND_COUNT = 6,
+    TD_KIND_DOUBLE = 6,     /* Tensor.double: .to(torch.float64) by name */
+    TD_KIND_COUNT = 7,
 } td_kind;
 
 typedef struct {
@@ -196,6 +197,14 @@ float64_lowered(td_install *st, td_wrapper *w, td_request req,
         break;
     }
     *dtype = st->float32;
+    /* The program computes in float32 where it asked for float64: the
+     * report says so at its call site. */
+    if (td_get_report()
+        && td_record(st->records, st, w->api, st->str_downcast,
+                     st->str_float64, st->str_float32) < 0)
+    {
+        return -1;
+    }
     return 0;
 }
 
@@ -661,6 +670,109 @@ wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
     return result;
 }
 
+/* A float64 conversion lowered to float32 is torch's no-op for a float32
+ * tensor (the tensor itself), where the conversion the program asked for
+ * makes a new tensor on CUDA: it gets one, so that in-place edits of the
+ * result do not reach the input.  Takes `result`. */
+static PyObject *
+lowered_copy(td_install *st, PyObject *self, PyObject *result,
+             PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (result != self) {
+        return result;
+    }
+    Py_DECREF(result);
+    Py_ssize_t mf = find_kw(kwnames, nargs, st->str_memory_format);
+    if (mf < 0) {
+        return PyObject_CallOneArg(st->tensor_clone, self);
+    }
+    PyObject *names = PyTuple_Pack(1, st->str_memory_format);
+    if (names == NULL) {
+        return NULL;
+    }
+    PyObject *cargs[2] = {self, args[mf]};
+    PyObject *copy = PyObject_Vectorcall(st->tensor_clone, cargs, 1, names);
+    Py_DECREF(names);
+    return copy;
+}
+
+/* A conversion without a device leaves `tensor` where it is: a float64
+ * conversion of a tensor on an accelerator without float64 lands there.
+ * Sets *lowered to float32 where it is lowered, else NULL; -1 with the
+ * error set under TORCHDEVICE_FLOAT64=error. */
+static int
+float64_where_it_is(td_install *st, td_wrapper *w, PyObject *tensor,
+                    PyObject **lowered)
+{
+    *lowered = NULL;
+    PyObject *dev = PyObject_GetAttr(tensor, st->str_device);
+    if (dev == NULL) {
+        PyErr_Clear();      /* no device to tell by: torch decides */
+        return 0;
+    }
+    td_request req = td_request_from_object(st, dev);
+    Py_DECREF(dev);
+    td_resolution stays = {TD_TARGET_KEEP, 0, 0};
+    return float64_lowered(st, w, req, stays, lowered);
+}
+
+/* Tensor.to(torch.float64) of a tensor on an accelerator without float64
+ * (x.to(dtype=...), and t.to(None, dtype) inside Module.to(dtype)).  On
+ * CUDA a program converts its "cuda" tensors to float64 and computes on;
+ * where they are on MPS that conversion raises.  The tensor stays where it
+ * is, so it is a float64 request that lands there: float32, or the error
+ * naming the call, by configuration, as for .to(device, torch.float64)
+ * (docs/policy.md).  Returns the dtype's slot when it must be lowered, -1
+ * when not, -2 with the error set. */
+static Py_ssize_t
+float64_in_place(td_wrapper *w, td_install *st, PyObject *const *args,
+                 Py_ssize_t nargs, PyObject *kwnames, PyObject **lowered)
+{
+    Py_ssize_t dslot = find_kw(kwnames, nargs, w->dtype_kw);
+    Py_ssize_t pos = w->device_pos, dpos = w->dtype_pos;
+    if (dslot < 0 && pos >= 0 && nargs > pos) {
+        /* .to(dtype, ...) or .to(None, dtype, ...) */
+        dslot = Py_TYPE(args[pos]) == st->dtype_type ? pos
+                : (args[pos] == Py_None && dpos >= 0 && nargs > dpos)
+                ? dpos : -1;
+    }
+    if (dslot < 0 || args[dslot] != st->float64 || w->data_pos != 0
+        || !PyObject_TypeCheck(args[0], st->tensor_type))
+    {
+        return -1;
+    }
+    if (float64_where_it_is(st, w, args[0], lowered) < 0) {
+        return -2;
+    }
+    return *lowered != NULL ? dslot : -1;
+}
+
+/* Tensor.double(): the same conversion as .to(torch.float64), and the same
+ * rule where the tensor is on an accelerator without float64 (Module.double()
+ * calls it for each floating tensor).  Lowered, it is torch's own
+ * .to(torch.float32) with the call's memory_format. */
+static PyObject *
+wrapper_double(td_wrapper *w, td_install *st, PyObject *const *args,
+               Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (td_get_accel_float64() || nargs != 1
+        || !PyObject_TypeCheck(args[0], st->tensor_type))
+    {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    PyObject *lowered = NULL;
+    if (float64_where_it_is(st, w, args[0], &lowered) < 0) {
+        return NULL;
+    }
+    if (lowered == NULL) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    PyObject *result = forward(st, st->tensor_to, args, nargs, kwnames, NULL,
+                               0, NULL, lowered);
+    return result == NULL ? NULL
+           : lowered_copy(st, args[0], result, args, nargs, kwnames);
+}
+
 /* Tensor.to(device, dtype, ...), .to(dtype, ...), .to(other, ...) and
  * .to(device=..., dtype=...); Module.to takes the same forms.  args[0] is
  * the instance. */
@@ -681,6 +793,19 @@ wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
         }
     }
     if (slot < 0 || args[slot] == Py_None) {
+        PyObject *lowered = NULL;
+        Py_ssize_t in_place = td_get_accel_float64() ? -1
+            : float64_in_place(w, st, args, nargs, kwnames, &lowered);
+        if (in_place == -2) {
+            return NULL;
+        }
+        if (in_place >= 0) {
+            td_subst lower = {in_place, lowered};
+            PyObject *result = forward(st, w->wrapped, args, nargs, kwnames,
+                                       &lower, 1, NULL, NULL);
+            return result == NULL ? NULL
+                   : lowered_copy(st, args[0], result, args, nargs, kwnames);
+        }
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
     if (dslot < 0) {
@@ -1087,6 +1212,9 @@ wrapper_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
     case TD_KIND_PIN_MEMORY:
     case TD_KIND_IS_PINNED:
         result = wrapper_pin(w, st, args, nargs, kwnames);
+        break;
+    case TD_KIND_DOUBLE:
+        result = wrapper_double(w, st, args, nargs, kwnames);
         break;
     case TD_KIND_COUNT:
         PyErr_SetString(PyExc_SystemError, "corrupt TorchDevice wrapper kind");
