@@ -419,6 +419,12 @@ a.double().mul(3).sum().backward()
 print("grad", a.grad.tolist())
 h = host.to(torch.float64)
 print("host", h.device.type, str(h.dtype))
+# torch.compile traces the conversions through the same replacements.
+compiled = torch.compile(lambda t: (t.double() * 2, t.to(torch.float64) + 1),
+                         backend="aot_eager", fullgraph=True)
+c1, c2 = compiled(x)
+print("compiled", c1.device.type, str(c1.dtype), str(c2.dtype),
+      c1.tolist() == (x * 2).tolist())
 """
 
 
@@ -455,6 +461,7 @@ def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
     assert got["grad"] == "[3.0, 3.0]"
     assert got["host"] == ("simaccel torch.float32" if mode == "accelerate"
                            else "cpu torch.float64")
+    assert got["compiled"] == "simaccel torch.float32 torch.float32 True"
 
 
 def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
