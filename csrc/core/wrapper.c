@@ -673,7 +673,8 @@ wrapper_factory(td_wrapper *w, td_install *st, PyObject *const *args,
 /* A float64 conversion lowered to float32 is torch's no-op for a float32
  * tensor (the tensor itself), where the conversion the program asked for
  * makes a new tensor on CUDA: it gets one, so that in-place edits of the
- * result do not reach the input.  Takes `result`. */
+ * result do not reach the input.  Takes `result` (NULL: the call's error,
+ * passed on). */
 static PyObject *
 lowered_copy(td_install *st, PyObject *self, PyObject *result,
              PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -716,17 +717,15 @@ float64_where_it_is(td_install *st, td_wrapper *w, PyObject *tensor,
     return float64_lowered(st, w, req, stays, lowered);
 }
 
-/* Tensor.to(torch.float64) of a tensor on an accelerator without float64
- * (x.to(dtype=...), and t.to(None, dtype) inside Module.to(dtype)).  On
- * CUDA a program converts its "cuda" tensors to float64 and computes on;
- * where they are on MPS that conversion raises.  The tensor stays where it
- * is, so it is a float64 request that lands there: float32, or the error
- * naming the call, by configuration, as for .to(device, torch.float64)
- * (docs/policy.md).  Returns the dtype's slot when it must be lowered, -1
- * when not, -2 with the error set. */
+/* The slot of a float64 dtype in a .to() call without a device (.to(dtype),
+ * .to(dtype=...), and t.to(None, dtype) inside Module.to(dtype)) of a
+ * tensor, or -1.  On CUDA a program converts its "cuda" tensors to float64
+ * and computes on; where they are on MPS that conversion raises.  The
+ * tensor stays where it is, so it is a float64 request that lands there
+ * (float64_where_it_is; docs/policy.md). */
 static Py_ssize_t
-float64_in_place(td_wrapper *w, td_install *st, PyObject *const *args,
-                 Py_ssize_t nargs, PyObject *kwnames, PyObject **lowered)
+float64_dtype_slot(td_wrapper *w, td_install *st, PyObject *const *args,
+                   Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_ssize_t dslot = find_kw(kwnames, nargs, w->dtype_kw);
     Py_ssize_t pos = w->device_pos, dpos = w->dtype_pos;
@@ -736,15 +735,12 @@ float64_in_place(td_wrapper *w, td_install *st, PyObject *const *args,
                 : (args[pos] == Py_None && dpos >= 0 && nargs > dpos)
                 ? dpos : -1;
     }
-    if (dslot < 0 || args[dslot] != st->float64 || w->data_pos != 0
+    if (dslot < 0 || args[dslot] != st->float64
         || !PyObject_TypeCheck(args[0], st->tensor_type))
     {
         return -1;
     }
-    if (float64_where_it_is(st, w, args[0], lowered) < 0) {
-        return -2;
-    }
-    return *lowered != NULL ? dslot : -1;
+    return dslot;
 }
 
 /* Tensor.double(): the same conversion as .to(torch.float64), and the same
@@ -767,10 +763,10 @@ wrapper_double(td_wrapper *w, td_install *st, PyObject *const *args,
     if (lowered == NULL) {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
-    PyObject *result = forward(st, st->tensor_to, args, nargs, kwnames, NULL,
-                               0, NULL, lowered);
-    return result == NULL ? NULL
-           : lowered_copy(st, args[0], result, args, nargs, kwnames);
+    return lowered_copy(st, args[0],
+                        forward(st, st->tensor_to, args, nargs, kwnames,
+                                NULL, 0, NULL, lowered),
+                        args, nargs, kwnames);
 }
 
 /* Tensor.to(device, dtype, ...), .to(dtype, ...), .to(other, ...) and
@@ -793,18 +789,18 @@ wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
         }
     }
     if (slot < 0 || args[slot] == Py_None) {
+        Py_ssize_t f64 = td_get_accel_float64() ? -1
+            : float64_dtype_slot(w, st, args, nargs, kwnames);
         PyObject *lowered = NULL;
-        Py_ssize_t in_place = td_get_accel_float64() ? -1
-            : float64_in_place(w, st, args, nargs, kwnames, &lowered);
-        if (in_place == -2) {
+        if (f64 >= 0 && float64_where_it_is(st, w, args[0], &lowered) < 0) {
             return NULL;
         }
-        if (in_place >= 0) {
-            td_subst lower = {in_place, lowered};
-            PyObject *result = forward(st, w->wrapped, args, nargs, kwnames,
-                                       &lower, 1, NULL, NULL);
-            return result == NULL ? NULL
-                   : lowered_copy(st, args[0], result, args, nargs, kwnames);
+        if (lowered != NULL) {
+            td_subst lower = {f64, lowered};
+            return lowered_copy(st, args[0],
+                                forward(st, w->wrapped, args, nargs, kwnames,
+                                        &lower, 1, NULL, NULL),
+                                args, nargs, kwnames);
         }
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
