@@ -64,8 +64,8 @@ _keep: List[Any] = []              # keeps those objects (and their ids) alive
 # shuffling, isinstance on constants, and calls of torch's originals.
 
 def _plan(request: Any, dtype: Any = None, none_policy: bool = False,
-          api: Optional[str] = None) -> Any:
-    return _tdcore.trace_plan(request, dtype, none_policy, api)
+          api: Optional[str] = None, here: bool = False) -> Any:
+    return _tdcore.trace_plan(request, dtype, none_policy, api, here)
 
 
 def _float64_changed(request: Any, none_policy: bool) -> bool:
@@ -101,9 +101,20 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
     api = str(w.td_api)
     context_device = _grammar.default_device_lookup()
 
+    def data_of(args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
+        if 0 <= data_pos < len(args):
+            return args[data_pos]
+        return kwargs.get(data_keyword) if data_keyword else None
+
     def polyfill(*args: Any, **kwargs: Any) -> Any:
         request = _argument(keyword, pos, args, kwargs)
         if request is None and not none_policy:
+            data = data_of(args, kwargs)
+            if (dtype_keyword and kwargs.get(dtype_keyword) is torch.float64
+                    and isinstance(data, torch.Tensor)):
+                # Made where the input tensor is (C's call_like_where_it_is)
+                kwargs[dtype_keyword] = _plan(data.device, torch.float64,
+                                              False, api, True)[1]
             return original(*args, **kwargs)
         if request is None:
             device = context_device()
@@ -118,8 +129,7 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
                                      for a in args[data_pos + 1:]):
             # Unnamed, the dtype is the data's, else what the call makes
             # (C's float64_data_check and default_float64_check).
-            data = (args[data_pos] if 0 <= data_pos < len(args)
-                    else kwargs.get(data_keyword) if data_keyword else None)
+            data = data_of(args, kwargs)
             if isinstance(data, torch.Tensor):
                 dtype = data.dtype
             elif (none_policy and "out" not in kwargs

@@ -93,9 +93,12 @@ class Wrapper:
 
 # ---- torch.compile (csrc/core/trace.c) --------------------------------------------
 def trace_plan(request: Any, dtype: Any = ..., none_policy: bool = ...,
-               api: Optional[str] = ...) -> Tuple[Optional[torch.device], Any]:
+               api: Optional[str] = ..., here: bool = ...
+               ) -> Tuple[Optional[torch.device], Any]:
     """(device or None for "leave it", dtype): the policy without side
-    effects, constant-folded by dynamo at trace time."""
+    effects, constant-folded by dynamo at trace time.  here=True: the
+    request is a tensor's own device, which stays; only the dtype is
+    planned."""
     ...
 
 # ---- streams and events (csrc/stream*.c, event.c, backend_*.c) -------------

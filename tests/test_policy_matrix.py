@@ -401,6 +401,7 @@ made = {
     "double": x.double(),
     "double-format": x.t().double(memory_format=torch.contiguous_format),
     "int-double": x.long().double(),
+    "type": x.type(torch.float64),
 }
 for name, t in made.items():
     fresh = t.data_ptr() != x.data_ptr() and t is not x
@@ -419,12 +420,26 @@ a.double().mul(3).sum().backward()
 print("grad", a.grad.tolist())
 h = host.to(torch.float64)
 print("host", h.device.type, str(h.dtype))
+# Made where the input tensor is, in float64.
+like = {
+    "zeros-like": torch.zeros_like(x, dtype=torch.float64),
+    "like-input": torch.zeros_like(input=x, dtype=torch.float64),
+    "full-like": torch.full_like(x, 2.0, dtype=torch.float64),
+    "rand-like": torch.rand_like(x, dtype=torch.float64),
+    "new-zeros": x.new_zeros((2, 3), dtype=torch.float64),
+    "new-full": x.new_full((2, 3), 2.0, dtype=torch.float64),
+    "new-tensor": x.new_tensor(x.tolist(), dtype=torch.float64),
+}
+for name, t in like.items():
+    print(name, t.device.type, str(t.dtype), tuple(t.shape))
+print("host-like", str(torch.zeros_like(host, dtype=torch.float64).dtype))
 # torch.compile traces the conversions through the same replacements.
-compiled = torch.compile(lambda t: (t.double() * 2, t.to(torch.float64) + 1),
+compiled = torch.compile(lambda t: (t.double() * 2, t.to(torch.float64) + 1,
+                                    torch.zeros_like(t, dtype=torch.float64)),
                          backend="aot_eager", fullgraph=True)
-c1, c2 = compiled(x)
+c1, c2, c3 = compiled(x)
 print("compiled", c1.device.type, str(c1.dtype), str(c2.dtype),
-      c1.tolist() == (x * 2).tolist())
+      c1.tolist() == (x * 2).tolist(), str(c3.dtype))
 """
 
 
@@ -432,7 +447,9 @@ print("compiled", c1.device.type, str(c1.dtype), str(c2.dtype),
 def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
                                                               mode):
     """A CUDA program converts its "cuda" tensors to float64 in place
-    (`.double()`, `.to(torch.float64)`, `Module.double()`): on a device
+    (`.double()`, `.to(torch.float64)`, `.type(torch.float64)`,
+    `Module.double()`) and makes float64 tensors where they are
+    (`zeros_like(x, dtype=torch.float64)`, `x.new_zeros(...)`): on a device
     without float64 each is float32 there, a new tensor as the conversion
     is on CUDA, where the device alone raises MPS's "Cannot convert a MPS
     Tensor to float64 dtype" (docs/policy.md, "float64 on MPS").  Host
@@ -450,9 +467,13 @@ def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
     assert ("Tensor.double", 'm.double()') in downcast
     assert ("Tensor.to", '"to": x.to(tor') in downcast
     assert ("Tensor.double", '"double": x.do') in downcast
+    assert ("Tensor.to", '"type": x.type') in downcast
+    assert ("torch.zeros_like", '"zeros-like": ') in downcast
+    assert ("Tensor.new_full", '"new-full": x.') in downcast
     assert all(r["from"] == "float64" and r["to"] == "float32"
                for r in records if r["what"] == "downcast")
-    for name in ("to", "to-keyword", "to-copy", "double", "int-double"):
+    for name in ("to", "to-keyword", "to-copy", "double", "int-double",
+                 "type"):
         assert got[name] == "simaccel torch.float32 True True True", name
     assert got["double-format"] == "simaccel torch.float32 True True True"
     assert got["input-unchanged"] == "True"
@@ -461,7 +482,13 @@ def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
     assert got["grad"] == "[3.0, 3.0]"
     assert got["host"] == ("simaccel torch.float32" if mode == "accelerate"
                            else "cpu torch.float64")
-    assert got["compiled"] == "simaccel torch.float32 torch.float32 True"
+    for name in ("zeros-like", "like-input", "full-like", "rand-like",
+                 "new-zeros", "new-full", "new-tensor"):
+        assert got[name] == "simaccel torch.float32 (2, 3)", name
+    assert got["host-like"] == ("torch.float32" if mode == "accelerate"
+                                else "torch.float64")
+    assert got["compiled"] == ("simaccel torch.float32 torch.float32 True "
+                               "torch.float32")
 
 
 def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
@@ -469,7 +496,12 @@ def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
     call and the setting, as for a float64 request with a device."""
     for call, api in (("x.to(torch.float64)", "Tensor.to"),
                       ("x.to(dtype=torch.float64)", "Tensor.to"),
-                      ("x.double()", "Tensor.double")):
+                      ("x.double()", "Tensor.double"),
+                      ("x.type(torch.float64)", "Tensor.to"),
+                      ("torch.zeros_like(x, dtype=torch.float64)",
+                       "torch.zeros_like"),
+                      ("x.new_ones(2, dtype=torch.float64)",
+                       "Tensor.new_ones")):
         proc = launch(tmp_path, f"""
             import torch
             x = torch.ones(2, device="cuda")

@@ -16,17 +16,21 @@ plan_result(PyObject *device, PyObject *dtype)
     return PyTuple_Pack(2, device, dtype);
 }
 
+/* `here`: the request is a tensor's own device, where a call without a
+ * device makes its result (a *_like call): it stays there, and only the
+ * dtype is planned. */
 static PyObject *
 plan(td_install *st, PyObject *request, PyObject *dtype, int none_policy,
-     PyObject *api)
+     PyObject *api, int here)
 {
     td_request req = td_request_from_object(st, request);
     if (req.kind == TD_REQ_NONE && !none_policy) {
         return plan_result(Py_None, dtype);
     }
     td_profile profile = td_get_profile();
-    td_resolution res = td_resolve(req, profile, td_get_mode(),
-                                   td_get_cpu_override(), 0);
+    td_resolution stays = {TD_TARGET_KEEP, 0, 0};
+    td_resolution res = here ? stays
+        : td_resolve(req, profile, td_get_mode(), td_get_cpu_override(), 0);
     PyObject *new_dtype = dtype;
     if (dtype == st->float64) {
         switch (td_float64_action(profile, td_get_accel_float64(), req, res,
@@ -49,11 +53,13 @@ plan(td_install *st, PyObject *request, PyObject *dtype, int none_policy,
 static PyObject *
 trace_plan(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"request", "dtype", "none_policy", "api", NULL};
+    static char *kwlist[] = {"request", "dtype", "none_policy", "api",
+                             "here", NULL};
     PyObject *request, *dtype = Py_None, *api = Py_None;
-    int none_policy = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OpO:trace_plan", kwlist,
-                                     &request, &dtype, &none_policy, &api))
+    int none_policy = 0, here = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OpOp:trace_plan",
+                                     kwlist, &request, &dtype, &none_policy,
+                                     &api, &here))
     {
         return NULL;
     }
@@ -61,7 +67,7 @@ trace_plan(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     if (st == NULL) {
         return plan_result(Py_None, dtype);
     }
-    PyObject *result = plan(st, request, dtype, none_policy, api);
+    PyObject *result = plan(st, request, dtype, none_policy, api, here);
     Py_DECREF(st);
     return result;
 }
@@ -69,9 +75,12 @@ trace_plan(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 PyMethodDef td_trace_methods[] = {
     {"trace_plan", (PyCFunction)(void (*)(void))trace_plan,
      METH_VARARGS | METH_KEYWORDS,
-     "trace_plan(request, dtype=None, none_policy=False, api=None)\n--\n\n"
+     "trace_plan(request, dtype=None, none_policy=False, api=None, "
+     "here=False)\n--\n\n"
      "(device or None, dtype): where a call with this device request goes\n"
      "under the settings in force, None meaning 'leave the request as it\n"
-     "is'.  Pure: used by the torch.compile polyfills at trace time."},
+     "is'; with here=True the request is a tensor's device, which stays,\n"
+     "and only the dtype is planned.  Pure: used by the torch.compile\n"
+     "polyfills at trace time."},
     {NULL, NULL, 0, NULL},
 };

@@ -208,6 +208,26 @@ float64_lowered(td_install *st, td_wrapper *w, td_request req,
     return 0;
 }
 
+/* A conversion without a device leaves `tensor` where it is: a float64
+ * conversion of a tensor on an accelerator without float64 lands there.
+ * Sets *lowered to float32 where it is lowered, else NULL; -1 with the
+ * error set under TORCHDEVICE_FLOAT64=error. */
+static int
+float64_where_it_is(td_install *st, td_wrapper *w, PyObject *tensor,
+                    PyObject **lowered)
+{
+    *lowered = NULL;
+    PyObject *dev = PyObject_GetAttr(tensor, st->str_device);
+    if (dev == NULL) {
+        PyErr_Clear();      /* no device to tell by: torch decides */
+        return 0;
+    }
+    td_request req = td_request_from_object(st, dev);
+    Py_DECREF(dev);
+    td_resolution stays = {TD_TARGET_KEEP, 0, 0};
+    return float64_lowered(st, w, req, stays, lowered);
+}
+
 /* A dtype=torch.float64 in slot dslot: *subst is filled when it must be
  * replaced.  Returns 0, or -1 with an error set. */
 static int
@@ -485,6 +505,32 @@ torch_draw_device(td_install *st, td_request req, td_resolution res,
     return dev;
 }
 
+/* A *_like function or Tensor.new_* without a device makes its tensor
+ * where its input tensor is: dtype=torch.float64 there is a float64 request
+ * that lands on that tensor's device, as .to(torch.float64) is
+ * (float64_where_it_is; docs/policy.md).  Only where some device lacks
+ * float64. */
+static PyObject *
+call_like_where_it_is(td_wrapper *w, td_install *st, PyObject *const *args,
+                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t dslot = find_kw(kwnames, nargs, w->dtype_kw);
+    PyObject *data = data_arg(w, args, nargs, kwnames);
+    PyObject *lowered = NULL;
+    if (dslot >= 0 && args[dslot] == st->float64 && data != NULL
+        && PyObject_TypeCheck(data, st->tensor_type)
+        && float64_where_it_is(st, w, data, &lowered) < 0)
+    {
+        return NULL;
+    }
+    if (lowered == NULL) {
+        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+    }
+    td_subst lower = {dslot, lowered};
+    return forward(st, w->wrapped, args, nargs, kwnames, &lower, 1, NULL,
+                   NULL);
+}
+
 static PyObject *
 call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
                  Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
@@ -494,7 +540,9 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
     int nsubst = 0;
     td_request req = td_request_from_object(st, arg);
     if (req.kind == TD_REQ_NONE && !w->none_policy) {
-        return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
+        return td_get_accel_float64()
+            ? PyObject_Vectorcall(w->wrapped, args, nargs, kwnames)
+            : call_like_where_it_is(w, st, args, nargs, kwnames);
     }
     td_resolution res = td_resolve_now(st, req);
     if (req.kind == TD_REQ_NONE && res.target != TD_TARGET_KEEP) {
@@ -695,26 +743,6 @@ lowered_copy(td_install *st, PyObject *self, PyObject *result,
     PyObject *copy = PyObject_Vectorcall(st->tensor_clone, cargs, 1, names);
     Py_DECREF(names);
     return copy;
-}
-
-/* A conversion without a device leaves `tensor` where it is: a float64
- * conversion of a tensor on an accelerator without float64 lands there.
- * Sets *lowered to float32 where it is lowered, else NULL; -1 with the
- * error set under TORCHDEVICE_FLOAT64=error. */
-static int
-float64_where_it_is(td_install *st, td_wrapper *w, PyObject *tensor,
-                    PyObject **lowered)
-{
-    *lowered = NULL;
-    PyObject *dev = PyObject_GetAttr(tensor, st->str_device);
-    if (dev == NULL) {
-        PyErr_Clear();      /* no device to tell by: torch decides */
-        return 0;
-    }
-    td_request req = td_request_from_object(st, dev);
-    Py_DECREF(dev);
-    td_resolution stays = {TD_TARGET_KEEP, 0, 0};
-    return float64_lowered(st, w, req, stays, lowered);
 }
 
 /* The slot of a float64 dtype in a .to() call without a device (.to(dtype),
