@@ -109,12 +109,23 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
     def polyfill(*args: Any, **kwargs: Any) -> Any:
         request = _argument(keyword, pos, args, kwargs)
         if request is None and not none_policy:
+            # Made where the input tensor is, with the dtype by keyword or
+            # by position after it (C's call_like_where_it_is).
             data = data_of(args, kwargs)
-            if (dtype_keyword and kwargs.get(dtype_keyword) is torch.float64
-                    and isinstance(data, torch.Tensor)):
-                # Made where the input tensor is (C's call_like_where_it_is)
-                kwargs[dtype_keyword] = _plan(data.device, torch.float64,
-                                              False, api, True)[1]
+            if not isinstance(data, torch.Tensor):
+                return original(*args, **kwargs)
+            if dtype_keyword and kwargs.get(dtype_keyword) is not None:
+                if kwargs[dtype_keyword] is torch.float64:
+                    kwargs[dtype_keyword] = _plan(data.device, torch.float64,
+                                                  False, api, True)[1]
+                return original(*args, **kwargs)
+            for i in range(data_pos + 1, len(args)):
+                if isinstance(args[i], torch.dtype):
+                    if args[i] is torch.float64:
+                        lowered = _plan(data.device, torch.float64, False,
+                                        api, True)[1]
+                        args = args[:i] + (lowered,) + args[i + 1:]
+                    break
             return original(*args, **kwargs)
         if request is None:
             device = context_device()

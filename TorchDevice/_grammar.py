@@ -68,6 +68,10 @@ FACTORY = DeviceArg()
 LIKE = DeviceArg(data_position=0)
 # torch.*_like, whose tensor may come by keyword (zeros_like(input=x)).
 LIKE_FUNCTION = DeviceArg(data_position=0, data_keyword="input")
+# Operations whose dtype= names their result's dtype (sum, cumsum, softmax,
+# ...): no device; the result is where the input tensor is, so float64
+# there is a float64 request on that device (docs/policy.md).
+RESULT_DTYPE = DeviceArg(keyword="", data_position=0, data_keyword="input")
 # Tensor.to / Module.to: .to(device, dtype, ...), .to(dtype), .to(other),
 # .to(device=..., dtype=...).
 TO = DeviceArg(position=1, dtype_position=2, data_position=0)

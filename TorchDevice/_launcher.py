@@ -131,9 +131,11 @@ def _configure(env: Dict[str, str]) -> None:
         cfg = _config.from_environment()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    # This process read the environment when TorchDevice was imported,
+    # before the options were in it.
     TorchDevice.configure(target=cfg.target, mode=cfg.mode,
                           float64=cfg.float64, log_level=cfg.log_level,
-                          report=cfg.report)
+                          report=cfg.report, capabilities=cfg.capabilities)
     TorchDevice.enable()
 
 

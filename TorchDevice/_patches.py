@@ -34,6 +34,11 @@ _EXPLICIT_ONLY = (
 _LIKE = frozenset(_EXPLICIT_ONLY) - {"from_file"}
 _TENSOR_NEW = ("new_empty", "new_zeros", "new_ones", "new_full",
                "new_tensor", "new_empty_strided")
+# Operations that take a dtype= for their result, as torch.<name> and
+# Tensor.<name>.  Replaced only where the device has no float64, where
+# such a dtype=torch.float64 is a float64 request (docs/policy.md).
+_RESULT_DTYPE = ("sum", "nansum", "mean", "nanmean", "prod", "cumsum",
+                 "cumprod", "softmax", "log_softmax")
 # Where torch keeps public callables that may be device constructors.
 _NAMESPACES = ("torch", "torch.fft", "torch.nested", "torch.sparse")
 
@@ -279,6 +284,28 @@ def _device_constructor_patches() -> List[Patch]:
     return patches
 
 
+def _result_dtype_patches() -> List[Patch]:
+    """Where the device in force has no float64: torch.sum(x,
+    dtype=torch.float64), x.cumsum(0, dtype=torch.float64), ... give
+    float32 there, as x.to(torch.float64) does.  Elsewhere these hot
+    operations stay torch's own."""
+    if _tdcore.settings()["device_float64"]:
+        return []
+    dispatch = _overrides.make_dispatch(
+        _torch_compat.get("len_torch_function_stack"),
+        _torch_compat.get("get_function_stack_at"),
+        _torch_compat.get("DeviceContext"))
+    table = []
+    for name in _RESULT_DTYPE:
+        if hasattr(torch, name):
+            table.append(Patch(torch, name, factory(
+                f"torch.{name}", _grammar.RESULT_DTYPE, dispatch=dispatch)))
+        if hasattr(torch.Tensor, name):
+            table.append(Patch(torch.Tensor, name, factory(
+                f"Tensor.{name}", _grammar.RESULT_DTYPE)))
+    return table
+
+
 def _storage_move(original: Any) -> Any:
     """UntypedStorage.cuda / .mps (TypedStorage's call them): the copy they
     make for an accelerator is on the accelerator for the program, as a
@@ -379,6 +406,7 @@ def patch_table() -> List[Patch]:
     ]
     table += [Patch(T, n, factory(f"Tensor.{n}", _grammar.LIKE))
               for n in _TENSOR_NEW]
+    table += _result_dtype_patches()
     table += [
         Patch(M, "to", to_method("Module.to")),
         Patch(M, "cuda", move("Module.cuda", "cuda", module_to)),

@@ -433,13 +433,32 @@ like = {
 for name, t in like.items():
     print(name, t.device.type, str(t.dtype), tuple(t.shape))
 print("host-like", str(torch.zeros_like(host, dtype=torch.float64).dtype))
+# Operations whose dtype= names their result's dtype compute where x is.
+ops = {
+    "sum": (x.sum(dtype=torch.float64), x.sum(dtype=torch.float32)),
+    "torch-sum": (torch.sum(x, 1, dtype=torch.float64), x.sum(1)),
+    "mean": (x.mean(dtype=torch.float64), x.mean()),
+    "cumsum": (torch.cumsum(x, 1, dtype=torch.float64), x.cumsum(1)),
+    "cumprod": (x.cumprod(0, dtype=torch.float64), x.cumprod(0)),
+    "softmax": (torch.softmax(x, 1, torch.float64), x.softmax(1)),
+    "log-softmax": (torch.nn.functional.log_softmax(x, dim=1,
+                                                    dtype=torch.float64),
+                    x.log_softmax(1)),
+}
+for name, (t, same) in ops.items():
+    print(name, t.device.type, str(t.dtype), t.tolist() == same.tolist())
+print("host-sum", str(host.sum(dtype=torch.float64).dtype))
+print("replaced", torch.sum is not torch._C._VariableFunctions.sum)
 # torch.compile traces the conversions through the same replacements.
 compiled = torch.compile(lambda t: (t.double() * 2, t.to(torch.float64) + 1,
-                                    torch.zeros_like(t, dtype=torch.float64)),
+                                    torch.zeros_like(t, dtype=torch.float64),
+                                    torch.sum(t, dtype=torch.float64),
+                                    torch.softmax(t, 0, torch.float64)),
                          backend="aot_eager", fullgraph=True)
-c1, c2, c3 = compiled(x)
+c1, c2, c3, c4, c5 = compiled(x)
 print("compiled", c1.device.type, str(c1.dtype), str(c2.dtype),
-      c1.tolist() == (x * 2).tolist(), str(c3.dtype))
+      c1.tolist() == (x * 2).tolist(), str(c3.dtype), str(c4.dtype),
+      str(c5.dtype))
 """
 
 
@@ -448,8 +467,10 @@ def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
                                                               mode):
     """A CUDA program converts its "cuda" tensors to float64 in place
     (`.double()`, `.to(torch.float64)`, `.type(torch.float64)`,
-    `Module.double()`) and makes float64 tensors where they are
-    (`zeros_like(x, dtype=torch.float64)`, `x.new_zeros(...)`): on a device
+    `Module.double()`), makes float64 tensors where they are
+    (`zeros_like(x, dtype=torch.float64)`, `x.new_zeros(...)`) and asks
+    operations for a float64 result (`x.sum(dtype=torch.float64)`,
+    `torch.softmax(x, 1, torch.float64)`): on a device
     without float64 each is float32 there, a new tensor as the conversion
     is on CUDA, where the device alone raises MPS's "Cannot convert a MPS
     Tensor to float64 dtype" (docs/policy.md, "float64 on MPS").  Host
@@ -487,8 +508,62 @@ def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
         assert got[name] == "simaccel torch.float32 (2, 3)", name
     assert got["host-like"] == ("torch.float32" if mode == "accelerate"
                                 else "torch.float64")
+    for name in ("sum", "torch-sum", "mean", "cumsum", "cumprod", "softmax",
+                 "log-softmax"):
+        assert got[name] == "simaccel torch.float32 True", name
+    assert got["host-sum"] == ("torch.float32" if mode == "accelerate"
+                               else "torch.float64")
+    assert ("Tensor.sum", '"sum": (x.sum(') in downcast
+    assert ("torch.softmax", '"softmax": (to') in downcast
+    assert got["replaced"] == "True"
     assert got["compiled"] == ("simaccel torch.float32 torch.float32 True "
-                               "torch.float32")
+                               "torch.float32 torch.float32 torch.float32")
+
+
+def test_capabilities_option_overrides_the_environment(tmp_path):
+    """`run --capabilities NAME` wins over TORCHDEVICE_CAPABILITIES in the
+    environment (here "mps"), in the launched program itself as in its
+    children."""
+    code = """
+        import os, subprocess, sys, TorchDevice
+        p = TorchDevice.policy()
+        print(p["capabilities"], p["device_float64"])
+        child = ("import TorchDevice; p = TorchDevice.policy(); "
+                 "print(p['capabilities'], p['device_float64'])")
+        sys.stdout.flush()
+        subprocess.run([sys.executable, "-c", child], check=True)
+        """
+    proc = launch(tmp_path, code, "accelerate", "--capabilities",
+                  "accelerator")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["accelerator True"] * 2
+
+
+def test_result_dtype_operations_stay_torchs_where_the_device_has_float64(
+        tmp_path):
+    """sum, cumsum, softmax, ... are hot: they are replaced only where the
+    device in force has no float64, and are torch's own elsewhere."""
+    code = """
+        import torch
+        print(torch.sum is torch._C._VariableFunctions.sum,
+              torch.Tensor.cumsum is torch._C.TensorBase.cumsum,
+              torch.ones(1, device="cuda").sum(dtype=torch.float64).dtype)
+        """
+    # The simulated device without MPS's rules, as the generic record
+    # describes it: float64 and all.
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(code))
+    env = _accel_env("accelerate")
+    del env["SIMACCEL_MPS_RULES"], env["TORCHDEVICE_CAPABILITIES"]
+    native = subprocess.run(
+        [sys.executable, "-m", "TorchDevice", "run", str(script)],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path),
+        timeout=300)
+    assert native.returncode == 0, native.stderr[-3000:]
+    assert native.stdout.split() == ["True", "True", "torch.float64"]
+    lowered = launch(tmp_path, code, "accelerate")
+    assert lowered.returncode == 0, lowered.stderr[-3000:]
+    assert lowered.stdout.split() == ["False", "False", "torch.float32"]
 
 
 def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
@@ -501,7 +576,10 @@ def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
                       ("torch.zeros_like(x, dtype=torch.float64)",
                        "torch.zeros_like"),
                       ("x.new_ones(2, dtype=torch.float64)",
-                       "Tensor.new_ones")):
+                       "Tensor.new_ones"),
+                      ("x.cumsum(0, dtype=torch.float64)", "Tensor.cumsum"),
+                      ("torch.softmax(x, 0, torch.float64)",
+                       "torch.softmax")):
         proc = launch(tmp_path, f"""
             import torch
             x = torch.ones(2, device="cuda")

@@ -506,15 +506,22 @@ torch_draw_device(td_install *st, td_request req, td_resolution res,
 }
 
 /* A *_like function or Tensor.new_* without a device makes its tensor
- * where its input tensor is: dtype=torch.float64 there is a float64 request
- * that lands on that tensor's device, as .to(torch.float64) is
- * (float64_where_it_is; docs/policy.md).  Only where some device lacks
+ * where its input tensor is, and an operation (sum, cumsum, softmax) its
+ * result: dtype=torch.float64 there is a float64 request that lands on
+ * that tensor's device, as .to(torch.float64) is (float64_where_it_is;
+ * docs/policy.md).  The dtype by keyword, or by position after the tensor
+ * (torch.softmax(x, 0, torch.float64)).  Only where some device lacks
  * float64. */
 static PyObject *
 call_like_where_it_is(td_wrapper *w, td_install *st, PyObject *const *args,
                       Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_ssize_t dslot = find_kw(kwnames, nargs, w->dtype_kw);
+    for (Py_ssize_t i = w->data_pos + 1; dslot < 0 && i < nargs; i++) {
+        if (Py_TYPE(args[i]) == st->dtype_type) {
+            dslot = i;
+        }
+    }
     PyObject *data = data_arg(w, args, nargs, kwnames);
     PyObject *lowered = NULL;
     if (dslot >= 0 && args[dslot] == st->float64 && data != NULL
