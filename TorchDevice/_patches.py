@@ -268,10 +268,7 @@ def _device_constructor_patches() -> List[Patch]:
                     attr, _grammar.CONSTRUCTOR)
                 patches.append(Patch(ns, attr, factory(f"{ns_name}.{attr}",
                                                        grammar)))
-    dispatch = _overrides.make_dispatch(
-        _torch_compat.get("len_torch_function_stack"),
-        _torch_compat.get("get_function_stack_at"),
-        _torch_compat.get("DeviceContext"))
+    dispatch = _override_dispatch()
     for attr in _EXPLICIT_ONLY:
         if hasattr(torch, attr) and ("torch", attr) not in seen:
             grammar = (_grammar.FACTORY if attr not in _LIKE
@@ -284,6 +281,15 @@ def _device_constructor_patches() -> List[Patch]:
     return patches
 
 
+def _override_dispatch() -> Callable[..., Any]:
+    """What offers a replaced torch function to `__torch_function__`
+    overrides first (TorchDevice/_overrides.py)."""
+    return _overrides.make_dispatch(
+        _torch_compat.get("len_torch_function_stack"),
+        _torch_compat.get("get_function_stack_at"),
+        _torch_compat.get("DeviceContext"))
+
+
 def _result_dtype_patches() -> List[Patch]:
     """Where the device in force has no float64: torch.sum(x,
     dtype=torch.float64), x.cumsum(0, dtype=torch.float64), ... give
@@ -291,10 +297,7 @@ def _result_dtype_patches() -> List[Patch]:
     operations stay torch's own."""
     if _tdcore.settings()["device_float64"]:
         return []
-    dispatch = _overrides.make_dispatch(
-        _torch_compat.get("len_torch_function_stack"),
-        _torch_compat.get("get_function_stack_at"),
-        _torch_compat.get("DeviceContext"))
+    dispatch = _override_dispatch()
     table = []
     for name in _RESULT_DTYPE:
         if hasattr(torch, name):
