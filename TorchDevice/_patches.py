@@ -65,6 +65,9 @@ class _Applied:
 
 _built: Dict[Tuple[int, str], Any] = {}
 _applied: List[_Applied] = []
+# torch's device constructors -> their replacements, filled while applied
+# where the device has no float64 (_context_marks).
+_context_lowering: Dict[Any, Any] = {}
 _enabled = False
 
 
@@ -156,6 +159,14 @@ def _context_marks(original: Any) -> Any:
             return original(self, func, types, args, kwargs)
         # torch's handler writes the device into the kwargs it is given.
         filled = not kwargs or kwargs.get("device") is None
+        replacement = _context_lowering.get(func) if filled else None
+        if replacement is not None:
+            # Where the device has no float64, the call goes through its
+            # replacement with the context's device, as if the program had
+            # named it: float64 there (dtype=, float64 data, torch's default
+            # dtype) follows the setting (docs/policy.md, "float64 on MPS").
+            return replacement(*args, **{**(kwargs or {}),
+                                         "device": self.device})
         result = original(self, func, types, args, kwargs)
         if filled and intent(self.device) == "accelerator":
             mark(result)
@@ -672,6 +683,8 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
         # Once per replacement: they are built once and reused.
         for patch in fresh:
             _name_for_pickle(patch.owner, patch.name)
+        if not _tdcore.settings()["device_float64"]:
+            _context_lowering.update(_replaced_constructors())
         allowed = _lazy_allowed_methods()
         for entry in _applied:
             if (entry.patch.owner is torch.Tensor
@@ -683,6 +696,21 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
         raise
     _enabled = True
     _lifecycle_hooks("on_apply")
+
+
+def _replaced_constructors() -> Dict[Any, Any]:
+    """torch's device constructors (originals) -> their applied
+    replacements."""
+    constructors = _constructors()
+    found = {}
+    for entry in _applied:
+        if isinstance(entry.replacement, _tdcore.Wrapper):
+            try:
+                if entry.original in constructors:
+                    found[entry.original] = entry.replacement
+            except TypeError:
+                continue       # unhashable: not one of torch's functions
+    return found
 
 
 def _pickle_path(owner: Any, name: str) -> Tuple[str, str]:
@@ -762,6 +790,7 @@ def restore() -> None:
                 delattr(owner, name)
             except AttributeError:
                 pass
+    _context_lowering.clear()
     _lifecycle_hooks("on_restore")
     _tdcore.uninstall()
     _enabled = False

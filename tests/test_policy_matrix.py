@@ -520,6 +520,58 @@ def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
                                "torch.float32 torch.float32 torch.float32")
 
 
+DEFAULT_DEVICE_FLOAT64 = """
+import numpy as np
+import torch
+# Scientific code (Pyro's examples): float64 by default, on the GPU.
+torch.set_default_dtype(torch.float64)
+torch.set_default_device("cuda")
+made = {
+    "tensor": torch.tensor([1.5, 0.25]),
+    "zeros": torch.zeros(2),
+    "full": torch.full((2,), 2.0),
+    "arange": torch.arange(2.0),
+    "dtype": torch.ones(2, dtype=torch.float64),
+    "numpy": torch.as_tensor(np.array([1.5, 0.25])),
+    "int": torch.tensor([1, 2]),
+}
+for name, t in made.items():
+    print(name, t.device.type, str(t.dtype), t.tolist())
+with torch.device("cuda"):
+    print("with", str(torch.zeros(1).dtype))
+m = made["tensor"]
+print("moves", m.to("cuda") is m, m.cuda() is m)
+"""
+
+
+def test_default_device_context_with_float64_default_dtype(tmp_path):
+    """`torch.set_default_dtype(torch.float64)` and
+    `torch.set_default_device("cuda")`: torch fills the device of each
+    factory from its context, and on a device without float64 each tensor
+    is float32 there, as a factory naming the device gives (docs/policy.md,
+    "float64 on MPS"); the device alone raises "Cannot convert a MPS Tensor
+    to float64 dtype".  They are on the accelerator for the moves."""
+    proc = launch(tmp_path, DEFAULT_DEVICE_FLOAT64, "cpu-stays-cpu",
+                  f"--report={tmp_path / 'report.json'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert got == {
+        "tensor": "simaccel torch.float32 [1.5, 0.25]",
+        "zeros": "simaccel torch.float32 [0.0, 0.0]",
+        "full": "simaccel torch.float32 [2.0, 2.0]",
+        "arange": "simaccel torch.float32 [0.0, 1.0]",
+        "dtype": "simaccel torch.float32 [1.0, 1.0]",
+        "numpy": "simaccel torch.float32 [1.5, 0.25]",
+        "int": "simaccel torch.int64 [1, 2]",
+        "with": "torch.float32",
+        "moves": "True True",
+    }
+    records = json.loads((tmp_path / "report.json").read_text())["records"]
+    assert {r["api"] for r in records if r["what"] == "downcast"} >= {
+        "torch.tensor", "torch.zeros", "torch.full", "torch.arange",
+        "torch.ones", "torch.as_tensor"}
+
+
 def test_capabilities_option_overrides_the_environment(tmp_path):
     """`run --capabilities NAME` wins over TORCHDEVICE_CAPABILITIES in the
     environment (here "mps"), in the launched program itself as in its
