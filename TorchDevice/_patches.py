@@ -159,7 +159,8 @@ def _context_marks(original: Any) -> Any:
             return original(self, func, types, args, kwargs)
         # torch's handler writes the device into the kwargs it is given.
         filled = not kwargs or kwargs.get("device") is None
-        replacement = _context_lowering.get(func) if filled else None
+        replacement = (_context_lowering.get(func)
+                       if filled and _context_lowering else None)
         if replacement is not None:
             # Where the device has no float64, the call goes through its
             # replacement with the context's device, as if the program had
