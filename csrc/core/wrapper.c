@@ -250,18 +250,19 @@ float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
     return 0;
 }
 
-/* Whether a positional from `from` on is a dtype (as_tensor(data, dtype)):
- * then the call names its dtype. */
-static int
+/* The first positional from `from` on that is a dtype (as_tensor(data,
+ * dtype), torch.softmax(x, 0, dtype)), or -1: the call names its dtype
+ * there. */
+static Py_ssize_t
 dtype_by_position(td_install *st, PyObject *const *args, Py_ssize_t nargs,
                   Py_ssize_t from)
 {
     for (Py_ssize_t i = from; i < nargs; i++) {
         if (Py_TYPE(args[i]) == st->dtype_type) {
-            return 1;
+            return i;
         }
     }
-    return 0;
+    return -1;
 }
 
 /* Whether `data` holds float64: a tensor or array (its dtype), or a nested
@@ -517,10 +518,8 @@ call_like_where_it_is(td_wrapper *w, td_install *st, PyObject *const *args,
                       Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_ssize_t dslot = find_kw(kwnames, nargs, w->dtype_kw);
-    for (Py_ssize_t i = w->data_pos + 1; dslot < 0 && i < nargs; i++) {
-        if (Py_TYPE(args[i]) == st->dtype_type) {
-            dslot = i;
-        }
+    if (dslot < 0) {
+        dslot = dtype_by_position(st, args, nargs, w->data_pos + 1);
     }
     PyObject *data = data_arg(w, args, nargs, kwnames);
     PyObject *lowered = NULL;
@@ -570,7 +569,7 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
         /* A dtype named by keyword, or by position after the data
          * (as_tensor(data, dtype)). */
         int names_dtype = (dslot >= 0 && args[dslot] != Py_None)
-            || dtype_by_position(st, args, nargs, w->data_pos + 1);
+            || dtype_by_position(st, args, nargs, w->data_pos + 1) >= 0;
         /* Unnamed, the dtype is the data's, else what the call makes
          * (torch's default dtype, for floating results). */
         if (float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0
