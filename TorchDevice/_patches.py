@@ -39,6 +39,10 @@ _TENSOR_NEW = ("new_empty", "new_zeros", "new_ones", "new_full",
 # such a dtype=torch.float64 is a float64 request (docs/policy.md).
 _RESULT_DTYPE = ("sum", "nansum", "mean", "nanmean", "prod", "cumsum",
                  "cumprod", "softmax", "log_softmax")
+# The same kind of operation in torch's namespaces (torch.norm and
+# Tensor.norm call torch.linalg's with their dtype=).
+_RESULT_DTYPE_IN = (("linalg", ("vector_norm", "matrix_norm", "norm")),
+                    ("special", ("softmax", "log_softmax")))
 # Where torch keeps public callables that may be device constructors.
 _NAMESPACES = ("torch", "torch.fft", "torch.nested", "torch.sparse")
 
@@ -318,6 +322,13 @@ def _result_dtype_patches() -> List[Patch]:
         if hasattr(torch.Tensor, name):
             table.append(Patch(torch.Tensor, name, factory(
                 f"Tensor.{name}", _grammar.RESULT_DTYPE)))
+    for ns_name, names in _RESULT_DTYPE_IN:
+        ns = getattr(torch, ns_name, None)
+        for name in names:
+            if hasattr(ns, name):
+                table.append(Patch(ns, name, factory(
+                    f"torch.{ns_name}.{name}", _grammar.RESULT_DTYPE,
+                    dispatch=dispatch)))
     return table
 
 

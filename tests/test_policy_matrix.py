@@ -444,6 +444,17 @@ ops = {
     "log-softmax": (torch.nn.functional.log_softmax(x, dim=1,
                                                     dtype=torch.float64),
                     x.log_softmax(1)),
+    "vector-norm": (torch.linalg.vector_norm(x, dtype=torch.float64),
+                    torch.linalg.vector_norm(x)),
+    "matrix-norm": (torch.linalg.matrix_norm(x, dtype=torch.float64),
+                    torch.linalg.matrix_norm(x)),
+    "linalg-norm": (torch.linalg.norm(x, dtype=torch.float64),
+                    torch.linalg.norm(x)),
+    "tensor-norm": (x.norm(dim=1, dtype=torch.float64), x.norm(dim=1)),
+    "special-softmax": (torch.special.softmax(x, 1, torch.float64),
+                        x.softmax(1)),
+    "special-log-softmax": (torch.special.log_softmax(
+        x, 1, dtype=torch.float64), x.log_softmax(1)),
 }
 for name, (t, same) in ops.items():
     print(name, t.device.type, str(t.dtype), t.tolist() == same.tolist())
@@ -509,12 +520,15 @@ def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
     assert got["host-like"] == ("torch.float32" if mode == "accelerate"
                                 else "torch.float64")
     for name in ("sum", "torch-sum", "mean", "cumsum", "cumprod", "softmax",
-                 "log-softmax"):
+                 "log-softmax", "vector-norm", "matrix-norm", "linalg-norm",
+                 "tensor-norm", "special-softmax", "special-log-softmax"):
         assert got[name] == "simaccel torch.float32 True", name
     assert got["host-sum"] == ("torch.float32" if mode == "accelerate"
                                else "torch.float64")
     assert ("Tensor.sum", '"sum": (x.sum(') in downcast
     assert ("torch.softmax", '"softmax": (to') in downcast
+    assert ("torch.linalg.vector_norm", '"vector-norm":') in downcast
+    assert ("torch.special.softmax", '"special-softm') in downcast
     assert got["replaced"] == "True"
     assert got["compiled"] == ("simaccel torch.float32 torch.float32 True "
                                "torch.float32 torch.float32 torch.float32")
@@ -599,6 +613,7 @@ def test_result_dtype_operations_stay_torchs_where_the_device_has_float64(
         import torch
         print(torch.sum is torch._C._VariableFunctions.sum,
               torch.Tensor.cumsum is torch._C.TensorBase.cumsum,
+              torch.linalg.vector_norm is torch._C._linalg.linalg_vector_norm,
               torch.ones(1, device="cuda").sum(dtype=torch.float64).dtype)
         """
     # The simulated device without MPS's rules, as the generic record
@@ -612,10 +627,10 @@ def test_result_dtype_operations_stay_torchs_where_the_device_has_float64(
         capture_output=True, text=True, env=env, cwd=str(tmp_path),
         timeout=300)
     assert native.returncode == 0, native.stderr[-3000:]
-    assert native.stdout.split() == ["True", "True", "torch.float64"]
+    assert native.stdout.split() == ["True"] * 3 + ["torch.float64"]
     lowered = launch(tmp_path, code, "accelerate")
     assert lowered.returncode == 0, lowered.stderr[-3000:]
-    assert lowered.stdout.split() == ["False", "False", "torch.float32"]
+    assert lowered.stdout.split() == ["False"] * 3 + ["torch.float32"]
 
 
 def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
@@ -631,7 +646,9 @@ def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
                        "Tensor.new_ones"),
                       ("x.cumsum(0, dtype=torch.float64)", "Tensor.cumsum"),
                       ("torch.softmax(x, 0, torch.float64)",
-                       "torch.softmax")):
+                       "torch.softmax"),
+                      ("x.norm(dtype=torch.float64)",
+                       "torch.linalg.vector_norm")):
         proc = launch(tmp_path, f"""
             import torch
             x = torch.ones(2, device="cuda")
