@@ -68,6 +68,10 @@ def _plan(request: Any, dtype: Any = None, none_policy: bool = False,
     return _tdcore.trace_plan(request, dtype, none_policy, api, here)
 
 
+# The dtypes a device without float64 lowers (complex128 is two float64).
+_WIDE = (torch.float64, torch.complex128)
+
+
 def _float64_changed(request: Any, none_policy: bool) -> bool:
     """Whether float64 asked of this request would not stay float64
     (lowered to float32, or refused).  Called at trace time, as a constant
@@ -115,15 +119,16 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
             if not isinstance(data, torch.Tensor):
                 return original(*args, **kwargs)
             if dtype_keyword and kwargs.get(dtype_keyword) is not None:
-                if kwargs[dtype_keyword] is torch.float64:
-                    kwargs[dtype_keyword] = _plan(data.device, torch.float64,
-                                                  False, api, True)[1]
+                if kwargs[dtype_keyword] in _WIDE:
+                    kwargs[dtype_keyword] = _plan(
+                        data.device, kwargs[dtype_keyword], False, api,
+                        True)[1]
                 return original(*args, **kwargs)
             for i in range(data_pos + 1, len(args)):
                 if isinstance(args[i], torch.dtype):
-                    if args[i] is torch.float64:
-                        lowered = _plan(data.device, torch.float64, False,
-                                        api, True)[1]
+                    if args[i] in _WIDE:
+                        lowered = _plan(data.device, args[i], False, api,
+                                        True)[1]
                         args = args[:i] + (lowered,) + args[i + 1:]
                     break
             return original(*args, **kwargs)

@@ -126,9 +126,9 @@ def _type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
                 # call really crosses devices (and "cpu" keeps its meaning
                 # in mode accelerate).
                 return self.to("cpu", TYPES[name], non_blocking=non_blocking)
-            if dtype is torch.float64 and not kwargs:
-                # The conversion .to(torch.float64) is, and the same rule
-                # where the tensor is on a device without float64
+            if dtype in (torch.float64, torch.complex128) and not kwargs:
+                # The conversion .to(dtype) is, and the same rule where
+                # the tensor is on a device without float64
                 # (docs/policy.md, "float64 on MPS").
                 return self.to(dtype, non_blocking=non_blocking)
         if dtype is None and not kwargs and not non_blocking:

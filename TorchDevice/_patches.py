@@ -306,15 +306,25 @@ def _override_dispatch() -> Callable[..., Any]:
         _torch_compat.get("DeviceContext"))
 
 
+def _cdouble(original: Any) -> Any:
+    """Tensor.cdouble(): the conversion .to(torch.complex128) is, so the
+    same rule where the tensor is on a device without float64 (complex64
+    there, a new tensor as on CUDA)."""
+    @functools.wraps(original)
+    def cdouble(self: Any, memory_format: Any = torch.preserve_format) -> Any:
+        return self.to(torch.complex128, memory_format=memory_format)
+    return cdouble
+
+
 def _result_dtype_patches() -> List[Patch]:
     """Where the device in force has no float64: torch.sum(x,
     dtype=torch.float64), x.cumsum(0, dtype=torch.float64), ... give
-    float32 there, as x.to(torch.float64) does.  Elsewhere these hot
-    operations stay torch's own."""
+    float32 there, as x.to(torch.float64) does, and x.cdouble() complex64.
+    Elsewhere these hot operations stay torch's own."""
     if _tdcore.settings()["device_float64"]:
         return []
     dispatch = _override_dispatch()
-    table = []
+    table = [Patch(torch.Tensor, "cdouble", _cdouble)]
     for name in _RESULT_DTYPE:
         if hasattr(torch, name):
             table.append(Patch(torch, name, factory(
@@ -649,6 +659,8 @@ def core_objects(mps_device: Optional[torch.device] = None
                        torch.device("mps", 0)),
         float64=torch.float64,
         float32=torch.float32,
+        complex128=torch.complex128,
+        complex64=torch.complex64,
         tensor_to=_originals["tensor_to"],
         tensor_cpu=_originals["tensor_cpu"],
         module_to=_originals["module_to"],

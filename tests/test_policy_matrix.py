@@ -548,6 +548,7 @@ made = {
     "dtype": torch.ones(2, dtype=torch.float64),
     "numpy": torch.as_tensor(np.array([1.5, 0.25])),
     "int": torch.tensor([1, 2]),
+    "complex": torch.tensor([1j, 2.0]),
 }
 for name, t in made.items():
     print(name, t.device.type, str(t.dtype), t.tolist())
@@ -577,6 +578,7 @@ def test_default_device_context_with_float64_default_dtype(tmp_path):
         "dtype": "simaccel torch.float32 [1.0, 1.0]",
         "numpy": "simaccel torch.float32 [1.5, 0.25]",
         "int": "simaccel torch.int64 [1, 2]",
+        "complex": "simaccel torch.complex64 [1j, (2+0j)]",
         "with": "torch.float32",
         "moves": "True True",
     }
@@ -584,6 +586,68 @@ def test_default_device_context_with_float64_default_dtype(tmp_path):
     assert {r["api"] for r in records if r["what"] == "downcast"} >= {
         "torch.tensor", "torch.zeros", "torch.full", "torch.arange",
         "torch.ones", "torch.as_tensor"}
+
+
+COMPLEX128 = """
+import numpy as np
+import torch
+x = torch.ones(2, device="cuda")
+spec = np.fft.fft(np.arange(2.0))       # numpy's complex128: [1, -1]
+made = {
+    "factory": torch.zeros(2, dtype=torch.complex128, device="cuda"),
+    "tensor": torch.tensor(spec, device="cuda"),
+    "as-tensor": torch.as_tensor(spec, device="cuda"),
+    "moved": torch.from_numpy(spec).to("cuda"),
+    "cuda": torch.from_numpy(spec).cuda(),
+    "to": x.to(torch.complex128),
+    "cdouble": x.cdouble(),
+    "type": x.type(torch.complex128),
+    "zeros-like": torch.zeros_like(x, dtype=torch.complex128),
+}
+for name, t in made.items():
+    print(name, t.device.type, str(t.dtype), (t * 2).cpu().tolist())
+host = torch.from_numpy(spec)
+print("host", str(host.dtype), str(host.cdouble().dtype))
+compiled = torch.compile(lambda t: torch.zeros_like(t, dtype=torch.complex128)
+                         + t.to(torch.complex128), backend="aot_eager")
+print("compiled", str(compiled(x).dtype))
+"""
+
+
+def test_complex128_follows_float64(tmp_path):
+    """complex128 is a pair of float64, and MPS has neither ("Trying to
+    convert ComplexDouble to the MPS backend"): numpy's complex arrays moved
+    to "cuda", `dtype=torch.complex128` and `.cdouble()` give complex64
+    there, by the float64 setting, with a "downcast" row; host tensors keep
+    complex128 (docs/policy.md, "float64 on MPS")."""
+    proc = launch(tmp_path, COMPLEX128, "cpu-stays-cpu",
+                  f"--report={tmp_path / 'report.json'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    for name in ("tensor", "as-tensor", "moved", "cuda"):
+        assert got[name] == "simaccel torch.complex64 [(2+0j), (-2+0j)]", name
+    for name in ("to", "cdouble", "type"):
+        assert got[name] == "simaccel torch.complex64 [(2+0j), (2+0j)]", name
+    assert got["factory"] == got["zeros-like"] == \
+        "simaccel torch.complex64 [0j, 0j]"
+    assert got["host"] == "torch.complex128 torch.complex128"
+    assert got["compiled"] == "torch.complex64"
+    records = json.loads((tmp_path / "report.json").read_text())["records"]
+    downcast = {r["api"] for r in records if r["what"] == "downcast"
+                and (r["from"], r["to"]) == ("complex128", "complex64")}
+    assert downcast >= {"torch.zeros", "torch.tensor", "torch.as_tensor",
+                        "Tensor.to", "Tensor.cuda", "torch.zeros_like"}
+    proc = launch(tmp_path, """
+        import numpy as np, torch
+        try:
+            torch.from_numpy(np.ones(2, dtype=np.complex128)).to("cuda")
+        except TypeError as e:
+            print(e)
+        """, "cpu-stays-cpu", "--float64", "error")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("Tensor.to: "), proc.stdout
+    assert "does not support complex128" in proc.stdout
+    assert "use complex64 instead" in proc.stdout
 
 
 def test_capabilities_option_overrides_the_environment(tmp_path):

@@ -313,19 +313,31 @@ td_called_from_torch(PyObject *name_key)
 }
 
 void
-td_float64_error(td_install *st, PyObject *api)
+td_float64_error(td_install *st, PyObject *api, PyObject *dtype)
 {
+    PyObject *wide = dtype == st->complex128 ? st->str_complex128
+                                             : st->str_float64;
+    PyObject *narrow = dtype == st->complex128 ? st->str_complex64
+                                               : st->str_float32;
     if (td_get_profile() == TD_PROFILE_ACCEL && st->accel_name != NULL) {
         PyErr_Format(PyExc_TypeError,
-                     "%U: the %U device does not support float64 (its "
+                     "%U: the %U device does not support %U (its "
                      "capability record, TORCHDEVICE_CAPABILITIES); set "
-                     "TORCHDEVICE_FLOAT64=downcast to use float32 instead",
-                     api, st->accel_name);
+                     "TORCHDEVICE_FLOAT64=downcast to use %U instead",
+                     api, st->accel_name, wide, narrow);
         return;
     }
     PyErr_Format(PyExc_TypeError,
-                 "%U: MPS does not support float64; set "
-                 "TORCHDEVICE_FLOAT64=downcast to use float32 instead", api);
+                 "%U: MPS does not support %U; set "
+                 "TORCHDEVICE_FLOAT64=downcast to use %U instead", api, wide,
+                 narrow);
+}
+
+PyObject *
+td_narrow_dtype(td_install *st, PyObject *dtype)
+{
+    return dtype == st->float64 ? st->float32
+           : dtype == st->complex128 ? st->complex64 : NULL;
 }
 
 /* Whether the caller is code FX generated for a graph (a GraphModule's

@@ -8,6 +8,7 @@
  *         target: dict               # td_target -> torch.device (the
  *                                    # generic accelerator's: or None)
  *         float64: dtype; float32: dtype
+ *         complex128: dtype; complex64: dtype
  *         default_dtype; made_dtype              # torch's default dtype
  *         tensor_to; tensor_cpu; module_to        # torch's originals
  *         mode_stack_len; mode_stack_at; device_context
@@ -118,14 +119,15 @@ enum {
     A_DEVICE_TYPE, A_DTYPE_TYPE, A_TARGETS, A_LAYOUT_PROBES, A_FLOAT64,
     A_FLOAT32, A_TENSOR_TO, A_TENSOR_CPU, A_MODULE_TO, A_MODE_STACK_LEN,
     A_MODE_STACK_AT, A_DEVICE_CONTEXT, A_GENERATOR_TYPE, A_SKIP_PREFIXES,
-    A_REPORT_SINK, A_DEFAULT_DTYPE, A_MADE_DTYPE, A_COUNT
+    A_REPORT_SINK, A_DEFAULT_DTYPE, A_MADE_DTYPE, A_COMPLEX128, A_COMPLEX64,
+    A_COUNT
 };
 
 static const char *const install_names[A_COUNT] = {
     "device_type", "dtype_type", "targets", "layout_probes", "float64",
     "float32", "tensor_to", "tensor_cpu", "module_to", "mode_stack_len",
     "mode_stack_at", "device_context", "generator_type", "skip_prefixes",
-    "report_sink", "default_dtype", "made_dtype",
+    "report_sink", "default_dtype", "made_dtype", "complex128", "complex64",
 };
 
 static const td_args_spec install_spec = {
@@ -249,6 +251,8 @@ build(td_state *mst, PyObject **a)
     }
     inst->float64 = Py_NewRef(a[A_FLOAT64]);
     inst->float32 = Py_NewRef(a[A_FLOAT32]);
+    inst->complex128 = Py_NewRef(a[A_COMPLEX128]);
+    inst->complex64 = Py_NewRef(a[A_COMPLEX64]);
     inst->default_dtype = Py_NewRef(a[A_DEFAULT_DTYPE]);
     inst->made_dtype = Py_NewRef(a[A_MADE_DTYPE]);
     inst->tensor_to = Py_NewRef(a[A_TENSOR_TO]);
@@ -345,7 +349,8 @@ PyMethodDef td_install_methods[] = {
      "install(*, device_type, dtype_type, targets, layout_probes, float64, "
      "float32, tensor_to, tensor_cpu, module_to, mode_stack_len, "
      "mode_stack_at, device_context, generator_type, skip_prefixes, "
-     "report_sink, default_dtype, made_dtype)\n\nPublishes a new "
+     "report_sink, default_dtype, made_dtype, complex128, complex64)"
+     "\n\nPublishes a new "
      "installation made of torch's objects and hooks torch.device and "
      "torch.Generator; on any failure, nothing is left changed."},
     {"uninstall", tdcore_uninstall, METH_NOARGS,

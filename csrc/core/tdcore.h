@@ -51,6 +51,8 @@
     X(str_mps, "mps")                                                       \
     X(str_float64, "float64")                                               \
     X(str_float32, "float32")                                               \
+    X(str_complex128, "complex128")                                         \
+    X(str_complex64, "complex64")                                           \
     X(str_downcast, "downcast")                                             \
     X(str_out, "out")                                                       \
     X(str_tensor, "tensor")                                                 \
@@ -85,6 +87,8 @@ typedef struct {
                                       or NULL */
     PyObject *float64;
     PyObject *float32;
+    PyObject *complex128;          /* float64's complex pair: where float64 */
+    PyObject *complex64;           /* is lowered, complex128 is too */
     PyObject *default_dtype;       /* torch.get_default_dtype */
     PyObject *made_dtype;          /* (fn, *args, **kwargs) -> the dtype the
                                       call makes, or None (wrapper.c) */
@@ -219,7 +223,10 @@ int td_called_from_torch(PyObject *name_key);
  * frame's globals), or NULL when there is none. */
 const char *td_caller_module(PyObject *name_key, Py_ssize_t *size);
 /* The TypeError of TORCHDEVICE_FLOAT64=error, naming the call `api`. */
-void td_float64_error(td_install *st, PyObject *api);
+/* The dtype a float64-based dtype (float64, complex128) becomes where
+ * float64 is lowered (float32, complex64), borrowed; NULL for any other. */
+PyObject *td_narrow_dtype(td_install *st, PyObject *dtype);
+void td_float64_error(td_install *st, PyObject *api, PyObject *dtype);
 /* Resolves with the current settings and applies an override toggle. */
 td_resolution td_resolve_now(td_install *st, td_request req);
 /* Depth of this thread's torch-function mode stack (mode_stack_len must

@@ -32,17 +32,19 @@ plan(td_install *st, PyObject *request, PyObject *dtype, int none_policy,
     td_resolution res = here ? stays
         : td_resolve(req, profile, td_get_mode(), td_get_cpu_override(), 0);
     PyObject *new_dtype = dtype;
-    if (dtype == st->float64) {
+    PyObject *narrow = td_narrow_dtype(st, dtype);
+    if (narrow != NULL) {
         switch (td_float64_action(profile, td_get_accel_float64(), req, res,
                                   td_get_float64()))
         {
         case TD_DTYPE_KEEP:
             break;
         case TD_DTYPE_ERROR:
-            td_float64_error(st, PyUnicode_Check(api) ? api : st->api_device);
+            td_float64_error(st, PyUnicode_Check(api) ? api : st->api_device,
+                             dtype);
             return NULL;
         case TD_DTYPE_TO_FLOAT32:
-            new_dtype = st->float32;
+            new_dtype = narrow;
             break;
         }
     }

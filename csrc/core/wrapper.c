@@ -177,13 +177,15 @@ done:
 
 /* MPS has no float64, nor may another accelerator (its capability record,
  * docs/hardware.md): a float64 request that lands there becomes float32
- * (reported) or an error, by configuration.  Returns 0 with *dtype set to
- * the dtype to ask for instead (float32) or left NULL (the call keeps
- * float64), or -1 with the error set.  The one decision for a float64
- * dtype= and for float64 data (float64_data_check). */
+ * (reported) or an error, by configuration; complex128, a pair of float64,
+ * becomes complex64 by the same rule (MPS has no complex128 either).
+ * `wide` is the dtype asked for (float64 or complex128).  Returns 0 with
+ * *dtype set to the dtype to ask for instead or left NULL (the call keeps
+ * `wide`), or -1 with the error set.  The one decision for such a dtype=
+ * and for such data (float64_data_check). */
 static int
 float64_lowered(td_install *st, td_wrapper *w, td_request req,
-                td_resolution res, PyObject **dtype)
+                td_resolution res, PyObject *wide, PyObject **dtype)
 {
     switch (td_float64_action(td_get_profile(), td_get_accel_float64(), req,
                               res, td_get_float64()))
@@ -191,17 +193,19 @@ float64_lowered(td_install *st, td_wrapper *w, td_request req,
     case TD_DTYPE_KEEP:
         return 0;
     case TD_DTYPE_ERROR:
-        td_float64_error(st, w->api);
+        td_float64_error(st, w->api, wide);
         return -1;
     case TD_DTYPE_TO_FLOAT32:
         break;
     }
-    *dtype = st->float32;
+    int complex = wide == st->complex128;
+    *dtype = complex ? st->complex64 : st->float32;
     /* The program computes in float32 where it asked for float64: the
      * report says so at its call site. */
     if (td_get_report()
         && td_record(st->records, st, w->api, st->str_downcast,
-                     st->str_float64, st->str_float32) < 0)
+                     complex ? st->str_complex128 : st->str_float64,
+                     complex ? st->str_complex64 : st->str_float32) < 0)
     {
         return -1;
     }
@@ -209,12 +213,12 @@ float64_lowered(td_install *st, td_wrapper *w, td_request req,
 }
 
 /* A conversion without a device leaves `tensor` where it is: a float64
- * conversion of a tensor on an accelerator without float64 lands there.
- * Sets *lowered to float32 where it is lowered, else NULL; -1 with the
- * error set under TORCHDEVICE_FLOAT64=error. */
+ * (or complex128: `wide`) conversion of a tensor on an accelerator without
+ * float64 lands there.  Sets *lowered to float32 (complex64) where it is
+ * lowered, else NULL; -1 with the error set under TORCHDEVICE_FLOAT64=error. */
 static int
 float64_where_it_is(td_install *st, td_wrapper *w, PyObject *tensor,
-                    PyObject **lowered)
+                    PyObject *wide, PyObject **lowered)
 {
     *lowered = NULL;
     PyObject *dev = PyObject_GetAttr(tensor, st->str_device);
@@ -225,21 +229,21 @@ float64_where_it_is(td_install *st, td_wrapper *w, PyObject *tensor,
     td_request req = td_request_from_object(st, dev);
     Py_DECREF(dev);
     td_resolution stays = {TD_TARGET_KEEP, 0, 0};
-    return float64_lowered(st, w, req, stays, lowered);
+    return float64_lowered(st, w, req, stays, wide, lowered);
 }
 
-/* A dtype=torch.float64 in slot dslot: *subst is filled when it must be
- * replaced.  Returns 0, or -1 with an error set. */
+/* A dtype=torch.float64 (or complex128) in slot dslot: *subst is filled
+ * when it must be replaced.  Returns 0, or -1 with an error set. */
 static int
 float64_check(td_install *st, td_wrapper *w, td_request req, td_resolution res,
               PyObject *const *args, Py_ssize_t dslot, td_subst *subst,
               int *nsubst)
 {
-    if (dslot < 0 || args[dslot] != st->float64) {
+    if (dslot < 0 || td_narrow_dtype(st, args[dslot]) == NULL) {
         return 0;
     }
     PyObject *lowered = NULL;
-    if (float64_lowered(st, w, req, res, &lowered) < 0) {
+    if (float64_lowered(st, w, req, res, args[dslot], &lowered) < 0) {
         return -1;
     }
     if (lowered != NULL) {
@@ -265,12 +269,13 @@ dtype_by_position(td_install *st, PyObject *const *args, Py_ssize_t nargs,
     return -1;
 }
 
-/* Whether `data` holds float64: a tensor or array (its dtype), or a nested
- * list whose first leaf does (torch infers from every leaf; the first
- * stands for them).  Python numbers take torch's default dtype.  1, 0 (not
- * float64, or nothing to tell by: torch decides), or -1 on error. */
+/* Whether `data` holds float64 or complex128: a tensor or array (its
+ * dtype), or a nested list whose first leaf does (torch infers from every
+ * leaf; the first stands for them).  Python numbers take torch's default
+ * dtype.  1 with *wide set to torch's dtype (borrowed), 0 (neither, or
+ * nothing to tell by: torch decides), or -1 on error. */
 static int
-holds_float64(td_install *st, PyObject *data)
+holds_float64(td_install *st, PyObject *data, PyObject **wide)
 {
     PyObject *leaf = Py_NewRef(data);
     for (int depth = 0; depth < 64 && (PyList_Check(leaf)
@@ -299,17 +304,24 @@ holds_float64(td_install *st, PyObject *data)
         PyErr_Clear();          /* a dtype that raises: torch's to judge */
         return 0;
     }
-    int is = dtype == st->float64;
-    if (!is && Py_TYPE(dtype) != st->dtype_type) {
+    /* Where set, *wide is the installation's own dtype, which it holds. */
+    *wide = td_narrow_dtype(st, dtype) != NULL ? dtype : NULL;
+    if (Py_TYPE(dtype) != st->dtype_type) {
         /* numpy's dtypes (and pandas') compare equal to their names. */
-        is = PyObject_RichCompareBool(dtype, st->str_float64, Py_EQ);
-        if (is < 0) {
-            PyErr_Clear();
-            is = 0;
+        PyObject *names[2] = {st->str_float64, st->str_complex128};
+        PyObject *dtypes[2] = {st->float64, st->complex128};
+        for (int i = 0; i < 2 && *wide == NULL; i++) {
+            int is = PyObject_RichCompareBool(dtype, names[i], Py_EQ);
+            if (is < 0) {
+                PyErr_Clear();
+            }
+            else if (is) {
+                *wide = dtypes[i];
+            }
         }
     }
     Py_DECREF(dtype);
-    return is;
+    return *wide != NULL;
 }
 
 /* A call that names no dtype keeps its data's (the tensor moved, the array
@@ -328,11 +340,12 @@ float64_data_check(td_install *st, td_wrapper *w, td_request req,
     {
         return 0;
     }
-    int is = holds_float64(st, data);
+    PyObject *wide = NULL;
+    int is = holds_float64(st, data, &wide);
     if (is <= 0) {
         return is;
     }
-    return float64_lowered(st, w, req, res, dtype);
+    return float64_lowered(st, w, req, res, wide, dtype);
 }
 
 /* callee(*head, *args, **kwargs): a Python helper of ours handed the
@@ -405,9 +418,10 @@ default_float64_check(td_install *st, td_wrapper *w, td_request req,
     if (made == NULL) {
         return -1;
     }
-    is = made == st->float64;
-    Py_DECREF(made);
-    return is ? float64_lowered(st, w, req, res, dtype) : 0;
+    /* Complex data made under a float64 default is complex128. */
+    PyObject *wide = td_narrow_dtype(st, made) != NULL ? made : NULL;
+    Py_DECREF(made);    /* wide is the installation's own, which it holds */
+    return wide != NULL ? float64_lowered(st, w, req, res, wide, dtype) : 0;
 }
 
 static int
@@ -523,9 +537,9 @@ call_like_where_it_is(td_wrapper *w, td_install *st, PyObject *const *args,
     }
     PyObject *data = data_arg(w, args, nargs, kwnames);
     PyObject *lowered = NULL;
-    if (dslot >= 0 && args[dslot] == st->float64 && data != NULL
-        && PyObject_TypeCheck(data, st->tensor_type)
-        && float64_where_it_is(st, w, data, &lowered) < 0)
+    if (dslot >= 0 && td_narrow_dtype(st, args[dslot]) != NULL
+        && data != NULL && PyObject_TypeCheck(data, st->tensor_type)
+        && float64_where_it_is(st, w, data, args[dslot], &lowered) < 0)
     {
         return NULL;
     }
@@ -769,7 +783,7 @@ float64_dtype_slot(td_wrapper *w, td_install *st, PyObject *const *args,
                 : (args[pos] == Py_None && dpos >= 0 && nargs > dpos)
                 ? dpos : -1;
     }
-    if (dslot < 0 || args[dslot] != st->float64
+    if (dslot < 0 || td_narrow_dtype(st, args[dslot]) == NULL
         || !PyObject_TypeCheck(args[0], st->tensor_type))
     {
         return -1;
@@ -791,7 +805,7 @@ wrapper_double(td_wrapper *w, td_install *st, PyObject *const *args,
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
     PyObject *lowered = NULL;
-    if (float64_where_it_is(st, w, args[0], &lowered) < 0) {
+    if (float64_where_it_is(st, w, args[0], st->float64, &lowered) < 0) {
         return NULL;
     }
     if (lowered == NULL) {
@@ -826,7 +840,9 @@ wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
         Py_ssize_t f64 = td_get_accel_float64() ? -1
             : float64_dtype_slot(w, st, args, nargs, kwnames);
         PyObject *lowered = NULL;
-        if (f64 >= 0 && float64_where_it_is(st, w, args[0], &lowered) < 0) {
+        if (f64 >= 0
+            && float64_where_it_is(st, w, args[0], args[f64], &lowered) < 0)
+        {
             return NULL;
         }
         if (lowered != NULL) {

@@ -331,6 +331,7 @@ struct SimGuardImpl final : c10::impl::DeviceGuardImplInterface {
     c10::DeviceCapability capability;
     if (mps_rules()) {
       capability.capability_data.supported_scalar_types.has_Double = 0;
+      capability.capability_data.supported_scalar_types.has_ComplexDouble = 0;
     }
     return capability;
   }
@@ -560,6 +561,12 @@ void check_dtype(c10::ScalarType dtype) {
     TORCH_CHECK_TYPE(false,
                      "Cannot convert a MPS Tensor to float64 dtype as the MPS framework "
                      "doesn't support float64. Please use float32 instead.");
+  }
+  if (C10_UNLIKELY(dtype == c10::ScalarType::ComplexDouble && mps_rules())) {
+    // MPS's words for complex128 (aten/src/ATen/native/mps/OperationUtils.mm).
+    TORCH_CHECK_TYPE(false,
+                     "Trying to convert ComplexDouble to the MPS backend but it does not "
+                     "have support for that dtype.");
   }
 }
 

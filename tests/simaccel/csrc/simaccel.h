@@ -42,13 +42,15 @@ at::Generator host_generator(const at::Generator& device_generator);
 const at::Generator& default_generator(c10::DeviceIndex device);
 
 // "Behave like MPS" switch; set by the loader from SIMACCEL_MPS_RULES or
-// simaccel.set_mps_rules().  When on, float64 is refused on the device.
+// simaccel.set_mps_rules().  When on, float64 and complex128 are refused on
+// the device.
 bool mps_rules() noexcept;
 // When on (SIMACCEL_ENABLE_FALLBACK=1), operators listed as unsupported run
 // on the host with a warning instead of raising NotImplementedError.
 bool fallback_enabled() noexcept;
 
-// Raises MPS's TypeError for float64 when the MPS rules are on.
+// Raises MPS's TypeError for float64 and complex128 when the MPS rules are
+// on.
 void check_dtype(c10::ScalarType dtype);
 
 }  // namespace simaccel
