@@ -332,8 +332,11 @@ def plan(c: Tuple[str, Any], s: State, *, follows_none: bool) -> Plan:
     return p
 
 
-def check_override(s: State, p: Plan) -> None:
-    assert _tdcore.get_cpu_override() == (s.override != p.toggle)
+def check_override(s: State, p: Plan, got: Any = ("ok",)) -> None:
+    """The override flipped where the plan toggles it, unless the call
+    raised: a call that raises leaves it as it was (docs/policy.md)."""
+    flipped = p.toggle and got[0] == "ok"
+    assert _tdcore.get_cpu_override() == (s.override != flipped)
 
 
 # ---- the pure policy against torch's own parser --------------------------
@@ -476,6 +479,8 @@ def final_dtype(p: Plan, dtype: Optional[torch.dtype]) -> Any:
          dtype=torch.float64)
 @example(name="arange", request=b"cpu", dtype=None,       # found: bytes
          state=State("mps", "accelerate", False, "downcast", False))
+@example(name="arange", request="cpu:-1", dtype=torch.complex128,
+         state=State("cpu", "accelerate", False, "downcast", False))
 def test_factories(fuzz_env, name, request, dtype, state):
     call = FACTORIES[name]
     original = fuzz_env[name]
@@ -503,7 +508,7 @@ def test_factories(fuzz_env, name, request, dtype, state):
     set_state(state)
     got = outcome(lambda: call(getattr(torch, name), **kw))
     assert got == want, (name, r, dtype, state)
-    check_override(state, p)
+    check_override(state, p, got)
 
 
 # ---- Tensor.to ----------------------------------------------------------
@@ -555,4 +560,4 @@ def test_tensor_to(fuzz_env, form, request, dtype, state):
     set_state(state)
     got = outcome(lambda: to_call(form, torch.Tensor.to, _SOURCE, r, dtype))
     assert got == want, (form, r, dtype, state)
-    check_override(state, p)
+    check_override(state, p, got)

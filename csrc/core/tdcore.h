@@ -222,10 +222,11 @@ int td_called_from_torch(PyObject *name_key);
 /* The calling Python code's module __name__ (UTF-8, borrowed from the
  * frame's globals), or NULL when there is none. */
 const char *td_caller_module(PyObject *name_key, Py_ssize_t *size);
-/* The TypeError of TORCHDEVICE_FLOAT64=error, naming the call `api`. */
 /* The dtype a float64-based dtype (float64, complex128) becomes where
  * float64 is lowered (float32, complex64), borrowed; NULL for any other. */
 PyObject *td_narrow_dtype(td_install *st, PyObject *dtype);
+/* The TypeError of TORCHDEVICE_FLOAT64=error for `dtype` (float64 or
+ * complex128), naming the call `api`. */
 void td_float64_error(td_install *st, PyObject *api, PyObject *dtype);
 /* Resolves with the current settings and applies an override toggle. */
 td_resolution td_resolve_now(td_install *st, td_request req);
