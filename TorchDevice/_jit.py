@@ -48,8 +48,9 @@ _lock = threading.Lock()
 # aten op name -> the grammar of the replaced callable that stands for it.
 _ops: Dict[str, _grammar.DeviceArg] = {}
 # c10::ScalarType values of the dtypes the policy changes (stable: Float=6,
-# Double=7).
-_SCALAR = {6: torch.float32, 7: torch.float64}
+# Double=7, ComplexFloat=9, ComplexDouble=10).
+_SCALAR = {6: torch.float32, 7: torch.float64, 9: torch.complex64,
+           10: torch.complex128}
 _SCALAR_OF = {v: k for k, v in _SCALAR.items()}
 # torch's internals the rewrite needs; without any, scripts are torch's.
 _JIT_NAMES = tuple(p.key for p in _torch_compat.PRIVATE
@@ -171,9 +172,11 @@ def _lowers_float64(request: Optional[str], none_policy: bool) -> bool:
 
 
 def _dtype_lowered(graph: Any, data: Any) -> Any:
-    """A graph value: data's dtype, float32 where it is float64 (the dtype
-    a call naming none keeps is its data's, docs/policy.md), as the ints
-    TorchScript passes dtypes by: dtype - (dtype == Double)."""
+    """A graph value: data's dtype, float32 where it is float64 and
+    complex64 where it is complex128 (the dtype a call naming none keeps is
+    its data's, docs/policy.md), as the ints TorchScript passes dtypes by:
+    dtype - (dtype == Double) - (dtype == ComplexDouble), the narrow one
+    being one less in each pair."""
     int_type = _torch_compat.get("IntType").get()
 
     def insert(kind: str, inputs: List[Any], out_type: Any) -> Any:
@@ -181,11 +184,14 @@ def _dtype_lowered(graph: Any, data: Any) -> Any:
         node.output().setType(out_type)
         return node.output()
     dtype = insert("prim::dtype", [data], int_type)
-    double = graph.insertConstant(_SCALAR_OF[torch.float64])
-    is_double = insert("aten::eq", [dtype, double],
-                       _torch_compat.get("BoolType").get())
-    return insert("aten::sub", [dtype, insert("aten::Int", [is_double],
-                                              int_type)], int_type)
+    lowered = dtype
+    for wide in (torch.float64, torch.complex128):
+        is_wide = insert("aten::eq",
+                         [dtype, graph.insertConstant(_SCALAR_OF[wide])],
+                         _torch_compat.get("BoolType").get())
+        lowered = insert("aten::sub", [lowered, insert("aten::Int", [is_wide],
+                                                       int_type)], int_type)
+    return lowered
 
 
 def _rewrite_graph(graph: Any) -> int:

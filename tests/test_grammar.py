@@ -6,8 +6,8 @@ and as ``torch.jit.script`` (the graph rewrite), and all three must put
 every result on the same device with the same dtype.  The profiles: this
 machine's, and SimulatedMPS (the mps profile with torch's ``meta`` device
 standing in for the Apple GPU, tests/conftest.py) in both modes, where
-"cuda", "cpu", a missing device, float64 asked for and float64 data moved
-all change.
+"cuda", "cpu", a missing device, float64 (and complex128) asked for and
+such data moved all change.
 
 Also here: the C and Python readings of "is this a device value" agree
 (bytes included), and torch's default-device context decides for a
@@ -116,6 +116,19 @@ def new_zeros_float64_data(x: torch.Tensor) -> torch.Tensor:
     return x.double().new_zeros(2, device="cuda")
 
 
+# complex128, a pair of float64, follows float64.
+def zeros_complex128(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(2, dtype=torch.complex128, device="cuda")
+
+
+def cuda_method_complex128_data(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.complex128).cuda()
+
+
+def to_complex128_data(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.complex128).to("cuda")
+
+
 def zeros_like_cuda(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x, device="cuda")
 
@@ -162,7 +175,8 @@ CASES: List[Callable[[torch.Tensor], torch.Tensor]] = [
     cuda_method_float64_data, zeros_like_float64_data,
     zeros_like_keyword_float64_data, as_tensor_keyword_float64_data,
     new_zeros_float64_data, zeros_like_cuda, zeros_like_missing,
-    new_zeros_cuda,
+    new_zeros_cuda, zeros_complex128, cuda_method_complex128_data,
+    to_complex128_data,
 ]
 
 
@@ -240,6 +254,9 @@ def test_three_paths_agree_on_simulated_mps(mps_stand_in, mode):
                  "zeros_like_keyword_float64_data",
                  "as_tensor_keyword_float64_data", "new_zeros_float64_data"):
         assert results[name]["eager"] == meta32, name
+    for name in ("zeros_complex128", "cuda_method_complex128_data",
+                 "to_complex128_data"):
+        assert results[name]["eager"] == ("meta", torch.complex64), name
     assert results["zeros_like_missing"]["eager"] == ("cpu", torch.float32)
     assert results["to_dtype_only"]["eager"] == ("cpu", torch.float64)
     stays = ("cpu", torch.float32) if mode == "cpu-stays-cpu" else meta
