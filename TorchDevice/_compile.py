@@ -68,10 +68,6 @@ def _plan(request: Any, dtype: Any = None, none_policy: bool = False,
     return _tdcore.trace_plan(request, dtype, none_policy, api, here)
 
 
-# The dtypes a device without float64 lowers (complex128 is two float64).
-_WIDE = (torch.float64, torch.complex128)
-
-
 def _float64_changed(request: Any, none_policy: bool) -> bool:
     """Whether float64 asked of this request would not stay float64
     (lowered to float32, or refused).  Called at trace time, as a constant
@@ -119,14 +115,14 @@ def _factory_polyfill(w: Any) -> Callable[..., Any]:
             if not isinstance(data, torch.Tensor):
                 return original(*args, **kwargs)
             if dtype_keyword and kwargs.get(dtype_keyword) is not None:
-                if kwargs[dtype_keyword] in _WIDE:
+                if kwargs[dtype_keyword] in _grammar.WIDE_DTYPES:
                     kwargs[dtype_keyword] = _plan(
                         data.device, kwargs[dtype_keyword], False, api,
                         True)[1]
                 return original(*args, **kwargs)
             for i in range(data_pos + 1, len(args)):
                 if isinstance(args[i], torch.dtype):
-                    if args[i] in _WIDE:
+                    if args[i] in _grammar.WIDE_DTYPES:
                         lowered = _plan(data.device, args[i], False, api,
                                         True)[1]
                         args = args[:i] + (lowered,) + args[i + 1:]

@@ -30,6 +30,10 @@ POLICY = "policy"      # the policy decides, unless torch's default-device
                        # context is active (docs/policy.md)
 REQUEST = "request"    # the method's own request (.cuda() means "cuda")
 
+# The dtypes a device without float64 lowers (complex128 is a pair of
+# float64; docs/policy.md, "float64 on MPS"); C's twin is td_narrow_dtype.
+WIDE_DTYPES = (torch.float64, torch.complex128)
+
 
 @dataclass(frozen=True)
 class DeviceArg:

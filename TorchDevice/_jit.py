@@ -185,7 +185,7 @@ def _dtype_lowered(graph: Any, data: Any) -> Any:
         return node.output()
     dtype = insert("prim::dtype", [data], int_type)
     lowered = dtype
-    for wide in (torch.float64, torch.complex128):
+    for wide in _grammar.WIDE_DTYPES:
         is_wide = insert("aten::eq",
                          [dtype, graph.insertConstant(_SCALAR_OF[wide])],
                          _torch_compat.get("BoolType").get())

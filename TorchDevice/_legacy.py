@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from . import _patches, _tdcore
+from . import _grammar, _patches, _tdcore
 
 # Name -> dtype of the legacy CUDA types torch.cuda exports.
 TYPES: Dict[str, torch.dtype] = {
@@ -126,7 +126,7 @@ def _type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
                 # call really crosses devices (and "cpu" keeps its meaning
                 # in mode accelerate).
                 return self.to("cpu", TYPES[name], non_blocking=non_blocking)
-            if dtype in (torch.float64, torch.complex128) and not kwargs:
+            if dtype in _grammar.WIDE_DTYPES and not kwargs:
                 # The conversion .to(dtype) is, and the same rule where
                 # the tensor is on a device without float64
                 # (docs/policy.md, "float64 on MPS").

@@ -34,15 +34,15 @@ _EXPLICIT_ONLY = (
 _LIKE = frozenset(_EXPLICIT_ONLY) - {"from_file"}
 _TENSOR_NEW = ("new_empty", "new_zeros", "new_ones", "new_full",
                "new_tensor", "new_empty_strided")
-# Operations that take a dtype= for their result, as torch.<name> and
-# Tensor.<name>.  Replaced only where the device has no float64, where
-# such a dtype=torch.float64 is a float64 request (docs/policy.md).
-_RESULT_DTYPE = ("sum", "nansum", "mean", "nanmean", "prod", "cumsum",
-                 "cumprod", "softmax", "log_softmax")
-# The same kind of operation in torch's namespaces (torch.norm and
-# Tensor.norm call torch.linalg's with their dtype=).
-_RESULT_DTYPE_IN = (("linalg", ("vector_norm", "matrix_norm", "norm")),
-                    ("special", ("softmax", "log_softmax")))
+# Operations that take a dtype= for their result, by namespace of torch
+# ("": torch itself, whose ones are Tensor methods too; torch.norm and
+# Tensor.norm call torch.linalg's).  Replaced only where the device has no
+# float64, where such a dtype=torch.float64 is a float64 request
+# (docs/policy.md).
+_RESULT_DTYPE = (("", ("sum", "nansum", "mean", "nanmean", "prod", "cumsum",
+                       "cumprod", "softmax", "log_softmax")),
+                 ("linalg", ("vector_norm", "matrix_norm", "norm")),
+                 ("special", ("softmax", "log_softmax")))
 # Where torch keeps public callables that may be device constructors.
 _NAMESPACES = ("torch", "torch.fft", "torch.nested", "torch.sparse")
 
@@ -325,20 +325,16 @@ def _result_dtype_patches() -> List[Patch]:
         return []
     dispatch = _override_dispatch()
     table = [Patch(torch.Tensor, "cdouble", _cdouble)]
-    for name in _RESULT_DTYPE:
-        if hasattr(torch, name):
-            table.append(Patch(torch, name, factory(
-                f"torch.{name}", _grammar.RESULT_DTYPE, dispatch=dispatch)))
-        if hasattr(torch.Tensor, name):
-            table.append(Patch(torch.Tensor, name, factory(
-                f"Tensor.{name}", _grammar.RESULT_DTYPE)))
-    for ns_name, names in _RESULT_DTYPE_IN:
-        ns = getattr(torch, ns_name, None)
+    for ns_name, names in _RESULT_DTYPE:
+        ns = getattr(torch, ns_name, None) if ns_name else torch
+        prefix = f"torch.{ns_name}." if ns_name else "torch."
         for name in names:
             if hasattr(ns, name):
                 table.append(Patch(ns, name, factory(
-                    f"torch.{ns_name}.{name}", _grammar.RESULT_DTYPE,
-                    dispatch=dispatch)))
+                    prefix + name, _grammar.RESULT_DTYPE, dispatch=dispatch)))
+            if ns is torch and hasattr(torch.Tensor, name):
+                table.append(Patch(torch.Tensor, name, factory(
+                    f"Tensor.{name}", _grammar.RESULT_DTYPE)))
     return table
 
 

@@ -315,10 +315,8 @@ td_called_from_torch(PyObject *name_key)
 void
 td_float64_error(td_install *st, PyObject *api, PyObject *dtype)
 {
-    PyObject *wide = dtype == st->complex128 ? st->str_complex128
-                                             : st->str_float64;
-    PyObject *narrow = dtype == st->complex128 ? st->str_complex64
-                                               : st->str_float32;
+    PyObject *wide = td_dtype_name(st, dtype);
+    PyObject *narrow = td_dtype_name(st, td_narrow_dtype(st, dtype));
     if (td_get_profile() == TD_PROFILE_ACCEL && st->accel_name != NULL) {
         PyErr_Format(PyExc_TypeError,
                      "%U: the %U device does not support %U (its "
@@ -338,6 +336,14 @@ td_narrow_dtype(td_install *st, PyObject *dtype)
 {
     return dtype == st->float64 ? st->float32
            : dtype == st->complex128 ? st->complex64 : NULL;
+}
+
+PyObject *
+td_dtype_name(td_install *st, PyObject *dtype)
+{
+    return dtype == st->complex128 ? st->str_complex128
+           : dtype == st->complex64 ? st->str_complex64
+           : dtype == st->float32 ? st->str_float32 : st->str_float64;
 }
 
 /* Whether the caller is code FX generated for a graph (a GraphModule's

@@ -225,6 +225,9 @@ const char *td_caller_module(PyObject *name_key, Py_ssize_t *size);
 /* The dtype a float64-based dtype (float64, complex128) becomes where
  * float64 is lowered (float32, complex64), borrowed; NULL for any other. */
 PyObject *td_narrow_dtype(td_install *st, PyObject *dtype);
+/* "float64", "float32", "complex128" or "complex64" for those dtypes (the
+ * report's and the errors' words), borrowed. */
+PyObject *td_dtype_name(td_install *st, PyObject *dtype);
 /* The TypeError of TORCHDEVICE_FLOAT64=error for `dtype` (float64 or
  * complex128), naming the call `api`. */
 void td_float64_error(td_install *st, PyObject *api, PyObject *dtype);

@@ -198,14 +198,12 @@ float64_lowered(td_install *st, td_wrapper *w, td_request req,
     case TD_DTYPE_TO_FLOAT32:
         break;
     }
-    int complex = wide == st->complex128;
-    *dtype = complex ? st->complex64 : st->float32;
+    *dtype = td_narrow_dtype(st, wide);
     /* The program computes in float32 where it asked for float64: the
      * report says so at its call site. */
     if (td_get_report()
         && td_record(st->records, st, w->api, st->str_downcast,
-                     complex ? st->str_complex128 : st->str_float64,
-                     complex ? st->str_complex64 : st->str_float32) < 0)
+                     td_dtype_name(st, wide), td_dtype_name(st, *dtype)) < 0)
     {
         return -1;
     }
