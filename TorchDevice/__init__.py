@@ -111,12 +111,15 @@ def configure(**changes: Any) -> Config:
             _effective_profile(new) != _effective_profile(_config_now)
             or new.announce != _config_now.announce
             or new.keep_float16 != _config_now.keep_float16
-            or new.capabilities != _config_now.capabilities)
+            or new.capabilities != _config_now.capabilities
+            or (new.mode != _config_now.mode
+                and _patches.landed_type() != "cpu"))
         _config_now = new
         if profile_changes and _patches.is_applied():
             # Which torch.cuda / torch.mps names are replaced depends on the
-            # profile and the kind announced, and the AMP tables on both:
-            # re-apply the whole table.
+            # profile and the kind announced, the AMP tables on both, and
+            # the host legacy types on the mode where "cpu" may leave the
+            # host: re-apply the whole table.
             _patches.restore()
             _push_config(new)
             _patches.apply()
@@ -206,8 +209,11 @@ def explain(exc: BaseException) -> Optional[str]:
     caused (mode "accelerate"): adds a note to `exc` naming the failing
     line, the devices of the tensors there, the lines TorchDevice sent to
     the accelerator (with the report on) and what avoids it, and returns
-    it; None otherwise.  Uncaught errors get the note by themselves; this is
-    for programs (and notebooks) that catch them (docs/policy.md)."""
+    it; likewise for torch's "without overflow" error where a number only
+    float64 holds meets a tensor TorchDevice made float32 on a device
+    without float64; None otherwise.  Uncaught errors get the note by
+    themselves; this is for programs (and notebooks) that catch them
+    (docs/policy.md)."""
     return _mismatch.explain(exc)
 
 

@@ -1,4 +1,4 @@
-"""The legacy CUDA tensor types, where "cuda" is not CUDA.
+"""The legacy tensor types, where "cuda" is not CUDA or "cpu" not the host.
 
 Code written before torch 0.4 (and much that copied it since) picks a
 tensor type instead of a device::
@@ -17,11 +17,16 @@ one makes the host tensor its host twin (``torch.FloatTensor``) makes and
 moves it as ``.cuda()`` does; ``isinstance(x, torch.cuda.FloatTensor)``
 holds for a tensor of that dtype the program sees on the accelerator.
 ``Tensor.type(t)`` with a CUDA type (the stand-in, torch's own, or its
-name) becomes ``.to("cuda", dtype)``, with a host type, where "cuda" is
-the host too, ``.to("cpu", dtype)`` (so both copy as on CUDA), and
+name) becomes ``.to("cuda", dtype)``, with a host type ``.to("cpu",
+dtype)`` (so both copy as on CUDA where "cuda" is the host), and
 ``set_default_tensor_type`` of one sets the dtype and
-``set_default_device("cuda")``
-(docs/policy.md, "Legacy tensor types").
+``set_default_device("cuda")``.
+
+Their host twins (``torch.FloatTensor(...)``, ``torch.Tensor(...)``) are
+"cpu" requests: where mode "accelerate" sends those to the accelerator,
+what they make goes there too (as ``.cpu()`` of it would), unless it
+shares memory with what it was made from (a storage, a tensor); elsewhere
+they are torch's own (docs/policy.md, "Legacy tensor types").
 """
 from __future__ import annotations
 
@@ -61,7 +66,7 @@ class _LegacyType(type):
     _host: str
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        host = getattr(torch, cls._host)(*args, **kwargs)
+        host = torch_host_type(cls._host)(*args, **kwargs)
         return host.cuda()
 
     def __instancecheck__(cls, obj: Any) -> bool:
@@ -70,6 +75,13 @@ class _LegacyType(type):
 
     def __repr__(cls) -> str:
         return f"<class '{_PREFIX}{cls.__name__}'>"
+
+
+def torch_host_type(name: str) -> Any:
+    """torch's own torch.<name> (FloatTensor, ...), also where a stand-in
+    holds that name."""
+    found = getattr(torch, name)
+    return getattr(found, "_torch_type", found)
 
 
 def _stand_in(name: str) -> type:
@@ -120,11 +132,10 @@ def _type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
             if name is not None:
                 return self.to("cuda", TYPES[name], non_blocking=non_blocking)
             name = host_type_name(dtype)
-            if (name is not None and not kwargs
-                    and _patches.landed_type() == "cpu"):
-                # Only where "cuda" is the host too: elsewhere torch's own
-                # call really crosses devices (and "cpu" keeps its meaning
-                # in mode accelerate).
+            if name is not None and not kwargs:
+                # A "cpu" request: a copy where "cuda" is the host too (as
+                # on CUDA), the accelerator where mode "accelerate" sends
+                # "cpu" there, elsewhere torch's own move to the host.
                 return self.to("cpu", TYPES[name], non_blocking=non_blocking)
             if dtype in _grammar.WIDE_DTYPES and not kwargs:
                 # The conversion .to(dtype) is, and the same rule where
@@ -142,23 +153,105 @@ def _default_type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
     def set_default_tensor_type(t: Any) -> None:
         name = cuda_type_name(t)
         if name is None or not _patches.is_applied():
+            host = host_type_name(t)
+            if host is not None:
+                # torch reads a name through the torch module, where a
+                # stand-in may hold it.
+                t = torch_host_type(host)
             return original(t)
         # torch's own rule: floating types only, and the deprecation it
         # warns with comes from the host twin.
-        original(getattr(torch, name))
+        original(torch_host_type(name))
         torch.set_default_device("cuda")
         return None
     return set_default_tensor_type
 
 
+def _shares_memory(args: Any, kwargs: Any) -> bool:
+    """Whether a legacy constructor's result is a view of its argument
+    (a storage, a tensor): it stays where that memory is."""
+    first = args[0] if args else None
+    return "cdata" in kwargs or isinstance(
+        first, (torch.Tensor, torch.UntypedStorage, torch.TypedStorage))
+
+
+class _HostType(type):
+    """The class of the host stand-ins: calling one constructs as torch's
+    type does, then lands the result where a "cpu" request lands;
+    isinstance() asks for the dtype and a place the program sees as the
+    host (the host, or the accelerator "cpu" requests land on)."""
+
+    dtype: torch.dtype
+    _torch_type: Any
+    _mover: Any
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        made = cls._torch_type(*args, **kwargs)
+        if made.device.type != "cpu" or _shares_memory(args, kwargs):
+            return made
+        return cls._mover(made)
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return (isinstance(obj, torch.Tensor) and obj.dtype == cls.dtype
+                and obj.layout == torch.strided
+                and obj.device.type in ("cpu", _patches.landed_type()))
+
+    def __repr__(cls) -> str:
+        return f"<class 'torch.{cls.__name__}'>"
+
+
+def _host_stand_in(name: str, original: Any) -> type:
+    return _HostType(name, (), {
+        "dtype": TYPES[name], "_torch_type": original,
+        "_mover": _patches.cpu_request(f"torch.{name}"), "is_cuda": False,
+        "is_sparse": False, "layout": torch.strided,
+        "__module__": "torch", "__qualname__": name,
+        "__doc__": f"torch.{name} where a \"cpu\" request lands "
+                   f"(TorchDevice)."})
+
+
+def _tensor_new(original: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.Tensor(...), the legacy constructor of the default type: the
+    same rule as the host types.  Subclasses construct as in torch.  The
+    signature stays (*args, **kwargs), which torch.compile's stand-in for
+    Tensor.__new__ accepts as any other."""
+    mover = _patches.cpu_request("torch.Tensor")
+    tensor = torch.Tensor
+
+    def __new__(*args: Any, **kwargs: Any) -> Any:
+        made = original(*args, **kwargs)
+        if (args[0] is not tensor or made.device.type != "cpu"
+                or _shares_memory(args[1:], kwargs)):
+            return made
+        return mover(made)
+    return __new__
+
+
+def host_requests_leave_the_host() -> bool:
+    """Whether mode "accelerate" sends "cpu" requests to an accelerator now
+    (so the host legacy types are stand-ins)."""
+    settings = _tdcore.settings()
+    return (settings["mode"] == "accelerate"
+            and _patches.landed_type() != "cpu")
+
+
 def patches() -> List[Any]:
     from ._patches import Patch
-    if _tdcore.settings()["profile"] == "cuda":
-        return []
-    table = [Patch(torch.cuda, name, lambda orig, n=name: _stand_in(n))
-             for name in TYPES if hasattr(torch.cuda, name)]
-    table += [
-        Patch(torch.Tensor, "type", _type_builder),
-        Patch(torch, "set_default_tensor_type", _default_type_builder),
-    ]
+    table: List[Any] = []
+    cuda_types = _tdcore.settings()["profile"] != "cuda"
+    host_types = host_requests_leave_the_host()
+    if cuda_types:
+        table += [Patch(torch.cuda, name, lambda orig, n=name: _stand_in(n))
+                  for name in TYPES if hasattr(torch.cuda, name)]
+    if host_types:
+        table += [Patch(torch, name,
+                        lambda orig, n=name: _host_stand_in(n, orig))
+                  for name in TYPES if hasattr(torch, name)]
+        table.append(Patch(torch.Tensor, "__new__", _tensor_new,
+                           static=True))
+    if cuda_types or host_types:
+        table += [
+            Patch(torch.Tensor, "type", _type_builder),
+            Patch(torch, "set_default_tensor_type", _default_type_builder),
+        ]
     return table

@@ -13,6 +13,12 @@ variables at the failing line are on which device, the lines where
 TorchDevice sent host requests to the accelerator (when the report records
 them), and what avoids it.
 
+The same note, in its own words, goes on torch's "value cannot be converted
+to type float without overflow" where the device has no float64 and
+TorchDevice gave the program's float64 tensors float32: a number only
+float64 holds (`torch.finfo(torch.float64).min` as a mask value) does not
+fit in them (docs/policy.md, "float64 on MPS").
+
 Nothing here runs on the hot path: the note is built only for an exception
 that is already propagating -- by `sys.excepthook` and
 `threading.excepthook` for uncaught ones (installed while TorchDevice is
@@ -39,6 +45,11 @@ _PATTERN = re.compile(
     r"|is on (?:CPU|cpu), but expected (?:it|them) to be on"
     r"|Expected object of device type"
     r"|Input type \(.*\) and weight type \(.*\) should be the same")
+
+# torch's message for a Python number a float32 (or complex64) tensor
+# cannot hold (fill_, masked_fill, index_put_, full, ...).
+_OVERFLOW = re.compile(r"value cannot be converted to type "
+                       r"(?:float|c10::complex<float>) without overflow")
 
 _MARK = "TorchDevice: "
 _MAX_SITES = 6
@@ -137,21 +148,73 @@ def _redirected_sites(accel: str) -> List[str]:
 # ---- the note -------------------------------------------------------------
 
 
-def note_for(exc: BaseException) -> Optional[str]:
-    """The note TorchDevice adds to `exc`, or None when `exc` is not a
-    device mismatch TorchDevice's redirection can have caused (TorchDevice
-    disabled, mode "cpu-stays-cpu", no accelerator)."""
-    from . import _patches
-    if not _patches.is_applied() or not is_device_mismatch(exc):
+def _user_frames(exc: BaseException) -> List[types.TracebackType]:
+    internal = _internal_prefixes()
+    return [tb for tb in _frames(exc.__traceback__)
+            if _is_user(tb.tb_frame.f_code.co_filename, internal)]
+
+
+def _downcast_sites() -> List[str]:
+    """The lines where TorchDevice gave a float64 request float32, as the
+    report recorded them."""
+    try:
+        from . import _report
+        rows = _report.rows()
+    except Exception:           # the report is an aid, never an error
+        return []
+    return [f"{_short(row['file'])}:{row['line']} {row['api']} "
+            f"(x{row['count']})" for row in rows
+            if row["what"] == "downcast" and row["from"] == "float64"]
+
+
+def _float64_note(exc: BaseException) -> Optional[str]:
+    """The note for a float64-only number stored into a tensor TorchDevice
+    made float32, or None."""
+    if not isinstance(exc, RuntimeError) or not _OVERFLOW.search(str(exc)):
         return None
+    settings = _tdcore.settings()
+    if settings["device_float64"] or settings["float64"] != "downcast":
+        return None
+    user = _user_frames(exc)
+    lines = [
+        f"{_MARK}a number only float64 holds does not fit in float32"
+        + (f" at {_site(user[-1])}" if user else "") + ".",
+        "  This device has no float64, so TorchDevice gives float64 "
+        "requests float32 (TORCHDEVICE_FLOAT64=downcast), and a value such "
+        "as torch.finfo(torch.float64).min or 1e300 cannot be stored in "
+        "those tensors."]
+    sites = _downcast_sites()
+    if sites:
+        more = len(sites) - _MAX_SITES
+        lines.append("  float64 requests TorchDevice made float32: "
+                     + "; ".join(sites[:_MAX_SITES])
+                     + (f"; and {more} more" if more > 0 else "") + ".")
+    elif not _tdcore.get_report():
+        lines.append("  Run with --report (TORCHDEVICE_REPORT=1) to list "
+                     "the lines TorchDevice made float32.")
+    lines.append(
+        "  Take the limits from the tensor's own dtype "
+        "(torch.finfo(t.dtype)), or run with TORCHDEVICE_FLOAT64=error to "
+        "stop where float64 is requested (docs/policy.md).")
+    return "\n".join(lines)
+
+
+def note_for(exc: BaseException) -> Optional[str]:
+    """The note TorchDevice adds to `exc`, or None when `exc` is neither a
+    device mismatch TorchDevice's redirection can have caused (TorchDevice
+    disabled, mode "cpu-stays-cpu", no accelerator) nor a float64 number
+    that the float32 TorchDevice gave a float64 request cannot hold."""
+    from . import _patches
+    if not _patches.is_applied():
+        return None
+    if not is_device_mismatch(exc):
+        return _float64_note(exc)
     settings = _tdcore.settings()
     if settings["mode"] != "accelerate" or settings["profile"] == "cpu":
         return None
     accel = _patches.device_type_of(settings["profile"])
     frames = _frames(exc.__traceback__)
-    internal = _internal_prefixes()
-    user = [tb for tb in frames
-            if _is_user(tb.tb_frame.f_code.co_filename, internal)]
+    user = _user_frames(exc)
     lines = [
         f"{_MARK}a host tensor met an accelerator tensor"
         + (f" at {_site(user[-1])}" if user else "") + "."]

@@ -99,6 +99,15 @@ def move(api: str, request: str, fallback: Callable[[], Any]):
                                  fallback=fallback())
 
 
+def cpu_request(api: str) -> Any:
+    """A callable that lands a host tensor just made where a "cpu" request
+    lands: .cpu() of it, reported under `api` (a legacy host constructor,
+    TorchDevice/_legacy.py)."""
+    return _wrapper(_originals["tensor_cpu"], _tdcore.KIND_MOVE, api,
+                    _grammar.MOVE, request="cpu",
+                    fallback=_originals["tensor_to"])
+
+
 def simple(api: str, kind: int):
     return lambda orig: _wrapper(orig, kind, api, _grammar.NONE)
 

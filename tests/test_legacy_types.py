@@ -10,7 +10,7 @@ import torch
 from torch.autograd import Variable
 
 import TorchDevice
-from conftest import HAS_CUDA, TARGET
+from conftest import HAS_CUDA, HOST_LANDS, MPS_LIKE, TARGET
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="on NVIDIA machines torch's own types work")
@@ -51,7 +51,8 @@ def test_type_with_a_cuda_type_moves_as_cuda_does():
         assert moved.type(t) is moved  # already there: the tensor itself
     assert host.type() == "torch.IntTensor"
     assert host.type(torch.float64).dtype == torch.float64
-    assert host.type("torch.FloatTensor").device.type == "cpu"
+    # A host type is a "cpu" request: the accelerator in mode "accelerate".
+    assert host.type("torch.FloatTensor").device == HOST_LANDS
 
 
 def test_type_with_a_host_type_moves_to_the_host_as_cuda_does():
@@ -60,8 +61,11 @@ def test_type_with_a_host_type_moves_to_the_host_as_cuda_does():
     on_cuda = torch.ones(2, device="cuda")
     for t in (torch.FloatTensor, "torch.FloatTensor", torch.DoubleTensor):
         back = on_cuda.type(t)
-        assert back.device.type == "cpu"
-        assert back.dtype == (torch.float64 if t is torch.DoubleTensor
+        assert back.device == HOST_LANDS
+        # float64 is float32 where it lands on a device without it.
+        wide = torch.float32 if MPS_LIKE and HOST_LANDS.type != "cpu" \
+            else torch.float64
+        assert back.dtype == (wide if t is torch.DoubleTensor
                               else torch.float32)
         back.add_(1)
         assert on_cuda.tolist() == [1.0, 1.0]

@@ -725,3 +725,156 @@ def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
         assert proc.stdout.startswith(f"raised {api}: "), proc.stdout
         assert "does not support float64" in proc.stdout
         assert "TORCHDEVICE_FLOAT64=downcast" in proc.stdout
+
+
+# ---- legacy host constructors --------------------------------------------------
+
+LEGACY_HOST = """
+import math, pickle, sys
+import numpy as np
+import torch
+import torch.nn as nn
+
+class GraphConvolution(nn.Module):
+    # As CPU-era graph and attention layers write their parameters.
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.weight = nn.Parameter(torch.FloatTensor(n_in, n_out))
+        self.bias = nn.Parameter(torch.Tensor(n_out))
+        stdv = 1.0 / math.sqrt(n_out)
+        self.weight.data.uniform_(-stdv, stdv)
+        self.bias.data.uniform_(-stdv, stdv)
+
+    def forward(self, x, adj):
+        return adj @ (x @ self.weight) + self.bias
+
+torch.manual_seed(0)
+layer = GraphConvolution(8, 4)
+x, adj = torch.randn(6, 8), torch.eye(6)
+idx = torch.LongTensor([0, 2, 5])
+opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+for _ in range(3):
+    loss = layer(x, adj)[idx].pow(2).sum()
+    opt.zero_grad(); loss.backward(); opt.step()
+print("loss", f"{loss.item():.6f}")
+print("places", layer.weight.device.type, layer.bias.device.type,
+      idx.device.type, x.device.type)
+print("values", torch.Tensor([1.5, 2]).tolist(),
+      torch.LongTensor(np.array([3, 4])).tolist(),
+      torch.DoubleTensor(1).dtype)
+storage = torch.zeros(2).untyped_storage() if x.device.type == "cpu" else \\
+    torch.from_numpy(np.zeros(2, dtype=np.float32)).untyped_storage()
+host = torch.from_numpy(np.zeros(2, dtype=np.float32))
+view, alias = torch.FloatTensor(storage), torch.Tensor(host)
+view.fill_(7); alias.add_(1)
+print("shares", view.device.type, alias.device.type,
+      torch.Tensor(storage).data_ptr() == view.data_ptr(), host.tolist())
+print("isinstance", isinstance(x, torch.FloatTensor),
+      isinstance(idx, torch.LongTensor), isinstance(x, torch.LongTensor))
+print("type", host.type(torch.FloatTensor).device.type,
+      host.type("torch.DoubleTensor").device.type)
+
+class Sub(torch.Tensor):
+    def __new__(cls, data):
+        return super().__new__(cls, data)
+
+print("subclass", type(Sub(torch.ones(2))).__name__,
+      pickle.loads(pickle.dumps(torch.FloatTensor)) is torch.FloatTensor)
+torch.set_default_tensor_type(torch.FloatTensor)
+torch.set_default_tensor_type("torch.FloatTensor")
+if "TorchDevice" in sys.modules:
+    import TorchDevice
+    TorchDevice.configure(mode="cpu-stays-cpu")
+    print("switched", torch.FloatTensor(1).device.type,
+          torch.Tensor(1).device.type,
+          type(torch.FloatTensor).__name__)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_legacy_host_constructors_are_cpu_requests(tmp_path, mode):
+    """`torch.FloatTensor(n, m)`, `torch.LongTensor([...])` and
+    `torch.Tensor(n)` are host requests: in mode "accelerate" they land on
+    the accelerator with the rest of the program (before, a CPU-era layer's
+    `nn.Parameter(torch.FloatTensor(...))` stayed on the host and met its
+    input there: "Expected all tensors to be on the same device"); what
+    shares memory with a storage or a tensor stays with it; in
+    "cpu-stays-cpu" they are torch's own (docs/policy.md, "Legacy tensor
+    types")."""
+    native = launch(tmp_path, LEGACY_HOST, mode, native=True)
+    assert native.returncode == 0, native.stderr[-3000:]
+    report = tmp_path / "report.json"
+    got = launch(tmp_path, LEGACY_HOST, mode, f"--report={report}")
+    assert got.returncode == 0, got.stderr[-3000:]
+    mine = dict(line.split(" ", 1) for line in got.stdout.splitlines())
+    theirs = dict(line.split(" ", 1) for line in native.stdout.splitlines())
+    assert abs(float(mine["loss"]) - float(theirs["loss"])) < 1e-5
+    assert mine["subclass"] == theirs["subclass"] == "Sub True"
+    where = "simaccel" if mode == "accelerate" else "cpu"
+    assert mine["places"] == " ".join([where] * 4)
+    assert mine["values"] == ("[1.5, 2.0] [3, 4] torch.float32"
+                              if mode == "accelerate" else theirs["values"])
+    assert mine["shares"] == "cpu cpu True [1.0, 1.0]" == theirs["shares"]
+    assert mine["isinstance"] == theirs["isinstance"] == "True True False"
+    assert mine["type"] == f"{where} {where}"
+    records = json.loads(report.read_text())["records"]
+    made = {r["api"] for r in records
+            if r["what"] == "redirected" and r["from"] == "cpu"}
+    if mode == "accelerate":
+        assert {"torch.FloatTensor", "torch.Tensor",
+                "torch.LongTensor"} <= made
+        assert mine["switched"] == "cpu cpu tensortype"
+    else:
+        assert not made & {"torch.FloatTensor", "torch.Tensor",
+                           "torch.LongTensor"}
+        assert mine["switched"] == "cpu cpu tensortype"
+
+
+FLOAT64_ONLY_NUMBER = """
+import torch, TorchDevice
+w = torch.randn(3, 3, device="cuda", dtype=torch.float64)
+try:
+    w.fill_diagonal_(torch.finfo(torch.float64).min)
+except RuntimeError as e:
+    print("caught", TorchDevice.explain(e) is not None)
+print("fits", w.masked_fill(w > 10, torch.finfo(w.dtype).min).dtype)
+m = torch.zeros(2, dtype=torch.float64, device="cuda")
+m.masked_fill_(m == 0, -1e300)
+"""
+
+
+def test_a_float64_only_number_in_a_lowered_tensor_is_explained(tmp_path):
+    """A number only float64 holds (a CUDA program's
+    `torch.finfo(torch.float64).min` mask value) stored into a tensor
+    TorchDevice made float32 on a device without float64: torch's bare
+    "value cannot be converted to type float without overflow" gets a note
+    naming the line, the float64 requests made float32 and what to do
+    (docs/policy.md, "float64 on MPS")."""
+    proc = launch(tmp_path, FLOAT64_ONLY_NUMBER, "cpu-stays-cpu", "--report")
+    assert proc.returncode == 1
+    assert "caught True" in proc.stdout and "fits torch.float32" in proc.stdout
+    assert "without overflow" in proc.stderr
+    note = proc.stderr[proc.stderr.index("TorchDevice: a number"):]
+    assert note.startswith("TorchDevice: a number only float64 holds does "
+                           "not fit in float32 at prog.py:10 (in <module>).")
+    assert "prog.py:3 torch.randn (x1); prog.py:9 torch.zeros (x1)" in note
+    assert "torch.finfo(t.dtype)" in note
+    assert "TORCHDEVICE_FLOAT64=error" in note
+    # Where the device has float64 (the CPU here) the number fits, and a
+    # float32 tensor's own overflow is the program's: torch's message
+    # stands alone.
+    for code, ok in ((FLOAT64_ONLY_NUMBER, "fits torch.float64"),
+                     ("import torch\n"
+                      "torch.zeros(2, device='cuda').fill_(1e300)\n", "")):
+        script = tmp_path / "host.py"
+        script.write_text(code)
+        proc = subprocess.run(
+            [sys.executable, "-m", "TorchDevice", "run", str(script)],
+            capture_output=True, text=True, env=_accel_env(None),
+            cwd=str(tmp_path), timeout=300)
+        assert "TorchDevice:" not in proc.stderr
+        if ok:
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert ok in proc.stdout
+        else:
+            assert "without overflow" in proc.stderr
