@@ -32,7 +32,7 @@ import re
 import sys
 import threading
 import types
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _tdcore
 
@@ -127,44 +127,52 @@ def _devices_in(frame: types.FrameType) -> List[Tuple[str, str]]:
     return found
 
 
-def _redirected_sites(accel: str) -> List[str]:
-    """The lines where TorchDevice sent a host request (no device, "cpu")
-    to the accelerator, as the report recorded them."""
+def _headline(exc: BaseException, what: str) -> str:
+    """The note's first line: what happened, at the innermost line of the
+    user's code in the traceback."""
+    internal = _internal_prefixes()
+    user = [tb for tb in _frames(exc.__traceback__)
+            if _is_user(tb.tb_frame.f_code.co_filename, internal)]
+    return f"{_MARK}{what}" + (f" at {_site(user[-1])}" if user else "") + "."
+
+
+def _report_rows() -> List[Dict[str, Any]]:
     try:
         from . import _report
-        rows = _report.rows()
+        return _report.rows()
     except Exception:           # the report is an aid, never an error
         return []
-    sites = []
-    for row in rows:
-        if row["what"] != "redirected" or row["from"] not in ("default",
-                                                               "cpu"):
-            continue
-        sites.append(f"{_short(row['file'])}:{row['line']} {row['api']} "
-                     f"({row['from']} -> {row['to']}, x{row['count']})")
-    return sites
 
 
-# ---- the note -------------------------------------------------------------
-
-
-def _user_frames(exc: BaseException) -> List[types.TracebackType]:
-    internal = _internal_prefixes()
-    return [tb for tb in _frames(exc.__traceback__)
-            if _is_user(tb.tb_frame.f_code.co_filename, internal)]
+def _redirected_sites() -> List[str]:
+    """The lines where TorchDevice sent a host request (no device, "cpu")
+    to the accelerator, as the report recorded them."""
+    return [f"{_short(row['file'])}:{row['line']} {row['api']} "
+            f"({row['from']} -> {row['to']}, x{row['count']})"
+            for row in _report_rows()
+            if row["what"] == "redirected"
+            and row["from"] in ("default", "cpu")]
 
 
 def _downcast_sites() -> List[str]:
     """The lines where TorchDevice gave a float64 request float32, as the
     report recorded them."""
-    try:
-        from . import _report
-        rows = _report.rows()
-    except Exception:           # the report is an aid, never an error
-        return []
     return [f"{_short(row['file'])}:{row['line']} {row['api']} "
-            f"(x{row['count']})" for row in rows
+            f"(x{row['count']})" for row in _report_rows()
             if row["what"] == "downcast" and row["from"] == "float64"]
+
+
+def _sites_lines(sites: List[str], heading: str, done: str) -> List[str]:
+    """The note's line listing `sites`; without them, how to get them
+    (none where the report is on and recorded none)."""
+    if sites:
+        more = len(sites) - _MAX_SITES
+        return [f"  {heading}: " + "; ".join(sites[:_MAX_SITES])
+                + (f"; and {more} more" if more > 0 else "") + "."]
+    if not _tdcore.get_report():
+        return ["  Run with --report (TORCHDEVICE_REPORT=1) to list the "
+                f"lines TorchDevice {done}."]
+    return []
 
 
 def _float64_note(exc: BaseException) -> Optional[str]:
@@ -175,23 +183,15 @@ def _float64_note(exc: BaseException) -> Optional[str]:
     settings = _tdcore.settings()
     if settings["device_float64"] or settings["float64"] != "downcast":
         return None
-    user = _user_frames(exc)
     lines = [
-        f"{_MARK}a number only float64 holds does not fit in float32"
-        + (f" at {_site(user[-1])}" if user else "") + ".",
+        _headline(exc, "a number only float64 holds does not fit in float32"),
         "  This device has no float64, so TorchDevice gives float64 "
         "requests float32 (TORCHDEVICE_FLOAT64=downcast), and a value such "
         "as torch.finfo(torch.float64).min or 1e300 cannot be stored in "
         "those tensors."]
-    sites = _downcast_sites()
-    if sites:
-        more = len(sites) - _MAX_SITES
-        lines.append("  float64 requests TorchDevice made float32: "
-                     + "; ".join(sites[:_MAX_SITES])
-                     + (f"; and {more} more" if more > 0 else "") + ".")
-    elif not _tdcore.get_report():
-        lines.append("  Run with --report (TORCHDEVICE_REPORT=1) to list "
-                     "the lines TorchDevice made float32.")
+    lines += _sites_lines(_downcast_sites(),
+                          "float64 requests TorchDevice made float32",
+                          "made float32")
     lines.append(
         "  Take the limits from the tensor's own dtype "
         "(torch.finfo(t.dtype)), or run with TORCHDEVICE_FLOAT64=error to "
@@ -214,10 +214,7 @@ def note_for(exc: BaseException) -> Optional[str]:
         return None
     accel = _patches.device_type_of(settings["profile"])
     frames = _frames(exc.__traceback__)
-    user = _user_frames(exc)
-    lines = [
-        f"{_MARK}a host tensor met an accelerator tensor"
-        + (f" at {_site(user[-1])}" if user else "") + "."]
+    lines = [_headline(exc, "a host tensor met an accelerator tensor")]
     lines.append(
         f"  In mode \"accelerate\" TorchDevice sends device-less and \"cpu\" "
         f"requests to {accel}, but these stay on the host: "
@@ -231,15 +228,9 @@ def note_for(exc: BaseException) -> Optional[str]:
                 d != "cpu" for _, d in devices):
             shown = ", ".join(f"{n} on {d}" for n, d in devices)
             lines.append(f"  At {_site(frames[-1])}: {shown}.")
-    sites = _redirected_sites(accel)
-    if sites:
-        more = len(sites) - _MAX_SITES
-        lines.append("  Host requests TorchDevice sent to the accelerator: "
-                     + "; ".join(sites[:_MAX_SITES])
-                     + (f"; and {more} more" if more > 0 else "") + ".")
-    elif not _tdcore.get_report():
-        lines.append("  Run with --report (TORCHDEVICE_REPORT=1) to list "
-                     "the lines TorchDevice sent to the accelerator.")
+    lines += _sites_lines(_redirected_sites(),
+                          "Host requests TorchDevice sent to the accelerator",
+                          "sent to the accelerator")
     lines.append(
         "  To keep a tensor on the host, create it with device=\"cpu:-1\" "
         "or inside `with TorchDevice.cpu_override():`; to move the host "
