@@ -175,6 +175,9 @@ def _sites_lines(sites: List[str], heading: str, done: str) -> List[str]:
     return []
 
 
+# ---- the notes ------------------------------------------------------------
+
+
 def _float64_note(exc: BaseException) -> Optional[str]:
     """The note for a float64-only number stored into a tensor TorchDevice
     made float32, or None."""
