@@ -167,12 +167,15 @@ def _default_type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
     return set_default_tensor_type
 
 
-def _shares_memory(args: Any, kwargs: Any) -> bool:
-    """Whether a legacy constructor's result is a view of its argument
-    (a storage, a tensor): it stays where that memory is."""
+def _landed(made: Any, args: Any, kwargs: Any, mover: Any) -> Any:
+    """A legacy host constructor's result, where a "cpu" request lands
+    (`mover`), unless it is not on the host or is a view of its argument
+    (a storage, a tensor): that stays where its memory is."""
     first = args[0] if args else None
-    return "cdata" in kwargs or isinstance(
-        first, (torch.Tensor, torch.UntypedStorage, torch.TypedStorage))
+    if made.device.type != "cpu" or "cdata" in kwargs or isinstance(
+            first, (torch.Tensor, torch.UntypedStorage, torch.TypedStorage)):
+        return made
+    return mover(made)
 
 
 class _HostType(type):
@@ -186,10 +189,8 @@ class _HostType(type):
     _mover: Any
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        made = cls._torch_type(*args, **kwargs)
-        if made.device.type != "cpu" or _shares_memory(args, kwargs):
-            return made
-        return cls._mover(made)
+        return _landed(cls._torch_type(*args, **kwargs), args, kwargs,
+                       cls._mover)
 
     def __instancecheck__(cls, obj: Any) -> bool:
         return (isinstance(obj, torch.Tensor) and obj.dtype == cls.dtype
@@ -220,10 +221,9 @@ def _tensor_new(original: Callable[..., Any]) -> Callable[..., Any]:
 
     def __new__(*args: Any, **kwargs: Any) -> Any:
         made = original(*args, **kwargs)
-        if (args[0] is not tensor or made.device.type != "cpu"
-                or _shares_memory(args[1:], kwargs)):
+        if args[0] is not tensor:
             return made
-        return mover(made)
+        return _landed(made, args[1:], kwargs, mover)
     return __new__
 
 
