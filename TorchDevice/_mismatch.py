@@ -49,7 +49,7 @@ _PATTERN = re.compile(
 # torch's message for a Python number a float32 (or complex64) tensor
 # cannot hold (fill_, masked_fill, index_put_, full, ...).
 _OVERFLOW = re.compile(r"value cannot be converted to type "
-                       r"(?:float|c10::complex<float>) without overflow")
+                       r"(float|c10::complex<float>) without overflow")
 
 _MARK = "TorchDevice: "
 _MAX_SITES = 6
@@ -154,12 +154,12 @@ def _redirected_sites() -> List[str]:
             and row["from"] in ("default", "cpu")]
 
 
-def _downcast_sites() -> List[str]:
-    """The lines where TorchDevice gave a float64 request float32, as the
-    report recorded them."""
+def _downcast_sites(wide: str) -> List[str]:
+    """The lines where TorchDevice gave a `wide` ("float64", "complex128")
+    request the narrower type, as the report recorded them."""
     return [f"{_short(row['file'])}:{row['line']} {row['api']} "
             f"(x{row['count']})" for row in _report_rows()
-            if row["what"] == "downcast" and row["from"] == "float64"]
+            if row["what"] == "downcast" and row["from"] == wide]
 
 
 def _sites_lines(sites: List[str], heading: str, done: str) -> List[str]:
@@ -181,20 +181,27 @@ def _sites_lines(sites: List[str], heading: str, done: str) -> List[str]:
 def _float64_note(exc: BaseException) -> Optional[str]:
     """The note for a float64-only number stored into a tensor TorchDevice
     made float32, or None."""
-    if not isinstance(exc, RuntimeError) or not _OVERFLOW.search(str(exc)):
+    found = (_OVERFLOW.search(str(exc)) if isinstance(exc, RuntimeError)
+             else None)
+    if found is None:
         return None
     settings = _tdcore.settings()
     if settings["device_float64"] or settings["float64"] != "downcast":
         return None
+    # torch names the C++ type it could not convert to: float32's, or
+    # complex64's for a complex number.
+    wide, narrow = (("float64", "float32") if found.group(1) == "float"
+                    else ("complex128", "complex64"))
     lines = [
-        _headline(exc, "a number only float64 holds does not fit in float32"),
-        "  This device has no float64, so TorchDevice gives float64 "
-        "requests float32 (TORCHDEVICE_FLOAT64=downcast), and a value such "
-        "as torch.finfo(torch.float64).min or 1e300 cannot be stored in "
-        "those tensors."]
-    lines += _sites_lines(_downcast_sites(),
-                          "float64 requests TorchDevice made float32",
-                          "made float32")
+        _headline(exc, f"a number only {wide} holds does not fit in "
+                       f"{narrow}"),
+        f"  This device has no float64, so TorchDevice gives {wide} "
+        f"requests {narrow} (TORCHDEVICE_FLOAT64=downcast), and a value "
+        "such as torch.finfo(torch.float64).min or 1e300 cannot be stored "
+        "in those tensors."]
+    lines += _sites_lines(_downcast_sites(wide),
+                          f"{wide} requests TorchDevice made {narrow}",
+                          f"made {narrow}")
     lines.append(
         "  Take the limits from the tensor's own dtype "
         "(torch.finfo(t.dtype)), or run with TORCHDEVICE_FLOAT64=error to "

@@ -842,6 +842,12 @@ m = torch.zeros(2, dtype=torch.float64, device="cuda")
 m.masked_fill_(m == 0, -1e300)
 """
 
+COMPLEX128_ONLY_NUMBER = """
+import torch
+z = torch.zeros(2, dtype=torch.complex128, device="cuda")
+z.fill_(complex(1e300, 0))
+"""
+
 
 def test_a_float64_only_number_in_a_lowered_tensor_is_explained(tmp_path):
     """A number only float64 holds (a CUDA program's
@@ -860,6 +866,19 @@ def test_a_float64_only_number_in_a_lowered_tensor_is_explained(tmp_path):
     assert "prog.py:3 torch.randn (x1); prog.py:9 torch.zeros (x1)" in note
     assert "torch.finfo(t.dtype)" in note
     assert "TORCHDEVICE_FLOAT64=error" in note
+    # The complex counterpart: torch names complex64's C++ type, and the
+    # note names complex128 and the complex128 requests made complex64.
+    proc = launch(tmp_path, COMPLEX128_ONLY_NUMBER, "cpu-stays-cpu",
+                  "--report")
+    assert proc.returncode == 1
+    assert "c10::complex<float> without overflow" in proc.stderr
+    note = proc.stderr[proc.stderr.index("TorchDevice: a number"):]
+    assert note.startswith("TorchDevice: a number only complex128 holds "
+                           "does not fit in complex64 at prog.py:4 (in "
+                           "<module>).")
+    assert ("complex128 requests TorchDevice made complex64: "
+            "prog.py:3 torch.zeros (x1).") in note
+    assert "float64 requests" not in note
     # Where the device has float64 (the CPU here) the number fits, and a
     # float32 tensor's own overflow is the program's: torch's message
     # stands alone.
