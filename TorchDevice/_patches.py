@@ -315,16 +315,6 @@ def _override_dispatch() -> Callable[..., Any]:
         _torch_compat.get("DeviceContext"))
 
 
-def _cdouble(original: Any) -> Any:
-    """Tensor.cdouble(): the conversion .to(torch.complex128) is, so the
-    same rule where the tensor is on a device without float64 (complex64
-    there, a new tensor as on CUDA)."""
-    @functools.wraps(original)
-    def cdouble(self: Any, memory_format: Any = torch.preserve_format) -> Any:
-        return self.to(torch.complex128, memory_format=memory_format)
-    return cdouble
-
-
 def _result_dtype_patches() -> List[Patch]:
     """Where the device in force has no float64: torch.sum(x,
     dtype=torch.float64), x.cumsum(0, dtype=torch.float64), ... give
@@ -333,7 +323,8 @@ def _result_dtype_patches() -> List[Patch]:
     if _tdcore.settings()["device_float64"]:
         return []
     dispatch = _override_dispatch()
-    table = [Patch(torch.Tensor, "cdouble", _cdouble)]
+    table = [Patch(torch.Tensor, "cdouble",
+                   simple("Tensor.cdouble", _tdcore.KIND_CDOUBLE))]
     for ns_name, names in _RESULT_DTYPE:
         ns = getattr(torch, ns_name, None) if ns_name else torch
         prefix = f"torch.{ns_name}." if ns_name else "torch."

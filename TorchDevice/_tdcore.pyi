@@ -15,6 +15,7 @@ KIND_NUMPY: int
 KIND_PIN_MEMORY: int
 KIND_IS_PINNED: int
 KIND_DOUBLE: int
+KIND_CDOUBLE: int
 
 def resolve(request: _Request, profile: str, mode: str = ...,
             cpu_override: bool = ..., from_torch: bool = ...) -> Dict[str, Any]: ...

@@ -636,7 +636,14 @@ def test_complex128_follows_float64(tmp_path):
     downcast = {r["api"] for r in records if r["what"] == "downcast"
                 and (r["from"], r["to"]) == ("complex128", "complex64")}
     assert downcast >= {"torch.zeros", "torch.tensor", "torch.as_tensor",
-                        "Tensor.to", "Tensor.cuda", "torch.zeros_like"}
+                        "Tensor.to", "Tensor.cuda", "torch.zeros_like",
+                        "Tensor.cdouble"}
+    # Each row names the call the program wrote: x.cdouble() is one row of
+    # Tensor.cdouble, not one of the Tensor.to it amounts to.
+    cdouble_line = 1 + COMPLEX128.splitlines().index(
+        '    "cdouble": x.cdouble(),')
+    assert {r["api"] for r in records if r["line"] == cdouble_line} == {
+        "Tensor.cdouble"}
     proc = launch(tmp_path, """
         import numpy as np, torch
         try:

@@ -363,7 +363,8 @@ tdcore_exec(PyObject *module)
     }
     static const char *kinds[] = {"KIND_FACTORY", "KIND_TO", "KIND_MOVE",
                                   "KIND_NUMPY", "KIND_PIN_MEMORY",
-                                  "KIND_IS_PINNED", "KIND_DOUBLE"};
+                                  "KIND_IS_PINNED", "KIND_DOUBLE",
+                                  "KIND_CDOUBLE"};
     for (int i = 0; i < (int)(sizeof(kinds) / sizeof(kinds[0])); i++) {
         if (PyModule_AddIntConstant(module, kinds[i], i) < 0) {
             return -1;

@@ -35,7 +35,8 @@ typedef enum {
     TD_KIND_PIN_MEMORY = 4, /* Tensor.pin_memory */
     TD_KIND_IS_PINNED = 5,  /* Tensor.is_pinned */
     TD_KIND_DOUBLE = 6,     /* Tensor.double: .to(torch.float64) by name */
-    TD_KIND_COUNT = 7,
+    TD_KIND_CDOUBLE = 7,    /* Tensor.cdouble: .to(torch.complex128) */
+    TD_KIND_COUNT = 8,
 } td_kind;
 
 typedef struct {
@@ -792,7 +793,8 @@ float64_dtype_slot(td_wrapper *w, td_install *st, PyObject *const *args,
 /* Tensor.double(): the same conversion as .to(torch.float64), and the same
  * rule where the tensor is on an accelerator without float64 (Module.double()
  * calls it for each floating tensor).  Lowered, it is torch's own
- * .to(torch.float32) with the call's memory_format. */
+ * .to(torch.float32) with the call's memory_format.  Tensor.cdouble() is the
+ * same with complex128; each keeps its own name in the report. */
 static PyObject *
 wrapper_double(td_wrapper *w, td_install *st, PyObject *const *args,
                Py_ssize_t nargs, PyObject *kwnames)
@@ -802,8 +804,10 @@ wrapper_double(td_wrapper *w, td_install *st, PyObject *const *args,
     {
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
+    PyObject *wide = w->kind == TD_KIND_CDOUBLE ? st->complex128
+                                                : st->float64;
     PyObject *lowered = NULL;
-    if (float64_where_it_is(st, w, args[0], st->float64, &lowered) < 0) {
+    if (float64_where_it_is(st, w, args[0], wide, &lowered) < 0) {
         return NULL;
     }
     if (lowered == NULL) {
@@ -1258,6 +1262,7 @@ wrapper_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
         result = wrapper_pin(w, st, args, nargs, kwnames);
         break;
     case TD_KIND_DOUBLE:
+    case TD_KIND_CDOUBLE:
         result = wrapper_double(w, st, args, nargs, kwnames);
         break;
     case TD_KIND_COUNT:
