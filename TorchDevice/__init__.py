@@ -211,7 +211,10 @@ def explain(exc: BaseException) -> Optional[str]:
     the accelerator (with the report on) and what avoids it, and returns
     it; likewise for torch's "without overflow" error where a number only
     float64 holds meets a tensor TorchDevice made float32 on a device
-    without float64; None otherwise.  Uncaught errors get the note by
+    without float64, and for an operation such a device refuses because
+    its result would be float64 (a float64 host tensor with no dimensions
+    meeting a device tensor; "unsupported operand" from an operator); None
+    otherwise.  Uncaught errors get the note by
     themselves; this is for programs (and notebooks) that catch them
     (docs/policy.md)."""
     return _mismatch.explain(exc)

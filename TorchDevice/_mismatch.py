@@ -17,7 +17,10 @@ The same note, in its own words, goes on torch's "value cannot be converted
 to type float without overflow" where the device has no float64 and
 TorchDevice gave the program's float64 tensors float32: a number only
 float64 holds (`torch.finfo(torch.float64).min` as a mask value) does not
-fit in them (docs/policy.md, "float64 on MPS").
+fit in them (docs/policy.md, "float64 on MPS"); and on MPS's refusal of
+an operation whose result would be float64 -- a float64 host tensor with no
+dimensions meeting a device tensor -- which an operator reports as
+"unsupported operand type(s)".
 
 Nothing here runs on the hot path: the note is built only for an exception
 that is already propagating -- by `sys.excepthook` and
@@ -50,6 +53,14 @@ _PATTERN = re.compile(
 # cannot hold (fill_, masked_fill, index_put_, full, ...).
 _OVERFLOW = re.compile(r"value cannot be converted to type "
                        r"(float|c10::complex<float>) without overflow")
+
+# MPS's refusal of a float64 (complex128) result, which a device with MPS's
+# record repeats; and Python's words for it where the operation was an
+# operator: torch turns a TypeError inside `a * b` into NotImplemented.
+_REFUSED = re.compile(r"Cannot convert a MPS Tensor to float64 dtype"
+                      r"|Trying to convert ComplexDouble to the MPS backend")
+_OPERATOR = re.compile(r"unsupported operand type\(s\) for \S+: "
+                       r"(?:'Tensor' and '\w+'|'\w+' and 'Tensor')")
 
 _MARK = "TorchDevice: "
 _MAX_SITES = 6
@@ -209,16 +220,80 @@ def _float64_note(exc: BaseException) -> Optional[str]:
     return "\n".join(lines)
 
 
+def _wide_tensors(frame: types.FrameType) -> List[str]:
+    """The float64 and complex128 tensors among the frame's variables and
+    the globals its code names, as "name (device, dtype, N dimensions)"."""
+    import torch
+    wide = (torch.float64, torch.complex128)
+    names = dict(frame.f_locals)
+    for name in frame.f_code.co_names:
+        if name not in names and name in frame.f_globals:
+            names[name] = frame.f_globals[name]
+    found = []
+    for name, value in names.items():
+        if isinstance(value, torch.Tensor) and value.dtype in wide:
+            dims = value.dim()
+            found.append(f"{name} ({value.device}, "
+                         f"{str(value.dtype).replace('torch.', '')}, "
+                         f"{dims} dimension{'' if dims == 1 else 's'})")
+    return found[:_MAX_SITES]
+
+
+def _float64_result_note(exc: BaseException) -> Optional[str]:
+    """The note for an operation whose result would be float64 (complex128)
+    on a device without it -- a float64 tensor TorchDevice never saw (a
+    host one: torch.from_numpy of a float64 array, a device-less factory in
+    mode "cpu-stays-cpu") with no dimensions, combined with a device tensor
+    -- or None."""
+    if not isinstance(exc, TypeError):
+        return None
+    text = str(exc)
+    refused, operator = _REFUSED.search(text), _OPERATOR.search(text)
+    if refused is None and operator is None:
+        return None
+    settings = _tdcore.settings()
+    if settings["device_float64"] or settings["float64"] != "downcast":
+        return None
+    frames = _frames(exc.__traceback__)
+    wide = _wide_tensors(frames[-1].tb_frame) if frames else []
+    if refused is None and not wide:
+        return None     # an operator's TypeError with nothing float64 near
+    lines = [_headline(exc, "an operation would make float64 on a device "
+                            "without it")]
+    if operator is not None:
+        lines.append(
+            "  Python reports this as an unsupported operand: torch refused "
+            "the operation because its result would be float64 (or "
+            "complex128) on the device, and an operator such as `a * b` "
+            "turns torch's TypeError into that message.")
+    lines.append(
+        "  TorchDevice makes the float64 tensors a program asks the device "
+        "for float32 (TORCHDEVICE_FLOAT64=downcast), but not a float64 "
+        "tensor already on the host (torch.from_numpy of a float64 array, a "
+        "device-less factory in mode \"cpu-stays-cpu\"). One with no "
+        "dimensions may meet a tensor on the device, and the result then "
+        "takes its float64, which this device cannot hold.")
+    if wide:
+        lines.append(f"  float64 tensors at {_site(frames[-1])}: "
+                     + ", ".join(wide) + ".")
+    lines.append(
+        "  Make that tensor float32 (.float()) or a Python number (.item()) "
+        "before it meets the device's tensors; on CUDA the result would be "
+        "float64 (docs/policy.md).")
+    return "\n".join(lines)
+
+
 def note_for(exc: BaseException) -> Optional[str]:
     """The note TorchDevice adds to `exc`, or None when `exc` is neither a
     device mismatch TorchDevice's redirection can have caused (TorchDevice
     disabled, mode "cpu-stays-cpu", no accelerator) nor a float64 number
-    that the float32 TorchDevice gave a float64 request cannot hold."""
+    that the float32 TorchDevice gave a float64 request cannot hold, nor
+    an operation refused for its float64 result on a device without it."""
     from . import _patches
     if not _patches.is_applied():
         return None
     if not is_device_mismatch(exc):
-        return _float64_note(exc)
+        return _float64_note(exc) or _float64_result_note(exc)
     settings = _tdcore.settings()
     if settings["mode"] != "accelerate" or settings["profile"] == "cpu":
         return None

@@ -855,6 +855,58 @@ z = torch.zeros(2, dtype=torch.complex128, device="cuda")
 z.fill_(complex(1e300, 0))
 """
 
+FLOAT64_RESULT = """
+import numpy as np, torch, TorchDevice
+p = torch.tensor(100, dtype=torch.float64, device="cuda")
+a = torch.from_numpy(np.array(0.5))
+try:
+    torch.mul(a, p)
+except TypeError as e:
+    print("direct", TorchDevice.explain(e) is not None)
+def other(x):
+    try:
+        x * "text"
+    except TypeError as e:
+        return TorchDevice.explain(e)
+print("other", other(p))
+print("fixed", (a.float() * p).dtype, (a.item() * p).dtype)
+def step(x):
+    return a * x
+print("result", step(p).dtype)
+"""
+
+
+def test_an_operation_refused_for_its_float64_result_is_explained(tmp_path):
+    """A float64 host tensor with no dimensions (torch.from_numpy of a numpy
+    scalar) meets a tensor TorchDevice made float32 on a device without
+    float64: the result would be float64, which the device refuses, and an
+    operator reports it as "unsupported operand type(s)". The note names
+    the line, the float64 tensors there and the way out; an operator's
+    TypeError with no float64 tensor near gets none (docs/policy.md,
+    "float64 on MPS")."""
+    proc = launch(tmp_path, FLOAT64_RESULT, "cpu-stays-cpu")
+    assert proc.returncode == 1
+    assert "direct True" in proc.stdout and "other None" in proc.stdout
+    assert "fixed torch.float32 torch.float32" in proc.stdout
+    assert "unsupported operand type(s) for *: 'Tensor' and 'Tensor'" in \
+        proc.stderr
+    note = proc.stderr[proc.stderr.index("TorchDevice: an operation"):]
+    assert note.startswith("TorchDevice: an operation would make float64 on "
+                           "a device without it at prog.py:17 (in step).")
+    assert "float64 tensors at prog.py:17 (in step): a (cpu, float64, " \
+        "0 dimensions)." in note
+    assert "(.float()) or a Python number (.item())" in note
+    # On a device with float64 (the CPU here) the program runs through, and
+    # the result is float64 as on CUDA.
+    script = tmp_path / "prog.py"
+    proc = subprocess.run(
+        [sys.executable, "-m", "TorchDevice", "run", str(script)],
+        capture_output=True, text=True, env=_accel_env(None),
+        cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "result torch.float64" in proc.stdout
+    assert "TorchDevice:" not in proc.stderr
+
 
 def test_a_float64_only_number_in_a_lowered_tensor_is_explained(tmp_path):
     """A number only float64 holds (a CUDA program's
