@@ -286,6 +286,30 @@ def is_policy_syntax(r: Any) -> bool:
         type(r) is int and kind == "cuda")
 
 
+# Devices native torch built from what an example passed (a string, bytes,
+# a type and an index): the program's request, which TorchDevice reads as
+# such.  A torch.device the example passed itself was built natively too:
+# to TorchDevice one it did not hand out, so a host one names a place, never
+# redirected (docs/policy.md, the table).
+_REQUESTED: Dict[int, Tuple[torch.device, Any]] = {}
+
+
+def requested(dev: torch.device, text: Any = "cpu") -> torch.device:
+    _REQUESTED[id(dev)] = (dev, as_request(text))
+    return dev
+
+
+def policy_request(value: Any) -> Any:
+    """What the pure policy reads for a canonical request: a host device
+    built for a request reads as the request's text (as a device object it
+    would be a place)."""
+    entry = _REQUESTED.get(id(value))
+    if (isinstance(value, torch.device) and value.type == "cpu"
+            and entry is not None and entry[0] is value):
+        return entry[1]
+    return value
+
+
 def canonical(r: Any, *, anything: bool = False) -> Tuple[str, Any]:
     """In native mode: how torch reads a request.  ("request", r) for the
     policy's own syntax and None, ("device", torch.device) for what torch
@@ -296,9 +320,12 @@ def canonical(r: Any, *, anything: bool = False) -> Tuple[str, Any]:
         return ("request", as_request(r))
     if anything or isinstance(r, (str, bytes, torch.device)):
         try:
-            return ("device", torch.device(r))
+            dev = torch.device(r)
         except Exception as exc:   # noqa: BLE001
             return ("raise", type(exc))
+        return ("device", dev if isinstance(r, torch.device)
+                else requested(dev, r if isinstance(r, (str, bytes))
+                               else "cpu"))
     return ("other", r)
 
 
@@ -323,12 +350,12 @@ def plan(c: Tuple[str, Any], s: State, *, follows_none: bool) -> Plan:
     if how == "other" or (value is None and not follows_none):
         return Plan()
     common = dict(profile=s.profile, mode=s.mode, cpu_override=s.override)
-    res = _tdcore.resolve(value, **common)
+    res = _tdcore.resolve(policy_request(value), **common)
     p = Plan(toggle=res["toggle"])
     if res["target"] != "keep":
         p.device, p.keep = target_device(res["target"]), False
-    p.dtype_action = _tdcore.float64_action(value, float64=s.float64,
-                                            **common)
+    p.dtype_action = _tdcore.float64_action(policy_request(value),
+                                            float64=s.float64, **common)
     return p
 
 
@@ -362,7 +389,8 @@ def test_policy_parser_agrees_with_torch(fuzz_env, text):
         for mode in MODES:
             for override in (False, True):
                 a = _tdcore.resolve(text, profile, mode, override)
-                b = _tdcore.resolve(dev, profile, mode, override)
+                b = _tdcore.resolve(policy_request(dev), profile, mode,
+                                    override)
                 assert a == b, (text, dev, profile, mode, override)
 
 
@@ -424,7 +452,7 @@ def test_torch_device_type_and_index(fuzz_env, type_, index, keywords,
     elif native_result[0] == "raise":
         c = ("raise", native_result[1])
     else:
-        c = ("device", native_result[1])
+        c = ("device", requested(native_result[1]))
     p = plan(c, state, follows_none=False)
     if p.error is not None:
         want = ("raise", p.error)

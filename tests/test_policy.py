@@ -6,6 +6,7 @@ without simulating any torch object.
 """
 from __future__ import annotations
 
+import numpy
 import pytest
 import torch
 
@@ -128,10 +129,31 @@ def test_redirected_flag():
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_device_objects_resolve_like_strings(profile):
-    for text in ["cpu", "cuda", "cuda:2", "mps", "mps:0", "meta"]:
+    for text in ["cuda", "cuda:2", "mps", "mps:0", "meta"]:
         as_str = _tdcore.resolve(text, profile, ACC)
         as_dev = _tdcore.resolve(_native_device(text), profile, ACC)
         assert as_str == as_dev, text
+
+
+@pytest.mark.parametrize("mode", (ACC, CSC))
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_host_device_read_off_a_tensor_is_its_place(profile, mode):
+    """`x.device` of a host tensor (and a host device made before
+    TorchDevice was enabled) names where x is, not a "cpu" request: never
+    redirected, also in mode "accelerate" (docs/policy.md, the table's
+    row for it)."""
+    keep = {"target": "keep", "toggle": False, "redirected": False}
+    place = torch.from_numpy(numpy.zeros(1)).device    # always a host tensor
+    assert _tdcore.parse(place) == ("host-place", -1)
+    assert _tdcore.resolve(place, profile, mode) == keep
+    assert _tdcore.resolve(_native_device("cpu"), profile, mode) == keep
+    # The program's own torch.device("cpu") is a request: where the policy
+    # in force keeps "cpu" on the host, a host device that is one.
+    own = torch.device("cpu")
+    assert _tdcore.parse(own)[0] != "host-place"
+    if _tdcore.parse(own)[0] == "cpu":
+        assert (_tdcore.resolve(own, profile, mode)
+                == _tdcore.resolve("cpu", profile, mode))
 
 
 def _native_device(text):

@@ -956,3 +956,38 @@ def test_a_float64_only_number_in_a_lowered_tensor_is_explained(tmp_path):
             assert ok in proc.stdout
         else:
             assert "without overflow" in proc.stderr
+
+
+# ---- a device read off a host tensor ----------------------------------------
+
+HOST_PLACE = """
+import numpy as np
+import torch
+M = torch.from_numpy(np.ones((2, 2)))      # host memory, float64, any mode
+u = torch.ones(2, dtype=M.dtype, device=M.device)
+print("like", u.device.type, str(u.dtype), (M @ u).tolist())
+print("same", M.to(M.device) is M)
+print("back", torch.ones(2).to(M.device).device.type)
+print("asked", torch.zeros(1, device=torch.device("cpu")).device.type)
+f = torch.compile(lambda m: torch.ones(2, dtype=m.dtype, device=m.device)
+                  + m[0], backend="eager", fullgraph=True)
+print("compiled", f(M).device.type)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_device_read_off_a_host_tensor_is_its_place(tmp_path, mode):
+    """`device=x.device` of a host tensor (torch.from_numpy's, which stays
+    on the host in every mode) means where x is: in mode "accelerate" it
+    is not a "cpu" request sent to the accelerator, which would put the new
+    tensor (in float32) beside a host float64 one they are used with, and
+    `x.to(x.device)` stays the tensor itself. The program's own
+    torch.device("cpu") stays a request (docs/policy.md, the table)."""
+    proc = launch(tmp_path, HOST_PLACE, mode)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert got["like"] == "cpu torch.float64 [2.0, 2.0]"
+    assert got["same"] == "True"
+    assert got["back"] == "cpu"
+    assert got["compiled"] == "cpu"
+    assert got["asked"] == ("simaccel" if mode == "accelerate" else "cpu")

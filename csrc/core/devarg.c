@@ -192,6 +192,23 @@ td_request_from_object(td_install *st, PyObject *obj)
     return td_request_from_value(st->device_type, &accel, obj);
 }
 
+td_request
+td_request_of_arg(td_install *st, PyObject *obj)
+{
+    td_request req = td_request_from_object(st, obj);
+    /* In mode "accelerate" `torch.zeros(n, device=x.device)` for a host x
+     * (torch.from_numpy's, a DataLoader batch) means "where x is": sent to
+     * the accelerator as a "cpu" request would be, it could never meet x.
+     * The program's own torch.device("cpu") is one of ours, and stays a
+     * request (docs/policy.md). */
+    if (req.kind == TD_REQ_CPU && obj != NULL
+        && Py_TYPE(obj) == st->device_type && !td_device_handed_out(st, obj))
+    {
+        req.kind = TD_REQ_HOST_PLACE;
+    }
+    return req;
+}
+
 int
 td_is_device_arg(td_install *st, PyObject *obj)
 {

@@ -103,7 +103,7 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
         && (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0))
     {
         only = PyTuple_GET_ITEM(args, 0);
-        first = td_request_from_object(st, only);
+        first = td_request_of_arg(st, only);
     }
     if (only != NULL && PyUnicode_CheckExact(only)) {
         PyObject *fast = device_from_string(st, only, first);
@@ -142,6 +142,11 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
     if (only != NULL
         && (td_pose_kept(st, only) || td_intent_kept(st, only)))
     {
+        return Py_NewRef(only);
+    }
+    /* torch.device(x.device) of a host tensor's device names that place
+     * too (dynamo rebuilds the devices it reads off tensors so). */
+    if (first.kind == TD_REQ_HOST_PLACE) {
         return Py_NewRef(only);
     }
     PyObject *dev = orig_device_new(type, args, kwargs);

@@ -160,6 +160,11 @@ request_for_test(PyObject *obj, PyObject *accel_obj, td_request *out)
          * both alive until this returns. */
         *out = td_request_from_value(st != NULL ? st->device_type : NULL,
                                      &accel, obj);
+        if (is_device && out->kind == TD_REQ_CPU
+            && !td_device_handed_out(st, obj))
+        {
+            out->kind = TD_REQ_HOST_PLACE;
+        }
         Py_XDECREF(st);
         return 0;
     }
@@ -241,7 +246,8 @@ static PyObject *
 tdcore_parse(PyObject *Py_UNUSED(module), PyObject *obj)
 {
     static const char *names[] = {"none", "cpu", "cuda", "mps", "meta",
-                                  "cpu-toggle", "other", "accelerator"};
+                                  "cpu-toggle", "other", "accelerator",
+                                  "host-place"};
     td_request req;
     if (request_for_test(obj, NULL, &req) < 0) {
         return NULL;

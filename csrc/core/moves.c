@@ -167,9 +167,22 @@ td_intent_of_kind(td_req_kind kind)
     case TD_REQ_NONE:
     case TD_REQ_META:
     case TD_REQ_OTHER:
+    case TD_REQ_HOST_PLACE:
         break;
     }
     return TD_INTENT_NONE;
+}
+
+int
+td_device_handed_out(td_install *st, PyObject *dev)
+{
+    for (int t = 0; t < TD_TARGET_COUNT; t++) {
+        if (st->target[t] == dev) {
+            return 1;
+        }
+    }
+    return dev == st->intent_host_cuda || dev == st->intent_host_mps
+           || dev == st->intent_host_accel || td_pose_name(st, dev) != NULL;
 }
 
 td_intent

@@ -146,6 +146,7 @@ td_resolve(td_request req, td_profile profile, td_mode mode,
     case TD_REQ_META:
     case TD_REQ_OTHER:
     case TD_REQ_ACCEL:     /* the device's own type: native */
+    case TD_REQ_HOST_PLACE:
         break;
     }
     res.redirected = res.target != TD_TARGET_KEEP

@@ -38,6 +38,10 @@ typedef enum {
     TD_REQ_CPU_TOGGLE = 5, /* "cpu:-1" / torch.device("cpu", -1) */
     TD_REQ_OTHER = 6,      /* anything else: left to torch, errors included */
     TD_REQ_ACCEL = 7,      /* the generic accelerator's own type */
+    /* A host torch.device TorchDevice did not hand out: read off a tensor
+     * (x.device) or made before it was enabled.  It names where a tensor
+     * is, not a request, so it is never redirected. */
+    TD_REQ_HOST_PLACE = 8,
 } td_req_kind;
 
 typedef struct {

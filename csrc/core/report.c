@@ -298,7 +298,7 @@ request_text(td_request req, PyObject *orig)
 {
     static const char *const names[] = {"default", "cpu", "cuda", "mps",
                                         "meta", "cpu:-1", "other",
-                                        "accelerator"};
+                                        "accelerator", "cpu"};
     if ((req.kind == TD_REQ_OTHER || req.kind == TD_REQ_ACCEL)
         && orig != NULL)
     {

@@ -213,6 +213,10 @@ int td_same_device(PyObject *a, PyObject *b);
 td_request td_request_from_value(PyTypeObject *device_type,
                                  const td_accel_type *accel, PyObject *obj);
 td_request td_request_from_object(td_install *st, PyObject *obj);
+/* A call's device argument as a request: td_request_from_object, except
+ * that a host torch.device TorchDevice did not hand out (read off a
+ * tensor) is TD_REQ_HOST_PLACE, the place of that tensor. */
+td_request td_request_of_arg(td_install *st, PyObject *obj);
 int td_is_device_arg(td_install *st, PyObject *obj);
 /* Borrowed reference to the device object for a target (not KEEP). */
 PyObject *td_target_device(td_install *st, td_target t);
@@ -255,6 +259,9 @@ int td_moves_active(void);
  * the intent devices must be new objects). */
 int td_moves_setup(td_install *st);
 td_intent td_intent_of_kind(td_req_kind kind);
+/* Whether `dev` is one of the torch.device objects TorchDevice hands out
+ * for requests (the targets, the intent devices, the poses). */
+int td_device_handed_out(td_install *st, PyObject *dev);
 td_intent td_intent_of_arg(td_install *st, PyObject *arg);
 /* Where the program sees a tensor, as the intent of a move to it
  * (.to(other)); TD_INTENT_NONE where it is not known. */

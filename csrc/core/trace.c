@@ -23,7 +23,7 @@ static PyObject *
 plan(td_install *st, PyObject *request, PyObject *dtype, int none_policy,
      PyObject *api, int here)
 {
-    td_request req = td_request_from_object(st, request);
+    td_request req = td_request_of_arg(st, request);
     if (req.kind == TD_REQ_NONE && !none_policy) {
         return plan_result(Py_None, dtype);
     }

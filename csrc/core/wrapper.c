@@ -557,7 +557,7 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
     PyObject *arg = slot >= 0 ? args[slot] : NULL;
     td_subst subst[2];
     int nsubst = 0;
-    td_request req = td_request_from_object(st, arg);
+    td_request req = td_request_of_arg(st, arg);
     if (req.kind == TD_REQ_NONE && !w->none_policy) {
         return td_get_accel_float64()
             ? PyObject_Vectorcall(w->wrapped, args, nargs, kwnames)
@@ -862,7 +862,7 @@ wrapper_to_now(td_wrapper *w, td_install *st, PyObject *const *args,
     td_subst subst[2];
     int nsubst = 0;
     PyObject *add_dtype = NULL;
-    td_request req = td_request_from_object(st, args[slot]);
+    td_request req = td_request_of_arg(st, args[slot]);
     td_resolution res = td_resolve_now(st, req);
     if (!td_get_accel_float64()) {
         if (float64_check(st, w, req, res, args, dslot, subst, &nsubst) < 0
