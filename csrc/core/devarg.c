@@ -193,9 +193,8 @@ td_request_from_object(td_install *st, PyObject *obj)
 }
 
 td_request
-td_request_of_arg(td_install *st, PyObject *obj)
+td_request_as_place(td_install *st, PyObject *obj, td_request req)
 {
-    td_request req = td_request_from_object(st, obj);
     /* In mode "accelerate" `torch.zeros(n, device=x.device)` for a host x
      * (torch.from_numpy's, a DataLoader batch) means "where x is": sent to
      * the accelerator as a "cpu" request would be, it could never meet x.
@@ -207,6 +206,12 @@ td_request_of_arg(td_install *st, PyObject *obj)
         req.kind = TD_REQ_HOST_PLACE;
     }
     return req;
+}
+
+td_request
+td_request_of_arg(td_install *st, PyObject *obj)
+{
+    return td_request_as_place(st, obj, td_request_from_object(st, obj));
 }
 
 int

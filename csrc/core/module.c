@@ -160,10 +160,8 @@ request_for_test(PyObject *obj, PyObject *accel_obj, td_request *out)
          * both alive until this returns. */
         *out = td_request_from_value(st != NULL ? st->device_type : NULL,
                                      &accel, obj);
-        if (is_device && out->kind == TD_REQ_CPU
-            && !td_device_handed_out(st, obj))
-        {
-            out->kind = TD_REQ_HOST_PLACE;
+        if (is_device) {
+            *out = td_request_as_place(st, obj, *out);
         }
         Py_XDECREF(st);
         return 0;

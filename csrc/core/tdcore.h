@@ -217,6 +217,8 @@ td_request td_request_from_object(td_install *st, PyObject *obj);
  * that a host torch.device TorchDevice did not hand out (read off a
  * tensor) is TD_REQ_HOST_PLACE, the place of that tensor. */
 td_request td_request_of_arg(td_install *st, PyObject *obj);
+/* `req`, read from `obj`, as td_request_of_arg reads it. */
+td_request td_request_as_place(td_install *st, PyObject *obj, td_request req);
 int td_is_device_arg(td_install *st, PyObject *obj);
 /* Borrowed reference to the device object for a target (not KEEP). */
 PyObject *td_target_device(td_install *st, td_target t);
