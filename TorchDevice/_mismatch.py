@@ -60,7 +60,8 @@ _OVERFLOW = re.compile(r"value cannot be converted to type "
 _REFUSED = re.compile(r"Cannot convert a MPS Tensor to float64 dtype"
                       r"|Trying to convert ComplexDouble to the MPS backend")
 _OPERATOR = re.compile(r"unsupported operand type\(s\) for \S+: "
-                       r"(?:'Tensor' and '\w+'|'\w+' and 'Tensor')")
+                       r"'(?:\w*Tensor|Parameter)' and "
+                       r"'(?:\w*Tensor|Parameter)'")
 
 _MARK = "TorchDevice: "
 _MAX_SITES = 6

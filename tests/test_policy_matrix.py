@@ -864,8 +864,9 @@ try:
 except TypeError as e:
     print("direct", TorchDevice.explain(e) is not None)
 def other(x):
+    wide = torch.zeros(1, dtype=torch.float64)
     try:
-        x * "text"
+        x * None
     except TypeError as e:
         return TorchDevice.explain(e)
 print("other", other(p))
@@ -882,7 +883,7 @@ def test_an_operation_refused_for_its_float64_result_is_explained(tmp_path):
     float64: the result would be float64, which the device refuses, and an
     operator reports it as "unsupported operand type(s)". The note names
     the line, the float64 tensors there and the way out; an operator's
-    TypeError with no float64 tensor near gets none (docs/policy.md,
+    TypeError between a tensor and something else gets none (docs/policy.md,
     "float64 on MPS")."""
     proc = launch(tmp_path, FLOAT64_RESULT, "cpu-stays-cpu")
     assert proc.returncode == 1
@@ -892,8 +893,8 @@ def test_an_operation_refused_for_its_float64_result_is_explained(tmp_path):
         proc.stderr
     note = proc.stderr[proc.stderr.index("TorchDevice: an operation"):]
     assert note.startswith("TorchDevice: an operation would make float64 on "
-                           "a device without it at prog.py:17 (in step).")
-    assert "float64 tensors at prog.py:17 (in step): a (cpu, float64, " \
+                           "a device without it at prog.py:18 (in step).")
+    assert "float64 tensors at prog.py:18 (in step): a (cpu, float64, " \
         "0 dimensions)." in note
     assert "(.float()) or a Python number (.item())" in note
     # On a device with float64 (the CPU here) the program runs through, and
