@@ -211,7 +211,16 @@ td_request_as_place(td_install *st, PyObject *obj, td_request req)
 td_request
 td_request_of_arg(td_install *st, PyObject *obj)
 {
-    return td_request_as_place(st, obj, td_request_from_object(st, obj));
+    td_request req = td_request_from_object(st, obj);
+    /* A "cpu" request and a host place resolve alike (kept) except where
+     * "cpu" is promoted: only there is the identity scan worth its cost,
+     * a dict lookup per call once the program has named an index. */
+    if (req.kind != TD_REQ_CPU || td_get_mode() != TD_MODE_ACCELERATE
+        || td_get_cpu_override())
+    {
+        return req;
+    }
+    return td_request_as_place(st, obj, req);
 }
 
 int

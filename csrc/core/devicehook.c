@@ -103,7 +103,10 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
         && (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0))
     {
         only = PyTuple_GET_ITEM(args, 0);
-        first = td_request_of_arg(st, only);
+        /* Always as a place: torch.device(x.device) returns the place
+         * itself in every mode (for moves, a device read off a tensor). */
+        first = td_request_as_place(st, only,
+                                    td_request_from_object(st, only));
     }
     if (only != NULL && PyUnicode_CheckExact(only)) {
         PyObject *fast = device_from_string(st, only, first);

@@ -213,12 +213,14 @@ int td_same_device(PyObject *a, PyObject *b);
 td_request td_request_from_value(PyTypeObject *device_type,
                                  const td_accel_type *accel, PyObject *obj);
 td_request td_request_from_object(td_install *st, PyObject *obj);
-/* A call's device argument as a request: td_request_from_object, except
- * that a host torch.device TorchDevice did not hand out (read off a
- * tensor) is TD_REQ_HOST_PLACE, the place of that tensor. */
-td_request td_request_of_arg(td_install *st, PyObject *obj);
-/* `req`, read from `obj`, as td_request_of_arg reads it. */
+/* `req`, read from `obj`: TD_REQ_HOST_PLACE where `obj` is a host
+ * torch.device TorchDevice did not hand out (read off a tensor), the place
+ * of that tensor. */
 td_request td_request_as_place(td_install *st, PyObject *obj, td_request req);
+/* A call's device argument as the policy resolves it: as
+ * td_request_as_place reads it where a "cpu" request would be promoted,
+ * td_request_from_object elsewhere (both resolve alike there). */
+td_request td_request_of_arg(td_install *st, PyObject *obj);
 int td_is_device_arg(td_install *st, PyObject *obj);
 /* Borrowed reference to the device object for a target (not KEEP). */
 PyObject *td_target_device(td_install *st, td_target t);
