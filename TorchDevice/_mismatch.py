@@ -190,6 +190,13 @@ def _sites_lines(sites: List[str], heading: str, done: str) -> List[str]:
 # ---- the notes ------------------------------------------------------------
 
 
+def _lowers_float64() -> bool:
+    """Whether TorchDevice gives float64 requests float32 here: the device
+    has no float64 and TORCHDEVICE_FLOAT64 is "downcast"."""
+    settings = _tdcore.settings()
+    return not settings["device_float64"] and settings["float64"] == "downcast"
+
+
 def _float64_note(exc: BaseException) -> Optional[str]:
     """The note for a float64-only number stored into a tensor TorchDevice
     made float32, or None."""
@@ -197,8 +204,7 @@ def _float64_note(exc: BaseException) -> Optional[str]:
              else None)
     if found is None:
         return None
-    settings = _tdcore.settings()
-    if settings["device_float64"] or settings["float64"] != "downcast":
+    if not _lowers_float64():
         return None
     # torch names the C++ type it could not convert to: float32's, or
     # complex64's for a complex number.
@@ -252,8 +258,7 @@ def _float64_result_note(exc: BaseException) -> Optional[str]:
     refused, operator = _REFUSED.search(text), _OPERATOR.search(text)
     if refused is None and operator is None:
         return None
-    settings = _tdcore.settings()
-    if settings["device_float64"] or settings["float64"] != "downcast":
+    if not _lowers_float64():
         return None
     frames = _frames(exc.__traceback__)
     wide = _wide_tensors(frames[-1].tb_frame) if frames else []
