@@ -166,6 +166,34 @@ def test_a_device_read_from_a_tensor_means_that_tensor_s_place():
     assert h.to(native) is not h and h.to(native).to(native) is not h
 
 
+def test_a_device_through_pickle_or_str_moves_as_the_original():
+    """docs/policy.md, "Moves copy": pickling hands back the object the
+    program built, and torch.device(str(d)) asks again for what d asked
+    for.  A device from before the last disable()/enable() is the device
+    it really is, and torch moves to it as it would."""
+    import pickle
+    host, acc = torch.zeros(2), torch.ones(2, device="cuda")
+    for asked in ("cuda", "cpu"):
+        d = torch.device(asked)
+        if str(d) != asked:
+            continue    # "cpu" in mode accelerate reads as the accelerator
+        for again in (pickle.loads(pickle.dumps(d)), torch.device(str(d))):
+            assert _tdcore.device_intent(again) == _tdcore.device_intent(d)
+            assert (host.to(again) is host) == (host.to(d) is host)
+            assert (acc.to(again) is acc) == (acc.to(d) is acc), asked
+    assert acc.to(torch.device("cuda")) is acc
+    assert acc.to(torch.device("cpu")) is not acc
+    stale = torch.device("cuda")
+    TorchDevice.disable()
+    TorchDevice.enable()
+    acc = torch.ones(2, device="cuda")
+    assert stale.type == TorchDevice.policy()["device"]
+    # torch's own moves: none forced (on the CPU an alias where CUDA would
+    # copy the host tensor).
+    assert acc.to(stale) is acc
+    assert (host.to(stale) is host) == (host.device == stale)
+
+
 def test_a_wrapper_subclass_is_where_its_inner_tensors_are():
     """A wrapper subclass (torch's __tensor_flatten__ protocol; PyG's
     EdgeIndex and HashTensor are such) keeps its data in inner tensors and
@@ -339,7 +367,7 @@ def test_moves_alias_from_the_environment():
     assert proc.stdout.split() == ["alias", "True"]
 
 
-def test_issue_examples_in_a_fresh_process():
+def test_three_leaks_of_an_aliasing_move_in_a_fresh_process():
     """The three leaks that a move which is not a copy lets through."""
     proc = run_python("""
         import torch, TorchDevice
