@@ -108,6 +108,19 @@ td_new_device_like(td_install *st, PyObject *dev, PyObject **out)
     return *out == NULL ? -1 : 0;
 }
 
+/* One of the devices the hook hands out for a (target, intent). */
+static int
+is_intent_device(td_install *st, PyObject *dev)
+{
+    for (int t = 0; t < TD_TARGET_COUNT; t++) {
+        if (st->target[t] == dev) {
+            return 1;
+        }
+    }
+    return dev == st->intent_host_cuda || dev == st->intent_host_mps
+           || dev == st->intent_host_accel;
+}
+
 /* What the move rule needs, made from what install() was handed (before
  * the torch.device hook is in place, so that the devices are new objects):
  * the tensor type with its untyped_storage and clone, and one more device
@@ -176,13 +189,7 @@ td_intent_of_kind(td_req_kind kind)
 int
 td_device_handed_out(td_install *st, PyObject *dev)
 {
-    for (int t = 0; t < TD_TARGET_COUNT; t++) {
-        if (st->target[t] == dev) {
-            return 1;
-        }
-    }
-    return dev == st->intent_host_cuda || dev == st->intent_host_mps
-           || dev == st->intent_host_accel || td_pose_name(st, dev) != NULL;
+    return is_intent_device(st, dev) || td_pose_name(st, dev) != NULL;
 }
 
 td_intent
@@ -268,25 +275,14 @@ td_intent_cached(td_install *st, PyObject *dev)
 int
 td_intent_kept(td_install *st, PyObject *dev)
 {
-    if (!td_moves_active()) {
+    if (!td_moves_active() || !is_intent_device(st, dev)) {
         return 0;
     }
-    PyObject *mine[] = {st->target[TD_TARGET_CPU], st->target[TD_TARGET_CUDA],
-                        st->target[TD_TARGET_MPS],
-                        st->intent_host_cuda,
-                        st->intent_host_mps, st->target[TD_TARGET_ACCEL],
-                        st->intent_host_accel};
     td_accel_type accel = td_accel_of(st);
-    for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++) {
-        if (dev == mine[i]) {
-            td_resolution res = td_resolve(td_request_from_device(dev,
-                                                                  &accel),
-                                           td_get_profile(), td_get_mode(),
-                                           td_get_cpu_override(), 0);
-            return res.target == TD_TARGET_KEEP && !res.toggle_override;
-        }
-    }
-    return 0;
+    td_resolution res = td_resolve(td_request_from_device(dev, &accel),
+                                   td_get_profile(), td_get_mode(),
+                                   td_get_cpu_override(), 0);
+    return res.target == TD_TARGET_KEEP && !res.toggle_override;
 }
 
 int
