@@ -81,6 +81,10 @@ typedef struct {
     int redirected;        /* the device torch sees differs from the request */
 } td_resolution;
 
+/* A tensor's own device (a *_like call, a result where it is): nothing to
+ * redirect. */
+#define TD_STAYS ((td_resolution){TD_TARGET_KEEP, 0, 0})
+
 typedef enum {
     TD_DTYPE_KEEP = 0,
     TD_DTYPE_TO_FLOAT32 = 1,

@@ -28,8 +28,7 @@ plan(td_install *st, PyObject *request, PyObject *dtype, int none_policy,
         return plan_result(Py_None, dtype);
     }
     td_profile profile = td_get_profile();
-    td_resolution stays = {TD_TARGET_KEEP, 0, 0};
-    td_resolution res = here ? stays
+    td_resolution res = here ? TD_STAYS
         : td_resolve(req, profile, td_get_mode(), td_get_cpu_override(), 0);
     PyObject *new_dtype = dtype;
     PyObject *narrow = td_narrow_dtype(st, dtype);

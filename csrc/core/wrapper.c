@@ -227,8 +227,7 @@ float64_where_it_is(td_install *st, td_wrapper *w, PyObject *tensor,
     }
     td_request req = td_request_from_object(st, dev);
     Py_DECREF(dev);
-    td_resolution stays = {TD_TARGET_KEEP, 0, 0};
-    return float64_lowered(st, w, req, stays, wide, lowered);
+    return float64_lowered(st, w, req, TD_STAYS, wide, lowered);
 }
 
 /* A dtype=torch.float64 (or complex128) in slot dslot: *subst is filled
