@@ -446,6 +446,8 @@ ops = {
                     x.log_softmax(1)),
     "vector-norm": (torch.linalg.vector_norm(x, dtype=torch.float64),
                     torch.linalg.vector_norm(x)),
+    "vector-norm-x": (torch.linalg.vector_norm(x=x, dtype=torch.float64),
+                      torch.linalg.vector_norm(x)),
     "matrix-norm": (torch.linalg.matrix_norm(x, dtype=torch.float64),
                     torch.linalg.matrix_norm(x)),
     "linalg-norm": (torch.linalg.norm(x, dtype=torch.float64),
@@ -520,8 +522,9 @@ def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
     assert got["host-like"] == ("torch.float32" if mode == "accelerate"
                                 else "torch.float64")
     for name in ("sum", "torch-sum", "mean", "cumsum", "cumprod", "softmax",
-                 "log-softmax", "vector-norm", "matrix-norm", "linalg-norm",
-                 "tensor-norm", "special-softmax", "special-log-softmax"):
+                 "log-softmax", "vector-norm", "vector-norm-x", "matrix-norm",
+                 "linalg-norm", "tensor-norm", "special-softmax",
+                 "special-log-softmax"):
         assert got[name] == "simaccel torch.float32 True", name
     assert got["host-sum"] == ("torch.float32" if mode == "accelerate"
                                else "torch.float64")
