@@ -20,7 +20,8 @@ float64 holds (`torch.finfo(torch.float64).min` as a mask value) does not
 fit in them (docs/policy.md, "float64 on MPS"); and on MPS's refusal of
 an operation whose result would be float64 -- a float64 host tensor with no
 dimensions meeting a device tensor -- which an operator reports as
-"unsupported operand type(s)".
+"unsupported operand type(s)"; and on torch's GradcheckError where the
+inputs checked are float32 there (gradcheck needs float64).
 
 Nothing here runs on the hot path: the note is built only for an exception
 that is already propagating -- by `sys.excepthook` and
@@ -289,17 +290,68 @@ def _float64_result_note(exc: BaseException) -> Optional[str]:
     return "\n".join(lines)
 
 
+def _narrow_gradcheck_inputs(exc: BaseException) -> List[str]:
+    """The float32 (complex64) inputs requiring grad that the failing
+    gradcheck was checking, read off torch's gradcheck frames, as
+    "input #i (device, dtype)".  torch's gradcheck keeps them in its local
+    `tupled_inputs` (torch 2.x); under another name there is no note."""
+    import torch
+    narrow = (torch.float32, torch.complex64)
+    for tb in reversed(_frames(exc.__traceback__)):
+        inputs = tb.tb_frame.f_locals.get("tupled_inputs")
+        if not isinstance(inputs, tuple):
+            continue
+        return [f"input #{i} ({value.device}, "
+                f"{str(value.dtype).replace('torch.', '')})"
+                for i, value in enumerate(inputs)
+                if isinstance(value, torch.Tensor) and value.requires_grad
+                and value.dtype in narrow][:_MAX_SITES]
+    return []
+
+
+def _gradcheck_note(exc: BaseException) -> Optional[str]:
+    """The note for torch's gradcheck failing on inputs TorchDevice may have
+    made float32 from a float64 request, or None."""
+    gradcheck = sys.modules.get("torch.autograd.gradcheck")
+    error = getattr(gradcheck, "GradcheckError", None)
+    if error is None or not isinstance(exc, error) or not _lowers_float64():
+        return None
+    narrow = _narrow_gradcheck_inputs(exc)
+    if not narrow:
+        return None     # float64 inputs: the check failed on its own terms
+    lines = [
+        _headline(exc, "gradcheck ran in float32 on a device without "
+                       "float64"),
+        "  gradcheck compares gradients with finite differences, which "
+        "need float64. This device has no float64, so TorchDevice gives "
+        "float64 requests float32 (TORCHDEVICE_FLOAT64=downcast), and "
+        "inputs made as float64 for the device are float32 here: "
+        + ", ".join(narrow) + "."]
+    lines += _sites_lines(_downcast_sites("float64"),
+                          "float64 requests TorchDevice made float32",
+                          "made float32")
+    lines.append(
+        "  Check gradients on the host, where float64 is computed: inputs "
+        "made with device=\"cpu\" (inside `with "
+        "TorchDevice.cpu_override():` in mode \"accelerate\"), or run with "
+        "TORCHDEVICE_FLOAT64=error to stop where float64 is requested "
+        "(docs/policy.md).")
+    return "\n".join(lines)
+
+
 def note_for(exc: BaseException) -> Optional[str]:
     """The note TorchDevice adds to `exc`, or None when `exc` is neither a
     device mismatch TorchDevice's redirection can have caused (TorchDevice
     disabled, mode "cpu-stays-cpu", no accelerator) nor a float64 number
     that the float32 TorchDevice gave a float64 request cannot hold, nor
-    an operation refused for its float64 result on a device without it."""
+    an operation refused for its float64 result on a device without it,
+    nor a gradcheck of inputs that may be such float32."""
     from . import _patches
     if not _patches.is_applied():
         return None
     if not is_device_mismatch(exc):
-        return _float64_note(exc) or _float64_result_note(exc)
+        return (_float64_note(exc) or _float64_result_note(exc)
+                or _gradcheck_note(exc))
     settings = _tdcore.settings()
     if settings["mode"] != "accelerate" or settings["profile"] == "cpu":
         return None

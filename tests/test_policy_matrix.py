@@ -912,6 +912,57 @@ def test_an_operation_refused_for_its_float64_result_is_explained(tmp_path):
     assert "TorchDevice:" not in proc.stderr
 
 
+GRADCHECK = """
+import torch, TorchDevice
+from torch.autograd import gradcheck
+def f(x):
+    return (x * x).sin()
+with TorchDevice.cpu_override():
+    h = torch.randn(4, dtype=torch.float64, device="cpu", requires_grad=True)
+    print("host", h.device.type, str(h.dtype), gradcheck(f, (h,)))
+x = torch.randn(4, dtype=torch.float64, device="cuda", requires_grad=True)
+try:
+    gradcheck(f, (x,), eps=1e-6, atol=1e-5)
+except RuntimeError as e:
+    print("caught", TorchDevice.explain(e) is not None)
+def wrong(t):
+    return t * t.detach()   # half the gradient: fails in float64 too
+try:
+    gradcheck(wrong, (h,))
+except RuntimeError as e:
+    print("own", TorchDevice.explain(e))
+gradcheck(f, (x,), eps=1e-6, atol=1e-5)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_gradcheck_of_lowered_inputs_is_explained(tmp_path, mode):
+    """gradcheck needs float64; a CUDA program's float64 inputs made for a
+    device without float64 are float32 there, and the check fails where it
+    passes on CUDA.  The GradcheckError gets a note naming the line, the
+    float32 inputs and the way out; one failing on float64 inputs gets none,
+    nor one on a device with float64 (docs/policy.md, "Gradient checks")."""
+    proc = launch(tmp_path, GRADCHECK, mode)
+    assert proc.returncode == 1
+    assert "host cpu torch.float64 True" in proc.stdout
+    assert "caught True" in proc.stdout and "own None" in proc.stdout
+    assert "GradcheckError: Jacobian mismatch" in proc.stderr
+    note = proc.stderr[proc.stderr.index("TorchDevice: gradcheck"):]
+    assert note.startswith("TorchDevice: gradcheck ran in float32 on a "
+                           "device without float64 at prog.py:20 "
+                           "(in <module>).")
+    assert "input #0 (simaccel:0, float32)" in note
+    assert 'inputs made with device="cpu"' in note
+    script = tmp_path / "prog.py"
+    proc = subprocess.run(
+        [sys.executable, "-m", "TorchDevice", "run", str(script)],
+        capture_output=True, text=True, env=_accel_env(None),
+        cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "caught" not in proc.stdout and "own None" in proc.stdout
+    assert "TorchDevice:" not in proc.stderr
+
+
 def test_a_float64_only_number_in_a_lowered_tensor_is_explained(tmp_path):
     """A number only float64 holds (a CUDA program's
     `torch.finfo(torch.float64).min` mask value) stored into a tensor
