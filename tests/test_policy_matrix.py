@@ -63,6 +63,16 @@ def launch(tmp_path: Path, code: str, mode: str, *options: str,
     return run_script(script, mode, *options, native=native, cwd=tmp_path)
 
 
+def relaunch_on_the_cpu(tmp_path: Path) -> subprocess.CompletedProcess:
+    """The script launch() wrote, with the launcher on this machine's CPU
+    (no simulated accelerator: a device with float64)."""
+    return subprocess.run(
+        [sys.executable, "-m", "TorchDevice", "run",
+         str(tmp_path / "prog.py")],
+        capture_output=True, text=True, env=_accel_env(None),
+        cwd=str(tmp_path), timeout=300)
+
+
 def run_script(script: Path, mode: str, *options: str, native: bool = False,
                cwd: Path = ROOT, args: Tuple[str, ...] = ()
                ) -> subprocess.CompletedProcess:
@@ -902,11 +912,7 @@ def test_an_operation_refused_for_its_float64_result_is_explained(tmp_path):
     assert "(.float()) or a Python number (.item())" in note
     # On a device with float64 (the CPU here) the program runs through, and
     # the result is float64 as on CUDA.
-    script = tmp_path / "prog.py"
-    proc = subprocess.run(
-        [sys.executable, "-m", "TorchDevice", "run", str(script)],
-        capture_output=True, text=True, env=_accel_env(None),
-        cwd=str(tmp_path), timeout=300)
+    proc = relaunch_on_the_cpu(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "result torch.float64" in proc.stdout
     assert "TorchDevice:" not in proc.stderr
@@ -953,11 +959,7 @@ def test_a_gradcheck_of_lowered_inputs_is_explained(tmp_path, mode):
                            "(in <module>).")
     assert "input #0 (simaccel:0, float32)" in note
     assert 'inputs made with device="cpu"' in note
-    script = tmp_path / "prog.py"
-    proc = subprocess.run(
-        [sys.executable, "-m", "TorchDevice", "run", str(script)],
-        capture_output=True, text=True, env=_accel_env(None),
-        cwd=str(tmp_path), timeout=300)
+    proc = relaunch_on_the_cpu(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "caught" not in proc.stdout and "own None" in proc.stdout
     assert "TorchDevice:" not in proc.stderr
