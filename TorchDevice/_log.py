@@ -1,6 +1,8 @@
 """The "TorchDevice" logger and the sink that _tdcore calls for each new
 call site.  Nothing here runs unless recording is on, and then only once per
-(site, API, what, from -> to): repeated hits are counted in C.
+(site, API, what, from -> to): repeated hits are counted in C.  One exception:
+the first float64 request made float32 in the process, which _tdcore records
+report or not, and which is a warning.
 
 The logger is an ordinary `logging` logger: configuring it the standard way
 (`logging.getLogger("TorchDevice").setLevel(logging.INFO)` and a handler,
@@ -119,18 +121,44 @@ def describe(api: str, what: str, src: str, dst: str) -> str:
     return f"{api}: {what} ({src} -> {dst})"
 
 
+# Whether the log has warned of a float64 request made float32.
+_told_downcast = False
+
+
+def _first_downcast(what: str) -> bool:
+    """Whether this is the first float64 (complex128) request made narrower
+    in this process."""
+    global _told_downcast
+    if what != DOWNCAST or _told_downcast:
+        return False
+    _told_downcast = True
+    return True
+
+
 def sink(filename: str, line: int, function: str, api: str, what: str,
          src: str, dst: str) -> None:
-    """First hit of a (site, api, what, from, to) record."""
-    level = logging.WARNING if what == UNSUPPORTED else logging.INFO
+    """First hit of a (site, api, what, from, to) record.  The first float64
+    request made float32 is a warning: the program's numbers change, and
+    _tdcore records it even where the report is off."""
+    first = _first_downcast(what)
+    level = (logging.WARNING if what == UNSUPPORTED or first
+             else logging.INFO)
     if logger.isEnabledFor(level):
         where = f" in {function}" if function else ""
+        if first:
+            text = ("TorchDevice: %s computed in %s at %s:%d%s (%s): this "
+                    "device has no %s (TORCHDEVICE_FLOAT64=downcast). Said "
+                    "once: --report lists every such line, "
+                    "TORCHDEVICE_FLOAT64=error stops at them.")
+            args: tuple = (src, dst, filename, line, where, api, src)
+        else:
+            text = "%s:%d%s: %s"
+            args = (filename, line, where, describe(api, what, src, dst))
         # The record names the program's call site, not this function:
         # %(pathname)s, %(filename)s, %(lineno)d and %(funcName)s in a
         # handler's format are the site's.
         record = logger.makeRecord(
-            logger.name, level, filename, line, "%s:%d%s: %s",
-            (filename, line, where, describe(api, what, src, dst)), None,
+            logger.name, level, filename, line, text, args, None,
             func=function or None,
             extra={"caller_func_name": function, "caller_filename": filename,
                    "caller_lineno": line, "torch_function": api})

@@ -918,6 +918,37 @@ def test_an_operation_refused_for_its_float64_result_is_explained(tmp_path):
     assert "TorchDevice:" not in proc.stderr
 
 
+FIRST_DOWNCAST = """
+import numpy as np, torch
+x = torch.tensor(np.ones(3), device="cuda")
+for _ in range(3):
+    y = torch.zeros(2, dtype=torch.float64, device="cuda")
+print(x.dtype, y.dtype)
+"""
+
+
+def test_the_first_float64_request_made_float32_is_said_once(tmp_path):
+    """The program's numbers change where float64 becomes float32, so the
+    first such request warns through the "TorchDevice" logger, once per
+    process, report or not; the report lists them all (docs/policy.md,
+    "float64 on MPS")."""
+    proc = launch(tmp_path, FIRST_DOWNCAST, "cpu-stays-cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["torch.float32", "torch.float32"]
+    said = [line for line in proc.stderr.splitlines() if "Said once" in line]
+    assert len(said) == 1, proc.stderr
+    assert said[0].startswith("TorchDevice: float64 computed in float32 at ")
+    assert "prog.py:3 in <module> (torch.tensor)" in said[0]
+    assert "TORCHDEVICE_FLOAT64=error" in said[0]
+    report = launch(tmp_path, FIRST_DOWNCAST, "cpu-stays-cpu", "--report")
+    assert report.stderr.count("Said once") == 1
+    assert "prog.py:5" in report.stderr and "downcast" in report.stderr
+    # A device with float64 (the CPU here) computes it: nothing to say.
+    native = relaunch_on_the_cpu(tmp_path)
+    assert native.stdout.split() == ["torch.float64", "torch.float64"]
+    assert "Said once" not in native.stderr
+
+
 GRADCHECK = """
 import torch, TorchDevice
 from torch.autograd import gradcheck

@@ -23,9 +23,14 @@
 
 #include "fields.h"
 
+#include <stdatomic.h>
 #include <structmember.h>
 #include <stddef.h>
 #include <string.h>
+
+/* Set at the first float64 request made float32 in this process, which is
+ * recorded (and so logged) even where the report is off. */
+static atomic_int td_downcast_told_v = 0;
 
 typedef enum {
     TD_KIND_FACTORY = 0,    /* device= keyword (or a fixed position) */
@@ -201,8 +206,11 @@ float64_lowered(td_install *st, td_wrapper *w, td_request req,
     }
     *dtype = td_narrow_dtype(st, wide);
     /* The program computes in float32 where it asked for float64: the
-     * report says so at its call site. */
-    if (td_get_report()
+     * report says so at its call site, and the log warns of the first one
+     * even where the report is off (_log.sink), since numbers change. */
+    if ((td_get_report()
+         || !atomic_exchange_explicit(&td_downcast_told_v, 1,
+                                      memory_order_relaxed))
         && td_record(st->records, st, w->api, st->str_downcast,
                      td_dtype_name(st, wide), td_dtype_name(st, *dtype)) < 0)
     {
