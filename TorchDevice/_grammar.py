@@ -76,6 +76,12 @@ LIKE_FUNCTION = DeviceArg(data_position=0, data_keyword="input")
 # ...): no device; the result is where the input tensor is, so float64
 # there is a float64 request on that device (docs/policy.md).
 RESULT_DTYPE = DeviceArg(keyword="", data_position=0, data_keyword="input")
+# ...whose data goes by input=, except linalg.vector_norm's, by its
+# documented x= (torch takes both there).
+RESULT_DTYPE_FUNCTIONS: Dict[str, DeviceArg] = {
+    "torch.linalg.vector_norm": DeviceArg(keyword="", data_position=0,
+                                          data_keyword="x"),
+}
 # Tensor.to / Module.to: .to(device, dtype, ...), .to(dtype), .to(other),
 # .to(device=..., dtype=...).
 TO = DeviceArg(position=1, dtype_position=2, data_position=0)

@@ -12,7 +12,7 @@ import functools
 import os
 import sys
 import types
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -43,9 +43,6 @@ _RESULT_DTYPE = (("", ("sum", "nansum", "mean", "nanmean", "prod", "cumsum",
                        "cumprod", "softmax", "log_softmax")),
                  ("linalg", ("vector_norm", "matrix_norm", "norm")),
                  ("special", ("softmax", "log_softmax")))
-# Their data goes by input=, but linalg.vector_norm's by its documented x=
-# (torch takes both there).
-_RESULT_DATA_KEYWORD = {"torch.linalg.vector_norm": "x"}
 # Where torch keeps public callables that may be device constructors.
 _NAMESPACES = ("torch", "torch.fft", "torch.nested", "torch.sparse")
 
@@ -333,9 +330,8 @@ def _result_dtype_patches() -> List[Patch]:
         prefix = f"torch.{ns_name}." if ns_name else "torch."
         for name in names:
             if hasattr(ns, name):
-                grammar = replace(
-                    _grammar.RESULT_DTYPE, data_keyword=_RESULT_DATA_KEYWORD.get(
-                        prefix + name, _grammar.RESULT_DTYPE.data_keyword))
+                grammar = _grammar.RESULT_DTYPE_FUNCTIONS.get(
+                    prefix + name, _grammar.RESULT_DTYPE)
                 table.append(Patch(ns, name, factory(
                     prefix + name, grammar, dispatch=dispatch)))
             if ns is torch and hasattr(torch.Tensor, name):
