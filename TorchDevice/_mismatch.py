@@ -167,12 +167,14 @@ def _redirected_sites() -> List[str]:
             and row["from"] in ("default", "cpu")]
 
 
-def _downcast_sites(wide: str) -> List[str]:
-    """The lines where TorchDevice gave a `wide` ("float64", "complex128")
-    request the narrower type, as the report recorded them."""
-    return [f"{_short(row['file'])}:{row['line']} {row['api']} "
-            f"(x{row['count']})" for row in _report_rows()
-            if row["what"] == "downcast" and row["from"] == wide]
+def _downcast_lines(wide: str, narrow: str) -> List[str]:
+    """The note's line listing where TorchDevice gave a `wide` ("float64",
+    "complex128") request the `narrow` type, as the report recorded them."""
+    sites = [f"{_short(row['file'])}:{row['line']} {row['api']} "
+             f"(x{row['count']})" for row in _report_rows()
+             if row["what"] == "downcast" and row["from"] == wide]
+    return _sites_lines(sites, f"{wide} requests TorchDevice made {narrow}",
+                        f"made {narrow}")
 
 
 def _sites_lines(sites: List[str], heading: str, done: str) -> List[str]:
@@ -218,14 +220,17 @@ def _float64_note(exc: BaseException) -> Optional[str]:
         f"requests {narrow} (TORCHDEVICE_FLOAT64=downcast), and a value "
         "such as torch.finfo(torch.float64).min or 1e300 cannot be stored "
         "in those tensors."]
-    lines += _sites_lines(_downcast_sites(wide),
-                          f"{wide} requests TorchDevice made {narrow}",
-                          f"made {narrow}")
+    lines += _downcast_lines(wide, narrow)
     lines.append(
         "  Take the limits from the tensor's own dtype "
         "(torch.finfo(t.dtype)), or run with TORCHDEVICE_FLOAT64=error to "
         "stop where float64 is requested (docs/policy.md).")
     return "\n".join(lines)
+
+
+def _dtype_name(tensor: Any) -> str:
+    """"float64" for torch.float64."""
+    return str(tensor.dtype).replace("torch.", "")
 
 
 def _wide_tensors(frame: types.FrameType) -> List[str]:
@@ -242,7 +247,7 @@ def _wide_tensors(frame: types.FrameType) -> List[str]:
         if isinstance(value, torch.Tensor) and value.dtype in wide:
             dims = value.dim()
             found.append(f"{name} ({value.device}, "
-                         f"{str(value.dtype).replace('torch.', '')}, "
+                         f"{_dtype_name(value)}, "
                          f"{dims} dimension{'' if dims == 1 else 's'})")
     return found[:_MAX_SITES]
 
@@ -301,8 +306,7 @@ def _narrow_gradcheck_inputs(exc: BaseException) -> List[str]:
         inputs = tb.tb_frame.f_locals.get("tupled_inputs")
         if not isinstance(inputs, tuple):
             continue
-        return [f"input #{i} ({value.device}, "
-                f"{str(value.dtype).replace('torch.', '')})"
+        return [f"input #{i} ({value.device}, {_dtype_name(value)})"
                 for i, value in enumerate(inputs)
                 if isinstance(value, torch.Tensor) and value.requires_grad
                 and value.dtype in narrow][:_MAX_SITES]
@@ -327,9 +331,7 @@ def _gradcheck_note(exc: BaseException) -> Optional[str]:
         "float64 requests float32 (TORCHDEVICE_FLOAT64=downcast), and "
         "inputs made as float64 for the device are float32 here: "
         + ", ".join(narrow) + "."]
-    lines += _sites_lines(_downcast_sites("float64"),
-                          "float64 requests TorchDevice made float32",
-                          "made float32")
+    lines += _downcast_lines("float64", "float32")
     lines.append(
         "  Check gradients on the host, where float64 is computed: inputs "
         "made with device=\"cpu\" (inside `with "
