@@ -77,6 +77,17 @@ def wants_records() -> bool:
     return logger.isEnabledFor(logging.INFO)
 
 
+class _Prefixed(logging.Formatter):
+    """"[TorchDevice] message", unless the message names TorchDevice
+    itself: warnings start with "TorchDevice:" so that Python's last-resort
+    handler, which prints the bare message, still says who speaks."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if text.startswith("TorchDevice: ") \
+            else "[TorchDevice] " + text
+
+
 def ensure_handler() -> None:
     """Gives the logger a stderr handler when TorchDevice's own setting
     asked for the log and nothing in the application would show it, so
@@ -85,7 +96,7 @@ def ensure_handler() -> None:
     if _handler is not None or _own_level is None or logger.hasHandlers():
         return
     _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter("[TorchDevice] %(message)s"))
+    _handler.setFormatter(_Prefixed())
     logger.addHandler(_handler)
 
 

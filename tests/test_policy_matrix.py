@@ -942,6 +942,14 @@ def test_the_first_float64_request_made_float32_is_said_once(tmp_path):
     assert "TORCHDEVICE_FLOAT64=error" in said[0]
     report = launch(tmp_path, FIRST_DOWNCAST, "cpu-stays-cpu", "--report")
     assert report.stderr.count("Said once") == 1
+    # TorchDevice's own handler (its log level set) names TorchDevice once.
+    logged = launch(tmp_path, FIRST_DOWNCAST, "cpu-stays-cpu",
+                    "--log-level", "INFO")
+    said = [line for line in logged.stderr.splitlines() if "Said once" in line]
+    assert len(said) == 1, logged.stderr
+    assert said[0].startswith("TorchDevice: float64 computed in float32 at ")
+    assert "[TorchDevice] " + str(tmp_path / "prog.py") + ":5 in <module>: " \
+        "torch.zeros: downcast (float64 -> float32)" in logged.stderr
     assert "prog.py:5" in report.stderr and "downcast" in report.stderr
     # A device with float64 (the CPU here) computes it: nothing to say.
     native = relaunch_on_the_cpu(tmp_path)
