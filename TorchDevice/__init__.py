@@ -54,6 +54,10 @@ def _push_config(cfg: Config) -> None:
     record = _capabilities.record_for(profile, cfg.capabilities)
     _tdcore.configure(profile, cfg.mode, cfg.float64,
                       device_float64=record.float64)
+    if not record.float64:
+        # The first float64 made float32 is said at the user's line even
+        # with the report off, so the core must know the user's frames.
+        _report.ensure_site_rules()
     _log.apply_level(cfg.log_level)
     _report.activate(cfg.report)
     _sync_recording()

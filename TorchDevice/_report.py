@@ -98,7 +98,9 @@ def site_rules() -> List[Tuple[str, int]]:
 
 
 def ensure_site_rules() -> None:
-    """Hands the rule to _tdcore once, the first time recording is on."""
+    """Hands the rule to _tdcore once: the first time recording is on, or
+    at configuration for a device without float64 (its first downcast is
+    said, report or not)."""
     global _rules_set
     if not _rules_set:
         _tdcore.set_site_rules(site_rules())

@@ -957,6 +957,38 @@ def test_the_first_float64_request_made_float32_is_said_once(tmp_path):
     assert "Said once" not in native.stderr
 
 
+FLOAT64_LIBRARY = """
+import numpy as np, torch
+def make():
+    return torch.tensor(np.linspace(0.0, 1.0, 3), device="cuda")
+"""
+
+
+def test_the_first_downcast_is_said_at_the_users_line(tmp_path):
+    """A library's float64 made float32 is said at the user's line that
+    called into it, report or not, as the report names it
+    (docs/report.md, "Which line is the site")."""
+    lib = tmp_path / "site-packages"
+    lib.mkdir()
+    (lib / "f64lib.py").write_text(FLOAT64_LIBRARY)
+    script = tmp_path / "prog.py"
+    script.write_text("import f64lib\nprint(f64lib.make().dtype)\n")
+    env = _accel_env("cpu-stays-cpu")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(lib), env.get("PYTHONPATH")) if p)
+    for options in ([], ["--report"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "TorchDevice", "run", *options,
+             str(script)], capture_output=True, text=True, env=env,
+            cwd=str(tmp_path), timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.split() == ["torch.float32"]
+        said = [line for line in proc.stderr.splitlines()
+                if "Said once" in line]
+        assert len(said) == 1, proc.stderr
+        assert f"at {script}:2 in <module> (torch.tensor)" in said[0]
+
+
 GRADCHECK = """
 import torch, TorchDevice
 from torch.autograd import gradcheck
