@@ -179,8 +179,10 @@ def _context_marks(original: Any) -> Any:
             # replacement with the context's device, as if the program had
             # named it: float64 there (dtype=, float64 data, torch's default
             # dtype) follows the setting (docs/policy.md, "float64 on MPS").
-            return replacement(*args, **{**(kwargs or {}),
-                                         "device": self.device})
+            # torch's handler makes the call, so that torch's warnings name
+            # its line, as without us.
+            return original(self, replacement, types, args,
+                            {**(kwargs or {}), "device": self.device})
         result = original(self, func, types, args, kwargs)
         if filled and intent(self.device) == "accelerator":
             mark(result)

@@ -989,6 +989,31 @@ def test_the_first_downcast_is_said_at_the_users_line(tmp_path):
         assert f"at {script}:2 in <module> (torch.tensor)" in said[0]
 
 
+CONTEXT_WARNING = """
+import warnings, torch
+torch.set_default_dtype(torch.float64)
+torch.set_default_device("cuda")
+t = torch.ones(2)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    u = torch.tensor(t)     # torch: "To copy construct from a tensor ..."
+print(u.dtype, [w.filename.replace("\\\\", "/") for w in caught])
+"""
+
+
+def test_torch_warnings_under_a_lowered_default_device_name_torchs_line(
+        tmp_path):
+    """Under set_default_device("cuda") on a device without float64 the
+    constructors go through the float64 rule; torch's own warnings still
+    name torch's line, as without TorchDevice, so that filters keyed on
+    torch's modules keep working."""
+    proc = launch(tmp_path, CONTEXT_WARNING, "cpu-stays-cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dtype, files = proc.stdout.split(" ", 1)
+    assert dtype == "torch.float32"
+    assert files.strip().endswith("torch/utils/_device.py']"), files
+
+
 GRADCHECK = """
 import torch, TorchDevice
 from torch.autograd import gradcheck
