@@ -238,6 +238,27 @@ def test_mixing_with_cpu_tensors_raises_torchs_mismatch_error():
 
 # ------------------------------------------------------------------- random
 
+def test_seeding_inside_a_trace_records_no_runtime_call():
+    """torch.jit.trace of a function that seeds traces, as on CUDA and MPS,
+    where seeding is no operator the tracer sees; the device's runtime
+    queries (count, generators, memory) stay out of the graph."""
+    def step(x):
+        torch.manual_seed(5)
+        torch.random.seed()
+        torch.manual_seed(5)
+        return x * torch.rand(x.shape, device=x.device)
+
+    x = torch.ones(3, device=DEV)
+    traced = torch.jit.trace(step, (x,), check_trace=False)
+    assert "simaccel::" not in str(traced.graph)
+    # The graph draws, it does not seed (as a trace on CUDA).
+    torch.manual_seed(5)
+    drawn = traced(x)
+    torch.manual_seed(5)
+    assert torch.equal(drawn.cpu(), torch.rand(3, device=DEV).cpu())
+    assert torch.simaccel.memory_allocated() >= 0
+
+
 def test_manual_seed_reproducibility():
     torch.manual_seed(7)
     first = torch.randn(5, device=DEV)

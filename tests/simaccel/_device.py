@@ -15,8 +15,20 @@ import torch
 
 NAME = "simaccel"
 
-def _ops():
-    return torch.ops.simaccel
+def _op(name: str, *args: Any) -> Any:
+    """Calls one of the device's runtime ops.  They answer questions (a
+    count, a generator, statistics) and compute nothing, so a torch.jit.trace
+    running now must not record them, as it records none of CUDA's or MPS's
+    runtime calls (and it cannot record an int or a Generator output)."""
+    op = getattr(torch.ops.simaccel, name)
+    tracing = torch._C._get_tracing_state()
+    if tracing is None:
+        return op(*args)
+    torch._C._set_tracing_state(None)
+    try:
+        return op(*args)
+    finally:
+        torch._C._set_tracing_state(tracing)
 
 
 def _index(device: Any = None, optional: bool = True) -> int:
@@ -55,7 +67,7 @@ _lazy_init = init
 
 
 def device_count() -> int:
-    return int(_ops().device_count())
+    return int(_op("device_count"))
 
 
 def current_device() -> int:
@@ -125,11 +137,11 @@ def set_stream(stream: torch.Stream) -> None:
 # ---------------------------------------------------------------------- RNG
 
 def default_generator(device: Any = None) -> torch.Generator:
-    return _ops().default_generator(_index(device))
+    return _op("default_generator", _index(device))
 
 
 def _default_generators() -> tuple:
-    return tuple(_ops().default_generator(i) for i in range(device_count()))
+    return tuple(_op("default_generator", i) for i in range(device_count()))
 
 
 def manual_seed(seed: int) -> None:
@@ -183,7 +195,7 @@ _STAT_FIELDS = ("current", "peak", "allocated", "freed")
 
 
 def _stats(device: Any) -> list[int]:
-    return list(_ops().memory_stats(_index(device)))
+    return list(_op("memory_stats", _index(device)))
 
 
 def memory_allocated(device: Any = None) -> int:
@@ -200,11 +212,11 @@ max_memory_reserved = max_memory_allocated
 
 
 def reset_peak_memory_stats(device: Any = None) -> None:
-    _ops().reset_peak_memory_stats(_index(device))
+    _op("reset_peak_memory_stats", _index(device))
 
 
 def reset_accumulated_memory_stats(device: Any = None) -> None:
-    _ops().reset_accumulated_memory_stats(_index(device))
+    _op("reset_accumulated_memory_stats", _index(device))
 
 
 def reset_max_memory_allocated(device: Any = None) -> None:
