@@ -134,7 +134,12 @@ def _placer() -> Optional[Callable[[Any], Any]]:
     tree_map = _torch_compat.get("pytree_tree_map")
     if tree_map is None:
         return None
-    to = _original_to or torch.Tensor.to
+    # The public Tensor.to, with the device object torch made (no request
+    # of the program's, so the batch stays a host tensor for the program),
+    # applies the float64 rule where the device has none: float64 batches
+    # arrive as float32, or stop with the policy's error, at the program's
+    # line (docs/policy.md, "float64 on MPS").
+    to = torch.Tensor.to
 
     def move(x: Any) -> Any:
         if isinstance(x, torch.Tensor) and x.device.type == "cpu":
@@ -143,8 +148,7 @@ def _placer() -> Optional[Callable[[Any], Any]]:
     return lambda batch: tree_map(move, batch)
 
 
-# torch's Tensor.to: the batch is a host tensor for the program, so the
-# move must not mark it "on the accelerator" (docs/policy.md, moves).
+# torch's Tensor.to, for the workers' host copies of the dataset.
 _original_to: Any = None
 
 

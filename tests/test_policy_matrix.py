@@ -187,6 +187,37 @@ def test_dataloader_program_with_workers_and_pinning_runs(tmp_path):
     assert "RESULT accuracy" in proc.stdout
 
 
+FLOAT64_BATCHES = """
+import numpy as np, torch
+from torch.utils.data import DataLoader
+for b in DataLoader(np.arange(8.0).reshape(4, 2), batch_size=2):
+    c = b.cuda()
+    c.add_(1)
+    print(b.dtype, b.device.type != "cpu", c.data_ptr() != b.data_ptr(),
+          float(b.sum()))
+"""
+
+
+def test_float64_batches_placed_on_a_device_without_float64(tmp_path):
+    """In mode accelerate the loader places batches on the device; a float64
+    batch (numpy data) follows the float64 rule there as a program's own
+    move would: float32, a downcast row at the program's line, or with
+    TORCHDEVICE_FLOAT64=error TorchDevice's error (docs/policy.md, "float64
+    on MPS").  The batch stays a host tensor for the program: .cuda()
+    copies, as on CUDA."""
+    proc = launch(tmp_path, FLOAT64_BATCHES, "accelerate", "--report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["torch.float32 True True 6.0",
+                                        "torch.float32 True True 22.0"]
+    assert re.search(r"prog\.py:4 +Tensor\.to +downcast +float64 -> float32 "
+                     r"+2", proc.stderr), proc.stderr
+    strict = launch(tmp_path, FLOAT64_BATCHES, "accelerate",
+                    "--float64", "error")
+    assert strict.returncode == 1
+    assert "TypeError: Tensor.to: the simaccel device does not support " \
+           "float64" in strict.stderr, strict.stderr[-3000:]
+
+
 DATASET_IN_MAIN = """
 import sys
 import torch
