@@ -74,15 +74,19 @@ def relaunch_on_the_cpu(tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def run_script(script: Path, mode: str, *options: str, native: bool = False,
-               cwd: Path = ROOT, args: Tuple[str, ...] = ()
-               ) -> subprocess.CompletedProcess:
+               cwd: Path = ROOT, args: Tuple[str, ...] = (),
+               path: Tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`path`: folders put first on the script's PYTHONPATH."""
+    env = _accel_env(None if native else mode)
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (*path, env.get("PYTHONPATH")) if p)
     if native:
         cmd = [sys.executable, str(script), *args]
     else:
         cmd = [sys.executable, "-m", "TorchDevice", "run", *options,
                str(script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True,
-                          env=_accel_env(None if native else mode),
+    return subprocess.run(cmd, capture_output=True, text=True, env=env,
                           cwd=str(cwd), timeout=300)
 
 
@@ -949,6 +953,11 @@ def test_an_operation_refused_for_its_float64_result_is_explained(tmp_path):
     assert "TorchDevice:" not in proc.stderr
 
 
+def said_once(proc: subprocess.CompletedProcess) -> list:
+    """The lines of the first-downcast warning on the run's stderr."""
+    return [line for line in proc.stderr.splitlines() if "Said once" in line]
+
+
 FIRST_DOWNCAST = """
 import numpy as np, torch
 x = torch.tensor(np.ones(3), device="cuda")
@@ -966,7 +975,7 @@ def test_the_first_float64_request_made_float32_is_said_once(tmp_path):
     proc = launch(tmp_path, FIRST_DOWNCAST, "cpu-stays-cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["torch.float32", "torch.float32"]
-    said = [line for line in proc.stderr.splitlines() if "Said once" in line]
+    said = said_once(proc)
     assert len(said) == 1, proc.stderr
     assert said[0].startswith("TorchDevice: float64 computed in float32 at ")
     assert "prog.py:3 in <module> (torch.tensor)" in said[0]
@@ -976,7 +985,7 @@ def test_the_first_float64_request_made_float32_is_said_once(tmp_path):
     # TorchDevice's own handler (its log level set) names TorchDevice once.
     logged = launch(tmp_path, FIRST_DOWNCAST, "cpu-stays-cpu",
                     "--log-level", "INFO")
-    said = [line for line in logged.stderr.splitlines() if "Said once" in line]
+    said = said_once(logged)
     assert len(said) == 1, logged.stderr
     assert said[0].startswith("TorchDevice: float64 computed in float32 at ")
     assert "[TorchDevice] " + str(tmp_path / "prog.py") + ":5 in <module>: " \
@@ -1004,18 +1013,12 @@ def test_the_first_downcast_is_said_at_the_users_line(tmp_path):
     (lib / "f64lib.py").write_text(FLOAT64_LIBRARY)
     script = tmp_path / "prog.py"
     script.write_text("import f64lib\nprint(f64lib.make().dtype)\n")
-    env = _accel_env("cpu-stays-cpu")
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(lib), env.get("PYTHONPATH")) if p)
     for options in ([], ["--report"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "TorchDevice", "run", *options,
-             str(script)], capture_output=True, text=True, env=env,
-            cwd=str(tmp_path), timeout=300)
+        proc = run_script(script, "cpu-stays-cpu", *options, cwd=tmp_path,
+                          path=(str(lib),))
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.split() == ["torch.float32"]
-        said = [line for line in proc.stderr.splitlines()
-                if "Said once" in line]
+        said = said_once(proc)
         assert len(said) == 1, proc.stderr
         assert f"at {script}:2 in <module> (torch.tensor)" in said[0]
 

@@ -246,6 +246,7 @@ def test_seeding_inside_a_trace_records_no_runtime_call():
         torch.manual_seed(5)
         torch.random.seed()
         torch.manual_seed(5)
+        torch.simaccel.memory_allocated()
         return x * torch.rand(x.shape, device=x.device)
 
     x = torch.ones(3, device=DEV)
@@ -256,7 +257,6 @@ def test_seeding_inside_a_trace_records_no_runtime_call():
     drawn = traced(x)
     torch.manual_seed(5)
     assert torch.equal(drawn.cpu(), torch.rand(3, device=DEV).cpu())
-    assert torch.simaccel.memory_allocated() >= 0
 
 
 def test_manual_seed_reproducibility():
