@@ -52,6 +52,8 @@ def _effective_profile(cfg: Config) -> str:
 def _push_config(cfg: Config) -> None:
     profile = _effective_profile(cfg)
     record = _capabilities.record_for(profile, cfg.capabilities)
+    if cfg.capabilities is not None and record.name != cfg.capabilities:
+        _capabilities.say_not_applied(cfg.capabilities, profile)
     _tdcore.configure(profile, cfg.mode, cfg.float64,
                       device_float64=record.float64)
     if not record.float64:

@@ -12,8 +12,9 @@ run with real tensors on any machine).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Set, Tuple
 
 ENV = "TORCHDEVICE_CAPABILITIES"
 
@@ -84,6 +85,23 @@ def record_for(profile: str, override: Optional[str] = None) -> Capabilities:
     if profile == "accelerator" and override:
         return RECORDS[override]
     return RECORDS[profile]
+
+
+_said: Set[Tuple[str, str]] = set()
+
+
+def say_not_applied(override: str, profile: str) -> None:
+    """A record asked for and not used is said once per (record, profile):
+    a program run with TORCHDEVICE_CAPABILITIES=mps where no accelerator
+    is present would otherwise look tested on MPS's rules."""
+    if (override, profile) in _said:
+        return
+    _said.add((override, profile))
+    logging.getLogger("TorchDevice").warning(
+        "TorchDevice: capability record %r not applied: it applies on "
+        "profile accelerator only, and this process runs on profile %r "
+        "with that profile's own record (docs/configuration.md)",
+        override, profile)
 
 
 def current() -> Capabilities:

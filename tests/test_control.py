@@ -143,6 +143,28 @@ class TestConfiguration:
         assert "log_level=10" in proc.stdout
         assert "target='cpu'" in proc.stdout
 
+    def test_a_capability_record_not_applied_is_said_once(self):
+        """TORCHDEVICE_CAPABILITIES applies on profile accelerator only
+        (docs/configuration.md); elsewhere a program must not look run with
+        another device's rules without a word."""
+        proc = run_python("""
+            import TorchDevice
+            TorchDevice.enable()
+            TorchDevice.configure(mode="accelerate")
+            print(TorchDevice.hardware_profile(),
+                  TorchDevice.policy()["capabilities"])
+        """, env={"TORCHDEVICE_CAPABILITIES": "mps"})
+        assert proc.returncode == 0, proc.stderr
+        profile, used = proc.stdout.split()
+        said = [line for line in proc.stderr.splitlines()
+                if "capability record 'mps' not applied" in line]
+        if profile == "accelerator":
+            assert used == "mps" and said == []
+        else:
+            assert used == profile
+            assert len(said) == 1, proc.stderr
+            assert f"on profile '{profile}'" in said[0]
+
     def test_bad_environment_warns_and_uses_defaults(self):
         proc = run_python("""
             import TorchDevice
