@@ -22,6 +22,9 @@ from . import _grammar, _log, _overrides, _tdcore, _torch_compat
 _MISSING = object()
 # The attribute that marks a storage's place (csrc/core/tdcore.h, moves.c).
 _STORAGE_MARK = "_torchdevice_on_accelerator"
+# The attribute that marks the storage of a factory's float64 (complex128)
+# request made float32 (complex64) (moves.c, td_mark_lowered).
+_LOWERED_MARK = "_torchdevice_lowered"
 
 # Factories that take device= without being "device constructors" in
 # torch's sense: with no device they follow their input, so only an
@@ -326,7 +329,8 @@ def _result_dtype_patches() -> List[Patch]:
         return []
     dispatch = _override_dispatch()
     table = [Patch(torch.Tensor, "cdouble",
-                   simple("Tensor.cdouble", _tdcore.KIND_CDOUBLE))]
+                   simple("Tensor.cdouble", _tdcore.KIND_CDOUBLE)),
+             Patch(torch.Tensor, "set_", _set_onto_lowered)]
     for ns_name, names in _RESULT_DTYPE:
         ns = getattr(torch, ns_name, None) if ns_name else torch
         prefix = f"torch.{ns_name}." if ns_name else "torch."
@@ -340,6 +344,36 @@ def _result_dtype_patches() -> List[Patch]:
                 table.append(Patch(torch.Tensor, name, factory(
                     f"Tensor.{name}", _grammar.RESULT_DTYPE)))
     return table
+
+
+_WIDE = {torch.float32: torch.float64, torch.complex64: torch.complex128}
+
+
+def _set_onto_lowered(original: Any) -> Any:
+    """Tensor.set_ where the device has no float64: `x.new_empty(0,
+    device="cuda").set_(storage, offset, size, stride)` rebuilds a float64
+    tensor over bytes moved to the device (tensordict's consolidated
+    TensorDicts).  The empty tensor was made float32, so those float64 bytes
+    would be read as float32: garbage, silently.  Refused instead, unless
+    the storage is one made float32 too (docs/policy.md, "float64 on
+    MPS")."""
+    @functools.wraps(original)
+    def set_(self: Any, *args: Any, **kwargs: Any) -> Any:
+        source = args[0] if args else kwargs.get("source")
+        if (isinstance(source, torch.UntypedStorage)
+                and getattr(self.untyped_storage(), _LOWERED_MARK, False)
+                and not getattr(source, _LOWERED_MARK, False)):
+            raise TypeError(
+                f"Tensor.set_: this tensor was asked for as "
+                f"{_WIDE.get(self.dtype, torch.float64)}, which this device "
+                f"does not support, and TorchDevice made it {self.dtype} "
+                f"(TORCHDEVICE_FLOAT64=downcast); set_ would read the "
+                f"storage's bytes as {self.dtype}, not as the values they "
+                f"hold. Keep such data on the host (device=\"cpu\"), or "
+                f"convert it to {self.dtype} before its bytes reach the "
+                f"device.")
+        return original(self, *args, **kwargs)
+    return set_
 
 
 def _storage_move(original: Any) -> Any:

@@ -782,6 +782,44 @@ def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
         assert "TORCHDEVICE_FLOAT64=downcast" in proc.stdout
 
 
+def test_float64_bytes_are_not_read_as_float32(tmp_path):
+    """A float64 tensor rebuilt over bytes moved to the device (tensordict's
+    consolidated `.to("cuda")`: `new_empty(0, device=...).set_(storage,
+    offset, size, stride)`) was made float32 and read the float64 bytes as
+    float32, silently: [0, 2.8e-45, 0] for [0, 1, 2].  set_ now refuses;
+    over a storage made float32 too, and on a device with float64, it is
+    torch's (docs/policy.md, "float64 on MPS")."""
+    code = """
+        import torch
+        x = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+        buf = x.view(torch.uint8).to("cuda")     # float64 bytes, on "cuda"
+        try:
+            y = x.new_empty(0, device="cuda").set_(
+                buf.untyped_storage(), 0, x.shape, x.stride())
+            print("set", y.dtype, y.tolist())
+        except TypeError as e:
+            print("refused", e)
+        lowered = torch.arange(3, dtype=torch.float64, device="cuda")
+        z = torch.empty(0, dtype=torch.float64, device="cuda").set_(
+            lowered.untyped_storage(), 0, (3,), (1,))
+        print("alike", z.dtype, z.tolist())
+        w = torch.empty(0, device="cuda").set_(buf.untyped_storage(), 0, (2,))
+        print("float32", w.dtype)
+        """
+    proc = launch(tmp_path, code, "cpu-stays-cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("refused Tensor.set_: this tensor was asked "
+                               "for as torch.float64"), lines
+    assert lines[1:] == ["alike torch.float32 [0.0, 1.0, 2.0]",
+                         "float32 torch.float32"]
+    on_cpu = relaunch_on_the_cpu(tmp_path)
+    assert on_cpu.returncode == 0, on_cpu.stderr[-3000:]
+    assert on_cpu.stdout.splitlines() == [
+        "set torch.float64 [0.0, 1.0, 2.0]",
+        "alike torch.float64 [0.0, 1.0, 2.0]", "float32 torch.float32"]
+
+
 # ---- legacy host constructors --------------------------------------------------
 
 LEGACY_HOST = """

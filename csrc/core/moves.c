@@ -456,6 +456,22 @@ td_mark_accelerator(td_install *st, PyObject *tensor)
     mark_tensor(st, tensor, Py_True);
 }
 
+/* A factory's float64 (complex128) request made float32 (complex64): its
+ * storage says so, for Tensor.set_ (TorchDevice/_patches.py), which would
+ * otherwise read another storage's float64 bytes as float32. */
+void
+td_mark_lowered(td_install *st, PyObject *tensor)
+{
+    PyObject *storage = storage_of(st, tensor);
+    if (storage == NULL) {
+        return;
+    }
+    if (PyObject_SetAttr(storage, st->str_lowered_mark, Py_True) < 0) {
+        PyErr_Clear();   /* a storage without a __dict__: left unmarked */
+    }
+    Py_DECREF(storage);
+}
+
 /* Whether `result` of a constructor shares memory with `data` (1), or not
  * (0): the data tensor itself or its storage, or memory torch does not own
  * (numpy arrays, buffers: a storage it cannot resize). */

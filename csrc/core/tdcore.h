@@ -46,6 +46,7 @@
     X(api_device, "torch.device")                                           \
     X(api_generator, "torch.Generator")                                     \
     X(str_accel_mark, "_torchdevice_on_accelerator")                        \
+    X(str_lowered_mark, "_torchdevice_lowered")                             \
     X(str_tensor_flatten, "__tensor_flatten__")                             \
     X(str_cuda, "cuda")                                                     \
     X(str_mps, "mps")                                                       \
@@ -298,6 +299,7 @@ int td_module_intent(void);
 int td_swap_module_intent(int intent);
 int td_on_accelerator(td_install *st, PyObject *tensor);
 void td_mark_accelerator(td_install *st, PyObject *tensor);
+void td_mark_lowered(td_install *st, PyObject *tensor);
 /* Finishes a constructor's call for an accelerator request
  * (torch.as_tensor(data, device="cuda"), asarray, tensor): a copy where
  * torch returned memory the data owns and the data is not on the

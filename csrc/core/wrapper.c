@@ -553,8 +553,12 @@ call_like_where_it_is(td_wrapper *w, td_install *st, PyObject *const *args,
         return PyObject_Vectorcall(w->wrapped, args, nargs, kwnames);
     }
     td_subst lower = {dslot, lowered};
-    return forward(st, w->wrapped, args, nargs, kwnames, &lower, 1, NULL,
-                   NULL);
+    PyObject *result = forward(st, w->wrapped, args, nargs, kwnames, &lower,
+                               1, NULL, NULL);
+    if (result != NULL) {
+        td_mark_lowered(st, result);
+    }
+    return result;
 }
 
 static PyObject *
@@ -609,6 +613,8 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
             add_dtype = NULL;
         }
     }
+    /* Only the float64 rule has substituted anything so far. */
+    int lowered = nsubst > 0 || add_dtype != NULL;
     if (res.target == TD_TARGET_KEEP && nsubst == 0 && add_dtype == NULL) {
         PyObject *draw = torch_draw_device(st, req, res, args, nargs,
                                            kwnames);
@@ -654,6 +660,9 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
                                nsubst, add, add_dtype);
     if (host_draw) {
         result = move_drawn(st, result, res.target);
+    }
+    if (lowered && result != NULL) {
+        td_mark_lowered(st, result);
     }
     return undo_toggle_on_error(result, res);
 }
