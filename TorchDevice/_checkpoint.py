@@ -16,6 +16,7 @@ so a checkpoint written under TorchDevice loads in a process without it.
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -72,6 +73,56 @@ def restore_location_builder(original: Any) -> Any:
             return _tdcore.mark_accelerator(restore(storage, location))
         return restore_location
     return _get_restore_location
+
+
+# Each float64 storage loaded onto a device without float64, once made
+# float32 there: the tensors of a checkpoint that share a storage (views,
+# tied weights) share its float32 copy.
+_narrowed: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def rebuild_tensor_builder(original: Any) -> Any:
+    """torch._utils._rebuild_tensor, through which torch.load makes each
+    tensor: an empty tensor of the storage's dtype on the storage's device,
+    then `set_` over the storage.  A float64 (complex128) storage loaded
+    onto a device without float64 made that tensor float32 and read the
+    float64 bytes as float32: garbage.  The values are made float32
+    instead, once per storage (docs/policy.md, "float64 on MPS")."""
+    @functools.wraps(original)
+    def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any,
+                        stride: Any) -> Any:
+        untyped = storage.untyped()
+        if (storage.dtype not in _patches.LOWERED_FROM.values()
+                or untyped.device.type in ("cpu", "meta")):
+            return original(storage, storage_offset, size, stride)
+        # The float64 rule decides, at the program's torch.load line: a
+        # float32 tensor (reported), or TypeError under
+        # TORCHDEVICE_FLOAT64=error.
+        t = torch.empty((0,), dtype=storage.dtype, device=untyped.device)
+        if t.dtype != storage.dtype:
+            narrowed = _narrowed.get(untyped)
+            if narrowed is None:
+                narrowed = _narrow(untyped, storage.dtype, t.dtype)
+                _narrowed[untyped] = narrowed
+            untyped = narrowed
+        return t.set_(untyped, storage_offset, size, stride)
+    return _rebuild_tensor
+
+
+def _narrow(untyped: Any, wide: Any, narrow: Any) -> Any:
+    """The storage's values as `narrow` on its device, element for element
+    (so offsets and strides stay valid), converted on the host and marked
+    as the storage was."""
+    from . import cpu_override
+    with cpu_override():        # the host, also in mode "accelerate"
+        host = torch.empty((0,), dtype=wide, device="cpu")
+        values = host.set_(untyped.cpu()).to(narrow)
+    narrowed = values.to(untyped.device).untyped_storage()
+    setattr(narrowed, _patches.LOWERED_MARK, True)
+    place = getattr(untyped, _patches.STORAGE_MARK, None)
+    if place is not None:
+        setattr(narrowed, _patches.STORAGE_MARK, place)
+    return narrowed
 
 
 def on_apply() -> None:

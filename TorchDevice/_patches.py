@@ -21,10 +21,10 @@ from . import _grammar, _log, _overrides, _tdcore, _torch_compat
 
 _MISSING = object()
 # The attribute that marks a storage's place (csrc/core/tdcore.h, moves.c).
-_STORAGE_MARK = "_torchdevice_on_accelerator"
+STORAGE_MARK = "_torchdevice_on_accelerator"
 # The attribute that marks the storage of a factory's float64 (complex128)
 # request made float32 (complex64) (moves.c, td_mark_lowered).
-_LOWERED_MARK = "_torchdevice_lowered"
+LOWERED_MARK = "_torchdevice_lowered"
 
 # Factories that take device= without being "device constructors" in
 # torch's sense: with no device they follow their input, so only an
@@ -346,7 +346,9 @@ def _result_dtype_patches() -> List[Patch]:
     return table
 
 
-_WIDE = {torch.float32: torch.float64, torch.complex64: torch.complex128}
+# What a float64 request becomes where the device has no float64, and back.
+LOWERED_FROM = {torch.float32: torch.float64,
+                torch.complex64: torch.complex128}
 
 
 def _set_onto_lowered(original: Any) -> Any:
@@ -361,11 +363,11 @@ def _set_onto_lowered(original: Any) -> Any:
     def set_(self: Any, *args: Any, **kwargs: Any) -> Any:
         source = args[0] if args else kwargs.get("source")
         if (isinstance(source, torch.UntypedStorage)
-                and getattr(self.untyped_storage(), _LOWERED_MARK, False)
-                and not getattr(source, _LOWERED_MARK, False)):
+                and getattr(self.untyped_storage(), LOWERED_MARK, False)
+                and not getattr(source, LOWERED_MARK, False)):
             raise TypeError(
                 f"Tensor.set_: this tensor was asked for as "
-                f"{_WIDE.get(self.dtype, torch.float64)}, which this device "
+                f"{LOWERED_FROM.get(self.dtype, torch.float64)}, which this device "
                 f"does not support, and TorchDevice made it {self.dtype} "
                 f"(TORCHDEVICE_FLOAT64=downcast); set_ would read the "
                 f"storage's bytes as {self.dtype}, not as the values they "
@@ -396,10 +398,10 @@ def _storage_cpu(original: Any) -> Any:
     @functools.wraps(original)
     def cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
-        if (result is self and getattr(self, _STORAGE_MARK, None) is True
+        if (result is self and getattr(self, STORAGE_MARK, None) is True
                 and _tdcore.get_move_copies()):
             result = self.clone()
-            setattr(result, _STORAGE_MARK, False)
+            setattr(result, STORAGE_MARK, False)
         return result
     return cpu
 
@@ -496,6 +498,12 @@ def patch_table() -> List[Patch]:
     if _torch_compat.has("nn_bindings", "parse_to"):
         table.append(Patch(_torch_compat.get("nn_bindings"), "_parse_to",
                            _parse_to))
+    if (_torch_compat.has("torch_utils", "rebuild_tensor")
+            and not _tdcore.settings()["device_float64"]):
+        table.append(Patch(_torch_compat.get("torch_utils"),
+                           "_rebuild_tensor",
+                           _import("TorchDevice._checkpoint")
+                           .rebuild_tensor_builder))
     if _torch_compat.get("get_restore_location") is not None:
         table.append(Patch(torch.serialization, "_get_restore_location",
                            _import("TorchDevice._checkpoint")

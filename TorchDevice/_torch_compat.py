@@ -52,6 +52,8 @@ LOAD_PLACE = "moves of tensors loaded with map_location=torch.device(" \
              "\"cuda\") copying as on CUDA"
 DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
           "where \"cuda\" lands on the host)"
+LOAD_FLOAT64 = "float64 checkpoints loaded onto a device without float64 " \
+               "(made float32)"
 PARSE_TO = "devices read by torch._C._nn._parse_to (tensordict's .to) " \
            "keeping what the program asked for"
 
@@ -83,6 +85,9 @@ PRIVATE: Tuple[Private, ...] = (
     Private("BoolType", "torch._C", "BoolType", JIT),
     Private("parse_schema", "torch._C", "parse_schema", JIT),
     Private("amp_cast", "torch.amp.autocast_mode", "_cast", AMP_CAST),
+    Private("torch_utils", "torch._utils", "", LOAD_FLOAT64),
+    Private("rebuild_tensor", "torch._utils", "_rebuild_tensor",
+            LOAD_FLOAT64),
     Private("get_restore_location", "torch.serialization",
             "_get_restore_location", LOAD_PLACE),
     Private("default_mps_generator", "torch.mps",

@@ -820,6 +820,46 @@ def test_float64_bytes_are_not_read_as_float32(tmp_path):
         "alike torch.float64 [0.0, 1.0, 2.0]", "float32 torch.float32"]
 
 
+def test_a_float64_checkpoint_loads_onto_the_device_as_float32(tmp_path):
+    """torch.load(..., map_location="cuda") of float64 tensors rebuilt
+    each over its storage with an empty float64 tensor and set_: made
+    float32, it read the float64 bytes as float32 ([0.0, 0.0, 0.0] for
+    [0, 1, 2]).  The values arrive as float32, a storage shared by views
+    and tied entries stays shared, and the tensors move as loaded onto
+    "cuda" do (docs/policy.md, "float64 on MPS")."""
+    torch_save = """
+        import io, torch
+        w = torch.tensor([0.25, 1.5, -2.0, 3.0], dtype=torch.float64)
+        buf = io.BytesIO()
+        torch.save({"w": w, "v": w[1:3], "tied": w,
+                    "c": torch.tensor([1 + 2j], dtype=torch.complex128)}, buf)
+        for weights_only in (True, False):
+            buf.seek(0)
+            d = torch.load(buf, map_location="cuda", weights_only=weights_only)
+            print(d["w"].dtype, d["w"].tolist(), d["v"].tolist(),
+                  d["c"].dtype, d["c"].tolist())
+            d["w"].add_(1)
+            print(d["v"].tolist(), d["tied"].tolist() == d["w"].tolist(),
+                  d["w"].cuda() is d["w"], d["w"].cpu() is d["w"])
+        """
+    proc = launch(tmp_path, torch_save, "cpu-stays-cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [
+        "torch.float32 [0.25, 1.5, -2.0, 3.0] [1.5, -2.0] torch.complex64 "
+        "[(1+2j)]", "[2.5, -1.0] True True False"] * 2
+    assert said_once(proc)[0].startswith("TorchDevice: float64 computed in "
+                                         "float32 at "), proc.stderr
+    under_error = launch(tmp_path, torch_save, "cpu-stays-cpu",
+                         "--float64", "error")
+    assert under_error.returncode != 0
+    assert "does not support float64" in under_error.stderr
+    on_cpu = relaunch_on_the_cpu(tmp_path)
+    assert on_cpu.returncode == 0, on_cpu.stderr[-3000:]
+    assert on_cpu.stdout.splitlines() == [
+        "torch.float64 [0.25, 1.5, -2.0, 3.0] [1.5, -2.0] torch.complex128 "
+        "[(1+2j)]", "[2.5, -1.0] True True False"] * 2
+
+
 # ---- legacy host constructors --------------------------------------------------
 
 LEGACY_HOST = """
