@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import _patches, _tdcore
+from . import _patches, _tdcore, _torch_compat
 
 PRIORITY = 17
 _TAGS = ("cuda", "mps")
@@ -91,7 +91,7 @@ def rebuild_tensor_builder(original: Any) -> Any:
     @functools.wraps(original)
     def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any,
                         stride: Any) -> Any:
-        untyped = storage.untyped()
+        untyped = _torch_compat.untyped_storage_of(storage)
         if (storage.dtype not in _patches.LOWERED_FROM.values()
                 or untyped.device.type in ("cpu", "meta")):
             return original(storage, storage_offset, size, stride)

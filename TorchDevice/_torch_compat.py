@@ -188,6 +188,21 @@ def has(*keys: str) -> bool:
     return all([get(k) is not None for k in keys])
 
 
+def untyped_storage_of(typed: Any) -> Any:
+    """The UntypedStorage a TypedStorage wraps, read as torch's own code
+    reads it (its private `_untyped_storage`): the public `untyped()` warns
+    that TypedStorage is deprecated, which turns a program's torch.load
+    into a warning, or an error where warnings are errors.  Where a torch
+    release has no such attribute, the public call with that warning
+    silenced."""
+    untyped = getattr(typed, "_untyped_storage", None)
+    if untyped is not None:
+        return untyped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return typed.untyped()
+
+
 def forget() -> None:
     """Forgets what was looked up and warned (tests)."""
     with _lock:
