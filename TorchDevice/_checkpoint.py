@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import _patches, _tdcore, _torch_compat
+from . import _grammar, _patches, _tdcore, _torch_compat
 
 PRIORITY = 17
 _TAGS = ("cuda", "mps")
@@ -92,7 +92,7 @@ def rebuild_tensor_builder(original: Any) -> Any:
     def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any,
                         stride: Any) -> Any:
         untyped = _torch_compat.untyped_storage_of(storage)
-        if (storage.dtype not in _patches.LOWERED_FROM.values()
+        if (storage.dtype not in _grammar.WIDE_DTYPES
                 or untyped.device.type in ("cpu", "meta")):
             return original(storage, storage_offset, size, stride)
         # The float64 rule decides, at the program's torch.load line: a

@@ -30,9 +30,11 @@ POLICY = "policy"      # the policy decides, unless torch's default-device
                        # context is active (docs/policy.md)
 REQUEST = "request"    # the method's own request (.cuda() means "cuda")
 
-# The dtypes a device without float64 lowers (complex128 is a pair of
-# float64; docs/policy.md, "float64 on MPS"); C's twin is td_narrow_dtype.
-WIDE_DTYPES = (torch.float64, torch.complex128)
+# The dtype each one a device without float64 lowers becomes, and back
+# (complex128 is a pair of float64; docs/policy.md, "float64 on MPS"); C's
+# twin is td_narrow_dtype.
+WIDE_OF = {torch.float32: torch.float64, torch.complex64: torch.complex128}
+WIDE_DTYPES = tuple(WIDE_OF.values())
 
 
 @dataclass(frozen=True)

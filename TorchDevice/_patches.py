@@ -346,11 +346,6 @@ def _result_dtype_patches() -> List[Patch]:
     return table
 
 
-# What a float64 request becomes where the device has no float64, and back.
-LOWERED_FROM = {torch.float32: torch.float64,
-                torch.complex64: torch.complex128}
-
-
 def _set_onto_lowered(original: Any) -> Any:
     """Tensor.set_ where the device has no float64: `x.new_empty(0,
     device="cuda").set_(storage, offset, size, stride)` rebuilds a float64
@@ -367,11 +362,11 @@ def _set_onto_lowered(original: Any) -> Any:
                 and not getattr(source, LOWERED_MARK, False)):
             raise TypeError(
                 f"Tensor.set_: this tensor was asked for as "
-                f"{LOWERED_FROM.get(self.dtype, torch.float64)}, which this device "
-                f"does not support, and TorchDevice made it {self.dtype} "
-                f"(TORCHDEVICE_FLOAT64=downcast); set_ would read the "
-                f"storage's bytes as {self.dtype}, not as the values they "
-                f"hold. Keep such data on the host (device=\"cpu\"), or "
+                f"{_grammar.WIDE_OF.get(self.dtype, torch.float64)}, which "
+                f"this device does not support, and TorchDevice made it "
+                f"{self.dtype} (TORCHDEVICE_FLOAT64=downcast); set_ would "
+                f"read the storage's bytes as {self.dtype}, not as the "
+                f"values they hold. Keep such data on the host (device=\"cpu\"), or "
                 f"convert it to {self.dtype} before its bytes reach the "
                 f"device.")
         return original(self, *args, **kwargs)
