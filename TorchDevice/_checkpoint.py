@@ -75,6 +75,12 @@ def restore_location_builder(original: Any) -> Any:
     return _get_restore_location
 
 
+# torch.empty as the factory wrappers run it, under the name the program
+# called: the report row and a TORCHDEVICE_FLOAT64=error message say
+# "torch.load", not a torch.empty the program never wrote.
+_load_empty: Any = None
+
+
 # Each float64 storage loaded onto a device without float64, once made
 # float32 there: the tensors of a checkpoint that share a storage (views,
 # tied weights) share its float32 copy.
@@ -96,9 +102,9 @@ def rebuild_tensor_builder(original: Any) -> Any:
                 or untyped.device.type in ("cpu", "meta")):
             return original(storage, storage_offset, size, stride)
         # The float64 rule decides, at the program's torch.load line: a
-        # float32 tensor (reported), or TypeError under
+        # float32 tensor (reported as torch.load's), or TypeError under
         # TORCHDEVICE_FLOAT64=error.
-        t = torch.empty((0,), dtype=storage.dtype, device=untyped.device)
+        t = _load_empty((0,), dtype=storage.dtype, device=untyped.device)
         if t.dtype != storage.dtype:
             narrowed = _narrowed.get(untyped)
             if narrowed is None:
@@ -128,7 +134,10 @@ def _narrow(untyped: Any, wide: Any, narrow: Any) -> Any:
 def on_apply() -> None:
     """Registers the deserializer once per process; it does nothing while
     TorchDevice is disabled (the registry has no way to remove one)."""
-    global _registered
+    global _registered, _load_empty
+    if _load_empty is None:
+        native = getattr(torch.empty, "__wrapped__", torch.empty)
+        _load_empty = _patches.factory("torch.load", _grammar.FACTORY)(native)
     if not _registered:
         torch.serialization.register_package(PRIORITY, _tag, _deserialize)
         _registered = True

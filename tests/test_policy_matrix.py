@@ -849,11 +849,16 @@ def test_a_float64_checkpoint_loads_onto_the_device_as_float32(tmp_path):
     assert proc.stdout.splitlines() == [
         "torch.float32 [0.25, 1.5, -2.0, 3.0] [1.5, -2.0] torch.complex64 "
         "[(1+2j)]", "[2.5, -1.0] True True False"] * 2
-    assert said_once(proc)[0].startswith("TorchDevice: float64 computed in "
-                                         "float32 at "), proc.stderr
+    said = said_once(proc)
+    assert said[0].startswith("TorchDevice: float64 computed in float32 at "
+                              ), proc.stderr
+    # named as the program's call: torch.load, not a torch.empty it never
+    # wrote
+    assert "(torch.load)" in said[0], said
     under_error = launch(tmp_path, torch_save, "cpu-stays-cpu",
                          "--float64", "error")
     assert under_error.returncode != 0
+    assert "TypeError: torch.load: " in under_error.stderr
     assert "does not support float64" in under_error.stderr
     on_cpu = relaunch_on_the_cpu(tmp_path)
     assert on_cpu.returncode == 0, on_cpu.stderr[-3000:]
