@@ -64,10 +64,11 @@ class _LegacyType(type):
 
     dtype: torch.dtype
     _host: str
+    _mover: Any
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         host = torch_host_type(cls._host)(*args, **kwargs)
-        return host.cuda()
+        return cls._mover(host, "cuda")
 
     def __instancecheck__(cls, obj: Any) -> bool:
         return (isinstance(obj, torch.Tensor) and obj.dtype == cls.dtype
@@ -89,6 +90,7 @@ def _stand_in(name: str) -> type:
     once and installs the same object at every enable())."""
     return _LegacyType(name, (), {
         "dtype": TYPES[name], "_host": name, "is_cuda": True,
+        "_mover": _patches.to_request(f"torch.cuda.{name}"),
         "is_sparse": False, "layout": torch.strided,
         "__module__": "torch.cuda", "__qualname__": name,
         "__doc__": f"torch.cuda.{name} on the device \"cuda\" lands on "
@@ -121,6 +123,9 @@ def host_type_name(t: Any) -> Optional[str]:
 
 
 def _type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
+    # The report's rows and the float64 error name the program's call.
+    to = _patches.to_request("Tensor.type")
+
     @functools.wraps(original)
     def type(self: Any, dtype: Any = None, non_blocking: bool = False,
              **kwargs: Any) -> Any:
@@ -130,18 +135,18 @@ def _type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
             # host copy there).
             name = cuda_type_name(dtype)
             if name is not None:
-                return self.to("cuda", TYPES[name], non_blocking=non_blocking)
+                return to(self, "cuda", TYPES[name], non_blocking=non_blocking)
             name = host_type_name(dtype)
             if name is not None and not kwargs:
                 # A "cpu" request: a copy where "cuda" is the host too (as
                 # on CUDA), the accelerator where mode "accelerate" sends
                 # "cpu" there, elsewhere torch's own move to the host.
-                return self.to("cpu", TYPES[name], non_blocking=non_blocking)
+                return to(self, "cpu", TYPES[name], non_blocking=non_blocking)
             if dtype in _grammar.WIDE_DTYPES and not kwargs:
                 # The conversion .to(dtype) is, and the same rule where
                 # the tensor is on a device without float64
                 # (docs/policy.md, "float64 on MPS").
-                return self.to(dtype, non_blocking=non_blocking)
+                return to(self, dtype, non_blocking=non_blocking)
         if dtype is None and not kwargs and not non_blocking:
             return original(self)
         return original(self, dtype, non_blocking, **kwargs)

@@ -111,6 +111,14 @@ def cpu_request(api: str) -> Any:
                     fallback=_originals["tensor_to"])
 
 
+def to_request(api: str) -> Any:
+    """Tensor.to as its wrapper runs it, reported under `api`: a call of the
+    program's that moves by Tensor.to's rules (Tensor.type, the legacy
+    "cuda" constructors, TorchDevice/_legacy.py)."""
+    return _wrapper(_originals["tensor_to"], _tdcore.KIND_TO, api,
+                    _grammar.TO)
+
+
 def simple(api: str, kind: int):
     return lambda orig: _wrapper(orig, kind, api, _grammar.NONE)
 

@@ -77,6 +77,26 @@ def test_type_with_a_host_type_moves_to_the_host_as_cuda_does():
     assert on_cuda.type_as(moved) is on_cuda
 
 
+def test_the_report_names_the_calls_the_program_made(restore_config):
+    """`.type(...)` and the "cuda" constructors move through Tensor.to's
+    rules; their rows name Tensor.type and torch.cuda.FloatTensor, the
+    calls the program made, not Tensor.to or Tensor.cuda."""
+    host = _host(np.int32)
+    TorchDevice.clear_report()
+    TorchDevice.configure(report=True)
+    try:
+        host.type(torch.cuda.FloatTensor)
+        torch.ones(2, device="cuda").type(torch.float64)
+        torch.cuda.FloatTensor(2)
+        records = TorchDevice._tdcore.records()
+    finally:
+        TorchDevice.configure(report=False)
+        TorchDevice.clear_report()
+    apis = {key[3] for key in records if key[0] == __file__}
+    assert apis == {"torch.ones", "Tensor.type", "torch.cuda.FloatTensor"
+                    }, records
+
+
 def test_isinstance_sees_the_programs_place_and_dtype():
     on_cuda = torch.ones(2, device="cuda")
     assert isinstance(on_cuda, torch.cuda.FloatTensor)
