@@ -546,7 +546,7 @@ def test_float64_conversions_on_the_device_compute_in_float32(tmp_path,
     assert ("Tensor.double", 'm.double()') in downcast
     assert ("Tensor.to", '"to": x.to(tor') in downcast
     assert ("Tensor.double", '"double": x.do') in downcast
-    assert ("Tensor.to", '"type": x.type') in downcast
+    assert ("Tensor.type", '"type": x.type') in downcast
     assert ("torch.zeros_like", '"zeros-like": ') in downcast
     assert ("Tensor.new_full", '"new-full": x.') in downcast
     assert all(r["from"] == "float64" and r["to"] == "float32"
@@ -758,7 +758,7 @@ def test_float64_conversions_on_the_device_raise_under_error(tmp_path):
     for call, api in (("x.to(torch.float64)", "Tensor.to"),
                       ("x.to(dtype=torch.float64)", "Tensor.to"),
                       ("x.double()", "Tensor.double"),
-                      ("x.type(torch.float64)", "Tensor.to"),
+                      ("x.type(torch.float64)", "Tensor.type"),
                       ("torch.zeros_like(x, dtype=torch.float64)",
                        "torch.zeros_like"),
                       ("x.new_ones(2, dtype=torch.float64)",
