@@ -136,7 +136,9 @@ def on_apply() -> None:
     TorchDevice is disabled (the registry has no way to remove one)."""
     global _registered, _load_empty
     if _load_empty is None:
-        native = getattr(torch.empty, "__wrapped__", torch.empty)
+        native = torch.empty
+        if isinstance(native, _tdcore.Wrapper):
+            native = native.__wrapped__
         _load_empty = _patches.factory("torch.load", _grammar.FACTORY)(native)
     if not _registered:
         torch.serialization.register_package(PRIORITY, _tag, _deserialize)
