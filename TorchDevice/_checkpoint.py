@@ -75,12 +75,6 @@ def restore_location_builder(original: Any) -> Any:
     return _get_restore_location
 
 
-# torch.empty as the factory wrappers run it, under the name the program
-# called: the report row and a TORCHDEVICE_FLOAT64=error message say
-# "torch.load", not a torch.empty the program never wrote.
-_load_empty: Any = None
-
-
 # Each float64 storage loaded onto a device without float64, once made
 # float32 there: the tensors of a checkpoint that share a storage (views,
 # tied weights) share its float32 copy.
@@ -94,6 +88,14 @@ def rebuild_tensor_builder(original: Any) -> Any:
     onto a device without float64 made that tensor float32 and read the
     float64 bytes as float32: garbage.  The values are made float32
     instead, once per storage (docs/policy.md, "float64 on MPS")."""
+    # torch.empty as the factory wrappers run it, under the name the
+    # program called: the report row and a TORCHDEVICE_FLOAT64=error
+    # message say "torch.load", not a torch.empty the program never wrote.
+    empty = torch.empty
+    if isinstance(empty, _tdcore.Wrapper):
+        empty = empty.__wrapped__
+    load_empty = _patches.factory("torch.load", _grammar.FACTORY)(empty)
+
     @functools.wraps(original)
     def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any,
                         stride: Any) -> Any:
@@ -104,7 +106,7 @@ def rebuild_tensor_builder(original: Any) -> Any:
         # The float64 rule decides, at the program's torch.load line: a
         # float32 tensor (reported as torch.load's), or TypeError under
         # TORCHDEVICE_FLOAT64=error.
-        t = _load_empty((0,), dtype=storage.dtype, device=untyped.device)
+        t = load_empty((0,), dtype=storage.dtype, device=untyped.device)
         if t.dtype != storage.dtype:
             narrowed = _narrowed.get(untyped)
             if narrowed is None:
@@ -134,12 +136,7 @@ def _narrow(untyped: Any, wide: Any, narrow: Any) -> Any:
 def on_apply() -> None:
     """Registers the deserializer once per process; it does nothing while
     TorchDevice is disabled (the registry has no way to remove one)."""
-    global _registered, _load_empty
-    if _load_empty is None:
-        native = torch.empty
-        if isinstance(native, _tdcore.Wrapper):
-            native = native.__wrapped__
-        _load_empty = _patches.factory("torch.load", _grammar.FACTORY)(native)
+    global _registered
     if not _registered:
         torch.serialization.register_package(PRIORITY, _tag, _deserialize)
         _registered = True
