@@ -424,15 +424,19 @@ td_on_accelerator(td_install *st, PyObject *tensor)
     return place_of(st, tensor) == TD_PLACE_ACCEL;
 }
 
-/* The mark is Py_True on the accelerator, Py_False on the host. */
+/* A mark on a storage object, which views, detach(), state_dict() and
+ * .data share: the place (str_accel_mark: Py_True on the accelerator,
+ * Py_False on the host) or a lowered dtype.  A storage without a __dict__
+ * stays unmarked. */
 static void
-mark_storage(td_install *st, PyObject *storage, PyObject *mark)
+mark_storage(td_install *st, PyObject *storage, PyObject *name,
+             PyObject *value)
 {
-    if (PyObject_SetAttr(storage, st->str_accel_mark, mark) < 0) {
-        PyErr_Clear();   /* a storage without a __dict__: left unmarked */
+    if (PyObject_SetAttr(storage, name, value) < 0) {
+        PyErr_Clear();
         return;
     }
-    if (mark == Py_True
+    if (name == st->str_accel_mark && value == Py_True
         && !atomic_load_explicit(&td_accel_seen_v, memory_order_relaxed))
     {
         atomic_store_explicit(&td_accel_seen_v, 1, memory_order_relaxed);
@@ -440,20 +444,20 @@ mark_storage(td_install *st, PyObject *storage, PyObject *mark)
 }
 
 static void
-mark_tensor(td_install *st, PyObject *tensor, PyObject *mark)
+mark_tensor(td_install *st, PyObject *tensor, PyObject *name,
+            PyObject *value)
 {
     PyObject *storage = storage_of(st, tensor);
-    if (storage == NULL) {
-        return;
+    if (storage != NULL) {
+        mark_storage(st, storage, name, value);
+        Py_DECREF(storage);
     }
-    mark_storage(st, storage, mark);
-    Py_DECREF(storage);
 }
 
 void
 td_mark_accelerator(td_install *st, PyObject *tensor)
 {
-    mark_tensor(st, tensor, Py_True);
+    mark_tensor(st, tensor, st->str_accel_mark, Py_True);
 }
 
 /* A factory's float64 (complex128) request made float32 (complex64): its
@@ -462,14 +466,7 @@ td_mark_accelerator(td_install *st, PyObject *tensor)
 void
 td_mark_lowered(td_install *st, PyObject *tensor)
 {
-    PyObject *storage = storage_of(st, tensor);
-    if (storage == NULL) {
-        return;
-    }
-    if (PyObject_SetAttr(storage, st->str_lowered_mark, Py_True) < 0) {
-        PyErr_Clear();   /* a storage without a __dict__: left unmarked */
-    }
-    Py_DECREF(storage);
+    mark_tensor(st, tensor, st->str_lowered_mark, Py_True);
 }
 
 /* Whether `result` of a constructor shares memory with `data` (1), or not
@@ -590,7 +587,7 @@ td_constructed_on_host(td_install *st, PyObject *data, PyObject *result)
     }
     Py_SETREF(result, PyObject_CallOneArg(st->tensor_clone, result));
     if (result != NULL) {
-        mark_tensor(st, result, Py_False);
+        mark_tensor(st, result, st->str_accel_mark, Py_False);
     }
     return result;
 }
@@ -612,7 +609,7 @@ td_pinned_copy(td_install *st, PyObject *tensor)
     }
     PyObject *copy = PyObject_CallOneArg(st->tensor_clone, tensor);
     if (copy != NULL) {
-        mark_tensor(st, copy, Py_False);
+        mark_tensor(st, copy, st->str_accel_mark, Py_False);
     }
     return copy;
 }
@@ -675,7 +672,7 @@ td_move_done(td_install *st, PyObject *self, td_intent intent,
         }
     }
     if (result != self) {
-        mark_tensor(st, result,
+        mark_tensor(st, result, st->str_accel_mark,
                     intent == TD_INTENT_ACCEL ? Py_True : Py_False);
     }
     return result;
@@ -747,7 +744,7 @@ moves_mark(PyObject *Py_UNUSED(module), PyObject *obj)
                 td_mark_accelerator(st, obj);
             }
             else {
-                mark_storage(st, obj, Py_True);
+                mark_storage(st, obj, st->str_accel_mark, Py_True);
             }
             Py_DECREF(st);
         }
