@@ -444,13 +444,22 @@ def _parse_to(original: Any) -> Any:
 
 
 def _storage_patches() -> List[Patch]:
-    patches = []
-    for cls in (torch.UntypedStorage, torch.TypedStorage):
-        def build(orig: Any, cls: type = cls) -> Any:
-            func = orig.__func__ if isinstance(orig, staticmethod) else orig
-            return _wrapper(func, _tdcore.KIND_FACTORY,
-                            f"torch.{cls.__name__}", _grammar.FACTORY)
-        patches.append(Patch(cls, "__new__", build, static=True))
+    def untyped_new(orig: Any) -> Any:
+        func = orig.__func__ if isinstance(orig, staticmethod) else orig
+        return _wrapper(func, _tdcore.KIND_FACTORY, "torch.UntypedStorage",
+                        _grammar.FACTORY)
+
+    def typed_init(orig: Any) -> Any:
+        return _wrapper(orig, _tdcore.KIND_FACTORY, "torch.TypedStorage",
+                        _grammar.FACTORY)
+    # TypedStorage.__new__ never reads the device or the dtype: __init__
+    # does, with the program's own arguments, and builds the UntypedStorage.
+    # Wrapped there, the request is judged once, the float64 rule's dtype
+    # is the one the storage gets, and the inner UntypedStorage call,
+    # handed the device already resolved, is not a second request.
+    patches = [Patch(torch.UntypedStorage, "__new__", untyped_new,
+                     static=True),
+               Patch(torch.TypedStorage, "__init__", typed_init)]
     patches += [Patch(torch.UntypedStorage, name, _storage_move)
                 for name in ("cuda", "mps")]
     patches.append(Patch(torch.UntypedStorage, "cpu", _storage_cpu))

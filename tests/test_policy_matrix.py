@@ -820,6 +820,32 @@ def test_float64_bytes_are_not_read_as_float32(tmp_path):
         "alike torch.float64 [0.0, 1.0, 2.0]", "float32 torch.float32"]
 
 
+def test_a_float64_typed_storage_is_made_float32(tmp_path):
+    """A TypedStorage's float64 request on a device without float64 is
+    float32, as the report says, not a float64 storage on that device:
+    the dtype is read where the storage is built, with the device."""
+    code = """
+        import torch, warnings
+        warnings.simplefilter("ignore")     # TypedStorage is deprecated
+        s = torch.TypedStorage([0.5, 1.5], dtype=torch.float64, device="cuda")
+        print(s.dtype, s.tolist(), s.nbytes())
+        e = torch.TypedStorage(3, dtype=torch.float64, device="cuda")
+        print(e.dtype, e.size(), e.nbytes())
+        legacy = torch.cuda.DoubleStorage(3)
+        print(legacy.dtype, legacy.size(), legacy.nbytes())
+        """
+    proc = launch(tmp_path, code, "cpu-stays-cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [
+        "torch.float32 [0.5, 1.5] 8", "torch.float32 3 12",
+        "torch.float32 3 12"]
+    on_cpu = relaunch_on_the_cpu(tmp_path)
+    assert on_cpu.returncode == 0, on_cpu.stderr[-3000:]
+    assert on_cpu.stdout.splitlines() == [
+        "torch.float64 [0.5, 1.5] 16", "torch.float64 3 24",
+        "torch.float64 3 24"]
+
+
 def test_a_float64_checkpoint_loads_onto_the_device_as_float32(tmp_path):
     """torch.load(..., map_location="cuda") of float64 tensors rebuilt
     each over its storage with an empty float64 tensor and set_: made

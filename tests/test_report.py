@@ -190,6 +190,21 @@ def test_a_get_device_answer_is_named_in_the_report(recording):
 
 
 @cpu_profile
+def test_a_storage_constructor_is_one_row_under_its_own_name(recording):
+    """TypedStorage builds its UntypedStorage with the device it was given:
+    one request, one row, named as the program wrote it."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # TypedStorage is deprecated
+        typed = torch.TypedStorage(4, dtype=torch.float32, device="cuda")
+        untyped = torch.UntypedStorage(8, device="cuda")
+    assert typed.device == untyped.device == torch.device("cpu")
+    rows = [r for r in TorchDevice.report() if r["file"] == __file__]
+    assert [(r["api"], r["count"]) for r in rows] \
+        == [("torch.TypedStorage", 1), ("torch.UntypedStorage", 1)]
+
+
+@cpu_profile
 def test_two_calls_on_one_line_share_a_row(recording):
     for _ in range(3):
         torch.zeros(1, device="cuda"); torch.zeros(2, device="cuda")  # noqa
