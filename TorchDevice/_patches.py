@@ -384,11 +384,17 @@ def _set_onto_lowered(original: Any) -> Any:
 def _storage_move(original: Any) -> Any:
     """UntypedStorage.cuda / .mps (TypedStorage's call them): the copy they
     make for an accelerator is on the accelerator for the program, as a
-    tensor's is (`map_location=lambda s, loc: s.cuda()` in torch.load)."""
+    tensor's is (`map_location=lambda s, loc: s.cuda()` in torch.load), and
+    a storage the program has there is itself."""
     mark = _tdcore.mark_accelerator
 
     @functools.wraps(original)
     def move(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # torch reads the storage as on the host and copies it; on CUDA a
+        # storage already there is returned itself.
+        if (getattr(self, STORAGE_MARK, None) is True
+                and _tdcore.get_move_copies()):
+            return self
         result = original(self, *args, **kwargs)
         return result if result is self else mark(result)
     return move
@@ -444,14 +450,34 @@ def _parse_to(original: Any) -> Any:
 
 
 def _storage_patches() -> List[Patch]:
+    intent = _tdcore.device_intent
+    mark = _tdcore.mark_accelerator
+
+    def marking(func: Any, api: str,
+                storage_of: Callable[[Any, Any], Any]) -> Any:
+        """The factory wrapper of a storage constructor `func`.  The
+        wrapper marks the tensors it makes; a storage made for an
+        accelerator request is on the accelerator too, so that its .cuda()
+        is itself, as on CUDA (_storage_move)."""
+        made = _wrapper(func, _tdcore.KIND_FACTORY, api, _grammar.FACTORY)
+
+        @functools.wraps(func)
+        def construct(*args: Any, **kwargs: Any) -> Any:
+            result = made(*args, **kwargs)
+            device = kwargs.get("device")   # keyword-only in both
+            if device is not None and intent(device) == "accelerator":
+                mark(storage_of(args, result))
+            return result
+        return construct
+
     def untyped_new(orig: Any) -> Any:
         func = orig.__func__ if isinstance(orig, staticmethod) else orig
-        return _wrapper(func, _tdcore.KIND_FACTORY, "torch.UntypedStorage",
-                        _grammar.FACTORY)
+        return marking(func, "torch.UntypedStorage",
+                       lambda args, result: result)
 
     def typed_init(orig: Any) -> Any:
-        return _wrapper(orig, _tdcore.KIND_FACTORY, "torch.TypedStorage",
-                        _grammar.FACTORY)
+        return marking(orig, "torch.TypedStorage",
+                       lambda args, result: args[0]._untyped_storage)
     # TypedStorage.__new__ never reads the device or the dtype: __init__
     # does, with the program's own arguments, and builds the UntypedStorage.
     # Wrapped there, the request is judged once, the float64 rule's dtype

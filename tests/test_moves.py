@@ -272,6 +272,30 @@ def test_other_host_requests_copy_what_is_on_the_accelerator(name, snap):
         assert host.tolist() == [2.0, 2.0, 2.0]
 
 
+def test_storages_move_as_on_cuda():
+    """A storage made for "cuda", or one a "cuda" tensor holds, is on the
+    accelerator: its .cuda() is itself (a TypedStorage's wraps the same
+    memory) and its .cpu() a copy; a host storage's .cuda() is a copy.
+    torch read every storage as on the host and copied it for .cuda(), so
+    writes through the "moved" storage were lost."""
+    import warnings
+    made = torch.UntypedStorage(8, device="cuda")
+    held = torch.zeros(2, device="cuda").untyped_storage()
+    for storage in (made, held):
+        assert storage.cuda() is storage
+        snapshot = storage.cpu()
+        assert snapshot is not storage
+        assert snapshot.data_ptr() != storage.data_ptr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # TypedStorage is deprecated
+        typed = torch.TypedStorage(4, dtype=torch.float32, device="cuda")
+        assert typed.cuda().data_ptr() == typed.data_ptr()
+    host = torch.UntypedStorage(8)
+    moved = host.cuda()
+    assert moved is not host and moved.data_ptr() != host.data_ptr()
+    assert moved.cuda() is moved
+
+
 MODULE_MOVES = [
     ("cuda()", lambda m: m.cuda()),
     ("to('cuda')", lambda m: m.to("cuda")),
