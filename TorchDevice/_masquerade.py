@@ -563,10 +563,6 @@ def _function(name: str, module_name: str) -> Any:
     return fn
 
 
-# Must match TD_PASSTHROUGH in csrc/core/devarg.c.
-_PASSTHROUGH = "TorchDevice._passthrough"
-
-
 def _with_wrapped(fn: Any) -> Any:
     """A Python function that calls `fn` and names it as ``__wrapped__``.
 
@@ -577,19 +573,16 @@ def _with_wrapped(fn: Any) -> Any:
     has no attributes, so there the replacement is this one, made once per
     function (its identity is what pickle and dynamo's tables find).
 
-    It runs in globals of its own, named ``_PASSTHROUGH``: the C functions
+    It runs in globals of its own (_patches.passthrough): the C functions
     that tell torch's own code the truth read their caller's module, and
-    this frame's would be TorchDevice's; _tdcore looks past it to the
-    code that called it."""
+    this frame's would be TorchDevice's."""
+    from ._patches import passthrough
     made = _wrapped_calls.get(fn)
     if made is None:
         def forward(*args: Any, **kwargs: Any) -> Any:
             return fn(*args, **kwargs)
 
-        call = types.FunctionType(
-            forward.__code__, {"__name__": _PASSTHROUGH,
-                               "__builtins__": __builtins__},
-            fn.__name__, None, forward.__closure__)
+        call = passthrough(forward)
         call.__name__ = call.__qualname__ = fn.__name__
         call.__module__ = fn.__module__
         call.__doc__ = fn.__doc__

@@ -78,6 +78,22 @@ _context_lowering: Dict[Any, Any] = {}
 _enabled = False
 
 
+# Must match TD_PASSTHROUGH in csrc/core/devarg.c.
+PASSTHROUGH = "TorchDevice._passthrough"
+
+
+def passthrough(func: Any) -> Any:
+    """`func` made again in globals of its own, named PASSTHROUGH.
+
+    The C functions that tell torch's own code from the program's read
+    their caller's module; a Python function of TorchDevice between the
+    caller and them would be that caller.  _tdcore looks past a frame in
+    these globals to the code that called it."""
+    return types.FunctionType(
+        func.__code__, {"__name__": PASSTHROUGH, "__builtins__": __builtins__},
+        func.__name__, func.__defaults__, func.__closure__)
+
+
 def _wrapper(original: Any, kind: int, api: str,
              grammar: _grammar.DeviceArg, **kw: Any) -> Any:
     return _tdcore.Wrapper(original, kind, api, grammar, **kw)
@@ -461,14 +477,15 @@ def _storage_patches() -> List[Patch]:
         is itself, as on CUDA (_storage_move)."""
         made = _wrapper(func, _tdcore.KIND_FACTORY, api, _grammar.FACTORY)
 
-        @functools.wraps(func)
         def construct(*args: Any, **kwargs: Any) -> Any:
             result = made(*args, **kwargs)
             device = kwargs.get("device")   # keyword-only in both
             if device is not None and intent(device) == "accelerator":
                 mark(storage_of(args, result))
             return result
-        return construct
+        # torch's own calls (TypedStorage.__init__ building its
+        # UntypedStorage) stay torch's for the policy (mode "accelerate").
+        return functools.wraps(func)(passthrough(construct))
 
     def untyped_new(orig: Any) -> Any:
         func = orig.__func__ if isinstance(orig, staticmethod) else orig

@@ -846,6 +846,29 @@ def test_a_float64_typed_storage_is_made_float32(tmp_path):
         "torch.float64 3 24"]
 
 
+def test_storages_follow_the_factories_rule_in_mode_accelerate(tmp_path):
+    """Mode "accelerate" sends the program's "cpu" requests to the
+    accelerator and leaves what torch's own code makes, and a storage
+    constructor called without a device, where torch puts it
+    (docs/policy.md, the FACTORY grammar): a TypedStorage builds its
+    UntypedStorage in torch's code, which must stay torch's even with
+    TorchDevice's storage wrappers in between."""
+    code = """
+        import torch, warnings
+        warnings.simplefilter("ignore")     # TypedStorage is deprecated
+        f32 = torch.float32
+        print(torch.UntypedStorage(4).device.type,
+              torch.TypedStorage(4, dtype=f32).device.type,
+              torch.FloatStorage(4).device.type,
+              torch.UntypedStorage(4, device="cpu").device.type,
+              torch.TypedStorage(4, dtype=f32, device="cpu").device.type,
+              torch.TypedStorage(4, dtype=f32, device="cuda").device.type)
+        """
+    proc = launch(tmp_path, code, "accelerate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["cpu"] * 3 + ["simaccel"] * 3
+
+
 def test_a_float64_checkpoint_loads_onto_the_device_as_float32(tmp_path):
     """torch.load(..., map_location="cuda") of float64 tensors rebuilt
     each over its storage with an empty float64 tensor and set_: made
