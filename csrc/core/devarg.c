@@ -259,9 +259,10 @@ static const char *const td_not_torch_internal[] = {
 };
 
 /* The module name of the globals a pass-through wrapper runs in
- * (TorchDevice/_masquerade.py, _with_wrapped): a Python function that only
- * calls one of ours, so that it can carry `__wrapped__`.  Its frame is not
- * the caller: the frame that called it is. */
+ * (TorchDevice/_patches.py, passthrough()): a Python function of ours
+ * between the caller and a C function of ours (one that carries
+ * `__wrapped__`, a storage constructor's marking).  Its frame is not the
+ * caller: the frame that called it is. */
 #define TD_PASSTHROUGH "TorchDevice._passthrough"
 
 /* borrowed; NULL without an exception where there is none */
