@@ -91,10 +91,8 @@ def rebuild_tensor_builder(original: Any) -> Any:
     # torch.empty as the factory wrappers run it, under the name the
     # program called: the report row and a TORCHDEVICE_FLOAT64=error
     # message say "torch.load", not a torch.empty the program never wrote.
-    empty = torch.empty
-    if isinstance(empty, _tdcore.Wrapper):
-        empty = empty.__wrapped__
-    load_empty = _patches.factory("torch.load", _grammar.FACTORY)(empty)
+    load_empty = _patches.factory("torch.load", _grammar.FACTORY)(
+        _patches.unwrapped(torch.empty))
 
     @functools.wraps(original)
     def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any,

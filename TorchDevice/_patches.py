@@ -94,6 +94,12 @@ def passthrough(func: Any) -> Any:
         func.__name__, func.__defaults__, func.__closure__)
 
 
+def unwrapped(value: Any) -> Any:
+    """torch's own callable where `value` is one of TorchDevice's factory
+    wrappers (only ours: another library's functools.wraps stays)."""
+    return value.__wrapped__ if isinstance(value, _tdcore.Wrapper) else value
+
+
 def _wrapper(original: Any, kind: int, api: str,
              grammar: _grammar.DeviceArg, **kw: Any) -> Any:
     return _tdcore.Wrapper(original, kind, api, grammar, **kw)
@@ -289,9 +295,7 @@ def _constructors() -> Any:
         return listed()
     found = set()
     for name in _KNOWN_CONSTRUCTORS:
-        value = getattr(torch, name, None)
-        if isinstance(value, _tdcore.Wrapper):
-            value = value.__wrapped__
+        value = unwrapped(getattr(torch, name, None))
         if value is not None:
             found.add(value)
     return found
@@ -309,9 +313,7 @@ def _device_constructor_patches() -> List[Patch]:
         for attr in dir(ns):
             if attr.startswith("_"):
                 continue
-            value = getattr(ns, attr, None)
-            if isinstance(value, _tdcore.Wrapper):
-                value = value.__wrapped__
+            value = unwrapped(getattr(ns, attr, None))
             try:
                 is_ctor = value in constructors
             except TypeError:
@@ -397,6 +399,13 @@ def _set_onto_lowered(original: Any) -> Any:
     return set_
 
 
+def _storage_on_accelerator(storage: Any) -> bool:
+    """Whether the program has `storage` on the accelerator where moves
+    copy (its mark, docs/policy.md "Moves copy")."""
+    return (getattr(storage, STORAGE_MARK, None) is True
+            and _tdcore.get_move_copies())
+
+
 def _storage_move(original: Any) -> Any:
     """UntypedStorage.cuda / .mps (TypedStorage's call them): the copy they
     make for an accelerator is on the accelerator for the program, as a
@@ -408,8 +417,7 @@ def _storage_move(original: Any) -> Any:
     def move(self: Any, *args: Any, **kwargs: Any) -> Any:
         # torch reads the storage as on the host and copies it; on CUDA a
         # storage already there is returned itself.
-        if (getattr(self, STORAGE_MARK, None) is True
-                and _tdcore.get_move_copies()):
+        if _storage_on_accelerator(self):
             return self
         result = original(self, *args, **kwargs)
         return result if result is self else mark(result)
@@ -423,8 +431,7 @@ def _storage_cpu(original: Any) -> Any:
     @functools.wraps(original)
     def cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
-        if (result is self and getattr(self, STORAGE_MARK, None) is True
-                and _tdcore.get_move_copies()):
+        if result is self and _storage_on_accelerator(self):
             result = self.clone()
             setattr(result, STORAGE_MARK, False)
         return result
