@@ -87,6 +87,76 @@ def test_sharded_attention_equals_whole_attention(tmp_path):
             assert diff < 1e-5, (case, diff)
 
 
+FSDP_OVER_TP = '''
+import json, os
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel, RowwiseParallel, parallelize_module)
+import TorchDevice
+
+device_type = torch.accelerator.current_accelerator().type
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+def train(net):
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    losses = []
+    for step in range(3):
+        torch.manual_seed(10 + step)
+        x = torch.randn(5, 6, device=device_type)
+        loss = net(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, [p.full_tensor() if hasattr(p, "full_tensor") else p
+                    for p in net.parameters()]
+
+whole_losses, whole_params = train(model().to(device_type))
+result = {}
+# tensor parallelism across the ranks; then FSDP2 sharding across them
+for shape in ((1, 2), (2, 1)):
+    mesh = init_device_mesh(device_type, shape, mesh_dim_names=("dp", "tp"))
+    net = parallelize_module(model().to(device_type), mesh["tp"],
+                             {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    fully_shard(net, mesh=mesh["dp"])
+    losses, params = train(net)
+    result[str(shape)] = {"losses": losses, "params": max(
+        (a - b).abs().max().item() for a, b in zip(params, whole_params))}
+rank = dist.get_rank()
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"{rank}.json"),
+          "w") as fh:
+    json.dump({"rank": rank, "whole": whole_losses, **result}, fh)
+dist.destroy_process_group()
+'''
+
+
+def test_fsdp2_over_tensor_parallelism_trains_as_the_whole_model(tmp_path):
+    # FSDP2 makes its device from the program's "cuda" mesh and checks
+    # every parameter against it: built as the truth ("cuda:0"), it
+    # matched no tensor-parallel parameter and fully_shard stopped with
+    # "Expects DTensor to be moved to cuda but got cpu".
+    path = tmp_path / "fsdp_tp.py"
+    path.write_text(FSDP_OVER_TP)
+    proc = _torchrun(path, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = _results(tmp_path)
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    for r in ranks:
+        whole = r.pop("whole")
+        r.pop("rank")
+        assert sorted(r) == ["(1, 2)", "(2, 1)"]
+        for shape, got in r.items():
+            assert got["losses"] == pytest.approx(whole, rel=1e-5, abs=1e-6)
+            assert got["params"] < 1e-5, shape
+
+
 def test_registered_only_once_torch_distributed_tensor_is_imported():
     proc = run_python("""
 import sys, TorchDevice

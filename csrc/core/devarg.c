@@ -323,25 +323,51 @@ td_caller_module(PyObject *name_key, Py_ssize_t *size)
     return s;
 }
 
+/* torch's code that builds the device the program's own tensors are on
+ * from what the program named, and compares them: FSDP2 makes its device
+ * from the program's mesh (`torch.device(mesh.device_type, index)`, "cuda")
+ * and checks every parameter against it.  Built as the truth, "cuda:0"
+ * equals no tensor's device where "cuda" lands elsewhere, and FSDP2 stops
+ * on a tensor-parallel (DTensor) parameter.  Its accelerator requests land
+ * as the program's do; everything else about it stays torch's own. */
+static const char *const td_builds_programs_device[] = {
+    "torch.distributed.fsdp._fully_shard",
+};
+
+static int
+starts_with_any(const char *s, Py_ssize_t n, const char *const *prefixes,
+                size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (starts_with(s, n, prefixes[i])) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+#define TD_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
 int
 td_called_from_torch(PyObject *name_key)
 {
     Py_ssize_t n;
     const char *s = td_caller_module(name_key, &n);
-    if (s == NULL) {
-        return 0;
-    }
-    if (!starts_with(s, n, "torch.")) {
-        return 0;
-    }
-    size_t count = sizeof(td_not_torch_internal)
-                   / sizeof(td_not_torch_internal[0]);
-    for (size_t i = 0; i < count; i++) {
-        if (starts_with(s, n, td_not_torch_internal[i])) {
-            return 0;
-        }
-    }
-    return 1;
+    return s != NULL && starts_with(s, n, "torch.")
+           && !starts_with_any(s, n, td_not_torch_internal,
+                               TD_COUNT(td_not_torch_internal));
+}
+
+int
+td_torch_names_device(PyObject *name_key)
+{
+    Py_ssize_t n;
+    const char *s = td_caller_module(name_key, &n);
+    return s != NULL && starts_with(s, n, "torch.")
+           && !starts_with_any(s, n, td_not_torch_internal,
+                               TD_COUNT(td_not_torch_internal))
+           && !starts_with_any(s, n, td_builds_programs_device,
+                               TD_COUNT(td_builds_programs_device));
 }
 
 void

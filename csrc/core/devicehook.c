@@ -76,7 +76,7 @@ device_from_string(td_install *st, PyObject *arg, td_request req)
         return NULL;
     }
     td_resolution res = td_resolve_now(st, req);
-    if (res.target == TD_TARGET_KEEP || td_called_from_torch(st->str_name)) {
+    if (res.target == TD_TARGET_KEEP || td_torch_names_device(st->str_name)) {
         return NULL;
     }
     int pushed = function_mode_pushed(st);
@@ -180,9 +180,10 @@ device_new(td_install *st, newfunc orig_device_new, PyTypeObject *type,
     }
     /* Torch's own code compares against the devices it names (GradScaler's
      * `device == torch.device("mps:0")`): it gets the truth.  Whatever it
-     * allocates still goes through the factory wrappers. */
+     * allocates still goes through the factory wrappers.  Not so where it
+     * builds the device of the program's own tensors (FSDP2's, devarg.c). */
     if ((req.kind == TD_REQ_CUDA || req.kind == TD_REQ_MPS)
-        && td_called_from_torch(st->str_name))
+        && td_torch_names_device(st->str_name))
     {
         return dev;
     }

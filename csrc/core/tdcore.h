@@ -228,6 +228,9 @@ PyObject *td_target_device(td_install *st, td_target t);
 /* True when the innermost Python frame belongs to torch's own code.
  * name_key is the interned "__name__". */
 int td_called_from_torch(PyObject *name_key);
+/* The same, less the torch code that builds the program's own devices
+ * (devarg.c): whether a "cuda"/"mps" torch.device it makes is the truth. */
+int td_torch_names_device(PyObject *name_key);
 /* The calling Python code's module __name__ (UTF-8, borrowed from the
  * frame's globals), or NULL when there is none. */
 const char *td_caller_module(PyObject *name_key, Py_ssize_t *size);
