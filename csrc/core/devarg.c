@@ -348,24 +348,28 @@ starts_with_any(const char *s, Py_ssize_t n, const char *const *prefixes,
 
 #define TD_COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-int
-td_called_from_torch(PyObject *name_key)
+static int
+torch_internal(const char *s, Py_ssize_t n)
 {
-    Py_ssize_t n;
-    const char *s = td_caller_module(name_key, &n);
     return s != NULL && starts_with(s, n, "torch.")
            && !starts_with_any(s, n, td_not_torch_internal,
                                TD_COUNT(td_not_torch_internal));
 }
 
 int
+td_called_from_torch(PyObject *name_key)
+{
+    Py_ssize_t n = 0;
+    const char *s = td_caller_module(name_key, &n);
+    return torch_internal(s, n);
+}
+
+int
 td_torch_names_device(PyObject *name_key)
 {
-    Py_ssize_t n;
+    Py_ssize_t n = 0;
     const char *s = td_caller_module(name_key, &n);
-    return s != NULL && starts_with(s, n, "torch.")
-           && !starts_with_any(s, n, td_not_torch_internal,
-                               TD_COUNT(td_not_torch_internal))
+    return torch_internal(s, n)
            && !starts_with_any(s, n, td_builds_programs_device,
                                TD_COUNT(td_builds_programs_device));
 }
