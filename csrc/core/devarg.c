@@ -346,14 +346,12 @@ starts_with_any(const char *s, Py_ssize_t n, const char *const *prefixes,
     return 0;
 }
 
-#define TD_COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
 static int
 torch_internal(const char *s, Py_ssize_t n)
 {
     return s != NULL && starts_with(s, n, "torch.")
            && !starts_with_any(s, n, td_not_torch_internal,
-                               TD_COUNT(td_not_torch_internal));
+                               Py_ARRAY_LENGTH(td_not_torch_internal));
 }
 
 int
@@ -371,7 +369,7 @@ td_torch_names_device(PyObject *name_key)
     const char *s = td_caller_module(name_key, &n);
     return torch_internal(s, n)
            && !starts_with_any(s, n, td_builds_programs_device,
-                               TD_COUNT(td_builds_programs_device));
+                               Py_ARRAY_LENGTH(td_builds_programs_device));
 }
 
 void
