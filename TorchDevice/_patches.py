@@ -893,12 +893,12 @@ def _lifecycle_hooks(event: str) -> None:
     the checkpoint deserializer (_checkpoint), the DataLoader's pinning
     warning filter (_dataloader), the AMP tables (_amp) and the reducer of
     tensors sent to other processes (_multiprocessing), the note on
-    device mismatches (_mismatch) and DTensor's placements for the CPU's
-    attention (_dtensor)."""
+    device mismatches (_mismatch), DTensor's placements for the CPU's
+    attention (_dtensor) and its random operators (_dtensor_rng)."""
     from . import (_amp, _checkpoint, _compile, _dataloader, _dtensor,
-                   _mismatch, _multiprocessing)
+                   _dtensor_rng, _mismatch, _multiprocessing)
     for module in (_checkpoint, _compile, _dataloader, _amp,
-                   _multiprocessing, _mismatch, _dtensor):
+                   _multiprocessing, _mismatch, _dtensor, _dtensor_rng):
         getattr(module, event)()
 
 

@@ -54,6 +54,8 @@ DTENSOR = "DTensor sharding of the CPU's attention (tensor parallelism " \
           "where \"cuda\" lands on the host)"
 LOAD_FLOAT64 = "float64 checkpoints loaded onto a device without float64 " \
                "(made float32)"
+DTENSOR_RNG = "DTensor random operators (sharded nn.init, dropout) " \
+              "where \"cuda\" lands on the host or MPS"
 PARSE_TO = "devices read by torch._C._nn._parse_to (tensordict's .to) " \
            "keeping what the program asked for"
 
@@ -135,6 +137,10 @@ PRIVATE: Tuple[Private, ...] = (
             "OpStrategy", DTENSOR),
     Private("dtensor_RuntimeSchemaInfo", "torch.distributed.tensor._op_schema",
             "RuntimeSchemaInfo", DTENSOR),
+    Private("dtensor_random", "torch.distributed.tensor._random", "",
+            DTENSOR_RNG),
+    Private("dtensor_dispatch_mode", "torch.utils._python_dispatch",
+            "TorchDispatchMode", DTENSOR_RNG),
 )
 
 _BY_KEY: Dict[str, Private] = {p.key: p for p in PRIVATE}

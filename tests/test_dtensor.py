@@ -191,3 +191,129 @@ print(_dtensor._registered)
 """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True"]
+
+
+RANDOM_OPS = '''
+import json, os
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.distributed.tensor as dt
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel, RowwiseParallel, parallelize_module)
+import TorchDevice
+
+mesh = init_device_mesh("cuda", (2,))
+x = torch.arange(42.).view(7, 6) + 1          # 7 rows: uneven shards
+p = torch.linspace(0, 1, 42).view(7, 6)
+gen = torch.Generator(device="cuda")
+
+def empty(pl):
+    return dt.empty(7, 6, device_mesh=mesh, placements=pl)
+
+def with_gen(t):
+    gen.manual_seed(5)
+    return t.normal_(generator=gen)
+
+# name: (on the DTensor, on one device)
+cases = {
+    "normal_": (lambda pl: nn.init.normal_(empty(pl)),
+                lambda: nn.init.normal_(torch.empty(7, 6, device="cuda"))),
+    "uniform_": (lambda pl: nn.init.uniform_(empty(pl), -1, 2),
+                 lambda: nn.init.uniform_(torch.empty(7, 6, device="cuda"),
+                                          -1, 2)),
+    "trunc_normal_": (
+        lambda pl: nn.init.trunc_normal_(empty(pl), std=0.02),
+        lambda: nn.init.trunc_normal_(torch.empty(7, 6, device="cuda"),
+                                      std=0.02)),
+    "rand": (lambda pl: dt.rand(7, 6, device_mesh=mesh, placements=pl),
+             lambda: torch.rand(7, 6, device="cuda")),
+    "randn": (lambda pl: dt.randn(7, 6, device_mesh=mesh, placements=pl),
+              lambda: torch.randn(7, 6, device="cuda")),
+    "dropout": (lambda pl: F.dropout(distribute_tensor(x, mesh, pl), 0.3),
+                lambda: F.dropout(x.cuda(), 0.3)),
+    "bernoulli": (lambda pl: torch.bernoulli(distribute_tensor(p, mesh, pl)),
+                  lambda: torch.bernoulli(p.cuda())),
+    "rand_like": (lambda pl: torch.rand_like(distribute_tensor(x, mesh, pl)),
+                  lambda: torch.rand_like(x.cuda())),
+    "generator": (lambda pl: with_gen(empty(pl)),
+                  lambda: with_gen(torch.empty(7, 6, device="cuda"))),
+}
+result = {"rank": dist.get_rank()}
+for pl in ([Shard(0)], [Shard(1)], [Replicate()]):
+    for name, (sharded, whole) in cases.items():
+        torch.manual_seed(0)
+        a = sharded(pl).full_tensor()
+        after_a = torch.rand(3, device="cuda")
+        torch.manual_seed(0)
+        b = whole()
+        after_b = torch.rand(3, device="cuda")
+        result[f"{name} {pl}"] = [torch.equal(a, b),
+                                  torch.equal(after_a, after_b)]
+
+def init(parallel, shape):
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    if parallel:
+        mesh2 = init_device_mesh("cuda", shape, mesh_dim_names=("dp", "tp"))
+        parallelize_module(net, mesh2["tp"],
+                           {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        fully_shard(net, mesh=mesh2["dp"])
+    net.to_empty(device="cuda")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for m in (net[0], net[2]):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.uniform_(m.bias, -0.1, 0.1)
+    return [t.full_tensor() if hasattr(t, "full_tensor") else t
+            for t in net.parameters()]
+
+for shape in ((1, 2), (2, 1)):
+    result[f"FSDP2 over TP {shape}"] = [all(
+        torch.equal(a, b) for a, b in zip(init(True, shape),
+                                          init(False, None)))]
+with open(os.path.join(os.environ["TD_RESULT_DIR"],
+                       f"{result['rank']}.json"), "w") as fh:
+    json.dump(result, fh)
+dist.destroy_process_group()
+'''
+
+
+def test_random_operators_on_dtensors_draw_what_one_device_draws(tmp_path):
+    # torch draws a sharded DTensor from CUDA's counter-based generator;
+    # where "cuda" lands on the host it stopped with "OffsetBasedRNGTracker
+    # instantiation requires the presence of cuda device".  Each case
+    # compares the whole DTensor with the same draw on one device, and the
+    # generator's next numbers after it.
+    path = tmp_path / "random_ops.py"
+    path.write_text(RANDOM_OPS)
+    proc = _torchrun(path, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = _results(tmp_path)
+    assert sorted(r.pop("rank") for r in ranks) == [0, 1]
+    for r in ranks:
+        assert len(r) == 29
+        assert {k: v for k, v in r.items() if not all(v)} == {}
+
+
+def test_random_operators_tracker_stands_in_while_enabled():
+    proc = run_python("""
+import TorchDevice
+import torch.distributed.tensor._random as random
+from TorchDevice import _dtensor_rng
+ours = random.OffsetBasedRNGTracker
+print(ours.__name__, ours.__mro__[1].__name__)
+random._rng_tracker = object.__new__(ours)
+TorchDevice.disable()
+print(random.OffsetBasedRNGTracker.__name__, random._rng_tracker)
+TorchDevice.enable()
+print(random.OffsetBasedRNGTracker.__name__)
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [
+        "WholeDrawRNGTracker", "OffsetBasedRNGTracker",
+        "OffsetBasedRNGTracker", "None", "WholeDrawRNGTracker"]

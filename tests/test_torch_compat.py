@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import TorchDevice
-from TorchDevice import (_compile, _dtensor, _graphs, _masquerade,
-                         _patches, _torch_compat)
+from TorchDevice import (_compile, _dtensor, _dtensor_rng, _graphs,
+                         _masquerade, _patches, _torch_compat)
 from conftest import HAS_CUDA, ROOT, run_python
 
 
@@ -49,6 +49,8 @@ def _use(p: _torch_compat.Private) -> None:
         _masquerade._target_generator("mps")
     elif p.feature == _torch_compat.DTENSOR:
         assert _dtensor.register() is False
+    elif p.feature == _torch_compat.DTENSOR_RNG:
+        assert _dtensor_rng.register() is False
     elif p.feature == _torch_compat.GRAPHS:
         assert _graphs._mode_class() is None
 
@@ -97,7 +99,9 @@ def test_import_works_with_every_private_name_gone():
             *path, last = p.attr.split(".")
             owner = "".join([f"sys.modules[{p.module!r}]"]
                             + [f".{part}" for part in path])
-            removals.append(f"delattr({owner}, {last!r})")
+            removal = f"delattr({owner}, {last!r})"
+            if removal not in removals:     # two features, one name
+                removals.append(removal)
     # Modules are hidden last: some names above live in them.
     code = "import sys, warnings, torch\n" + "\n".join(removals + hidden) \
         + """

@@ -1,0 +1,285 @@
+"""DTensor's random operators on a mesh whose "cuda" lands elsewhere.
+
+On CUDA, torch draws the numbers of a sharded DTensor (``nn.init`` of a
+sharded parameter, dropout on a DTensor, ``torch.distributed.tensor.rand``)
+from CUDA's counter-based generator: each rank moves the generator's offset
+to its shard's place in one draw of the whole tensor, so the whole DTensor
+does not depend on how it is sharded.  The host's and MPS's generators
+have no offset to move, so where a "cuda" mesh lands there torch stops with
+"OffsetBasedRNGTracker instantiation requires the presence of cuda device".
+Drawing each shard from each rank's own generator instead (what torch does
+on a CPU mesh) would repeat the same numbers in every shard: a computation
+CUDA does not make.
+
+So on every profile but cuda, a mesh whose device type is redirected gets
+TorchDevice's tracker (a subclass of torch's, put in its place once
+``torch.distributed.tensor`` is imported): every rank draws the *whole*
+tensor from the generator "cuda" code draws from, synchronised from rank 0
+as torch synchronises CUDA's, and keeps its own shard.  The whole DTensor
+then equals the same draw made on one device, at any parallelism, and every
+rank's generator advances alike.  The price is memory: for the duration of
+the operator each rank holds the whole tensor and an index of it
+(docs/compile-checkpoints-distributed.md, "DTensor").
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+
+from . import _imports, _tdcore, _torch_compat
+
+_log = logging.getLogger("TorchDevice")
+_DTENSOR = "torch.distributed.tensor"
+_FAILED = ("could not give DTensor's random operators a generator where "
+           "\"cuda\" lands; they stop where torch's do")
+# Device types whose requests TorchDevice sends elsewhere (a mesh of the
+# profile's own type is torch's to handle).
+_REDIRECTABLE = ("cuda", "mps")
+
+_lock = threading.Lock()
+_torch_tracker: Optional[type] = None    # torch's class while ours stands in
+
+
+def _lands_elsewhere(device_type: str) -> bool:
+    return (device_type in _REDIRECTABLE
+            and device_type != _tdcore.settings()["profile"])
+
+
+def _generator() -> torch.Generator:
+    """The generator "cuda" code draws from on the device really used."""
+    from . import _masquerade
+    found = _masquerade._target_generator(_tdcore.settings()["profile"])
+    return found if found is not None else torch.default_generator
+
+
+def _positions(spec: Any, device: torch.device) -> torch.Tensor:
+    """Where the rank's shard of `spec` lies in the whole tensor: the flat
+    index of each of its elements, in the shard's shape.  torch's own
+    sharding computes it (any placement, uneven shards included); a partial
+    placement holds the whole tensor, as torch draws it."""
+    from torch.distributed.tensor import Replicate, distribute_tensor
+    placements = [Replicate() if p.is_partial() else p
+                  for p in spec.placements]
+    index = torch.arange(math.prod(spec.shape), device=device)
+    whole = index.view(tuple(spec.shape))
+    # src_data_rank=None: each rank shards its own copy, no communication.
+    return distribute_tensor(whole, spec.mesh, placements,
+                             src_data_rank=None).to_local().to(device)
+
+
+def _take(whole: Any, pos: torch.Tensor) -> Any:
+    if not isinstance(whole, torch.Tensor) or whole.dim() == 0:
+        return whole
+    return whole.reshape(-1).index_select(0, pos.reshape(-1)).view(pos.shape)
+
+
+def _wrong_shape(func: Any, shape: Sequence[int], spec: Any) -> RuntimeError:
+    return RuntimeError(
+        f"TorchDevice: {func} inside a DTensor random operator works on "
+        f"shape {tuple(shape)}, which is not this rank's shard of the "
+        f"DTensor of shape {tuple(spec.shape)} ({list(spec.placements)}); "
+        f"drawing it per rank would not be CUDA's computation")
+
+
+class _Draw:
+    """One random operator drawn whole and cut to the rank's shard."""
+
+    def __init__(self, spec: Any, user: Optional[torch.Generator]) -> None:
+        self.spec = spec
+        self.user = user
+        self.pos: Optional[torch.Tensor] = None
+
+    def _pos(self, device: torch.device) -> torch.Tensor:
+        if self.pos is None or self.pos.device != device:
+            self.pos = _positions(self.spec, device)
+        return self.pos
+
+    def run(self, func: Any, args: Tuple[Any, ...],
+            kwargs: Dict[str, Any]) -> Any:
+        first, rest = args[0], args[1:]
+        out = kwargs.pop("out", None)
+        if isinstance(first, torch.Tensor):
+            pos = self._pos(first.device)
+            if tuple(first.shape) != tuple(pos.shape):
+                raise _wrong_shape(func, first.shape, self.spec)
+            # The shard's values at their places (what an operator such as
+            # dropout or bernoulli(p) reads); the host's kernels draw the
+            # same numbers for an element whatever the values around it.
+            whole_first: Any = first.new_zeros(tuple(self.spec.shape))
+            whole_first.view(-1).index_copy_(0, pos.reshape(-1),
+                                             first.reshape(-1))
+        else:
+            device = kwargs.get("device") or torch.device("cpu")
+            if tuple(first) != tuple(self._pos(device).shape):
+                raise _wrong_shape(func, first, self.spec)
+            whole_first = list(self.spec.shape)
+        result = self._call(func, (whole_first, *rest), kwargs)
+        if _writes_first(func):
+            first.copy_(_take(whole_first, self._pos(first.device)))
+            return first
+        tensors = result if isinstance(result, tuple) else (result,)
+        device = next(t.device for t in tensors
+                      if isinstance(t, torch.Tensor))
+        cut = tuple(_take(t, self._pos(device)) for t in tensors)
+        if out is not None:
+            out.copy_(cut[0])
+            return out
+        return cut if isinstance(result, tuple) else cut[0]
+
+    def _call(self, func: Any, args: Tuple[Any, ...],
+              kwargs: Dict[str, Any]) -> Any:
+        if self.user is None:
+            return func(*args, **kwargs)
+        # The program's own generator, as torch's tracker uses it: its
+        # state drives the draw and takes the advance back.
+        gen = _generator()
+        saved = gen.get_state()
+        gen.set_state(self.user.get_state())
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self.user.set_state(gen.get_state())
+            gen.set_state(saved)
+
+
+def _writes_first(func: Any) -> bool:
+    schema = _torch_compat.op_schema(func)
+    if schema is None or not schema.arguments:
+        return func.overloadpacket.__name__.endswith("_")
+    alias = schema.arguments[0].alias_info
+    return alias is not None and alias.is_write
+
+
+def _region_mode(base: type) -> type:
+    class WholeDrawMode(base):  # type: ignore[misc, valid-type]
+        """Draws every seeded operator of the region whole (see _Draw)."""
+
+        def __init__(self, draw: _Draw, api_type: str) -> None:
+            super().__init__()
+            self.draw = draw
+            self.api_type = api_type
+
+        def __torch_dispatch__(self, func: Any, types: Any,
+                               args: Tuple[Any, ...] = (),
+                               kwargs: Optional[Dict[str, Any]] = None) -> Any:
+            kwargs = dict(kwargs or {})
+            if torch.Tag.nondeterministic_seeded not in func.tags:
+                return func(*args, **kwargs)
+            _tdcore.record(f"DTensor {func.overloadpacket.__name__}",
+                           "emulated", self.api_type,
+                           "whole tensor drawn, shard kept")
+            return self.draw.run(func, args, kwargs)
+
+    return WholeDrawMode
+
+
+def _tracker_class(torch_tracker: type, mode_base: type) -> type:
+    region_mode = _region_mode(mode_base)
+
+    class WholeDrawRNGTracker(torch_tracker):  # type: ignore[misc, valid-type]
+        """torch's tracker where the mesh's device type lands elsewhere:
+        each random operator is drawn whole on every rank (module
+        docstring)."""
+
+        def __init__(self, device_mesh: Any,
+                     run_state_sync: bool = True) -> None:
+            self.whole_draw = _lands_elsewhere(device_mesh.device_type)
+            if not self.whole_draw:
+                super().__init__(device_mesh, run_state_sync)
+                return
+            self.mesh_type = device_mesh.device_type
+            self.distribute_region_enabled = True
+            if run_state_sync:
+                self._sync_from_rank0()
+
+        def _sync_from_rank0(self) -> None:
+            gen = _generator()
+            mine = gen.get_state()
+            state = mine.clone()
+            torch.distributed.broadcast(state, 0)
+            if not torch.equal(mine, state):
+                _log.warning(
+                    "TorchDevice: DTensor's random operators take rank 0's "
+                    "generator state, as torch does on CUDA; call "
+                    "torch.manual_seed() with the same seed on every rank "
+                    "to make this explicit")
+            gen.set_state(state)
+
+        def _get_device_state(self) -> torch.Tensor:
+            if not self.whole_draw:
+                return super()._get_device_state()
+            return _generator().get_state()
+
+        def _set_device_state(self, state: torch.Tensor) -> None:
+            if not self.whole_draw:
+                super()._set_device_state(state)
+                return
+            _generator().set_state(state.to("cpu"))
+
+        @contextlib.contextmanager
+        def _distribute_region(
+                self, spec: Any,
+                generator: Optional[torch.Generator] = None) -> Iterator[None]:
+            if not self.whole_draw:
+                with super()._distribute_region(spec, generator):
+                    yield
+                return
+            if not self.distribute_region_enabled:
+                yield
+                return
+            with region_mode(_Draw(spec, generator), self.mesh_type):
+                yield
+
+    return WholeDrawRNGTracker
+
+
+def register() -> bool:
+    """Puts TorchDevice's tracker in the place of torch's (once); whether
+    it stands there."""
+    global _torch_tracker
+    module = _torch_compat.get("dtensor_random")
+    mode_base = _torch_compat.get("dtensor_dispatch_mode")
+    if module is None or mode_base is None:
+        return False
+    torch_tracker = getattr(module, "OffsetBasedRNGTracker", None)
+    if not isinstance(torch_tracker, type):
+        return False
+    with _lock:
+        if _torch_tracker is None:
+            _torch_tracker = torch_tracker
+            module.OffsetBasedRNGTracker = _tracker_class(torch_tracker,
+                                                          mode_base)
+    return True
+
+
+def unregister() -> None:
+    """torch's tracker back; a tracker of ours already made is dropped, so
+    that the next random operator makes torch's."""
+    global _torch_tracker
+    with _lock:
+        if _torch_tracker is None:
+            return
+        module = _torch_compat.get("dtensor_random")
+        if module is not None:
+            ours = module.OffsetBasedRNGTracker
+            module.OffsetBasedRNGTracker = _torch_tracker
+            if isinstance(getattr(module, "_rng_tracker", None), ours):
+                setattr(module, "_rng_tracker", None)
+        _torch_tracker = None
+
+
+def on_apply() -> None:
+    """Called at the end of _patches.apply()."""
+    if _tdcore.settings()["profile"] != "cuda":
+        _imports.after(_DTENSOR, register, _FAILED)
+
+
+def on_restore() -> None:
+    """Called by _patches.restore()."""
+    _imports.cancel(_DTENSOR, register)
+    unregister()
