@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import logging
 import warnings
+import weakref
 from typing import Any, Callable, List, Optional
 
 import torch
@@ -79,6 +81,79 @@ def rewrite_backend(backend: Any) -> Any:
     if entries == [f"cpu:{_GLOO}"]:
         return _GLOO                # the same thing, as get_backend() says it
     return ",".join(entries)
+
+
+# Whether this process was given gloo where it asked for NCCL (or for
+# torch's choice, which is NCCL on CUDA), and the groups the program made
+# gloo itself: NCCL's own reduction, PREMUL_SUM, is translated for the
+# gloo that stands in for NCCL only (below); gloo the program chose
+# refuses it, as it does on CUDA.
+_gave_gloo = False
+_chosen_gloo: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _note_backend(old: Any, new: Any, group: Any) -> None:
+    global _gave_gloo
+    if not isinstance(new, str) or _GLOO not in new.lower():
+        return
+    if new != old:
+        _gave_gloo = True
+    elif isinstance(group, dist.ProcessGroup):
+        _chosen_gloo.add(group)
+
+
+def _premul_factor(op: Any, group: Any) -> Any:
+    """The factor of a PREMUL_SUM reduction that gloo, standing in for
+    NCCL, is asked to run (None for any other)."""
+    if not _gave_gloo:
+        return None
+    group = dist.group.WORLD if group is None else group
+    if group in _chosen_gloo or dist.get_backend(group) != _GLOO:
+        return None
+    return op.factor
+
+
+def _premul_builder(api: str, position: int, data: str,
+                    scale: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+    """A reduction taking op at `position` (or op=): PREMUL_SUM becomes
+    SUM of the inputs multiplied by its factor, which is NCCL's
+    definition; `scale(value, factor)` is the argument named `data` so
+    scaled."""
+    def build(original: Any) -> Any:
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def reduction(*args: Any, **kwargs: Any) -> Any:
+            op = kwargs["op"] if "op" in kwargs else (
+                args[position] if len(args) > position else None)
+            if getattr(op, "op", None) != dist.ReduceOp.RedOpType.PREMUL_SUM:
+                return original(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            factor = _premul_factor(op, bound.arguments.get("group"))
+            if factor is None:
+                return original(*args, **kwargs)
+            _tdcore.record(api, "emulated", "ReduceOp.PREMUL_SUM",
+                           "SUM of the inputs times the factor")
+            bound.arguments[data] = scale(bound.arguments[data], factor)
+            bound.arguments["op"] = dist.ReduceOp.SUM
+            return original(*bound.args, **bound.kwargs)
+        return reduction
+    return build
+
+
+def _scale_in_place(tensor: Any, factor: Any) -> Any:
+    # all_reduce(tensor, ...): the tensor is overwritten by the result.
+    return tensor.mul_(factor)
+
+
+def _scale(tensor: Any, factor: Any) -> Any:
+    # reduce_scatter_single(output, input, ...): the input is left as is.
+    return tensor * factor
+
+
+def _scale_each(tensors: Any, factor: Any) -> Any:
+    # reduce_scatter(output, input_list, ...)
+    return [t * factor for t in tensors]
 
 
 def _guard_gloo(backend: Any) -> None:
@@ -128,7 +203,9 @@ def _init_builder(api: str) -> Callable[[Any], Any]:
             if (not _native() and kwargs.get("device_id") is not None):
                 _record(api, kwargs["device_id"], "no device_id")
                 kwargs["device_id"] = None
-            return original(new, *args, **kwargs)
+            result = original(new, *args, **kwargs)
+            _note_backend(backend, new, dist.group.WORLD)
+            return result
         return init_process_group
     return build
 
@@ -150,7 +227,9 @@ def _new_group_builder(original: Any) -> Any:
         _guard_gloo(new)
         if not _native() and kwargs.get("device_id") is not None:
             kwargs["device_id"] = None
-        return original(*args, **kwargs)
+        group = original(*args, **kwargs)
+        _note_backend(old, new, group)
+        return group
     return new_group
 
 
@@ -460,6 +539,14 @@ def patches() -> List[Any]:
             Patch(owner, "new_group", _new_group_builder),
             Patch(owner, "barrier", _barrier_builder),
         ]
+        for name, position, data, scale in (
+                ("all_reduce", 1, "tensor", _scale_in_place),
+                ("reduce_scatter", 2, "input_list", _scale_each),
+                ("reduce_scatter_single", 2, "input", _scale),
+                ("reduce_scatter_tensor", 2, "input", _scale)):
+            if hasattr(owner, name):
+                table.append(Patch(owner, name, _premul_builder(
+                    f"torch.distributed.{name}", position, data, scale)))
     # DeviceMesh (init_device_mesh) starts the default group with the name
     # it imported from distributed_c10d.
     device_mesh = importlib.import_module("torch.distributed.device_mesh")

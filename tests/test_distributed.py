@@ -568,3 +568,87 @@ def test_barrier_calls_a_torch_without_its_timeout_parameter(monkeypatch):
                      (None, True, None)]
     with pytest.raises(TypeError):
         ours(timeout=5)
+
+
+PREMUL_SUM = '''
+import json, os
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+import TorchDevice
+
+dist.init_process_group("nccl")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.cuda.set_device(rank)
+premul = dist.ReduceOp.PREMUL_SUM
+result = {"rank": rank}
+t = torch.arange(4., device="cuda") + rank
+dist.all_reduce(t, op=premul(0.5))
+result["all_reduce"] = t.tolist()
+inp = torch.arange(4., device="cuda") + rank
+out = torch.empty(2, device="cuda")
+dist.reduce_scatter_tensor(out, inp, op=premul(torch.tensor(0.25)))
+result["reduce_scatter_tensor"] = out.tolist()
+result["input kept"] = inp.tolist()
+parts = list((torch.arange(4., device="cuda") + rank).chunk(2))
+dist.reduce_scatter(out, parts, premul(2.0))
+result["reduce_scatter"] = out.tolist()
+mine = dist.new_group(backend="gloo")
+try:
+    dist.all_reduce(torch.ones(2), op=premul(0.5), group=mine)
+    result["gloo chosen"] = "reduced"
+except Exception as exc:
+    result["gloo chosen"] = str(exc)
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).cuda()
+
+def train(net, scale):
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for step in range(3):
+        torch.manual_seed(10 + step)       # every rank the same batch
+        (net(torch.randn(5, 6, device="cuda")).pow(2).mean()
+         * scale).backward()
+        opt.step()
+        opt.zero_grad()
+    return [p.full_tensor() if hasattr(p, "full_tensor") else p
+            for p in net.parameters()]
+
+# FSDP2 reduces with PREMUL_SUM(1/3): the ranks' gradients summed, over 3
+whole = train(model(), world / 3.0)
+net = model()
+fully_shard(net, mesh=init_device_mesh("cuda", (world,)))
+net.set_gradient_divide_factor(3.0)
+result["FSDP2 divide factor"] = max(
+    (a - b).abs().max().item() for a, b in zip(train(net, 1.0), whole))
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"{rank}.json"),
+          "w") as fh:
+    json.dump(result, fh)
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="NCCL has PREMUL_SUM itself")
+def test_premul_sum_of_nccl_runs_on_the_gloo_given_for_it(tmp_path):
+    # gloo refused NCCL's PREMUL_SUM ("Cannot use ReduceOp.PREMUL_SUM with
+    # Gloo"), which FSDP2 picks for a gradient divide factor other than
+    # the group's size.
+    path = tmp_path / "premul.py"
+    path.write_text(PREMUL_SUM)
+    proc = _torchrun(path, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = sorted(_results(tmp_path), key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for r in ranks:
+        rank = r["rank"]
+        assert r["all_reduce"] == [0.5, 1.5, 2.5, 3.5]
+        assert r["reduce_scatter_tensor"] == [[0.25, 0.75],
+                                              [1.25, 1.75]][rank]
+        assert r["input kept"] == [0. + rank, 1. + rank, 2. + rank,
+                                   3. + rank]
+        assert r["reduce_scatter"] == [[2., 6.], [10., 14.]][rank]
+        assert "PREMUL_SUM" in r["gloo chosen"]
+        assert r["FSDP2 divide factor"] < 1e-6
