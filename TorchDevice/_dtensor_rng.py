@@ -186,15 +186,20 @@ def _tracker_class(torch_tracker: type, mode_base: type) -> type:
         each random operator is drawn whole on every rank (module
         docstring)."""
 
-        def __init__(self, device_mesh: Any,
-                     run_state_sync: bool = True) -> None:
-            self.whole_draw = _lands_elsewhere(device_mesh.device_type)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # (device_mesh, run_state_sync=True); torch 2.6 and earlier
+            # took the device type itself.
+            mesh = args[0] if args else kwargs.get(
+                "device_mesh", kwargs.get("device_type", "cuda"))
+            mesh_type = mesh if isinstance(mesh, str) else mesh.device_type
+            self.whole_draw = _lands_elsewhere(mesh_type)
             if not self.whole_draw:
-                super().__init__(device_mesh, run_state_sync)
+                super().__init__(*args, **kwargs)
                 return
-            self.mesh_type = device_mesh.device_type
+            self.mesh_type = mesh_type
             self.distribute_region_enabled = True
-            if run_state_sync:
+            if kwargs.get("run_state_sync", args[1] if len(args) > 1
+                          else True):
                 self._sync_from_rank0()
 
         def _sync_from_rank0(self) -> None:
