@@ -72,12 +72,6 @@ def _positions(spec: Any, device: torch.device) -> torch.Tensor:
                              src_data_rank=None).to_local().to(device)
 
 
-def _take(whole: Any, pos: torch.Tensor) -> Any:
-    if not isinstance(whole, torch.Tensor) or whole.dim() == 0:
-        return whole
-    return whole.reshape(-1).index_select(0, pos.reshape(-1)).view(pos.shape)
-
-
 def _wrong_shape(func: Any, shape: Sequence[int], spec: Any) -> RuntimeError:
     return RuntimeError(
         f"TorchDevice: {func} inside a DTensor random operator works on "
@@ -118,18 +112,29 @@ class _Draw:
             if tuple(first) != tuple(self._pos(device).shape):
                 raise _wrong_shape(func, first, self.spec)
             whole_first = list(self.spec.shape)
+        if out is not None:
+            kwargs["out"] = out.new_empty(tuple(self.spec.shape))
         result = self._call(func, (whole_first, *rest), kwargs)
-        if _writes_first(func):
-            first.copy_(_take(whole_first, self._pos(first.device)))
-            return first
+        if _writes_first(func) or out is not None:
+            target = first if out is None else out
+            source = whole_first if out is None else kwargs["out"]
+            target.copy_(self._cut(func, source, target.device))
+            return target
         tensors = result if isinstance(result, tuple) else (result,)
         device = next(t.device for t in tensors
                       if isinstance(t, torch.Tensor))
-        cut = tuple(_take(t, self._pos(device)) for t in tensors)
-        if out is not None:
-            out.copy_(cut[0])
-            return out
+        cut = tuple(self._cut(func, t, device) for t in tensors)
         return cut if isinstance(result, tuple) else cut[0]
+
+    def _cut(self, func: Any, whole: Any, device: torch.device) -> Any:
+        """The rank's shard of an operator's whole result."""
+        if not isinstance(whole, torch.Tensor):
+            return whole
+        if tuple(whole.shape) != tuple(self.spec.shape):
+            raise _wrong_shape(func, whole.shape, self.spec)
+        pos = self._pos(device)
+        return whole.reshape(-1).index_select(0, pos.reshape(-1)).view(
+            pos.shape)
 
     def _call(self, func: Any, args: Tuple[Any, ...],
               kwargs: Dict[str, Any]) -> Any:

@@ -240,6 +240,9 @@ cases = {
                   lambda: torch.bernoulli(p.cuda())),
     "rand_like": (lambda pl: torch.rand_like(distribute_tensor(x, mesh, pl)),
                   lambda: torch.rand_like(x.cuda())),
+    "randint_like": (
+        lambda pl: torch.randint_like(distribute_tensor(x, mesh, pl), 10),
+        lambda: torch.randint_like(x.cuda(), 10)),
     "generator": (lambda pl: with_gen(empty(pl)),
                   lambda: with_gen(torch.empty(7, 6, device="cuda"))),
 }
@@ -296,7 +299,7 @@ def test_random_operators_on_dtensors_draw_what_one_device_draws(tmp_path):
     ranks = _results(tmp_path)
     assert sorted(r.pop("rank") for r in ranks) == [0, 1]
     for r in ranks:
-        assert len(r) == 29
+        assert len(r) == 32
         assert {k: v for k, v in r.items() if not all(v)} == {}
 
 
