@@ -448,6 +448,18 @@ def _torchrun(path, tmp_path, nproc: int = 2):
         capture_output=True, text=True, timeout=120, env=env)
 
 
+def _ranks(tmp_path, name: str, program: str) -> list:
+    """Runs `program` on two torchrun ranks; what each rank wrote to
+    TD_RESULT_DIR, in rank order (checked to be ranks 0 and 1)."""
+    path = tmp_path / name
+    path.write_text(program)
+    proc = _torchrun(path, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = sorted(_results(tmp_path), key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    return ranks
+
+
 def test_program_that_needs_two_gpus_trains_on_both_ranks(tmp_path):
     path = tmp_path / "needs_two.py"
     path.write_text(NEEDS_TWO)
@@ -636,13 +648,7 @@ def test_premul_sum_of_nccl_runs_on_the_gloo_given_for_it(tmp_path):
     # gloo refused NCCL's PREMUL_SUM ("Cannot use ReduceOp.PREMUL_SUM with
     # Gloo"), which FSDP2 picks for a gradient divide factor other than
     # the group's size.
-    path = tmp_path / "premul.py"
-    path.write_text(PREMUL_SUM)
-    proc = _torchrun(path, tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    ranks = sorted(_results(tmp_path), key=lambda r: r["rank"])
-    assert [r["rank"] for r in ranks] == [0, 1]
-    for r in ranks:
+    for r in _ranks(tmp_path, "premul.py", PREMUL_SUM):
         rank = r["rank"]
         assert r["all_reduce"] == [0.5, 1.5, 2.5, 3.5]
         assert r["reduce_scatter_tensor"] == [[0.25, 0.75],

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, run_python
-from test_distributed import _results, _torchrun
+from test_distributed import _ranks
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or HAS_CUDA,
@@ -75,13 +75,9 @@ dist.destroy_process_group()
 
 
 def test_sharded_attention_equals_whole_attention(tmp_path):
-    path = tmp_path / "tp_attention.py"
-    path.write_text(PROGRAM.replace("WITH_TORCHDEVICE", "import TorchDevice"))
-    proc = _torchrun(path, tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    ranks = _results(tmp_path)
-    assert sorted(r.pop("rank") for r in ranks) == [0, 1]
-    for r in ranks:
+    for r in _ranks(tmp_path, "tp_attention.py", PROGRAM.replace(
+            "WITH_TORCHDEVICE", "import TorchDevice")):
+        r.pop("rank")
         assert len(r) == 6
         for case, diff in r.items():
             assert diff < 1e-5, (case, diff)
@@ -142,13 +138,7 @@ def test_fsdp2_over_tensor_parallelism_trains_as_the_whole_model(tmp_path):
     # every parameter against it: built as the truth ("cuda:0"), it
     # matched no tensor-parallel parameter and fully_shard stopped with
     # "Expects DTensor to be moved to cuda but got cpu".
-    path = tmp_path / "fsdp_tp.py"
-    path.write_text(FSDP_OVER_TP)
-    proc = _torchrun(path, tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    ranks = _results(tmp_path)
-    assert sorted(r["rank"] for r in ranks) == [0, 1]
-    for r in ranks:
+    for r in _ranks(tmp_path, "fsdp_tp.py", FSDP_OVER_TP):
         whole = r.pop("whole")
         r.pop("rank")
         assert sorted(r) == ["(1, 2)", "(2, 1)"]
@@ -292,13 +282,8 @@ def test_random_operators_on_dtensors_draw_what_one_device_draws(tmp_path):
     # instantiation requires the presence of cuda device".  Each case
     # compares the whole DTensor with the same draw on one device, and the
     # generator's next numbers after it.
-    path = tmp_path / "random_ops.py"
-    path.write_text(RANDOM_OPS)
-    proc = _torchrun(path, tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    ranks = _results(tmp_path)
-    assert sorted(r.pop("rank") for r in ranks) == [0, 1]
-    for r in ranks:
+    for r in _ranks(tmp_path, "random_ops.py", RANDOM_OPS):
+        r.pop("rank")
         assert len(r) == 32
         assert {k: v for k, v in r.items() if not all(v)} == {}
 
