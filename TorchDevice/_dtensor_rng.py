@@ -43,6 +43,9 @@ _REDIRECTABLE = ("cuda", "mps")
 
 _lock = threading.Lock()
 _torch_tracker: Optional[type] = None    # torch's class while ours stands in
+# The target generator's seed when TorchDevice was first enabled: the one
+# the process started with, unless the program seeded before.
+_startup_seed: Optional[int] = None
 
 
 def _lands_elsewhere(device_type: str) -> bool:
@@ -212,7 +215,11 @@ def _tracker_class(torch_tracker: type, mode_base: type) -> type:
             mine = gen.get_state()
             state = mine.clone()
             torch.distributed.broadcast(state, 0)
-            if not torch.equal(mine, state):
+            # A process the program never seeded starts from a random
+            # host seed, where every GPU starts from the same fixed one:
+            # torch warns only of states the program made differ.
+            if (not torch.equal(mine, state)
+                    and gen.initial_seed() != _startup_seed):
                 _log.warning(
                     "TorchDevice: DTensor's random operators take rank 0's "
                     "generator state, as torch does on CUDA; call "
@@ -285,7 +292,10 @@ def unregister() -> None:
 
 def on_apply() -> None:
     """Called at the end of _patches.apply()."""
+    global _startup_seed
     if _tdcore.settings()["profile"] != "cuda":
+        if _startup_seed is None:
+            _startup_seed = _generator().initial_seed()
         _imports.after(_DTENSOR, register, _FAILED)
 
 

@@ -305,3 +305,44 @@ print(random.OffsetBasedRNGTracker.__name__)
     assert proc.stdout.split() == [
         "WholeDrawRNGTracker", "OffsetBasedRNGTracker",
         "OffsetBasedRNGTracker", "None", "WholeDrawRNGTracker"]
+
+
+RANK0_STATE = '''
+import json, logging, os
+import torch
+import torch.distributed as dist
+import torch.distributed.tensor._random as random
+from torch.distributed.device_mesh import init_device_mesh
+import TorchDevice
+
+said = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.getLogger("TorchDevice").addHandler(Keep())
+mesh = init_device_mesh("cuda", (2,))
+rank = dist.get_rank()
+result = {"rank": rank}
+# Unseeded, each process starts from a random host seed; every GPU starts
+# from the same one, and torch says nothing there.
+random.OffsetBasedRNGTracker(mesh)
+result["unseeded"] = len(said)
+torch.manual_seed(rank)               # seeds the program made differ
+random.OffsetBasedRNGTracker(mesh)
+result["seeded apart"] = len(said)
+result["state"] = torch.get_rng_state().sum().item()
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"{rank}.json"),
+          "w") as fh:
+    json.dump(result, fh)
+dist.destroy_process_group()
+'''
+
+
+def test_rank0_state_warning_only_where_the_program_seeded_ranks_apart(
+        tmp_path):
+    # The warning showed on every rank but 0 of every unseeded run
+    # (Lightning's tensor-parallel example), where torch on CUDA is silent.
+    ranks = _ranks(tmp_path, "rank0_state.py", RANK0_STATE)
+    assert [r["unseeded"] for r in ranks] == [0, 0]
+    assert [r["seeded apart"] for r in ranks] == [0, 1]
+    assert ranks[0]["state"] == ranks[1]["state"]
