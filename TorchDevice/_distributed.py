@@ -19,6 +19,10 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
   single-device module needs none).
 * ``dist.barrier(device_ids=[...])``: the ids are dropped (they name CUDA
   devices to run NCCL's barrier on).
+* ``ReduceOp.PREMUL_SUM(factor)`` (NCCL's own; FSDP2's gradient divide
+  factor) in ``all_reduce`` and the ``reduce_scatter`` family: on the gloo
+  given for NCCL, SUM of the inputs times the factor, as NCCL computes it;
+  gloo the program chose refuses it, as on CUDA.
 * ``nn.DataParallel`` is a pass-through: scattering is CUDA's alone, and
   one device runs the module itself.  torch.nn.parallel's ``scatter``,
   ``scatter_kwargs``, ``gather``, ``replicate`` and ``parallel_apply``
