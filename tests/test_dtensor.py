@@ -346,3 +346,45 @@ def test_rank0_state_warning_only_where_the_program_seeded_ranks_apart(
     assert [r["unseeded"] for r in ranks] == [0, 0]
     assert [r["seeded apart"] for r in ranks] == [0, 1]
     assert ranks[0]["state"] == ranks[1]["state"]
+
+
+COMPILED_DROPOUT = '''
+import json, os
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+import TorchDevice
+
+mesh = init_device_mesh("cuda", (2,))
+x = torch.ones(8, 6)
+
+@torch.compile
+def dropout(t):
+    return F.dropout(t, 0.5)
+
+torch.manual_seed(0)
+sharded = dropout(distribute_tensor(x, mesh, [Shard(0)])).full_tensor()
+torch.manual_seed(0)
+whole = dropout(x.cuda())
+rank = dist.get_rank()
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"{rank}.json"),
+          "w") as fh:
+    json.dump({"rank": rank, "equal": torch.equal(sharded, whole),
+               "halves equal": torch.equal(sharded[:4], sharded[4:])}, fh)
+dist.destroy_process_group()
+'''
+
+
+def test_compiled_random_operator_on_a_dtensor_draws_what_one_device_draws(
+        tmp_path, monkeypatch):
+    # Compiled (Inductor draws its own numbers, natively too): the sharded
+    # DTensor equals the same compiled function on one device, and its
+    # two shards differ.  The second run finds the first one's compiled
+    # code in the cache: AOTAutograd's cache gave a graph that drew each
+    # shard on its own, the same numbers in both halves.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    for run in ("cold", "warm"):
+        for r in _ranks(tmp_path, "compiled_dropout.py", COMPILED_DROPOUT):
+            assert r["equal"] and not r["halves equal"], (run, r)
