@@ -271,29 +271,7 @@ def register() -> bool:
             _torch_tracker = torch_tracker
             module.OffsetBasedRNGTracker = _tracker_class(torch_tracker,
                                                           mode_base)
-            _keep_autograd_cache(False)
     return True
-
-
-# torch's setting of AOTAutograd's cache while ours is off (None: ours is
-# not off).  A compiled function that draws on DTensors, loaded from that
-# cache in a later process, drew each shard on its own (every shard the
-# same numbers) where the compile that stored it drew whole; the graph
-# cache under it, which keeps what was traced, stays on.
-_autograd_cache: Optional[bool] = None
-
-
-def _keep_autograd_cache(on: bool) -> None:
-    global _autograd_cache
-    config = _torch_compat.get("functorch_config")
-    if config is None or not hasattr(config, "enable_autograd_cache"):
-        return
-    if not on and _autograd_cache is None:
-        _autograd_cache = bool(config.enable_autograd_cache)
-        config.enable_autograd_cache = False
-    elif on and _autograd_cache is not None:
-        config.enable_autograd_cache = _autograd_cache
-        _autograd_cache = None
 
 
 def unregister() -> None:
@@ -310,7 +288,6 @@ def unregister() -> None:
             if isinstance(getattr(module, "_rng_tracker", None), ours):
                 setattr(module, "_rng_tracker", None)
         _torch_tracker = None
-        _keep_autograd_cache(True)
 
 
 def on_apply() -> None:

@@ -141,7 +141,6 @@ PRIVATE: Tuple[Private, ...] = (
             DTENSOR_RNG),
     Private("dtensor_dispatch_mode", "torch.utils._python_dispatch",
             "TorchDispatchMode", DTENSOR_RNG),
-    Private("functorch_config", "torch._functorch.config", "", DTENSOR_RNG),
 )
 
 _BY_KEY: Dict[str, Private] = {p.key: p for p in PRIVATE}
