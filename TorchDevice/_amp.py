@@ -239,12 +239,16 @@ def _set_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(*args, **kwargs)
         table = _DTYPES[device_type]
         meant = _DEFAULTS.get(device_type)
-        # Setting back what get_autocast_dtype answers (a save and restore:
-        # torch.compile does one around every graph) keeps what the program
-        # meant; storing the answer would turn CUDA's float16 into the
-        # target's dtype for good (keep_float16 then ignored, the rewrite
-        # no longer reported).
-        if dtype is not table.get(meant, meant):
+        # Inside a region the dtype set is the region's: on CUDA its
+        # __exit__ sets back the dtype it found, so it is not the program's
+        # default afterwards (torch.compile saves and restores the dtype
+        # around every graph; inside a bfloat16 region that once made every
+        # later default region bfloat16).  Outside, setting back what
+        # get_autocast_dtype answers keeps what the program meant: storing
+        # the answer would turn CUDA's float16 into the target's dtype for
+        # good (keep_float16 then ignored, the rewrite no longer reported).
+        if (not _originals["is_autocast_enabled"](target)
+                and dtype is not table.get(meant, meant)):
             _DEFAULTS[device_type] = dtype
         used = table.get(dtype, dtype)
         if used is not dtype:

@@ -403,6 +403,40 @@ def test_get_autocast_gpu_dtype_compiles_into_one_graph():
         assert f(a).dtype == torch.bfloat16
 
 
+# A dtype a region can name that is not what CUDA's float16 becomes here.
+OTHER_DTYPE = (torch.float32 if FLOAT16_BECOMES is torch.bfloat16
+               else torch.bfloat16)
+
+
+def test_a_compiled_call_in_a_region_leaves_the_default_dtype_alone():
+    # torch.compile saves and restores get_autocast_dtype("cuda") around
+    # every graph; inside a region that is the region's dtype, and setting
+    # it back made it the default of every later autocast("cuda").
+    @torch.compile(fullgraph=True, backend="eager")
+    def f(x):
+        return x * 2
+
+    a = torch.randn(2, 2, device="cuda")
+    with torch.autocast("cuda", dtype=OTHER_DTYPE):
+        f(a)
+        assert (a @ a).dtype == OTHER_DTYPE
+    assert torch.get_autocast_dtype("cuda") is FLOAT16_BECOMES
+    with torch.autocast("cuda"):
+        assert (a @ a).dtype == FLOAT16_BECOMES
+
+
+def test_a_dtype_set_inside_a_region_lasts_until_it_exits():
+    # As on CUDA: the region's __exit__ sets back the dtype it found.
+    a = torch.randn(2, 2, device="cuda")
+    with torch.autocast("cuda"):
+        torch.set_autocast_dtype("cuda", OTHER_DTYPE)
+        assert torch.get_autocast_dtype("cuda") is OTHER_DTYPE
+        assert (a @ a).dtype == OTHER_DTYPE
+    assert torch.get_autocast_dtype("cuda") is FLOAT16_BECOMES
+    with torch.autocast("cuda"):
+        assert (a @ a).dtype == FLOAT16_BECOMES
+
+
 # ---- what the replacements look like -------------------------------------
 
 NAMES = [
