@@ -209,6 +209,8 @@ def _init_builder(api: str) -> Callable[[Any], Any]:
                 kwargs["device_id"] = None
             result = original(new, *args, **kwargs)
             _note_backend(backend, new, dist.group.WORLD)
+            from . import _dtensor_rng
+            _dtensor_rng.rank_tag()
             return result
         return init_process_group
     return build

@@ -249,10 +249,47 @@ def _tracker_class(torch_tracker: type, mode_base: type) -> type:
             if not self.distribute_region_enabled:
                 yield
                 return
+            if torch.compiler.config.cache_key_tag != _tag_ours:
+                rank_tag()      # a process group torch.distributed made
             with region_mode(_Draw(spec, generator), self.mesh_type):
                 yield
 
     return WholeDrawRNGTracker
+
+
+# torch.compiler.config.cache_key_tag before TorchDevice added the rank to
+# it (None: not added), and the tag it set.
+_tag_before: Optional[str] = None
+_tag_ours: Optional[str] = None
+
+
+def rank_tag() -> None:
+    """Adds this rank to the key of torch.compile's caches while the
+    tracker stands in and a process group is up.  A compiled draw cuts the
+    rank's shard at positions fixed when it was traced; the caches' keys do
+    not hold the rank, so ranks sharing a cache folder loaded one rank's
+    code and every shard held the same numbers."""
+    global _tag_before, _tag_ours
+    dist = torch.distributed
+    if _torch_tracker is None or not (dist.is_available()
+                                      and dist.is_initialized()):
+        return
+    config = torch.compiler.config
+    with _lock:
+        current = config.cache_key_tag
+        if _tag_ours is None or current != _tag_ours:
+            _tag_before = current      # first time, or the program set one
+        mine = f"TorchDevice DTensor rank {dist.get_rank()}"
+        _tag_ours = f"{_tag_before}|{mine}" if _tag_before else mine
+        config.cache_key_tag = _tag_ours
+
+
+def _drop_rank_tag() -> None:
+    global _tag_before, _tag_ours
+    config = torch.compiler.config
+    if _tag_ours is not None and config.cache_key_tag == _tag_ours:
+        config.cache_key_tag = _tag_before
+    _tag_before = _tag_ours = None
 
 
 def register() -> bool:
@@ -271,6 +308,7 @@ def register() -> bool:
             _torch_tracker = torch_tracker
             module.OffsetBasedRNGTracker = _tracker_class(torch_tracker,
                                                           mode_base)
+    rank_tag()
     return True
 
 
@@ -288,6 +326,7 @@ def unregister() -> None:
             if isinstance(getattr(module, "_rng_tracker", None), ours):
                 setattr(module, "_rng_tracker", None)
         _torch_tracker = None
+        _drop_rank_tag()
 
 
 def on_apply() -> None:

@@ -371,8 +371,12 @@ whole = dropout(x.cuda())
 rank = dist.get_rank()
 with open(os.path.join(os.environ["TD_RESULT_DIR"], f"{rank}.json"),
           "w") as fh:
+    tag = torch.compiler.config.cache_key_tag
+    TorchDevice.disable()
     json.dump({"rank": rank, "equal": torch.equal(sharded, whole),
-               "halves equal": torch.equal(sharded[:4], sharded[4:])}, fh)
+               "halves equal": torch.equal(sharded[:4], sharded[4:]),
+               "tag": tag, "tag after": torch.compiler.config.cache_key_tag},
+              fh)
 dist.destroy_process_group()
 '''
 
@@ -387,9 +391,15 @@ def test_compiled_random_operator_on_a_dtensor_draws_what_one_device_draws(
         tmp_path, monkeypatch):
     # Compiled (Inductor draws its own numbers, natively too): the sharded
     # DTensor equals the same compiled function on one device, and its
-    # two shards differ.  Compiled cold, in a cache of its own: a later
-    # process that finds it in AOTAutograd's cache draws each shard on its
-    # own (docs/compile-checkpoints-distributed.md, not fixed).
+    # two shards differ.  The second run loads the first one's code from
+    # torch.compile's caches: the code cuts the shard of the rank that
+    # traced it, so each rank's code is kept under a key naming the rank
+    # (ranks sharing the folder once loaded one rank's code, and every
+    # shard held the same numbers).  A tag of the program's own is kept.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
-    for r in _ranks(tmp_path, "compiled_dropout.py", COMPILED_DROPOUT):
-        assert r["equal"] and not r["halves equal"], r
+    monkeypatch.setenv("TORCH_COMPILE_CACHE_KEY_TAG", "mine")
+    for run in ("cold", "warm"):
+        for r in _ranks(tmp_path, "compiled_dropout.py", COMPILED_DROPOUT):
+            assert r["equal"] and not r["halves equal"], (run, r)
+            assert r["tag"] == f"mine|TorchDevice DTensor rank {r['rank']}"
+            assert r["tag after"] == "mine"
