@@ -389,6 +389,8 @@ def _capture_originals() -> None:
                                        None),
         "accelerator.is_available": getattr(accelerator, "is_available",
                                             None),
+        "accelerator.current_device_index": getattr(
+            accelerator, "current_device_index", None),
         "get_device_module": torch.get_device_module,
         "mps.is_available": torch.backends.mps.is_available,
         "mps.is_built": torch.backends.mps.is_built,
@@ -477,6 +479,8 @@ def install(profile: str) -> None:
     originals = {
         "current_accelerator": _originals["current_accelerator"],
         "accelerator.is_available": _originals["accelerator.is_available"],
+        "accelerator.current_device_index":
+            _originals["accelerator.current_device_index"],
         "get_device_module": _originals["get_device_module"],
         "mps.is_available": _originals["mps.is_available"],
         "mps.is_built": _originals["mps.is_built"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ACCEL, HAS_CUDA, run_python
+from conftest import HAS_CUDA, run_python
 from test_distributed import _ranks
 
 pytestmark = pytest.mark.skipif(
@@ -381,12 +381,6 @@ dist.destroy_process_group()
 '''
 
 
-@pytest.mark.skipif(
-    ACCEL is not None,
-    reason="with the simulated accelerator (one device) loaded in the ranks, "
-    "compiling on rank 1 after init_device_mesh fails where dynamo asks it "
-    "for the current stream (\"Invalid device index 1 for simaccel\"): "
-    "not solved yet")
 def test_compiled_random_operator_on_a_dtensor_draws_what_one_device_draws(
         tmp_path, monkeypatch):
     # Compiled (Inductor draws its own numbers, natively too): the sharded

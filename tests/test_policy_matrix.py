@@ -1312,3 +1312,36 @@ def test_a_device_read_off_a_host_tensor_is_its_place(tmp_path, mode):
     assert got["back"] == "cpu"
     assert got["compiled"] == "cpu"
     assert got["asked"] == ("simaccel" if mode == "accelerate" else "cpu")
+
+
+# ---- a CUDA device past the ones really there ------------------------------
+
+SECOND_GPU = """
+import torch
+import TorchDevice
+torch.cuda.set_device(1)            # rank 1's line under torchrun
+f = torch.compile(lambda t: t * 2, backend="eager")
+y = f(torch.ones(2, device="cuda"))
+print("selected", torch.cuda.current_device(),
+      torch.accelerator.current_device_index())
+print("computed", y.device.type, y.tolist())
+"""
+
+
+@pytest.mark.parametrize("target", ["accelerator", "cpu"])
+def test_compiling_after_selecting_a_second_cuda_device(tmp_path, target):
+    """Two "cuda" devices shown (a rank of two under torchrun), one device
+    really there: torch.cuda.set_device(1) and then torch.compile, with
+    "cuda" on the device (profile accelerator) or on the host beside it
+    (TORCHDEVICE_TARGET=cpu, as on a Mac).  Dynamo takes the current stream
+    of the accelerator really there when it starts tracing; it asked for
+    device 1, which does not exist ("Invalid device index 1").  The program
+    still sees the device it selected (docs/masquerade.md)."""
+    env = dict(ACCEL_ENV, TORCHDEVICE_DEVICE_COUNT="2",
+               TORCHDEVICE_TARGET=target, PYTHONWARNINGS="ignore")
+    proc = run_python(SECOND_GPU, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert got["selected"] == "1 1"
+    assert got["computed"] == \
+        ("simaccel" if target == "accelerator" else "cpu") + " [2.0, 2.0]"

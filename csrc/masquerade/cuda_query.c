@@ -399,6 +399,40 @@ TD_MASQ_NOARGS(q_current_device)
     return PyLong_FromLong(current_index(m));
 }
 
+/* torch's own code reads torch.accelerator's current index to address the
+ * accelerator really there (dynamo takes that device's current stream when
+ * it starts tracing).  Where the truth it is told (is_available above)
+ * names a device, it gets that device's index: the CUDA device the program
+ * selected (set_device(1) under torchrun) does not exist beside one MPS
+ * device.  Where no accelerator is there, torch's own would raise, and the
+ * selected index is answered as to the program. */
+TD_MASQ_NOARGS(q_accel_current_device)
+{
+    if (m->truthful || caller_sees_truth(m, st)) {
+        PyObject *avail = td_masq_original(m, "accelerator.is_available");
+        PyObject *index = td_masq_original(m,
+                                           "accelerator.current_device_index");
+        if (avail != NULL && index != NULL && avail != Py_None
+            && index != Py_None)
+        {
+            Py_INCREF(index);
+            PyObject *there = PyObject_CallNoArgs(avail);
+            int yes = there == NULL ? -1 : PyObject_IsTrue(there);
+            Py_XDECREF(there);
+            PyObject *result = NULL;
+            if (yes > 0) {
+                result = PyObject_CallNoArgs(index);
+            }
+            Py_DECREF(index);
+            if (yes != 0) {
+                return result;      /* the device's index, or NULL: error */
+            }
+        }
+    }
+    mark_initialized(m);
+    return PyLong_FromLong(current_index(m));
+}
+
 TD_MASQ_FASTKW(q_set_device)
 {
     PyObject *device;
@@ -836,5 +870,8 @@ PyMethodDef td_accel_query_methods[] = {
     {"device_count", q_accel_device_count, METH_NOARGS,
      "device_count() -> int\n\n1, or the launch's LOCAL_WORLD_SIZE, or the "
      "configured count: all the one device really present."},
+    {"current_device_index", q_accel_current_device, METH_NOARGS,
+     "current_device_index() -> int\n\nThe device the program selected; "
+     "torch's own modules get the index of the accelerator really there."},
     {NULL, NULL, 0, NULL},
 };
