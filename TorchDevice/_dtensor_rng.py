@@ -100,16 +100,22 @@ class _Draw:
             kwargs: Dict[str, Any]) -> Any:
         first, rest = args[0], args[1:]
         out = kwargs.pop("out", None)
+        in_place = _writes_first(func)
         if isinstance(first, torch.Tensor):
             pos = self._pos(first.device)
             if tuple(first.shape) != tuple(pos.shape):
                 raise _wrong_shape(func, first.shape, self.spec)
-            # The shard's values at their places (what an operator such as
-            # dropout or bernoulli(p) reads); the host's kernels draw the
-            # same numbers for an element whatever the values around it.
-            whole_first: Any = first.new_zeros(tuple(self.spec.shape))
-            whole_first.view(-1).index_copy_(0, pos.reshape(-1),
-                                             first.reshape(-1))
+            if in_place:
+                # normal_, uniform_, bernoulli_(p)...: the draw overwrites
+                # the values, none is read.
+                whole_first: Any = first.new_empty(tuple(self.spec.shape))
+            else:
+                # The shard's values at their places (what dropout or
+                # bernoulli(p) reads); the host's kernels draw the same
+                # numbers for an element whatever the values around it.
+                whole_first = first.new_zeros(tuple(self.spec.shape))
+                whole_first.view(-1).index_copy_(0, pos.reshape(-1),
+                                                 first.reshape(-1))
         else:
             device = kwargs.get("device") or torch.device("cpu")
             if tuple(first) != tuple(self._pos(device).shape):
@@ -118,7 +124,7 @@ class _Draw:
         if out is not None:
             kwargs["out"] = out.new_empty(tuple(self.spec.shape))
         result = self._call(func, (whole_first, *rest), kwargs)
-        if _writes_first(func) or out is not None:
+        if in_place or out is not None:
             target = first if out is None else out
             source = whole_first if out is None else kwargs["out"]
             target.copy_(self._cut(func, source, target.device))
