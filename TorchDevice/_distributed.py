@@ -146,8 +146,15 @@ def _premul_builder(api: str, position: int, data: str,
 
 
 def _scale_in_place(tensor: Any, factor: Any) -> Any:
-    # all_reduce(tensor, ...): the tensor is overwritten by the result.
+    # all_reduce(tensor, ...): the tensor is overwritten by the result;
+    # reduce(tensor, dst, ...): the same on dst, and torch leaves the
+    # others' tensor unspecified.
     return tensor.mul_(factor)
+
+
+def _scale_each_in_place(tensors: Any, factor: Any) -> Any:
+    # all_reduce_coalesced(tensors, ...)
+    return [t.mul_(factor) for t in tensors]
 
 
 def _scale(tensor: Any, factor: Any) -> Any:
@@ -547,6 +554,8 @@ def patches() -> List[Any]:
         ]
         for name, position, data, scale in (
                 ("all_reduce", 1, "tensor", _scale_in_place),
+                ("all_reduce_coalesced", 1, "tensors", _scale_each_in_place),
+                ("reduce", 2, "tensor", _scale_in_place),
                 ("reduce_scatter", 2, "input_list", _scale_each),
                 ("reduce_scatter_single", 2, "input", _scale),
                 ("reduce_scatter_tensor", 2, "input", _scale)):

@@ -607,6 +607,12 @@ result["input kept"] = inp.tolist()
 parts = list((torch.arange(4., device="cuda") + rank).chunk(2))
 dist.reduce_scatter(out, parts, premul(2.0))
 result["reduce_scatter"] = out.tolist()
+t = torch.arange(4., device="cuda") + rank
+dist.reduce(t, 0, op=premul(0.5))
+result["reduce"] = t.tolist()
+pair = [torch.ones(2, device="cuda") * (rank + 1), torch.full((3,), 4., device="cuda")]
+dist.all_reduce_coalesced(pair, op=premul(0.25))
+result["all_reduce_coalesced"] = [p.tolist() for p in pair]
 mine = dist.new_group(backend="gloo")
 try:
     dist.all_reduce(torch.ones(2), op=premul(0.5), group=mine)
@@ -656,5 +662,8 @@ def test_premul_sum_of_nccl_runs_on_the_gloo_given_for_it(tmp_path):
         assert r["input kept"] == [0. + rank, 1. + rank, 2. + rank,
                                    3. + rank]
         assert r["reduce_scatter"] == [[2., 6.], [10., 14.]][rank]
+        if rank == 0:
+            assert r["reduce"] == [0.5, 1.5, 2.5, 3.5]
+        assert r["all_reduce_coalesced"] == [[0.75, 0.75], [2., 2., 2.]]
         assert "PREMUL_SUM" in r["gloo chosen"]
         assert r["FSDP2 divide factor"] < 1e-6
