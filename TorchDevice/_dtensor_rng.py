@@ -255,7 +255,7 @@ def _tracker_class(torch_tracker: type, mode_base: type) -> type:
             if not self.distribute_region_enabled:
                 yield
                 return
-            if torch.compiler.config.cache_key_tag != _tag_ours:
+            if _tag_missing():
                 rank_tag()      # a process group torch.distributed made
             with region_mode(_Draw(spec, generator), self.mesh_type):
                 yield
@@ -277,10 +277,10 @@ def rank_tag() -> None:
     code and every shard held the same numbers."""
     global _tag_before, _tag_ours
     dist = torch.distributed
-    if _torch_tracker is None or not (dist.is_available()
-                                      and dist.is_initialized()):
+    config = _compile_config()
+    if config is None or _torch_tracker is None or not (
+            dist.is_available() and dist.is_initialized()):
         return
-    config = torch.compiler.config
     with _lock:
         current = config.cache_key_tag
         if _tag_ours is None or current != _tag_ours:
@@ -290,10 +290,23 @@ def rank_tag() -> None:
         config.cache_key_tag = _tag_ours
 
 
+def _compile_config() -> Any:
+    """torch.compiler.config where it has the cache key's tag (torch 2.6 and
+    later; older releases key no cache by it), else None."""
+    config = getattr(torch.compiler, "config", None)
+    return config if hasattr(config, "cache_key_tag") else None
+
+
+def _tag_missing() -> bool:
+    config = _compile_config()
+    return config is not None and config.cache_key_tag != _tag_ours
+
+
 def _drop_rank_tag() -> None:
     global _tag_before, _tag_ours
-    config = torch.compiler.config
-    if _tag_ours is not None and config.cache_key_tag == _tag_ours:
+    config = _compile_config()
+    if (config is not None and _tag_ours is not None
+            and config.cache_key_tag == _tag_ours):
         config.cache_key_tag = _tag_before
     _tag_before = _tag_ours = None
 
