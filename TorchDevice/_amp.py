@@ -201,18 +201,47 @@ def _first_arg(original: Callable[..., Any]) -> Callable[..., Any]:
             target = _TYPES.get("cuda")
             if target is not None:
                 enabled = args[0] if args else kwargs["enabled"]
+                _enabled_outside_a_region("cuda", target, enabled)
                 return original(target, enabled)
             return original(*args, **kwargs)
         if args:
             target = _redirected(args[0])
             if target is not None:
+                _enabled_outside_a_region(
+                    args[0], target,
+                    args[1] if len(args) > 1 else kwargs.get("enabled"))
                 args = (target,) + args[1:]
         elif "device_type" in kwargs:
             target = _redirected(kwargs["device_type"])
             if target is not None:
+                _enabled_outside_a_region(kwargs["device_type"], target,
+                                          kwargs.get("enabled"))
                 kwargs = dict(kwargs, device_type=target)
         return original(*args, **kwargs)
     return call
+
+
+# The real type's autocast dtype before set_autocast_enabled switched a
+# redirected type's autocast on outside a region, to be set back when it
+# switches it off.
+_SAVED: Dict[str, Any] = {}
+
+
+def _enabled_outside_a_region(source: str, target: str, enabled: Any) -> None:
+    """Autocast switched on with no region computes in the program type's
+    dtype on CUDA (float16, or what the program set), which becomes what
+    the table says; the real type's own default (the CPU's bfloat16) is not
+    it.  The real type's dtype is set back when autocast is switched off."""
+    if type(enabled) is not bool or torch.compiler.is_compiling():
+        return
+    on = _originals["is_autocast_enabled"](target)
+    if enabled and not on:
+        _SAVED[target] = _originals["get_autocast_dtype"](target)
+        want = _DEFAULTS.get(source)
+        _originals["set_autocast_dtype"](target,
+                                         _DTYPES[source].get(want, want))
+    elif not enabled and on and target in _SAVED:
+        _originals["set_autocast_dtype"](target, _SAVED.pop(target))
 
 
 def _get_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -428,6 +457,7 @@ def on_restore() -> None:
     """Called by _patches.restore(): a replacement captured before (``from
     torch import is_autocast_enabled``) is torch's own again."""
     _TYPES.clear()
+    _SAVED.clear()
 
 
 def settings() -> Dict[str, Any]:

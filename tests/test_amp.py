@@ -366,6 +366,25 @@ def test_cudas_older_autocast_names_follow_the_redirected_autocast():
     assert torch.get_autocast_dtype("cuda") is FLOAT16_BECOMES
 
 
+def test_autocast_switched_on_without_a_region_computes_as_cuda_would():
+    # set_autocast_enabled("cuda", True) with no region: CUDA computes in
+    # its default dtype, which becomes FLOAT16_BECOMES; the real type's own
+    # default (the CPU's bfloat16) was used, and only where a test before
+    # had set that type's dtype did this pass.  Switched off, the real
+    # type's dtype is what it was.
+    real = TARGET.type
+    before = torch.get_autocast_dtype(real)
+    a = torch.randn(2, 2, device="cuda")
+    torch.set_autocast_enabled("cuda", True)
+    try:
+        assert (a @ a).dtype == FLOAT16_BECOMES
+        assert torch.get_autocast_dtype("cuda") is FLOAT16_BECOMES
+    finally:
+        torch.set_autocast_enabled("cuda", False)
+    assert (a @ a).dtype == torch.float32
+    assert torch.get_autocast_dtype(real) is before
+
+
 def test_a_torch_without_cudas_older_names_still_enables(monkeypatch):
     # get_autocast_gpu_dtype and set_autocast_gpu_dtype are deprecated; a
     # torch release that drops them must not stop TorchDevice.
