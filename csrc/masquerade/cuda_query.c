@@ -393,10 +393,17 @@ TD_MASQ_NOARGS(q_init)
     Py_RETURN_NONE;
 }
 
-TD_MASQ_NOARGS(q_current_device)
+/* The CUDA device the program selected (torch.cuda.current_device()). */
+static PyObject *
+selected_device(td_masq *m)
 {
     mark_initialized(m);
     return PyLong_FromLong(current_index(m));
+}
+
+TD_MASQ_NOARGS(q_current_device)
+{
+    return selected_device(m);
 }
 
 /* torch's own code reads torch.accelerator's current index to address the
@@ -429,8 +436,7 @@ TD_MASQ_NOARGS(q_accel_current_device)
             }
         }
     }
-    mark_initialized(m);
-    return PyLong_FromLong(current_index(m));
+    return selected_device(m);
 }
 
 TD_MASQ_FASTKW(q_set_device)
