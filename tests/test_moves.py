@@ -244,6 +244,47 @@ def test_moving_to_another_tensor_goes_where_the_program_sees_it():
     assert torch.equal(old, before)
 
 
+def test_results_computed_from_parameters_are_where_the_parameters_are():
+    """A result of operations carries no mark, but autograd records the
+    parameters it came from.  One computed from a module moved to "cuda"
+    is on the accelerator: moving it there again is CUDA's no-op, so the
+    autograd graph is CUDA's too (keras converts every operand with
+    `as_tensor(x, device="cuda")`; a copy there added a node per operand
+    and summed gradients in another order, training to other numbers)."""
+    lin = torch.nn.Linear(4, 4).cuda()
+    x = torch.randn(8, 4, device="cuda")
+    h = torch.relu(lin(x)) * 2
+    for move in (lambda t: t.cuda(), lambda t: t.to("cuda"),
+                 lambda t: t.to(torch.device("cuda")),
+                 lambda t: torch.as_tensor(t, device="cuda"),
+                 lambda t: t.to(lin.weight)):
+        assert move(h) is h
+    assert h.to("cuda").grad_fn is h.grad_fn
+    snap = h.cpu()
+    assert not _same_storage(snap, h) and snap.grad_fn is not h.grad_fn
+    z = torch.zeros(2).to(h)
+    assert _tdcore.on_accelerator(z) and z.to(h) is z
+
+    # From a module that stayed on the host: a host tensor, copied there.
+    host = torch.nn.Linear(4, 4)
+    r = host(torch.randn(2, 4))
+    c = r.cuda()
+    assert c is not r and _tdcore.on_accelerator(c)
+    c.detach().add_(1)
+    assert not torch.equal(c, r)
+
+    # From a module a host request moved back: moving it there again is
+    # CUDA's no-op.
+    back = lin.cpu()
+    out = back(torch.randn(2, 4))
+    assert out.cpu() is out and out.to("cpu") is out
+
+    # Without history (no_grad, no parameter) nothing is known: as before.
+    with torch.no_grad():
+        g = lin.cuda()(x)
+    assert g.cuda() is not g
+
+
 HOST_SNAPSHOTS = [
     ("as_tensor(device='cpu')", lambda t: torch.as_tensor(t, device="cpu")),
     ("as_tensor(data=, device='cpu')",

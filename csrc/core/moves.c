@@ -391,6 +391,72 @@ done:
     return place;
 }
 
+/* How many autograd nodes place_of_history() reads before it gives up.
+ * The parameters a result was computed from sit a few nodes from it (a
+ * layer's weight and bias feed its last operation); a search that finds
+ * none adds this many reads to that result's move. */
+#define TD_HISTORY_NODES 16
+
+/* A result of operations carries no mark, but one autograd records knows
+ * the leaves it came from: parameters, which a module's move or an
+ * accelerator factory marked.  On CUDA a result is where those are (torch
+ * refuses to mix devices), so the first leaf whose place is known, in
+ * breadth-first order from the result, gives the result's.  Nothing found
+ * (no history, only unmarked leaves, the budget spent) tells nothing. */
+static td_place
+place_of_history(td_install *st, PyObject *tensor)
+{
+    PyObject *fn = NULL, *queue = NULL;
+    td_place place = TD_PLACE_UNKNOWN;
+    if (td_optional_attr(tensor, st->str_grad_fn, &fn) <= 0
+        || fn == Py_None || (queue = PyList_New(0)) == NULL
+        || PyList_Append(queue, fn) < 0)
+    {
+        goto done;
+    }
+    for (Py_ssize_t i = 0;
+         i < PyList_GET_SIZE(queue) && i < TD_HISTORY_NODES; i++)
+    {
+        PyObject *node = PyList_GET_ITEM(queue, i);   /* the list owns it */
+        PyObject *attr = NULL;
+        int found = td_optional_attr(node, st->str_variable, &attr);
+        if (found < 0) {
+            goto done;
+        }
+        if (found) {                        /* a leaf: AccumulateGrad */
+            place = place_of_storage(st, attr);
+            Py_DECREF(attr);
+            if (place != TD_PLACE_UNKNOWN) {
+                goto done;
+            }
+            continue;
+        }
+        if (td_optional_attr(node, st->str_next_functions, &attr) <= 0) {
+            goto done;
+        }
+        /* ((node or None, input number), ...) */
+        for (Py_ssize_t j = 0; PyTuple_Check(attr)
+             && j < PyTuple_GET_SIZE(attr)
+             && PyList_GET_SIZE(queue) < TD_HISTORY_NODES; j++)
+        {
+            PyObject *edge = PyTuple_GET_ITEM(attr, j);
+            if (PyTuple_Check(edge) && PyTuple_GET_SIZE(edge) > 0
+                && PyTuple_GET_ITEM(edge, 0) != Py_None
+                && PyList_Append(queue, PyTuple_GET_ITEM(edge, 0)) < 0)
+            {
+                Py_DECREF(attr);
+                goto done;
+            }
+        }
+        Py_DECREF(attr);
+    }
+done:
+    PyErr_Clear();   /* an unreadable history tells nothing */
+    Py_XDECREF(queue);
+    Py_XDECREF(fn);
+    return place;
+}
+
 static td_place
 place_of(td_install *st, PyObject *tensor)
 {
@@ -400,6 +466,13 @@ place_of(td_install *st, PyObject *tensor)
         && Py_TYPE(tensor) != st->tensor_type)
     {
         place = place_of_parts(st, tensor);
+    }
+    /* Before anything was put on the accelerator no leaf is marked, so a
+     * program that never asks for it pays nothing. */
+    if (place == TD_PLACE_UNKNOWN
+        && atomic_load_explicit(&td_accel_seen_v, memory_order_relaxed))
+    {
+        place = place_of_history(st, tensor);
     }
     return place;
 }

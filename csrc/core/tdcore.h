@@ -48,6 +48,9 @@
     X(str_accel_mark, "_torchdevice_on_accelerator")                        \
     X(str_lowered_mark, "_torchdevice_lowered")                             \
     X(str_tensor_flatten, "__tensor_flatten__")                             \
+    X(str_grad_fn, "grad_fn")                                               \
+    X(str_next_functions, "next_functions")                                 \
+    X(str_variable, "variable")                                             \
     X(str_cuda, "cuda")                                                     \
     X(str_mps, "mps")                                                       \
     X(str_float64, "float64")                                               \
