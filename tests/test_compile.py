@@ -169,6 +169,36 @@ except Exception as exc:
     assert "FAILED" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
+EXPORT = "import io, json, torch, TorchDevice\n" + MODEL + '''
+torch.manual_seed(0)
+model = CudaModel().cuda()
+x = torch.randn(2, 4, device="cuda")
+ref = model(x)
+ep = torch.export.export(model, (x,))
+buf = io.BytesIO()
+torch.export.save(ep, buf)
+buf.seek(0)
+loaded = torch.export.load(buf)
+devices = sorted({str(n.kwargs["device"]) for n in ep.graph.nodes
+                  if n.kwargs.get("device") is not None})
+print("RESULT" + json.dumps({
+    "same": bool(torch.allclose(ep.module()(x), ref, atol=1e-6)),
+    "loaded": bool(torch.allclose(loaded.module()(x), ref, atol=1e-6)),
+    "devices": devices,
+    "weights": sorted({str(v.device) for v in ep.state_dict.values()})}))
+'''
+
+
+def test_torch_export_of_a_cuda_model_records_the_device_used():
+    """torch.export traces the wrappers as torch.compile does: the exported
+    graph computes the eager numbers, survives a save and load, and names
+    the device really used, as a graph exported on CUDA names CUDA."""
+    out = _run(EXPORT)
+    assert out["same"] and out["loaded"]
+    assert out["devices"] == [str(TARGET)]
+    assert out["weights"] == [str(TARGET)]
+
+
 DISABLE_CYCLE = '''
 import torch, TorchDevice, torch._dynamo
 def f(t):

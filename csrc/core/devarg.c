@@ -346,12 +346,21 @@ starts_with_any(const char *s, Py_ssize_t n, const char *const *prefixes,
     return 0;
 }
 
+/* torch's own host-side code inside those packages: torch.export.load reads
+ * each weight into a device-less torch.empty(0) with set_() to its host
+ * bytes, then moves it to the device the archive names. */
+static const char *const td_torch_internal_inside[] = {
+    "torch.export.pt2_archive",
+};
+
 static int
 torch_internal(const char *s, Py_ssize_t n)
 {
     return s != NULL && starts_with(s, n, "torch.")
-           && !starts_with_any(s, n, td_not_torch_internal,
-                               Py_ARRAY_LENGTH(td_not_torch_internal));
+           && (!starts_with_any(s, n, td_not_torch_internal,
+                                Py_ARRAY_LENGTH(td_not_torch_internal))
+               || starts_with_any(s, n, td_torch_internal_inside,
+                                  Py_ARRAY_LENGTH(td_torch_internal_inside)));
 }
 
 int
