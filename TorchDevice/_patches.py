@@ -261,6 +261,28 @@ def _host_rng_state(original: Any) -> Any:
     return set_rng_state
 
 
+def _host_lengths(original: Any) -> Any:
+    """torch.nn.utils.rnn.pack_padded_sequence: torch's kernel takes the
+    lengths on the host only.  In mode "accelerate" a device-less
+    `torch.tensor(lengths)` or a DataLoader batch's lengths are on the
+    accelerator while the program made them for the host, where CUDA
+    keeps them: torch's own Tensor.cpu brings them home.  Lengths the
+    program put on the accelerator itself (`device="cuda"`, `.cuda()`)
+    stay there, and torch refuses them, as on CUDA."""
+    to_host = _originals["tensor_cpu"]
+
+    @functools.wraps(original)
+    def pack_padded_sequence(input: Any, lengths: Any, *args: Any,
+                             **kwargs: Any) -> Any:
+        if (isinstance(lengths, torch.Tensor)
+                and lengths.device.type not in ("cpu", "meta")
+                and _tdcore.settings()["mode"] == "accelerate"
+                and not _tdcore.on_accelerator(lengths)):
+            lengths = to_host(lengths)
+        return original(input, lengths, *args, **kwargs)
+    return pack_padded_sequence
+
+
 def _owner_value(owner: Any, name: str) -> Tuple[bool, Any]:
     """(defined on owner itself?, the value to restore)."""
     if isinstance(owner, type):
@@ -552,6 +574,7 @@ def patch_table() -> List[Patch]:
               _lazy_materialize),
         Patch(torch, "set_rng_state", _host_rng_state),
         Patch(torch.random, "set_rng_state", _host_rng_state),
+        Patch(torch.nn.utils.rnn, "pack_padded_sequence", _host_lengths),
         Patch(torch, "get_default_device", _default_device_as_asked),
     ]
     context = _torch_compat.get("DeviceContext")

@@ -171,6 +171,66 @@ def test_torchs_sampler_draws_from_a_generator_on_the_accelerator(tmp_path):
                     if not ln.startswith("generator")]
 
 
+PACKED_SEQUENCES = """
+import torch
+from torch.nn.utils.rnn import (pack_padded_sequence, pack_sequence,
+                                pad_packed_sequence)
+torch.manual_seed(0)
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+rnn = torch.nn.LSTM(4, 8, batch_first=True).to(dev)
+x = torch.randn(3, 5, 4).to(dev)
+for lengths in ([5, 3, 2], torch.tensor([5, 3, 2]), torch.tensor([3, 5, 2])):
+    packed = pack_padded_sequence(x, lengths, batch_first=True,
+                                  enforce_sorted=False)
+    out, _ = rnn(packed)
+    padded, lens = pad_packed_sequence(out, batch_first=True)
+    print("padded", [round(v, 5) for v in padded.sum(dim=(1, 2)).tolist()],
+          lens.tolist(), lens.device.type)
+out, _ = rnn(pack_sequence([x[0], x[1, :3], x[2, :2]]))
+print("pack_sequence", round(out.data.sum().item(), 5))
+from torch.utils.data import DataLoader
+pairs = list(zip(x.cpu(), torch.tensor([5, 3, 2])))
+for xb, lb in DataLoader(pairs, batch_size=3):
+    out, _ = rnn(pack_padded_sequence(xb.to(dev), lb, batch_first=True))
+    print("loader", round(out.data.sum().item(), 5))
+"""
+
+DEVICE_LENGTHS = """
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+x = torch.randn(3, 5, 4, device="cuda")
+for lengths in (torch.tensor([5, 3, 2], device="cuda"),
+                torch.tensor([5, 3, 2]).cuda()):
+    try:
+        pack_padded_sequence(x, lengths, batch_first=True)
+        print("accepted")
+    except RuntimeError as exc:
+        print("refused", "1D CPU int64" in str(exc))
+"""
+
+
+@pytest.mark.parametrize("mode", ["accelerate", "cpu-stays-cpu"])
+def test_packed_sequences_keep_their_lengths_on_the_host(tmp_path, mode):
+    """torch.nn.utils.rnn makes the lengths of a packed sequence on the host
+    (`torch.as_tensor(lengths, device="cpu")`, and device-less in
+    pack_sequence), as its kernels require: torch's own host-side code, kept
+    there in mode "accelerate" too (it went to the accelerator: "'lengths'
+    argument should be a 1D CPU int64 tensor").  Lengths the program made
+    for the host (a device-less tensor, a DataLoader batch), which mode
+    "accelerate" puts on the accelerator, are handed to torch on the host.
+    The numbers are the native run's, and the lengths come back on the
+    host, as on CUDA."""
+    native = launch(tmp_path, PACKED_SEQUENCES, mode, native=True)
+    assert native.returncode == 0, native.stderr
+    got = launch(tmp_path, PACKED_SEQUENCES, mode)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout == native.stdout
+    # Lengths the program put on the accelerator: refused, as on CUDA.
+    got = launch(tmp_path, DEVICE_LENGTHS, mode)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.split("\n")[:2] == ["refused True"] * 2
+
+
 def test_device_generator_still_follows_the_request(tmp_path):
     got = launch(tmp_path, """
         import torch

@@ -346,11 +346,15 @@ starts_with_any(const char *s, Py_ssize_t n, const char *const *prefixes,
     return 0;
 }
 
-/* torch's own host-side code inside those packages: torch.export.load reads
- * each weight into a device-less torch.empty(0) with set_() to its host
- * bytes, then moves it to the device the archive names. */
+/* torch's own host-side code inside those packages.  torch.export.load
+ * reads each weight into a device-less torch.empty(0) with set_() to its
+ * host bytes, then moves it to the device the archive names; the packed
+ * sequences of torch.nn.utils.rnn keep their lengths on the host, which
+ * torch's kernels require ("'lengths' argument should be a 1D CPU int64
+ * tensor"). */
 static const char *const td_torch_internal_inside[] = {
     "torch.export.pt2_archive",
+    "torch.nn.utils.rnn",
 };
 
 static int
