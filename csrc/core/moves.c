@@ -15,7 +15,9 @@
  *     its storage came from an accelerator request (a factory or a move),
  *     on the host when a host request's move made it, marked on the
  *     storage object, which views, detach(), state_dict() and .data
- *     share; not known otherwise (results of operations, host data).
+ *     share; for a result autograd recorded, the place of the first marked
+ *     leaf of its history (place_of_history()); not known otherwise
+ *     (other results of operations, host data).
  *
  * A host request copies unless the tensor is known to be on the host; an
  * accelerator request copies unless it is known to be on the accelerator.
@@ -26,6 +28,8 @@
  *     def move(t, intent, call):
  *         out = call()                  # torch's move, errors and all
  *         place = getattr(t.untyped_storage(), MARK, None)
+ *         if place is None:
+ *             place = first_marked_leaf_place(t.grad_fn)   # or None
  *         force = ((intent == HOST and place is not False)
  *                  or (intent == ACCEL and place is not True))
  *         if force and out is t:
