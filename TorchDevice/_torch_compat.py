@@ -58,8 +58,13 @@ DTENSOR_RNG = "DTensor random operators (sharded nn.init, dropout) " \
               "where \"cuda\" lands on the host or MPS"
 PARSE_TO = "devices read by torch._C._nn._parse_to (tensordict's .to) " \
            "keeping what the program asked for"
+SYNC_BN = "SyncBatchNorm training where \"cuda\" lands on the host or MPS"
 
 PRIVATE: Tuple[Private, ...] = (
+    Private("privateuse1_backend_name", "torch._C",
+            "_get_privateuse1_backend_name", SYNC_BN),
+    Private("ddp_sync_bn_check", "torch.nn.parallel.distributed",
+            "DistributedDataParallel._passing_sync_batchnorm_handle", SYNC_BN),
     Private("nn_bindings", "torch._C._nn", "", PARSE_TO),
     Private("parse_to", "torch._C._nn", "_parse_to", PARSE_TO),
     Private("len_torch_function_stack", "torch._C",

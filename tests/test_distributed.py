@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+import TorchDevice
 from TorchDevice import _distributed, _tdcore
 from conftest import ACCEL, HAS_CUDA, LAST_WORD, ROOT, TARGET, run_python
 
@@ -474,6 +475,100 @@ def test_program_that_needs_two_gpus_trains_on_both_ranks(tmp_path):
         assert len(r["losses"]) == 5 and r["losses"][-1] < r["losses"][0]
     # DDP kept the two replicas in step.
     assert ranks[0]["params"] == ranks[1]["params"]
+
+
+SYNC_BN = '''
+import json, os
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+import TorchDevice
+
+local_rank = int(os.environ["LOCAL_RANK"])
+torch.cuda.set_device(local_rank)
+dist.init_process_group("nccl")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = torch.nn.Sequential(
+    torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+    torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).to(DEVICE)
+result = {"rank": rank}
+try:
+    ddp = DDP(model)
+except ValueError as exc:
+    result["refused"] = str(exc)
+else:
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    # ranks hold 5 and 3 of each step's 8 samples
+    mine = slice(0, 5) if rank == 0 else slice(5, 8)
+    for step in range(3):
+        x = torch.randn(8, 3, 8, 8, generator=g)[mine].to(DEVICE)
+        y = torch.randint(0, 2, (8,), generator=g)[mine].to(DEVICE)
+        # this rank's share of the whole batch's mean loss, times the ranks
+        # DDP averages over
+        loss = torch.nn.functional.cross_entropy(ddp(x), y,
+                                                 reduction="sum") * 2 / 8
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    bn = model[1]
+    result["bn_type"] = type(bn).__name__
+    result["state"] = {k: v.cpu().tolist() for k, v in model.state_dict().items()}
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"rank{rank}.json"),
+          "w") as fh:
+    json.dump(result, fh)
+dist.destroy_process_group()
+'''
+
+
+def _sync_bn_reference() -> dict:
+    """The same three steps in one process with BatchNorm over each whole
+    batch of eight: what SyncBatchNorm over two ranks computes on CUDA."""
+    with TorchDevice.cpu_override():    # on the host in every mode
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+            torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(0)
+        for step in range(3):
+            x = torch.randn(8, 3, 8, 8, generator=g)
+            y = torch.randint(0, 2, (8,), generator=g)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return {k: v.tolist() for k, v in model.state_dict().items()}
+
+
+def test_sync_batchnorm_of_a_cuda_model_trains_as_one_batch(tmp_path):
+    """torch's SyncBatchNorm computes only on GPUs: DDP refuses a module on
+    the CPU, and its kernels have no CPU version.  A CUDA program's model
+    (on "cuda", so on the host here) trains as CUDA trains it: each step
+    normalises with the statistics of the whole batch across the ranks
+    (five samples on one, three on the other), which one process with
+    BatchNorm over the eight computes too."""
+    ranks = _ranks(tmp_path, "sync_bn.py",
+                   SYNC_BN.replace("DEVICE", "local_rank"))
+    reference = _sync_bn_reference()
+    for r in ranks:
+        assert r["bn_type"] == "SyncBatchNorm"
+        assert r["state"].keys() == reference.keys()
+        for name, want in reference.items():
+            got = torch.tensor(r["state"][name], dtype=torch.float64)
+            assert torch.allclose(got, torch.tensor(want, dtype=torch.float64),
+                                  atol=1e-6), name
+
+
+def test_sync_batchnorm_on_the_host_is_refused_as_natively(tmp_path):
+    """A model the program put on the host itself keeps torch's refusal."""
+    ranks = _ranks(tmp_path, "sync_bn_host.py",
+                   SYNC_BN.replace("DEVICE", '"cpu"'))
+    for r in ranks:
+        assert "SyncBatchNorm layers only work with GPU modules" \
+            in r["refused"]
 
 
 SPAWNED = '''
