@@ -231,6 +231,38 @@ def test_packed_sequences_keep_their_lengths_on_the_host(tmp_path, mode):
     assert got.stdout.split("\n")[:2] == ["refused True"] * 2
 
 
+PACKED_SEQUENCE_MOVES = """
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+torch.manual_seed(0)
+rnn = torch.nn.GRU(4, 3, batch_first=True)
+x = torch.randn(3, 5, 4)
+packed = pack_padded_sequence(x, [5, 3, 2], batch_first=True)
+for name, moved in (("cpu", packed.cpu()), ("to", packed.to("cpu")),
+                    ("to_kw", packed.to(device="cpu"))):
+    out, _ = rnn(moved)
+    padded, lens = pad_packed_sequence(out, batch_first=True)
+    print(name, moved is packed, x.cpu() is x,
+          [round(v, 5) for v in padded.sum(dim=(1, 2)).tolist()],
+          lens.tolist())
+"""
+
+
+def test_packed_sequence_moves_follow_the_programs_rule(tmp_path):
+    """A PackedSequence's .cpu() and .to("cpu") build their "cpu" request in
+    torch.nn.utils.rnn; only the two functions there that keep lengths on
+    the host are torch's own host-side code, so in mode "accelerate" the
+    packed sequence goes where the program's x.cpu() goes (it stayed on the
+    host, and the model on the accelerator refused it: "Expected all tensors
+    to be on the same device").  docs/policy.md, failure classes."""
+    native = launch(tmp_path, PACKED_SEQUENCE_MOVES, "accelerate",
+                    native=True)
+    assert native.returncode == 0, native.stderr
+    got = launch(tmp_path, PACKED_SEQUENCE_MOVES, "accelerate")
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout == native.stdout
+
+
 def test_device_generator_still_follows_the_request(tmp_path):
     got = launch(tmp_path, """
         import torch

@@ -348,23 +348,73 @@ starts_with_any(const char *s, Py_ssize_t n, const char *const *prefixes,
 
 /* torch's own host-side code inside those packages.  torch.export.load
  * reads each weight into a device-less torch.empty(0) with set_() to its
- * host bytes, then moves it to the device the archive names; the packed
- * sequences of torch.nn.utils.rnn keep their lengths on the host, which
- * torch's kernels require ("'lengths' argument should be a 1D CPU int64
- * tensor"). */
-static const char *const td_torch_internal_inside[] = {
-    "torch.export.pt2_archive",
-    "torch.nn.utils.rnn",
+ * host bytes, then moves it to the device the archive names.  Two
+ * functions of torch.nn.utils.rnn keep a packed sequence's lengths on the
+ * host, which torch's kernels require ("'lengths' argument should be a 1D
+ * CPU int64 tensor"); the rest of that module, PackedSequence.cpu() and
+ * .to() among it, asks for what the program asked for and is treated as
+ * the program's own request. */
+typedef struct {
+    const char *module;
+    const char *function;       /* NULL: all of the module */
+} td_host_code;
+
+static const td_host_code td_torch_internal_inside[] = {
+    {"torch.export.pt2_archive", NULL},
+    {"torch.nn.utils.rnn", "pack_padded_sequence"},
+    {"torch.nn.utils.rnn", "pad_packed_sequence"},
 };
 
+/* 1 where the function running in the caller's frame (the frame past a
+ * pass-through wrapper, as td_caller_module reads) is named `name`. */
 static int
-torch_internal(const char *s, Py_ssize_t n)
+caller_function_is(PyObject *name_key, const char *name)
+{
+    PyFrameObject *frame = PyEval_GetFrame();   /* borrowed */
+    if (frame == NULL) {
+        return 0;
+    }
+    Py_INCREF(frame);
+    PyObject *inner = module_name_of(PyEval_GetGlobals(), name_key);
+    if (inner != NULL
+        && PyUnicode_CompareWithASCIIString(inner, TD_PASSTHROUGH) == 0)
+    {
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        if (back == NULL) {
+            return 0;
+        }
+        frame = back;
+    }
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    Py_DECREF(frame);
+    int same = PyUnicode_CompareWithASCIIString(code->co_name, name) == 0;
+    Py_DECREF(code);
+    return same;
+}
+
+static int
+host_code_inside(PyObject *name_key, const char *s, Py_ssize_t n)
+{
+    for (size_t i = 0; i < Py_ARRAY_LENGTH(td_torch_internal_inside); i++) {
+        const td_host_code *c = &td_torch_internal_inside[i];
+        if (starts_with(s, n, c->module)
+            && (c->function == NULL
+                || caller_function_is(name_key, c->function)))
+        {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int
+torch_internal(PyObject *name_key, const char *s, Py_ssize_t n)
 {
     return s != NULL && starts_with(s, n, "torch.")
            && (!starts_with_any(s, n, td_not_torch_internal,
                                 Py_ARRAY_LENGTH(td_not_torch_internal))
-               || starts_with_any(s, n, td_torch_internal_inside,
-                                  Py_ARRAY_LENGTH(td_torch_internal_inside)));
+               || host_code_inside(name_key, s, n));
 }
 
 int
@@ -372,7 +422,7 @@ td_called_from_torch(PyObject *name_key)
 {
     Py_ssize_t n = 0;
     const char *s = td_caller_module(name_key, &n);
-    return torch_internal(s, n);
+    return torch_internal(name_key, s, n);
 }
 
 int
@@ -380,7 +430,7 @@ td_torch_names_device(PyObject *name_key)
 {
     Py_ssize_t n = 0;
     const char *s = td_caller_module(name_key, &n);
-    return torch_internal(s, n)
+    return torch_internal(name_key, s, n)
            && !starts_with_any(s, n, td_builds_programs_device,
                                Py_ARRAY_LENGTH(td_builds_programs_device));
 }
