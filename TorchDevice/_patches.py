@@ -918,11 +918,13 @@ def _lifecycle_hooks(event: str) -> None:
     warning filter (_dataloader), the AMP tables (_amp) and the reducer of
     tensors sent to other processes (_multiprocessing), the note on
     device mismatches (_mismatch), DTensor's placements for the CPU's
-    attention (_dtensor) and its random operators (_dtensor_rng)."""
+    attention (_dtensor) and its random operators (_dtensor_rng), and
+    FSDP's steps that take the host for a device it offloads to (_fsdp)."""
     from . import (_amp, _checkpoint, _compile, _dataloader, _dtensor,
-                   _dtensor_rng, _mismatch, _multiprocessing)
+                   _dtensor_rng, _fsdp, _mismatch, _multiprocessing)
     for module in (_checkpoint, _compile, _dataloader, _amp,
-                   _multiprocessing, _mismatch, _dtensor, _dtensor_rng):
+                   _multiprocessing, _mismatch, _dtensor, _dtensor_rng,
+                   _fsdp):
         getattr(module, event)()
 
 

@@ -59,8 +59,14 @@ DTENSOR_RNG = "DTensor random operators (sharded nn.init, dropout) " \
 PARSE_TO = "devices read by torch._C._nn._parse_to (tensordict's .to) " \
            "keeping what the program asked for"
 SYNC_BN = "SyncBatchNorm training where \"cuda\" lands on the host or MPS"
+FSDP_SYNC = "FullyShardedDataParallel(sync_module_states=True) where " \
+            "\"cuda\" lands on the host"
 
 PRIVATE: Tuple[Private, ...] = (
+    Private("fsdp_init_utils", "torch.distributed.fsdp._init_utils", "",
+            FSDP_SYNC),
+    Private("fsdp_states_check", "torch.distributed.fsdp._init_utils",
+            "_check_module_states_for_sync_module_states", FSDP_SYNC),
     Private("privateuse1_backend_name", "torch._C",
             "_get_privateuse1_backend_name", SYNC_BN),
     Private("ddp_sync_bn_check", "torch.nn.parallel.distributed",

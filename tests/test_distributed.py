@@ -571,6 +571,153 @@ def test_sync_batchnorm_on_the_host_is_refused_as_natively(tmp_path):
             in r["refused"]
 
 
+FSDP_PROGRAM = '''
+import functools, json, os
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import (CPUOffload, FullStateDictConfig,
+                                    FullyShardedDataParallel as FSDP,
+                                    StateDictType)
+from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+import TorchDevice
+
+local_rank = int(os.environ["LOCAL_RANK"])
+torch.cuda.set_device(local_rank)
+dist.init_process_group("nccl")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.GELU(),
+                            torch.nn.LayerNorm(32), torch.nn.Linear(32, 3))
+result = {"rank": rank}
+try:
+    model = FSDP(model, device_id=DEVICE_ID, sync_module_states=True,
+                 cpu_offload=CPUOffload(offload_params=OFFLOAD),
+                 use_orig_params=True,
+                 auto_wrap_policy=functools.partial(
+                     size_based_auto_wrap_policy, min_num_params=100))
+except (ValueError, RuntimeError) as exc:
+    result["refused"] = str(exc)
+else:
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):
+        x = torch.randn(8, 6, generator=g).chunk(2)[rank].cuda()
+        y = torch.randn(8, 3, generator=g).chunk(2)[rank].cuda()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, config):
+        state = model.state_dict()
+    result["state"] = {k: v.tolist() for k, v in state.items()}
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"rank{rank}.json"),
+          "w") as fh:
+    json.dump(result, fh)
+dist.destroy_process_group()
+'''
+
+
+def _fsdp_reference() -> dict:
+    """The same three steps in one process over each whole batch: what FSDP
+    over two ranks, averaging their gradients, computes on CUDA."""
+    with TorchDevice.cpu_override():    # on the host in every mode
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(6, 32), torch.nn.GELU(), torch.nn.LayerNorm(32),
+            torch.nn.Linear(32, 3))
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        g = torch.Generator().manual_seed(0)
+        for step in range(3):
+            x = torch.randn(8, 6, generator=g)
+            y = torch.randn(8, 3, generator=g)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return {k: v.tolist() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_fsdp_of_a_cuda_module_trains_as_one_process(tmp_path, offload):
+    """FSDP (FullyShardedDataParallel) with device_id="cuda:<rank>" and
+    sync_module_states=True refused the module ("requires them to be on
+    GPU": "cuda" is the host here); with CPUOffload(offload_params=True)
+    it stopped (the host's stream has no synchronize) or, with the host
+    both the compute device and the offload target, summed each step's
+    gradient into the next.  Both ranks now end with the weights one
+    process computes over the whole batch (docs/compile-checkpoints-
+    distributed.md, "FSDP")."""
+    program = FSDP_PROGRAM.replace("DEVICE_ID", "torch.device('cuda', "
+                                   "local_rank)").replace("OFFLOAD",
+                                                          str(offload))
+    ranks = _ranks(tmp_path, "fsdp.py", program)
+    reference = _fsdp_reference()
+    state = ranks[0]["state"]           # rank0_only: the full state there
+    assert state.keys() == reference.keys()
+    for name, want in reference.items():
+        got = torch.tensor(state[name], dtype=torch.float64)
+        assert torch.allclose(got, torch.tensor(want, dtype=torch.float64),
+                              atol=1e-6), name
+
+
+def test_fsdp_of_a_module_left_on_the_host_is_refused(tmp_path):
+    """A module the program left on the host, with no device_id, is
+    refused, as on CUDA.  The words are torch's for the machine: CUDA's
+    where torch sees an accelerator (the simulated one), and on a machine
+    without one "FSDP needs a non-CPU accelerator device"."""
+    program = FSDP_PROGRAM.replace("DEVICE_ID", "None").replace("OFFLOAD",
+                                                                "False")
+    words = ("requires them to be on GPU" if ACCEL is not None
+             else "FSDP needs a non-CPU accelerator device")
+    for r in _ranks(tmp_path, "fsdp_host.py", program):
+        assert words in r["refused"]
+
+
+FSDP_TUTORIAL = '''
+import json, os
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+import TorchDevice
+
+dist.init_process_group("nccl")
+rank = dist.get_rank()
+torch.cuda.set_device(rank)
+torch.manual_seed(0)
+model = FSDP(torch.nn.Sequential(
+    torch.nn.Linear(6, 32), torch.nn.GELU(), torch.nn.LayerNorm(32),
+    torch.nn.Linear(32, 3)).to(rank))
+opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+g = torch.Generator().manual_seed(0)
+for step in range(3):
+    x = torch.randn(8, 6, generator=g).chunk(2)[rank].to(rank)
+    y = torch.randn(8, 3, generator=g).chunk(2)[rank].to(rank)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+with FSDP.summon_full_params(model):
+    state = {k: v.tolist() for k, v in model.state_dict().items()}
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"rank{rank}.json"),
+          "w") as fh:
+    json.dump({"rank": rank, "state": state}, fh)
+dist.destroy_process_group()
+'''
+
+
+def test_fsdp_of_a_module_moved_without_device_id(tmp_path):
+    """torch's FSDP tutorial: `FSDP(model.to(rank))`, no device_id.  FSDP
+    took the host for a machine without an accelerator ("FSDP needs a
+    non-CPU accelerator device"); the module is where the program put it,
+    and both ranks train as one process over the whole batch."""
+    ranks = _ranks(tmp_path, "fsdp_tutorial.py", FSDP_TUTORIAL)
+    reference = _fsdp_reference()
+    for r in ranks:
+        for name, want in reference.items():
+            got = torch.tensor(r["state"][name], dtype=torch.float64)
+            assert torch.allclose(
+                got, torch.tensor(want, dtype=torch.float64), atol=1e-6), name
+
+
 SPAWNED = '''
 import json, os, sys
 import torch
