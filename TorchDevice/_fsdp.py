@@ -36,7 +36,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List
 
-from . import _imports, _patches, _tdcore, _torch_compat
+from . import _imports, _patches, _syncbn, _tdcore, _torch_compat
 
 _INIT_UTILS = "torch.distributed.fsdp._init_utils"
 _FSDP = "torch.distributed.fsdp.fully_sharded_data_parallel"
@@ -63,17 +63,6 @@ def _states_check_builder(original: Callable[..., Any]) -> Callable[..., Any]:
     return check
 
 
-def _on_accelerator_for_program(module: Any) -> bool:
-    """Whether the program put `module` on the accelerator: its first
-    parameter is there for the program (TorchDevice's mark)."""
-    parameters = getattr(module, "parameters", None)
-    if parameters is None:
-        return False
-    for tensor in parameters():
-        return bool(_tdcore.on_accelerator(tensor))
-    return False
-
-
 def _program_device() -> Any:
     """The device a module the program put on "cuda" is on, as FSDP reads
     it on CUDA (its parameters' device): the current one."""
@@ -96,7 +85,7 @@ def _init_builder(original: Callable[..., Any]) -> Callable[..., Any]:
                 _patches.record_emulated(
                     "FullyShardedDataParallel(cpu_offload)")
             if (bound.arguments.get("device_id") is None
-                    and _on_accelerator_for_program(
+                    and _syncbn.module_on_accelerator(
                         bound.arguments.get("module"))):
                 bound.arguments["device_id"] = _program_device()
             args, kwargs = bound.args[1:], bound.kwargs

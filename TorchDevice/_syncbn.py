@@ -43,7 +43,7 @@ def _torch_computes_on(device_type: str) -> bool:
     return name is not None and device_type == name()
 
 
-def _on_accelerator_for_program(module: Any,
+def module_on_accelerator(module: Any,
                                 input: Optional[torch.Tensor] = None) -> bool:
     """Whether the program put `module` on the accelerator: its first
     parameter (or, without any, its first buffer; without either, the
@@ -66,7 +66,7 @@ def _emulated(module: Any, input: torch.Tensor) -> bool:
         return False
     group = module.process_group or torch.distributed.group.WORLD
     return (torch.distributed.get_world_size(group) > 1
-            and _on_accelerator_for_program(module, input))
+            and module_on_accelerator(module, input))
 
 
 def _channel_shape(input: torch.Tensor) -> List[int]:
@@ -192,7 +192,7 @@ def _ddp_check_builder(original: Any) -> Any:
     @functools.wraps(original)
     def _passing_sync_batchnorm_handle(self: Any, module: Any) -> None:
         if (self.device_type == "cpu"
-                and _on_accelerator_for_program(module)):
+                and module_on_accelerator(module)):
             return None
         return original(self, module)
     return _passing_sync_batchnorm_handle
