@@ -19,6 +19,10 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
   single-device module needs none).
 * ``dist.barrier(device_ids=[...])``: the ids are dropped (they name CUDA
   devices to run NCCL's barrier on).
+* ``DistributedDataParallel.register_comm_hook`` with the bfloat16
+  compression hook, which torch refuses without CUDA and NCCL 2.10: for a
+  model the program put on "cuda" it runs on gloo (which sums bfloat16 as
+  NCCL does); a model on the host keeps the refusal.
 * ``ReduceOp.PREMUL_SUM(factor)`` (NCCL's own; FSDP2's gradient divide
   factor) in ``all_reduce`` and the ``reduce_scatter`` family: on the gloo
   given for NCCL, SUM of the inputs times the factor, as NCCL computes it;
@@ -49,7 +53,7 @@ from typing import Any, Callable, List, Optional
 import torch
 import torch.distributed as dist
 
-from . import _exit, _tdcore
+from . import _exit, _syncbn, _tdcore, _torch_compat
 
 _log = logging.getLogger("TorchDevice")
 
@@ -269,6 +273,31 @@ def _ddp_init_builder(original: Any) -> Any:
             device_ids = output_device = None
         original(self, module, device_ids, output_device, *args, **kwargs)
     return __init__
+
+
+# DDP's communication hooks that it refuses without CUDA and NCCL 2.10 (or
+# XPU): bfloat16 all-reduce, which gloo computes as NCCL does.
+_BF16_HOOKS = ("bf16_compress_hook", "bf16_compress_wrapper_hook")
+
+
+def _ddp_check_comm_hook_builder(original: Any) -> Any:
+    @functools.wraps(original)
+    def _check_comm_hook(self: Any, hook: Any) -> Any:
+        if (getattr(hook, "__name__", None) in _BF16_HOOKS
+                and not _native()
+                and _syncbn.module_on_accelerator(self.module)):
+            # torch checks the hook's name against CUDA's build; everything
+            # else it checks (a callable of two parameters returning a
+            # future) is checked on a stand-in with another name.
+            @functools.wraps(hook)
+            def stand_in(*args: Any, **kwargs: Any) -> Any:
+                return hook(*args, **kwargs)
+            stand_in.__name__ = "bf16_compress_on_gloo"
+            _tdcore.record("DistributedDataParallel.register_comm_hook",
+                           "emulated", _NCCL, _GLOO)
+            return original(self, stand_in)
+        return original(self, hook)
+    return _check_comm_hook
 
 
 def _dp_device_type_builder(original: Any) -> Any:
@@ -569,4 +598,7 @@ def patches() -> List[Any]:
         table.append(Patch(device_mesh, "init_process_group",
                            _init_builder("torch.distributed.init_process_group")))
     table.append(Patch(DistributedDataParallel, "__init__", _ddp_init_builder))
+    if _torch_compat.get("ddp_check_comm_hook") is not None:
+        table.append(Patch(DistributedDataParallel, "_check_comm_hook",
+                           _ddp_check_comm_hook_builder))
     return table

@@ -571,6 +571,63 @@ def test_sync_batchnorm_on_the_host_is_refused_as_natively(tmp_path):
             in r["refused"]
 
 
+BF16_HOOK = '''
+import json, os
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel as DDP
+import TorchDevice
+
+dist.init_process_group("nccl")
+rank = dist.get_rank()
+torch.cuda.set_device(rank)
+torch.manual_seed(0)
+ddp = DDP(torch.nn.Linear(4, 2).to(DEVICE), device_ids=[rank])
+result = {"rank": rank}
+try:
+    ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+except TypeError as exc:
+    result["refused"] = str(exc)
+else:
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    ddp(x[rank::2].to(DEVICE)).sum().backward()
+    result["grad"] = ddp.module.weight.grad.tolist()
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"rank{rank}.json"),
+          "w") as fh:
+    json.dump(result, fh)
+dist.destroy_process_group()
+'''
+
+
+def test_ddp_bf16_compression_hook_of_a_cuda_model(tmp_path):
+    """DDP's bfloat16 compression hook: torch refuses it without CUDA 11+
+    and NCCL 2.10 ("BF16 all reduce communication hook required ..."), and
+    "nccl" runs on gloo here.  For a model the program put on "cuda" it
+    runs: each rank's gradient in bfloat16, halved, summed over the ranks in
+    bfloat16, as NCCL sums it (docs/compile-checkpoints-distributed.md)."""
+    ranks = _ranks(tmp_path, "bf16_hook.py",
+                   BF16_HOOK.replace("DEVICE", "rank"))
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    # d(sum of outputs)/dW: each row of W gets the sum of the rank's inputs
+    local = [x[r::2].sum(0).expand(2, 4) for r in range(2)]
+    halves = [(g.to(torch.bfloat16) / 2) for g in local]
+    want = (halves[0] + halves[1]).float()
+    exact = (local[0] + local[1]) / 2
+    assert not torch.equal(want, exact)   # the compression shows
+    for r in ranks:
+        assert torch.equal(torch.tensor(r["grad"]), want)
+
+
+def test_ddp_bf16_compression_hook_on_the_host_is_refused(tmp_path):
+    """A model the program put on the host keeps torch's refusal."""
+    ranks = _ranks(tmp_path, "bf16_hook_host.py",
+                   BF16_HOOK.replace("DEVICE", '"cpu"')
+                   .replace(", device_ids=[rank]", ""))
+    for r in ranks:
+        assert "BF16 all reduce communication hook required" in r["refused"]
+
+
 FSDP_PROGRAM = '''
 import functools, json, os
 import torch
