@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import TorchDevice
-from TorchDevice import (_compile, _dtensor, _dtensor_rng, _graphs,
+from TorchDevice import (_compile, _dtensor, _dtensor_rng, _fsdp, _graphs,
                          _masquerade, _patches, _torch_compat)
 from conftest import HAS_CUDA, ROOT, run_python
 
@@ -53,6 +53,9 @@ def _use(p: _torch_compat.Private) -> None:
         _dtensor_rng.register()
     elif p.feature == _torch_compat.GRAPHS:
         assert _graphs._mode_class() is None
+    elif p.feature == _torch_compat.FSDP_SYNC:
+        # what the import of FSDP's module runs where "cuda" is the host
+        _fsdp._register_states_check()
 
 
 @pytest.mark.parametrize("p", _torch_compat.PRIVATE,
