@@ -599,6 +599,7 @@ def patch_table() -> List[Patch]:
     table += _import("TorchDevice._jit").patches()
     table += _import("TorchDevice._distributed").patches()
     table += _import("TorchDevice._syncbn").patches()
+    table += _import("TorchDevice._recompute").patches()
     table += _import("TorchDevice._sdpa").patches()
     table += _import("TorchDevice._legacy").patches()
     table += _import("TorchDevice._optim").patches()

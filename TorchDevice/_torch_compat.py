@@ -59,12 +59,17 @@ DTENSOR_RNG = "DTensor random operators (sharded nn.init, dropout) " \
 PARSE_TO = "devices read by torch._C._nn._parse_to (tensordict's .to) " \
            "keeping what the program asked for"
 SYNC_BN = "SyncBatchNorm training where \"cuda\" lands on the host or MPS"
+RECOMPUTE_RNG = "dropout replayed in checkpointed blocks (torch.utils." \
+                "checkpoint) on MPS and other devices without torch.cuda's " \
+                "_initialized"
 BF16_HOOK = "DistributedDataParallel's bfloat16 compression hook where " \
             "\"nccl\" runs on gloo"
 FSDP_SYNC = "FullyShardedDataParallel(sync_module_states=True) where " \
             "\"cuda\" lands on the host"
 
 PRIVATE: Tuple[Private, ...] = (
+    Private("checkpoint_device_module", "torch.utils.checkpoint",
+            "_get_device_module", RECOMPUTE_RNG),
     Private("ddp_check_comm_hook", "torch.nn.parallel.distributed",
             "DistributedDataParallel._check_comm_hook", BF16_HOOK),
     Private("fsdp_init_utils", "torch.distributed.fsdp._init_utils", "",
