@@ -1,6 +1,7 @@
 """FullyShardedDataParallel (FSDP1) programs where "cuda" lands on the host.
 
-Two of FSDP's steps assume that the device it computes on is not the host:
+Three of FSDP's steps assume that the device it computes on is not the
+host:
 
 - ``sync_module_states=True`` refuses a module whose parameters are on the
   CPU ("requires them to be on GPU"), comparing each tensor's device with
@@ -41,8 +42,8 @@ from . import _imports, _patches, _syncbn, _tdcore, _torch_compat
 _INIT_UTILS = "torch.distributed.fsdp._init_utils"
 _FSDP = "torch.distributed.fsdp.fully_sharded_data_parallel"
 _FAILED = ("could not adapt FullyShardedDataParallel to a host that stands "
-           "for \"cuda\"; sync_module_states and CPU offloading stop where "
-           "torch's do")
+           "for \"cuda\"; sync_module_states, a module without device_id "
+           "and CPU offloading stop where torch's do")
 
 _lock = threading.Lock()
 # (owner, name) -> torch's own object, while ours stands in its place

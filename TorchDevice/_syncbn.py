@@ -44,7 +44,7 @@ def _torch_computes_on(device_type: str) -> bool:
 
 
 def module_on_accelerator(module: Any,
-                                input: Optional[torch.Tensor] = None) -> bool:
+                          input: Optional[torch.Tensor] = None) -> bool:
     """Whether the program put `module` on the accelerator: its first
     parameter (or, without any, its first buffer; without either, the
     input) is there for the program (TorchDevice's mark)."""
