@@ -94,7 +94,9 @@ def test_cuda_backend_wraps_native_events(simulated_cuda):
     ms = f.elapsed_time(g)
     # torch.mps.Event.elapsed_time waits for the end event: so does ours.
     assert log[-2:] == [("event.synchronize",), ("elapsed_time",)]
-    assert abs(ms - 20.0) < 10.0, ms
+    # 20 ms slept: a loaded machine only adds to it (it measured 33 ms
+    # beside another test run); milliseconds, not seconds or microseconds
+    assert 15.0 <= ms < 5000.0, ms
     _tdcore.synchronize()
     assert log[-1] == ("synchronize",)
     assert "torch.mps.Event" in repr(e)
