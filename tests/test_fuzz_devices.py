@@ -371,6 +371,7 @@ def check_override(s: State, p: Plan, got: Any = ("ok",)) -> None:
 @fuzz(1500)
 @given(text=DEVICE_STRINGS)
 @example(text="cuda:200")
+@example(text="cuda:254")     # torch wraps it to index -2: not int -1's
 @example(text="cpu:-1")
 @example(text="cuda:2147483648")
 def test_policy_parser_agrees_with_torch(fuzz_env, text):

@@ -177,7 +177,7 @@ def _native_device(text):
     ("CUDA", ("other", -1)), ("cuda:1:2", ("other", -1)),
     ("cpu:-1 ", ("other", -1)), ("", ("other", -1)),
     ("nonsense", ("other", -1)), ("cüda", ("other", -1)),
-    (5, ("cuda", 5)), (-1, ("cuda", -2)), (-2, ("other", -1)), (2 ** 40, ("other", -1)),
+    (5, ("cuda", 5)), (-1, ("cuda", -65536)), (-2, ("other", -1)), (2 ** 40, ("other", -1)),
     (None, ("none", -1)),
 ])
 def test_parse(text, expected):

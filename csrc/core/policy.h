@@ -53,8 +53,11 @@ typedef struct {
  * Tensor.get_device() answers for a tensor on the CPU.  Where "cuda" lands
  * on the CPU every tensor of the program answers it, and CUDA code hands
  * it back (`torch.zeros(n, device=x.get_device())`) meaning x's GPU.
- * Elsewhere it is left to torch, which refuses it as CUDA would. */
-#define TD_INDEX_HOST (-2L)
+ * Elsewhere it is left to torch, which refuses it as CUDA would.  Outside
+ * the range of torch's device index (int8, at most int16): torch wraps
+ * "cuda:254" round to a device of index -2, which must read as that
+ * device, not as this request. */
+#define TD_INDEX_HOST (-65536L)
 
 typedef enum {
     TD_TARGET_KEEP = 0,    /* pass the request to torch unchanged */
