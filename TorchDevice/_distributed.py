@@ -53,7 +53,7 @@ from typing import Any, Callable, List, Optional
 import torch
 import torch.distributed as dist
 
-from . import _exit, _syncbn, _tdcore, _torch_compat
+from . import _exit, _patches, _tdcore, _torch_compat
 
 _log = logging.getLogger("TorchDevice")
 
@@ -285,7 +285,7 @@ def _ddp_check_comm_hook_builder(original: Any) -> Any:
     def _check_comm_hook(self: Any, hook: Any) -> Any:
         if (getattr(hook, "__name__", None) in _BF16_HOOKS
                 and not _native()
-                and _syncbn.module_on_accelerator(self.module)):
+                and _patches.module_on_accelerator(self.module)):
             # torch checks the hook's name against CUDA's build; everything
             # else it checks (a callable of two parameters returning a
             # future) is checked on a stand-in with another name.

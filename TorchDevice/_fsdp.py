@@ -37,7 +37,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List
 
-from . import _imports, _patches, _syncbn, _tdcore, _torch_compat
+from . import _imports, _patches, _tdcore, _torch_compat
 
 _INIT_UTILS = "torch.distributed.fsdp._init_utils"
 _FSDP = "torch.distributed.fsdp.fully_sharded_data_parallel"
@@ -86,7 +86,7 @@ def _init_builder(original: Callable[..., Any]) -> Callable[..., Any]:
                 _patches.record_emulated(
                     "FullyShardedDataParallel(cpu_offload)")
             if (bound.arguments.get("device_id") is None
-                    and _syncbn.module_on_accelerator(
+                    and _patches.module_on_accelerator(
                         bound.arguments.get("module"))):
                 bound.arguments["device_id"] = _program_device()
             args, kwargs = bound.args[1:], bound.kwargs

@@ -701,6 +701,20 @@ def record_emulated(api: str, requested: str = "cuda") -> None:
     _tdcore.record(api, "emulated", requested, landed_type())
 
 
+def module_on_accelerator(module: Any,
+                          input: Optional[torch.Tensor] = None) -> bool:
+    """Whether the program put `module` on the accelerator: its first
+    parameter (or, without any, its first buffer; without either, the
+    input) is there for the program (TorchDevice's mark).  SyncBatchNorm,
+    DDP's communication hooks and FSDP ask it before doing what torch does
+    only for a module on a GPU."""
+    for tensor in module.parameters():
+        return bool(_tdcore.on_accelerator(tensor))
+    for tensor in module.buffers():
+        return bool(_tdcore.on_accelerator(tensor))
+    return input is not None and bool(_tdcore.on_accelerator(input))
+
+
 def available_profiles() -> Tuple[str, ...]:
     found = detect_profile()
     return {"cuda": ("cuda", "cpu"), "mps": ("mps", "cpu"),

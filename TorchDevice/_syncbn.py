@@ -43,18 +43,6 @@ def _torch_computes_on(device_type: str) -> bool:
     return name is not None and device_type == name()
 
 
-def module_on_accelerator(module: Any,
-                          input: Optional[torch.Tensor] = None) -> bool:
-    """Whether the program put `module` on the accelerator: its first
-    parameter (or, without any, its first buffer; without either, the
-    input) is there for the program (TorchDevice's mark)."""
-    for tensor in module.parameters():
-        return bool(_tdcore.on_accelerator(tensor))
-    for tensor in module.buffers():
-        return bool(_tdcore.on_accelerator(tensor))
-    return input is not None and bool(_tdcore.on_accelerator(input))
-
-
 def _emulated(module: Any, input: torch.Tensor) -> bool:
     """Whether this SyncBatchNorm call is ours: training with a process group
     of more than one rank, on a device torch's kernels do not cover, for a
@@ -66,7 +54,7 @@ def _emulated(module: Any, input: torch.Tensor) -> bool:
         return False
     group = module.process_group or torch.distributed.group.WORLD
     return (torch.distributed.get_world_size(group) > 1
-            and module_on_accelerator(module, input))
+            and _patches.module_on_accelerator(module, input))
 
 
 def _channel_shape(input: torch.Tensor) -> List[int]:
@@ -192,7 +180,7 @@ def _ddp_check_builder(original: Any) -> Any:
     @functools.wraps(original)
     def _passing_sync_batchnorm_handle(self: Any, module: Any) -> None:
         if (self.device_type == "cpu"
-                and module_on_accelerator(module)):
+                and _patches.module_on_accelerator(module)):
             return None
         return original(self, module)
     return _passing_sync_batchnorm_handle

@@ -543,6 +543,16 @@ def _sync_bn_reference() -> dict:
         return {k: v.tolist() for k, v in model.state_dict().items()}
 
 
+def _assert_state_close(state: dict, reference: dict) -> None:
+    """A state dict a rank wrote (lists) equals the one-process reference
+    within 1e-6, name by name."""
+    assert state.keys() == reference.keys()
+    for name, want in reference.items():
+        got = torch.tensor(state[name], dtype=torch.float64)
+        assert torch.allclose(got, torch.tensor(want, dtype=torch.float64),
+                              atol=1e-6), name
+
+
 def test_sync_batchnorm_of_a_cuda_model_trains_as_one_batch(tmp_path):
     """torch's SyncBatchNorm computes only on GPUs: DDP refuses a module on
     the CPU, and its kernels have no CPU version.  A CUDA program's model
@@ -555,11 +565,7 @@ def test_sync_batchnorm_of_a_cuda_model_trains_as_one_batch(tmp_path):
     reference = _sync_bn_reference()
     for r in ranks:
         assert r["bn_type"] == "SyncBatchNorm"
-        assert r["state"].keys() == reference.keys()
-        for name, want in reference.items():
-            got = torch.tensor(r["state"][name], dtype=torch.float64)
-            assert torch.allclose(got, torch.tensor(want, dtype=torch.float64),
-                                  atol=1e-6), name
+        _assert_state_close(r["state"], reference)
 
 
 def test_sync_batchnorm_on_the_host_is_refused_as_natively(tmp_path):
@@ -709,12 +715,8 @@ def test_fsdp_of_a_cuda_module_trains_as_one_process(tmp_path, offload):
                                                           str(offload))
     ranks = _ranks(tmp_path, "fsdp.py", program)
     reference = _fsdp_reference()
-    state = ranks[0]["state"]           # rank0_only: the full state there
-    assert state.keys() == reference.keys()
-    for name, want in reference.items():
-        got = torch.tensor(state[name], dtype=torch.float64)
-        assert torch.allclose(got, torch.tensor(want, dtype=torch.float64),
-                              atol=1e-6), name
+    # rank0_only: the full state is on rank 0
+    _assert_state_close(ranks[0]["state"], reference)
 
 
 def test_fsdp_of_a_module_left_on_the_host_is_refused(tmp_path):
@@ -769,10 +771,7 @@ def test_fsdp_of_a_module_moved_without_device_id(tmp_path):
     ranks = _ranks(tmp_path, "fsdp_tutorial.py", FSDP_TUTORIAL)
     reference = _fsdp_reference()
     for r in ranks:
-        for name, want in reference.items():
-            got = torch.tensor(r["state"][name], dtype=torch.float64)
-            assert torch.allclose(
-                got, torch.tensor(want, dtype=torch.float64), atol=1e-6), name
+        _assert_state_close(r["state"], reference)
 
 
 SPAWNED = '''
