@@ -365,14 +365,15 @@ static const td_host_code td_torch_internal_inside[] = {
     {"torch.nn.utils.rnn", "pad_packed_sequence"},
 };
 
-/* 1 where the function running in the caller's frame (the frame past a
- * pass-through wrapper, as td_caller_module reads) is named `name`. */
-static int
-caller_function_is(PyObject *name_key, const char *name)
+/* The name of the function running in the caller's frame (the frame past
+ * a pass-through wrapper, as td_caller_module reads it); a new reference,
+ * NULL without an exception where there is no frame. */
+static PyObject *
+caller_function_name(PyObject *name_key)
 {
     PyFrameObject *frame = PyEval_GetFrame();   /* borrowed */
     if (frame == NULL) {
-        return 0;
+        return NULL;
     }
     Py_INCREF(frame);
     PyObject *inner = module_name_of(PyEval_GetGlobals(), name_key);
@@ -382,30 +383,46 @@ caller_function_is(PyObject *name_key, const char *name)
         PyFrameObject *back = PyFrame_GetBack(frame);
         Py_DECREF(frame);
         if (back == NULL) {
-            return 0;
+            return NULL;
         }
         frame = back;
     }
     PyCodeObject *code = PyFrame_GetCode(frame);
     Py_DECREF(frame);
-    int same = PyUnicode_CompareWithASCIIString(code->co_name, name) == 0;
+    PyObject *name = Py_NewRef(code->co_name);
     Py_DECREF(code);
-    return same;
+    return name;
 }
 
+/* The caller's function is read once, and only where a module matches an
+ * entry that names functions. */
 static int
 host_code_inside(PyObject *name_key, const char *s, Py_ssize_t n)
 {
+    PyObject *function = NULL;
+    int inside = 0;
     for (size_t i = 0; i < Py_ARRAY_LENGTH(td_torch_internal_inside); i++) {
         const td_host_code *c = &td_torch_internal_inside[i];
-        if (starts_with(s, n, c->module)
-            && (c->function == NULL
-                || caller_function_is(name_key, c->function)))
-        {
-            return 1;
+        if (!starts_with(s, n, c->module)) {
+            continue;
+        }
+        if (c->function == NULL) {
+            inside = 1;
+            break;
+        }
+        if (function == NULL) {
+            function = caller_function_name(name_key);
+            if (function == NULL) {
+                break;
+            }
+        }
+        if (PyUnicode_CompareWithASCIIString(function, c->function) == 0) {
+            inside = 1;
+            break;
         }
     }
-    return 0;
+    Py_XDECREF(function);
+    return inside;
 }
 
 static int
