@@ -512,6 +512,31 @@ def test_oom_error_catchable_and_no_op_calls(restore_config, caplog):
     assert torch.cuda.set_sync_debug_mode(0) is None
 
 
+@pytest.mark.filterwarnings("ignore:Synchronization debug mode")
+def test_sync_debug_mode_reads_back_what_was_set():
+    # torch.cuda's own semantics (CUDA keeps the level, validated as here):
+    # a program that saves the level, sets "warn" and restores the saved one
+    # reads back each value it set.
+    saved = torch.cuda.get_sync_debug_mode()
+    try:
+        for given, expected in (("warn", 1), ("error", 2), ("default", 0),
+                                (2, 2), (1, 1), (0, 0)):
+            torch.cuda.set_sync_debug_mode(given)
+            assert torch.cuda.get_sync_debug_mode() == expected
+        torch.cuda.set_sync_debug_mode(1)
+        with pytest.raises(RuntimeError, match="expected one of `default`"):
+            torch.cuda.set_sync_debug_mode("loud")
+        with pytest.raises(RuntimeError, match="expected one of 0,1,2"):
+            torch.cuda.set_sync_debug_mode(3)
+        with pytest.raises(RuntimeError, match="expected one of 0,1,2"):
+            torch.cuda.set_sync_debug_mode(-1)
+        with pytest.raises(RuntimeError, match="invalid argument"):
+            torch.cuda.set_sync_debug_mode(1.0)
+        assert torch.cuda.get_sync_debug_mode() == 1
+    finally:
+        torch.cuda.set_sync_debug_mode(saved)
+
+
 # ---- 8. torch.accelerator / get_device_module ----------------------------
 
 

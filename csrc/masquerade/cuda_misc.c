@@ -47,9 +47,50 @@ TD_MASQ_NOARGS(misc_ipc_collect)
     return noop_logged(st, m, "torch.cuda.ipc_collect");
 }
 
+/* CUDA's warning level for synchronizing calls.  Nothing here waits on a
+ * device the way CUDA's .item() or nonzero() do, so there is nothing to warn
+ * about; the level is kept, as torch validates it, so a program that saves
+ * and restores it (get, set "warn", set the saved one back) reads back what
+ * it set. */
 TD_MASQ_O(misc_set_sync_debug_mode)
 {
-    (void)arg;
+    long mode;
+    if (PyUnicode_Check(arg)) {
+        if (PyUnicode_CompareWithASCIIString(arg, "default") == 0) {
+            mode = 0;
+        }
+        else if (PyUnicode_CompareWithASCIIString(arg, "warn") == 0) {
+            mode = 1;
+        }
+        else if (PyUnicode_CompareWithASCIIString(arg, "error") == 0) {
+            mode = 2;
+        }
+        else {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "invalid value of debug_mode, expected one of "
+                            "`default`, `warn`, `error`");
+            return NULL;
+        }
+    }
+    else if (PyLong_Check(arg) && !PyBool_Check(arg)) {
+        int overflow;
+        mode = PyLong_AsLongAndOverflow(arg, &overflow);
+        if (mode == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (overflow || mode < 0 || mode > 2) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "invalid value of debug_mode, expected one of "
+                            "0,1,2");
+            return NULL;
+        }
+    }
+    else {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "invalid argument to set_sync_debug_mode");
+        return NULL;
+    }
+    atomic_store(&TD_MC(m)->sync_debug_mode, (int)mode);
     return noop_logged(st, m, "torch.cuda.set_sync_debug_mode");
 }
 
@@ -66,10 +107,9 @@ TD_MASQ_NOARGS(misc_reset_accumulated_host)
                        "torch.cuda.reset_accumulated_host_memory_stats");
 }
 
-static PyObject *
-misc_get_sync_debug_mode(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+TD_MASQ_NOARGS(misc_get_sync_debug_mode)
 {
-    return PyLong_FromLong(0);
+    return PyLong_FromLong(atomic_load(&TD_MC(m)->sync_debug_mode));
 }
 
 TD_MASQ_FASTKW(misc_record_memory_history)
@@ -160,9 +200,9 @@ PyMethodDef td_cuda_misc_methods[] = {
     {"mark", TD_FASTKW(nvtx_none), "mark(msg) (no-op)"},
     {"ipc_collect", misc_ipc_collect, METH_NOARGS, "ipc_collect() (no-op)"},
     {"set_sync_debug_mode", misc_set_sync_debug_mode, METH_O,
-     "set_sync_debug_mode(debug_mode) (no-op)"},
+     "set_sync_debug_mode(debug_mode): kept for get_sync_debug_mode()"},
     {"get_sync_debug_mode", misc_get_sync_debug_mode, METH_NOARGS,
-     "get_sync_debug_mode() -> 0"},
+     "get_sync_debug_mode() -> the level set (0, 1 or 2)"},
     {"reset_peak_host_memory_stats", misc_reset_peak_host, METH_NOARGS,
      "reset_peak_host_memory_stats() (no-op)"},
     {"reset_accumulated_host_memory_stats", misc_reset_accumulated_host,

@@ -461,6 +461,7 @@ td_masq_init(PyObject *module, td_state *st)
     atomic_init(&c->num_samples, 0);
     atomic_init(&c->rss_cache, 0);
     atomic_init(&c->rss_cache_ns, 0);
+    atomic_init(&c->sync_debug_mode, 0);
 
     tp = (PyTypeObject *)PyType_FromModuleAndSpec(module, &masq_state_spec,
                                                   NULL);

@@ -33,6 +33,7 @@ typedef struct {
     atomic_llong num_samples;
     atomic_llong rss_cache;       /* CPU: RSS read at rss_cache_ns */
     atomic_llong rss_cache_ns;
+    atomic_int sync_debug_mode; /* set_sync_debug_mode()'s 0, 1 or 2 */
 } td_masq_counters;
 
 /* A snapshot of the masquerade's state: immutable once published (a change
