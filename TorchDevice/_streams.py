@@ -15,6 +15,9 @@ are handed.
 * profile cpu with MPS announced (``TORCHDEVICE_ANNOUNCE=mps``):
   ``torch.mps.Event`` is the C type with the CPU backend; ``torch.cuda`` is
   left as torch has it.
+* profile cpu or accelerator with CUDA announced: as the first case, and
+  ``torch.mps.Event`` (and ``torch.mps``'s stream functions) too, so an
+  MPS-written program that times without asking for MPS runs.
 * every profile: ``torch.Stream("cuda")`` / ``torch.Event("cuda")`` give our
   objects where CUDA is emulated (and ``"mps"`` on profile cpu), and
   ``"mps"`` means the GPU on profile cuda (tp_new hooks in
@@ -195,6 +198,15 @@ def _mps_patches() -> List[Any]:
     return table
 
 
+def _mps_actions_patches() -> List[Any]:
+    from ._patches import Patch
+    table = [Patch(torch.mps, "Event", _const(_tdcore.Event)),
+             Patch(torch.mps.event, "Event", _const(_tdcore.Event))]
+    table += [Patch(torch.mps, name, _const(getattr(_tdcore, name)))
+              for name in _MPS_STREAM_NAMES if hasattr(torch.mps, name)]
+    return table
+
+
 def patches() -> List[Any]:
     """Sets the backends up and returns the patch-table entries for the
     profile in force (called by _patches.patch_table() during apply())."""
@@ -204,6 +216,12 @@ def patches() -> List[Any]:
         # MPS announced where neither kind is real: torch.mps.Event on the
         # CPU backend; torch.cuda stays torch's (CUDA is not announced).
         return _mps_patches()
-    if _tdcore.settings()["profile"] == "cuda":
+    profile = _tdcore.settings()["profile"]
+    if profile == "cuda":
         return _mps_patches()
-    return _cuda_patches()
+    if profile == "mps":
+        return _cuda_patches()
+    # CUDA announced where MPS is not real either: torch.mps's actions run
+    # for an MPS-written program that does not ask first (_masquerade), its
+    # timing events included, on the backend "mps" requests land on.
+    return _cuda_patches() + _mps_actions_patches()

@@ -144,6 +144,11 @@ MPS_ACTIONS = {
     "torch.mps.empty_cache()": "torch.mps.empty_cache() is None",
     "torch.mps.device_count() == 0": "torch.mps.device_count() == 0",
     "torch.mps.profiler.profile()": "mps_profiler_runs()",
+    # Timing with MPS's events, as a Mac program does after choosing "mps".
+    "torch.mps.Event(enable_timing=True)": "timed(torch.mps.Event, "
+                                           "torch.mps.synchronize)",
+    "torch.mps.event.Event(enable_timing=True)":
+        "timed(torch.mps.event.Event, torch.mps.synchronize)",
 }
 
 CHILD = r'''
