@@ -189,20 +189,14 @@ def _cuda_patches() -> List[Any]:
     return table
 
 
-def _mps_patches() -> List[Any]:
+def _mps_patches(streams: Any = torch.cuda) -> List[Any]:
+    """torch.mps.Event as our event type, and torch.mps's stream functions
+    (where this torch has them) as those of `streams`: torch.cuda's on
+    profile cuda, ours (_tdcore's) where the device is not MPS."""
     from ._patches import Patch
     table = [Patch(torch.mps, "Event", _const(_tdcore.Event)),
              Patch(torch.mps.event, "Event", _const(_tdcore.Event))]
-    table += [Patch(torch.mps, name, _const(getattr(torch.cuda, name)))
-              for name in _MPS_STREAM_NAMES if hasattr(torch.mps, name)]
-    return table
-
-
-def _mps_actions_patches() -> List[Any]:
-    from ._patches import Patch
-    table = [Patch(torch.mps, "Event", _const(_tdcore.Event)),
-             Patch(torch.mps.event, "Event", _const(_tdcore.Event))]
-    table += [Patch(torch.mps, name, _const(getattr(_tdcore, name)))
+    table += [Patch(torch.mps, name, _const(getattr(streams, name)))
               for name in _MPS_STREAM_NAMES if hasattr(torch.mps, name)]
     return table
 
@@ -215,7 +209,7 @@ def patches() -> List[Any]:
     if "cuda" not in _masquerade.announced():
         # MPS announced where neither kind is real: torch.mps.Event on the
         # CPU backend; torch.cuda stays torch's (CUDA is not announced).
-        return _mps_patches()
+        return _mps_patches(_tdcore)
     profile = _tdcore.settings()["profile"]
     if profile == "cuda":
         return _mps_patches()
@@ -224,4 +218,4 @@ def patches() -> List[Any]:
     # CUDA announced where MPS is not real either: torch.mps's actions run
     # for an MPS-written program that does not ask first (_masquerade), its
     # timing events included, on the backend "mps" requests land on.
-    return _cuda_patches() + _mps_actions_patches()
+    return _cuda_patches() + _mps_patches(_tdcore)
