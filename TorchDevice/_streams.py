@@ -190,12 +190,13 @@ def _cuda_patches() -> List[Any]:
 
 
 def _mps_patches(streams: Any = torch.cuda) -> List[Any]:
-    """torch.mps.Event as our event type, and torch.mps's stream functions
+    """torch.mps.Event as our event type (its subclass that the report
+    names torch.mps.Event), and torch.mps's stream functions
     (where this torch has them) as those of `streams`: torch.cuda's on
     profile cuda, ours (_tdcore's) where the device is not MPS."""
     from ._patches import Patch
-    table = [Patch(torch.mps, "Event", _const(_tdcore.Event)),
-             Patch(torch.mps.event, "Event", _const(_tdcore.Event))]
+    table = [Patch(torch.mps, "Event", _const(_tdcore.MpsEvent)),
+             Patch(torch.mps.event, "Event", _const(_tdcore.MpsEvent))]
     table += [Patch(torch.mps, name, _const(getattr(streams, name)))
               for name in _MPS_STREAM_NAMES if hasattr(torch.mps, name)]
     return table

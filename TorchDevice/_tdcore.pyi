@@ -164,6 +164,10 @@ class Event:
     @classmethod
     def from_ipc_handle(cls, *args: Any, **kwargs: Any) -> "Event": ...
 
+class MpsEvent(Event):
+    """torch.mps.Event wherever TorchDevice replaces it (report rows name
+    torch.mps.Event)."""
+
 class StreamContext:
     def __new__(cls, stream: Optional[Stream]) -> "StreamContext": ...
     @property

@@ -204,6 +204,23 @@ def test_a_storage_constructor_is_one_row_under_its_own_name(recording):
         == [("torch.TypedStorage", 1), ("torch.UntypedStorage", 1)]
 
 
+@pytest.mark.skipif(TorchDevice.hardware_profile() == "mps",
+                    reason="torch.mps.Event is MPS's own there")
+def test_an_mps_event_is_reported_under_its_own_name(recording):
+    """torch.mps.Event and torch.cuda.Event share their type's code; each
+    row names what the program called and the kind it asked for (the MPS
+    one read "torch.cuda.Event", "cuda -> cpu")."""
+    torch.mps.Event(enable_timing=True)
+    torch.cuda.Event(enable_timing=True)
+    rows = {r["api"]: (r["what"], r["from"]) for r in TorchDevice.report()
+            if r["file"] == __file__}
+    assert rows.pop("torch.mps.Event") == ("emulated", "mps")
+    if TorchDevice.hardware_profile() == "cuda":
+        assert rows == {}                  # torch.cuda.Event is CUDA's own
+    else:
+        assert rows == {"torch.cuda.Event": ("emulated", "cuda")}
+
+
 @cpu_profile
 def test_two_calls_on_one_line_share_a_row(recording):
     for _ in range(3):

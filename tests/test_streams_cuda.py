@@ -121,7 +121,7 @@ def test_mps_patch_set_for_profile_cuda():
     assert ("torch.mps.event", "Event") in targets
     for p in table:
         if p.name == "Event":
-            assert p.build(None) is _tdcore.Event
+            assert p.build(None) is _tdcore.MpsEvent
         else:                                 # newer torch: mps streams
             assert p.build(None) is getattr(torch.cuda, p.name)
 

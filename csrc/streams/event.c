@@ -182,7 +182,14 @@ Event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     td_install *st = td_install_acquire();
     PyObject *result = NULL;
     int b = td_streams_active(st);
-    if (b >= 0 && td_streams_report(st, ss->api_event[b], b) == 0) {
+    /* torch.mps.Event is its own subclass only so that the report names
+     * what the program called. */
+    int mps = PyType_IsSubtype(type, ss->mps_event_type);
+    if (b >= 0
+        && td_streams_report_as(st, mps ? ss->api_mps_event
+                                        : ss->api_event[b],
+                                mps ? ss->req_mps : ss->req_name[b], b) == 0)
+    {
         result = td_event_new(TD_BACKENDS(st), type, b, timing, blocking,
                               interprocess, external);
     }
@@ -451,4 +458,26 @@ PyType_Spec td_event_spec = {
     .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
               | Py_TPFLAGS_IMMUTABLETYPE),
     .slots = event_slots,
+};
+
+PyDoc_STRVAR(MpsEvent_doc,
+"MpsEvent(enable_timing=False, blocking=False, interprocess=False,\n"
+"         external=False)\n\n"
+"torch.mps.Event wherever TorchDevice replaces it: an Event whose report\n"
+"rows name torch.mps.Event and the \"mps\" the program asked for.");
+
+static PyType_Slot mps_event_slots[] = {
+    {Py_tp_dealloc, (void *)Event_dealloc},
+    {Py_tp_traverse, (void *)Event_traverse},
+    {Py_tp_clear, (void *)Event_clear},
+    {Py_tp_doc, (void *)MpsEvent_doc},
+    {0, NULL},
+};
+
+PyType_Spec td_mps_event_spec = {
+    .name = "TorchDevice._tdcore.MpsEvent",
+    .basicsize = 0,
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
+              | Py_TPFLAGS_IMMUTABLETYPE),
+    .slots = mps_event_slots,
 };

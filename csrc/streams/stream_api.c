@@ -146,10 +146,13 @@ td_streams_exec(PyObject *module, td_state *st)
     ss->external_type = add_type(module, &td_external_stream_spec,
                                  ss->stream_type);
     ss->event_type = add_type(module, &td_event_spec, NULL);
+    ss->mps_event_type = add_type(module, &td_mps_event_spec,
+                                  ss->event_type);
     ss->context_type = add_type(module, &td_stream_context_spec, NULL);
     ss->backends_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &backends_spec, NULL);
     if (ss->external_type == NULL || ss->event_type == NULL
+        || ss->mps_event_type == NULL
         || ss->context_type == NULL || ss->backends_type == NULL)
     {
         return -1;
@@ -179,7 +182,11 @@ td_streams_exec(PyObject *module, td_state *st)
     ss->key_with = PyUnicode_InternFromString(
         "TorchDevice._tdcore.stream_with_stack");
     ss->what_emulated = PyUnicode_InternFromString("emulated");
-    if (ss->key_with == NULL || ss->what_emulated == NULL) {
+    ss->api_mps_event = PyUnicode_InternFromString("torch.mps.Event");
+    ss->req_mps = PyUnicode_InternFromString("mps");
+    if (ss->key_with == NULL || ss->what_emulated == NULL
+        || ss->api_mps_event == NULL || ss->req_mps == NULL)
+    {
         return -1;
     }
     return 0;
@@ -296,6 +303,14 @@ td_set_current_stream(td_streams *ss, int backend, PyObject *stream)
 int
 td_streams_report(td_install *st, PyObject *api, int backend)
 {
+    return td_streams_report_as(st, api, TD_STREAMS(st)->req_name[backend],
+                                backend);
+}
+
+int
+td_streams_report_as(td_install *st, PyObject *api, PyObject *request,
+                     int backend)
+{
     /* torch's own use (its benchmark timer's synchronize) is not the
      * program's to port, as for the masquerade's calls. */
     if (!td_get_report() || td_called_from_torch(st->str_name)) {
@@ -307,8 +322,7 @@ td_streams_report(td_install *st, PyObject *api, int backend)
     PyObject *dev = backend != TD_BACKEND_CPU && st->accel_name != NULL
                     && td_get_profile() == TD_PROFILE_ACCEL
                     ? st->accel_name : ss->dev_name[backend];
-    return td_record(st->records, st, api, ss->what_emulated,
-                     ss->req_name[backend], dev);
+    return td_record(st->records, st, api, ss->what_emulated, request, dev);
 }
 
 /* ---- the functions torch.cuda gets --------------------------------------- */

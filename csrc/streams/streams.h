@@ -111,6 +111,7 @@ typedef struct {
     PyTypeObject *stream_type;
     PyTypeObject *external_type;
     PyTypeObject *event_type;
+    PyTypeObject *mps_event_type;   /* torch.mps.Event: event_type's */
     PyTypeObject *context_type;
     PyTypeObject *backends_type;
 
@@ -126,6 +127,8 @@ typedef struct {
     PyObject *api_current[TD_BACKEND_COUNT];  /* current_stream */
     PyObject *api_default[TD_BACKEND_COUNT];  /* default_stream */
     PyObject *what_emulated;
+    PyObject *api_mps_event;                  /* "torch.mps.Event" */
+    PyObject *req_mps;                        /* "mps" */
     PyObject *req_name[TD_BACKEND_COUNT];     /* what the user asked for */
     PyObject *dev_name[TD_BACKEND_COUNT];     /* where it runs */
 } td_streams;
@@ -157,8 +160,11 @@ const td_backend *td_backend_of(td_backend_id id);
  * stream when none was set).  Valid until the caller runs Python code. */
 PyObject *td_current_stream(td_streams *ss, int backend);
 int td_set_current_stream(td_streams *ss, int backend, PyObject *stream);
-/* Records an "emulated" hit when recording is on. */
+/* Records an "emulated" hit when recording is on: `api`, asked for the
+ * device the backend stands in for (td_streams_report_as: for `request`). */
 int td_streams_report(td_install *st, PyObject *api, int backend);
+int td_streams_report_as(td_install *st, PyObject *api, PyObject *request,
+                         int backend);
 /* The streams types of the module that defined `cls` (METH_METHOD). */
 td_streams *td_streams_of_class(PyTypeObject *defining_class);
 
@@ -187,6 +193,7 @@ PyObject *td_stream_context_new(td_streams *ss, PyObject *stream);
 
 /* event.c */
 extern PyType_Spec td_event_spec;
+extern PyType_Spec td_mps_event_spec;
 int td_event_check(td_streams *ss, PyObject *obj);
 PyObject *td_event_new(td_backends *bk, PyTypeObject *type, int backend,
                        int enable_timing, int blocking, int interprocess,
