@@ -221,6 +221,25 @@ def test_an_mps_event_is_reported_under_its_own_name(recording):
         assert rows == {"torch.cuda.Event": ("emulated", "cuda")}
 
 
+@pytest.mark.skipif(TorchDevice.hardware_profile() == "mps",
+                    reason="torch.mps is MPS's own there")
+def test_mps_actions_are_reported_once_under_their_own_names(recording):
+    """torch.mps's actions answer through torch.cuda's; where that is our
+    masquerade too (neither kind is real) it added a torch.cuda row for a
+    call the program did not make."""
+    torch.mps.synchronize()
+    torch.mps.empty_cache()
+    torch.mps.manual_seed(0)
+    torch.mps.set_rng_state(torch.mps.get_rng_state())
+    torch.mps.current_allocated_memory()
+    apis = sorted(r["api"] for r in TorchDevice.report()
+                  if r["file"] == __file__)
+    assert apis == ["torch.mps.current_allocated_memory",
+                    "torch.mps.empty_cache", "torch.mps.get_rng_state",
+                    "torch.mps.manual_seed", "torch.mps.set_rng_state",
+                    "torch.mps.synchronize"]
+
+
 @cpu_profile
 def test_two_calls_on_one_line_share_a_row(recording):
     for _ in range(3):

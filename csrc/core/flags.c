@@ -24,11 +24,6 @@ static atomic_int td_report_v = 0;
  * out of order and the last exit can leave the override on after every
  * scope closed.  -1: no scope open in this thread; else the value of the
  * innermost one, which hides the process-wide value. */
-#if defined(_MSC_VER)
-#define TD_THREAD_LOCAL __declspec(thread)
-#else
-#define TD_THREAD_LOCAL _Thread_local
-#endif
 static TD_THREAD_LOCAL int td_scope_v = -1;
 
 td_profile

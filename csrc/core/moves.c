@@ -53,11 +53,6 @@ static atomic_int td_move_copies_v = 1;
  * keeps torch's identities (`m.to("cpu")` keeps its buffers). */
 static atomic_int td_accel_seen_v = 0;
 
-#if defined(_MSC_VER)
-#define TD_THREAD_LOCAL __declspec(thread)
-#else
-#define TD_THREAD_LOCAL _Thread_local
-#endif
 /* The intent of the Module.to/.cuda/.cpu call running in this thread:
  * torch re-parses the module's device argument into a new torch.device
  * before it reaches Tensor.to, so the intent travels beside it. */

@@ -589,13 +589,27 @@ call_sink(td_install *st, td_first_hit *hit)
     first_hit_clear(hit);
 }
 
+static TD_THREAD_LOCAL int report_muted = 0;
+
+void
+td_report_mute(void)
+{
+    report_muted++;
+}
+
+void
+td_report_unmute(void)
+{
+    report_muted--;
+}
+
 /* `st` (may be NULL: nothing skipped, no sink) is held by the caller for
  * the whole call, sink included. */
 static int
 record(td_sites *t, td_install *st, td_key *k, td_text_fn make_text)
 {
     td_first_hit hit = {NULL, NULL, NULL, NULL, NULL, NULL, 0};
-    if (t == NULL) {
+    if (t == NULL || report_muted > 0) {
         return 0;
     }
     user_frame(st, t, &k->code, &k->offset);

@@ -24,6 +24,14 @@
 
 #include "policy.h"
 
+/* Per-thread state (scopes, a module move under way, the report's mute):
+ * what one thread opens, only that thread closes. */
+#if defined(_MSC_VER)
+#define TD_THREAD_LOCAL __declspec(thread)
+#else
+#define TD_THREAD_LOCAL _Thread_local
+#endif
+
 /* c10::DeviceType values that have been stable since 2018 (checked against a
  * live torch.device at install time, see devarg.c). */
 #define TD_C10_CPU 0
@@ -381,6 +389,12 @@ int td_report(td_install *st, PyObject *api, td_request req,
  * call-site table, `inst` the installation (may be NULL: no sink). */
 int td_record(PyObject *table, td_install *inst, PyObject *api,
               PyObject *what, PyObject *from, PyObject *to);
+/* While one of our functions answers through another of ours (torch.mps's
+ * actions through the CUDA masquerade on a machine with neither), the
+ * inner one records nothing: the report names what the program called,
+ * once.  Per thread; pairs nest. */
+void td_report_mute(void);
+void td_report_unmute(void);
 /* The masquerade's queries that the report records when their answer was
  * made up for the user's code (docs/report.md). */
 typedef enum {

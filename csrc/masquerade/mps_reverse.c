@@ -36,7 +36,12 @@ cuda_call(td_state *st, td_masq *m, const char *api, const char *name,
     if (fn == NULL) {
         return NULL;
     }
+    /* Where torch.cuda is our masquerade too (neither kind is real), its
+     * function would add a torch.cuda row for a call the program did not
+     * make. */
+    td_report_mute();
     PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nkeep, NULL);
+    td_report_unmute();
     Py_DECREF(fn);
     return r;
 }
