@@ -434,6 +434,13 @@ dist.destroy_process_group()
 '''
 
 
+# gloo's own words when the ranks could not wire up at all: the free port
+# picked for the rendezvous, or gloo's listener, was taken between the pick
+# and its use by another job on the machine (two test runs side by side).
+# Nothing of the program ran yet, so the launch is tried once more.
+_WIRING_FAILED = ("connectFullMesh failed", "Address already in use")
+
+
 def _torchrun(path, tmp_path, nproc: int = 2):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TORCHDEVICE")}
@@ -442,11 +449,16 @@ def _torchrun(path, tmp_path, nproc: int = 2):
     env.update(RANKS_ENV)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run",
-         f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-         f"--master_port={_free_port()}", str(path)],
-        capture_output=True, text=True, timeout=120, env=env)
+    for attempt in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run",
+             f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+             f"--master_port={_free_port()}", str(path)],
+            capture_output=True, text=True, timeout=120, env=env)
+        if proc.returncode == 0 or not any(
+                w in proc.stderr for w in _WIRING_FAILED):
+            break
+    return proc
 
 
 def _ranks(tmp_path, name: str, program: str) -> list:
