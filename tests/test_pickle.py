@@ -157,6 +157,124 @@ def test_device_tensors_handed_to_a_spawned_process(tmp_path):
                                         f"{where} [2.0, 2.0, 2.0]"]
 
 
+SHARED_WRITES = """
+import sys
+import torch
+import torch.multiprocessing as mp
+import TorchDevice
+
+def child(inbox, outbox, pipe, flushed):
+    t, state = inbox.get()             # a tensor and a state dict's tensors
+    t.mul_(3)                          # a write the parent must see
+    outbox.put("written")
+    inbox.get()                        # after the parent's writes
+    weight = state["weight"].clone()
+    outbox.put("read")
+    flushed.wait()                     # the parent wrote again and sent...
+    outbox.put("busy")                 # ...but this side sends first
+    pipe.recv()                        # and only then reads the message
+    outbox.put((t.tolist(), weight.tolist(), state["weight"].tolist()))
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    inbox, outbox = ctx.Queue(), ctx.SimpleQueue()
+    here, there = ctx.Pipe()
+    flushed = ctx.Event()
+    p = ctx.Process(target=child, args=(inbox, outbox, there, flushed))
+    p.start()
+    t = torch.ones(3, device="cuda")
+    model = torch.nn.Linear(2, 1, bias=False).cuda()
+    torch.nn.init.constant_(model.weight, 1.0)
+    inbox.put((t, model.state_dict()))
+    print("child wrote", outbox.get(), t.tolist())
+    t.add_(1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(torch.ones(1, 2, device="cuda")).sum().backward()
+    opt.step()                         # writes the parameter, not the
+    inbox.put("go")                    # state dict's tensor that was sent
+    print("child", outbox.get())
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    here.send("again")
+    flushed.set()
+    print("child busy", outbox.get())
+    seen_t, seen_weight, seen_again = outbox.get()
+    p.join()
+    print("child saw", seen_t, seen_weight, seen_again)
+    print("parent has", t.tolist(), model.weight.tolist())
+"""
+
+
+def test_writes_reach_the_other_process_at_its_next_message(tmp_path):
+    """On CUDA a tensor sent to another process is the same memory there:
+    torchrl's multi-process collectors write each batch into the buffer
+    they sent once and then send only "ready", and the parent updates the
+    policy weights its workers hold.  On a device whose memory torch cannot
+    share the receiver got a copy, so the parent read the first batch
+    again and again and the workers kept the first weights, without a
+    sign.  Writes now reach the other side at the next message between
+    them (docs/compile-checkpoints-distributed.md): through queues, simple
+    queues and pipes, writes made through another tensor of the same
+    memory (the optimizer's parameter behind a sent state dict), and a
+    process that sends before it reads what the other side wrote does not
+    send its old values back."""
+    script = tmp_path / "shared_writes.py"
+    script.write_text(SHARED_WRITES)
+    proc = run_python(script=script, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [
+        "child wrote written [3.0, 3.0, 3.0]",
+        "child read",
+        "child busy busy",
+        "child saw [4.0, 4.0, 4.0] [[0.0, 0.0]] [[7.0, 7.0]]",
+        "parent has [4.0, 4.0, 4.0] [[7.0, 7.0]]",
+    ]
+
+
+def test_a_tensor_no_other_process_holds_is_not_copied_at_each_message(
+        tmp_path):
+    """Where device memory travels through a host copy, each message a
+    process sends first copies the writes to what it sent.  Once every
+    receiver has let its tensor go (DataLoader workers bring the dataset
+    they receive to the host), that copy has no reader: the sender stops
+    comparing and copying the tensor at every message (a dataset on the
+    device would cost its size at every batch index sent).  Sending it
+    again counts the new receiver, which sees the values of that moment."""
+    if TARGET.type == "cpu":
+        pytest.skip("torch shares host memory itself")
+    script = tmp_path / "holders.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import torch
+        import TorchDevice
+        from TorchDevice import _multiprocessing as tdmp
+
+        def drop(t, q, leave):
+            q.put(t.sum().item())
+            leave.wait(120)
+
+        def holders(t):
+            return int(tdmp._links[id(t.untyped_storage())].shared[1])
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("spawn")
+            q, leave = ctx.Queue(), ctx.Event()
+            t = torch.ones(4, device="cuda")
+            for step in range(2):
+                leave.clear()
+                p = ctx.Process(target=drop, args=(t, q, leave))
+                p.start()
+                print(q.get(timeout=120), holders(t))
+                leave.set()
+                p.join()
+                print(holders(t))
+                t.add_(1)
+    """))
+    proc = run_python(script=script, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["4.0", "2", "1", "8.0", "2", "1"]
+
+
 HOGWILD = """
 import torch, torch.nn as nn, torch.multiprocessing as mp
 import TorchDevice

@@ -355,7 +355,7 @@ tdcore_exec(PyObject *module)
         td_install_methods, td_slot_methods, td_flags_methods,
         td_hook_methods, td_devarg_methods, td_report_methods,
         td_trace_methods, td_moves_methods, td_pose_methods,
-        td_streams_methods,
+        td_shared_methods, td_streams_methods,
     };
     for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
         if (PyModule_AddFunctions(module, tables[i]) < 0) {

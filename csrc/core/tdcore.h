@@ -337,6 +337,9 @@ extern PyMethodDef td_moves_methods[];
  * NULL when it is not one of the installation's poses. */
 PyObject *td_pose_name(td_install *st, PyObject *dev);
 extern PyMethodDef td_pose_methods[];
+
+/* shared.c: atomic counters in memory shared between processes */
+extern PyMethodDef td_shared_methods[];
 /* The device object to hand out for `req` sent to `target` with `intent`
  * (new reference, or NULL with an exception): the pose where the kind is
  * not the target's, reading the index `req` asked for. */
