@@ -183,9 +183,11 @@ def _on_host(tensor: torch.Tensor) -> torch.Tensor:
 def _send_link(storage: Any) -> _Link:
     """The sending side's link of `storage`, its host copy up to date."""
     link = _links.get(id(storage))
-    if link is not None and link.ref() is storage:
+    if (link is not None and link.ref() is storage
+            and storage.nbytes() == link.host.numel()):
         _flush(link, storage, resend=True)
         return link
+    # (a storage resized since it was sent goes through a new copy)
     # In shared memory before anything reads them, so that the counter's
     # view is of the memory the other processes map (a tensor made without
     # a device is the accelerator's in mode "accelerate").

@@ -275,6 +275,39 @@ def test_a_tensor_no_other_process_holds_is_not_copied_at_each_message(
     assert proc.stdout.split() == ["4.0", "2", "1", "8.0", "2", "1"]
 
 
+def test_a_tensor_resized_after_it_was_sent_goes_as_it_is_now(tmp_path):
+    """A storage that grew after it was sent no longer fits the copy it
+    went through: the next process's tensor read past it (garbage
+    values)."""
+    if TARGET.type == "cpu":
+        pytest.skip("torch itself crashes growing a host storage it put in "
+                    "shared memory to send it (natively on the CPU)")
+    script = tmp_path / "resized.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import torch
+        import TorchDevice
+
+        def show(t, q):
+            q.put(t.tolist())
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            t = torch.arange(4.0, device="cuda")
+            for size in (2, 6, 0):
+                p = ctx.Process(target=show, args=(t, q))
+                p.start()
+                print(q.get(timeout=120))
+                p.join()
+                t.resize_(size).fill_(size)
+    """))
+    proc = run_python(script=script, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["[0.0, 1.0, 2.0, 3.0]", "[2.0, 2.0]",
+                                        "[6.0, 6.0, 6.0, 6.0, 6.0, 6.0]"]
+
+
 HOGWILD = """
 import torch, torch.nn as nn, torch.multiprocessing as mp
 import TorchDevice
