@@ -139,7 +139,6 @@ class _Link:
 # and the same storage sent again goes through the same copy.
 _links: Dict[int, _Link] = {}
 _tokens: Dict[str, _Link] = {}
-_hooked = False
 _GENERATION, _HOLDERS = 0, 1
 
 
@@ -293,10 +292,8 @@ _dump, _loads = _hooks()
 
 
 def _hook() -> None:
-    global _hooked
-    if _hooked:
-        return
-    _hooked = True
+    if _saved:
+        return              # hooked already
     _saved.append((ForkingPickler, "dump", ForkingPickler.__dict__.get("dump")))
     ForkingPickler.dump = _dump            # type: ignore[method-assign]
     _saved.append((ForkingPickler, "loads", ForkingPickler.__dict__.get("loads")))
@@ -304,7 +301,6 @@ def _hook() -> None:
 
 
 def _unhook() -> None:
-    global _hooked
     while _saved:
         owner, name, value = _saved.pop()
         if value is None:
@@ -314,7 +310,6 @@ def _unhook() -> None:
                 pass
         else:
             setattr(owner, name, value)
-    _hooked = False
 
 
 def _forget_links() -> None:
