@@ -41,7 +41,9 @@ CUDA_ONLY_PACKAGES: Dict[str, str] = {
             "and torch.optim's fused/foreach optimizers",
     "flash_attn": "FlashAttention's kernels are CUDA-only: use "
                   "torch.nn.functional.scaled_dot_product_attention",
-    "bitsandbytes": "bitsandbytes' 8-bit/4-bit kernels need CUDA",
+    "bitsandbytes": "bitsandbytes releases without a CPU backend (before its "
+                    "multi-backend releases) run their 8-bit/4-bit kernels "
+                    "on CUDA only",
     "xformers": "xformers' attention kernels need CUDA: use "
                 "torch.nn.functional.scaled_dot_product_attention",
     "triton": "Triton kernels are compiled for GPUs (not MPS or CPU)",
@@ -208,6 +210,31 @@ def _lookup_api(dotted: str) -> Optional[Tuple[str, str]]:
     return None
 
 
+def _bitsandbytes_version_with_host_backend() -> Optional[str]:
+    """The version of the bitsandbytes installed here where it has its own
+    CPU backend (bitsandbytes/backends/cpu), else None.  Such a release picks
+    each kernel by the device a tensor is really on, and TorchDevice tells it
+    the truth about CUDA (docs/masquerade.md), so it runs where "cuda" lands.
+    Read from the installed files: importing it would import torch."""
+    from importlib import metadata
+    try:
+        dist = metadata.distribution("bitsandbytes")
+    except metadata.PackageNotFoundError:
+        return None
+    backend = dist.locate_file("bitsandbytes/backends/cpu/ops.py")
+    return dist.version if os.path.exists(str(backend)) else None
+
+
+def _package_verdict(pkg: str) -> Tuple[str, str]:
+    if pkg == "bitsandbytes":
+        version = _bitsandbytes_version_with_host_backend()
+        if version is not None:
+            return HANDLED, (f"bitsandbytes {version} has CPU and MPS "
+                             f"backends and is told the truth about CUDA: "
+                             f"each kernel runs where the tensor really is")
+    return CANNOT, CUDA_ONLY_PACKAGES[pkg]
+
+
 def _package_of(module: str) -> Optional[str]:
     parts = module.split(".")
     for n in range(len(parts), 0, -1):
@@ -281,13 +308,13 @@ class _Scanner(ast.NodeVisitor):
         pkg = _package_of(module)
         if pkg is None:
             return
-        if self.guarded:
+        kind, why = _package_verdict(pkg)
+        if kind == CANNOT and self.guarded:
             self.add(node, HANDLED, f"import {module}",
                      f"optional import (try/except ImportError): the "
-                     f"fallback runs; {CUDA_ONLY_PACKAGES[pkg]}")
+                     f"fallback runs; {why}")
         else:
-            self.add(node, CANNOT, f"import {module}",
-                     CUDA_ONLY_PACKAGES[pkg], catchable=False)
+            self.add(node, kind, f"import {module}", why, catchable=False)
 
     def visit_Import(self, node: ast.Import) -> None:
         for a in node.names:

@@ -50,7 +50,10 @@ def expectations(source: str) -> dict:
 NCCL_RUNS = TorchDevice.policy()["profile"] in ("cpu", "cuda")
 
 
-def test_each_construct_is_classified():
+def test_each_construct_is_classified(monkeypatch):
+    # As on a machine without bitsandbytes (below: one with it).
+    monkeypatch.setattr(_doctor, "_bitsandbytes_version_with_host_backend",
+                        lambda: None)
     findings = _doctor.scan_source(SOURCE, "train.py")
     by_line: dict = {}
     for f in findings:
@@ -60,6 +63,37 @@ def test_each_construct_is_classified():
         expected.update({n: "cannot" for n, line in
                          enumerate(SOURCE.splitlines(), 1) if '"nccl"' in line})
     assert {line: {kind} for line, kind in expected.items()} == by_line
+
+
+def test_bitsandbytes_verdict_follows_the_release_installed(monkeypatch,
+                                                            tmp_path):
+    """bitsandbytes releases with a CPU backend pick each kernel by the
+    tensor's real device, and TorchDevice tells them the truth about CUDA
+    (docs/masquerade.md): they run.  Older ones need CUDA."""
+    source = "import bitsandbytes as bnb\nfrom bitsandbytes.optim import Adam8bit\n"
+    monkeypatch.setattr(_doctor, "_bitsandbytes_version_with_host_backend",
+                        lambda: "0.50.2")
+    found = _doctor.scan_source(source, "train.py")
+    assert [(f.line, f.kind) for f in found] == [(1, "handled"),
+                                                 (2, "handled")]
+    assert "bitsandbytes 0.50.2 has CPU and MPS backends" in found[0].why
+    monkeypatch.setattr(_doctor, "_bitsandbytes_version_with_host_backend",
+                        lambda: None)
+    found = _doctor.scan_source(source, "train.py")
+    assert [(f.line, f.kind) for f in found] == [(1, "cannot"), (2, "cannot")]
+    assert "CUDA only" in found[0].why
+    # Read from the installed files: a release without backends/cpu.
+    monkeypatch.undo()
+    site = tmp_path / "site"
+    info = site / "bitsandbytes-0.42.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Name: bitsandbytes\nVersion: 0.42.0\n")
+    (site / "bitsandbytes").mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    assert _doctor._bitsandbytes_version_with_host_backend() is None
+    (site / "bitsandbytes" / "backends" / "cpu").mkdir(parents=True)
+    (site / "bitsandbytes" / "backends" / "cpu" / "ops.py").write_text("")
+    assert _doctor._bitsandbytes_version_with_host_backend() == "0.42.0"
 
 
 @pytest.mark.parametrize("profile, device, kind", [

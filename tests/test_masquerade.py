@@ -228,6 +228,60 @@ def test_triton_sees_the_truth(masq_config):
     assert eval("torch.cuda.is_available()", other) is True
 
 
+def test_bitsandbytes_sees_the_truth(masq_config):
+    """bitsandbytes asks torch.cuda.is_available() at its import and, told
+    True, imports its CUDA backend, which reads CUDA-only torch internals
+    (AttributeError on a CPU build, so `import bitsandbytes` failed under
+    TorchDevice where it works natively); told the truth it loads its CPU or
+    MPS backend, which picks each kernel by the tensor's real device."""
+    truth = _masquerade._originals["cuda.is_available"]()
+    probe = {"__name__": "bitsandbytes", "torch": torch}
+    assert eval("torch.cuda.is_available()", probe) is truth
+    probe["__name__"] = "bitsandbytes.cextension"
+    assert eval("torch.cuda.is_available()", probe) is truth
+    other = {"__name__": "bitsandbytes_extra.x", "torch": torch}
+    assert eval("torch.cuda.is_available()", other) is True
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="on NVIDIA bitsandbytes runs natively")
+def test_a_cuda_program_using_bitsandbytes_runs_as_natively():
+    """Run only where bitsandbytes is installed (not a test dependency: its
+    wheel carries CUDA libraries): an 8-bit optimizer and 4-bit layer on
+    "cuda" give the numbers the same program gives natively on "cpu"."""
+    pytest.importorskip("bitsandbytes")
+    code = """
+        import sys, torch
+        if sys.argv[1] == "cuda":
+            import TorchDevice
+        import bitsandbytes as bnb
+        dev = sys.argv[1]
+        torch.manual_seed(0)
+        m = torch.nn.Linear(8, 3).to(dev)
+        opt = bnb.optim.AdamW8bit(m.parameters(), lr=1e-2)
+        x = torch.randn(16, 8).to(dev)
+        for _ in range(3):
+            loss = m(x).pow(2).mean()
+            opt.zero_grad(); loss.backward(); opt.step()
+        q = bnb.nn.Linear4bit(8, 4, compute_dtype=torch.float32)
+        q.load_state_dict(torch.nn.Linear(8, 4).state_dict())
+        q = q.to(dev)
+        print(loss.item(), q.weight.dtype, q(x).sum().item())
+    """
+    native = run_python(code, "cpu")
+    assert native.returncode == 0, native.stderr
+    # Only the program's "cuda" requests move: its draws are the host's.
+    moved = run_python(code, "cuda", env={"USE_HUB_KERNELS": "0",
+                                          "TORCHDEVICE_MODE": "cpu-stays-cpu"})
+    assert moved.returncode == 0, moved.stderr
+    if TARGET.type == "cpu":
+        assert moved.stdout == native.stdout
+    else:   # torch's kernels on another device: float32 rounding
+        a, b = native.stdout.split(), moved.stdout.split()
+        assert a[1] == b[1] == "torch.uint8"
+        assert float(b[0]) == pytest.approx(float(a[0]), rel=1e-4)
+        assert float(b[2]) == pytest.approx(float(a[2]), rel=1e-4)
+
+
 def test_carve_out_and_truthful_switch(masq_config):
     truth = _masquerade._originals["cuda.is_available"]()
     accel = {"__name__": "accelerate.state", "torch": torch}

@@ -4,7 +4,8 @@
  *
  *     def is_available():
  *         if truthful or caller_module() in ("torch", "torch.*", "triton",
- *                                            "triton.*", *truth_for):
+ *                                            "triton.*", "bitsandbytes",
+ *                                            "bitsandbytes.*", *truth_for):
  *             return original_is_available()
  *         return True
  *     def device_count(): return 1
@@ -223,8 +224,10 @@ name_in_package(const char *s, Py_ssize_t n, const char *pkg, Py_ssize_t k)
  * truth: torch's own modules (they route work by it, e.g. DataLoader
  * pinning and autocast), Triton, the kernel compiler torch.compile drives
  * (it picks its NVIDIA driver by asking torch.cuda.is_available(), and that
- * driver needs a real GPU), and the configured packages.  Returns 0/1;
- * never fails. */
+ * driver needs a real GPU), bitsandbytes (told True at its import it loads
+ * its CUDA backend, which fails without a CUDA build; told the truth it
+ * loads its CPU or MPS backend and picks each kernel by the tensor's real
+ * device), and the configured packages.  Returns 0/1; never fails. */
 static int
 module_sees_truth(td_masq *m, const char *s, Py_ssize_t n)
 {
@@ -232,7 +235,8 @@ module_sees_truth(td_masq *m, const char *s, Py_ssize_t n)
         return 0;
     }
     if (name_in_package(s, n, "torch", 5)
-        || name_in_package(s, n, "triton", 6))
+        || name_in_package(s, n, "triton", 6)
+        || name_in_package(s, n, "bitsandbytes", 12))
     {
         return 1;
     }
