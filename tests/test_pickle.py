@@ -231,6 +231,38 @@ def test_writes_reach_the_other_process_at_its_next_message(tmp_path):
     ]
 
 
+def test_a_write_of_one_byte_reaches_the_other_process(tmp_path):
+    """Writes are found by comparing the memory's bytes as the widest
+    integers that tile it (eight, four, two or one bytes): a change of one
+    byte at the end of each kind of length travels."""
+    script = tmp_path / "one_byte.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import torch
+        import TorchDevice
+
+        def write(tensors, q):
+            for t in tensors:
+                t[-1] = 9
+            q.put("written")
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            tensors = [torch.zeros(n, dtype=torch.uint8, device="cuda")
+                       for n in (16, 12, 6, 7)]
+            p = ctx.Process(target=write, args=(tensors, q))
+            p.start()
+            print(q.get(timeout=120))
+            p.join()
+            print([t.tolist()[-2:] for t in tensors])
+    """))
+    proc = run_python(script=script, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [
+        "written", "[[0, 9], [0, 9], [0, 9], [0, 9]]"]
+
+
 def test_a_tensor_no_other_process_holds_is_not_copied_at_each_message(
         tmp_path):
     """Where device memory travels through a host copy, each message a
