@@ -399,6 +399,10 @@ def _capture_originals() -> None:
         "dist.is_nccl_available": getattr(torch.distributed,
                                           "is_nccl_available", None),
         "OrderedDict": collections.OrderedDict,
+        # torch.mps's own actions: where MPS is not announced they answer
+        # until the program asks for "mps" (mps_reverse.c)
+        "mps": {name: getattr(torch.mps, name) for name in MPS_REVERSE
+                if hasattr(torch.mps, name)},
         # torch.accelerator's own, which the masquerade replaces
         "accelerator": {name: getattr(accelerator, name)
                         for name in ("memory_allocated", "memory_reserved",
@@ -489,12 +493,17 @@ def install(profile: str) -> None:
         "dist.is_nccl_available": _originals["dist.is_nccl_available"],
         "OrderedDict": _originals["OrderedDict"],
     }
+    originals.update({f"mps.{name}": fn
+                      for name, fn in _originals["mps"].items()
+                      if name in MPS_ACTIONS})
     common: Dict[str, Any] = dict(
         orig_is_available=_originals["cuda.is_available"],
         orig_summary=_originals["cuda.memory_summary"],
         cuda_module=torch.cuda,
         record=_tdcore.record,
         originals=originals,
+        # Where torch.mps says MPS is there (patches() below)
+        mps_announced=profile == "cuda" or "cuda" not in announced(profile),
     )
     if profile == "cuda":
         _tdcore.masq_install(target_type="cuda", **common)

@@ -74,7 +74,14 @@ def metal_capture(fname: str) -> Iterator[None]:
     captured (no .gputrace is written)."""
     _patches.record_emulated("torch.mps.profiler.metal_capture", "mps")
     yield
-    torch.mps.synchronize()
+    # What torch.mps.synchronize() reaches: torch.cuda's where CUDA is
+    # announced (torch.mps's actions are torch's there until the program
+    # asks for "mps").
+    from ._masquerade import announced
+    if "cuda" in announced():
+        torch.cuda.synchronize()
+    else:
+        torch.mps.synchronize()
 
 
 # Cached as torch's own are (lru_cache): code that calls their

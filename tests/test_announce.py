@@ -242,7 +242,10 @@ def answers():
         apis = CUDA_APIS if kind == "cuda" else MPS_APIS
         other = "mps" if kind == "cuda" else "cuda"
         unannounced = {q: f"not {q}" for q in QUERIES[other]}
-        actions = MPS_ACTIONS if kind == "cuda" else {}
+        # torch.mps's actions answer once the program has asked for "mps"
+        # (below: before that, torch's own).
+        actions = ({"asked for mps": "tensor_runs('mps')", **MPS_ACTIONS}
+                   if kind == "cuda" else {})
         table[setting] = _run(setting, {**apis, **unannounced, **actions, **{
             f"hard-coded {k}": v for k, v in HARD_CODED.items()}})
     return table
@@ -336,6 +339,49 @@ ACTIONS = [(s, n) for s in ("default", "cuda") for n in MPS_ACTIONS]
                          ids=[f"{s}:{n}" for s, n in ACTIONS])
 def test_mps_actions_work_while_cuda_is_announced(answers, setting, name):
     assert answers[setting][name] == "ok"
+
+
+@pytest.mark.skipif(HAS_CUDA or HAS_MPS,
+                    reason="CUDA is announced only where neither is present")
+def test_mps_actions_are_torchs_own_until_the_program_asks_for_mps():
+    """Where CUDA is announced, torch.mps answers an MPS-written program
+    once it has asked for "mps"; before that its actions are torch's own,
+    which raise on a machine without MPS.  DeepSpeed tells whether MPS is
+    there by calling torch.mps.current_allocated_memory() and catching the
+    RuntimeError: answered, it chose its MPS accelerator on a CPU-only
+    machine and stopped ("Accelerator is not detected") where it runs
+    natively (docs/masquerade.md)."""
+    proc = run_python(r"""
+        import torch
+        import TorchDevice
+
+        def answer(fn, *args):
+            try:
+                return repr(fn(*args))
+            except RuntimeError as exc:
+                return "RuntimeError: " + str(exc)
+
+        try:                                  # DeepSpeed's detection
+            torch.mps.current_allocated_memory()
+            print("mps")
+        except RuntimeError:
+            print("cuda" if torch.cuda.is_available() else "cpu")
+        for name in ("synchronize", "empty_cache", "driver_allocated_memory",
+                     "recommended_max_memory", "seed", "get_rng_state"):
+            print(name, answer(getattr(torch.mps, name)))
+        print(answer(torch.mps.set_per_process_memory_fraction, 0.5))
+        print(answer(torch.mps.manual_seed, 0))    # torch's no-op here
+        x = torch.ones(4, device="mps")            # the program asks
+        print(answer(torch.mps.synchronize),
+              torch.mps.current_allocated_memory() >= 0)
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "cuda"
+    for line in lines[1:8]:
+        assert "RuntimeError: Cannot execute" in line, line
+        assert "without MPS backend" in line, line
+    assert lines[8:] == ["None", "None True"]
 
 
 def test_torchs_own_code_sees_the_truth_about_mps(restore_config):

@@ -775,7 +775,8 @@ def test_reverse_direction_forwarders_simulated():
             set_rng_state=rec("set_rng_state"),
             set_per_process_memory_fraction=rec("fraction"),
             device_count=rec("device_count", 2))
-        _tdcore.masq_install(cuda_module=SimulatedCUDA)
+        # as on profile cuda, where MPS is announced
+        _tdcore.masq_install(cuda_module=SimulatedCUDA, mps_announced=True)
         f = lambda n: _tdcore.masq_function("mps." + n, "torch.mps")
         f("synchronize")(); f("empty_cache")()
         assert f("current_allocated_memory")() == 11
@@ -809,6 +810,7 @@ def test_reverse_direction_calls_are_reported():
             synchronize=lambda: None, empty_cache=lambda: None,
             memory_allocated=lambda: 11, manual_seed=lambda s: None)
         _tdcore.masq_install(cuda_module=SimulatedCUDA, target_type="cuda",
+                             mps_announced=True,
                              record=_tdcore.record)
         TorchDevice.configure(report=True)
         TorchDevice.clear_report()

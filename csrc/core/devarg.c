@@ -534,6 +534,9 @@ td_resolve_now(td_install *st, td_request req)
     td_profile profile = td_get_profile();
     td_mode mode = td_get_mode();
     int from_torch = 0;
+    if (req.kind == TD_REQ_MPS) {
+        td_note_mps_request();
+    }
     if (mode == TD_MODE_ACCELERATE
         && (req.kind == TD_REQ_CPU_TOGGLE
             || (profile != TD_PROFILE_CPU

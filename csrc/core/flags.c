@@ -17,6 +17,10 @@ static atomic_int td_float64_v = TD_FLOAT64_DOWNCAST;
 static atomic_int td_accel_float64_v = 1;
 static atomic_int td_override_v = 0;
 static atomic_int td_report_v = 0;
+/* Set at the program's first "mps" request, never cleared: where MPS is
+ * not announced, torch.mps does what an MPS-written program asks of it only
+ * once the program has asked for the device (mps_reverse.c). */
+static atomic_int td_mps_requested_v = 0;
 
 /* The scoped form (TorchDevice.cpu_override) belongs to the thread that
  * opened it, like torch's own context managers (no_grad, the default
@@ -78,6 +82,20 @@ td_toggle_cpu_override(void)
         return;
     }
     atomic_fetch_xor(&td_override_v, 1);
+}
+
+void
+td_note_mps_request(void)
+{
+    if (!atomic_load_explicit(&td_mps_requested_v, memory_order_relaxed)) {
+        atomic_store_explicit(&td_mps_requested_v, 1, memory_order_relaxed);
+    }
+}
+
+int
+td_mps_requested(void)
+{
+    return atomic_load_explicit(&td_mps_requested_v, memory_order_relaxed);
 }
 
 int

@@ -190,6 +190,8 @@ int td_get_accel_float64(void);
 int td_get_cpu_override(void);
 int td_exchange_cpu_override(int value);
 void td_toggle_cpu_override(void);
+void td_note_mps_request(void);
+int td_mps_requested(void);
 int td_get_report(void);
 void td_set_config(td_profile profile, td_mode mode, td_float64_policy f64,
                    int accel_float64);

@@ -132,6 +132,7 @@ masq_copy(td_masq *src)
     m->total_memory = src->total_memory;
     m->device_memory = src->device_memory;
     m->bf16 = src->bf16;
+    m->mps_announced = src->mps_announced;
     m->truthful = src->truthful;
     m->device_count = src->device_count;
     PyObject_GC_Track((PyObject *)m);
@@ -170,7 +171,8 @@ masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
         }
         int known = strcmp(k, "total_memory") == 0
                     || strcmp(k, "device_memory") == 0
-                    || strcmp(k, "bf16") == 0;
+                    || strcmp(k, "bf16") == 0
+                    || strcmp(k, "mps_announced") == 0;
         for (size_t i = 0; i < N_INSTALLED && !known; i++) {
             known = strcmp(k, obj_fields[i].name) == 0;
         }
@@ -189,9 +191,9 @@ masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    int flags[2] = {old->device_memory, old->bf16};
-    const char *flag_names[2] = {"device_memory", "bf16"};
-    for (int i = 0; i < 2; i++) {
+    int flags[3] = {old->device_memory, old->bf16, old->mps_announced};
+    const char *flag_names[3] = {"device_memory", "bf16", "mps_announced"};
+    for (int i = 0; i < 3; i++) {
         PyObject *v = PyDict_GetItemString(kwargs, flag_names[i]);
         if (v != NULL && (flags[i] = PyObject_IsTrue(v)) < 0) {
             return NULL;
@@ -216,6 +218,7 @@ masq_install(PyObject *module, PyObject *args, PyObject *kwargs)
     m->total_memory = total_memory;
     m->device_memory = flags[0];
     m->bf16 = flags[1];
+    m->mps_announced = flags[2];
     td_install *inst = td_install_acquire();
     if (inst != NULL) {
         Py_XSETREF(m->device_type, Py_NewRef((PyObject *)inst->device_type));

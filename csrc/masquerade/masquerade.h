@@ -96,6 +96,8 @@ typedef struct {
     int device_memory;          /* memory comes from the device's counters,
                                    not the process's resident set */
     int bf16;                   /* is_bf16_supported() */
+    int mps_announced;          /* torch.backends.mps.is_available() says
+                                   True to the program (mps_reverse.c) */
     int truthful;               /* is_available() tells everyone the truth */
     int device_count;           /* devices shown (all the one real device) */
 } td_masq;

@@ -7,7 +7,10 @@
  *     def is_available():              # torch.backends.mps / torch.mps
  *         return truth() if caller_is_torch_or_carved_out() else True
  *     def synchronize(): torch.cuda.synchronize()
- *     def current_allocated_memory(): return torch.cuda.memory_allocated()
+ *     def current_allocated_memory():
+ *         if not mps_announced and not program_asked_for_mps():
+ *             return torch_own_current_allocated_memory()  # raises here
+ *         return torch.cuda.memory_allocated()
  *     def get_rng_state(device="mps"): return torch.cuda.get_rng_state()
  *     ...
  *
@@ -16,13 +19,51 @@
  */
 #include "masquerade.h"
 
-/* Calls torch.cuda.<name>(*args[:nkeep]) for `api`: the MPS spellings add
- * a device argument ("mps") that CUDA's would misread, so it is dropped.
- * The report lists the call as MPS code answered by CUDA. */
-static PyObject *
-cuda_call(td_state *st, td_masq *m, const char *api, const char *name,
-          PyObject *const *args, Py_ssize_t nkeep)
+#include <string.h>
+
+/* Whether torch.mps's own function answers instead: where MPS is not
+ * announced (CUDA is, on a machine with neither), torch.mps does what a
+ * program written for MPS asks of it once the program has asked for "mps".
+ * Before that it is torch's, which raises on a machine without MPS, and
+ * libraries take that for the answer to "is MPS here?" (DeepSpeed calls
+ * current_allocated_memory() and catches the RuntimeError: answered, it
+ * chose its MPS accelerator and stopped, "Accelerator is not detected").
+ * manual_seed() is torch's silent no-op there, so it always answers. */
+static int
+left_to_torch(td_masq *m, const char *mps_name)
 {
+    return !m->mps_announced && !td_mps_requested()
+           && strcmp(mps_name, "manual_seed") != 0;
+}
+
+static PyObject *
+torch_own(td_masq *m, const char *mps_name, PyObject *const *args,
+          Py_ssize_t nargs)
+{
+    char key[64];
+    PyOS_snprintf(key, sizeof(key), "mps.%s", mps_name);
+    PyObject *fn = td_masq_original(m, key);
+    if (fn == NULL) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "TorchDevice: no original recorded for torch.%s", key);
+        return NULL;
+    }
+    Py_INCREF(fn);
+    PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, NULL);
+    Py_DECREF(fn);
+    return r;
+}
+
+/* Calls torch.cuda.<name>(*args[:nkeep]) for torch.mps.<mps_name>: the MPS
+ * spellings add a device argument ("mps") that CUDA's would misread, so it
+ * is dropped.  The report lists the call as MPS code answered by CUDA. */
+static PyObject *
+cuda_call(td_state *st, td_masq *m, const char *mps_name, const char *api,
+          const char *name, PyObject *const *args, Py_ssize_t nkeep)
+{
+    if (left_to_torch(m, mps_name)) {
+        return torch_own(m, mps_name, args, nkeep);
+    }
     if (td_masq_record_from(st, m, api, "mps") < 0) {
         return NULL;
     }
@@ -48,7 +89,7 @@ cuda_call(td_state *st, td_masq *m, const char *api, const char *name,
 
 /* torch.mps.<mps_name> forwarded to torch.cuda.<cuda_name>. */
 #define FORWARD(mps_name, cuda_name, args, nkeep) \
-    cuda_call(st, m, "torch.mps." mps_name, cuda_name, args, nkeep)
+    cuda_call(st, m, mps_name, "torch.mps." mps_name, cuda_name, args, nkeep)
 
 TD_MASQ_NOARGS(rv_is_available)
 {
@@ -91,6 +132,9 @@ TD_MASQ_NOARGS(rv_driver_allocated)
  * memory of the current device. */
 TD_MASQ_NOARGS(rv_recommended_max)
 {
+    if (left_to_torch(m, "recommended_max_memory")) {
+        return torch_own(m, "recommended_max_memory", NULL, 0);
+    }
     PyObject *info = FORWARD("recommended_max_memory", "mem_get_info", NULL,
                              0);
     if (info == NULL) {
