@@ -384,6 +384,31 @@ def test_mps_actions_are_torchs_own_until_the_program_asks_for_mps():
     assert lines[8:] == ["None", "None True"]
 
 
+def test_packages_told_the_truth_get_torchs_own_mps_actions():
+    """Where MPS is announced but not there (profile cuda, or here with
+    announce=mps), a package told the truth gets torch.mps's own actions,
+    which raise without MPS: DeepSpeed checks for MPS that way before it
+    checks for CUDA, and took its MPS accelerator on an NVIDIA GPU."""
+    if HAS_MPS:
+        pytest.skip("MPS is really there")
+    proc = run_python(r"""
+        import torch
+        import TorchDevice
+        probe = {"__name__": "deepspeed.accelerator.real_accelerator",
+                 "torch": torch}
+        try:
+            eval("torch.mps.current_allocated_memory()", probe)
+            print("answered")
+        except RuntimeError:
+            print("raised")
+        print(eval("torch.backends.mps.is_available()", probe))
+        print(torch.mps.current_allocated_memory() >= 0,
+              torch.backends.mps.is_available())
+    """, env={"TORCHDEVICE_ANNOUNCE": "mps"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["raised", "False", "True", "True"]
+
+
 def test_torchs_own_code_sees_the_truth_about_mps(restore_config):
     """torch.backends.mps.is_available is lru_cache-wrapped in torch, so the
     masquerade's replacement is a Python function carrying `__wrapped__`;

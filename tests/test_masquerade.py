@@ -243,6 +243,33 @@ def test_bitsandbytes_sees_the_truth(masq_config):
     assert eval("torch.cuda.is_available()", other) is True
 
 
+def test_deepspeed_sees_the_truth(masq_config):
+    """DeepSpeed picks its accelerator by asking; told that CUDA is there
+    it took its CUDA accelerator on a machine without one and JIT-built
+    CUDA kernels for its default Adam ("CUDA_HOME environment variable is
+    not set"); told the truth it takes its own CPU accelerator."""
+    truth = _masquerade._originals["cuda.is_available"]()
+    probe = {"__name__": "deepspeed.accelerator.real_accelerator",
+             "torch": torch}
+    assert eval("torch.cuda.is_available()", probe) is truth
+    other = {"__name__": "deepspeedish", "torch": torch}
+    assert eval("torch.cuda.is_available()", other) is True
+
+
+@pytest.mark.skipif(TARGET.type != "cpu" or HAS_CUDA,
+                    reason="DeepSpeed's CPU accelerator: where cuda is the CPU")
+def test_a_cuda_program_using_deepspeed_gets_its_cpu_accelerator():
+    """Run only where DeepSpeed is installed (not a test dependency)."""
+    pytest.importorskip("deepspeed")
+    proc = run_python("""
+        import torch, TorchDevice
+        from deepspeed.accelerator import get_accelerator
+        print(get_accelerator()._name, torch.cuda.is_available())
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["cpu", "True"]
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="on NVIDIA bitsandbytes runs natively")
 def test_a_cuda_program_using_bitsandbytes_runs_as_natively():
     """Run only where bitsandbytes is installed (not a test dependency: its

@@ -5,7 +5,8 @@
  *     def is_available():
  *         if truthful or caller_module() in ("torch", "torch.*", "triton",
  *                                            "triton.*", "bitsandbytes",
- *                                            "bitsandbytes.*", *truth_for):
+ *                                            "bitsandbytes.*", "deepspeed",
+ *                                            "deepspeed.*", *truth_for):
  *             return original_is_available()
  *         return True
  *     def device_count(): return 1
@@ -220,23 +221,26 @@ name_in_package(const char *s, Py_ssize_t n, const char *pkg, Py_ssize_t k)
            && (n == k || s[k] == '.');
 }
 
-/* Whether code of module `s` (n bytes; NULL: no module) must be told the
- * truth: torch's own modules (they route work by it, e.g. DataLoader
- * pinning and autocast), Triton, the kernel compiler torch.compile drives
- * (it picks its NVIDIA driver by asking torch.cuda.is_available(), and that
- * driver needs a real GPU), bitsandbytes (told True at its import it loads
- * its CUDA backend, which fails without a CUDA build; told the truth it
- * loads its CPU or MPS backend and picks each kernel by the tensor's real
- * device), and the configured packages.  Returns 0/1; never fails. */
+/* Whether code of module `s` (n bytes; NULL: no module) belongs to a
+ * package other than torch that must be told the truth: packages that pick
+ * the hardware they run on by asking, and need the real answer.  Triton,
+ * the kernel compiler torch.compile drives (it picks its NVIDIA driver by
+ * asking torch.cuda.is_available(), and that driver needs a real GPU);
+ * bitsandbytes (told True at its import it loads its CUDA backend, which
+ * fails without a CUDA build; told the truth it loads its CPU or MPS backend
+ * and picks each kernel by the tensor's real device); DeepSpeed (told True
+ * it takes its CUDA accelerator and JIT-builds CUDA kernels, FusedAdam for
+ * an "Adam" optimizer; told the truth it takes its own CPU or MPS
+ * accelerator); and the configured packages.  Returns 0/1; never fails. */
 static int
-module_sees_truth(td_masq *m, const char *s, Py_ssize_t n)
+package_sees_truth(td_masq *m, const char *s, Py_ssize_t n)
 {
     if (s == NULL) {
         return 0;
     }
-    if (name_in_package(s, n, "torch", 5)
-        || name_in_package(s, n, "triton", 6)
-        || name_in_package(s, n, "bitsandbytes", 12))
+    if (name_in_package(s, n, "triton", 6)
+        || name_in_package(s, n, "bitsandbytes", 12)
+        || name_in_package(s, n, "deepspeed", 9))
     {
         return 1;
     }
@@ -256,6 +260,15 @@ module_sees_truth(td_masq *m, const char *s, Py_ssize_t n)
     return 0;
 }
 
+/* The same, torch's own modules included (they route work by the answer,
+ * e.g. DataLoader pinning and autocast). */
+static int
+module_sees_truth(td_masq *m, const char *s, Py_ssize_t n)
+{
+    return (s != NULL && name_in_package(s, n, "torch", 5))
+           || package_sees_truth(m, s, n);
+}
+
 /* The same for the calling Python code. */
 static int
 caller_sees_truth(td_masq *m, td_state *st)
@@ -263,6 +276,14 @@ caller_sees_truth(td_masq *m, td_state *st)
     Py_ssize_t n;
     const char *s = td_caller_module(st->str_name, &n);
     return module_sees_truth(m, s, n);
+}
+
+int
+td_masq_caller_package_sees_truth(td_masq *m, td_state *st)
+{
+    Py_ssize_t n;
+    const char *s = td_caller_module(st->str_name, &n);
+    return package_sees_truth(m, s, n);
 }
 
 int

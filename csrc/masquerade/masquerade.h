@@ -164,6 +164,9 @@ int td_masq_device_index(td_masq *m, PyObject *arg, int optional,
 /* Borrowed torch callable recorded under `name` in masq_install's
  * originals, or NULL (no exception set). */
 PyObject *td_masq_original(td_masq *m, const char *name);
+/* Whether the calling code belongs to a package other than torch that is
+ * told the truth (Triton, bitsandbytes, DeepSpeed, truth_for). */
+int td_masq_caller_package_sees_truth(td_masq *m, td_state *st);
 /* Adds an "emulated" record for api when recording is on: code written
  * for `from` ("cuda", or "mps" on profile cuda) answered by the target. */
 int td_masq_record_from(td_state *st, td_masq *m, const char *api,

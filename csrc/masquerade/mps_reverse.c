@@ -28,12 +28,21 @@
  * libraries take that for the answer to "is MPS here?" (DeepSpeed calls
  * current_allocated_memory() and catches the RuntimeError: answered, it
  * chose its MPS accelerator and stopped, "Accelerator is not detected").
- * manual_seed() is torch's silent no-op there, so it always answers. */
+ * manual_seed() is torch's silent no-op there, so it always answers.
+ * Packages told the truth about the hardware get torch's own wherever MPS
+ * is not really there: on profile cuda MPS is announced for MPS-written
+ * code, and DeepSpeed, which checks for MPS before CUDA, took its MPS
+ * accelerator on an NVIDIA GPU. */
 static int
-left_to_torch(td_masq *m, const char *mps_name)
+left_to_torch(td_state *st, td_masq *m, const char *mps_name)
 {
-    return !m->mps_announced && !td_mps_requested()
-           && strcmp(mps_name, "manual_seed") != 0;
+    if (strcmp(mps_name, "manual_seed") == 0) {
+        return 0;
+    }
+    if (!m->mps_announced && !td_mps_requested()) {
+        return 1;
+    }
+    return td_masq_caller_package_sees_truth(m, st);
 }
 
 static PyObject *
@@ -61,7 +70,7 @@ static PyObject *
 cuda_call(td_state *st, td_masq *m, const char *mps_name, const char *api,
           const char *name, PyObject *const *args, Py_ssize_t nkeep)
 {
-    if (left_to_torch(m, mps_name)) {
+    if (left_to_torch(st, m, mps_name)) {
         return torch_own(m, mps_name, args, nkeep);
     }
     if (td_masq_record_from(st, m, api, "mps") < 0) {
@@ -132,7 +141,7 @@ TD_MASQ_NOARGS(rv_driver_allocated)
  * memory of the current device. */
 TD_MASQ_NOARGS(rv_recommended_max)
 {
-    if (left_to_torch(m, "recommended_max_memory")) {
+    if (left_to_torch(st, m, "recommended_max_memory")) {
         return torch_own(m, "recommended_max_memory", NULL, 0);
     }
     PyObject *info = FORWARD("recommended_max_memory", "mem_get_info", NULL,
