@@ -401,7 +401,7 @@ def _capture_originals() -> None:
         "OrderedDict": collections.OrderedDict,
         # torch.mps's own actions: where MPS is not announced they answer
         # until the program asks for "mps" (mps_reverse.c)
-        "mps": {name: getattr(torch.mps, name) for name in MPS_REVERSE
+        "mps": {name: getattr(torch.mps, name) for name in MPS_ACTIONS
                 if hasattr(torch.mps, name)},
         # torch.accelerator's own, which the masquerade replaces
         "accelerator": {name: getattr(accelerator, name)
@@ -494,8 +494,7 @@ def install(profile: str) -> None:
         "OrderedDict": _originals["OrderedDict"],
     }
     originals.update({f"mps.{name}": fn
-                      for name, fn in _originals["mps"].items()
-                      if name in MPS_ACTIONS})
+                      for name, fn in _originals["mps"].items()})
     common: Dict[str, Any] = dict(
         orig_is_available=_originals["cuda.is_available"],
         orig_summary=_originals["cuda.memory_summary"],
@@ -503,7 +502,7 @@ def install(profile: str) -> None:
         record=_tdcore.record,
         originals=originals,
         # Where torch.mps says MPS is there (patches() below)
-        mps_announced=profile == "cuda" or "cuda" not in announced(profile),
+        mps_announced="mps" in announced(profile),
     )
     if profile == "cuda":
         _tdcore.masq_install(target_type="cuda", **common)
