@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import operator
 import threading
+import time
 from typing import Any, Callable, Dict, List
 
 import torch
@@ -124,6 +126,32 @@ class emit_nvtx(contextlib.ContextDecorator):
     def __exit__(self, *exc: Any) -> bool:
         self.entered = False
         return False
+
+
+# ---- torch.cuda._sleep: a kernel that spins on the stream ----------------
+
+# Where the device's properties give no clock rate (kHz), the cycles are
+# counted at 1 GHz.  Any rate keeps a program consistent with itself: the
+# ones that care (torch's own tests, torchtune's) measure cycles per
+# millisecond with events around a first sleep, as CUDA code must too.
+_FALLBACK_CLOCK_KHZ = 1_000_000
+
+
+def _sleep(cycles: int) -> None:
+    """torch.cuda._sleep(cycles): on CUDA a kernel that keeps the current
+    stream busy for `cycles` of the GPU's clock, which tests and
+    benchmarks use to make work that takes time (an offload overlapping
+    a slow backward pass, an event that is not yet done).  Where "cuda"
+    is not CUDA the work of a stream runs as the host reaches it
+    (docs/streams.md), so the host waits as long, at the clock rate the
+    device's properties answer; the GIL is released, as the GPU's would
+    leave other threads running."""
+    cycles = operator.index(cycles)
+    _patches.record_emulated("torch.cuda._sleep")
+    if cycles <= 0:
+        return
+    khz = getattr(torch.cuda.get_device_properties(), "clock_rate", 0)
+    time.sleep(cycles / ((khz or _FALLBACK_CLOCK_KHZ) * 1000.0))
 
 
 # ---- preferred libraries --------------------------------------------------
@@ -288,8 +316,17 @@ def _profile_init(original: Callable[..., Any]) -> Callable[..., Any]:
                 kwargs["activities"] = mapped(items, into)
                 _tdcore.record("torch.profiler.profile", "redirected",
                                "cuda", _patches.landed_type())
-            else:
-                kwargs["activities"] = items
+                original(self, *args, **kwargs)
+                # The profiler reads back the activities the program named
+                # (torchtune's set-up compares them), as a device reads as
+                # the one asked for, beside those that record the work:
+                # torch has taken its device from them, and reads the CPU's
+                # from this set when it starts.
+                for item in items:
+                    self.activities.update(
+                        item if isinstance(item, dict) else (item,))
+                return
+            kwargs["activities"] = items
         original(self, *args, **kwargs)
     return __init__
 
@@ -369,6 +406,7 @@ def patches() -> List[Any]:
         Patch(cuda_profiler, "check_error", lambda orig: check_error),
         Patch(autograd_profiler, "emit_nvtx", lambda orig: emit_nvtx),
         Patch(torch.profiler.profile, "__init__", _profile_init),
+        Patch(torch.cuda, "_sleep", lambda orig: _sleep),
         Patch(backends_cuda, "cufft_plan_cache",
               lambda orig: PlanCacheManager()),
     ]

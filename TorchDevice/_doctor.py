@@ -88,6 +88,9 @@ TORCH_APIS: Dict[str, Tuple[str, str]] = {
                                      "time"),
     "torch.cuda.nccl": (CANNOT, "torch.cuda.nccl calls NCCL directly: use "
                                 "torch.distributed"),
+    "torch.cuda.nccl.version": (HANDLED, "answers NCCL's version where "
+                                         "is_nccl_available() says yes: "
+                                         "\"nccl\" runs on gloo"),
     "torch.cuda.cudart": (HANDLED, "the profiler's start/stop and host "
                                    "memory registration succeed and do "
                                    "nothing, as with no profiler attached"),

@@ -37,6 +37,7 @@ QUERY = (
 )
 CUDA_BACKENDS = ("is_built",)
 DISTRIBUTED = ("is_nccl_available",)
+NCCL = ("version",)
 MEMORY = (
     "memory_allocated", "max_memory_allocated", "memory_reserved",
     "max_memory_reserved", "memory_cached", "max_memory_cached",
@@ -398,6 +399,7 @@ def _capture_originals() -> None:
         "cuda.get_arch_list": torch.cuda.get_arch_list,
         "dist.is_nccl_available": getattr(torch.distributed,
                                           "is_nccl_available", None),
+        "cuda.nccl.version": torch.cuda.nccl.version,
         "OrderedDict": collections.OrderedDict,
         # torch.mps's own actions: where MPS is not announced they answer
         # until the program asks for "mps" (mps_reverse.c)
@@ -491,6 +493,7 @@ def install(profile: str) -> None:
         "cuda.is_built": _originals["cuda.is_built"],
         "cuda.get_arch_list": _originals["cuda.get_arch_list"],
         "dist.is_nccl_available": _originals["dist.is_nccl_available"],
+        "cuda.nccl.version": _originals["cuda.nccl.version"],
         "OrderedDict": _originals["OrderedDict"],
     }
     originals.update({f"mps.{name}": fn
@@ -707,6 +710,10 @@ def _masquerade_patches(profile: str) -> List[Any]:
         # NCCL is there where CUDA is: "nccl" runs on gloo (_distributed).
         table += _fn_patches(torch.distributed, DISTRIBUTED,
                              "torch.distributed")
+        if not _originals["dist.is_nccl_available"]():
+            # A torch without NCCL raises at nccl.version(); with NCCL
+            # (a CUDA build on a machine without a GPU) its own answers.
+            table += _fn_patches(torch.cuda.nccl, NCCL, "torch.cuda.nccl")
     table += _version_patches()
     return table
 

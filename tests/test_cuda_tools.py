@@ -79,6 +79,12 @@ def test_profiler_records_the_work_of_cuda_activities(restore_config):
         assert torch.equal(out, plain)
         names = {e.key for e in prof.key_averages()}
         assert "aten::linear" in names, names
+        # It reads back what the program named (torchtune's test of its
+        # profiler set-up compares them) beside what records the work.
+        from TorchDevice._cuda_tools import _device_activities
+        assert prof.activities == ({ProfilerActivity.CUDA,
+                                    ProfilerActivity.CPU}
+                                   | set(_device_activities()))
     assert [(api, what) for api, what, at in _sites("torch.profiler")
             if at == line] == [("torch.profiler.profile", "redirected")]
     row = [r for r in TorchDevice.report()
@@ -88,6 +94,34 @@ def test_profiler_records_the_work_of_cuda_activities(restore_config):
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         model(x)
     assert prof.key_averages()
+
+
+def test_sleep_keeps_the_stream_busy_for_its_cycles(restore_config):
+    """torch.cuda._sleep(cycles), the spin kernel tests and benchmarks use
+    to make work that takes time: events around it measure it, at the
+    clock rate the properties answer (1 GHz where they give none), so the
+    usual calibration (cycles per millisecond from a first sleep) holds."""
+    import time
+    khz = torch.cuda.get_device_properties().clock_rate or 1_000_000
+    cycles = int(khz * 1000 * 0.05)          # 50 ms of the device's clock
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    began = time.perf_counter()
+    start.record()
+    line = sys._getframe().f_lineno + 1
+    torch.cuda._sleep(cycles)
+    end.record()
+    end.synchronize()
+    waited = time.perf_counter() - began
+    assert start.elapsed_time(end) >= 45.0
+    assert waited >= 0.045
+    assert ("torch.cuda._sleep", "emulated", line) in _sites("torch.cuda")
+    torch.cuda._sleep(0)
+    torch.cuda._sleep(-5)
+    with pytest.raises(TypeError):
+        torch.cuda._sleep(1.5)
 
 
 def test_emit_nvtx_as_torch_has_it():

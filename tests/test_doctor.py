@@ -318,6 +318,12 @@ print(fn(torch.ones(2, device="cuda")))
 import torch
 torch.cuda.nccl.all_reduce([torch.ones(2, device="cuda")])
 ''',
+    "nccl_version": '''\
+import torch
+import torch.distributed as dist
+if dist.is_nccl_available() and torch.cuda.nccl.version() >= (2, 10):
+    print("bf16 collectives")
+''',
     "cudart": '''\
 import torch
 torch.cuda.cudart().cudaProfilerStart()

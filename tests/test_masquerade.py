@@ -189,6 +189,32 @@ def test_nccl_is_there_where_cuda_is_announced():
     assert pickle.loads(pickle.dumps(fn)) is fn
 
 
+def test_nccl_version_answers_where_nccl_is_there():
+    """torchtune's bf16 check (every recipe with dtype bf16) asks
+    is_nccl_available() and then torch.cuda.nccl.version() >= (2, 10);
+    torch's own raises on a build without NCCL, so where NCCL is said to
+    be there its version answers too; torch's own modules get torch's."""
+    import torch.cuda.nccl as nccl
+    import torch.distributed as dist
+    if not dist.is_available():
+        pytest.skip("torch built without torch.distributed")
+    if ("cuda" not in _masquerade.announced()
+            or _masquerade._originals["dist.is_nccl_available"]()):
+        assert nccl.version is _masquerade._originals["cuda.nccl.version"]
+        return
+    assert dist.is_nccl_available() is True
+    version = nccl.version()
+    assert isinstance(version, tuple) and len(version) == 3
+    assert all(isinstance(n, int) for n in version)
+    assert version >= (2, 10)
+    assert torch.cuda.nccl.version is nccl.version
+    assert nccl.version.__name__ == "version"
+    assert pickle.loads(pickle.dumps(nccl.version)) is nccl.version
+    probe = {"__name__": "torch.utils.collect_env", "nccl": nccl}
+    with pytest.raises(AttributeError):
+        eval("nccl.version()", probe)
+
+
 def test_names_and_pickling_match_torch():
     fn = torch.cuda.memory_allocated
     assert fn.__name__ == "memory_allocated"

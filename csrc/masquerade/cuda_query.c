@@ -661,6 +661,28 @@ TD_MASQ_NOARGS(q_is_nccl_available)
         st, m, td_masq_original(m, "dist.is_nccl_available"), NULL);
 }
 
+/* torch.cuda.nccl.version(): NCCL's version to the callers is_nccl_available()
+ * says yes to.  Programs gate features on it (torchtune's bf16 check asks
+ * for 2.10) right after that question, and torch's own raises on a build
+ * without NCCL.  The answer is the NCCL torch 2.13's CUDA wheels carry;
+ * "nccl" runs on gloo here, which has what those gates ask for. */
+TD_MASQ_NOARGS(q_nccl_version)
+{
+    if (m->truthful || caller_sees_truth(m, st)) {
+        PyObject *truth = td_masq_original(m, "cuda.nccl.version");
+        if (truth == NULL) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "torch.cuda.nccl.version: torch has none");
+            return NULL;
+        }
+        return PyObject_CallNoArgs(truth);
+    }
+    if (td_masq_record(st, m, "torch.cuda.nccl.version") < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(iii)", 2, 29, 7);
+}
+
 /* torch.cuda.get_arch_list(): the architecture of the capability shown
  * (["sm_80"]), so that it agrees with is_available() and
  * get_device_capability(), also for torch.cuda.get_gencode_flags(), which
@@ -877,6 +899,9 @@ PyMethodDef td_cuda_query_methods[] = {
     {"is_nccl_available", q_is_nccl_available, METH_NOARGS,
      "is_nccl_available() -> bool\n\nAs is_available(), to the same "
      "callers."},
+    {"version", q_nccl_version, METH_NOARGS,
+     "version() -> (major, minor, patch)\n\nNCCL's, where "
+     "is_nccl_available() answers True: \"nccl\" runs on gloo."},
     {"get_arch_list", q_get_arch_list, METH_NOARGS,
      "get_arch_list() -> list\n\nThe architecture of the capability shown "
      "(['sm_80'])."},
