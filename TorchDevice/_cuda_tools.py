@@ -150,8 +150,14 @@ def _sleep(cycles: int) -> None:
     _patches.record_emulated("torch.cuda._sleep")
     if cycles <= 0:
         return
-    khz = getattr(torch.cuda.get_device_properties(), "clock_rate", 0)
-    time.sleep(cycles / ((khz or _FALLBACK_CLOCK_KHZ) * 1000.0))
+    began = time.perf_counter()
+    # The masquerade's own properties, built as get_device_properties()
+    # builds them: calling that would add a report row the program did
+    # not write.
+    from ._masquerade import device_properties
+    khz = device_properties(_tdcore.settings()["profile"]).clock_rate
+    seconds = cycles / ((khz or _FALLBACK_CLOCK_KHZ) * 1000.0)
+    time.sleep(max(0.0, seconds - (time.perf_counter() - began)))
 
 
 # ---- preferred libraries --------------------------------------------------
