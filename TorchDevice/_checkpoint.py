@@ -10,8 +10,10 @@ that sends "cuda*" and "mps*" tags where the policy sends those devices.
 ``torch.load`` itself is not replaced, so every ``map_location`` form, the
 ``weights_only`` unpickler and ``mmap`` keep torch's own code paths.
 
-Saving is untouched: tensors are tagged with the device they really are on,
-so a checkpoint written under TorchDevice loads in a process without it.
+Saving tags tensors with the device they really are on, except those the
+program moved to the host, which mode "accelerate" keeps on the device:
+those are tagged "cpu", as on CUDA.  A checkpoint written under TorchDevice
+loads in a process without it.
 """
 from __future__ import annotations
 
@@ -30,7 +32,17 @@ _registered = False
 
 
 def _tag(obj: Any) -> Optional[str]:
-    return None        # torch's taggers name the real device
+    """The tag torch.save writes for the storage `obj`: "cpu" for one the
+    program moved to the host (`.cpu()`, `.to("cpu")`), which mode
+    "accelerate" keeps on the device, as CUDA would write it, so the
+    checkpoint loads where the program meant it to (on the host, also in a
+    process without TorchDevice or an MPS device).  Anything else: None,
+    and torch's taggers name the device it is really on."""
+    if (_patches.is_applied()
+            and getattr(obj, _patches.STORAGE_MARK, None) is False
+            and obj.device.type != "cpu"):
+        return "cpu"
+    return None
 
 
 def _deserialize(obj: Any, location: str) -> Any:
@@ -132,8 +144,9 @@ def _narrow(untyped: Any, wide: Any, narrow: Any) -> Any:
 
 
 def on_apply() -> None:
-    """Registers the deserializer once per process; it does nothing while
-    TorchDevice is disabled (the registry has no way to remove one)."""
+    """Registers the tagger and the deserializer once per process; they do
+    nothing while TorchDevice is disabled (the registry has no way to
+    remove them)."""
     global _registered
     if not _registered:
         torch.serialization.register_package(PRIORITY, _tag, _deserialize)

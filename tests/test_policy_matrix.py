@@ -1008,6 +1008,85 @@ def test_a_float64_checkpoint_loads_onto_the_device_as_float32(tmp_path):
         "[(1+2j)]", "[2.5, -1.0] True True False"] * 2
 
 
+# ---- what a program saves for the host ----------------------------------------
+
+SAVE_FOR_THE_HOST = """
+import sys
+import torch
+from safetensors.torch import save_file
+
+# The pointers safetensors' writer reads as host bytes (through numpy).
+read_from = set()
+data_ptr = torch.Tensor.data_ptr
+def spy(self):
+    if sys._getframe(1).f_code.co_name in ("_to_ndarray", "_tobytes"):
+        read_from.add(self.device.type)
+    return data_ptr(self)
+torch.Tensor.data_ptr = spy
+
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 3).to("cuda")
+snapshot = {k: v.cpu() for k, v in model.state_dict().items()}
+torch.save(snapshot, "snapshot.pt")
+torch.save(model.state_dict(), "live.pt")
+save_file(model.state_dict(), "model.safetensors")
+save_file(snapshot, "snapshot.safetensors")
+torch.Tensor.data_ptr = data_ptr
+print("read", sorted(read_from))
+print("weights", model.weight.tolist(), model.bias.tolist())
+"""
+
+READ_BACK = """
+import json, sys
+import torch
+from safetensors.torch import load_file
+snapshot = torch.load("snapshot.pt")
+print("snapshot.pt", sorted({v.device.type for v in snapshot.values()}))
+for name in ("model", "snapshot"):
+    state = load_file(name + ".safetensors")
+    print(name, state["weight"].tolist(), state["bias"].tolist())
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_what_the_program_saves_for_the_host_is_host_data(tmp_path, mode):
+    """Mode "accelerate" keeps the program's `.cpu()` on the device.  What
+    it saves from there must still be what CUDA writes.  torch.save tagged
+    the `{k: v.cpu()}` snapshot with the device ("simaccel:0", on a Mac
+    "mps"), so a process without that device could not load it.
+    safetensors' writer (transformers' save_pretrained) moves each tensor
+    with .to("cpu") and reads its data pointer as host memory: that move
+    stayed on the device, whose data pointer on MPS is a Metal buffer, not
+    the values.  Both are host data now: the snapshot loads on the host in
+    a process without TorchDevice, and safetensors reads host memory.  The
+    live state dict of the model on the device keeps its device's tag, as
+    CUDA's keeps "cuda:0".  docs/compile-checkpoints-distributed.md."""
+    pytest.importorskip("safetensors")
+    got = launch(tmp_path, SAVE_FOR_THE_HOST, mode)
+    assert got.returncode == 0, got.stderr[-3000:]
+    lines = got.stdout.splitlines()
+    assert lines[0] == "read ['cpu']"
+    weights = lines[1].split(" ", 1)[1]
+    back = run_script(_write(tmp_path, "read_back.py", READ_BACK), mode,
+                      native=True, cwd=tmp_path)
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert back.stdout.splitlines() == [
+        "snapshot.pt ['cpu']", f"model {weights}", f"snapshot {weights}"]
+    # The model's own state dict is on the device: tagged so, as on CUDA.
+    live = subprocess.run(
+        [sys.executable, "-c", "import torch; torch.load('live.pt')"],
+        capture_output=True, text=True, env=_accel_env(None),
+        cwd=str(tmp_path), timeout=120)
+    assert live.returncode != 0
+    assert "tagged with simaccel:0" in live.stderr
+
+
+def _write(tmp_path: Path, name: str, code: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(code))
+    return path
+
+
 # ---- legacy host constructors --------------------------------------------------
 
 LEGACY_HOST = """

@@ -365,6 +365,17 @@ static const td_host_code td_torch_internal_inside[] = {
     {"torch.nn.utils.rnn", "pad_packed_sequence"},
 };
 
+/* Libraries' host-side code, which reads a tensor's memory through its
+ * data pointer.  safetensors' writer (transformers' save_pretrained,
+ * accelerate's save_model) moves each tensor with .to("cpu") and hands
+ * data_ptr() to numpy as host bytes.  In mode "accelerate" that "cpu"
+ * would stay on the device, whose data pointer on MPS is a Metal buffer,
+ * not the values: the file would hold garbage, silently. */
+static const td_host_code td_library_host_code[] = {
+    {"safetensors.torch", "_to_ndarray"},       /* safetensors 0.6 on */
+    {"safetensors.torch", "_tobytes"},          /* earlier releases */
+};
+
 /* The name of the function running in the caller's frame (the frame past
  * a pass-through wrapper, as td_caller_module reads it); a new reference,
  * NULL without an exception where there is no frame. */
@@ -397,12 +408,13 @@ caller_function_name(PyObject *name_key)
 /* The caller's function is read once, and only where a module matches an
  * entry that names functions. */
 static int
-host_code_inside(PyObject *name_key, const char *s, Py_ssize_t n)
+host_code_inside(PyObject *name_key, const char *s, Py_ssize_t n,
+                 const td_host_code *table, size_t count)
 {
     PyObject *function = NULL;
     int inside = 0;
-    for (size_t i = 0; i < Py_ARRAY_LENGTH(td_torch_internal_inside); i++) {
-        const td_host_code *c = &td_torch_internal_inside[i];
+    for (size_t i = 0; i < count; i++) {
+        const td_host_code *c = &table[i];
         if (!starts_with(s, n, c->module)) {
             continue;
         }
@@ -431,7 +443,8 @@ torch_internal(PyObject *name_key, const char *s, Py_ssize_t n)
     return s != NULL && starts_with(s, n, "torch.")
            && (!starts_with_any(s, n, td_not_torch_internal,
                                 Py_ARRAY_LENGTH(td_not_torch_internal))
-               || host_code_inside(name_key, s, n));
+               || host_code_inside(name_key, s, n, td_torch_internal_inside,
+                                   Py_ARRAY_LENGTH(td_torch_internal_inside)));
 }
 
 int
@@ -439,7 +452,10 @@ td_called_from_torch(PyObject *name_key)
 {
     Py_ssize_t n = 0;
     const char *s = td_caller_module(name_key, &n);
-    return torch_internal(name_key, s, n);
+    return torch_internal(name_key, s, n)
+           || (s != NULL
+               && host_code_inside(name_key, s, n, td_library_host_code,
+                                   Py_ARRAY_LENGTH(td_library_host_code)));
 }
 
 int

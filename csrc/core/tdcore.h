@@ -238,7 +238,8 @@ td_request td_request_of_arg(td_install *st, PyObject *obj);
 int td_is_device_arg(td_install *st, PyObject *obj);
 /* Borrowed reference to the device object for a target (not KEEP). */
 PyObject *td_target_device(td_install *st, td_target t);
-/* True when the innermost Python frame belongs to torch's own code.
+/* True when the innermost Python frame belongs to torch's own code, or to
+ * a library's host-side code that reads tensors' memory as host bytes.
  * name_key is the interned "__name__". */
 int td_called_from_torch(PyObject *name_key);
 /* The same, less the torch code that builds the program's own devices
