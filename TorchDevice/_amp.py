@@ -126,6 +126,22 @@ def _record(api: str, what: str, source: Any, target: Any) -> None:
         _tdcore.record(api, what, str(source), str(target))
 
 
+def _record_call(obj: Any, api: str, what: str, source: Any,
+                 target: Any) -> None:
+    """_record under the name the program wrote: torch.cuda.amp's autocast
+    and GradScaler are subclasses whose __init__ calls torch.amp's with
+    "cuda", and a row saying `torch.autocast` at a line that says
+    `torch.cuda.amp.autocast` sends the reader looking for a call that is
+    not there."""
+    if _tdcore.get_report() and not torch.compiler.is_compiling():
+        for cls in type(obj).__mro__:     # a program's subclass: its base
+            if cls.__module__.startswith("torch."):
+                if cls.__module__.startswith("torch.cuda.amp."):
+                    api = "torch.cuda.amp." + cls.__name__
+                break
+        _tdcore.record(api, what, str(source), str(target))
+
+
 def _redirected(device_type: Any) -> Optional[str]:
     if type(device_type) is not str:
         return None
@@ -151,10 +167,11 @@ def _autocast_init(original: Callable[..., None]) -> Callable[..., None]:
             # accepts, then compute in float32 (its kernels honour it).
             original(self, target, accepted[0], enabled, cache_enabled)
             self.fast_dtype = used
-        _record("torch.autocast", "redirected", device_type, target)
+        _record_call(self, "torch.autocast", "redirected", device_type,
+                     target)
         if used is not want and enabled:
             # A disabled region computes in the program's dtypes.
-            _record("torch.autocast", "dtype", want, used)
+            _record_call(self, "torch.autocast", "dtype", want, used)
     return __init__
 
 
@@ -165,7 +182,8 @@ def _scaler_init(original: Callable[..., None]) -> Callable[..., None]:
                  growth_interval: int = 2000, enabled: bool = True) -> None:
         target = _redirected(device)
         if target is not None:
-            _record("torch.amp.GradScaler", "redirected", device, target)
+            _record_call(self, "torch.amp.GradScaler", "redirected", device,
+                         target)
         original(self, device if target is None else target, init_scale,
                  growth_factor, backoff_factor, growth_interval, enabled)
     return __init__

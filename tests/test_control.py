@@ -237,13 +237,26 @@ def test_deprecated_cuda_amp_alias_is_reported_at_the_users_line(tmp_path):
         "TorchDevice.configure(report=True)\n"
         "warnings.simplefilter('ignore')\n"
         "scaler = torch.cuda.amp.GradScaler()\n"
+        "with torch.cuda.amp.autocast():\n"
+        "    pass\n"
+        "class Region(torch.cuda.amp.autocast):\n"
+        "    pass\n"
+        "with Region(), torch.autocast('cuda'):\n"
+        "    scaler = torch.amp.GradScaler('cuda')\n"
         "for r in TorchDevice.report():\n"
         "    print(r['file'], r['line'], r['api'])\n")
     proc = run_python(script=script)
     assert proc.returncode == 0, proc.stderr
-    rows = [ln for ln in proc.stdout.splitlines() if "GradScaler" in ln]
-    assert rows and all(ln.startswith(f"{script} 5 ") for ln in rows), \
+    rows = proc.stdout.splitlines()
+    assert rows and all(ln.startswith(f"{script} ") for ln in rows), \
         proc.stdout
+    # Each row names the API the line calls (torch.cuda.amp's classes are
+    # subclasses of torch.amp's, which did the recording under its name).
+    apis = {(int(ln.split()[1]), ln.split()[2]) for ln in rows}
+    assert apis == {(5, "torch.cuda.amp.GradScaler"),
+                    (6, "torch.cuda.amp.autocast"),
+                    (10, "torch.cuda.amp.autocast"), (10, "torch.autocast"),
+                    (11, "torch.amp.GradScaler")}, proc.stdout
 
 
 @cpu_profile
