@@ -27,6 +27,9 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
   factor) in ``all_reduce`` and the ``reduce_scatter`` family: on the gloo
   given for NCCL, SUM of the inputs times the factor, as NCCL computes it;
   gloo the program chose refuses it, as on CUDA.
+* The ``reduce_scatter`` family with ``async_op=True``: on the gloo given
+  for NCCL, the work's ``get_future()`` answers, as NCCL's does (gloo's
+  raises "Work::getFuture not implemented").
 * ``nn.DataParallel`` is a pass-through: scattering is CUDA's alone, and
   one device runs the module itself.  torch.nn.parallel's ``scatter``,
   ``scatter_kwargs``, ``gather``, ``replicate`` and ``parallel_apply``
@@ -110,23 +113,83 @@ def _note_backend(old: Any, new: Any, group: Any) -> None:
         _chosen_gloo.add(group)
 
 
+def _stands_in(group: Any) -> bool:
+    """Whether `group` (None: the default one) runs the gloo given for
+    NCCL, not gloo the program chose."""
+    if not _gave_gloo:
+        return False
+    group = dist.group.WORLD if group is None else group
+    return group not in _chosen_gloo and dist.get_backend(group) == _GLOO
+
+
 def _premul_factor(op: Any, group: Any) -> Any:
     """The factor of a PREMUL_SUM reduction that gloo, standing in for
     NCCL, is asked to run (None for any other)."""
-    if not _gave_gloo:
-        return None
-    group = dist.group.WORLD if group is None else group
-    if group in _chosen_gloo or dist.get_backend(group) != _GLOO:
-        return None
-    return op.factor
+    return op.factor if _stands_in(group) else None
 
 
-def _premul_builder(api: str, position: int, data: str,
-                    scale: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+class _WorkWithFuture(dist.Work if dist.is_available() else object):
+    """gloo's work for a reduce-scatter has no future ("Work::getFuture
+    not implemented"), where NCCL's has one: distributed optimizers
+    launch their reduce-scatters with async_op=True and chain on
+    get_future().  The future is made when it is asked for, once the
+    collective has ended; its value is NCCL's, the list of the output
+    tensor.  The host waits for the collective there, where NCCL's future
+    would complete later; the numbers are the same.  Once waited for, it
+    is completed, as NCCL's is (gloo's reduce-scatter work never says
+    so)."""
+
+    def __init__(self, work: Any, output: Any) -> None:
+        super().__init__()
+        self._work = work
+        self._output = output
+        self._future: Any = None
+        self._done = False
+
+    def wait(self, *args: Any, **kwargs: Any) -> Any:
+        ended = self._work.wait(*args, **kwargs)
+        self._done = self._done or ended is not False
+        return ended
+
+    def is_completed(self) -> bool:
+        return self._done or self._work.is_completed()
+
+    def is_success(self) -> bool:
+        return self._work.is_success()
+
+    def exception(self) -> Any:
+        return self._work.exception()
+
+    def result(self) -> Any:
+        return self._work.result()
+
+    def source_rank(self) -> int:
+        return self._work.source_rank()
+
+    def synchronize(self) -> None:
+        self._work.synchronize()
+
+    def get_future(self) -> Any:
+        if self._future is None:
+            future = torch.futures.Future()
+            try:
+                self.wait()
+            except Exception as exc:        # the collective's own error
+                future.set_exception(exc)
+            else:
+                future.set_result([self._output])
+            self._future = future
+        return self._future
+
+
+def _reduction_builder(api: str, position: int, data: str,
+                       scale: Callable[[Any, Any], Any],
+                       no_future: bool = False) -> Callable[[Any], Any]:
     """A reduction taking op at `position` (or op=): PREMUL_SUM becomes
     SUM of the inputs multiplied by its factor, which is NCCL's
     definition; `scale(value, factor)` is the argument named `data` so
-    scaled."""
+    scaled.  `no_future`: gloo's work for it has no future, and the one
+    given for NCCL gets one (_WorkWithFuture)."""
     def build(original: Any) -> Any:
         signature = inspect.signature(original)
 
@@ -134,17 +197,26 @@ def _premul_builder(api: str, position: int, data: str,
         def reduction(*args: Any, **kwargs: Any) -> Any:
             op = kwargs["op"] if "op" in kwargs else (
                 args[position] if len(args) > position else None)
-            if getattr(op, "op", None) != dist.ReduceOp.RedOpType.PREMUL_SUM:
+            premul = (getattr(op, "op", None)
+                      == dist.ReduceOp.RedOpType.PREMUL_SUM)
+            if not premul and not (no_future and _gave_gloo):
                 return original(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
-            factor = _premul_factor(op, bound.arguments.get("group"))
-            if factor is None:
-                return original(*args, **kwargs)
-            _tdcore.record(api, "emulated", "ReduceOp.PREMUL_SUM",
-                           "SUM of the inputs times the factor")
-            bound.arguments[data] = scale(bound.arguments[data], factor)
-            bound.arguments["op"] = dist.ReduceOp.SUM
-            return original(*bound.args, **bound.kwargs)
+            group = bound.arguments.get("group")
+            if premul:
+                factor = _premul_factor(op, group)
+                if factor is not None:
+                    _tdcore.record(api, "emulated", "ReduceOp.PREMUL_SUM",
+                                   "SUM of the inputs times the factor")
+                    bound.arguments[data] = scale(bound.arguments[data],
+                                                  factor)
+                    bound.arguments["op"] = dist.ReduceOp.SUM
+            work = original(*bound.args, **bound.kwargs)
+            if (no_future and work is not None
+                    and bound.arguments.get("async_op")
+                    and _stands_in(group)):
+                return _WorkWithFuture(work, bound.arguments["output"])
+            return work
         return reduction
     return build
 
@@ -581,16 +653,18 @@ def patches() -> List[Any]:
             Patch(owner, "new_group", _new_group_builder),
             Patch(owner, "barrier", _barrier_builder),
         ]
-        for name, position, data, scale in (
-                ("all_reduce", 1, "tensor", _scale_in_place),
-                ("all_reduce_coalesced", 1, "tensors", _scale_each_in_place),
-                ("reduce", 2, "tensor", _scale_in_place),
-                ("reduce_scatter", 2, "input_list", _scale_each),
-                ("reduce_scatter_single", 2, "input", _scale),
-                ("reduce_scatter_tensor", 2, "input", _scale)):
+        for name, position, data, scale, no_future in (
+                ("all_reduce", 1, "tensor", _scale_in_place, False),
+                ("all_reduce_coalesced", 1, "tensors", _scale_each_in_place,
+                 False),
+                ("reduce", 2, "tensor", _scale_in_place, False),
+                ("reduce_scatter", 2, "input_list", _scale_each, True),
+                ("reduce_scatter_single", 2, "input", _scale, True),
+                ("reduce_scatter_tensor", 2, "input", _scale, True)):
             if hasattr(owner, name):
-                table.append(Patch(owner, name, _premul_builder(
-                    f"torch.distributed.{name}", position, data, scale)))
+                table.append(Patch(owner, name, _reduction_builder(
+                    f"torch.distributed.{name}", position, data, scale,
+                    no_future)))
     # DeviceMesh (init_device_mesh) starts the default group with the name
     # it imported from distributed_c10d.
     device_mesh = importlib.import_module("torch.distributed.device_mesh")

@@ -977,3 +977,73 @@ def test_premul_sum_of_nccl_runs_on_the_gloo_given_for_it(tmp_path):
         assert r["all_reduce_coalesced"] == [[0.75, 0.75], [2., 2., 2.]]
         assert "PREMUL_SUM" in r["gloo chosen"]
         assert r["FSDP2 divide factor"] < 1e-6
+
+
+ASYNC_REDUCE_SCATTER = '''
+import json, os, warnings
+import torch
+import torch.distributed as dist
+import TorchDevice
+
+warnings.simplefilter("ignore")      # reduce_scatter_tensor is deprecated
+dist.init_process_group("nccl")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.cuda.set_device(rank)
+result = {"rank": rank}
+inp = torch.arange(4., device="cuda") + rank
+out = torch.empty(2, device="cuda")
+work = dist.reduce_scatter_tensor(out, inp, op=dist.ReduceOp.AVG,
+                                  async_op=True)
+doubled = work.get_future().then(lambda fut: fut.value()[0] * 2)
+result["tensor"] = [t.tolist() for t in work.get_future().wait()]
+result["then"] = doubled.wait().tolist()
+result["same output"] = work.get_future().value()[0] is out
+result["completed"] = work.is_completed()
+work2 = dist.reduce_scatter_tensor(out, inp, async_op=True)
+work2.wait()
+result["completed after wait"] = work2.is_completed()
+parts = [torch.full((2,), float(rank + i), device="cuda") for i in range(world)]
+out2 = torch.empty(2, device="cuda")
+futures = [dist.reduce_scatter(out2, parts, async_op=True).get_future()]
+if hasattr(dist, "reduce_scatter_single"):
+    out3 = torch.empty(2, device="cuda")
+    futures.append(dist.reduce_scatter_single(out3, inp, async_op=True)
+                   .get_future())
+torch.futures.wait_all(futures)
+result["list"] = out2.tolist()
+result["single"] = out3.tolist() if len(futures) > 1 else None
+work = dist.reduce_scatter_tensor(out, inp, async_op=True)
+work.wait()
+result["waited"] = out.tolist()
+mine = dist.new_group(backend="gloo")
+try:
+    dist.reduce_scatter_tensor(out, inp, group=mine,
+                               async_op=True).get_future().wait()
+    result["gloo chosen"] = "future"
+except Exception as exc:
+    result["gloo chosen"] = str(exc)
+with open(os.path.join(os.environ["TD_RESULT_DIR"], f"{rank}.json"),
+          "w") as fh:
+    json.dump(result, fh)
+dist.barrier()
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="NCCL's works have futures themselves")
+def test_async_reduce_scatter_has_a_future_on_the_gloo_given_for_nccl(
+        tmp_path):
+    # gloo's reduce-scatter work raised "Work::getFuture not implemented",
+    # where NCCL's future completes with the output: nanochat's
+    # distributed Muon/AdamW optimizer stopped at its first step.
+    for r in _ranks(tmp_path, "async_rs.py", ASYNC_REDUCE_SCATTER):
+        rank = r["rank"]
+        assert r["tensor"] == [[[0.5, 1.5], [2.5, 3.5]][rank]]
+        assert r["then"] == [[1., 3.], [5., 7.]][rank]
+        assert r["same output"] and r["completed"]
+        assert r["completed after wait"]
+        assert r["list"] == [[1., 1.], [3., 3.]][rank]
+        if r["single"] is not None:
+            assert r["single"] == [[1., 3.], [5., 7.]][rank]
+        assert r["waited"] == [[1., 3.], [5., 7.]][rank]
+        assert "getFuture not implemented" in r["gloo chosen"]
