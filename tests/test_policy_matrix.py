@@ -1081,6 +1081,36 @@ def test_what_the_program_saves_for_the_host_is_host_data(tmp_path, mode):
     assert "tagged with simaccel:0" in live.stderr
 
 
+PINNED_STAGING = """
+import torch
+from safetensors.torch import load_file, save_file
+for made in (torch.empty(3, pin_memory=True),
+             torch.zeros(2, device="cpu", pin_memory=True)):
+    print(made.device.type, made.is_pinned())
+print(torch.zeros(2).device.type, torch.zeros(2, device="cpu").device.type)
+save_file({"w": torch.arange(6.).reshape(2, 3)}, "w.safetensors")
+loaded = load_file("w.safetensors", device="cuda")["w"]
+print(loaded.device.type, loaded.tolist())
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pinned_memory_is_the_hosts(tmp_path, mode):
+    """Pinned memory is host memory, a staging buffer for copies to the
+    device.  Mode "accelerate" sent `torch.empty(..., pin_memory=True)`
+    (device-less or "cpu") to the device, where torch refuses it ("Only
+    dense CPU tensors can be pinned"): safetensors' `load_file(...,
+    device="cuda")` (PEFT's adapter loading) stopped there.  Other host
+    requests still go where the mode sends them."""
+    pytest.importorskip("safetensors")
+    got = launch(tmp_path, PINNED_STAGING, mode)
+    assert got.returncode == 0, got.stderr[-3000:]
+    host = "simaccel" if mode == "accelerate" else "cpu"
+    assert got.stdout.splitlines() == [
+        "cpu True", "cpu True", f"{host} {host}",
+        "simaccel [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]"]
+
+
 def _write(tmp_path: Path, name: str, code: str) -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(code))

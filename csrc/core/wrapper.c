@@ -561,6 +561,15 @@ call_like_where_it_is(td_wrapper *w, td_install *st, PyObject *const *args,
     return result;
 }
 
+/* Whether the call asks for pinned memory (pin_memory=True). */
+static int
+pins_memory(td_install *st, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames)
+{
+    Py_ssize_t pin = find_kw(kwnames, nargs, st->str_pin_memory);
+    return pin >= 0 && args[pin] == Py_True;
+}
+
 static PyObject *
 call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
                  Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t slot)
@@ -575,6 +584,17 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
             : call_like_where_it_is(w, st, args, nargs, kwnames);
     }
     td_resolution res = td_resolve_now(st, req);
+    /* Pinned memory is host memory: a staging buffer for copies to the
+     * device (safetensors' loader for device="cuda", a program's own).
+     * Mode "accelerate" sends host requests to the device, where torch
+     * refuses it ("Only dense CPU tensors can be pinned"). */
+    if ((req.kind == TD_REQ_NONE || req.kind == TD_REQ_CPU)
+        && res.target != TD_TARGET_KEEP && res.target != TD_TARGET_CPU
+        && !res.toggle_override && pins_memory(st, args, nargs, kwnames))
+    {
+        res.target = TD_TARGET_KEEP;
+        res.redirected = 0;
+    }
     if (req.kind == TD_REQ_NONE && res.target != TD_TARGET_KEEP) {
         /* torch's default-device context decides instead (devarg.c). */
         int active = td_default_device_active(st);
