@@ -117,24 +117,19 @@ def dtype_table(target: str, keep_float16: bool, bf16_fast: bool,
 # ---- the replacements -----------------------------------------------------
 
 
-def _record(api: str, what: str, source: Any, target: Any) -> None:
+def _record(api: str, what: str, source: Any, target: Any,
+            obj: Any = None) -> None:
     """A call-site record (when recording is on; never while compiling).
     Recording is on whenever the log shows INFO, and a record is logged
     once per call site: an autocast region entered at every training step
-    logs one line."""
+    logs one line.  `obj`, the instance being built, names the API the
+    program wrote: torch.cuda.amp's autocast and GradScaler are subclasses
+    whose __init__ calls torch.amp's with "cuda", and a row saying
+    `torch.autocast` at a line that says `torch.cuda.amp.autocast` sends
+    the reader looking for a call that is not there."""
     if _tdcore.get_report() and not torch.compiler.is_compiling():
-        _tdcore.record(api, what, str(source), str(target))
-
-
-def _record_call(obj: Any, api: str, what: str, source: Any,
-                 target: Any) -> None:
-    """_record under the name the program wrote: torch.cuda.amp's autocast
-    and GradScaler are subclasses whose __init__ calls torch.amp's with
-    "cuda", and a row saying `torch.autocast` at a line that says
-    `torch.cuda.amp.autocast` sends the reader looking for a call that is
-    not there."""
-    if _tdcore.get_report() and not torch.compiler.is_compiling():
-        for cls in type(obj).__mro__:     # a program's subclass: its base
+        # A program's own subclass is named after its torch base.
+        for cls in type(obj).__mro__ if obj is not None else ():
             if cls.__module__.startswith("torch."):
                 if cls.__module__.startswith("torch.cuda.amp."):
                     api = "torch.cuda.amp." + cls.__name__
@@ -167,11 +162,10 @@ def _autocast_init(original: Callable[..., None]) -> Callable[..., None]:
             # accepts, then compute in float32 (its kernels honour it).
             original(self, target, accepted[0], enabled, cache_enabled)
             self.fast_dtype = used
-        _record_call(self, "torch.autocast", "redirected", device_type,
-                     target)
+        _record("torch.autocast", "redirected", device_type, target, self)
         if used is not want and enabled:
             # A disabled region computes in the program's dtypes.
-            _record_call(self, "torch.autocast", "dtype", want, used)
+            _record("torch.autocast", "dtype", want, used, self)
     return __init__
 
 
@@ -182,8 +176,8 @@ def _scaler_init(original: Callable[..., None]) -> Callable[..., None]:
                  growth_interval: int = 2000, enabled: bool = True) -> None:
         target = _redirected(device)
         if target is not None:
-            _record_call(self, "torch.amp.GradScaler", "redirected", device,
-                         target)
+            _record("torch.amp.GradScaler", "redirected", device, target,
+                    self)
         original(self, device if target is None else target, init_scale,
                  growth_factor, backoff_factor, growth_interval, enabled)
     return __init__

@@ -58,9 +58,8 @@ def launch(tmp_path: Path, code: str, mode: str, *options: str,
     """Runs `code` as a script: with the launcher on the simulated
     accelerator in `mode`, or (`native`) with plain Python, no accelerator,
     no TorchDevice."""
-    script = tmp_path / "prog.py"
-    script.write_text(textwrap.dedent(code))
-    return run_script(script, mode, *options, native=native, cwd=tmp_path)
+    return run_script(_write(tmp_path, "prog.py", code), mode, *options,
+                      native=native, cwd=tmp_path)
 
 
 def relaunch_on_the_cpu(tmp_path: Path) -> subprocess.CompletedProcess:

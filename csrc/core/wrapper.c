@@ -561,13 +561,14 @@ call_like_where_it_is(td_wrapper *w, td_install *st, PyObject *const *args,
     return result;
 }
 
-/* Whether the call asks for pinned memory (pin_memory=True). */
-static int
-pins_memory(td_install *st, PyObject *const *args, Py_ssize_t nargs,
-            PyObject *kwnames)
+/* The slot of the call's pin_memory=True, or -1: anything but True is
+ * torch's to judge. */
+static Py_ssize_t
+pin_memory_slot(td_install *st, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
 {
     Py_ssize_t pin = find_kw(kwnames, nargs, st->str_pin_memory);
-    return pin >= 0 && args[pin] == Py_True;
+    return pin >= 0 && args[pin] == Py_True ? pin : -1;
 }
 
 static PyObject *
@@ -590,7 +591,8 @@ call_factory_now(td_wrapper *w, td_install *st, PyObject *const *args,
      * refuses it ("Only dense CPU tensors can be pinned"). */
     if ((req.kind == TD_REQ_NONE || req.kind == TD_REQ_CPU)
         && res.target != TD_TARGET_KEEP && res.target != TD_TARGET_CPU
-        && !res.toggle_override && pins_memory(st, args, nargs, kwnames))
+        && !res.toggle_override
+        && pin_memory_slot(st, args, nargs, kwnames) >= 0)
     {
         res.target = TD_TARGET_KEEP;
         res.redirected = 0;
@@ -713,17 +715,16 @@ call_factory(td_wrapper *w, td_install *st, PyObject *const *args,
 /* Without an accelerator there is no pinned memory (wrapper_pin): a
  * factory's pin_memory=True makes the tensor unpinned, as pin_memory()
  * leaves it, where torch would refuse ("pin_memory=True requires a CUDA
- * or other accelerator backend").  Anything but True is torch's to judge.
+ * or other accelerator backend").
  * Returns the slot of pin_memory=True, or -1. */
 static Py_ssize_t
 pin_to_clear(td_install *st, Py_ssize_t nargs, PyObject *const *args,
              PyObject *kwnames)
 {
-    if (kwnames == NULL || td_get_profile() != TD_PROFILE_CPU) {
+    if (td_get_profile() != TD_PROFILE_CPU) {
         return -1;
     }
-    Py_ssize_t pin = find_kw(kwnames, nargs, st->str_pin_memory);
-    return pin >= 0 && args[pin] == Py_True ? pin : -1;
+    return pin_memory_slot(st, args, nargs, kwnames);
 }
 
 /* A `__torch_function__` override keyed on the function the program called
