@@ -20,7 +20,8 @@ holds for a tensor of that dtype the program sees on the accelerator.
 name) becomes ``.to("cuda", dtype)``, with a host type ``.to("cpu",
 dtype)`` (so both copy as on CUDA where "cuda" is the host), and
 ``set_default_tensor_type`` of one sets the dtype and
-``set_default_device("cuda")``.
+``set_default_device("cuda")``, and makes ``torch.Tensor(...)`` a "cuda"
+request, as that type's constructor is on CUDA.
 
 Their host twins (``torch.FloatTensor(...)``, ``torch.Tensor(...)``) are
 "cpu" requests: where mode "accelerate" sends those to the accelerator,
@@ -153,9 +154,18 @@ def _type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
     return type
 
 
+# The legacy CUDA type ("FloatTensor") the program made torch's default
+# tensor type, else None.  On CUDA that type's constructor is then
+# torch.Tensor(...): `torch.Tensor([1e10])` is a CUDA tensor (NeRF's
+# renderer concatenates one with its samples).  torch's default device
+# does not reach that constructor, so TorchDevice's does it.
+_default_cuda_type: Optional[str] = None
+
+
 def _default_type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def set_default_tensor_type(t: Any) -> None:
+        global _default_cuda_type
         name = cuda_type_name(t)
         if name is None or not _patches.is_applied():
             host = host_type_name(t)
@@ -163,11 +173,14 @@ def _default_type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
                 # torch reads a name through the torch module, where a
                 # stand-in may hold it.
                 t = torch_host_type(host)
-            return original(t)
+            original(t)
+            _default_cuda_type = None
+            return None
         # torch's own rule: floating types only, and the deprecation it
         # warns with comes from the host twin.
         original(torch_host_type(name))
         torch.set_default_device("cuda")
+        _default_cuda_type = name
         return None
     return set_default_tensor_type
 
@@ -216,19 +229,30 @@ def _host_stand_in(name: str, original: Any) -> type:
                    f"(TorchDevice)."})
 
 
-def _tensor_new(original: Callable[..., Any]) -> Callable[..., Any]:
-    """torch.Tensor(...), the legacy constructor of the default type: the
-    same rule as the host types.  Subclasses construct as in torch.  The
+def _tensor_new(original: Callable[..., Any],
+                host_leaves: bool) -> Callable[..., Any]:
+    """torch.Tensor(...), the legacy constructor of the default type: a
+    "cuda" request while a CUDA type is the default (as its constructor
+    is on CUDA), else, where `host_leaves` (mode "accelerate"), the same
+    rule as the host types.  Subclasses construct as in torch.  The
     signature stays (*args, **kwargs), which torch.compile's stand-in for
     Tensor.__new__ accepts as any other."""
-    mover = _patches.cpu_request("torch.Tensor")
+    host_mover = _patches.cpu_request("torch.Tensor")
+    to = _patches.to_request("torch.Tensor")
     tensor = torch.Tensor
+
+    def cuda_mover(made: Any) -> Any:
+        return to(made, "cuda")
 
     def __new__(*args: Any, **kwargs: Any) -> Any:
         made = original(*args, **kwargs)
         if args[0] is not tensor:
             return made
-        return _landed(made, args[1:], kwargs, mover)
+        if _default_cuda_type is not None:
+            return _landed(made, args[1:], kwargs, cuda_mover)
+        if host_leaves:
+            return _landed(made, args[1:], kwargs, host_mover)
+        return made
     return __new__
 
 
@@ -252,10 +276,11 @@ def patches() -> List[Any]:
         table += [Patch(torch, name,
                         lambda orig, n=name: _host_stand_in(n, orig))
                   for name in TYPES if hasattr(torch, name)]
-        table.append(Patch(torch.Tensor, "__new__", _tensor_new,
-                           static=True))
     if cuda_types or host_types:
         table += [
+            Patch(torch.Tensor, "__new__",
+                  functools.partial(_tensor_new, host_leaves=host_types),
+                  static=True),
             Patch(torch.Tensor, "type", _type_builder),
             Patch(torch, "set_default_tensor_type", _default_type_builder),
         ]

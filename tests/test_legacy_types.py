@@ -116,6 +116,37 @@ def test_default_tensor_type(restore_config):
     assert torch.zeros(1).device == torch.device("cpu")
 
 
+@pytest.mark.parametrize("mode", ["cpu-stays-cpu", "accelerate"])
+def test_a_cuda_default_type_makes_torch_tensor_a_cuda_tensor(
+        restore_config, mode):
+    """On CUDA, once set_default_tensor_type("torch.cuda.FloatTensor") ran,
+    the legacy constructor torch.Tensor(...) makes CUDA tensors (NeRF's
+    renderer: `torch.cat([dists, torch.Tensor([1e10]).expand(...)], -1)`
+    stopped at "Expected all tensors to be on the same device" where
+    "cuda" lands on an accelerator).  torch.FloatTensor names the host."""
+    TorchDevice.configure(mode=mode)
+    host_lands = TARGET if mode == "accelerate" else torch.device("cpu")
+    try:
+        torch.set_default_tensor_type("torch.cuda.FloatTensor")
+        dists = torch.ones(2, 3)
+        far = torch.Tensor([1e10])
+        assert far.device == TARGET and far.dtype == torch.float32
+        assert isinstance(far, torch.cuda.FloatTensor)
+        joined = torch.cat([dists, far.expand(2, 1)], -1)
+        assert joined[:, -1].tolist() == [1e10, 1e10]
+        for made in (torch.Tensor(2, 3), torch.Tensor(np.ones(2))):
+            assert made.device == TARGET
+            assert isinstance(made, torch.cuda.FloatTensor)
+        assert torch.Tensor(far).data_ptr() == far.data_ptr()  # a view
+        assert torch.FloatTensor([1.0]).device == host_lands
+    finally:
+        torch.set_default_tensor_type(torch.FloatTensor)
+        torch.set_default_device(None)
+    made = torch.Tensor([1.0])
+    assert made.device == host_lands
+    assert not isinstance(made, torch.cuda.FloatTensor) or mode == "accelerate"
+
+
 def test_the_stand_ins_pickle_to_themselves():
     for name in ("FloatTensor", "LongTensor"):
         t = getattr(torch.cuda, name)
