@@ -229,12 +229,18 @@ def _host_stand_in(name: str, original: Any) -> type:
                    f"(TorchDevice)."})
 
 
-def _tensor_new(original: Callable[..., Any],
-                host_leaves: bool) -> Callable[..., Any]:
+# Whether the host types' rule holds for torch.Tensor(...) too: mode
+# "accelerate" sending "cpu" requests to an accelerator.  Set by patches()
+# at every enable(), as the mode may have changed since the replacement
+# of Tensor.__new__ was built (it is built once).
+_host_leaves = False
+
+
+def _tensor_new(original: Callable[..., Any]) -> Callable[..., Any]:
     """torch.Tensor(...), the legacy constructor of the default type: a
     "cuda" request while a CUDA type is the default (as its constructor
-    is on CUDA), else, where `host_leaves` (mode "accelerate"), the same
-    rule as the host types.  Subclasses construct as in torch.  The
+    is on CUDA), else, where `_host_leaves`, the same rule as the host
+    types.  Subclasses construct as in torch.  The
     signature stays (*args, **kwargs), which torch.compile's stand-in for
     Tensor.__new__ accepts as any other."""
     host_mover = _patches.cpu_request("torch.Tensor")
@@ -250,7 +256,7 @@ def _tensor_new(original: Callable[..., Any],
             return made
         if _default_cuda_type is not None:
             return _landed(made, args[1:], kwargs, cuda_mover)
-        if host_leaves:
+        if _host_leaves:
             return _landed(made, args[1:], kwargs, host_mover)
         return made
     return __new__
@@ -266,9 +272,11 @@ def host_requests_leave_the_host() -> bool:
 
 def patches() -> List[Any]:
     from ._patches import Patch
+    global _host_leaves
     table: List[Any] = []
     cuda_types = _tdcore.settings()["profile"] != "cuda"
     host_types = host_requests_leave_the_host()
+    _host_leaves = host_types
     if cuda_types:
         table += [Patch(torch.cuda, name, lambda orig, n=name: _stand_in(n))
                   for name in TYPES if hasattr(torch.cuda, name)]
@@ -278,9 +286,7 @@ def patches() -> List[Any]:
                   for name in TYPES if hasattr(torch, name)]
     if cuda_types or host_types:
         table += [
-            Patch(torch.Tensor, "__new__",
-                  functools.partial(_tensor_new, host_leaves=host_types),
-                  static=True),
+            Patch(torch.Tensor, "__new__", _tensor_new, static=True),
             Patch(torch.Tensor, "type", _type_builder),
             Patch(torch, "set_default_tensor_type", _default_type_builder),
         ]
