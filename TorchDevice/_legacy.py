@@ -181,6 +181,9 @@ def _default_type_builder(original: Callable[..., Any]) -> Callable[..., Any]:
         original(torch_host_type(name))
         torch.set_default_device("cuda")
         _default_cuda_type = name
+        # torch.Tensor(...) is a "cuda" request from now on: its
+        # replacement goes in now if the mode did not already need it.
+        _patches.apply_late(_tensor_new_patch())
         return None
     return set_default_tensor_type
 
@@ -262,6 +265,10 @@ def _tensor_new(original: Callable[..., Any]) -> Callable[..., Any]:
     return __new__
 
 
+def _tensor_new_patch() -> Any:
+    return _patches.Patch(torch.Tensor, "__new__", _tensor_new, static=True)
+
+
 def host_requests_leave_the_host() -> bool:
     """Whether mode "accelerate" sends "cpu" requests to an accelerator now
     (so the host legacy types are stand-ins)."""
@@ -284,9 +291,12 @@ def patches() -> List[Any]:
         table += [Patch(torch, name,
                         lambda orig, n=name: _host_stand_in(n, orig))
                   for name in TYPES if hasattr(torch, name)]
+    if host_types or (cuda_types and _default_cuda_type is not None):
+        # Only while torch.Tensor(...) has a rule to follow: a Python
+        # __new__ costs every legacy construction about a microsecond.
+        table.append(_tensor_new_patch())
     if cuda_types or host_types:
         table += [
-            Patch(torch.Tensor, "__new__", _tensor_new, static=True),
             Patch(torch.Tensor, "type", _type_builder),
             Patch(torch, "set_default_tensor_type", _default_type_builder),
         ]

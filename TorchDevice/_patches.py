@@ -830,23 +830,7 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
     detect_profile()
     _install_core(mps_device)
     try:
-        fresh = []
-        for patch in patch_table():
-            had_own, original = _owner_value(patch.owner, patch.name)
-            if original is _MISSING:
-                continue
-            replacement = _built.get(patch.key)
-            if replacement is None:
-                fresh.append(patch)
-                source = original
-                if isinstance(source, staticmethod):
-                    source = source.__func__
-                replacement = patch.build(source)
-                if patch.static:
-                    replacement = staticmethod(replacement)
-                _built[patch.key] = replacement
-            setattr(patch.owner, patch.name, replacement)
-            _applied.append(_Applied(patch, had_own, original, replacement))
+        fresh = [patch for patch in patch_table() if _install(patch)]
         # Once per replacement: they are built once and reused.
         for patch in fresh:
             _name_for_pickle(patch.owner, patch.name)
@@ -863,6 +847,39 @@ def apply(mps_device: Optional[torch.device] = None) -> None:
         raise
     _enabled = True
     _lifecycle_hooks("on_apply")
+
+
+def _install(patch: Patch) -> bool:
+    """Puts `patch`'s replacement in place (built at its first use) and
+    keeps what restore() needs; whether it was built now."""
+    had_own, original = _owner_value(patch.owner, patch.name)
+    if original is _MISSING:
+        return False
+    replacement = _built.get(patch.key)
+    built = replacement is None
+    if built:
+        source = original
+        if isinstance(source, staticmethod):
+            source = source.__func__
+        replacement = patch.build(source)
+        if patch.static:
+            replacement = staticmethod(replacement)
+        _built[patch.key] = replacement
+    setattr(patch.owner, patch.name, replacement)
+    _applied.append(_Applied(patch, had_own, original, replacement))
+    return built
+
+
+def apply_late(patch: Patch) -> None:
+    """One more patch while TorchDevice is applied, which a call of the
+    program's turned on (a CUDA default tensor type, TorchDevice/_legacy.py):
+    the rest of the run need not pay for it before.  restore() puts torch's
+    own back with the others; a later apply() installs it if the table
+    says so."""
+    if not _enabled or any(e.patch.key == patch.key for e in _applied):
+        return
+    if _install(patch):
+        _name_for_pickle(patch.owner, patch.name)
 
 
 def _replaced_constructors() -> Dict[Any, Any]:

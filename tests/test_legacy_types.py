@@ -125,7 +125,13 @@ def test_a_cuda_default_type_makes_torch_tensor_a_cuda_tensor(
     stopped at "Expected all tensors to be on the same device" where
     "cuda" lands on an accelerator).  torch.FloatTensor names the host."""
     TorchDevice.configure(mode=mode)
+    TorchDevice.disable()      # a fresh enable(): no CUDA default type yet
+    TorchDevice.enable()
     host_lands = TARGET if mode == "accelerate" else torch.device("cpu")
+    if host_lands.type == "cpu":
+        # No rule for torch.Tensor(...) yet: torch's own constructor, at
+        # torch's own cost.
+        assert torch.Tensor.__new__ is torch._C.TensorBase.__new__
     try:
         torch.set_default_tensor_type("torch.cuda.FloatTensor")
         dists = torch.ones(2, 3)
@@ -145,6 +151,9 @@ def test_a_cuda_default_type_makes_torch_tensor_a_cuda_tensor(
     made = torch.Tensor([1.0])
     assert made.device == host_lands
     assert not isinstance(made, torch.cuda.FloatTensor) or mode == "accelerate"
+    TorchDevice.disable()      # the replacement put in late goes too
+    assert torch.Tensor.__new__ is torch._C.TensorBase.__new__
+    TorchDevice.enable()
 
 
 def test_the_stand_ins_pickle_to_themselves():
