@@ -24,7 +24,12 @@ from conftest import run_python
 # reference counts are measured.
 SANITIZED = bool(os.environ.get("TORCHDEVICE_SANITIZER"))
 CYCLES = 1000
-WARMUP = 100      # the first ~100 cycles touch pages once (RSS then flat)
+# The first ~100 cycles touch pages once (RSS then flat).  Python 3.13's own
+# memory blocks grow for a few thousand cycles more, ever more slowly, and
+# stop near 500 (20,000 cycles measured); 3.10 to 3.12 stay flat.  After
+# 500 cycles the next thousand add about 200 there: a leak of one block a
+# cycle still shows.
+WARMUP = 500
 BLOCK_TOLERANCE = 300
 
 

@@ -185,12 +185,12 @@ frame_offset(PyFrameObject *frame)
 static int
 written_by_dataclasses(PyCodeObject *c)
 {
-#if PY_VERSION_HEX >= 0x030B0000
     if (!PyUnicode_Check(c->co_filename)
         || PyUnicode_CompareWithASCIIString(c->co_filename, "<string>") != 0)
     {
         return 0;
     }
+#if PY_VERSION_HEX >= 0x030B0000
     const char *qualname = PyUnicode_AsUTF8(c->co_qualname);
     if (qualname == NULL) {
         PyErr_Clear();
@@ -198,8 +198,11 @@ written_by_dataclasses(PyCodeObject *c)
     }
     return strncmp(qualname, "__create_fn__.", 14) == 0;
 #else
-    (void)c;
-    return 0;
+    /* 3.10's code objects carry no qualified name: the __init__ that
+     * __create_fn__'s second line defines is the one that calls user code
+     * (__post_init__, default factories). */
+    return c->co_firstlineno == 2 && PyUnicode_Check(c->co_name)
+           && PyUnicode_CompareWithASCIIString(c->co_name, "__init__") == 0;
 #endif
 }
 
