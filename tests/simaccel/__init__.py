@@ -109,6 +109,11 @@ def real_accelerator() -> str | None:
     found = ask() if ask is not None else None
     if found is None or found.type in ("privateuseone", NAME):
         return None
+    # A build for an accelerator names it where none is present (a CUDA
+    # build of torch on a machine without a GPU): no device, none there.
+    count = getattr(torch._C, "_accelerator_hooks_device_count", None)
+    if count is not None and count() == 0:
+        return None
     return found.type
 
 
