@@ -181,11 +181,9 @@ def test_records_in_process(recording):
         site()
     line = site.__code__.co_firstlineno + 1
     rows = [r for r in TorchDevice.report() if r["file"] == __file__]
+    name = qualified("test_records_in_process.<locals>.site")
     assert [(r["line"], r["function"], r["api"], r["count"]) for r in rows] \
-        == [(line, qualified("test_records_in_process.<locals>.site"),
-             "torch.device", 5),
-            (line, qualified("test_records_in_process.<locals>.site"),
-             "torch.zeros", 5)]
+        == [(line, name, "torch.device", 5), (line, name, "torch.zeros", 5)]
 
 
 @cpu_profile
