@@ -161,6 +161,61 @@ def test_pool_workers_stopped_by_terminate_are_counted(tmp_path, how):
     assert got[(LINES["main"], "torch.zeros")] == (1, 1)
 
 
+INSTALLED = '''\
+import torch
+
+
+def child(n):
+    torch.zeros(n, device="cuda")                          # site:installed
+'''
+
+PROGRAM_OF_AN_INSTALLED_PACKAGE = '''\
+import sys
+
+import torch.multiprocessing as mp
+
+import installed
+
+if __name__ == "__main__":
+    p = mp.get_context(sys.argv[1]).Process(target=installed.child, args=(2,))
+    p.start()
+    p.join()
+    assert p.exitcode == 0
+'''
+
+
+@cpu_profile
+@pytest.mark.parametrize("how", ["spawn", "forkserver"])
+def test_a_child_of_an_installed_program_is_reported_at_its_line(tmp_path,
+                                                                 how):
+    """A child started by spawn or forkserver runs from multiprocessing's
+    `python -c` bootstrap: its "<string>" frame is machinery, so code of an
+    installed package is reported at its own line in the child, as in the
+    parent (it was "<string>:1")."""
+    if how not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {how} here")
+    library = tmp_path / "site-packages"
+    library.mkdir()
+    (library / "installed.py").write_text(INSTALLED)
+    script = tmp_path / "prog.py"
+    script.write_text(PROGRAM_OF_AN_INSTALLED_PACKAGE)
+    env = environment()
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(library)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                          if p])
+    proc = subprocess.run(
+        [sys.executable, "-m", "TorchDevice", "run",
+         f"--report={tmp_path / 'report.json'}", str(script), how],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "report.json").read_text())
+    rows = [(Path(r["file"]).name, r["line"], r["api"], r["processes"])
+            for r in doc["records"]]
+    assert rows == [("installed.py", markers(INSTALLED)["installed"],
+                     "torch.zeros", 1)], rows
+
+
 def wait_ready(proc: subprocess.Popen) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()

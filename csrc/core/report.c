@@ -206,6 +206,44 @@ written_by_dataclasses(PyCodeObject *c)
 #endif
 }
 
+/* multiprocessing starts its spawn and forkserver children with "python -c
+ * 'from multiprocessing.spawn import spawn_main; spawn_main(...)'": that
+ * "<string>" module, whose first name is a multiprocessing module, is the
+ * bottom of every such child's stack.  Machinery, not the user's line: a
+ * program that lives in site-packages would otherwise be reported there,
+ * at "<string>:1", in every child (docs/report.md). */
+static int
+multiprocessing_bootstrap(PyCodeObject *c)
+{
+    if (!PyUnicode_Check(c->co_filename)
+        || PyUnicode_CompareWithASCIIString(c->co_filename, "<string>") != 0)
+    {
+        return 0;
+    }
+    PyObject *names = PyObject_GetAttrString((PyObject *)c, "co_names");
+    if (names == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int found = 0;
+    if (PyTuple_Check(names) && PyTuple_GET_SIZE(names) > 0) {
+        PyObject *first = PyTuple_GET_ITEM(names, 0);   /* borrowed */
+        if (PyUnicode_Check(first)) {
+            PyObject *prefix = PyUnicode_FromString("multiprocessing.");
+            if (prefix == NULL) {
+                PyErr_Clear();
+            }
+            else {
+                found = PyUnicode_Tailmatch(first, prefix, 0,
+                                            PY_SSIZE_T_MAX, -1) == 1;
+                Py_DECREF(prefix);
+            }
+        }
+    }
+    Py_DECREF(names);
+    return found;
+}
+
 /* The site of a call (docs/report.md): the first frame of user code, else
  * the first frame of an installed library (a program that lives in
  * site-packages), else the first standard-library frame; torch and
@@ -223,7 +261,9 @@ user_frame(td_install *st, td_sites *t, PyObject **code, int *offset)
     while (frame != NULL) {
         PyCodeObject *c = PyFrame_GetCode(frame);
         td_file_class k = file_class(st, rules, cache, c->co_filename);
-        if (k == TD_FILE_USER && written_by_dataclasses(c)) {
+        if (k == TD_FILE_USER
+            && (written_by_dataclasses(c) || multiprocessing_bootstrap(c)))
+        {
             k = TD_FILE_STDLIB;
         }
         if (k != TD_FILE_INTERNAL && found[k] == NULL) {
@@ -521,6 +561,13 @@ add_hit(td_install *st, td_sites *t, td_key *k, td_text_fn make_text,
         goto done;
     }
     if (k->from_kind == TD_NO_SPEC) {
+        /* td_report keys on texts only once it has both; the check states
+         * that for readers (and the static analyser) who cannot see it. */
+        if (k->from == NULL || k->to == NULL) {
+            PyErr_SetString(PyExc_SystemError,
+                            "TorchDevice: a report key without its texts");
+            goto done;
+        }
         from = Py_NewRef(k->from);
         to = Py_NewRef(k->to);
     }
