@@ -178,6 +178,15 @@ frame_offset(PyFrameObject *frame)
 #endif
 }
 
+/* Code compiled from a string: "python -c", exec(), and the code the
+ * standard library writes at run time. */
+static int
+compiled_from_string(PyCodeObject *c)
+{
+    return PyUnicode_Check(c->co_filename)
+           && PyUnicode_CompareWithASCIIString(c->co_filename, "<string>") == 0;
+}
+
 /* dataclasses compiles the methods it writes for a class (the __init__
  * that calls __post_init__) from "<string>", as nested functions of
  * "__create_fn__": machinery, like contextlib, whatever the class's
@@ -185,9 +194,7 @@ frame_offset(PyFrameObject *frame)
 static int
 written_by_dataclasses(PyCodeObject *c)
 {
-    if (!PyUnicode_Check(c->co_filename)
-        || PyUnicode_CompareWithASCIIString(c->co_filename, "<string>") != 0)
-    {
+    if (!compiled_from_string(c)) {
         return 0;
     }
 #if PY_VERSION_HEX >= 0x030B0000
@@ -215,9 +222,7 @@ written_by_dataclasses(PyCodeObject *c)
 static int
 multiprocessing_bootstrap(PyCodeObject *c)
 {
-    if (!PyUnicode_Check(c->co_filename)
-        || PyUnicode_CompareWithASCIIString(c->co_filename, "<string>") != 0)
-    {
+    if (!compiled_from_string(c)) {
         return 0;
     }
     PyObject *names = PyObject_GetAttrString((PyObject *)c, "co_names");
