@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -97,12 +98,14 @@ def environment() -> dict:
     return env
 
 
-def launch(tmp_path: Path, *args: str, **popen) -> subprocess.Popen:
+def launch(tmp_path: Path, *args: str, program: str = PROGRAM,
+           env: Optional[dict] = None, **popen) -> subprocess.Popen:
     script = tmp_path / "prog.py"
-    script.write_text(PROGRAM)
+    script.write_text(program)
     cmd = [sys.executable, "-m", "TorchDevice", "run",
            f"--report={tmp_path / 'report.json'}", str(script), *args]
-    return subprocess.Popen(cmd, cwd=str(tmp_path), env=environment(),
+    return subprocess.Popen(cmd, cwd=str(tmp_path),
+                            env=environment() if env is None else env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **popen)
 
@@ -197,18 +200,14 @@ def test_a_child_of_an_installed_program_is_reported_at_its_line(tmp_path,
     library = tmp_path / "site-packages"
     library.mkdir()
     (library / "installed.py").write_text(INSTALLED)
-    script = tmp_path / "prog.py"
-    script.write_text(PROGRAM_OF_AN_INSTALLED_PACKAGE)
     env = environment()
     env["PYTHONPATH"] = os.pathsep.join(
         [str(library)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                           if p])
-    proc = subprocess.run(
-        [sys.executable, "-m", "TorchDevice", "run",
-         f"--report={tmp_path / 'report.json'}", str(script), how],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True,
-        timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    proc = launch(tmp_path, how, program=PROGRAM_OF_AN_INSTALLED_PACKAGE,
+                  env=env)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
     doc = json.loads((tmp_path / "report.json").read_text())
     rows = [(Path(r["file"]).name, r["line"], r["api"], r["processes"])
             for r in doc["records"]]

@@ -233,16 +233,13 @@ multiprocessing_bootstrap(PyCodeObject *c)
     int found = 0;
     if (PyTuple_Check(names) && PyTuple_GET_SIZE(names) > 0) {
         PyObject *first = PyTuple_GET_ITEM(names, 0);   /* borrowed */
-        if (PyUnicode_Check(first)) {
-            PyObject *prefix = PyUnicode_FromString("multiprocessing.");
-            if (prefix == NULL) {
-                PyErr_Clear();
-            }
-            else {
-                found = PyUnicode_Tailmatch(first, prefix, 0,
-                                            PY_SSIZE_T_MAX, -1) == 1;
-                Py_DECREF(prefix);
-            }
+        const char *name = PyUnicode_Check(first) ? PyUnicode_AsUTF8(first)
+                                                  : NULL;
+        if (name == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            found = strncmp(name, "multiprocessing.", 16) == 0;
         }
     }
     Py_DECREF(names);
