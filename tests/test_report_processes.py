@@ -202,8 +202,7 @@ def test_a_child_of_an_installed_program_is_reported_at_its_line(tmp_path,
     (library / "installed.py").write_text(INSTALLED)
     env = environment()
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(library)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                          if p])
+        p for p in (str(library), env.get("PYTHONPATH")) if p)
     proc = launch(tmp_path, how, program=PROGRAM_OF_AN_INSTALLED_PACKAGE,
                   env=env)
     _, err = proc.communicate(timeout=300)
