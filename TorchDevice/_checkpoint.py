@@ -17,9 +17,10 @@ loads in a process without it.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import weakref
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 
@@ -29,6 +30,28 @@ PRIORITY = 17
 _TAGS = ("cuda", "mps")
 
 _registered = False
+
+
+class _Load:
+    """One torch.load call, so that its report rows count the call once,
+    as every row counts calls, however many storages it loads."""
+    __slots__ = ("recorded", "dtypes")
+
+    def __init__(self) -> None:
+        self.recorded: Set[Tuple[str, str]] = set()
+        # (device, dtype saved) -> dtype made there, decided (and reported)
+        # at the call's first such tensor
+        self.dtypes: Dict[Tuple[Any, Any], Any] = {}
+
+
+# The torch.load call restoring a storage, while it restores it.
+_loading: "contextvars.ContextVar[Optional[_Load]]" = contextvars.ContextVar(
+    "TorchDevice_loading", default=None)
+
+# Each storage a torch.load call restored off the host, with that call: its
+# tensors are rebuilt after the restore, outside it.
+_load_of: "weakref.WeakKeyDictionary[Any, _Load]" = (
+    weakref.WeakKeyDictionary())
 
 
 def _tag(obj: Any) -> Optional[str]:
@@ -59,7 +82,9 @@ def _deserialize(obj: Any, location: str) -> Any:
     target, _ = _tdcore.trace_plan(location)
     if target is None or target.type == kind:
         return None                            # native: torch's own path
-    _tdcore.record("torch.load", "redirected", location, str(target))
+    load = _loading.get()
+    if load is None or _first(load, (location, str(target))):
+        _tdcore.record("torch.load", "redirected", location, str(target))
     if obj.device != target:
         # what torch's own "mps" deserializer does
         obj = obj.mps() if target.type == "mps" else obj.to(device=target)
@@ -68,21 +93,42 @@ def _deserialize(obj: Any, location: str) -> Any:
     return _tdcore.mark_accelerator(obj)
 
 
+def _first(load: _Load, key: Tuple[str, str]) -> bool:
+    """Whether `load` has not recorded the row `key` yet (and now has)."""
+    if key in load.recorded:
+        return False
+    load.recorded.add(key)
+    return True
+
+
 def restore_location_builder(original: Any) -> Any:
-    """torch.serialization._get_restore_location: a torch.device the program
-    built for "cuda" reads as the device really used to torch's own code, so
-    `map_location=torch.device("cuda")` loads through the host's
-    deserializer, past `_deserialize`; the storages it makes are marked as
-    those of `map_location="cuda"` are."""
+    """torch.serialization._get_restore_location, which torch.load calls
+    once per call: the restore function it returns tells `_deserialize`
+    and `_rebuild_tensor` which call they serve.  A torch.device the
+    program built for "cuda" reads as the device really used to torch's
+    own code, so `map_location=torch.device("cuda")` loads through the
+    host's deserializer, past `_deserialize`; the storages it makes are
+    marked as those of `map_location="cuda"` are."""
     @functools.wraps(original)
     def _get_restore_location(map_location: Any) -> Any:
         restore = original(map_location)
-        if (not isinstance(map_location, torch.device)
-                or _tdcore.device_intent(map_location) != "accelerator"):
-            return restore
+        accelerator = (isinstance(map_location, torch.device)
+                       and _tdcore.device_intent(map_location)
+                       == "accelerator")
+        load = _Load()
 
         def restore_location(storage: Any, location: str) -> Any:
-            return _tdcore.mark_accelerator(restore(storage, location))
+            token = _loading.set(load)
+            try:
+                result = restore(storage, location)
+            finally:
+                _loading.reset(token)
+            if accelerator:
+                result = _tdcore.mark_accelerator(result)
+            if (isinstance(result, torch.UntypedStorage)
+                    and result.device.type != "cpu"):
+                _load_of[result] = load
+            return result
         return restore_location
     return _get_restore_location
 
@@ -103,8 +149,8 @@ def rebuild_tensor_builder(original: Any) -> Any:
     # torch.empty as the factory wrappers run it, under the name the
     # program called: the report row and a TORCHDEVICE_FLOAT64=error
     # message say "torch.load", not a torch.empty the program never wrote.
-    load_empty = _patches.factory("torch.load", _grammar.FACTORY)(
-        _patches.unwrapped(torch.empty))
+    plain_empty = _patches.unwrapped(torch.empty)
+    load_empty = _patches.factory("torch.load", _grammar.FACTORY)(plain_empty)
 
     @functools.wraps(original)
     def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any,
@@ -115,8 +161,16 @@ def rebuild_tensor_builder(original: Any) -> Any:
             return original(storage, storage_offset, size, stride)
         # The float64 rule decides, at the program's torch.load line: a
         # float32 tensor (reported as torch.load's), or TypeError under
-        # TORCHDEVICE_FLOAT64=error.
-        t = load_empty((0,), dtype=storage.dtype, device=untyped.device)
+        # TORCHDEVICE_FLOAT64=error; once per torch.load call and device.
+        load = _load_of.get(untyped)
+        key = (untyped.device, storage.dtype)
+        made = load.dtypes.get(key) if load is not None else None
+        if made is None:
+            t = load_empty((0,), dtype=storage.dtype, device=untyped.device)
+            if load is not None:
+                load.dtypes[key] = t.dtype
+        else:
+            t = plain_empty((0,), dtype=made, device=untyped.device)
         if t.dtype != storage.dtype:
             narrowed = _narrowed.get(untyped)
             if narrowed is None:

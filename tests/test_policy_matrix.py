@@ -967,7 +967,8 @@ def test_a_float64_checkpoint_loads_onto_the_device_as_float32(tmp_path):
     [0, 1, 2]).  The values arrive as float32, a storage shared by views
     and tied entries stays shared, the tensors move as loaded onto "cuda"
     do, and nothing warns but the first downcast, which is TorchDevice's
-    log, not a Python warning (docs/policy.md, "float64 on MPS")."""
+    log, not a Python warning (docs/policy.md, "float64 on MPS").  The
+    report counts each torch.load call once (it counted every tensor)."""
     torch_save = """
         import io, torch, warnings
         warnings.simplefilter("error")     # as test suites often run
@@ -984,11 +985,18 @@ def test_a_float64_checkpoint_loads_onto_the_device_as_float32(tmp_path):
             print(d["v"].tolist(), d["tied"].tolist() == d["w"].tolist(),
                   d["w"].cuda() is d["w"], d["w"].cpu() is d["w"])
         """
-    proc = launch(tmp_path, torch_save, "cpu-stays-cpu")
+    proc = launch(tmp_path, torch_save, "cpu-stays-cpu",
+                  f"--report={tmp_path / 'report.json'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == [
         "torch.float32 [0.25, 1.5, -2.0, 3.0] [1.5, -2.0] torch.complex64 "
         "[(1+2j)]", "[2.5, -1.0] True True False"] * 2
+    records = json.loads((tmp_path / "report.json").read_text())["records"]
+    loads = sorted((r["what"], r["from"], r["to"], r["count"])
+                   for r in records if r["api"] == "torch.load")
+    assert loads == [("downcast", "complex128", "complex64", 2),
+                     ("downcast", "float64", "float32", 2),
+                     ("redirected", "cuda", "simaccel:0", 2)], records
     said = said_once(proc)
     assert said[0].startswith("TorchDevice: float64 computed in float32 at "
                               ), proc.stderr
