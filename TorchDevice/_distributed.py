@@ -30,6 +30,10 @@ gloo reduces host tensors only: where "cuda" lands on another accelerator
 * The ``reduce_scatter`` family with ``async_op=True``: on the gloo given
   for NCCL, the work's ``get_future()`` answers, as NCCL's does (gloo's
   raises "Work::getFuture not implemented").
+* A reduce-scatter's input or an all-gather's output holding the ranks'
+  parts stacked, (world size, *part), which NCCL takes as well as their
+  concatenation: on the gloo given for NCCL, the concatenation, a view
+  (gloo takes no other form).
 * ``nn.DataParallel`` is a pass-through: scattering is CUDA's alone, and
   one device runs the module itself.  torch.nn.parallel's ``scatter``,
   ``scatter_kwargs``, ``gather``, ``replicate`` and ``parallel_apply``
@@ -182,14 +186,67 @@ class _WorkWithFuture(dist.Work if dist.is_available() else object):
         return self._future
 
 
+def _as_concatenation(api: str, whole: Any, part: Any,
+                      group: Any) -> Any:
+    """(whole, part) as gloo takes them.  A reduce-scatter's input and an
+    all-gather's output hold every rank's part: NCCL takes them stacked,
+    (world size, *part's shape), as torch documents, or concatenated along
+    the first dimension; gloo takes only the concatenation ("Check failed:
+    outputShape[0] * worldSize == inputShape[0]").  On the gloo given for
+    NCCL a stacked tensor becomes its concatenation, a view, so that what
+    gloo writes into it lands in the program's tensor (a part without
+    dimensions: both one-dimensional)."""
+    if (not isinstance(whole, torch.Tensor)
+            or not isinstance(part, torch.Tensor)
+            or whole.dim() != part.dim() + 1 or not whole.is_contiguous()
+            or not part.is_contiguous()
+            or tuple(whole.shape[1:]) != tuple(part.shape)
+            or not _stands_in(group)
+            or whole.shape[0] != dist.get_world_size(group)):
+        return whole, part
+    _tdcore.record(api, "emulated", "parts stacked",
+                   "parts concatenated")
+    if part.dim() == 0:
+        return whole, part.view(1)
+    return whole.flatten(0, 1), part
+
+
+def _all_gather_builder(api: str) -> Callable[[Any], Any]:
+    """all_gather_into_tensor(output, input, ...) and its aliases: an
+    output of the parts stacked, on the gloo given for NCCL
+    (_as_concatenation)."""
+    def build(original: Any) -> Any:
+        signature = inspect.signature(original)
+        output, input_ = list(signature.parameters)[:2]
+
+        @functools.wraps(original)
+        def all_gather(*args: Any, **kwargs: Any) -> Any:
+            if not _gave_gloo:
+                return original(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            whole, part = _as_concatenation(
+                api, bound.arguments.get(output), bound.arguments.get(input_),
+                bound.arguments.get("group"))
+            if whole is bound.arguments.get(output) and \
+                    part is bound.arguments.get(input_):
+                return original(*args, **kwargs)
+            bound.arguments[output], bound.arguments[input_] = whole, part
+            return original(*bound.args, **bound.kwargs)
+        return all_gather
+    return build
+
+
 def _reduction_builder(api: str, position: int, data: str,
                        scale: Callable[[Any, Any], Any],
-                       no_future: bool = False) -> Callable[[Any], Any]:
+                       no_future: bool = False,
+                       stacked: bool = False) -> Callable[[Any], Any]:
     """A reduction taking op at `position` (or op=): PREMUL_SUM becomes
     SUM of the inputs multiplied by its factor, which is NCCL's
     definition; `scale(value, factor)` is the argument named `data` so
     scaled.  `no_future`: gloo's work for it has no future, and the one
-    given for NCCL gets one (_WorkWithFuture)."""
+    given for NCCL gets one (_WorkWithFuture).  `stacked`: a
+    reduce-scatter of one tensor (output, input), whose input may hold the
+    parts stacked (_as_concatenation)."""
     def build(original: Any) -> Any:
         signature = inspect.signature(original)
 
@@ -203,6 +260,11 @@ def _reduction_builder(api: str, position: int, data: str,
                 return original(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             group = bound.arguments.get("group")
+            output = bound.arguments.get("output")
+            if stacked:
+                bound.arguments["input"], bound.arguments["output"] = (
+                    _as_concatenation(api, bound.arguments["input"], output,
+                                      group))
             if premul:
                 factor = _premul_factor(op, group)
                 if factor is not None:
@@ -215,7 +277,7 @@ def _reduction_builder(api: str, position: int, data: str,
             if (no_future and work is not None
                     and bound.arguments.get("async_op")
                     and _stands_in(group)):
-                return _WorkWithFuture(work, bound.arguments["output"])
+                return _WorkWithFuture(work, output)
             return work
         return reduction
     return build
@@ -664,7 +726,13 @@ def patches() -> List[Any]:
             if hasattr(owner, name):
                 table.append(Patch(owner, name, _reduction_builder(
                     f"torch.distributed.{name}", position, data, scale,
-                    no_future)))
+                    no_future, stacked=data == "input")))
+        # The single-tensor all-gathers; the older aliases (_all_gather_base)
+        # call one of these.
+        for name in ("all_gather_single", "all_gather_into_tensor"):
+            if hasattr(owner, name):
+                table.append(Patch(owner, name, _all_gather_builder(
+                    f"torch.distributed.{name}")))
     # DeviceMesh (init_device_mesh) starts the default group with the name
     # it imported from distributed_c10d.
     device_mesh = importlib.import_module("torch.distributed.device_mesh")
