@@ -28,6 +28,18 @@ Nothing changes on profile cuda, nor where "cuda" lands on a device that is
 not the host (docs/compile-checkpoints-distributed.md, "FSDP").  FSDP's
 modules are costly to import, so the changes are made right after a
 program imports them.
+
+fairscale's FullyShardedDataParallel, on every profile but cuda: its
+``state_dict()`` copies each full parameter before ``summon_full_params``
+frees it, by ``.to(state_dict_device)`` where the tensor's device type
+differs from that device's, else by ``clone()``.  Its default
+``state_dict_device`` is the "cuda" device it builds, which reads ``cuda``
+to it while the tensors read the device really used: it took ``.to()``,
+which leaves a tensor already there as it is, so the state dict held freed
+memory (an unloadable file, then a segmentation fault in
+``load_state_dict``).  A ``state_dict_device`` asked for as "cuda" (or
+"mps") elsewhere is given to it as the device really used, which is what
+it compares on CUDA.
 """
 from __future__ import annotations
 
@@ -41,6 +53,9 @@ from . import _imports, _patches, _tdcore, _torch_compat
 
 _INIT_UTILS = "torch.distributed.fsdp._init_utils"
 _FSDP = "torch.distributed.fsdp.fully_sharded_data_parallel"
+_FAIRSCALE = "fairscale.nn.data_parallel.fully_sharded_data_parallel"
+_FAIRSCALE_FAILED = ("could not adapt fairscale's FullyShardedDataParallel: "
+                     "its state_dict() may hold memory it frees")
 _FAILED = ("could not adapt FullyShardedDataParallel to a host that stands "
            "for \"cuda\"; sync_module_states, a module without device_id "
            "and CPU offloading stop where torch's do")
@@ -94,6 +109,19 @@ def _init_builder(original: Callable[..., Any]) -> Callable[..., Any]:
     return __init__
 
 
+def _fairscale_init_builder(
+        original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        device = getattr(self, "state_dict_device", None)
+        if device is not None and _tdcore.asked_device(device) is not None:
+            import torch
+            # str() read here is the device really used
+            self.state_dict_device = torch.device(str(device))
+    return __init__
+
+
 def _replace(owner: Any, name: str,
              builder: Callable[[Any], Any]) -> None:
     with _lock:
@@ -118,17 +146,26 @@ def _register_init() -> None:
     _replace(module.FullyShardedDataParallel, "__init__", _init_builder)
 
 
+def _register_fairscale() -> None:
+    module = sys.modules[_FAIRSCALE]
+    _replace(module.FullyShardedDataParallel, "__init__",
+             _fairscale_init_builder)
+
+
 def on_apply() -> None:
     """Called at the end of _patches.apply()."""
     if _host_profile():
         _imports.after(_INIT_UTILS, _register_states_check, _FAILED)
         _imports.after(_FSDP, _register_init, _FAILED)
+    if _tdcore.settings()["profile"] != "cuda":
+        _imports.after(_FAIRSCALE, _register_fairscale, _FAIRSCALE_FAILED)
 
 
 def on_restore() -> None:
     """Called by _patches.restore(): torch's own objects back."""
     _imports.cancel(_INIT_UTILS, _register_states_check)
     _imports.cancel(_FSDP, _register_init)
+    _imports.cancel(_FAIRSCALE, _register_fairscale)
     with _lock:
         for (owner, name), original in _originals.items():
             setattr(owner, name, original)

@@ -15,7 +15,8 @@ import torch
 
 import TorchDevice
 from TorchDevice import _distributed, _tdcore
-from conftest import ACCEL, HAS_CUDA, LAST_WORD, ROOT, TARGET, run_python
+from conftest import (ACCEL, HAS_CUDA, HOST_LANDS, LAST_WORD, ROOT, TARGET,
+                      run_python)
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or HAS_CUDA,
@@ -1135,3 +1136,74 @@ def test_stacked_parts_run_on_the_gloo_given_for_nccl(tmp_path):
         assert "gloo chosen" in r and r["gloo chosen"] != "reduced"
         assert "torch.distributed.reduce_scatter_tensor" in r["rows"]
         assert "torch.distributed.all_gather_into_tensor" in r["rows"]
+
+
+# A stand-in for fairscale's FullyShardedDataParallel (fairscale is not a
+# dependency): only how its state_dict() copies each full parameter before
+# freeing it, and where its state_dict_device comes from (fairscale 0.4.13,
+# fully_sharded_data_parallel.py), under the module name TorchDevice adapts.
+FAIRSCALE_STAND_IN = '''
+import torch
+
+class FullyShardedDataParallel(torch.nn.Module):
+    def __init__(self, module, compute_device=None, state_dict_device=None):
+        super().__init__()
+        self.module = module
+        self.compute_device = compute_device or torch.device("cuda")
+        self.state_dict_device = state_dict_device or self.compute_device
+
+    def full_state_dict(self):
+        out = {}
+        for name, p in self.module.named_parameters():
+            obj = p.detach()          # the full parameter, freed after this
+            if obj.device.type != self.state_dict_device.type:
+                obj = obj.to(device=self.state_dict_device)
+            else:
+                obj = obj.clone()
+            out[name] = obj
+        return out
+'''
+
+FAIRSCALE_USER = '''
+import json, sys
+import torch
+import TorchDevice
+from fairscale.nn.data_parallel.fully_sharded_data_parallel import (
+    FullyShardedDataParallel as FSDP)
+
+result = {}
+for name, kwargs in (("default", {}),
+                     ("cuda asked", {"state_dict_device": torch.device("cuda")}),
+                     ("cpu asked", {"state_dict_device": torch.device("cpu")})):
+    model = FSDP(torch.nn.Linear(3, 2).cuda(), **kwargs)
+    state = model.full_state_dict()
+    with torch.no_grad():
+        model.module.weight.add_(1)       # training goes on
+    result[name] = [not torch.equal(state["weight"].cpu(),
+                                    model.module.weight.cpu()),
+                    str(model.state_dict_device)]
+print(json.dumps(result))
+'''
+
+
+def test_fairscale_fsdp_state_dict_copies_the_parameters(tmp_path):
+    # fairscale's FSDP copies a full parameter with .to(state_dict_device)
+    # where the tensor's device type differs from that device's, else with
+    # clone(); its default state_dict_device, "cuda", reads `cuda` to it
+    # and the tensor the device really used, so it took .to(), which kept
+    # the tensor: the state dict held memory FSDP then freed (an unloadable
+    # checkpoint, a segmentation fault in load_state_dict).
+    package = tmp_path / "fairscale" / "nn" / "data_parallel"
+    package.mkdir(parents=True)
+    for folder in (tmp_path / "fairscale", tmp_path / "fairscale" / "nn",
+                   package):
+        (folder / "__init__.py").write_text("")
+    (package / "fully_sharded_data_parallel.py").write_text(FAIRSCALE_STAND_IN)
+    proc = run_python(FAIRSCALE_USER, env={"PYTHONPATH": os.pathsep.join(
+        p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    # mode "accelerate" sends the program's "cpu" to the device too
+    assert result == {"default": [True, str(TARGET)],
+                      "cuda asked": [True, str(TARGET)],
+                      "cpu asked": [True, str(HOST_LANDS)]}, result
