@@ -256,6 +256,21 @@ def _enabled_outside_a_region(source: str, target: str, enabled: Any) -> None:
         _originals["set_autocast_dtype"](target, _SAVED.pop(target))
 
 
+def _default_dtype(device_type: str, api: str) -> Any:
+    """What a region of `device_type` opened without a dtype computes in,
+    the getters' answer outside a region.  Where that is not what the
+    program's device type computes in (CUDA's float16), the answer is a
+    dtype row at the caller's line, as the region's would be: code that
+    hands the answer on, `autocast("cuda", dtype=get_autocast_gpu_dtype())`
+    as mmengine writes it, asks for the new dtype itself, so its region
+    has no row to show the change."""
+    want = _DEFAULTS.get(device_type)
+    used = _DTYPES[device_type].get(want, want)
+    if used is not want:
+        _record(api, "dtype", want, used)
+    return used
+
+
 def _get_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def get_autocast_dtype(*args: Any, **kwargs: Any) -> Any:
@@ -265,8 +280,7 @@ def _get_dtype(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(*args, **kwargs)
         if _originals["is_autocast_enabled"](target):
             return original(target)      # inside a region: its dtype
-        want = _DEFAULTS.get(device_type)
-        return _DTYPES[device_type].get(want, want)
+        return _default_dtype(device_type, "torch.get_autocast_dtype")
     return get_autocast_dtype
 
 
@@ -312,7 +326,10 @@ def _gpu_dtype_getter(original: Callable[..., Any]) -> Callable[..., Any]:
         if not torch.compiler.is_compiling():   # dynamo folds torch's
             _deprecated("torch.get_autocast_gpu_dtype()",
                         "torch.get_autocast_dtype('cuda')")
-        return replacement("get_autocast_dtype")("cuda")
+        target = _TYPES.get("cuda")
+        if target is None or _originals["is_autocast_enabled"](target):
+            return replacement("get_autocast_dtype")("cuda")
+        return _default_dtype("cuda", "torch.get_autocast_gpu_dtype")
     return get_autocast_gpu_dtype
 
 

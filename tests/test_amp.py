@@ -188,6 +188,33 @@ def test_float16_becomes_what_the_cpu_computes_well(dtype, restore_config):
     TorchDevice.configure(report=False)
 
 
+@cpu_only
+def test_the_dtype_answered_for_cuda_is_a_dtype_row(restore_config):
+    """`torch.autocast("cuda", dtype=torch.get_autocast_gpu_dtype())`
+    (mmengine's AMP) asks for the dtype the getter answered, so the
+    region's row showed no change; the change is the getter's answer, at
+    the program's line (it was not in the report)."""
+    TorchDevice.configure(report=True)
+    TorchDevice.clear_report()
+    a = torch.randn(4, 4, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with torch.autocast("cuda", dtype=torch.get_autocast_gpu_dtype()):
+            assert (a @ a).dtype == FLOAT16_BECOMES
+            assert torch.get_autocast_gpu_dtype() is FLOAT16_BECOMES
+    assert torch.get_autocast_dtype("cuda") is FLOAT16_BECOMES
+    rows = sorted((r["api"], r["from"], r["to"], r["file"])
+                  for r in TorchDevice.report() if r["what"] == "dtype")
+    TorchDevice.configure(report=False)
+    if FLOAT16_BECOMES is torch.float16:
+        assert rows == []
+    else:
+        assert rows == [
+            (api, "torch.float16", str(FLOAT16_BECOMES), __file__)
+            for api in ("torch.get_autocast_dtype",
+                        "torch.get_autocast_gpu_dtype")]
+
+
 def _assert_keep_float16_switches() -> None:
     """keep_float16 on: CUDA's float16 autocast stays float16; off again:
     float16 becomes what the CPU computes well."""
