@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import sys
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -47,6 +49,7 @@ import torch.cuda.graphs as _torch_graphs
 from . import _patches, _tdcore, _torch_compat
 
 _API = "torch.cuda.CUDAGraph"
+_DYNAMO_FRAME = os.path.join("torch", "_dynamo", "eval_frame.py")
 
 # Operators whose answer needs the device's data on the host.
 _SYNC_NAMES = (
@@ -87,6 +90,8 @@ class _Known:
     metadata: frozenset = frozenset()
     batch_norm: Any = None
     repeat_interleave: Any = None
+    lift_fresh: Any = None
+    copy: Any = None
     resolved = False
 
     @classmethod
@@ -99,6 +104,8 @@ class _Known:
             cls.batch_norm = getattr(aten.native_batch_norm, "default", None)
             cls.repeat_interleave = getattr(aten.repeat_interleave, "Tensor",
                                             None)
+            cls.lift_fresh = getattr(aten.lift_fresh, "default", None)
+            cls.copy = aten.copy_.default
             cls.resolved = True
         return cls
 
@@ -189,12 +196,30 @@ class _CaptureInvalidated(RuntimeError):
     pass
 
 
+def _under_compile() -> bool:
+    frame = sys._getframe(1)
+    while frame is not None:
+        # The entry of a torch.compile'd function (torch's own dispatch
+        # machinery passes through other functions of the same file).
+        if (frame.f_code.co_name == "compile_wrapper"
+                and frame.f_code.co_filename.endswith(_DYNAMO_FRAME)):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _sync_error(func: Any) -> RuntimeError:
+    hint = ""
+    if _under_compile():
+        hint = (" The block calls a torch.compile'd function, which runs "
+                "eagerly inside this capture (torch.compile does not trace "
+                "under the dispatch mode that records it), so code that "
+                "reads only when not compiling reads here.")
     return _CaptureInvalidated(
         f"{func}: reads a value back to the host while torch.cuda."
         "CUDAGraph is capturing (operation not permitted when stream is "
         "capturing, as on CUDA): every replay would reuse the value read "
-        "now. Move the read out of the captured block.")
+        f"now. Move the read out of the captured block.{hint}")
 
 
 class _Op:
@@ -220,6 +245,13 @@ def _capture(ops: List[_Op], func: Any, args: tuple, kwargs: dict) -> Any:
     if func in known.sync or (func is known.repeat_interleave
                               and kwargs.get("output_size") is None):
         raise _sync_error(func)
+    if func is known.lift_fresh:
+        # A tensor made from host data (torch.tensor(0.0)): a constant that
+        # a compiled block on CUDA creates afresh in every replay, so one
+        # the block accumulates into starts from its value each time.
+        out = func(*args, **kwargs)
+        ops.append(_Op(known.copy, (out, out.clone()), {}, []))
+        return out
     kind = _kind(func)
     if kind.how == _RUN_ONCE:
         return func(*args, **kwargs)
@@ -230,7 +262,15 @@ def _capture(ops: List[_Op], func: Any, args: tuple, kwargs: dict) -> Any:
         # markers): host bookkeeping, which CUDA does once, at capture.
         host_only = not fresh and not any(
             True for v in (*args, *kwargs.values()) for _ in _tensors(v))
-        if func not in known.allocate and not host_only:
+        if func in known.allocate:
+            # Never-written memory of a fresh CUDA graph pool: zeros, as a
+            # fresh allocation from the driver holds in practice.  CUDA
+            # leaves it undefined; host memory would hold garbage, which a
+            # program that steps an optimizer on gradients the capture
+            # has not written yet would turn into NaN.
+            for _, tensor in fresh:
+                tensor.zero_()
+        elif not host_only:
             ops.append(_Op(func, args, kwargs, fresh))
         return out
     schema = _torch_compat.op_schema(func)
@@ -377,9 +417,12 @@ class CUDAGraph:
         if pool is not None:
             self._pool = tuple(pool)
         _patches.record_emulated(self._api)
+        from ._graph_functions import CaptureFunctions
         mode = mode_class([])
         mode.__enter__()
-        self._mode = mode
+        functions = CaptureFunctions()
+        functions.__enter__()
+        self._mode = (mode, functions)
         _state.graph = self
 
     def capture_end(self) -> None:
@@ -390,6 +433,8 @@ class CUDAGraph:
                 "underway on this thread")
         self._mode = None
         _state.graph = None
+        mode, functions = mode
+        functions.__exit__(None, None, None)
         mode.__exit__(None, None, None)
         if mode.invalid is not None:
             raise RuntimeError(f"{self._api}.capture_end: the capture was "

@@ -229,6 +229,86 @@ def test_reading_a_value_back_inside_a_capture_raises(read):
         graph.replay()
 
 
+def test_one_hot_with_its_classes_reads_nothing_back_in_a_capture():
+    """CUDA's one_hot leaves the bounds to its scatter; the CPU's reads the
+    minimum and maximum back, which a capture must not do."""
+    x = torch.zeros(4, dtype=torch.long, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = torch.nn.functional.one_hot(x, num_classes=3)
+        z = torch.nn.functional.one_hot(input=x.flip(0), num_classes=3)
+    x.copy_(torch.tensor([2, 0, 1, 1]))
+    graph.replay()
+    assert y.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 1, 0]]
+    assert z.tolist() == [[0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    x.fill_(3)
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        graph.replay()
+    with pytest.raises(RuntimeError, match="not permitted when stream is "
+                                           "capturing"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            torch.nn.functional.one_hot(x)  # infers the classes: reads
+    with pytest.raises(RuntimeError, match="num_classes should be positive"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            torch.nn.functional.one_hot(x, num_classes=0)
+    assert torch.nn.functional.one_hot(x, 4).tolist() == [[0, 0, 0, 1]] * 4
+
+
+def test_memory_allocated_in_a_capture_reads_zeros_until_replay():
+    """A program may step an optimizer on gradients the capture has not
+    written yet (undefined on CUDA, where a fresh pool reads zeros): host
+    memory reused from freed tensors must not turn them into garbage."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(D_IN, H), torch.nn.ReLU(),
+                                torch.nn.Linear(H, D_OUT)).cuda()
+    x = torch.randn(N, D_IN, device="cuda")
+    for _ in range(3):
+        # Freed memory full of NaN, for the capture's allocations to reuse.
+        torch.full((H, H), float("nan"), device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        buffers = [torch.empty(H, H, device="cuda") for _ in range(4)]
+        for b in buffers:
+            b.copy_(torch.ones(H, H, device="cuda"))
+        model(x).square().mean().backward()
+    for b in buffers:
+        assert torch.count_nonzero(b) == 0      # not written before replay
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    graph.replay()
+    assert all(torch.equal(b, torch.ones(H, H, device="cuda"))
+               for b in buffers)
+
+
+def test_a_constant_made_in_a_capture_starts_from_its_value_each_replay():
+    """torch.tensor(0.0) in a captured block is a constant each replay
+    creates again (as a compiled block on CUDA does), not an accumulator."""
+    x = torch.ones(3, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        total = torch.tensor(0.0, device="cuda")
+        for _ in range(2):
+            total += x.sum()
+    for _ in range(3):
+        graph.replay()
+        assert total.item() == 6.0
+
+
+def test_a_read_in_a_compiled_function_says_it_ran_eagerly():
+    @torch.compile
+    def scaled(x):
+        return x * x.sum().item()
+
+    x = torch.ones(3, device="cuda")
+    with pytest.raises(RuntimeError, match="torch.compile'd function, "
+                                           "which runs eagerly"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            scaled(x)
+    with pytest.raises(RuntimeError) as plain:
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            x.sum().item()
+    assert "torch.compile" not in str(plain.value)
+
+
 def test_manual_capture_end_after_a_read_says_the_capture_was_lost():
     x = torch.ones(3, device="cuda")
     graph = torch.cuda.CUDAGraph()
