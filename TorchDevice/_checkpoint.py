@@ -43,6 +43,13 @@ class _Load:
         # at the call's first such tensor
         self.dtypes: Dict[Tuple[Any, Any], Any] = {}
 
+    def first(self, row: Tuple[str, str]) -> bool:
+        """Whether this call has not recorded `row` yet (and now has)."""
+        if row in self.recorded:
+            return False
+        self.recorded.add(row)
+        return True
+
 
 # The torch.load call restoring a storage, while it restores it.
 _loading: "contextvars.ContextVar[Optional[_Load]]" = contextvars.ContextVar(
@@ -83,7 +90,7 @@ def _deserialize(obj: Any, location: str) -> Any:
     if target is None or target.type == kind:
         return None                            # native: torch's own path
     load = _loading.get()
-    if load is None or _first(load, (location, str(target))):
+    if load is None or load.first((location, str(target))):
         _tdcore.record("torch.load", "redirected", location, str(target))
     if obj.device != target:
         # what torch's own "mps" deserializer does
@@ -91,14 +98,6 @@ def _deserialize(obj: Any, location: str) -> Any:
     # Loaded onto "cuda" / "mps", the tensors are on the accelerator for
     # the program: their moves copy as CUDA's do (docs/policy.md).
     return _tdcore.mark_accelerator(obj)
-
-
-def _first(load: _Load, key: Tuple[str, str]) -> bool:
-    """Whether `load` has not recorded the row `key` yet (and now has)."""
-    if key in load.recorded:
-        return False
-    load.recorded.add(key)
-    return True
 
 
 def restore_location_builder(original: Any) -> Any:

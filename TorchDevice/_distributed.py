@@ -55,7 +55,7 @@ import inspect
 import logging
 import warnings
 import weakref
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -187,7 +187,7 @@ class _WorkWithFuture(dist.Work if dist.is_available() else object):
 
 
 def _as_concatenation(api: str, whole: Any, part: Any,
-                      group: Any) -> Any:
+                      group: Any) -> Tuple[Any, Any]:
     """(whole, part) as gloo takes them.  A reduce-scatter's input and an
     all-gather's output hold every rank's part: NCCL takes them stacked,
     (world size, *part's shape), as torch documents, or concatenated along
