@@ -119,6 +119,20 @@ def run_python(code: str = "", *args: str, env: dict | None = None,
                           timeout=timeout, cwd=str(cwd or ROOT))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def children_write_temporary_files_under_basetemp(tmp_path_factory):
+    """The processes tests start write their temporary files (torchrun's
+    log folders, multiprocessing's) in this run's pytest folder, which
+    pytest prunes, not in the machine's: torchrun leaves its folders."""
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("children_tmp"))
+    yield
+    if saved is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved
+
+
 @pytest.fixture
 def restore_config():
     """Puts back the configuration and override state after a test."""
