@@ -62,6 +62,7 @@ _SYNC_NAMES = (
 _ALLOCATE_NAMES = (
     "empty.memory_format", "empty_strided.default", "empty_like.default",
     "new_empty.default", "new_empty_strided.default",
+    "empty_permuted.default",
 )
 # In-place metadata changes torch does not tag as such.
 _METADATA_NAMES = (

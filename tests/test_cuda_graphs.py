@@ -267,7 +267,8 @@ def test_memory_allocated_in_a_capture_reads_zeros_until_replay():
         torch.full((H, H), float("nan"), device="cuda")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        buffers = [torch.empty(H, H, device="cuda") for _ in range(4)]
+        buffers = [torch.empty(H, H, device="cuda") for _ in range(3)]
+        buffers.append(torch.empty_permuted((H, H), (1, 0), device="cuda"))
         for b in buffers:
             b.copy_(torch.ones(H, H, device="cuda"))
         model(x).square().mean().backward()
