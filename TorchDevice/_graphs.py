@@ -264,11 +264,11 @@ def _capture(ops: List[_Op], func: Any, args: tuple, kwargs: dict) -> Any:
         host_only = not fresh and not any(
             True for v in (*args, *kwargs.values()) for _ in _tensors(v))
         if func in known.allocate:
-            # Never-written memory of a fresh CUDA graph pool: zeros, as a
-            # fresh allocation from the driver holds in practice.  CUDA
-            # leaves it undefined; host memory would hold garbage, which a
-            # program that steps an optimizer on gradients the capture
-            # has not written yet would turn into NaN.
+            # Memory nothing wrote yet: CUDA leaves it undefined, and a
+            # graph pool's memory, new from the driver, usually reads
+            # zeros.  Host memory reused from freed tensors would hold
+            # garbage, which a program that steps an optimizer on
+            # gradients the capture has not written yet turns into NaN.
             for _, tensor in fresh:
                 tensor.zero_()
         elif not host_only:
