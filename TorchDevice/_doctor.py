@@ -127,7 +127,7 @@ def _type_test_why(kind: str, of_tensor: bool) -> str:
     if of_tensor:
         return (f"never {kind!r} without {hardware}: a tensor's device names "
                 f"the device really used, so the program takes its "
-                f"non-{name} branch here")
+                f"non-{name} branch here{_BRANCH_ON_ACCELERATOR}")
     return (f"a device the program asked for as {kind!r} reads {kind!r}, so "
             f"this answers as on {name}; a tensor's device (x.device) names "
             f"the device really used, never {kind!r} without {hardware}")
@@ -136,7 +136,17 @@ def _type_test_why(kind: str, of_tensor: bool) -> str:
 def _is_kind_why(kind: str) -> str:
     name, hardware = _HARDWARE[kind]
     return (f"False without {hardware}: the tensor is on the device really "
-            f"used, so the program takes its non-{name} branch here")
+            f"used, so the program takes its non-{name} branch here"
+            f"{_BRANCH_ON_ACCELERATOR}")
+
+
+# What that branch can do where the requests land on another accelerator
+# (docs/policy.md, "When a host tensor meets an accelerator tensor").
+_BRANCH_ON_ACCELERATOR = (
+    "; on an accelerator (MPS) that branch can leave the tensors it makes "
+    "on the host, beside the program's on the device "
+    "(TORCHDEVICE_MODE=accelerate sends tensors made without a device "
+    "there too)")
 # Keyword arguments that name CUDA devices for torch.distributed and
 # DataParallel, dropped at run time (docs/compile-checkpoints-distributed.md).
 _DEVICE_KEYWORDS = {"device_ids", "output_device", "device_id"}
@@ -268,6 +278,8 @@ class _Scanner(ast.NodeVisitor):
         self.guarded = 0    # depth of try blocks that catch ImportError
         self.caught = 0     # depth of try blocks that catch runtime errors
         self.explained: set = set()   # ids of strings reported with a test
+        # (line, kind, construct) of each test of a tensor's own device
+        self.tensor_tests: List[Tuple[int, str, str]] = []
 
     # -- helpers ---------------------------------------------------------
     def add(self, node: ast.AST, kind: str, what: str, why: str,
@@ -359,8 +371,9 @@ class _Scanner(ast.NodeVisitor):
         if dotted is not None and self._api(node, dotted):
             return   # the outermost chain speaks for its parts
         if dotted is None and node.attr in ("is_cuda", "is_mps"):
-            self.add(node, HANDLED, f".{node.attr}",
-                     _is_kind_why(node.attr[len("is_"):]))
+            kind = node.attr[len("is_"):]
+            self.add(node, HANDLED, f".{node.attr}", _is_kind_why(kind))
+            self.tensor_tests.append((node.lineno, kind, f".{node.attr}"))
         self.generic_visit(node)
 
     def visit_Compare(self, node: ast.Compare) -> None:
@@ -387,6 +400,10 @@ class _Scanner(ast.NodeVisitor):
                 self.add(item, HANDLED, f".type compared with {item.value!r}",
                          _type_test_why(item.value, of_tensor))
                 self.explained.add(id(item))
+                if of_tensor:
+                    self.tensor_tests.append(
+                        (item.lineno, item.value,
+                         f".device.type compared with {item.value!r}"))
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
@@ -442,6 +459,17 @@ def scan_source(source: str, filename: str) -> List[Finding]:
     scanner.visit(tree)
     unique = {(f.line, f.col, f.what): f for f in scanner.findings}
     return sorted(unique.values(), key=lambda f: (f.line, f.col))
+
+
+def tensor_device_tests(source: str, filename: str
+                        ) -> List[Tuple[int, str, str]]:
+    """(line, "cuda" or "mps", construct) of each test of a tensor's own
+    device in one file's text (`x.is_cuda`, `x.device.type == "cuda"`):
+    False where the tensor is on another device, whatever it was asked
+    for.  A SyntaxError propagates."""
+    scanner = _Scanner(filename, source.splitlines())
+    scanner.visit(ast.parse(source, filename=filename))
+    return sorted(set(scanner.tensor_tests))
 
 
 def python_files(paths: Sequence[str]) -> Iterator[str]:

@@ -341,6 +341,63 @@ def _gradcheck_note(exc: BaseException) -> Optional[str]:
     return "\n".join(lines)
 
 
+def _tensor_tests(tb: Optional[types.TracebackType],
+                  landed: str) -> List[str]:
+    """The lines, in the traceback's files outside torch and TorchDevice,
+    that test a tensor's own device for a kind it is not on here
+    (`x.is_cuda` where tensors are on MPS): False, whatever the program
+    asked for."""
+    from . import _doctor
+    internal = _internal_prefixes()
+    files = dict.fromkeys(
+        t.tb_frame.f_code.co_filename for t in _frames(tb)
+        if not os.path.abspath(t.tb_frame.f_code.co_filename).startswith(
+            internal) and not t.tb_frame.f_code.co_filename.startswith("<"))
+    sites = []
+    for filename in files:
+        try:
+            with open(filename, encoding="utf-8") as f:
+                tests = _doctor.tensor_device_tests(f.read(), filename)
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        sites += [f"{_short(filename)}:{line} {what}"
+                  for line, kind, what in tests if kind != landed]
+    return sites
+
+
+def _tensor_test_note(exc: BaseException, accel: str) -> Optional[str]:
+    """A mismatch in mode "cpu-stays-cpu", where tensors made without a
+    device stay on the host as on CUDA: the program's own, unless its code
+    moves them only when a tensor's own device reads "cuda", which it never
+    does here (docs/policy.md, "What a device reads as")."""
+    sites = _tensor_tests(exc.__traceback__, accel)
+    if not sites:
+        return None
+    lines = [_headline(exc, "a host tensor met an accelerator tensor")]
+    more = len(sites) - _MAX_SITES
+    lines.append(
+        "  The code on this path tests a tensor's own device: "
+        + "; ".join(sites[:_MAX_SITES])
+        + (f"; and {more} more" if more > 0 else "")
+        + f". A tensor names the device really used ({accel}), so such a "
+        "test is False here where it is True on the hardware the program "
+        "was written for, and a branch that moves tensors only when it is "
+        "True leaves them on the host (docs/policy.md, \"What a device "
+        "reads as\").")
+    frames = _frames(exc.__traceback__)
+    if frames:
+        devices = _devices_in(frames[-1].tb_frame)
+        if any(d == "cpu" for _, d in devices) and any(
+                d != "cpu" for _, d in devices):
+            shown = ", ".join(f"{n} on {d}" for n, d in devices)
+            lines.append(f"  At {_site(frames[-1])}: {shown}.")
+    lines.append(
+        f"  TORCHDEVICE_MODE=accelerate sends tensors made without a device "
+        f"to {accel} too, where they meet the program's; or move the host "
+        "tensor with .to(device) (docs/policy.md).")
+    return "\n".join(lines)
+
+
 def note_for(exc: BaseException) -> Optional[str]:
     """The note TorchDevice adds to `exc`, or None when `exc` is neither a
     device mismatch TorchDevice's redirection can have caused (TorchDevice
@@ -355,9 +412,11 @@ def note_for(exc: BaseException) -> Optional[str]:
         return (_float64_note(exc) or _float64_result_note(exc)
                 or _gradcheck_note(exc))
     settings = _tdcore.settings()
-    if settings["mode"] != "accelerate" or settings["profile"] == "cpu":
+    if settings["profile"] == "cpu":
         return None
     accel = _patches.device_type_of(settings["profile"])
+    if settings["mode"] != "accelerate":
+        return _tensor_test_note(exc, accel)
     frames = _frames(exc.__traceback__)
     lines = [_headline(exc, "a host tensor met an accelerator tensor")]
     lines.append(

@@ -414,6 +414,35 @@ def test_no_note_where_torchdevice_did_not_cause_it(tmp_path):
     assert "TorchDevice:" not in proc.stderr
 
 
+TENSOR_TEST = """
+import torch
+emb = torch.nn.Embedding(10, 4).cuda()
+idx = torch.arange(3)
+if next(emb.parameters()).is_cuda:      # True on CUDA
+    idx = idx.cuda()
+print(emb(idx).shape)
+"""
+
+
+def test_a_move_behind_a_test_of_a_tensors_device_is_explained(tmp_path):
+    """In the default mode a CUDA program that moves its own tensors only
+    when a tensor's device reads "cuda" leaves them on the host beside the
+    device's (torchkge's evaluators): the note names the test and the mode
+    that runs the program; mode "accelerate" does."""
+    proc = launch(tmp_path, TENSOR_TEST, "cpu-stays-cpu")
+    assert proc.returncode == 1
+    err = proc.stderr
+    note = err[err.index("TorchDevice: a host tensor"):]
+    assert re.search(r"at \S*prog\.py:7 \(in <module>\)", note), note
+    assert re.search(r"own device: \S*prog\.py:5 \.is_cuda\.", note), note
+    assert "input on cpu, weight on simaccel:0" in note
+    assert "TORCHDEVICE_MODE=accelerate" in note
+    assert err.count("TorchDevice: a host tensor") == 1
+    ran = launch(tmp_path, TENSOR_TEST, "accelerate")
+    assert ran.returncode == 0, ran.stderr
+    assert "torch.Size([3, 4])" in ran.stdout
+
+
 def test_explain_for_caught_errors_and_threads(tmp_path):
     proc = launch(tmp_path, """
         import threading
