@@ -352,9 +352,12 @@ def _mode_class() -> Any:
             super().__init__()
             self.ops = ops
             self.invalid: Optional[str] = None
+            self.recording = True
 
         def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
                                kwargs: Optional[dict] = None) -> Any:
+            if not self.recording:
+                return func(*args, **(kwargs or {}))
             try:
                 return _capture(self.ops, func, args, kwargs or {})
             except _CaptureInvalidated as error:
@@ -527,6 +530,55 @@ class graph(_torch_graphs.graph):  # type: ignore[misc, name-defined]
             self.cuda_graph.reset()
 
 
+def _make_capturable(optimizer: Any,
+                     groups: List[Dict[str, Any]]) -> None:
+    """What torch.compile traces for an optimizer's step (torch's Note
+    [torch.compile x capturable]): its step count in a tensor on the
+    parameters' device, so the step reads nothing back."""
+    graph = getattr(_state, "graph", None)
+    mode = graph._mode[0] if graph is not None and graph._mode else None
+    for group in groups:
+        group["capturable"] = True
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            step = state.get("step") if state else None
+            if isinstance(step, torch.Tensor) and step.device != p.device:
+                # Set-up, as a warm-up step would have made it: a move
+                # recorded would put the old count back at every replay.
+                if mode is not None:
+                    mode.recording = False
+                try:
+                    state["step"] = step.to(p.device)
+                finally:
+                    if mode is not None:
+                        mode.recording = True
+
+
+def _health_check_builder(original: Any) -> Any:
+    """Optimizer._accelerator_graph_capture_health_check during a capture.
+    Told the truth, torch's check finds no CUDA here and passes, and the
+    step then fails reading its step count back.  As on CUDA: a step
+    captured eagerly needs capturable=True; a step inside a
+    torch.compile'd function is traced as capturable, which the capture
+    (running that function eagerly) does by setting the flag."""
+    def _accelerator_graph_capture_health_check(self: Any) -> None:
+        if capturing() and not torch.compiler.is_compiling():
+            groups = [g for g in self.param_groups
+                      if "capturable" in g and not g["capturable"]]
+            if groups and _under_compile():
+                _make_capturable(self, groups)
+                _tdcore.record(f"{type(self).__name__}.step", "emulated",
+                               "capturable=False",
+                               "capturable=True (compiled, captured)")
+            elif groups:
+                raise RuntimeError(
+                    "Attempting CUDA graph capture of step() for an instance "
+                    f"of {type(self).__name__} but param_groups' capturable "
+                    "is False.")
+        original(self)
+    return _accelerator_graph_capture_health_check
+
+
 def patches() -> List[Any]:
     from ._patches import Patch
     from ._masquerade import announced
@@ -535,6 +587,11 @@ def patches() -> List[Any]:
     if profile == "cuda" or "cuda" not in announced(profile):
         return []
     table = []
+    for name in ("_accelerator_graph_capture_health_check",
+                 "_cuda_graph_capture_health_check"):
+        if hasattr(torch.optim.Optimizer, name):
+            table.append(Patch(torch.optim.Optimizer, name,
+                               _health_check_builder))
     for owner in (torch.cuda, _torch_graphs):
         table += [
             Patch(owner, "CUDAGraph", lambda orig: CUDAGraph),

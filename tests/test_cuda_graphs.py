@@ -310,6 +310,55 @@ def test_a_read_in_a_compiled_function_says_it_ran_eagerly():
     assert "torch.compile" not in str(plain.value)
 
 
+def _adam_setup():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, device="cuda"))
+    opt = torch.optim.Adam([w], lr=0.1)
+    x = torch.ones(4, device="cuda")
+
+    def update():
+        (w * x).square().sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    return w, opt, x, update
+
+
+def test_an_optimizer_step_captured_eagerly_needs_capturable():
+    w, opt, x, update = _adam_setup()
+    update()
+    with pytest.raises(RuntimeError, match="Attempting CUDA graph capture "
+                       "of step\\(\\) for an instance of Adam but "
+                       "param_groups' capturable is False"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            update()
+
+
+def test_a_compiled_optimizer_step_is_captured_as_capturable():
+    """torch.compile traces a step as capturable=True (CUDA programs
+    capture compiled updates with capturable=False: LeanRL, d3rlpy); the
+    compiled function runs eagerly in the capture, which sets the flag."""
+    w, opt, x, update = _adam_setup()
+    ref = torch.nn.Parameter(w.detach().clone())
+    ref_opt = torch.optim.Adam([ref], lr=0.1)
+    for _ in range(2):
+        update()
+        (ref * x).square().sum().backward()
+        ref_opt.step()
+        ref_opt.zero_grad(set_to_none=False)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.compile(update, backend="eager")()
+    assert opt.param_groups[0]["capturable"]
+    for scale in (1.0, -2.0, 0.5):
+        x.fill_(scale)
+        graph.replay()
+        (ref * x).square().sum().backward()
+        ref_opt.step()
+        ref_opt.zero_grad(set_to_none=False)
+        torch.testing.assert_close(w.detach(), ref.detach())
+    assert opt.state[w]["step"].item() == 5
+
+
 def test_manual_capture_end_after_a_read_says_the_capture_was_lost():
     x = torch.ones(3, device="cuda")
     graph = torch.cuda.CUDAGraph()
