@@ -140,6 +140,20 @@ def _devices_in(frame: types.FrameType) -> List[Tuple[str, str]]:
     return found
 
 
+def _mixed_devices_line(exc: BaseException) -> List[str]:
+    """The note's line naming the devices of the tensors at the failing
+    frame, where host and device tensors are among them."""
+    frames = _frames(exc.__traceback__)
+    if not frames:
+        return []
+    devices = _devices_in(frames[-1].tb_frame)
+    if not (any(d == "cpu" for _, d in devices)
+            and any(d != "cpu" for _, d in devices)):
+        return []
+    shown = ", ".join(f"{n} on {d}" for n, d in devices)
+    return [f"  At {_site(frames[-1])}: {shown}."]
+
+
 def _headline(exc: BaseException, what: str) -> str:
     """The note's first line: what happened, at the innermost line of the
     user's code in the traceback."""
@@ -384,13 +398,7 @@ def _tensor_test_note(exc: BaseException, accel: str) -> Optional[str]:
         "was written for, and a branch that moves tensors only when it is "
         "True leaves them on the host (docs/policy.md, \"What a device "
         "reads as\").")
-    frames = _frames(exc.__traceback__)
-    if frames:
-        devices = _devices_in(frames[-1].tb_frame)
-        if any(d == "cpu" for _, d in devices) and any(
-                d != "cpu" for _, d in devices):
-            shown = ", ".join(f"{n} on {d}" for n, d in devices)
-            lines.append(f"  At {_site(frames[-1])}: {shown}.")
+    lines += _mixed_devices_line(exc)
     lines.append(
         f"  TORCHDEVICE_MODE=accelerate sends tensors made without a device "
         f"to {accel} too, where they meet the program's; or move the host "
@@ -417,7 +425,6 @@ def note_for(exc: BaseException) -> Optional[str]:
     accel = _patches.device_type_of(settings["profile"])
     if settings["mode"] != "accelerate":
         return _tensor_test_note(exc, accel)
-    frames = _frames(exc.__traceback__)
     lines = [_headline(exc, "a host tensor met an accelerator tensor")]
     lines.append(
         f"  In mode \"accelerate\" TorchDevice sends device-less and \"cpu\" "
@@ -426,12 +433,7 @@ def note_for(exc: BaseException) -> Optional[str]:
         "with their source), DataLoader batches, "
         "torch.load(map_location=\"cpu\") results, and tensors torch's own "
         "code makes.")
-    if frames:
-        devices = _devices_in(frames[-1].tb_frame)
-        if any(d == "cpu" for _, d in devices) and any(
-                d != "cpu" for _, d in devices):
-            shown = ", ".join(f"{n} on {d}" for n, d in devices)
-            lines.append(f"  At {_site(frames[-1])}: {shown}.")
+    lines += _mixed_devices_line(exc)
     lines += _sites_lines(_redirected_sites(),
                           "Host requests TorchDevice sent to the accelerator",
                           "sent to the accelerator")
