@@ -25,8 +25,9 @@ What capture does, as on CUDA:
 - Reading a value back to the host (``.item()``, ``bool(t)``,
   ``nonzero``...) raises, as CUDA does ("operation not permitted when
   stream is capturing"): its answer would be frozen into every replay.
-- Random operators draw again on every replay (CUDA's graph-safe RNG does
-  the same).
+- Random operators draw again on every replay, and the capture leaves the
+  generators where it found them (CUDA's graph-safe RNG does the same), so
+  replays draw what the same code draws eagerly.
 
 What differs: on the CPU profile a host tensor cannot be told from a
 "cuda" one, so host operators inside the block are replayed too (CUDA runs
@@ -397,6 +398,8 @@ class CUDAGraph:
         self._mode: Any = None
         self._pool = graph_pool_handle()
         self._debug = False
+        self._generators: List[Any] = []
+        self._rng_states: List[Tuple[Any, Any]] = []
 
     def capture_begin(self, pool: Any = None,
                       capture_error_mode: str = "global",
@@ -421,6 +424,11 @@ class CUDAGraph:
         if pool is not None:
             self._pool = tuple(pool)
         _patches.record_emulated(self._api)
+        # CUDA's generators do not advance during a capture, only at each
+        # replay (by what the graph draws): the draws capture makes here
+        # are undone at capture_end, so that replays draw what the same
+        # code run eagerly would.
+        self._rng_states = [(g, g.get_state()) for g in self._rng_owners()]
         from ._graph_functions import CaptureFunctions
         mode = mode_class([])
         mode.__enter__()
@@ -440,6 +448,9 @@ class CUDAGraph:
         mode, functions = mode
         functions.__exit__(None, None, None)
         mode.__exit__(None, None, None)
+        for generator, state in self._rng_states:
+            generator.set_state(state)
+        self._rng_states = []
         if mode.invalid is not None:
             raise RuntimeError(f"{self._api}.capture_end: the capture was "
                                f"invalidated: {mode.invalid}")
@@ -472,7 +483,17 @@ class CUDAGraph:
                 f.write(f"{op.func}\n")
 
     def register_generator_state(self, generator: Any) -> None:
-        """Every generator draws again at replay: nothing to register."""
+        """Every generator draws again at replay; a registered one, like
+        the default, is not advanced by the capture itself."""
+        if isinstance(generator, torch.Generator) and not any(
+                generator is g for g in self._generators):
+            self._generators.append(generator)
+
+    def _rng_owners(self) -> List[Any]:
+        from ._masquerade import _target_generator
+        default = _target_generator(_tdcore.settings()["profile"])
+        owners = [default] if default is not None else []
+        return owners + [g for g in self._generators if g is not default]
 
     def raw_cuda_graph(self) -> int:
         raise self._no_cuda_object("raw_cuda_graph")

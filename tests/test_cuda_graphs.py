@@ -210,6 +210,29 @@ def test_random_operators_draw_again_on_each_replay():
     assert set(torch.unique(y).tolist()) <= {0.0, 2.0}
 
 
+def test_a_capture_draws_nothing_and_replays_draw_as_eager_code():
+    """CUDA's generators advance at each replay by what the graph draws,
+    never at capture: a captured block's random numbers are the ones the
+    same code draws eagerly, and so are the draws after it."""
+    torch.manual_seed(0)
+    eager = [torch.rand(3, device="cuda") for _ in range(3)]
+    mine = torch.Generator(device=eager[0].device).manual_seed(7)
+    own = [torch.rand(3, device=eager[0].device, generator=mine)
+           for _ in range(2)]
+    torch.manual_seed(0)
+    mine.manual_seed(7)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(mine)
+    with torch.cuda.graph(graph):
+        y = torch.rand(3, device="cuda")
+        z = torch.rand(3, device=y.device, generator=mine)
+    for i in range(2):
+        graph.replay()
+        assert torch.equal(y, eager[i])
+        assert torch.equal(z, own[i])
+    assert torch.equal(torch.rand(3, device="cuda"), eager[2])
+
+
 @pytest.mark.parametrize("read", ["item", "bool", "nonzero"])
 def test_reading_a_value_back_inside_a_capture_raises(read):
     x = torch.ones(3, device="cuda")
