@@ -38,6 +38,7 @@ saves no time.  ``make_graphed_callables`` stays eager (docs/masquerade.md,
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import sys
@@ -582,6 +583,7 @@ def _health_check_builder(original: Any) -> Any:
     captured eagerly needs capturable=True; a step inside a
     torch.compile'd function is traced as capturable, which the capture
     (running that function eagerly) does by setting the flag."""
+    @functools.wraps(original)
     def _accelerator_graph_capture_health_check(self: Any) -> None:
         if capturing() and not torch.compiler.is_compiling():
             groups = [g for g in self.param_groups
@@ -608,11 +610,10 @@ def patches() -> List[Any]:
     if profile == "cuda" or "cuda" not in announced(profile):
         return []
     table = []
-    for name in ("_accelerator_graph_capture_health_check",
-                 "_cuda_graph_capture_health_check"):
-        if hasattr(torch.optim.Optimizer, name):
-            table.append(Patch(torch.optim.Optimizer, name,
-                               _health_check_builder))
+    check = _torch_compat.get("optim_capture_check")
+    if check is not None:
+        table.append(Patch(torch.optim.Optimizer, check.__name__,
+                           _health_check_builder))
     for owner in (torch.cuda, _torch_graphs):
         table += [
             Patch(owner, "CUDAGraph", lambda orig: CUDAGraph),

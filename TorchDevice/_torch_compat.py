@@ -44,6 +44,8 @@ SDPA = "the device's attention kernels added to a choice of CUDA's " \
 CAPTURABLE = "optimizers with capturable=True where \"cuda\" lands on " \
              "the host or MPS"
 GRAPHS = "CUDA graph capture and replay where \"cuda\" is not CUDA"
+OPTIM_CAPTURE = "optimizer steps in an emulated CUDA graph capture " \
+                "(CUDA's capturable check; compiled steps made capturable)"
 LIBRARIES = "CUDA's preferred linear algebra and BLAS library switches " \
             "where \"cuda\" is not CUDA"
 AMP_CAST = "custom_fwd(cast_inputs=...) casting the tensors of a " \
@@ -142,6 +144,9 @@ PRIVATE: Tuple[Private, ...] = (
             "_get_capturable_supported_devices", CAPTURABLE),
     Private("TorchDispatchMode", "torch.utils._python_dispatch",
             "TorchDispatchMode", GRAPHS),
+    Private("optim_capture_check", "torch.optim.optimizer",
+            "Optimizer._accelerator_graph_capture_health_check",
+            OPTIM_CAPTURE),
     Private("sdpa_kernel_flags", "torch.nn.attention", "_sdpa_kernel", SDPA),
     Private("linalg_backends", "torch.backends.cuda", "_LinalgBackends",
             LIBRARIES),
