@@ -950,13 +950,15 @@ def _lifecycle_hooks(event: str) -> None:
     warning filter (_dataloader), the AMP tables (_amp) and the reducer of
     tensors sent to other processes (_multiprocessing), the note on
     device mismatches (_mismatch), DTensor's placements for the CPU's
-    attention (_dtensor) and its random operators (_dtensor_rng), and
-    FSDP's steps that take the host for a device it offloads to (_fsdp)."""
+    attention (_dtensor) and its random operators (_dtensor_rng),
+    FSDP's steps that take the host for a device it offloads to (_fsdp),
+    and tensordict's CudaGraphModule device check (_tensordict)."""
     from . import (_amp, _checkpoint, _compile, _dataloader, _dtensor,
-                   _dtensor_rng, _fsdp, _mismatch, _multiprocessing)
+                   _dtensor_rng, _fsdp, _mismatch, _multiprocessing,
+                   _tensordict)
     for module in (_checkpoint, _compile, _dataloader, _amp,
                    _multiprocessing, _mismatch, _dtensor, _dtensor_rng,
-                   _fsdp):
+                   _fsdp, _tensordict):
         getattr(module, event)()
 
 

@@ -4,6 +4,8 @@ operators, replay runs them again on the same tensors
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 from typing import List, Tuple
 
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 import TorchDevice
-from conftest import HAS_CUDA
+from conftest import HAS_CUDA, run_python
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="on NVIDIA machines CUDA graphs are torch's own")
@@ -488,3 +490,80 @@ def test_disable_gives_back_torchs_own_types():
         TorchDevice.enable()
     assert torch.cuda.CUDAGraph is ours
     assert torch.accelerator.Graph is ours_generic
+
+
+# tensordict is not a dependency: a stand-in of its CudaGraphModule's first
+# call, with the check it makes of the tensors it is given.
+TENSORDICT_STAND_IN = """
+import torch
+
+
+class CudaGraphModule:
+    _REQUIRES_GRAD_ERROR = "the inputs must not require gradients"
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.graph = None
+
+    @classmethod
+    def _check_device_and_clone(cls, x):
+        if x.requires_grad:
+            raise RuntimeError(cls._REQUIRES_GRAD_ERROR)
+        if x.device.type != "cuda":
+            raise ValueError(
+                f"All tensors must be stored on CUDA. Got {x.device.type}.")
+        return x.clone()
+
+    @classmethod
+    def _check_device_and_grad(cls, x):
+        if x.device.type != "cuda":
+            raise ValueError(
+                f"All tensors must be stored on CUDA. Got {x.device.type}.")
+        if x.requires_grad:
+            raise RuntimeError(cls._REQUIRES_GRAD_ERROR)
+
+    def __call__(self, x):
+        if self.graph is None:
+            self._check_device_and_grad(x)
+            self.x = self._check_device_and_clone(x)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.fn(self.x)
+        self.x.copy_(x)
+        self.graph.replay()
+        return self.out.clone()
+"""
+
+TENSORDICT_USER = """
+import json
+import torch
+import TorchDevice
+from tensordict.nn.cudagraphs import CudaGraphModule
+
+f = CudaGraphModule(lambda x: x * 2)
+out = [f(torch.full((2,), float(i), device="cuda")).tolist() for i in (1, 2)]
+try:
+    CudaGraphModule(torch.neg)(torch.ones(2, device="cuda",
+                                          requires_grad=True))
+    refused = None
+except RuntimeError as e:
+    refused = str(e)
+print(json.dumps([out, refused]))
+"""
+
+
+def test_tensordicts_cuda_graph_module_takes_the_tensors_made_for_cuda(
+        tmp_path):
+    """Its check of a tensor's device type refused them ("All tensors must
+    be stored on CUDA. Got cpu."): they read the device really used."""
+    package = tmp_path / "tensordict" / "nn"
+    package.mkdir(parents=True)
+    for folder in (tmp_path / "tensordict", package):
+        (folder / "__init__.py").write_text("")
+    (package / "cudagraphs.py").write_text(TENSORDICT_STAND_IN)
+    proc = run_python(TENSORDICT_USER, env={"PYTHONPATH": os.pathsep.join(
+        p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, refused = json.loads(proc.stdout.splitlines()[-1])
+    assert out == [[2.0, 2.0], [4.0, 4.0]]
+    assert refused == "the inputs must not require gradients"
