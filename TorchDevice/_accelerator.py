@@ -118,7 +118,7 @@ def _for_user_code(ours: Any, torchs: Any, api: str) -> Any:
 
 def patches() -> List[Any]:
     from ._patches import Patch
-    from ._masquerade import announced
+    from ._masquerade import cuda_emulated
     accelerator = getattr(torch, "accelerator", None)
     if accelerator is None:
         return []                   # torch before 2.6
@@ -131,7 +131,7 @@ def patches() -> List[Any]:
             device_index=device_index,
             get_device_capability=get_device_capability,
             empty_host_cache=empty_host_cache)
-    if profile != "cuda" and "cuda" in announced(profile):
+    if cuda_emulated(profile):
         replacements["Graph"] = Graph
     table: List[Any] = []
     for name, value in replacements.items():

@@ -395,12 +395,11 @@ def use_mem_pool(pool: MemPool, device: Any = None) -> Any:
 
 
 def patches() -> List[Any]:
-    from ._masquerade import announced
+    from ._masquerade import cuda_emulated
     from ._patches import Patch
-    profile = _tdcore.settings()["profile"]
     # Where torch.cuda is torch's own (CUDA, or CUDA not announced), so
     # are these.
-    if profile == "cuda" or "cuda" not in announced(profile):
+    if not cuda_emulated():
         return []
     import torch.autograd.profiler as autograd_profiler
     import torch.backends.cuda as backends_cuda

@@ -452,11 +452,15 @@ class _Scanner(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+def _scan(source: str, filename: str) -> _Scanner:
+    scanner = _Scanner(filename, source.splitlines())
+    scanner.visit(ast.parse(source, filename=filename))
+    return scanner
+
+
 def scan_source(source: str, filename: str) -> List[Finding]:
     """Findings in one file's text; a SyntaxError propagates."""
-    tree = ast.parse(source, filename=filename)
-    scanner = _Scanner(filename, source.splitlines())
-    scanner.visit(tree)
+    scanner = _scan(source, filename)
     unique = {(f.line, f.col, f.what): f for f in scanner.findings}
     return sorted(unique.values(), key=lambda f: (f.line, f.col))
 
@@ -467,9 +471,7 @@ def tensor_device_tests(source: str, filename: str
     device in one file's text (`x.is_cuda`, `x.device.type == "cuda"`):
     False where the tensor is on another device, whatever it was asked
     for.  A SyntaxError propagates."""
-    scanner = _Scanner(filename, source.splitlines())
-    scanner.visit(ast.parse(source, filename=filename))
-    return sorted(set(scanner.tensor_tests))
+    return sorted(set(_scan(source, filename).tensor_tests))
 
 
 def python_files(paths: Sequence[str]) -> Iterator[str]:

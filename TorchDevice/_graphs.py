@@ -604,10 +604,8 @@ def _health_check_builder(original: Any) -> Any:
 
 def patches() -> List[Any]:
     from ._patches import Patch
-    from ._masquerade import announced
-    profile = _tdcore.settings()["profile"]
-    # Where torch.cuda is not announced it stays torch's own.
-    if profile == "cuda" or "cuda" not in announced(profile):
+    from ._masquerade import cuda_emulated
+    if not cuda_emulated():
         return []
     table = []
     check = _torch_compat.get("optim_capture_check")

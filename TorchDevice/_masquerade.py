@@ -466,6 +466,14 @@ def launch_device_count(env: Optional[Dict[str, str]] = None) -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else 1
 
 
+def cuda_emulated(profile: Optional[str] = None) -> bool:
+    """Whether torch.cuda is the masquerade's on `profile` (default: the
+    one in force): CUDA announced where it is not the device really used.
+    Elsewhere torch.cuda, and what is built on it, stays torch's own."""
+    profile = profile or _tdcore.settings()["profile"]
+    return profile != "cuda" and "cuda" in announced(profile)
+
+
 def announced(profile: Optional[str] = None) -> Tuple[str, ...]:
     """The accelerator kinds user code is told about on `profile` (default:
     the one in force): the real one and one more at most."""

@@ -9,8 +9,8 @@ device reads as"), so the check refused the tensors the program made for
 TensorDict made with ``device="cuda"`` passed.  Where the capture is
 TorchDevice's (docs/masquerade.md, "CUDA graphs"), a tensor on the device
 "cuda" lands on passes that check; one on another device is refused as
-before, and one that requires gradients gets tensordict's error for that.  The module is adapted right
-after a program imports it.
+before, and one that requires gradients gets tensordict's error for that.
+The module is adapted right after a program imports it.
 """
 from __future__ import annotations
 
@@ -77,10 +77,8 @@ def _register() -> None:
 def on_apply() -> None:
     """Called at the end of _patches.apply(): where CUDA graphs are
     TorchDevice's (the same rule as _graphs.patches)."""
-    from . import _tdcore
-    from ._masquerade import announced
-    profile = _tdcore.settings()["profile"]
-    if profile != "cuda" and "cuda" in announced(profile):
+    from ._masquerade import cuda_emulated
+    if cuda_emulated():
         _imports.after(_MODULE, _register, _FAILED)
 
 
