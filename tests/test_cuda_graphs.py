@@ -319,33 +319,58 @@ def test_a_constant_made_in_a_capture_starts_from_its_value_each_replay():
         assert total.item() == 6.0
 
 
-def test_a_read_in_a_compiled_function_says_it_ran_eagerly():
-    @torch.compile
-    def scaled(x):
-        return x * x.sum().item()
+# torch.compile runs in a child process: its first compile patches torch
+# once per process (dynamo's TorchPatcher wraps torch.jit.trace, then
+# TorchDevice's replacement), which the enable/disable cycles of
+# tests/test_cycles.py, run later in the same worker, would undo.
+COMPILED_READ = """
+import torch
+import TorchDevice
 
-    x = torch.ones(3, device="cuda")
-    with pytest.raises(RuntimeError, match="torch.compile'd function, "
-                                           "which runs eagerly"):
+@torch.compile
+def scaled(x):
+    return x * x.sum().item()
+
+x = torch.ones(3, device="cuda")
+for block in (lambda: scaled(x), lambda: x.sum().item()):
+    try:
         with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            scaled(x)
-    with pytest.raises(RuntimeError) as plain:
-        with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            x.sum().item()
-    assert "torch.compile" not in str(plain.value)
+            block()
+        print("no error")
+    except RuntimeError as e:
+        print("compiled" if "torch.compile'd function, which runs eagerly"
+              in str(e) else "plain" if "torch.compile" not in str(e)
+              else "other")
+"""
+
+
+def test_a_read_in_a_compiled_function_says_it_ran_eagerly():
+    proc = run_python(COMPILED_READ)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["compiled", "plain"]
+
+
+ADAM_SETUP = """
+import torch
+import TorchDevice
+
+torch.manual_seed(0)
+w = torch.nn.Parameter(torch.randn(4, device="cuda"))
+opt = torch.optim.Adam([w], lr=0.1)
+x = torch.ones(4, device="cuda")
+
+
+def update():
+    (w * x).square().sum().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=False)
+"""
 
 
 def _adam_setup():
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(4, device="cuda"))
-    opt = torch.optim.Adam([w], lr=0.1)
-    x = torch.ones(4, device="cuda")
-
-    def update():
-        (w * x).square().sum().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=False)
-    return w, opt, x, update
+    scope = {}
+    exec(ADAM_SETUP, scope)
+    return scope["w"], scope["opt"], scope["x"], scope["update"]
 
 
 def test_an_optimizer_step_captured_eagerly_needs_capturable():
@@ -358,30 +383,36 @@ def test_an_optimizer_step_captured_eagerly_needs_capturable():
             update()
 
 
+COMPILED_STEP = ADAM_SETUP + """
+ref = torch.nn.Parameter(w.detach().clone())
+ref_opt = torch.optim.Adam([ref], lr=0.1)
+for _ in range(2):
+    update()
+    (ref * x).square().sum().backward()
+    ref_opt.step()
+    ref_opt.zero_grad(set_to_none=False)
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.graph(graph):
+    torch.compile(update, backend="eager")()
+print("capturable", opt.param_groups[0]["capturable"])
+for scale in (1.0, -2.0, 0.5):
+    x.fill_(scale)
+    graph.replay()
+    (ref * x).square().sum().backward()
+    ref_opt.step()
+    ref_opt.zero_grad(set_to_none=False)
+    torch.testing.assert_close(w.detach(), ref.detach())
+print("steps", int(opt.state[w]["step"].item()))
+"""
+
+
 def test_a_compiled_optimizer_step_is_captured_as_capturable():
     """torch.compile traces a step as capturable=True (CUDA programs
     capture compiled updates with capturable=False: LeanRL, d3rlpy); the
     compiled function runs eagerly in the capture, which sets the flag."""
-    w, opt, x, update = _adam_setup()
-    ref = torch.nn.Parameter(w.detach().clone())
-    ref_opt = torch.optim.Adam([ref], lr=0.1)
-    for _ in range(2):
-        update()
-        (ref * x).square().sum().backward()
-        ref_opt.step()
-        ref_opt.zero_grad(set_to_none=False)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        torch.compile(update, backend="eager")()
-    assert opt.param_groups[0]["capturable"]
-    for scale in (1.0, -2.0, 0.5):
-        x.fill_(scale)
-        graph.replay()
-        (ref * x).square().sum().backward()
-        ref_opt.step()
-        ref_opt.zero_grad(set_to_none=False)
-        torch.testing.assert_close(w.detach(), ref.detach())
-    assert opt.state[w]["step"].item() == 5
+    proc = run_python(COMPILED_STEP)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["capturable", "True", "steps", "5"]
 
 
 def test_manual_capture_end_after_a_read_says_the_capture_was_lost():
